@@ -1,0 +1,162 @@
+/** BatchService batch methods: create, read, list, cancel, retry, list requests. */
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { parseDuration } from "../domain/duration.js";
+import { InvalidArgumentError } from "../domain/errors.js";
+import type { RequestState } from "../domain/states.js";
+import {
+  type BatchService,
+  CancelBatchResponseSchema,
+  CreateBatchResponseSchema,
+  GetBatchResponseSchema,
+  GetBatchStatusResponseSchema,
+  ListBatchesResponseSchema,
+  ListBatchRequestsResponseSchema,
+  RetryBatchResponseSchema,
+} from "../gen/fusillade/v1/batch_service_pb.js";
+import type { RequestState as ProtoRequestState, RetryPolicy } from "../gen/fusillade/v1/resources_pb.js";
+import {
+  cancelBatch,
+  createBatch,
+  getBatch,
+  listBatches,
+  retryBatch,
+} from "../storage/batches.js";
+import { pageSize } from "../storage/pages.js";
+import { listRequests } from "../storage/requests.js";
+import {
+  fromDuration,
+  fromProtoRequestState,
+  toProtoBatch,
+  toProtoBatchState,
+  toProtoCounts,
+  toProtoRequest,
+} from "./convert.js";
+import type { ApiDeps } from "./deps.js";
+
+/** Longest completion window accepted. */
+const MAX_COMPLETION_WINDOW_MS = 30 * 24 * 3600 * 1000;
+/** Most retries a batch may ask for. */
+const MAX_RETRIES_LIMIT = 100;
+
+/** Parses a completion window; "" gives `fallback`. */
+export function completionWindowMs(text: string, field: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) {
+    throw new InvalidArgumentError(field, `must be a duration such as "24h" or "90m", got ${JSON.stringify(text)}`);
+  }
+  if (ms > MAX_COMPLETION_WINDOW_MS) throw new InvalidArgumentError(field, "must be at most 30 days");
+  return ms;
+}
+
+/** Proto states to domain states; UNSPECIFIED or unknown values are an error. */
+export function statesFilter(states: ProtoRequestState[], field = "states"): RequestState[] {
+  return states.map((s) => {
+    const d = fromProtoRequestState(s);
+    if (d === undefined) throw new InvalidArgumentError(field, `unknown request state ${s}`);
+    return d;
+  });
+}
+
+function retryPolicy(p: RetryPolicy | undefined, deps: ApiDeps) {
+  const c = deps.config;
+  const maxRetries = p?.maxRetries ?? c.defaultMaxRetries;
+  if (maxRetries < 0 || maxRetries > MAX_RETRIES_LIMIT) {
+    throw new InvalidArgumentError("retry_policy.max_retries", `must be between 0 and ${MAX_RETRIES_LIMIT}`);
+  }
+  const initial = fromDuration(p?.initialBackoff) ?? c.defaultInitialBackoffMs;
+  const max = fromDuration(p?.maxBackoff) ?? c.defaultMaxBackoffMs;
+  if (initial < 0) throw new InvalidArgumentError("retry_policy.initial_backoff", "must not be negative");
+  if (max < initial) {
+    throw new InvalidArgumentError("retry_policy.max_backoff", "must not be less than initial_backoff");
+  }
+  return { maxRetries, initialBackoffMs: initial, maxBackoffMs: max };
+}
+
+/** The batch methods of BatchService (the streaming ones are in streams.ts). */
+export function batchMethods(deps: ApiDeps): Pick<
+  ServiceImpl<typeof BatchService>,
+  | "createBatch"
+  | "getBatch"
+  | "getBatchStatus"
+  | "listBatches"
+  | "cancelBatch"
+  | "retryBatch"
+  | "listBatchRequests"
+> {
+  const { db } = deps;
+  return {
+    async createBatch(req) {
+      if (req.fileId === "") throw new InvalidArgumentError("file_id", "is required");
+      const window = req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
+      const windowMs = completionWindowMs(window, "completion_window");
+      for (const [k, v] of Object.entries(req.metadata)) {
+        if (k === "" || k.length > 64) throw new InvalidArgumentError("metadata", "keys must be 1 to 64 characters");
+        if (v.length > 512) throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
+      }
+      const { batch } = await createBatch(db, {
+        fileId: req.fileId,
+        idempotencyKey: req.requestId === "" ? null : req.requestId,
+        completionWindow: window,
+        completionWindowMs: windowMs,
+        metadata: req.metadata,
+        ...retryPolicy(req.retryPolicy, deps),
+      });
+      return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
+    },
+
+    async getBatch(req) {
+      return create(GetBatchResponseSchema, { batch: toProtoBatch(await getBatch(db, req.batchId)) });
+    },
+
+    async getBatchStatus(req) {
+      const b = await getBatch(db, req.batchId);
+      return create(GetBatchStatusResponseSchema, {
+        batchId: b.id,
+        state: toProtoBatchState(b.state),
+        openaiStatus: b.state,
+        counts: toProtoCounts(b.counts),
+      });
+    },
+
+    async listBatches(req) {
+      const page = await listBatches(db, {
+        limit: pageSize(req.pageSize),
+        pageToken: req.pageToken,
+        fileId: req.fileId,
+      });
+      return create(ListBatchesResponseSchema, {
+        batches: page.batches.map(toProtoBatch),
+        nextPageToken: page.nextPageToken,
+      });
+    },
+
+    async cancelBatch(req) {
+      return create(CancelBatchResponseSchema, { batch: toProtoBatch(await cancelBatch(db, req.batchId)) });
+    },
+
+    async retryBatch(req) {
+      const { batch, retried } = await retryBatch(db, req.batchId, {
+        requestIds: req.requestIds,
+        customIds: req.customIds,
+        completionWindowMs:
+          req.completionWindow === "" ? null : completionWindowMs(req.completionWindow, "completion_window"),
+      });
+      return create(RetryBatchResponseSchema, { batch: toProtoBatch(batch), retriedCount: BigInt(retried) });
+    },
+
+    async listBatchRequests(req) {
+      await getBatch(db, req.batchId); // NOT_FOUND for an unknown batch
+      const page = await listRequests(db, {
+        batchId: req.batchId,
+        states: statesFilter(req.states),
+        limit: pageSize(req.pageSize),
+        pageToken: req.pageToken,
+      });
+      return create(ListBatchRequestsResponseSchema, {
+        requests: page.requests.map(toProtoRequest),
+        nextPageToken: page.nextPageToken,
+      });
+    },
+  };
+}

@@ -1,0 +1,14 @@
+/** What API handlers are given: the database, the config, the logger, notifications. */
+import type { ControlPlaneConfig } from "../config/config.js";
+import type { Logger } from "../logger.js";
+import type { Db } from "../storage/db.js";
+import type { Notifications } from "../storage/notifications.js";
+
+export interface ApiDeps {
+  db: Db;
+  config: Readonly<ControlPlaneConfig>;
+  log: Logger;
+  notifications: Notifications;
+  /** Aborts when the server shuts down: long polls and streams end. */
+  shutdownSignal: AbortSignal;
+}

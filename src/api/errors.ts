@@ -1,0 +1,42 @@
+/**
+ * The one place domain errors become gRPC status codes. Handlers are
+ * wrapped by `mapErrors`; nothing below the API throws ConnectError.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  AlreadyExistsError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+} from "../domain/errors.js";
+
+/** Postgres SQLSTATE classes that mean "the database is not reachable now". */
+const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P02", "57P03", "08000", "08003", "08006"]);
+/** Node socket errors that mean the same. */
+const UNAVAILABLE_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT"]);
+
+/** Maps any error thrown by a handler to a ConnectError, keeping the cause. */
+export function toConnectError(e: unknown, log?: (err: unknown) => void): ConnectError {
+  if (e instanceof ConnectError) return e;
+  if (e instanceof InvalidArgumentError) return new ConnectError(e.message, Code.InvalidArgument, undefined, undefined, e);
+  if (e instanceof NotFoundError) return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
+  if (e instanceof FailedPreconditionError)
+    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
+  if (e instanceof AlreadyExistsError)
+    return new ConnectError(e.message, Code.AlreadyExists, undefined, undefined, e);
+  if (e instanceof ResourceExhaustedError)
+    return new ConnectError(e.message, Code.ResourceExhausted, undefined, undefined, e);
+  if (e instanceof UnavailableError)
+    return new ConnectError(e.message, Code.Unavailable, undefined, undefined, e);
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && (UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_ERRNOS.has(code))) {
+    return new ConnectError("the database is unavailable; try again", Code.Unavailable, undefined, undefined, e);
+  }
+  if (e instanceof Error && /Connection terminated|timeout exceeded when trying to connect/.test(e.message)) {
+    return new ConnectError("the database is unavailable; try again", Code.Unavailable, undefined, undefined, e);
+  }
+  log?.(e);
+  return new ConnectError("internal error", Code.Internal, undefined, undefined, e);
+}

@@ -1,0 +1,142 @@
+/** BatchService file methods: CreateFile, UploadFile, GetFile, ListFiles, DeleteFile. */
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { InvalidArgumentError } from "../domain/errors.js";
+import {
+  parseJsonlLine,
+  splitLines,
+  type TemplateRow,
+  validateEndpoint,
+  validateTemplate,
+} from "../domain/templates.js";
+import {
+  type BatchService,
+  CreateFileResponseSchema,
+  DeleteFileResponseSchema,
+  GetFileResponseSchema,
+  ListFilesResponseSchema,
+  type UploadFileHeader,
+  type UploadFileRequest,
+  UploadFileResponseSchema,
+} from "../gen/fusillade/v1/batch_service_pb.js";
+import { createFile, deleteFile, getFile, listFiles } from "../storage/files.js";
+import { pageSize } from "../storage/pages.js";
+import { toProtoFile } from "./convert.js";
+import type { ApiDeps } from "./deps.js";
+
+/** Validated templates from JSONL byte chunks; counts the bytes read. */
+async function* jsonlTemplates(
+  chunks: AsyncIterable<Uint8Array>,
+  endpoint: string,
+  apiKey: string,
+): AsyncGenerator<TemplateRow> {
+  const base = validateEndpoint(endpoint, "endpoint");
+  for await (const { line, text } of splitLines(chunks)) {
+    yield parseJsonlLine(text, line, base, apiKey === "" ? null : apiKey);
+  }
+}
+
+async function* once<T>(value: T): AsyncGenerator<T> {
+  yield value;
+}
+
+async function* counted(
+  chunks: AsyncIterable<Uint8Array>,
+  total: { bytes: number },
+): AsyncGenerator<Uint8Array> {
+  for await (const c of chunks) {
+    total.bytes += c.byteLength;
+    yield c;
+  }
+}
+
+async function* chunksAfterHeader(
+  messages: AsyncIterator<UploadFileRequest>,
+): AsyncGenerator<Uint8Array> {
+  for (;;) {
+    const next = await messages.next();
+    if (next.done) return;
+    const part = next.value.part;
+    if (part.case === "chunk") yield part.value;
+    else if (part.case === "header") {
+      throw new InvalidArgumentError("header", "must be sent once, in the first message only");
+    }
+  }
+}
+
+/** The file methods of BatchService. */
+export function fileMethods(deps: ApiDeps): Pick<
+  ServiceImpl<typeof BatchService>,
+  "createFile" | "uploadFile" | "getFile" | "listFiles" | "deleteFile"
+> {
+  const { db } = deps;
+  return {
+    async createFile(req) {
+      const hasTemplates = req.templates.length > 0;
+      const hasJsonl = req.jsonl.byteLength > 0;
+      if (hasTemplates === hasJsonl) {
+        throw new InvalidArgumentError("templates", "give either templates or jsonl, not both or neither");
+      }
+      let rows: AsyncIterable<TemplateRow>;
+      let size = 0;
+      if (hasJsonl) {
+        size = req.jsonl.byteLength;
+        rows = jsonlTemplates(once(req.jsonl), req.endpoint, req.apiKey);
+      } else {
+        if (req.endpoint !== "" || req.apiKey !== "") {
+          throw new InvalidArgumentError("endpoint", "applies to jsonl content; set it on each template");
+        }
+        rows = (async function* () {
+          let line = 0;
+          for (const t of req.templates) {
+            line++;
+            size += t.body.length;
+            yield validateTemplate(t, line);
+          }
+        })();
+      }
+      const { file } = await createFile(
+        db,
+        { filename: req.filename, idempotencyKey: req.requestId === "" ? null : req.requestId },
+        rows,
+        () => size,
+      );
+      return create(CreateFileResponseSchema, { file: toProtoFile(file) });
+    },
+
+    async uploadFile(messages) {
+      const it = messages[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done || first.value.part.case !== "header") {
+        throw new InvalidArgumentError("header", "the first message must carry the header");
+      }
+      const header: UploadFileHeader = first.value.part.value;
+      const total = { bytes: 0 };
+      const rows = jsonlTemplates(counted(chunksAfterHeader(it), total), header.endpoint, header.apiKey);
+      const { file } = await createFile(
+        db,
+        { filename: header.filename, idempotencyKey: header.requestId === "" ? null : header.requestId },
+        rows,
+        () => total.bytes,
+      );
+      return create(UploadFileResponseSchema, { file: toProtoFile(file) });
+    },
+
+    async getFile(req) {
+      return create(GetFileResponseSchema, { file: toProtoFile(await getFile(db, req.fileId)) });
+    },
+
+    async listFiles(req) {
+      const page = await listFiles(db, pageSize(req.pageSize), req.pageToken);
+      return create(ListFilesResponseSchema, {
+        files: page.files.map(toProtoFile),
+        nextPageToken: page.nextPageToken,
+      });
+    },
+
+    async deleteFile(req) {
+      await deleteFile(db, req.fileId);
+      return create(DeleteFileResponseSchema, {});
+    },
+  };
+}

@@ -1,0 +1,48 @@
+/** grpc.health.v1.Health: SERVING while the database answers. */
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  type Health,
+  HealthCheckResponse_ServingStatus as Status,
+  HealthCheckResponseSchema,
+} from "../gen/grpc/health/v1/health_pb.js";
+import type { ApiDeps } from "./deps.js";
+
+/** Services this server reports on ("" is the server as a whole). */
+const KNOWN = new Set(["", "fusillade.v1.BatchService", "fusillade.v1.DispatchService", "fusillade.v1.AdminService"]);
+/** How often Watch re-checks the database. */
+const WATCH_INTERVAL_MS = 5000;
+
+async function status(deps: ApiDeps, service: string): Promise<Status> {
+  if (!KNOWN.has(service)) return Status.SERVICE_UNKNOWN;
+  if (deps.shutdownSignal.aborted) return Status.NOT_SERVING;
+  try {
+    await deps.db.query("SELECT 1");
+    return Status.SERVING;
+  } catch {
+    return Status.NOT_SERVING;
+  }
+}
+
+/** The Health service. */
+export function healthMethods(deps: ApiDeps): ServiceImpl<typeof Health> {
+  return {
+    async check(req) {
+      return create(HealthCheckResponseSchema, { status: await status(deps, req.service) });
+    },
+    async *watch(req, ctx) {
+      let last: Status | undefined;
+      while (!ctx.signal.aborted) {
+        const s = await status(deps, req.service);
+        if (s !== last) {
+          last = s;
+          yield create(HealthCheckResponseSchema, { status: s });
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, WATCH_INTERVAL_MS);
+          ctx.signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
+        });
+      }
+    },
+  };
+}

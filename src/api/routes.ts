@@ -1,0 +1,28 @@
+/** Every service the control plane serves, as one routes function. */
+import type { ConnectRouter } from "@connectrpc/connect";
+import { AdminService } from "../gen/fusillade/v1/admin_service_pb.js";
+import { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";
+import { DispatchService } from "../gen/fusillade/v1/dispatch_service_pb.js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { adminMethods } from "./admin.js";
+import { batchMethods } from "./batches.js";
+import type { ApiDeps } from "./deps.js";
+import { dispatchMethods } from "./dispatch.js";
+import { fileMethods } from "./files.js";
+import { healthMethods } from "./health.js";
+import { streamMethods } from "./streams.js";
+
+/** Registers every service on `router`. */
+export function routes(deps: ApiDeps): (router: ConnectRouter) => void {
+  return (router) => {
+    router.service(BatchService, {
+      ...fileMethods(deps),
+      ...batchMethods(deps),
+      ...streamMethods(deps),
+    });
+    router.service(DispatchService, dispatchMethods(deps));
+    router.service(AdminService, adminMethods(deps));
+    router.service(Health, healthMethods(deps));
+  };
+}
+

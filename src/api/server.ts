@@ -1,0 +1,105 @@
+/**
+ * The control plane's one port: Connect, gRPC and gRPC-Web over HTTP/1.1
+ * and h2c. A connection is routed by its first bytes: the HTTP/2 preface
+ * ("PRI * HTTP/2.0") goes to the http2 server, anything else to http.
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { errorInterceptor } from "./errors-interceptor.js";
+
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export interface ServerOptions {
+  routes: (router: ConnectRouter) => void;
+  /** Aborted when the server closes: handlers end long polls and streams. */
+  shutdownSignal: AbortSignal;
+  maxMessageBytes: number;
+  logError: (e: unknown) => void;
+}
+
+export interface RunningServer {
+  /** Base URL, e.g. http://127.0.0.1:8080 */
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Builds the server; `listen` starts it. */
+export function buildServer(opts: ServerOptions) {
+  const handler = connectNodeAdapter({
+    routes: opts.routes,
+    interceptors: [errorInterceptor(opts.logError)],
+    shutdownSignal: opts.shutdownSignal,
+    readMaxBytes: opts.maxMessageBytes,
+    jsonOptions: { alwaysEmitImplicit: true },
+  });
+  const h1 = http.createServer(handler);
+  // Long streams and long polls: no idle timeouts on our side.
+  h1.requestTimeout = 0;
+  h1.headersTimeout = 60_000;
+  const h2 = http2.createServer({}, handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  const sockets = new Set<net.Socket>();
+
+  const front = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    // Read in paused mode and unshift: the http2 session reads from the
+    // socket's buffer only when the socket was never put in flowing mode.
+    let seen = Buffer.alloc(0);
+    const onReadable = () => {
+      let chunk: Buffer | null = socket.read() as Buffer | null;
+      while (chunk !== null) {
+        seen = Buffer.concat([seen, chunk]);
+        chunk = socket.read() as Buffer | null;
+      }
+      const n = Math.min(seen.length, H2_PREFACE.length);
+      const isH2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isH2 && seen.length < H2_PREFACE.length) return; // need more bytes to decide
+      socket.off("readable", onReadable);
+      socket.unshift(seen);
+      (isH2 ? h2 : h1).emit("connection", socket);
+    };
+    socket.on("readable", onReadable);
+    socket.on("error", () => socket.destroy());
+  });
+
+  return {
+    listen(host: string, port: number): Promise<RunningServer> {
+      return new Promise((resolve, reject) => {
+        front.once("error", reject);
+        front.listen(port, host, () => {
+          front.off("error", reject);
+          const addr = front.address() as net.AddressInfo;
+          const hostPart = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+          resolve({
+            url: `http://${hostPart}:${addr.port}`,
+            port: addr.port,
+            close: () => close(),
+          });
+        });
+      });
+    },
+  };
+
+  async function close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => front.close(() => resolve()));
+    // http2Server.close() waits forever on idle sessions: close them ourselves.
+    for (const s of sessions) s.close();
+    h1.closeIdleConnections();
+    // Give in-flight calls (already told by shutdownSignal) a moment, then cut.
+    const deadline = setTimeout(() => {
+      for (const s of sessions) s.destroy();
+      for (const sock of sockets) sock.destroy();
+    }, 2000);
+    await closed;
+    clearTimeout(deadline);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * Builds and starts a control plane: database (external or embedded),
+ * migrations, LISTEN connection, reaper, and the API server.
+ */
+import { routes } from "./api/routes.js";
+import { buildServer } from "./api/server.js";
+import type { ControlPlaneConfig } from "./config/config.js";
+import type { Logger } from "./logger.js";
+import { migrate } from "./storage/data-source.js";
+import { Db } from "./storage/db.js";
+import { Notifications } from "./storage/notifications.js";
+import { resolveDatabase } from "./storage/resolve-database.js";
+
+export interface ControlPlane {
+  /** Base URL of the API. */
+  url: string;
+  /** The database in use (embedded or not). */
+  databaseUrl: string;
+  db: Db;
+  /** Stops serving, ends streams and long polls, closes the database. */
+  close(): Promise<void>;
+}
+
+/** Pool size of a control plane: API handlers, long polls and the reaper share it. */
+const POOL_SIZE = 20;
+
+/** Starts a control plane with `config`. */
+export async function startControlPlane(
+  config: Readonly<ControlPlaneConfig>,
+  log: Logger,
+): Promise<ControlPlane> {
+  const database = await resolveDatabase({
+    databaseUrl: config.databaseUrl,
+    dataDir: config.dataDir,
+    log: (msg) => log.info(msg),
+  });
+  const cleanup: Array<() => Promise<void>> = [() => database.stop()];
+  const closeAll = async () => {
+    for (const fn of cleanup.reverse()) await fn().catch((e) => log.error({ err: e }, "shutdown step failed"));
+  };
+  try {
+    const applied = await migrate(database.url);
+    if (applied.length > 0) log.info({ migrations: applied }, "migrations applied");
+    const db = await Db.connect(database.url, { poolSize: POOL_SIZE, name: "fusillade-control-plane" });
+    cleanup.push(() => db.close());
+    const notifications = new Notifications(database.url, (e) => log.warn({ err: e }, "LISTEN connection lost"));
+    await notifications.start();
+    cleanup.push(() => notifications.close());
+    const shutdown = new AbortController();
+    const deps = { db, config, log, notifications, shutdownSignal: shutdown.signal };
+    const server = await buildServer({
+      routes: routes(deps),
+      shutdownSignal: shutdown.signal,
+      maxMessageBytes: config.maxMessageBytes,
+      logError: (e) => log.error({ err: e }, "request failed"),
+    }).listen(config.host, config.port);
+    cleanup.push(() => server.close());
+    // Runs first on close: long polls and streams end before the server waits for them.
+    cleanup.push(async () => shutdown.abort());
+    log.info({ url: server.url, embeddedDatabase: database.embedded }, "control plane listening");
+    return { url: server.url, databaseUrl: database.url, db, close: closeAll };
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * Request templates: validation of the two input forms (a template list and
+ * an OpenAI batch JSONL body) into one normalized shape. Pure.
+ */
+import { InvalidArgumentError } from "./errors.js";
+
+/** A validated template, ready to store. */
+export interface TemplateRow {
+  line: number;
+  customId: string | null;
+  endpoint: string;
+  method: string;
+  path: string;
+  body: string;
+  model: string;
+  apiKey: string | null;
+}
+
+/** The fields of a template as a client gives them (before validation). */
+export interface TemplateInput {
+  customId: string;
+  endpoint: string;
+  method: string;
+  path: string;
+  body: string;
+  model: string;
+  apiKey: string;
+}
+
+export const METHODS = new Set(["GET", "POST", "PUT", "PATCH", "DELETE"]);
+/** Longest custom_id accepted (OpenAI accepts 512 too). */
+export const MAX_CUSTOM_ID_LENGTH = 512;
+/** Longest single JSONL line accepted. */
+export const MAX_LINE_BYTES = 32 * 1024 * 1024;
+
+/** Validates a base URL; returns it without a trailing slash. */
+export function validateEndpoint(endpoint: string, field: string, line?: number): string {
+  if (endpoint === "") throw new InvalidArgumentError(field, "is required", line);
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new InvalidArgumentError(field, `is not a URL: ${JSON.stringify(endpoint)}`, line);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new InvalidArgumentError(field, "must be an http:// or https:// URL", line);
+  }
+  if (url.search !== "" || url.hash !== "") {
+    throw new InvalidArgumentError(field, "must not carry a query or fragment", line);
+  }
+  return endpoint.replace(/\/+$/, "");
+}
+
+function validateCustomId(value: unknown, field: string, line: number): string | null {
+  if (value === undefined || value === null || value === "") return null;
+  if (typeof value !== "string") throw new InvalidArgumentError(field, "must be a string", line);
+  if (value.length > MAX_CUSTOM_ID_LENGTH) {
+    throw new InvalidArgumentError(field, `is longer than ${MAX_CUSTOM_ID_LENGTH} characters`, line);
+  }
+  return value;
+}
+
+function validateMethod(value: unknown, field: string, line: number): string {
+  if (value === undefined || value === null || value === "") return "POST";
+  if (typeof value !== "string" || !METHODS.has(value.toUpperCase())) {
+    throw new InvalidArgumentError(field, `must be one of ${[...METHODS].join(", ")}`, line);
+  }
+  return value.toUpperCase();
+}
+
+function validatePath(value: unknown, field: string, line: number): string {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(field, "is required (a path such as /v1/chat/completions)", line);
+  }
+  if (!value.startsWith("/")) {
+    throw new InvalidArgumentError(field, `must be a path starting with "/"`, line);
+  }
+  return value;
+}
+
+function modelOf(body: unknown, explicit: string, field: string, line: number): string {
+  if (explicit !== "") return explicit;
+  const model =
+    typeof body === "object" && body !== null ? (body as Record<string, unknown>).model : undefined;
+  if (typeof model !== "string" || model === "") {
+    throw new InvalidArgumentError(field, "is required (a non-empty string)", line);
+  }
+  return model;
+}
+
+/** Validates one template of a template list; `line` is its 1-based index. */
+export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
+  const at = `templates[${line - 1}]`;
+  let parsedBody: unknown;
+  if (t.body !== "") {
+    try {
+      parsedBody = JSON.parse(t.body);
+    } catch {
+      throw new InvalidArgumentError(`${at}.body`, "is not valid JSON", line);
+    }
+  }
+  return {
+    line,
+    customId: validateCustomId(t.customId, `${at}.custom_id`, line),
+    endpoint: validateEndpoint(t.endpoint, `${at}.endpoint`, line),
+    method: validateMethod(t.method, `${at}.method`, line),
+    path: validatePath(t.path, `${at}.path`, line),
+    body: t.body,
+    model: modelOf(parsedBody, t.model, `${at}.model`, line),
+    apiKey: t.apiKey === "" ? null : t.apiKey,
+  };
+}
+
+/**
+ * Parses one OpenAI batch line: {"custom_id","method","url","body"}, the
+ * model read from body.model. `endpoint` was validated by the caller.
+ */
+export function parseJsonlLine(
+  text: string,
+  line: number,
+  endpoint: string,
+  apiKey: string | null,
+): TemplateRow {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new InvalidArgumentError("jsonl", `not valid JSON (${(e as Error).message})`, line);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new InvalidArgumentError("jsonl", "must be a JSON object", line);
+  }
+  const o = value as Record<string, unknown>;
+  const body = o.body;
+  if (body === undefined || typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new InvalidArgumentError("body", "is required (a JSON object)", line);
+  }
+  return {
+    line,
+    customId: validateCustomId(o.custom_id, "custom_id", line),
+    endpoint,
+    method: validateMethod(o.method, "method", line),
+    path: validatePath(o.url, "url", line),
+    body: JSON.stringify(body),
+    model: modelOf(body, "", "body.model", line),
+    apiKey,
+  };
+}
+
+/**
+ * Splits a stream of byte chunks into lines (UTF-8, LF or CRLF), numbered
+ * from 1, skipping blank ones. Lines may span chunks.
+ */
+export async function* splitLines(
+  chunks: AsyncIterable<Uint8Array>,
+): AsyncGenerator<{ line: number; text: string }> {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let carry = "";
+  let line = 0;
+  let carryBytes = 0;
+  const emit = function* (part: string) {
+    line++;
+    const text = part.endsWith("\r") ? part.slice(0, -1) : part;
+    if (text.trim() !== "") yield { line, text };
+  };
+  for await (const chunk of chunks) {
+    let text: string;
+    try {
+      text = decoder.decode(chunk, { stream: true });
+    } catch {
+      throw new InvalidArgumentError("jsonl", "is not valid UTF-8", line + 1);
+    }
+    carryBytes += chunk.byteLength;
+    let start = 0;
+    let nl = text.indexOf("\n");
+    if (nl === -1) {
+      carry += text;
+    } else {
+      yield* emit(carry + text.slice(0, nl));
+      carry = "";
+      carryBytes = 0;
+      start = nl + 1;
+      nl = text.indexOf("\n", start);
+      while (nl !== -1) {
+        yield* emit(text.slice(start, nl));
+        start = nl + 1;
+        nl = text.indexOf("\n", start);
+      }
+      carry = text.slice(start);
+      carryBytes = Buffer.byteLength(carry);
+    }
+    if (carryBytes > MAX_LINE_BYTES) {
+      throw new InvalidArgumentError("jsonl", `line is longer than ${MAX_LINE_BYTES} bytes`, line + 1);
+    }
+  }
+  try {
+    carry += decoder.decode();
+  } catch {
+    throw new InvalidArgumentError("jsonl", "is not valid UTF-8", line + 1);
+  }
+  if (carry !== "") yield* emit(carry);
+}

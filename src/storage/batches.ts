@@ -1,0 +1,301 @@
+/**
+ * Batches: creation (one set-based snapshot of the file's templates),
+ * reads, cancel and retry. Counters and events are kept by the requests
+ * trigger; every statement here that touches both tables updates
+ * `requests` first, then `batches` (the trigger's lock order).
+ */
+import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
+import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
+import type { Db } from "./db.js";
+import { decodePageToken, encodePageToken, isId } from "./pages.js";
+
+export interface BatchCounts {
+  total: number;
+  pending: number;
+  inProgress: number;
+  completed: number;
+  failed: number;
+  canceled: number;
+  expired: number;
+}
+
+export interface BatchRecord {
+  id: string;
+  fileId: string | null;
+  state: BatchState;
+  metadata: Record<string, string>;
+  completionWindow: string;
+  maxRetries: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+  counts: BatchCounts;
+  /** Last change sequence number of the batch's request events. */
+  eventSeq: bigint;
+  createdAt: Date;
+  updatedAt: Date;
+  expiresAt: Date;
+  cancellingAt: Date | null;
+  finishedAt: Date | null;
+}
+
+interface BatchRow {
+  id: string;
+  file_id: string | null;
+  metadata: Record<string, string>;
+  completion_window: string;
+  max_retries: number;
+  initial_backoff_ms: number;
+  max_backoff_ms: number;
+  total_count: number;
+  pending_count: number;
+  leased_count: number;
+  completed_count: number;
+  failed_count: number;
+  canceled_count: number;
+  expired_count: number;
+  event_seq: string;
+  created_at: Date;
+  updated_at: Date;
+  expires_at: Date;
+  cancelling_at: Date | null;
+  finished_at: Date | null;
+  cursor_ts?: string;
+}
+
+export const BATCH_COLUMNS = `id, file_id, metadata, completion_window, max_retries,
+  initial_backoff_ms, max_backoff_ms, total_count, pending_count, leased_count, completed_count,
+  failed_count, canceled_count, expired_count, event_seq, created_at, updated_at, expires_at,
+  cancelling_at, finished_at`;
+
+/** Maps a batches row to a record. */
+export function toBatch(r: BatchRow): BatchRecord {
+  return {
+    id: r.id,
+    fileId: r.file_id,
+    state: batchState({
+      cancellingAt: r.cancelling_at,
+      finishedAt: r.finished_at,
+      expiresAt: r.expires_at,
+      expiredCount: r.expired_count,
+    }),
+    metadata: r.metadata,
+    completionWindow: r.completion_window,
+    maxRetries: r.max_retries,
+    initialBackoffMs: r.initial_backoff_ms,
+    maxBackoffMs: r.max_backoff_ms,
+    counts: {
+      total: r.total_count,
+      pending: r.pending_count,
+      inProgress: r.leased_count,
+      completed: r.completed_count,
+      failed: r.failed_count,
+      canceled: r.canceled_count,
+      expired: r.expired_count,
+    },
+    eventSeq: BigInt(r.event_seq),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    expiresAt: r.expires_at,
+    cancellingAt: r.cancelling_at,
+    finishedAt: r.finished_at,
+  };
+}
+
+export interface NewBatch {
+  fileId: string;
+  idempotencyKey: string | null;
+  completionWindow: string;
+  completionWindowMs: number;
+  metadata: Record<string, string>;
+  maxRetries: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+}
+
+/**
+ * RequestsSnapshotFile: one request per template of the file, in one
+ * statement. Params: batch id, file id.
+ */
+const REQUESTS_SNAPSHOT_FILE = `
+  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key)
+  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key
+  FROM request_templates WHERE file_id = $2`;
+
+/**
+ * Starts a batch from a file. With an idempotency key already used, returns
+ * the earlier batch and creates nothing.
+ */
+export async function createBatch(
+  db: Db,
+  b: NewBatch,
+): Promise<{ batch: BatchRecord; created: boolean }> {
+  if (b.idempotencyKey !== null) {
+    const existing = await batchByKey(db, b.idempotencyKey);
+    if (existing) return { batch: existing, created: false };
+  }
+  if (!isId(b.fileId)) throw new NotFoundError("file", b.fileId);
+  const created = await db.tx(async (q) => {
+    // FOR SHARE: a concurrent DeleteFile waits until the snapshot is taken.
+    const file = await q.query<{ template_count: number; models: string[] }>(
+      `SELECT template_count, models FROM files WHERE id = $1 FOR SHARE`,
+      [b.fileId],
+    );
+    const f = file.rows[0];
+    if (!f) throw new NotFoundError("file", b.fileId);
+    const inserted = await q.query<BatchRow>(
+      `INSERT INTO batches (file_id, metadata, completion_window, max_retries, initial_backoff_ms,
+         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond')
+       ON CONFLICT (idempotency_key) DO NOTHING
+       RETURNING ${BATCH_COLUMNS}`,
+      [
+        b.fileId,
+        JSON.stringify(b.metadata),
+        b.completionWindow,
+        b.maxRetries,
+        b.initialBackoffMs,
+        b.maxBackoffMs,
+        b.idempotencyKey,
+        f.template_count,
+        b.completionWindowMs,
+      ],
+    );
+    const row = inserted.rows[0];
+    if (!row) return undefined;
+    await q.query(REQUESTS_SNAPSHOT_FILE, [row.id, b.fileId]);
+    // Every model with work appears in ListModelLimits, at the default limit.
+    await q.query(
+      `INSERT INTO model_limits (model) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`,
+      [f.models],
+    );
+    await q.query(`SELECT pg_notify('fusillade_work', m) FROM unnest($1::text[]) m`, [f.models]);
+    return toBatch(row);
+  });
+  if (created) return { batch: created, created: true };
+  // A concurrent request with the same key committed first.
+  const existing = await batchByKey(db, b.idempotencyKey!);
+  if (!existing) throw new Error("idempotency key conflict without a batch");
+  return { batch: existing, created: false };
+}
+
+async function batchByKey(db: Db, key: string): Promise<BatchRecord | undefined> {
+  const { rows } = await db.query<BatchRow>(
+    `SELECT ${BATCH_COLUMNS} FROM batches WHERE idempotency_key = $1`,
+    [key],
+  );
+  return rows[0] && toBatch(rows[0]);
+}
+
+/** One batch, or NotFoundError. */
+export async function getBatch(db: Db, id: string): Promise<BatchRecord> {
+  if (!isId(id)) throw new NotFoundError("batch", id);
+  const { rows } = await db.query<BatchRow>(`SELECT ${BATCH_COLUMNS} FROM batches WHERE id = $1`, [
+    id,
+  ]);
+  if (!rows[0]) throw new NotFoundError("batch", id);
+  return toBatch(rows[0]);
+}
+
+/** Batches, newest first, optionally only those of one file. */
+export async function listBatches(
+  db: Db,
+  opts: { limit: number; pageToken: string; fileId: string },
+): Promise<{ batches: BatchRecord[]; nextPageToken: string }> {
+  const after = decodePageToken(opts.pageToken, 2);
+  if (opts.fileId !== "" && !isId(opts.fileId)) return { batches: [], nextPageToken: "" };
+  const { rows } = await db.query<BatchRow>(
+    `SELECT ${BATCH_COLUMNS}, created_at::text AS cursor_ts FROM batches
+     WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid))
+       AND ($3::uuid IS NULL OR file_id = $3::uuid)
+     ORDER BY created_at DESC, id DESC LIMIT $4`,
+    [after?.[0] ?? null, after?.[1] ?? null, opts.fileId === "" ? null : opts.fileId, opts.limit + 1],
+  );
+  const page = rows.slice(0, opts.limit);
+  const last = page[page.length - 1];
+  return {
+    batches: page.map(toBatch),
+    nextPageToken:
+      rows.length > opts.limit && last ? encodePageToken([last.cursor_ts!, last.id]) : "",
+  };
+}
+
+/**
+ * Cancels a batch: pending requests become canceled at once; leased ones
+ * stay counted against their model's limit until their dispatcher, told by
+ * RenewLeases, aborts them and reports (or their lease expires).
+ */
+export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
+  const before = await getBatch(db, id);
+  if (before.state === "cancelling") return before;
+  if (isBatchTerminal(before.state)) {
+    throw new FailedPreconditionError(`batch ${id} is already ${before.state}`);
+  }
+  const batch = await db.tx(async (q) => {
+    const canceled = await q.query(
+      `UPDATE requests SET state = 'canceled', not_before = NULL, finished_at = now(),
+         updated_at = now(), error_code = 'batch_cancelled',
+         error_message = 'the batch was cancelled before this request ran'
+       WHERE batch_id = $1 AND state = 'pending'`,
+      [id],
+    );
+    // If the batch finished on its own meanwhile and we changed nothing, it
+    // is not ours to call cancelled.
+    const { rows } = await q.query<BatchRow>(
+      `UPDATE batches SET cancelling_at = now(), updated_at = now()
+       WHERE id = $1 AND cancelling_at IS NULL AND (finished_at IS NULL OR $2)
+       RETURNING ${BATCH_COLUMNS}`,
+      [id, (canceled.rowCount ?? 0) > 0],
+    );
+    return rows[0] && toBatch(rows[0]);
+  });
+  if (batch) return batch;
+  const after = await getBatch(db, id);
+  if (after.state === "cancelling" || after.state === "cancelled") return after;
+  throw new FailedPreconditionError(`batch ${id} is already ${after.state}`);
+}
+
+export interface RetrySelection {
+  requestIds: string[];
+  customIds: string[];
+  /** New completion window from now, for an expired batch; null keeps the old one. */
+  completionWindowMs: number | null;
+}
+
+/**
+ * Sends a batch's failed and expired requests (all, or those selected) back
+ * to pending with a fresh attempt budget. The batch reopens.
+ */
+export async function retryBatch(
+  db: Db,
+  id: string,
+  sel: RetrySelection,
+): Promise<{ batch: BatchRecord; retried: number }> {
+  const before = await getBatch(db, id);
+  if (before.state === "cancelling" || before.state === "cancelled") {
+    throw new FailedPreconditionError(`batch ${id} is ${before.state}; it cannot be retried`);
+  }
+  const windowMs =
+    sel.completionWindowMs ?? before.expiresAt.getTime() - before.createdAt.getTime();
+  // The requests trigger notifies lease waiters of the new pending work.
+  return db.tx(async (q) => {
+    const all = sel.requestIds.length === 0 && sel.customIds.length === 0;
+    const retried = await q.query(
+      `UPDATE requests SET state = 'pending', attempt = 0, not_before = NULL, finished_at = NULL,
+         updated_at = now(), error_code = NULL, error_message = NULL, response_status = NULL,
+         response_headers = NULL, response_body = NULL
+       WHERE batch_id = $1 AND state IN ('failed', 'expired')
+         AND ($2 OR id::text = ANY($3::text[]) OR custom_id = ANY($4::text[]))`,
+      [id, all, sel.requestIds, sel.customIds],
+    );
+    const count = retried.rowCount ?? 0;
+    // An expired batch gets a new window, or its requests would expire again at once.
+    const { rows } = await q.query<BatchRow>(
+      `UPDATE batches SET updated_at = now(),
+         expires_at = CASE WHEN $2 AND expires_at <= now()
+           THEN now() + $3 * interval '1 millisecond' ELSE expires_at END
+       WHERE id = $1 RETURNING ${BATCH_COLUMNS}`,
+      [id, count > 0, windowMs],
+    );
+    return { batch: toBatch(rows[0]!), retried: count };
+  });
+}

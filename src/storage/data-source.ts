@@ -1,0 +1,46 @@
+/** Builds the TypeORM data source (and its pg pool) for a database URL. */
+import { DataSource } from "typeorm";
+import { InitialSchema1764400000000 } from "../../migrations/1764400000000-initial-schema.js";
+import { ENTITIES } from "./entities.js";
+
+/** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
+const MIGRATION_LOCK_KEY = 0x66757369;
+
+/** Migrations in the order they run. */
+export const MIGRATIONS = [InitialSchema1764400000000];
+
+export interface DataSourceOptions {
+  url: string;
+  /** Pool size. @default 10 */
+  poolSize?: number;
+  applicationName?: string;
+}
+
+/** A data source for `url`, not yet initialized. */
+export function makeDataSource(options: DataSourceOptions): DataSource {
+  return new DataSource({
+    type: "postgres",
+    url: options.url,
+    entities: ENTITIES,
+    migrations: MIGRATIONS,
+    synchronize: false,
+    migrationsRun: false,
+    logging: false,
+    poolSize: options.poolSize ?? 10,
+    applicationName: options.applicationName ?? "fusillade",
+  });
+}
+
+/** Applies pending migrations to the database at `url`; returns their names. */
+export async function migrate(url: string): Promise<string[]> {
+  const ds = makeDataSource({ url, poolSize: 1, applicationName: "fusillade-migrate" });
+  await ds.initialize();
+  try {
+    // Replicas starting together take turns; the second finds nothing to do.
+    await ds.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
+    const ran = await ds.runMigrations({ transaction: "each" });
+    return ran.map((m) => m.name);
+  } finally {
+    await ds.destroy();
+  }
+}
