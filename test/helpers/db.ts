@@ -1,0 +1,95 @@
+/**
+ * Per-test-file databases, cloned from the run's migrated template (see ./global-setup.ts).
+ * Each call makes a new database, so test files (and tests) can run in parallel.
+ */
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { afterAll, beforeAll, inject } from "vitest";
+
+/** A throw-away migrated database. */
+export interface TestDatabase {
+  url: string;
+  name: string;
+  /** `DROP DATABASE … WITH (FORCE)`: open connections are ended. Idempotent. */
+  drop(): Promise<void>;
+}
+
+/** SQLSTATE 55006 object_in_use: "source database … is being accessed by other users". */
+const OBJECT_IN_USE = "55006";
+const CREATE_ATTEMPTS = 20;
+const CREATE_RETRY_MS = 100;
+
+/** Creates a new database from the migrated template. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const adminUrl = inject("adminUrl");
+  const templateDb = inject("templateDb");
+  const name = `${inject("dbPrefix")}${randomBytes(6).toString("hex")}`;
+  await admin(adminUrl, async (c) => {
+    const sql = `CREATE DATABASE ${c.escapeIdentifier(name)} TEMPLATE ${c.escapeIdentifier(templateDb)}`;
+    // The template accepts no connections, so a clash means someone (psql?) was let in anyway.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await c.query(sql);
+        return;
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (code !== OBJECT_IN_USE || attempt >= CREATE_ATTEMPTS) throw err;
+        await new Promise((r) => setTimeout(r, CREATE_RETRY_MS));
+      }
+    }
+  });
+  let dropped: Promise<void> | undefined;
+  return {
+    url: withDatabase(adminUrl, name),
+    name,
+    drop: () => {
+      dropped ??= admin(adminUrl, async (c) => {
+        await c.query(`DROP DATABASE IF EXISTS ${c.escapeIdentifier(name)} WITH (FORCE)`);
+      });
+      return dropped;
+    },
+  };
+}
+
+/**
+ * One database for the calling test file: created in `beforeAll`, dropped in `afterAll`.
+ * Read `.url` / `.name` inside tests or hooks, not at module level.
+ */
+export function useTestDatabase(): { readonly url: string; readonly name: string } {
+  let db: TestDatabase | undefined;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+  const current = (): TestDatabase => {
+    if (db === undefined)
+      throw new Error("useTestDatabase(): the database exists only once beforeAll ran");
+    return db;
+  };
+  return {
+    get url() {
+      return current().url;
+    },
+    get name() {
+      return current().name;
+    },
+  };
+}
+
+async function admin<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${encodeURIComponent(database)}`;
+  return u.toString();
+}
