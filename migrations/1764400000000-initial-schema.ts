@@ -132,6 +132,9 @@ export class InitialSchema1764400000000 implements MigrationInterface {
     await q.query(
       `CREATE INDEX requests_leased ON requests (model, lease_expires_at) WHERE state = 'leased'`,
     );
+    await q.query(
+      `CREATE INDEX requests_retry_wait ON requests (model, not_before) WHERE state = 'pending' AND not_before IS NOT NULL`,
+    );
     await q.query(`CREATE INDEX requests_batch_state ON requests (batch_id, state, line)`);
     await q.query(
       `CREATE INDEX requests_batch_custom_id ON requests (batch_id, custom_id) WHERE custom_id IS NOT NULL`,

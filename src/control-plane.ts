@@ -2,10 +2,13 @@
  * Builds and starts a control plane: database (external or embedded),
  * migrations, LISTEN connection, reaper, and the API server.
  */
+import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
 import { buildServer } from "./api/server.js";
 import type { ControlPlaneConfig } from "./config/config.js";
 import type { Logger } from "./logger.js";
+import { LeaseService } from "./leases/lease-service.js";
+import { startReaper } from "./leases/reaper.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -47,9 +50,14 @@ export async function startControlPlane(
     await notifications.start();
     cleanup.push(() => notifications.close());
     const shutdown = new AbortController();
+    // Every long poll and stream listens on it.
+    setMaxListeners(0, shutdown.signal);
     const deps = { db, config, log, notifications, shutdownSignal: shutdown.signal };
+    const leases = new LeaseService(db, notifications, config);
+    const reaper = startReaper(db, config.reapIntervalMs, log);
+    cleanup.push(() => reaper.stop());
     const server = await buildServer({
-      routes: routes(deps),
+      routes: routes(deps, leases),
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),

@@ -4,6 +4,7 @@ import { AdminService } from "../gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";
 import { DispatchService } from "../gen/fusillade/v1/dispatch_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import type { LeaseService } from "../leases/lease-service.js";
 import { adminMethods } from "./admin.js";
 import { batchMethods } from "./batches.js";
 import type { ApiDeps } from "./deps.js";
@@ -13,14 +14,14 @@ import { healthMethods } from "./health.js";
 import { streamMethods } from "./streams.js";
 
 /** Registers every service on `router`. */
-export function routes(deps: ApiDeps): (router: ConnectRouter) => void {
+export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRouter) => void {
   return (router) => {
     router.service(BatchService, {
       ...fileMethods(deps),
       ...batchMethods(deps),
       ...streamMethods(deps),
     });
-    router.service(DispatchService, dispatchMethods(deps));
+    router.service(DispatchService, dispatchMethods(deps, leases));
     router.service(AdminService, adminMethods(deps));
     router.service(Health, healthMethods(deps));
   };

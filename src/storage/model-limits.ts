@@ -1,0 +1,73 @@
+/** Model limits as stored, with current usage, for AdminService. */
+import type { Db } from "./db.js";
+import { decodePageToken, encodePageToken } from "./pages.js";
+
+export interface ModelLimitRecord {
+  model: string;
+  /** null: the server default applies. */
+  limit: number | null;
+  inFlight: number;
+  pending: number;
+  holdUntil: Date | null;
+}
+
+interface Row {
+  model: string;
+  max_in_flight: number | null;
+  hold_until: Date | null;
+  in_flight: number;
+  pending: string;
+}
+
+const SELECT_WITH_USAGE = `
+  SELECT m.model, m.max_in_flight, CASE WHEN m.hold_until > now() THEN m.hold_until END AS hold_until,
+    (SELECT count(*)::int FROM requests r WHERE r.model = m.model AND r.state = 'leased') AS in_flight,
+    (SELECT count(*) FROM requests r WHERE r.model = m.model AND r.state = 'pending') AS pending
+  FROM model_limits m`;
+
+function toRecord(r: Row): ModelLimitRecord {
+  return {
+    model: r.model,
+    limit: r.max_in_flight,
+    inFlight: r.in_flight,
+    pending: Number(r.pending),
+    holdUntil: r.hold_until,
+  };
+}
+
+/**
+ * Sets (or with null, clears) a model's limit and wakes lease waiters: a
+ * raised limit is used at once; a lowered one stops new grants at once
+ * (grants read it under the row's lock).
+ */
+export async function setModelLimit(db: Db, model: string, limit: number | null): Promise<ModelLimitRecord> {
+  await db.tx(async (q) => {
+    await q.query(
+      `INSERT INTO model_limits (model, max_in_flight, updated_at) VALUES ($1, $2, now())
+       ON CONFLICT (model) DO UPDATE SET max_in_flight = excluded.max_in_flight, updated_at = now()`,
+      [model, limit],
+    );
+    await q.query(`SELECT pg_notify('fusillade_work', $1)`, [model]);
+  });
+  const { rows } = await db.query<Row>(`${SELECT_WITH_USAGE} WHERE m.model = $1`, [model]);
+  return toRecord(rows[0]!);
+}
+
+/** Models in name order, with usage. */
+export async function listModelLimits(
+  db: Db,
+  limit: number,
+  pageToken: string,
+): Promise<{ limits: ModelLimitRecord[]; nextPageToken: string }> {
+  const after = decodePageToken(pageToken, 1);
+  const { rows } = await db.query<Row>(`${SELECT_WITH_USAGE} WHERE m.model > $1 ORDER BY m.model LIMIT $2`, [
+    after?.[0] ?? "",
+    limit + 1,
+  ]);
+  const page = rows.slice(0, limit);
+  const last = page[page.length - 1];
+  return {
+    limits: page.map(toRecord),
+    nextPageToken: rows.length > limit && last ? encodePageToken([last.model]) : "",
+  };
+}

@@ -1,0 +1,83 @@
+/**
+ * A control plane on its own throw-away database, on a real socket, with
+ * Connect clients for each service (HTTP/2 by default).
+ */
+import { type Client, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { CONTROL_PLANE_DEFAULTS, type ControlPlaneConfig } from "../../src/config/config.js";
+import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
+import { AdminService } from "../../src/gen/fusillade/v1/admin_service_pb.js";
+import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { DispatchService } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
+import { makeLogger } from "../../src/logger.js";
+import { createTestDatabase, type TestDatabase } from "./db.js";
+
+export interface TestControlPlane {
+  cp: ControlPlane;
+  url: string;
+  /** The test database (shared by every replica started on it). */
+  database: TestDatabase;
+  batch: Client<typeof BatchService>;
+  dispatch: Client<typeof DispatchService>;
+  admin: Client<typeof AdminService>;
+  /** Stops the control plane (the database stays until `drop`). */
+  stop(): Promise<void>;
+  /** Stops and drops the database. */
+  close(): Promise<void>;
+}
+
+/** Connect-protocol clients over HTTP/2 (or HTTP/1.1), or gRPC. */
+export function clients(
+  url: string,
+  protocol: "connect-h2" | "connect-h1" | "grpc" = "connect-h2",
+) {
+  const transport =
+    protocol === "grpc"
+      ? createGrpcTransport({ baseUrl: url })
+      : createConnectTransport({
+          baseUrl: url,
+          httpVersion: protocol === "connect-h1" ? "1.1" : "2",
+        });
+  return {
+    batch: createClient(BatchService, transport),
+    dispatch: createClient(DispatchService, transport),
+    admin: createClient(AdminService, transport),
+  };
+}
+
+/**
+ * Starts a control plane on a fresh database (or on `database`, to run a
+ * second replica on the same one).
+ */
+export async function startTestControlPlane(
+  config: Partial<ControlPlaneConfig> = {},
+  database?: TestDatabase,
+): Promise<TestControlPlane> {
+  const db = database ?? (await createTestDatabase());
+  const cp = await startControlPlane(
+    {
+      ...CONTROL_PLANE_DEFAULTS,
+      port: 0,
+      logLevel: process.env.FUSILLADE_TEST_LOG ?? "silent",
+      ...config,
+      databaseUrl: db.url,
+    },
+    makeLogger(process.env.FUSILLADE_TEST_LOG ?? "silent"),
+  );
+  let stopped: Promise<void> | undefined;
+  const stop = () => {
+    stopped ??= cp.close();
+    return stopped;
+  };
+  return {
+    cp,
+    url: cp.url,
+    database: db,
+    ...clients(cp.url),
+    stop,
+    close: async () => {
+      await stop();
+      if (!database) await db.drop();
+    },
+  };
+}
