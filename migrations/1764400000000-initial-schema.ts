@@ -219,7 +219,9 @@ export class InitialSchema1764400000000 implements MigrationInterface {
   }
 
   async down(q: QueryRunner): Promise<void> {
-    await q.query(`DROP TABLE IF EXISTS request_events, requests, batches, request_templates, files, model_limits CASCADE`);
+    await q.query(
+      `DROP TABLE IF EXISTS request_events, requests, batches, request_templates, files, model_limits CASCADE`,
+    );
     await q.query(`DROP SEQUENCE IF EXISTS lease_token_seq`);
     await q.query(`DROP FUNCTION IF EXISTS requests_after_update()`);
   }

@@ -6,9 +6,9 @@ import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
 import { buildServer } from "./api/server.js";
 import type { ControlPlaneConfig } from "./config/config.js";
-import type { Logger } from "./logger.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
+import type { Logger } from "./logger.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -39,14 +39,20 @@ export async function startControlPlane(
   });
   const cleanup: Array<() => Promise<void>> = [() => database.stop()];
   const closeAll = async () => {
-    for (const fn of cleanup.reverse()) await fn().catch((e) => log.error({ err: e }, "shutdown step failed"));
+    for (const fn of cleanup.reverse())
+      await fn().catch((e) => log.error({ err: e }, "shutdown step failed"));
   };
   try {
     const applied = await migrate(database.url);
     if (applied.length > 0) log.info({ migrations: applied }, "migrations applied");
-    const db = await Db.connect(database.url, { poolSize: POOL_SIZE, name: "fusillade-control-plane" });
+    const db = await Db.connect(database.url, {
+      poolSize: POOL_SIZE,
+      name: "fusillade-control-plane",
+    });
     cleanup.push(() => db.close());
-    const notifications = new Notifications(database.url, (e) => log.warn({ err: e }, "LISTEN connection lost"));
+    const notifications = new Notifications(database.url, (e) =>
+      log.warn({ err: e }, "LISTEN connection lost"),
+    );
     await notifications.start();
     cleanup.push(() => notifications.close());
     const shutdown = new AbortController();

@@ -10,7 +10,14 @@ export function makeLogger(level: string, name = "fusillade"): Logger {
       name,
       level,
       redact: {
-        paths: ["apiKey", "api_key", "*.apiKey", "*.api_key", "headers.authorization", "*.headers.authorization"],
+        paths: [
+          "apiKey",
+          "api_key",
+          "*.apiKey",
+          "*.api_key",
+          "headers.authorization",
+          "*.headers.authorization",
+        ],
         censor: "[redacted]",
       },
     },

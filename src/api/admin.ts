@@ -8,7 +8,7 @@ import {
   SetModelLimitResponseSchema,
 } from "../gen/fusillade/v1/admin_service_pb.js";
 import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
-import { type ModelLimitRecord, listModelLimits, setModelLimit } from "../storage/model-limits.js";
+import { listModelLimits, type ModelLimitRecord, setModelLimit } from "../storage/model-limits.js";
 import { pageSize } from "../storage/pages.js";
 import { toTimestamp } from "./convert.js";
 import type { ApiDeps } from "./deps.js";

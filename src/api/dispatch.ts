@@ -7,13 +7,19 @@ import {
   AcquireLeasesResponseSchema,
   type DispatchService,
   LeaseLossReason,
-  type LeaseRef as ProtoLeaseRef,
   LeaseSchema,
+  type LeaseRef as ProtoLeaseRef,
   RenewLeasesResponseSchema,
   ReportResult_Disposition,
   ReportResultsResponseSchema,
 } from "../gen/fusillade/v1/dispatch_service_pb.js";
-import type { Disposition, LeaseRef, LeaseService, LossReason, Outcome } from "../leases/lease-service.js";
+import type {
+  Disposition,
+  LeaseRef,
+  LeaseService,
+  LossReason,
+  Outcome,
+} from "../leases/lease-service.js";
 import { fromDuration, toDuration, toTimestamp } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 
@@ -49,7 +55,10 @@ function fromRef(r: ProtoLeaseRef | undefined, field: string): LeaseRef {
 }
 
 /** The DispatchService methods. */
-export function dispatchMethods(deps: ApiDeps, leases: LeaseService): ServiceImpl<typeof DispatchService> {
+export function dispatchMethods(
+  deps: ApiDeps,
+  leases: LeaseService,
+): ServiceImpl<typeof DispatchService> {
   return {
     async acquireLeases(req, ctx) {
       if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
@@ -113,7 +122,10 @@ export function dispatchMethods(deps: ApiDeps, leases: LeaseService): ServiceImp
             const f = o.result.value;
             const code = f.code as FailureCode;
             if (!FAILURE_CODES.has(code)) {
-              throw new InvalidArgumentError(`outcomes[${i}].failure.code`, `unknown code ${JSON.stringify(f.code)}`);
+              throw new InvalidArgumentError(
+                `outcomes[${i}].failure.code`,
+                `unknown code ${JSON.stringify(f.code)}`,
+              );
             }
             return {
               ref,
@@ -137,7 +149,8 @@ export function dispatchMethods(deps: ApiDeps, leases: LeaseService): ServiceImp
       return create(ReportResultsResponseSchema, {
         results: outcomes.map((o) => ({
           ref: { requestId: o.ref.requestId, token: o.ref.token },
-          disposition: DISPOSITION_TO_PROTO[dispositions.get(`${o.ref.requestId}/${o.ref.token}`) ?? "lost"],
+          disposition:
+            DISPOSITION_TO_PROTO[dispositions.get(`${o.ref.requestId}/${o.ref.token}`) ?? "lost"],
         })),
       });
     },

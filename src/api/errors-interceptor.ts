@@ -2,7 +2,10 @@
 import type { Interceptor } from "@connectrpc/connect";
 import { toConnectError } from "./errors.js";
 
-async function* mapStreamErrors<T>(it: AsyncIterable<T>, log: (e: unknown) => void): AsyncIterable<T> {
+async function* mapStreamErrors<T>(
+  it: AsyncIterable<T>,
+  log: (e: unknown) => void,
+): AsyncIterable<T> {
   try {
     yield* it;
   } catch (e) {

@@ -3,13 +3,18 @@ import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
   type Health,
-  HealthCheckResponse_ServingStatus as Status,
   HealthCheckResponseSchema,
+  HealthCheckResponse_ServingStatus as Status,
 } from "../gen/grpc/health/v1/health_pb.js";
 import type { ApiDeps } from "./deps.js";
 
 /** Services this server reports on ("" is the server as a whole). */
-const KNOWN = new Set(["", "fusillade.v1.BatchService", "fusillade.v1.DispatchService", "fusillade.v1.AdminService"]);
+const KNOWN = new Set([
+  "",
+  "fusillade.v1.BatchService",
+  "fusillade.v1.DispatchService",
+  "fusillade.v1.AdminService",
+]);
 /** How often Watch re-checks the database. */
 const WATCH_INTERVAL_MS = 5000;
 
@@ -40,7 +45,14 @@ export function healthMethods(deps: ApiDeps): ServiceImpl<typeof Health> {
         }
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, WATCH_INTERVAL_MS);
-          ctx.signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
+          ctx.signal.addEventListener(
+            "abort",
+            () => {
+              clearTimeout(t);
+              resolve();
+            },
+            { once: true },
+          );
         });
       }
     },

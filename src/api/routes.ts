@@ -26,4 +26,3 @@ export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRou
     router.service(Health, healthMethods(deps));
   };
 }
-

@@ -45,7 +45,13 @@ export interface LeaseRef {
 export type LossReason = "expired" | "batch_cancelled" | "batch_expired" | "not_current";
 
 export type Outcome =
-  | { ref: LeaseRef; kind: "completion"; statusCode: number; headers: Record<string, string>; body: string }
+  | {
+      ref: LeaseRef;
+      kind: "completion";
+      statusCode: number;
+      headers: Record<string, string>;
+      body: string;
+    }
   | ({ ref: LeaseRef } & Omit<AttemptFailure, "bodyExcerpt"> & { bodyExcerpt: string })
   | { ref: LeaseRef; kind: "release"; reason: string };
 
@@ -176,16 +182,22 @@ export class LeaseService {
     await this.db.query(sql.REQUESTS_REAP_EXPIRED, [model]);
     return this.db.tx(async (q) => {
       await q.query(sql.MODEL_LIMITS_ENSURE, [[model]]);
-      const lim = await q.query<{ max_in_flight: number | null; held: boolean }>(sql.MODEL_LIMIT_LOCK, [
-        model,
-      ]);
+      const lim = await q.query<{ max_in_flight: number | null; held: boolean }>(
+        sql.MODEL_LIMIT_LOCK,
+        [model],
+      );
       const row = lim.rows[0];
       if (!row || row.held) return [];
       const limit = row.max_in_flight ?? this.config.defaultLimit;
       const held = await q.query<{ n: number }>(sql.REQUESTS_COUNT_LEASED, [model]);
       const n = Math.min(want, limit - (held.rows[0]?.n ?? 0));
       if (n <= 0) return [];
-      const res = await q.query<GrantRow>(sql.REQUESTS_GRANT, [model, n, holder, this.config.leaseTtlMs]);
+      const res = await q.query<GrantRow>(sql.REQUESTS_GRANT, [
+        model,
+        n,
+        holder,
+        this.config.leaseTtlMs,
+      ]);
       return res.rows.map(toLease);
     });
   }
@@ -204,10 +216,16 @@ export class LeaseService {
     lost: Array<LeaseRef & { reason: LossReason }>;
   }> {
     if (refs.length === 0) return { renewed: [], lost: [] };
-    const res = await this.db.query<{ id: string; lease_token: string; lease_expires_at: Date; ttl_ms: string }>(
-      sql.REQUESTS_RENEW,
-      [refs.map((r) => r.requestId), refs.map((r) => r.token.toString()), this.config.leaseTtlMs],
-    );
+    const res = await this.db.query<{
+      id: string;
+      lease_token: string;
+      lease_expires_at: Date;
+      ttl_ms: string;
+    }>(sql.REQUESTS_RENEW, [
+      refs.map((r) => r.requestId),
+      refs.map((r) => r.token.toString()),
+      this.config.leaseTtlMs,
+    ]);
     const renewed = res.rows.map((r) => ({
       requestId: r.id,
       token: BigInt(r.lease_token),
@@ -258,7 +276,8 @@ export class LeaseService {
         completions.map((o) => o.body),
       ]);
       const done = new Set(res.rows.map((r) => r.id));
-      for (const o of completions) if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");
+      for (const o of completions)
+        if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");
     }
     if (failures.length > 0) await this.recordFailures(failures, result, key);
     if (releases.length > 0) {

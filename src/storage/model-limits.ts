@@ -40,7 +40,11 @@ function toRecord(r: Row): ModelLimitRecord {
  * raised limit is used at once; a lowered one stops new grants at once
  * (grants read it under the row's lock).
  */
-export async function setModelLimit(db: Db, model: string, limit: number | null): Promise<ModelLimitRecord> {
+export async function setModelLimit(
+  db: Db,
+  model: string,
+  limit: number | null,
+): Promise<ModelLimitRecord> {
   await db.tx(async (q) => {
     await q.query(
       `INSERT INTO model_limits (model, max_in_flight, updated_at) VALUES ($1, $2, now())
@@ -60,10 +64,10 @@ export async function listModelLimits(
   pageToken: string,
 ): Promise<{ limits: ModelLimitRecord[]; nextPageToken: string }> {
   const after = decodePageToken(pageToken, 1);
-  const { rows } = await db.query<Row>(`${SELECT_WITH_USAGE} WHERE m.model > $1 ORDER BY m.model LIMIT $2`, [
-    after?.[0] ?? "",
-    limit + 1,
-  ]);
+  const { rows } = await db.query<Row>(
+    `${SELECT_WITH_USAGE} WHERE m.model > $1 ORDER BY m.model LIMIT $2`,
+    [after?.[0] ?? "", limit + 1],
+  );
   const page = rows.slice(0, limit);
   const last = page[page.length - 1];
   return {

@@ -31,7 +31,10 @@ export class Notifications {
 
   /** Connects and LISTENs; resolves once notifications flow. */
   async start(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.url, application_name: "fusillade-listen" });
+    const client = new pg.Client({
+      connectionString: this.url,
+      application_name: "fusillade-listen",
+    });
     client.on("notification", (n) => {
       this.emitter.emit(n.channel, n.payload ?? "");
     });

@@ -6,11 +6,15 @@
 import { type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 
+/** A grpc-js method: (request or callback, …) → call. */
+// biome-ignore lint/suspicious/noExplicitAny: grpc-js methods are untyped in a generic client
+type GrpcMethod = (...args: any[]) => any;
+
 /** A grpc-js client whose methods are named like the proto's (lowerCamelCase). */
 export function grpcJsClient(
   service: DescService,
   baseUrl: string,
-): grpc.Client & Record<string, Function> {
+): grpc.Client & Record<string, GrpcMethod> {
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     definition[m.localName] = {
@@ -32,12 +36,12 @@ export function grpcJsClient(
   );
   const target = baseUrl.replace(/^https?:\/\//, "");
   return new Ctor(target, grpc.credentials.createInsecure()) as unknown as grpc.Client &
-    Record<string, Function>;
+    Record<string, GrpcMethod>;
 }
 
 /** Calls a unary grpc-js method as a promise. */
 export function unary<Res>(
-  client: grpc.Client & Record<string, Function>,
+  client: grpc.Client & Record<string, GrpcMethod>,
   method: string,
   req: unknown,
 ): Promise<Res> {

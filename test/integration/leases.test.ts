@@ -7,9 +7,9 @@ import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import {
-  LeaseLossReason,
   ReportResult_Disposition as Disposition,
   type Lease,
+  LeaseLossReason,
 } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
 import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 
@@ -25,10 +25,15 @@ afterAll(async () => {
   await t?.close();
 });
 
-const ms = (n: number) => create(DurationSchema, { seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
+const ms = (n: number) =>
+  create(DurationSchema, { seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
 
 /** A batch of `n` requests for `model`; returns its id. */
-async function batchOf(model: string, n: number, policy?: { maxRetries?: number; backoffMs?: number }) {
+async function batchOf(
+  model: string,
+  n: number,
+  policy?: { maxRetries?: number; backoffMs?: number },
+) {
   const lines = Array.from({ length: n }, (_, i) =>
     JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, i } }),
   ).join("\n");
@@ -48,8 +53,18 @@ async function batchOf(model: string, n: number, policy?: { maxRetries?: number;
   return batch!.id;
 }
 
-async function acquire(models: string[], max: number, waitMs = 0, client = t.dispatch): Promise<Lease[]> {
-  const res = await client.acquireLeases({ dispatcherId: "test", maxLeases: max, models, wait: ms(waitMs) });
+async function acquire(
+  models: string[],
+  max: number,
+  waitMs = 0,
+  client = t.dispatch,
+): Promise<Lease[]> {
+  const res = await client.acquireLeases({
+    dispatcherId: "test",
+    maxLeases: max,
+    models,
+    wait: ms(waitMs),
+  });
   return res.leases;
 }
 
@@ -59,7 +74,10 @@ async function complete(l: Lease, client = t.dispatch) {
     outcomes: [
       {
         ref: l.ref,
-        result: { case: "completion", value: { statusCode: 200, body: new TextEncoder().encode('{"ok":true}'), headers: {} } },
+        result: {
+          case: "completion",
+          value: { statusCode: 200, body: new TextEncoder().encode('{"ok":true}'), headers: {} },
+        },
       },
     ],
   });
@@ -67,7 +85,10 @@ async function complete(l: Lease, client = t.dispatch) {
 }
 
 async function stateOf(requestId: string) {
-  const r = await sql.query("SELECT state, attempt, response_status, error_code, error_message, not_before FROM requests WHERE id = $1", [requestId]);
+  const r = await sql.query(
+    "SELECT state, attempt, response_status, error_code, error_message, not_before FROM requests WHERE id = $1",
+    [requestId],
+  );
   return r.rows[0];
 }
 
@@ -102,16 +123,23 @@ describe("grants", () => {
   });
 
   test("concurrent acquirers on two replicas never overshoot the limit", async () => {
-    const other = await startTestControlPlane({ leaseTtlMs: 5000, reapIntervalMs: 100 }, t.database);
+    const other = await startTestControlPlane(
+      { leaseTtlMs: 5000, reapIntervalMs: 100 },
+      t.database,
+    );
     try {
       await t.admin.setModelLimit({ model: "g3", limit: 7 });
       await batchOf("g3", 200);
       const c2 = clients(other.url);
-      const calls = Array.from({ length: 30 }, (_, i) => acquire(["g3"], 3, 0, i % 2 ? c2.dispatch : t.dispatch));
+      const calls = Array.from({ length: 30 }, (_, i) =>
+        acquire(["g3"], 3, 0, i % 2 ? c2.dispatch : t.dispatch),
+      );
       const granted = (await Promise.all(calls)).flat();
       expect(granted).toHaveLength(7);
       expect(new Set(granted.map((l) => l.ref!.requestId)).size).toBe(7);
-      const held = await sql.query("SELECT count(*)::int AS n FROM requests WHERE model = 'g3' AND state = 'leased'");
+      const held = await sql.query(
+        "SELECT count(*)::int AS n FROM requests WHERE model = 'g3' AND state = 'leased'",
+      );
       expect(held.rows[0].n).toBe(7);
     } finally {
       await other.stop();
@@ -159,12 +187,23 @@ describe("reports", () => {
     expect(renew.lost[0]?.reason).toBe(LeaseLossReason.EXPIRED);
     const stale = await t.dispatch.reportResults({
       dispatcherId: "old",
-      outcomes: [{ ref: old!.ref, result: { case: "failure", value: { statusCode: 400, code: "http_error", message: "stale", retriable: false } } }],
+      outcomes: [
+        {
+          ref: old!.ref,
+          result: {
+            case: "failure",
+            value: { statusCode: 400, code: "http_error", message: "stale", retriable: false },
+          },
+        },
+      ],
     });
     expect(stale.results[0]!.disposition).toBe(Disposition.LOST);
     expect(await complete(fresh!)).toBe(Disposition.RECORDED);
     expect(await complete(fresh!)).toBe(Disposition.LOST); // first terminal outcome wins
-    expect(await stateOf(fresh!.ref!.requestId)).toMatchObject({ state: "completed", response_status: 200 });
+    expect(await stateOf(fresh!.ref!.requestId)).toMatchObject({
+      state: "completed",
+      response_status: 200,
+    });
   });
 
   test("retriable failures are re-queued with backoff until attempts run out; then failed", async () => {
@@ -177,7 +216,13 @@ describe("reports", () => {
             ref: l.ref,
             result: {
               case: "failure",
-              value: { statusCode: 503, code: "http_error", message: "upstream 503", retriable: true, bodyExcerpt: new TextEncoder().encode("busy") },
+              value: {
+                statusCode: 503,
+                code: "http_error",
+                message: "upstream 503",
+                retriable: true,
+                bodyExcerpt: new TextEncoder().encode("busy"),
+              },
             },
           },
         ],
@@ -206,7 +251,19 @@ describe("reports", () => {
     await t.dispatch.reportResults({
       dispatcherId: "test",
       outcomes: [
-        { ref: l!.ref, result: { case: "failure", value: { statusCode: 429, code: "http_error", message: "slow down", retriable: true, retryAfter: ms(1000) } } },
+        {
+          ref: l!.ref,
+          result: {
+            case: "failure",
+            value: {
+              statusCode: 429,
+              code: "http_error",
+              message: "slow down",
+              retriable: true,
+              retryAfter: ms(1000),
+            },
+          },
+        },
       ],
     });
     const heldAt = Date.now();
@@ -224,14 +281,26 @@ describe("reports", () => {
     const { batch } = await t.batch.cancelBatch({ batchId });
     expect(batch!.openaiStatus).toBe("cancelling");
     expect(batch!.counts).toMatchObject({ canceled: 3n, inProgress: 2n });
-    const renew = await t.dispatch.renewLeases({ dispatcherId: "test", leases: held.map((l) => l.ref!) });
+    const renew = await t.dispatch.renewLeases({
+      dispatcherId: "test",
+      leases: held.map((l) => l.ref!),
+    });
     expect(renew.renewed).toHaveLength(0);
-    expect(renew.lost.map((l) => l.reason)).toEqual([LeaseLossReason.BATCH_CANCELLED, LeaseLossReason.BATCH_CANCELLED]);
+    expect(renew.lost.map((l) => l.reason)).toEqual([
+      LeaseLossReason.BATCH_CANCELLED,
+      LeaseLossReason.BATCH_CANCELLED,
+    ]);
     const rel = await t.dispatch.reportResults({
       dispatcherId: "test",
-      outcomes: held.map((l) => ({ ref: l.ref, result: { case: "release" as const, value: { reason: "batch cancelled" } } })),
+      outcomes: held.map((l) => ({
+        ref: l.ref,
+        result: { case: "release" as const, value: { reason: "batch cancelled" } },
+      })),
     });
-    expect(rel.results.map((r) => r.disposition)).toEqual([Disposition.RECORDED, Disposition.RECORDED]);
+    expect(rel.results.map((r) => r.disposition)).toEqual([
+      Disposition.RECORDED,
+      Disposition.RECORDED,
+    ]);
     const status = await t.batch.getBatchStatus({ batchId });
     expect(status.openaiStatus).toBe("cancelled");
     expect(status.counts).toMatchObject({ total: 5n, canceled: 5n, pending: 0n, inProgress: 0n });
