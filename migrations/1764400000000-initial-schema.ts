@@ -49,7 +49,8 @@ export class InitialSchema1764400000000 implements MigrationInterface {
     await q.query(`
       CREATE TABLE batches (
         id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-        file_id uuid REFERENCES files (id) ON DELETE SET NULL,
+        -- No foreign key: a batch outlives its file (requests are a snapshot) and keeps its id.
+        file_id uuid,
         metadata jsonb NOT NULL DEFAULT '{}',
         completion_window text NOT NULL,
         max_retries integer NOT NULL CHECK (max_retries >= 0),

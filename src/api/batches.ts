@@ -3,7 +3,8 @@ import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
-import type { RequestState } from "../domain/states.js";
+import { openAiStatus, type RequestState } from "../domain/states.js";
+import { validateText } from "../domain/templates.js";
 import {
   type BatchService,
   CancelBatchResponseSchema,
@@ -14,14 +15,11 @@ import {
   ListBatchRequestsResponseSchema,
   RetryBatchResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
-import type { RequestState as ProtoRequestState, RetryPolicy } from "../gen/fusillade/v1/resources_pb.js";
-import {
-  cancelBatch,
-  createBatch,
-  getBatch,
-  listBatches,
-  retryBatch,
-} from "../storage/batches.js";
+import type {
+  RequestState as ProtoRequestState,
+  RetryPolicy,
+} from "../gen/fusillade/v1/resources_pb.js";
+import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
 import { listRequests } from "../storage/requests.js";
 import {
@@ -36,6 +34,8 @@ import type { ApiDeps } from "./deps.js";
 
 /** Longest completion window accepted. */
 const MAX_COMPLETION_WINDOW_MS = 30 * 24 * 3600 * 1000;
+/** Most metadata pairs a batch may carry (OpenAI's limit, as are 64/512 below). */
+const MAX_METADATA_PAIRS = 16;
 /** Most retries a batch may ask for. */
 const MAX_RETRIES_LIMIT = 100;
 
@@ -43,9 +43,13 @@ const MAX_RETRIES_LIMIT = 100;
 export function completionWindowMs(text: string, field: string): number {
   const ms = parseDuration(text);
   if (ms === undefined || ms <= 0) {
-    throw new InvalidArgumentError(field, `must be a duration such as "24h" or "90m", got ${JSON.stringify(text)}`);
+    throw new InvalidArgumentError(
+      field,
+      `must be a duration such as "24h" or "90m", got ${JSON.stringify(text)}`,
+    );
   }
-  if (ms > MAX_COMPLETION_WINDOW_MS) throw new InvalidArgumentError(field, "must be at most 30 days");
+  if (ms > MAX_COMPLETION_WINDOW_MS)
+    throw new InvalidArgumentError(field, "must be at most 30 days");
   return ms;
 }
 
@@ -62,19 +66,28 @@ function retryPolicy(p: RetryPolicy | undefined, deps: ApiDeps) {
   const c = deps.config;
   const maxRetries = p?.maxRetries ?? c.defaultMaxRetries;
   if (maxRetries < 0 || maxRetries > MAX_RETRIES_LIMIT) {
-    throw new InvalidArgumentError("retry_policy.max_retries", `must be between 0 and ${MAX_RETRIES_LIMIT}`);
+    throw new InvalidArgumentError(
+      "retry_policy.max_retries",
+      `must be between 0 and ${MAX_RETRIES_LIMIT}`,
+    );
   }
   const initial = fromDuration(p?.initialBackoff) ?? c.defaultInitialBackoffMs;
   const max = fromDuration(p?.maxBackoff) ?? c.defaultMaxBackoffMs;
-  if (initial < 0) throw new InvalidArgumentError("retry_policy.initial_backoff", "must not be negative");
+  if (initial < 0)
+    throw new InvalidArgumentError("retry_policy.initial_backoff", "must not be negative");
   if (max < initial) {
-    throw new InvalidArgumentError("retry_policy.max_backoff", "must not be less than initial_backoff");
+    throw new InvalidArgumentError(
+      "retry_policy.max_backoff",
+      "must not be less than initial_backoff",
+    );
   }
   return { maxRetries, initialBackoffMs: initial, maxBackoffMs: max };
 }
 
 /** The batch methods of BatchService (the streaming ones are in streams.ts). */
-export function batchMethods(deps: ApiDeps): Pick<
+export function batchMethods(
+  deps: ApiDeps,
+): Pick<
   ServiceImpl<typeof BatchService>,
   | "createBatch"
   | "getBatch"
@@ -88,15 +101,24 @@ export function batchMethods(deps: ApiDeps): Pick<
   return {
     async createBatch(req) {
       if (req.fileId === "") throw new InvalidArgumentError("file_id", "is required");
-      const window = req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
+      const window =
+        req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
       const windowMs = completionWindowMs(window, "completion_window");
-      for (const [k, v] of Object.entries(req.metadata)) {
-        if (k === "" || k.length > 64) throw new InvalidArgumentError("metadata", "keys must be 1 to 64 characters");
-        if (v.length > 512) throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
+      const entries = Object.entries(req.metadata);
+      if (entries.length > MAX_METADATA_PAIRS) {
+        throw new InvalidArgumentError("metadata", `must have at most ${MAX_METADATA_PAIRS} keys`);
+      }
+      for (const [k, v] of entries) {
+        if (k === "" || k.length > 64)
+          throw new InvalidArgumentError("metadata", "keys must be 1 to 64 characters");
+        validateText(k, "metadata");
+        if (v.length > 512)
+          throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
+        validateText(v, `metadata.${k}`);
       }
       const { batch } = await createBatch(db, {
         fileId: req.fileId,
-        idempotencyKey: req.requestId === "" ? null : req.requestId,
+        idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
         completionWindow: window,
         completionWindowMs: windowMs,
         metadata: req.metadata,
@@ -106,7 +128,9 @@ export function batchMethods(deps: ApiDeps): Pick<
     },
 
     async getBatch(req) {
-      return create(GetBatchResponseSchema, { batch: toProtoBatch(await getBatch(db, req.batchId)) });
+      return create(GetBatchResponseSchema, {
+        batch: toProtoBatch(await getBatch(db, req.batchId)),
+      });
     },
 
     async getBatchStatus(req) {
@@ -114,7 +138,7 @@ export function batchMethods(deps: ApiDeps): Pick<
       return create(GetBatchStatusResponseSchema, {
         batchId: b.id,
         state: toProtoBatchState(b.state),
-        openaiStatus: b.state,
+        openaiStatus: openAiStatus(b.state),
         counts: toProtoCounts(b.counts),
       });
     },
@@ -132,17 +156,24 @@ export function batchMethods(deps: ApiDeps): Pick<
     },
 
     async cancelBatch(req) {
-      return create(CancelBatchResponseSchema, { batch: toProtoBatch(await cancelBatch(db, req.batchId)) });
+      return create(CancelBatchResponseSchema, {
+        batch: toProtoBatch(await cancelBatch(db, req.batchId)),
+      });
     },
 
     async retryBatch(req) {
       const { batch, retried } = await retryBatch(db, req.batchId, {
-        requestIds: req.requestIds,
-        customIds: req.customIds,
+        requestIds: req.requestIds.map((id, i) => validateText(id, `request_ids[${i}]`)),
+        customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
         completionWindowMs:
-          req.completionWindow === "" ? null : completionWindowMs(req.completionWindow, "completion_window"),
+          req.completionWindow === ""
+            ? null
+            : completionWindowMs(req.completionWindow, "completion_window"),
       });
-      return create(RetryBatchResponseSchema, { batch: toProtoBatch(batch), retriedCount: BigInt(retried) });
+      return create(RetryBatchResponseSchema, {
+        batch: toProtoBatch(batch),
+        retriedCount: BigInt(retried),
+      });
     },
 
     async listBatchRequests(req) {

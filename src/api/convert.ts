@@ -10,19 +10,22 @@ import {
   timestampDate,
   timestampFromDate,
 } from "@bufbuild/protobuf/wkt";
-import type { RequestState as DomainRequestState, BatchState as DomainBatchState } from "../domain/states.js";
+import type {
+  BatchState as DomainBatchState,
+  RequestState as DomainRequestState,
+} from "../domain/states.js";
 import { openAiStatus } from "../domain/states.js";
 import {
   type Batch,
-  BatchRequestSchema,
   type BatchRequest,
+  BatchRequestSchema,
   BatchSchema,
   BatchState,
   type File,
   FileSchema,
+  type RequestCounts,
   RequestCountsSchema,
   RequestState,
-  type RequestCounts,
 } from "../gen/fusillade/v1/resources_pb.js";
 import type { BatchCounts, BatchRecord } from "../storage/batches.js";
 import type { FileRecord } from "../storage/files.js";
@@ -159,8 +162,7 @@ export function toProtoRequest(r: RequestRecord): BatchRequest {
             body: r.responseBody ?? "",
             headers: r.responseHeaders ?? {},
           },
-    error:
-      r.errorCode === null ? undefined : { code: r.errorCode, message: r.errorMessage ?? "" },
+    error: r.errorCode === null ? undefined : { code: r.errorCode, message: r.errorMessage ?? "" },
     createTime: toTimestamp(r.createdAt),
     updateTime: toTimestamp(r.updatedAt),
     notBeforeTime: toTimestamp(r.notBefore),

@@ -12,16 +12,37 @@ import {
   UnavailableError,
 } from "../domain/errors.js";
 
-/** Postgres SQLSTATE classes that mean "the database is not reachable now". */
-const UNAVAILABLE_SQLSTATES = new Set(["57P01", "57P02", "57P03", "08000", "08003", "08006"]);
+/**
+ * Postgres SQLSTATEs that mean "try again": the database is not reachable
+ * now, has no connection slot, or the transaction lost a serialization or
+ * deadlock race (nothing was written).
+ */
+const UNAVAILABLE_SQLSTATES = new Set([
+  "57P01",
+  "57P02",
+  "57P03",
+  "08000",
+  "08003",
+  "08006",
+  "53300",
+  "40001",
+  "40P01",
+]);
+/**
+ * SQLSTATEs of client text Postgres cannot store (U+0000 in text or jsonb).
+ * Handlers reject it first, naming the field; this is the net under them.
+ */
+const BAD_TEXT_SQLSTATES = new Set(["22021", "22P05"]);
 /** Node socket errors that mean the same. */
 const UNAVAILABLE_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT"]);
 
 /** Maps any error thrown by a handler to a ConnectError, keeping the cause. */
 export function toConnectError(e: unknown, log?: (err: unknown) => void): ConnectError {
   if (e instanceof ConnectError) return e;
-  if (e instanceof InvalidArgumentError) return new ConnectError(e.message, Code.InvalidArgument, undefined, undefined, e);
-  if (e instanceof NotFoundError) return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
+  if (e instanceof InvalidArgumentError)
+    return new ConnectError(e.message, Code.InvalidArgument, undefined, undefined, e);
+  if (e instanceof NotFoundError)
+    return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
   if (e instanceof FailedPreconditionError)
     return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
   if (e instanceof AlreadyExistsError)
@@ -31,11 +52,38 @@ export function toConnectError(e: unknown, log?: (err: unknown) => void): Connec
   if (e instanceof UnavailableError)
     return new ConnectError(e.message, Code.Unavailable, undefined, undefined, e);
   const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string" && (UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_ERRNOS.has(code))) {
-    return new ConnectError("the database is unavailable; try again", Code.Unavailable, undefined, undefined, e);
+  if (typeof code === "string" && BAD_TEXT_SQLSTATES.has(code)) {
+    return new ConnectError(
+      "a text field holds a character that cannot be stored (U+0000)",
+      Code.InvalidArgument,
+      undefined,
+      undefined,
+      e,
+    );
   }
-  if (e instanceof Error && /Connection terminated|timeout exceeded when trying to connect/.test(e.message)) {
-    return new ConnectError("the database is unavailable; try again", Code.Unavailable, undefined, undefined, e);
+  if (
+    typeof code === "string" &&
+    (UNAVAILABLE_SQLSTATES.has(code) || UNAVAILABLE_ERRNOS.has(code))
+  ) {
+    return new ConnectError(
+      "the database is unavailable; try again",
+      Code.Unavailable,
+      undefined,
+      undefined,
+      e,
+    );
+  }
+  if (
+    e instanceof Error &&
+    /Connection terminated|timeout exceeded when trying to connect/.test(e.message)
+  ) {
+    return new ConnectError(
+      "the database is unavailable; try again",
+      Code.Unavailable,
+      undefined,
+      undefined,
+      e,
+    );
   }
   log?.(e);
   return new ConnectError("internal error", Code.Internal, undefined, undefined, e);

@@ -8,6 +8,7 @@ import {
   type TemplateRow,
   validateEndpoint,
   validateTemplate,
+  validateText,
 } from "../domain/templates.js";
 import {
   type BatchService,
@@ -19,7 +20,7 @@ import {
   type UploadFileRequest,
   UploadFileResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
-import { createFile, deleteFile, getFile, listFiles } from "../storage/files.js";
+import { createFile, deleteFile, getFile, listFiles, type NewFile } from "../storage/files.js";
 import { pageSize } from "../storage/pages.js";
 import { toProtoFile } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
@@ -31,9 +32,18 @@ async function* jsonlTemplates(
   apiKey: string,
 ): AsyncGenerator<TemplateRow> {
   const base = validateEndpoint(endpoint, "endpoint");
+  const key = apiKey === "" ? null : validateText(apiKey, "api_key");
   for await (const { line, text } of splitLines(chunks)) {
-    yield parseJsonlLine(text, line, base, apiKey === "" ? null : apiKey);
+    yield parseJsonlLine(text, line, base, key);
   }
+}
+
+/** The stored attributes of a new file, checked. */
+function newFile(filename: string, requestId: string): NewFile {
+  return {
+    filename: validateText(filename, "filename"),
+    idempotencyKey: requestId === "" ? null : validateText(requestId, "request_id"),
+  };
 }
 
 async function* once<T>(value: T): AsyncGenerator<T> {
@@ -65,7 +75,9 @@ async function* chunksAfterHeader(
 }
 
 /** The file methods of BatchService. */
-export function fileMethods(deps: ApiDeps): Pick<
+export function fileMethods(
+  deps: ApiDeps,
+): Pick<
   ServiceImpl<typeof BatchService>,
   "createFile" | "uploadFile" | "getFile" | "listFiles" | "deleteFile"
 > {
@@ -75,7 +87,10 @@ export function fileMethods(deps: ApiDeps): Pick<
       const hasTemplates = req.templates.length > 0;
       const hasJsonl = req.jsonl.byteLength > 0;
       if (hasTemplates === hasJsonl) {
-        throw new InvalidArgumentError("templates", "give either templates or jsonl, not both or neither");
+        throw new InvalidArgumentError(
+          "templates",
+          "give either templates or jsonl, not both or neither",
+        );
       }
       let rows: AsyncIterable<TemplateRow>;
       let size = 0;
@@ -83,24 +98,42 @@ export function fileMethods(deps: ApiDeps): Pick<
         size = req.jsonl.byteLength;
         rows = jsonlTemplates(once(req.jsonl), req.endpoint, req.apiKey);
       } else {
-        if (req.endpoint !== "" || req.apiKey !== "") {
-          throw new InvalidArgumentError("endpoint", "applies to jsonl content; set it on each template");
+        if (req.endpoint !== "") {
+          throw new InvalidArgumentError(
+            "endpoint",
+            "applies to jsonl content; set it on each template",
+          );
+        }
+        if (req.apiKey !== "") {
+          throw new InvalidArgumentError(
+            "api_key",
+            "applies to jsonl content; set it on each template",
+          );
         }
         rows = (async function* () {
+          // Duplicates are named in this form's terms (storage would say "line").
+          const seen = new Map<string, number>();
           let line = 0;
           for (const t of req.templates) {
             line++;
-            size += t.body.length;
-            yield validateTemplate(t, line);
+            // Bytes, as for jsonl content (body.length counted UTF-16 units).
+            size += Buffer.byteLength(t.body);
+            const row = validateTemplate(t, line);
+            if (row.customId !== null) {
+              const first = seen.get(row.customId);
+              if (first !== undefined) {
+                throw new InvalidArgumentError(
+                  `templates[${line - 1}].custom_id`,
+                  `${JSON.stringify(row.customId)} is already used by templates[${first - 1}]`,
+                );
+              }
+              seen.set(row.customId, line);
+            }
+            yield row;
           }
         })();
       }
-      const { file } = await createFile(
-        db,
-        { filename: req.filename, idempotencyKey: req.requestId === "" ? null : req.requestId },
-        rows,
-        () => size,
-      );
+      const { file } = await createFile(db, newFile(req.filename, req.requestId), rows, () => size);
       return create(CreateFileResponseSchema, { file: toProtoFile(file) });
     },
 
@@ -112,10 +145,14 @@ export function fileMethods(deps: ApiDeps): Pick<
       }
       const header: UploadFileHeader = first.value.part.value;
       const total = { bytes: 0 };
-      const rows = jsonlTemplates(counted(chunksAfterHeader(it), total), header.endpoint, header.apiKey);
+      const rows = jsonlTemplates(
+        counted(chunksAfterHeader(it), total),
+        header.endpoint,
+        header.apiKey,
+      );
       const { file } = await createFile(
         db,
-        { filename: header.filename, idempotencyKey: header.requestId === "" ? null : header.requestId },
+        newFile(header.filename, header.requestId),
         rows,
         () => total.bytes,
       );

@@ -6,6 +6,7 @@ import {
   HealthCheckResponseSchema,
   HealthCheckResponse_ServingStatus as Status,
 } from "../gen/grpc/health/v1/health_pb.js";
+import { NotFoundError } from "../domain/errors.js";
 import type { ApiDeps } from "./deps.js";
 
 /** Services this server reports on ("" is the server as a whole). */
@@ -33,7 +34,11 @@ async function status(deps: ApiDeps, service: string): Promise<Status> {
 export function healthMethods(deps: ApiDeps): ServiceImpl<typeof Health> {
   return {
     async check(req) {
-      return create(HealthCheckResponseSchema, { status: await status(deps, req.service) });
+      const s = await status(deps, req.service);
+      // The health protocol: Check of an unknown service fails with NOT_FOUND
+      // (Watch answers SERVICE_UNKNOWN instead and keeps watching).
+      if (s === Status.SERVICE_UNKNOWN) throw new NotFoundError("service", req.service);
+      return create(HealthCheckResponseSchema, { status: s });
     },
     async *watch(req, ctx) {
       let last: Status | undefined;

@@ -40,6 +40,11 @@ export function buildServer(opts: ServerOptions) {
   // Long streams and long polls: no idle timeouts on our side.
   h1.requestTimeout = 0;
   h1.headersTimeout = 60_000;
+  // h1 never listens (the front server hands it sockets), and Node starts an
+  // http.Server's connection tracking on "listening": without it
+  // closeIdleConnections() is a no-op (close waited the full 2 s deadline for
+  // every keep-alive client) and headersTimeout is never checked.
+  h1.emit("listening");
   const h2 = http2.createServer({}, handler);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (s) => {
@@ -93,7 +98,9 @@ export function buildServer(opts: ServerOptions) {
     const closed = new Promise<void>((resolve) => front.close(() => resolve()));
     // http2Server.close() waits forever on idle sessions: close them ourselves.
     for (const s of sessions) s.close();
-    h1.closeIdleConnections();
+    // Closes idle keep-alive connections and stops the timeout checks; h1 has
+    // no listening handle of its own, so its "not running" close error is moot.
+    h1.close(() => undefined);
     // Give in-flight calls (already told by shutdownSignal) a moment, then cut.
     const deadline = setTimeout(() => {
       for (const s of sessions) s.destroy();

@@ -64,9 +64,12 @@ export function parseListen(value: string, name: string): { host: string; port: 
 
 /** Parses a positive (or zero, with allowZero) integer setting. */
 export function parseCount(value: string, name: string, allowZero = false): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) {
-    throw new ConfigError(`${name} must be a ${allowZero ? "non-negative" : "positive"} integer, got ${JSON.stringify(value)}`);
+  // Digits only: Number() alone takes "" and " " as 0, "0x10" as 16 and "1e3" as 1000.
+  const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < (allowZero ? 0 : 1)) {
+    throw new ConfigError(
+      `${name} must be a ${allowZero ? "non-negative" : "positive"} integer, got ${JSON.stringify(value)}`,
+    );
   }
   return n;
 }
@@ -74,9 +77,23 @@ export function parseCount(value: string, name: string, allowZero = false): numb
 /** Parses a duration setting ("30s", "500ms", "2m"). */
 export function parseDurationSetting(value: string, name: string): number {
   const ms = parseDuration(value);
-  if (ms === undefined) throw new ConfigError(`${name} must be a duration such as 30s or 500ms, got ${JSON.stringify(value)}`);
+  if (ms === undefined)
+    throw new ConfigError(
+      `${name} must be a duration such as 30s or 500ms, got ${JSON.stringify(value)}`,
+    );
   return ms;
 }
+
+/** pino's levels. */
+export const LOG_LEVELS: ReadonlySet<string> = new Set([
+  "fatal",
+  "error",
+  "warn",
+  "info",
+  "debug",
+  "trace",
+  "silent",
+]);
 
 /** Flags of the control plane commands; undefined means "not given". */
 export interface ControlPlaneFlags {
@@ -94,9 +111,13 @@ export function controlPlaneConfig(
   env: NodeJS.ProcessEnv = process.env,
 ): Readonly<ControlPlaneConfig> {
   const c: ControlPlaneConfig = { ...CONTROL_PLANE_DEFAULTS };
+  // Errors name the flag when it was given (even as ""), else the variable.
   const listen = flags.listen ?? env.FUSILLADE_LISTEN;
   if (listen !== undefined) {
-    const { host, port } = parseListen(listen, flags.listen ? "--listen" : "FUSILLADE_LISTEN");
+    const { host, port } = parseListen(
+      listen,
+      flags.listen !== undefined ? "--listen" : "FUSILLADE_LISTEN",
+    );
     c.host = host;
     c.port = port;
   }
@@ -105,13 +126,28 @@ export function controlPlaneConfig(
   c.databaseUrl = url === "" ? undefined : url;
   const limit = flags.defaultLimit ?? env.FUSILLADE_DEFAULT_LIMIT;
   if (limit !== undefined) {
-    c.defaultLimit = parseCount(limit, flags.defaultLimit ? "--default-limit" : "FUSILLADE_DEFAULT_LIMIT");
+    c.defaultLimit = parseCount(
+      limit,
+      flags.defaultLimit !== undefined ? "--default-limit" : "FUSILLADE_DEFAULT_LIMIT",
+    );
   }
   const ttl = flags.leaseTtl ?? env.FUSILLADE_LEASE_TTL;
   if (ttl !== undefined) {
-    c.leaseTtlMs = parseDurationSetting(ttl, flags.leaseTtl ? "--lease-ttl" : "FUSILLADE_LEASE_TTL");
-    if (c.leaseTtlMs < SECOND) throw new ConfigError("the lease TTL must be at least 1s");
+    const name = flags.leaseTtl !== undefined ? "--lease-ttl" : "FUSILLADE_LEASE_TTL";
+    c.leaseTtlMs = parseDurationSetting(ttl, name);
+    if (c.leaseTtlMs < SECOND) {
+      throw new ConfigError(`${name} must be at least 1s, got ${JSON.stringify(ttl)}`);
+    }
   }
-  c.logLevel = flags.logLevel ?? env.FUSILLADE_LOG_LEVEL ?? c.logLevel;
+  const level = flags.logLevel ?? env.FUSILLADE_LOG_LEVEL;
+  if (level !== undefined) {
+    if (!LOG_LEVELS.has(level)) {
+      const name = flags.logLevel !== undefined ? "--log-level" : "FUSILLADE_LOG_LEVEL";
+      throw new ConfigError(
+        `${name} must be one of ${[...LOG_LEVELS].join(", ")}, got ${JSON.stringify(level)}`,
+      );
+    }
+    c.logLevel = level;
+  }
   return Object.freeze(c);
 }

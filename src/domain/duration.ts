@@ -8,7 +8,7 @@ const UNITS: Record<string, number> = { ms: 1, s: SECOND, m: MINUTE, h: HOUR, d:
 
 /**
  * Parses "24h", "90m", "1h30m", "3600s", "500ms" into milliseconds;
- * undefined when the text is not such a duration.
+ * undefined when the text is not such a duration (or too large to be exact).
  */
 export function parseDuration(text: string): number | undefined {
   const trimmed = text.trim();
@@ -21,5 +21,7 @@ export function parseDuration(text: string): number | undefined {
     total += Number(m[1]) * (UNITS[m[2]!] ?? 0);
     rest = rest.slice(m[0].length);
   }
-  return Math.round(total);
+  const ms = Math.round(total);
+  // "999…9d" would otherwise be Infinity, which every caller's range check lets through.
+  return Number.isSafeInteger(ms) ? ms : undefined;
 }

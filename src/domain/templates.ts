@@ -33,9 +33,21 @@ export const MAX_CUSTOM_ID_LENGTH = 512;
 /** Longest single JSONL line accepted. */
 export const MAX_LINE_BYTES = 32 * 1024 * 1024;
 
+/**
+ * Rejects text Postgres cannot store: a text value cannot hold U+0000 (it
+ * failed as an internal error on INSERT). Returns `value`.
+ */
+export function validateText(value: string, field: string, line?: number): string {
+  if (value.includes("\0")) {
+    throw new InvalidArgumentError(field, "must not contain NUL (U+0000) characters", line);
+  }
+  return value;
+}
+
 /** Validates a base URL; returns it without a trailing slash. */
 export function validateEndpoint(endpoint: string, field: string, line?: number): string {
   if (endpoint === "") throw new InvalidArgumentError(field, "is required", line);
+  validateText(endpoint, field, line);
   let url: URL;
   try {
     url = new URL(endpoint);
@@ -55,9 +67,13 @@ function validateCustomId(value: unknown, field: string, line: number): string |
   if (value === undefined || value === null || value === "") return null;
   if (typeof value !== "string") throw new InvalidArgumentError(field, "must be a string", line);
   if (value.length > MAX_CUSTOM_ID_LENGTH) {
-    throw new InvalidArgumentError(field, `is longer than ${MAX_CUSTOM_ID_LENGTH} characters`, line);
+    throw new InvalidArgumentError(
+      field,
+      `is longer than ${MAX_CUSTOM_ID_LENGTH} characters`,
+      line,
+    );
   }
-  return value;
+  return validateText(value, field, line);
 }
 
 function validateMethod(value: unknown, field: string, line: number): string {
@@ -70,22 +86,26 @@ function validateMethod(value: unknown, field: string, line: number): string {
 
 function validatePath(value: unknown, field: string, line: number): string {
   if (typeof value !== "string" || value === "") {
-    throw new InvalidArgumentError(field, "is required (a path such as /v1/chat/completions)", line);
+    throw new InvalidArgumentError(
+      field,
+      "is required (a path such as /v1/chat/completions)",
+      line,
+    );
   }
   if (!value.startsWith("/")) {
     throw new InvalidArgumentError(field, `must be a path starting with "/"`, line);
   }
-  return value;
+  return validateText(value, field, line);
 }
 
 function modelOf(body: unknown, explicit: string, field: string, line: number): string {
-  if (explicit !== "") return explicit;
+  if (explicit !== "") return validateText(explicit, field, line);
   const model =
     typeof body === "object" && body !== null ? (body as Record<string, unknown>).model : undefined;
   if (typeof model !== "string" || model === "") {
     throw new InvalidArgumentError(field, "is required (a non-empty string)", line);
   }
-  return model;
+  return validateText(model, field, line);
 }
 
 /** Validates one template of a template list; `line` is its 1-based index. */
@@ -107,7 +127,7 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
     path: validatePath(t.path, `${at}.path`, line),
     body: t.body,
     model: modelOf(parsedBody, t.model, `${at}.model`, line),
-    apiKey: t.apiKey === "" ? null : t.apiKey,
+    apiKey: t.apiKey === "" ? null : validateText(t.apiKey, `${at}.api_key`, line),
   };
 }
 
@@ -190,7 +210,11 @@ export async function* splitLines(
       carryBytes = Buffer.byteLength(carry);
     }
     if (carryBytes > MAX_LINE_BYTES) {
-      throw new InvalidArgumentError("jsonl", `line is longer than ${MAX_LINE_BYTES} bytes`, line + 1);
+      throw new InvalidArgumentError(
+        "jsonl",
+        `line is longer than ${MAX_LINE_BYTES} bytes`,
+        line + 1,
+      );
     }
   }
   try {

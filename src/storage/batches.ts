@@ -7,7 +7,7 @@
 import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
 import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
 import type { Db } from "./db.js";
-import { decodePageToken, encodePageToken, isId } from "./pages.js";
+import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
 export interface BatchCounts {
   total: number;
@@ -201,14 +201,21 @@ export async function listBatches(
   db: Db,
   opts: { limit: number; pageToken: string; fileId: string },
 ): Promise<{ batches: BatchRecord[]; nextPageToken: string }> {
-  const after = decodePageToken(opts.pageToken, 2);
+  const after = decodeTimeIdToken(opts.pageToken);
   if (opts.fileId !== "" && !isId(opts.fileId)) return { batches: [], nextPageToken: "" };
-  const { rows } = await db.query<BatchRow>(
-    `SELECT ${BATCH_COLUMNS}, created_at::text AS cursor_ts FROM batches
-     WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid))
-       AND ($3::uuid IS NULL OR file_id = $3::uuid)
-     ORDER BY created_at DESC, id DESC LIMIT $4`,
-    [after?.[0] ?? null, after?.[1] ?? null, opts.fileId === "" ? null : opts.fileId, opts.limit + 1],
+  const { rows } = await pageQuery(() =>
+    db.query<BatchRow>(
+      `SELECT ${BATCH_COLUMNS}, created_at::text AS cursor_ts FROM batches
+       WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid))
+         AND ($3::uuid IS NULL OR file_id = $3::uuid)
+       ORDER BY created_at DESC, id DESC LIMIT $4`,
+      [
+        after?.[0] ?? null,
+        after?.[1] ?? null,
+        opts.fileId === "" ? null : opts.fileId,
+        opts.limit + 1,
+      ],
+    ),
   );
   const page = rows.slice(0, opts.limit);
   const last = page[page.length - 1];
@@ -223,10 +230,13 @@ export async function listBatches(
  * Cancels a batch: pending requests become canceled at once; leased ones
  * stay counted against their model's limit until their dispatcher, told by
  * RenewLeases, aborts them and reports (or their lease expires).
+ * Idempotent: cancelling a cancelling or cancelled batch returns it as it is
+ * (a client retrying a cancel whose answer it lost must not see an error);
+ * a completed or expired batch is FailedPrecondition.
  */
 export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
   const before = await getBatch(db, id);
-  if (before.state === "cancelling") return before;
+  if (before.state === "cancelling" || before.state === "cancelled") return before;
   if (isBatchTerminal(before.state)) {
     throw new FailedPreconditionError(`batch ${id} is already ${before.state}`);
   }

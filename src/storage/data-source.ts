@@ -24,6 +24,8 @@ export function makeDataSource(options: DataSourceOptions): DataSource {
     entities: ENTITIES,
     migrations: MIGRATIONS,
     synchronize: false,
+    // gen_random_uuid() is built in since Postgres 13: no extension to create at each connect.
+    installExtensions: false,
     migrationsRun: false,
     logging: false,
     poolSize: options.poolSize ?? 10,

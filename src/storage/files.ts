@@ -6,7 +6,7 @@ import type { PoolClient } from "pg";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import type { TemplateRow } from "../domain/templates.js";
 import type { Db } from "./db.js";
-import { decodePageToken, encodePageToken, isId } from "./pages.js";
+import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
 export interface FileRecord {
   id: string;
@@ -167,12 +167,14 @@ export async function listFiles(
   limit: number,
   pageToken: string,
 ): Promise<{ files: FileRecord[]; nextPageToken: string }> {
-  const after = decodePageToken(pageToken, 2);
-  const { rows } = await db.query<FileRow>(
-    `SELECT ${FILE_COLUMNS}, created_at::text AS cursor_ts FROM files
-     WHERE $1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid)
-     ORDER BY created_at DESC, id DESC LIMIT $3`,
-    [after?.[0] ?? null, after?.[1] ?? null, limit + 1],
+  const after = decodeTimeIdToken(pageToken);
+  const { rows } = await pageQuery(() =>
+    db.query<FileRow>(
+      `SELECT ${FILE_COLUMNS}, created_at::text AS cursor_ts FROM files
+       WHERE $1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid)
+       ORDER BY created_at DESC, id DESC LIMIT $3`,
+      [after?.[0] ?? null, after?.[1] ?? null, limit + 1],
+    ),
   );
   const page = rows.slice(0, limit);
   const last = page[page.length - 1];

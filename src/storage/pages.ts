@@ -21,7 +21,62 @@ export function decodePageToken(token: string, arity: number): (string | number)
   } catch {
     // fall through
   }
-  throw new InvalidArgumentError("page_token", "is not a token returned by this API");
+  throw invalidToken();
+}
+
+function invalidToken(): InvalidArgumentError {
+  return new InvalidArgumentError("page_token", "is not a token returned by this API");
+}
+
+/**
+ * Decodes the (created_at as Postgres text, id) position of a newest-first
+ * list. The timestamp text is checked by Postgres: run the query through
+ * `pageQuery`.
+ */
+export function decodeTimeIdToken(token: string): [string, string] | undefined {
+  const v = decodePageToken(token, 2);
+  if (v === undefined) return undefined;
+  const [ts, id] = v;
+  if (typeof ts !== "string" || typeof id !== "string" || !isId(id)) throw invalidToken();
+  return [ts, id];
+}
+
+/** Decodes the line position of a line-ordered list. */
+export function decodeLineToken(token: string): number | undefined {
+  const v = decodePageToken(token, 1);
+  if (v === undefined) return undefined;
+  const [line] = v;
+  // A Postgres integer: anything else would fail in the query as an internal error.
+  if (typeof line !== "number" || !Number.isInteger(line) || line < 0 || line > 2 ** 31 - 1) {
+    throw invalidToken();
+  }
+  return line;
+}
+
+/** SQLSTATE class 22, data exception: a bad timestamp, number or uuid text. */
+const DATA_EXCEPTION = /^22/;
+
+/**
+ * Runs a page query whose only unchecked parameters come from a page token:
+ * a data exception there means a forged token, not an internal error.
+ */
+export async function pageQuery<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    const code = (e as { code?: unknown } | null)?.code;
+    if (typeof code === "string" && DATA_EXCEPTION.test(code)) {
+      throw new InvalidArgumentError(
+        "page_token",
+        "is not a token returned by this API",
+        undefined,
+        {
+          cause: e,
+        },
+      );
+    }
+    throw e;
+  }
 }
 
 /** Default and maximum page sizes. */

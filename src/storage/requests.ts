@@ -1,7 +1,7 @@
 /** Reads of a batch's requests, for clients. */
 import type { RequestState } from "../domain/states.js";
 import type { Db } from "./db.js";
-import { decodePageToken, encodePageToken, isId } from "./pages.js";
+import { decodeLineToken, encodePageToken, isId } from "./pages.js";
 
 export interface RequestRecord {
   id: string;
@@ -80,13 +80,13 @@ export async function listRequests(
   db: Db,
   opts: { batchId: string; states: RequestState[]; limit: number; pageToken: string },
 ): Promise<{ requests: RequestRecord[]; nextPageToken: string }> {
-  const after = decodePageToken(opts.pageToken, 1);
+  const after = decodeLineToken(opts.pageToken);
   if (!isId(opts.batchId)) return { requests: [], nextPageToken: "" };
   const { rows } = await db.query<RequestRow>(
     `SELECT ${REQUEST_COLUMNS} FROM requests
      WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
      ORDER BY line LIMIT $4`,
-    [opts.batchId, after?.[0] ?? 0, opts.states, opts.limit + 1],
+    [opts.batchId, after ?? 0, opts.states, opts.limit + 1],
   );
   const page = rows.slice(0, opts.limit);
   const last = page[page.length - 1];

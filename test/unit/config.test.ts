@@ -1,0 +1,122 @@
+import { describe, expect, it } from "vitest";
+import {
+  CONTROL_PLANE_DEFAULTS,
+  ConfigError,
+  controlPlaneConfig,
+  parseCount,
+  parseDurationSetting,
+  parseListen,
+} from "../../src/config/config.js";
+
+/** The error `fn` throws, which must be a ConfigError. */
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return e as ConfigError;
+  }
+  throw new Error("expected a ConfigError, nothing was thrown");
+}
+
+describe("controlPlaneConfig", () => {
+  it("takes --listen and leaves every other default", () => {
+    const c = controlPlaneConfig({ listen: "0.0.0.0:9000" }, {});
+    expect(c).toEqual({ ...CONTROL_PLANE_DEFAULTS, host: "0.0.0.0", port: 9000 });
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it("is the defaults with no flags and an empty environment", () => {
+    expect(controlPlaneConfig({}, {})).toEqual(CONTROL_PLANE_DEFAULTS);
+  });
+
+  it("reads the environment, and flags win over it", () => {
+    const env = {
+      FUSILLADE_LISTEN: "10.0.0.1:7000",
+      FUSILLADE_DATA_DIR: "/var/lib/f",
+      DATABASE_URL: "postgres://u@db:5432/f",
+      FUSILLADE_DEFAULT_LIMIT: "4",
+      FUSILLADE_LEASE_TTL: "45s",
+      FUSILLADE_LOG_LEVEL: "debug",
+    };
+    const fromEnv = controlPlaneConfig({}, env);
+    expect(fromEnv).toMatchObject({
+      host: "10.0.0.1",
+      port: 7000,
+      dataDir: "/var/lib/f",
+      databaseUrl: "postgres://u@db:5432/f",
+      defaultLimit: 4,
+      leaseTtlMs: 45_000,
+      logLevel: "debug",
+    });
+    const fromFlags = controlPlaneConfig(
+      {
+        listen: "[::1]:7001",
+        dataDir: "./d",
+        databaseUrl: "postgres://other/x",
+        defaultLimit: "12",
+        leaseTtl: "2m",
+        logLevel: "warn",
+      },
+      env,
+    );
+    expect(fromFlags).toMatchObject({
+      host: "::1",
+      port: 7001,
+      dataDir: "./d",
+      databaseUrl: "postgres://other/x",
+      defaultLimit: 12,
+      leaseTtlMs: 120_000,
+      logLevel: "warn",
+    });
+  });
+
+  it("treats an empty DATABASE_URL as unset", () => {
+    expect(controlPlaneConfig({}, { DATABASE_URL: "" }).databaseUrl).toBeUndefined();
+  });
+
+  it.each([
+    [{ listen: "9000" }, {}, "--listen"],
+    [{ listen: "" }, { FUSILLADE_LISTEN: "127.0.0.1:1" }, "--listen"],
+    [{}, { FUSILLADE_LISTEN: "localhost:http" }, "FUSILLADE_LISTEN"],
+    [{}, { FUSILLADE_LISTEN: "127.0.0.1:70000" }, "FUSILLADE_LISTEN"],
+    [{ defaultLimit: "0" }, {}, "--default-limit"],
+    [{ defaultLimit: "" }, {}, "--default-limit"],
+    [{}, { FUSILLADE_DEFAULT_LIMIT: "ten" }, "FUSILLADE_DEFAULT_LIMIT"],
+    [{}, { FUSILLADE_DEFAULT_LIMIT: "2.5" }, "FUSILLADE_DEFAULT_LIMIT"],
+    [{}, { FUSILLADE_DEFAULT_LIMIT: "0x10" }, "FUSILLADE_DEFAULT_LIMIT"],
+    [{}, { FUSILLADE_DEFAULT_LIMIT: "1e3" }, "FUSILLADE_DEFAULT_LIMIT"],
+    [{}, { FUSILLADE_DEFAULT_LIMIT: "-1" }, "FUSILLADE_DEFAULT_LIMIT"],
+    [{ leaseTtl: "30" }, {}, "--lease-ttl"],
+    [{}, { FUSILLADE_LEASE_TTL: "soon" }, "FUSILLADE_LEASE_TTL"],
+    [{}, { FUSILLADE_LEASE_TTL: "500ms" }, "FUSILLADE_LEASE_TTL"],
+    [{ leaseTtl: "999ms" }, {}, "--lease-ttl"],
+    [{ logLevel: "verbose" }, {}, "--log-level"],
+    [{}, { FUSILLADE_LOG_LEVEL: "INFO" }, "FUSILLADE_LOG_LEVEL"],
+  ])("rejects %j / %j naming %s", (flags, env, name) => {
+    const e = configError(() => controlPlaneConfig(flags, env));
+    expect(e.message).toContain(name);
+  });
+});
+
+describe("the setting parsers", () => {
+  it("parseListen reads host:port, IPv6 in brackets, and an empty host as loopback", () => {
+    expect(parseListen("0.0.0.0:9000", "x")).toEqual({ host: "0.0.0.0", port: 9000 });
+    expect(parseListen("[::]:0", "x")).toEqual({ host: "::", port: 0 });
+    expect(parseListen(":8080", "x")).toEqual({ host: "127.0.0.1", port: 8080 });
+    expect(configError(() => parseListen("::1:80", "LISTEN")).message).toContain("LISTEN");
+  });
+
+  it("parseCount accepts digits only", () => {
+    expect(parseCount("7", "N")).toBe(7);
+    expect(parseCount("0", "N", true)).toBe(0);
+    for (const bad of ["", " ", "0x1", "1e2", "1.0", "+3", "99999999999999999999"]) {
+      expect(configError(() => parseCount(bad, "N", true)).message).toContain("N must be");
+    }
+  });
+
+  it("parseDurationSetting names the setting", () => {
+    expect(parseDurationSetting("1m30s", "T")).toBe(90_000);
+    expect(configError(() => parseDurationSetting("90", "T")).message).toMatch(/^T must be/);
+  });
+});

@@ -1,0 +1,286 @@
+import { describe, expect, it } from "vitest";
+import { InvalidArgumentError } from "../../src/domain/errors.js";
+import {
+  MAX_CUSTOM_ID_LENGTH,
+  MAX_LINE_BYTES,
+  parseJsonlLine,
+  splitLines,
+  type TemplateInput,
+  validateEndpoint,
+  validateTemplate,
+} from "../../src/domain/templates.js";
+
+const enc = new TextEncoder();
+
+/** Runs `fn` and returns what it threw (failing the test when it did not throw). */
+function thrown(fn: () => unknown): InvalidArgumentError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(InvalidArgumentError);
+    return e as InvalidArgumentError;
+  }
+  throw new Error("expected an InvalidArgumentError, nothing was thrown");
+}
+
+async function thrownAsync(p: Promise<unknown>): Promise<InvalidArgumentError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(InvalidArgumentError);
+  return e as InvalidArgumentError;
+}
+
+async function* chunksOf(...parts: (string | Uint8Array)[]): AsyncGenerator<Uint8Array> {
+  for (const p of parts) yield typeof p === "string" ? enc.encode(p) : p;
+}
+
+async function lines(chunks: AsyncIterable<Uint8Array>) {
+  const out: { line: number; text: string }[] = [];
+  for await (const l of splitLines(chunks)) out.push(l);
+  return out;
+}
+
+describe("parseJsonlLine", () => {
+  const base = "https://api.example.com";
+
+  it("reads an OpenAI batch line", () => {
+    const row = parseJsonlLine(
+      JSON.stringify({
+        custom_id: "r-1",
+        method: "post",
+        url: "/v1/chat/completions",
+        body: { model: "gpt-x", messages: [{ role: "user", content: "hé" }] },
+      }),
+      7,
+      base,
+      "sk-1",
+    );
+    expect(row).toEqual({
+      line: 7,
+      customId: "r-1",
+      endpoint: base,
+      method: "POST",
+      path: "/v1/chat/completions",
+      body: JSON.stringify({ model: "gpt-x", messages: [{ role: "user", content: "hé" }] }),
+      model: "gpt-x",
+      apiKey: "sk-1",
+    });
+  });
+
+  it("defaults the method to POST and an absent custom_id to null", () => {
+    const row = parseJsonlLine('{"url":"/v1/x","body":{"model":"m"}}', 1, base, null);
+    expect(row.method).toBe("POST");
+    expect(row.customId).toBeNull();
+    expect(row.apiKey).toBeNull();
+  });
+
+  it.each([
+    ["not JSON", "{nope", "jsonl"],
+    ["an array", "[1,2]", "jsonl"],
+    ["a string", '"x"', "jsonl"],
+    ["no body", '{"url":"/v1/x"}', "body"],
+    ["a string body", '{"url":"/v1/x","body":"{}"}', "body"],
+    ["no body.model", '{"url":"/v1/x","body":{"prompt":"hi"}}', "body.model"],
+    ["an empty body.model", '{"url":"/v1/x","body":{"model":""}}', "body.model"],
+    ["a numeric body.model", '{"url":"/v1/x","body":{"model":3}}', "body.model"],
+    ["no url", '{"body":{"model":"m"}}', "url"],
+    ["an absolute url", '{"url":"https://evil.example/v1","body":{"model":"m"}}', "url"],
+    ["a relative url", '{"url":"v1/x","body":{"model":"m"}}', "url"],
+    ["a numeric url", '{"url":5,"body":{"model":"m"}}', "url"],
+    ["a bad method", '{"method":"TRACE","url":"/v1/x","body":{"model":"m"}}', "method"],
+    ["a numeric custom_id", '{"custom_id":5,"url":"/v1/x","body":{"model":"m"}}', "custom_id"],
+  ])("rejects %s, naming the field and the line", (_name, text, field) => {
+    const e = thrown(() => parseJsonlLine(text, 37, base, null));
+    expect(e.field).toBe(field);
+    expect(e.line).toBe(37);
+    expect(e.message).toMatch(/^line 37: /);
+    expect(e.message).toContain(field);
+  });
+
+  it.each([
+    ["custom_id", '{"custom_id":"a\\u0000","url":"/v","body":{"model":"m"}}'],
+    ["url", '{"url":"/v\\u0000","body":{"model":"m"}}'],
+    ["body.model", '{"url":"/v","body":{"model":"\\u0000"}}'],
+  ])("rejects a NUL character in %s (Postgres text cannot store it)", (field, text) => {
+    const e = thrown(() => parseJsonlLine(text, 3, base, null));
+    expect(e.field).toBe(field);
+    expect(e.message).toContain("NUL");
+  });
+
+  it("keeps a NUL escaped inside the body (stored as JSON text)", () => {
+    const row = parseJsonlLine('{"url":"/v","body":{"model":"m","x":"\\u0000"}}', 1, base, null);
+    expect(row.body).toBe('{"model":"m","x":"\\u0000"}');
+  });
+
+  it("rejects a custom_id longer than the limit", () => {
+    const long = "x".repeat(MAX_CUSTOM_ID_LENGTH + 1);
+    const ok = "x".repeat(MAX_CUSTOM_ID_LENGTH);
+    const line = (id: string) => JSON.stringify({ custom_id: id, url: "/v", body: { model: "m" } });
+    expect(thrown(() => parseJsonlLine(line(long), 2, base, null)).field).toBe("custom_id");
+    expect(parseJsonlLine(line(ok), 2, base, null).customId).toBe(ok);
+  });
+});
+
+describe("validateEndpoint", () => {
+  it("strips trailing slashes", () => {
+    expect(validateEndpoint("https://api.example.com/v1//", "endpoint")).toBe(
+      "https://api.example.com/v1",
+    );
+  });
+
+  it.each([
+    ["", "is required"],
+    ["api.example.com", "is not a URL"],
+    ["ftp://api.example.com", "http:// or https://"],
+    ["https://api.example.com/?a=1", "query or fragment"],
+    ["https://api.example.com/#x", "query or fragment"],
+  ])("rejects %j", (value, reason) => {
+    const e = thrown(() => validateEndpoint(value, "endpoint"));
+    expect(e.field).toBe("endpoint");
+    expect(e.message).toContain(reason);
+  });
+});
+
+describe("validateTemplate", () => {
+  const good: TemplateInput = {
+    customId: "a",
+    endpoint: "http://upstream.test/",
+    method: "",
+    path: "/v1/embeddings",
+    body: '{"model":"emb","input":"x"}',
+    model: "",
+    apiKey: "",
+  };
+
+  it("normalizes a good template", () => {
+    expect(validateTemplate(good, 1)).toEqual({
+      line: 1,
+      customId: "a",
+      endpoint: "http://upstream.test",
+      method: "POST",
+      path: "/v1/embeddings",
+      body: good.body,
+      model: "emb",
+      apiKey: null,
+    });
+  });
+
+  it("prefers an explicit model and keeps the api key", () => {
+    const row = validateTemplate({ ...good, model: "explicit", apiKey: "sk-x", body: "" }, 4);
+    expect(row.model).toBe("explicit");
+    expect(row.apiKey).toBe("sk-x");
+  });
+
+  it.each([
+    [{ endpoint: "http://x/\0" }, "endpoint"],
+    [{ customId: "\0" }, "custom_id"],
+    [{ model: "m\0" }, "model"],
+    [{ apiKey: "k\0" }, "api_key"],
+    [{ path: "/\0" }, "path"],
+    [{ endpoint: "" }, "endpoint"],
+    [{ endpoint: "not a url" }, "endpoint"],
+    [{ path: "" }, "path"],
+    [{ path: "v1/x" }, "path"],
+    [{ method: "BREW" }, "method"],
+    [{ body: "{not json" }, "body"],
+    [{ body: '{"input":"x"}' }, "model"],
+    [{ body: "" }, "model"],
+  ] as [Partial<TemplateInput>, string][])("names templates[i].field for %j", (patch, field) => {
+    // The 3rd template: index 2, line 3.
+    const e = thrown(() => validateTemplate({ ...good, ...patch }, 3));
+    expect(e.field).toBe(`templates[2].${field}`);
+    expect(e.message).toContain(`templates[2].${field}`);
+  });
+});
+
+describe("splitLines", () => {
+  it("numbers lines from 1 and splits LF and CRLF", async () => {
+    expect(await lines(chunksOf("a\r\nb\nc\r\n"))).toEqual([
+      { line: 1, text: "a" },
+      { line: 2, text: "b" },
+      { line: 3, text: "c" },
+    ]);
+  });
+
+  it("yields a last line without a newline", async () => {
+    expect(await lines(chunksOf("a\nb"))).toEqual([
+      { line: 1, text: "a" },
+      { line: 2, text: "b" },
+    ]);
+  });
+
+  it("skips blank lines but keeps counting them", async () => {
+    expect(await lines(chunksOf("\na\n\n  \r\n\tb\n\n"))).toEqual([
+      { line: 2, text: "a" },
+      { line: 5, text: "\tb" },
+    ]);
+  });
+
+  it("joins lines split across chunks, a CRLF split between two chunks included", async () => {
+    expect(await lines(chunksOf("ab", "c", "d\r", "\nef\ng", "h", "", "\n"))).toEqual([
+      { line: 1, text: "abcd" },
+      { line: 2, text: "ef" },
+      { line: 3, text: "gh" },
+    ]);
+  });
+
+  it("decodes a multi-byte character split across chunks", async () => {
+    const bytes = enc.encode("x😀é\ny\n");
+    // Cut at every position: each cut splits a character somewhere.
+    for (let cut = 1; cut < bytes.length; cut++) {
+      const got = await lines(chunksOf(bytes.subarray(0, cut), bytes.subarray(cut)));
+      expect(got).toEqual([
+        { line: 1, text: "x😀é" },
+        { line: 2, text: "y" },
+      ]);
+    }
+    // And one byte at a time.
+    const single = [...bytes].map((b) => Uint8Array.of(b));
+    expect(await lines(chunksOf(...single))).toEqual([
+      { line: 1, text: "x😀é" },
+      { line: 2, text: "y" },
+    ]);
+  });
+
+  it("gives the same lines whatever the chunking", async () => {
+    const text = Array.from({ length: 200 }, (_, i) => `line-${i}-ü`).join("\n");
+    const whole = await lines(chunksOf(text));
+    const bytes = enc.encode(text);
+    for (const size of [1, 3, 7, 64, 1000]) {
+      const parts: Uint8Array[] = [];
+      for (let i = 0; i < bytes.length; i += size) parts.push(bytes.subarray(i, i + size));
+      expect(await lines(chunksOf(...parts))).toEqual(whole);
+    }
+    expect(whole).toHaveLength(200);
+    expect(whole[199]).toEqual({ line: 200, text: "line-199-ü" });
+  });
+
+  it("drops a UTF-8 byte order mark at the start", async () => {
+    const bom = Uint8Array.of(0xef, 0xbb, 0xbf);
+    expect(await lines(chunksOf(bom, '{"a":1}\n'))).toEqual([{ line: 1, text: '{"a":1}' }]);
+  });
+
+  it("rejects a line longer than MAX_LINE_BYTES, even when it spans many chunks", async () => {
+    const mib = new Uint8Array(1024 * 1024).fill(0x61);
+    const n = MAX_LINE_BYTES / mib.length + 1;
+    const e = await thrownAsync(
+      lines(chunksOf("short\n", ...Array.from({ length: n }, () => mib))),
+    );
+    expect(e.line).toBe(2);
+    expect(e.message).toContain("longer than");
+  });
+
+  it("rejects invalid UTF-8 with the line it is on", async () => {
+    const e = await thrownAsync(lines(chunksOf("ok\n", Uint8Array.of(0x61, 0xff, 0x62), "\n")));
+    expect(e.field).toBe("jsonl");
+    expect(e.line).toBe(2);
+  });
+
+  it("rejects a truncated multi-byte character at the end", async () => {
+    const e = await thrownAsync(lines(chunksOf("ok\n", Uint8Array.of(0xe2, 0x82))));
+    expect(e.field).toBe("jsonl");
+    expect(e.line).toBe(2);
+  });
+});
