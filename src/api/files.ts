@@ -24,6 +24,7 @@ import { createFile, deleteFile, getFile, listFiles, type NewFile } from "../sto
 import { pageSize } from "../storage/pages.js";
 import { toProtoFile } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+import { spool } from "./upload-spool.js";
 
 /** Validated templates from JSONL byte chunks; counts the bytes read. */
 async function* jsonlTemplates(
@@ -145,16 +146,13 @@ export function fileMethods(
       }
       const header: UploadFileHeader = first.value.part.value;
       const total = { bytes: 0 };
-      const rows = jsonlTemplates(
-        counted(chunksAfterHeader(it), total),
-        header.endpoint,
-        header.apiKey,
+      const meta = newFile(header.filename, header.requestId);
+      const apiKey = header.apiKey === "" ? null : validateText(header.apiKey, "api_key");
+      const spooled = await spool(
+        jsonlTemplates(counted(chunksAfterHeader(it), total), header.endpoint, header.apiKey),
       );
-      const { file } = await createFile(
-        db,
-        newFile(header.filename, header.requestId),
-        rows,
-        () => total.bytes,
+      const { file } = await createFile(db, meta, spooled.read(apiKey), () => total.bytes).finally(
+        () => spooled.dispose(),
       );
       return create(UploadFileResponseSchema, { file: toProtoFile(file) });
     },

@@ -5,6 +5,10 @@
  */
 
 import { once } from "node:events";
+import { watch } from "node:fs";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
@@ -284,44 +288,49 @@ describe("a rejected file leaves no rows", () => {
 });
 
 describe("an upload the client abandons", () => {
-  test("is rolled back, not stored as a partial file", async () => {
-    const pool = t.cp.db.pool;
-    // Every pooled connection back and idle (the handler's transaction ended).
-    const poolIdle = async () => {
-      for (;;) {
-        await new Promise((r) => setImmediate(r));
-        if (pool.idleCount === pool.totalCount && pool.waitingCount === 0) return;
-        await once(pool, "release");
-      }
+  test("is dropped with its spool, not stored as a partial file", async () => {
+    // Uploads spool to os.tmpdir(); give this file's uploads a folder of their own to watch.
+    const spoolRoot = await mkdtemp(path.join(os.tmpdir(), "fusillade-spool-test-"));
+    const savedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = spoolRoot;
+    const watcher = watch(spoolRoot);
+    const spoolGone = async () => {
+      while ((await readdir(spoolRoot)).length > 0) await once(watcher, "change");
     };
-    await poolIdle();
-    const txStarted = once(pool, "acquire");
-    const abort = new AbortController();
-    let allSent: () => void = () => undefined;
-    const sent = new Promise<void>((resolve) => {
-      allSent = resolve;
-    });
-    const text = `${jsonlText(1500)}\n`;
-    const call = t.batch.uploadFile(
-      (async function* () {
-        yield* uploadMessages(
-          { filename: "abandoned.jsonl" },
-          chunked(enc.encode(text), 64 * 1024),
-        );
-        allSent();
-        // The client never ends the stream: it goes away.
-        await new Promise((resolve) => abort.signal.addEventListener("abort", resolve));
-      })(),
-      { signal: abort.signal },
-    );
-    await txStarted;
-    await sent;
-    abort.abort();
-    const e = await rejection(call);
-    expect(e.code).toBe(Code.Canceled);
-    await poolIdle();
-    const { rows } = await sql.query(`SELECT 1 FROM files WHERE filename = 'abandoned.jsonl'`);
-    expect(rows).toHaveLength(0);
+    try {
+      const abort = new AbortController();
+      let allSent: () => void = () => undefined;
+      const sent = new Promise<void>((resolve) => {
+        allSent = resolve;
+      });
+      const text = `${jsonlText(1500)}\n`;
+      const call = t.batch.uploadFile(
+        (async function* () {
+          yield* uploadMessages(
+            { filename: "abandoned.jsonl" },
+            chunked(enc.encode(text), 64 * 1024),
+          );
+          allSent();
+          // The client never ends the stream: it goes away.
+          await new Promise((resolve) => abort.signal.addEventListener("abort", resolve));
+        })(),
+        { signal: abort.signal },
+      );
+      await sent;
+      // Everything sent, stream still open: the rows go to the spool, not into a transaction.
+      while ((await readdir(spoolRoot)).length === 0) await once(watcher, "change");
+      abort.abort();
+      const e = await rejection(call);
+      expect(e.code).toBe(Code.Canceled);
+      await spoolGone(); // the handler has finished and cleaned up
+      const { rows } = await sql.query(`SELECT 1 FROM files WHERE filename = 'abandoned.jsonl'`);
+      expect(rows).toHaveLength(0);
+    } finally {
+      watcher.close();
+      if (savedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmp;
+      await rm(spoolRoot, { recursive: true, force: true });
+    }
   });
 });
 
