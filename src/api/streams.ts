@@ -1,24 +1,342 @@
-/** BatchService streaming methods: StreamBatchRequests, WatchBatch, GetBatchResults. */
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";
+/**
+ * BatchService streaming methods: StreamBatchRequests, WatchBatch,
+ * GetBatchResults.
+ *
+ * Every stream is driven by Postgres alone: it reads the batch row and the
+ * change log, and sleeps until a `fusillade_batch` NOTIFY names its batch
+ * (the requests trigger sends one in the transaction that changed it), so a
+ * change written through any replica wakes subscribers on every replica.
+ * Nothing is buffered per subscriber: each page is read when the previous
+ * one was consumed (Connect writes honour HTTP/2 flow control), so a slow
+ * client lags behind, costs no memory, and catches up from the database.
+ * docs/streaming.md gives the cursor design and the argument for it.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { InvalidArgumentError, NotFoundError, UnavailableError } from "../domain/errors.js";
+import { formatResultLine, resultLine } from "../domain/results.js";
+import { type BatchState, isBatchTerminal, type RequestState } from "../domain/states.js";
+import {
+  type BatchService,
+  GetBatchResultsRequest_Kind,
+  GetBatchResultsResponse_Kind,
+  GetBatchResultsResponseSchema,
+  type StreamBatchRequestsResponse,
+  StreamBatchRequestsResponse_Kind,
+  StreamBatchRequestsResponseSchema,
+  WatchBatchResponseSchema,
+} from "../gen/fusillade/v1/batch_service_pb.js";
+import { type BatchRecord, getBatch } from "../storage/batches.js";
+import {
+  type ChangeRecord,
+  changesPage,
+  decodeStreamCursor,
+  encodeStreamCursor,
+  STREAM_START,
+  type StreamCursor,
+  snapshotPage,
+} from "../storage/events.js";
+import { BATCH_CHANNEL, type Notifications } from "../storage/notifications.js";
+import { isId } from "../storage/pages.js";
+import type { RequestRecord } from "../storage/requests.js";
+import { terminalRequestsPage } from "../storage/results.js";
+import { statesFilter } from "./batches.js";
+import { fromDuration, toProtoBatch, toProtoBatchState, toProtoRequest } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+
+/** Requests per snapshot page: one short transaction each. */
+const SNAPSHOT_PAGE = 500;
+/** Events per change-log page. */
+const CHANGES_PAGE = 500;
+/** Terminal requests per results page. */
+const RESULTS_PAGE = 500;
+/**
+ * A stream re-reads its batch this often even without a NOTIFY. NOTIFYs are
+ * not lost (a LISTEN reconnect wakes everyone with "*"), but CancelBatch
+ * sets `cancelling_at` without touching a request when all are in flight,
+ * and that sends none; this bounds how stale WatchBatch can be then.
+ */
+const RECHECK_MS = 5_000;
+/** Default and bounds of WatchBatch's min_interval. */
+const WATCH_MIN_INTERVAL_DEFAULT_MS = 250;
+const WATCH_MIN_INTERVAL_MAX_MS = 3_600_000;
+const ALL_TERMINAL: readonly RequestState[] = ["completed", "failed", "canceled", "expired"];
+
+/**
+ * Wakes a stream when its batch changes. Subscribed before the stream's
+ * first read, so a change committed between a read and the wait is not
+ * missed: it leaves `dirty` set and the next wait returns at once.
+ */
+class BatchWakeups {
+  private dirty = false;
+  private wake: (() => void) | undefined;
+  private readonly off: () => void;
+
+  constructor(notifications: Notifications, batchId: string) {
+    this.off = notifications.on(BATCH_CHANNEL, (payload) => {
+      if (payload !== batchId && payload !== "*") return;
+      this.dirty = true;
+      this.wake?.();
+    });
+  }
+
+  /** Forgets earlier notifications: call right before reading the batch. */
+  clear(): void {
+    this.dirty = false;
+  }
+
+  /** Resolves on a notification since the last clear(), after `timeoutMs`, or on abort. */
+  async next(timeoutMs: number, signal: AbortSignal): Promise<void> {
+    if (this.dirty || signal.aborted) return;
+    const ac = new AbortController();
+    const onAbort = () => ac.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.wake = onAbort;
+    try {
+      await sleep(timeoutMs, undefined, { signal: ac.signal }).catch(() => undefined);
+    } finally {
+      this.wake = undefined;
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  close(): void {
+    this.off();
+  }
+}
+
+/**
+ * How a stream ends when its signal aborts: quietly when the client went
+ * away, with UNAVAILABLE when the server is shutting down, so a client
+ * knows to reconnect (from its last cursor) rather than think it is done.
+ */
+function stopIfAborted(signal: AbortSignal, shutdownSignal: AbortSignal): boolean {
+  if (shutdownSignal.aborted) {
+    throw new UnavailableError(
+      "the server is shutting down; reconnect (with the last cursor) to resume",
+    );
+  }
+  return signal.aborted;
+}
+
+/** Abortable sleep: resolves early (never rejects) on abort. */
+async function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0) return;
+  await sleep(ms, undefined, { signal }).catch(() => undefined);
+}
+
+/**
+ * The batch's state right after change `seq`. Exact for the batch's latest
+ * change (the state read with it); an earlier change is one the batch moved
+ * on from, so it was still running then (cancelling if cancel came first).
+ */
+function stateAfter(batch: BatchRecord, change: ChangeRecord): BatchState {
+  if (change.seq >= Number(batch.eventSeq)) return batch.state;
+  const cancelling = batch.cancellingAt !== null && batch.cancellingAt <= change.request.updatedAt;
+  return cancelling ? "cancelling" : "in_progress";
+}
+
+function streamMessage(
+  kind: StreamBatchRequestsResponse_Kind,
+  request: RequestRecord | undefined,
+  cursor: string,
+  state: BatchState,
+): StreamBatchRequestsResponse {
+  return create(StreamBatchRequestsResponseSchema, {
+    kind,
+    request: request && toProtoRequest(request),
+    cursor,
+    batchState: toProtoBatchState(state),
+  });
+}
+
+/**
+ * StreamBatchRequests: snapshot pages, each preceded by the changes since
+ * the previous page to the requests already sent; then the change log until
+ * the batch is terminal and every change was sent.
+ */
+async function* streamBatchRequests(
+  deps: ApiDeps,
+  req: { batchId: string; cursor: string; states: Parameters<typeof statesFilter>[0] },
+  signal: AbortSignal,
+): AsyncGenerator<StreamBatchRequestsResponse> {
+  const { db } = deps;
+  const batchId = req.batchId;
+  const states = statesFilter(req.states);
+  if (!isId(batchId)) throw new NotFoundError("batch", batchId);
+  let cur: StreamCursor =
+    req.cursor === "" ? STREAM_START : decodeStreamCursor(req.cursor, batchId, states);
+  const token = (c: StreamCursor) => encodeStreamCursor(c, batchId, states);
+  const wake = new BatchWakeups(deps.notifications, batchId);
+  try {
+    // Changes with afterSeq < seq ≤ upTo (of lines ≤ maxLine), page by page.
+    const changes = async function* (upTo: number, maxLine: number | null, batch: BatchRecord) {
+      let after = cur.seq;
+      while (after < upTo) {
+        const page = await changesPage(db, {
+          batchId,
+          afterSeq: after,
+          upToSeq: upTo,
+          maxLine,
+          states,
+          limit: CHANGES_PAGE,
+        });
+        for (const ch of page) {
+          cur = maxLine === null ? { phase: "changes", seq: ch.seq } : { ...cur, seq: ch.seq };
+          yield streamMessage(
+            StreamBatchRequestsResponse_Kind.CHANGE,
+            ch.request,
+            token(cur),
+            stateAfter(batch, ch),
+          );
+          if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        }
+        after = page.length < CHANGES_PAGE ? upTo : page[page.length - 1]!.seq;
+      }
+    };
+
+    while (cur.phase === "snapshot") {
+      if (stopIfAborted(signal, deps.shutdownSignal)) return;
+      const from: { seq: number; line: number } = cur;
+      const page = await snapshotPage(db, batchId, from.line, states, SNAPSHOT_PAGE);
+      if (!page) throw new NotFoundError("batch", batchId);
+      const base = Number(page.batch.eventSeq);
+      // Bring the requests already sent up to this page's snapshot.
+      if (from.line > 0) yield* changes(base, from.line, page.batch);
+      if (signal.aborted) continue; // stopIfAborted above decides how to end
+      for (const r of page.requests) {
+        cur = { phase: "snapshot", seq: base, line: r.line };
+        yield streamMessage(
+          StreamBatchRequestsResponse_Kind.SNAPSHOT,
+          r,
+          token(cur),
+          page.batch.state,
+        );
+        if (stopIfAborted(signal, deps.shutdownSignal)) return;
+      }
+      // A full page leaves cur at its last line; the next page continues from there.
+      if (page.requests.length < SNAPSHOT_PAGE) {
+        cur = { phase: "changes", seq: base };
+        yield streamMessage(
+          StreamBatchRequestsResponse_Kind.SNAPSHOT_END,
+          undefined,
+          token(cur),
+          page.batch.state,
+        );
+      }
+    }
+
+    for (;;) {
+      if (stopIfAborted(signal, deps.shutdownSignal)) return;
+      wake.clear();
+      const batch = await getBatch(db, batchId);
+      const latest = Number(batch.eventSeq);
+      yield* changes(latest, null, batch);
+      if (signal.aborted) continue;
+      cur = { phase: "changes", seq: Math.max(cur.seq, latest) };
+      if (isBatchTerminal(batch.state)) return;
+      await wake.next(RECHECK_MS, signal);
+    }
+  } finally {
+    wake.close();
+  }
+}
+
+/**
+ * WatchBatch: the batch at once, then whenever it changed, at most one
+ * message per min_interval; ends after the message with a terminal state.
+ */
+async function* watchBatch(
+  deps: ApiDeps,
+  req: { batchId: string; minInterval?: Parameters<typeof fromDuration>[0] },
+  signal: AbortSignal,
+) {
+  const minInterval = fromDuration(req.minInterval) ?? WATCH_MIN_INTERVAL_DEFAULT_MS;
+  if (minInterval < 0 || minInterval > WATCH_MIN_INTERVAL_MAX_MS) {
+    throw new InvalidArgumentError("min_interval", "must be between 0 and 1h");
+  }
+  const wake = new BatchWakeups(deps.notifications, req.batchId);
+  try {
+    let lastKey = "";
+    let lastSent = 0;
+    for (;;) {
+      if (stopIfAborted(signal, deps.shutdownSignal)) return;
+      wake.clear();
+      const b = await getBatch(deps.db, req.batchId);
+      // updated_at moves with every counter change, cancel and retry.
+      const key = `${b.eventSeq}/${b.updatedAt.getTime()}/${b.state}`;
+      if (key !== lastKey) {
+        lastKey = key;
+        lastSent = Date.now();
+        yield create(WatchBatchResponseSchema, { batch: toProtoBatch(b) });
+      }
+      if (isBatchTerminal(b.state)) return;
+      await wake.next(RECHECK_MS, signal);
+      // Coalesce: changes during the pause are read as one.
+      await pause(lastSent + minInterval - Date.now(), signal);
+    }
+  } finally {
+    wake.close();
+  }
+}
+
+const RESULT_STATES: Record<GetBatchResultsRequest_Kind, readonly RequestState[]> = {
+  [GetBatchResultsRequest_Kind.UNSPECIFIED]: ALL_TERMINAL,
+  [GetBatchResultsRequest_Kind.ALL]: ALL_TERMINAL,
+  [GetBatchResultsRequest_Kind.OUTPUT]: ["completed"],
+  [GetBatchResultsRequest_Kind.ERRORS]: ["failed", "canceled", "expired"],
+};
+
+/** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
+async function* getBatchResults(
+  deps: ApiDeps,
+  req: { batchId: string; kind: GetBatchResultsRequest_Kind },
+  signal: AbortSignal,
+) {
+  await getBatch(deps.db, req.batchId); // NOT_FOUND for an unknown batch
+  const states = RESULT_STATES[req.kind];
+  if (states === undefined) throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
+  let after = 0;
+  for (;;) {
+    const rows = await terminalRequestsPage(deps.db, req.batchId, states, after, RESULTS_PAGE);
+    for (const r of rows) {
+      const res = resultLine({
+        id: r.id,
+        customId: r.custom_id,
+        state: r.state,
+        responseStatus: r.response_status,
+        responseHeaders: r.response_headers,
+        responseBody: r.response_body,
+        errorCode: r.error_code,
+        errorMessage: r.error_message,
+      });
+      if (!res) continue;
+      yield create(GetBatchResultsResponseSchema, {
+        kind:
+          res.kind === "output"
+            ? GetBatchResultsResponse_Kind.OUTPUT
+            : GetBatchResultsResponse_Kind.ERROR,
+        line: formatResultLine(res.line),
+        customId: r.custom_id ?? "",
+      });
+    }
+    if (rows.length < RESULTS_PAGE) return;
+    after = rows[rows.length - 1]!.line;
+    if (stopIfAborted(signal, deps.shutdownSignal)) return;
+  }
+}
 
 /** The streaming methods of BatchService. */
 export function streamMethods(
-  _deps: ApiDeps,
-): Pick<ServiceImpl<typeof BatchService>, "streamBatchRequests" | "watchBatch" | "getBatchResults"> {
+  deps: ApiDeps,
+): Pick<
+  ServiceImpl<typeof BatchService>,
+  "streamBatchRequests" | "watchBatch" | "getBatchResults"
+> {
   return {
-    // biome-ignore lint/correctness/useYield: not implemented yet
-    async *streamBatchRequests() {
-      throw new ConnectError("not implemented yet", Code.Unimplemented);
-    },
-    // biome-ignore lint/correctness/useYield: not implemented yet
-    async *watchBatch() {
-      throw new ConnectError("not implemented yet", Code.Unimplemented);
-    },
-    // biome-ignore lint/correctness/useYield: not implemented yet
-    async *getBatchResults() {
-      throw new ConnectError("not implemented yet", Code.Unimplemented);
-    },
+    streamBatchRequests: (req, ctx) => streamBatchRequests(deps, req, ctx.signal),
+    watchBatch: (req, ctx) => watchBatch(deps, req, ctx.signal),
+    getBatchResults: (req, ctx) => getBatchResults(deps, req, ctx.signal),
   };
 }

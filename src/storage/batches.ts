@@ -256,6 +256,8 @@ export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
        RETURNING ${BATCH_COLUMNS}`,
       [id, (canceled.rowCount ?? 0) > 0],
     );
+    // Watchers see "cancelling" at once, even when no request changed state.
+    if (rows[0]) await q.query(`SELECT pg_notify('fusillade_batch', $1)`, [id]);
     return rows[0] && toBatch(rows[0]);
   });
   if (batch) return batch;

@@ -699,7 +699,9 @@ export enum StreamBatchRequestsResponse_Kind {
   UNSPECIFIED = 0,
 
   /**
-   * A request as it was when the stream began.
+   * A request as of the read of its snapshot page (changes made while the
+   * snapshot is paged through are sent as CHANGE messages, before or after
+   * SNAPSHOT_END, for requests the client already has).
    *
    * @generated from enum value: KIND_SNAPSHOT = 1;
    */

@@ -1,0 +1,343 @@
+/**
+ * What each client command does, given a connection and parsed flags.
+ * Human output goes to stdout, progress and notes to stderr; with --json
+ * stdout carries exactly one JSON document (or JSONL results).
+ */
+
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Batch } from "../../gen/fusillade/v1/resources_pb.js";
+import type { Connection } from "./connection.js";
+import { followBatch } from "./progress.js";
+import { downloadResults, type ResultTargets } from "./results.js";
+import { type SubmitInput, startBatch, uploadFile } from "./submit.js";
+import {
+  batchText,
+  batchView,
+  countsLine,
+  countsView,
+  fileView,
+  formatBytes,
+  formatDuration,
+  isTerminal,
+  limitView,
+  stateName,
+  table,
+} from "./views.js";
+
+/** Flags every client command sees. */
+export interface Globals {
+  server: string;
+  json: boolean;
+}
+
+/** How a watch is shown. */
+export interface WatchFlags {
+  /** Plain-mode line interval, in ms. */
+  intervalMs: number;
+}
+
+function print(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+}
+
+function printJson(value: unknown): void {
+  print(JSON.stringify(value, null, 2));
+}
+
+function note(text: string): void {
+  process.stderr.write(`${text}\n`);
+}
+
+/** Runs `fn` with a signal that aborts on Ctrl-C (the first one; a second kills as usual). */
+async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const onInt = () => ac.abort();
+  process.once("SIGINT", onInt);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    process.off("SIGINT", onInt);
+  }
+}
+
+async function follow(conn: Connection, batchId: string, flags: WatchFlags): Promise<Batch> {
+  return interruptible((signal) =>
+    followBatch(conn, batchId, {
+      tty: process.stderr.isTTY === true,
+      stream: process.stderr,
+      plainEveryMs: flags.intervalMs,
+      signal,
+    }),
+  );
+}
+
+function elapsed(b: Batch): string {
+  if (!b.createTime || !b.finishTime) return "";
+  const s = (timestampDate(b.finishTime).getTime() - timestampDate(b.createTime).getTime()) / 1000;
+  return ` in ${formatDuration(s)}`;
+}
+
+function finishedLine(b: Batch): string {
+  return `batch ${b.id} ${stateName(b.state)}: ${countsLine(countsView(b.counts))}${elapsed(b)}`;
+}
+
+/** submit FILE: upload, start, and with --watch follow and download. */
+export async function submitAction(
+  conn: Connection,
+  g: Globals,
+  input: SubmitInput,
+  opts: { watch: boolean; targets: ResultTargets } & WatchFlags,
+): Promise<void> {
+  const file = await uploadFile(conn, input);
+  const batch = await startBatch(conn, file.id, input);
+  const created = {
+    batch_id: batch.id,
+    file_id: file.id,
+    filename: file.filename,
+    requests: Number(file.templateCount),
+    size_bytes: Number(file.sizeBytes),
+    models: file.models,
+    state: stateName(batch.state),
+    openai_status: batch.openaiStatus,
+  };
+  const createdLine = `batch ${batch.id} created from ${file.filename}: ${file.templateCount} requests, ${formatBytes(Number(file.sizeBytes))} (file ${file.id})`;
+  if (!opts.watch) {
+    if (g.json) printJson(created);
+    else print(`${createdLine}\nfollow it with: fusillade watch ${batch.id}`);
+    return;
+  }
+  note(createdLine);
+  const final = await follow(conn, batch.id, opts);
+  const wants = opts.targets.output !== undefined || opts.targets.errors !== undefined;
+  const written = wants ? await downloadResults(conn, batch.id, opts.targets) : undefined;
+  if (g.json) {
+    printJson({
+      ...created,
+      state: stateName(final.state),
+      openai_status: final.openaiStatus,
+      counts: countsView(final.counts),
+      output_file: opts.targets.output ?? null,
+      errors_file: opts.targets.errors ?? null,
+      output_lines: written?.output ?? null,
+      error_lines: written?.errors ?? null,
+    });
+    return;
+  }
+  print(finishedLine(final));
+  if (written) print(writtenLine(written, opts.targets));
+  else print(`results: fusillade results ${batch.id} --output output.jsonl --errors errors.jsonl`);
+}
+
+function writtenLine(w: { output: number; errors: number }, t: ResultTargets): string {
+  const where = (path: string | undefined) => path ?? "stdout";
+  return `wrote ${w.output} output lines to ${where(t.output)} and ${w.errors} error lines to ${where(t.errors)}`;
+}
+
+/** watch BATCH: progress until the batch is terminal. */
+export async function watchAction(
+  conn: Connection,
+  g: Globals,
+  batchId: string,
+  flags: WatchFlags,
+): Promise<void> {
+  const final = await follow(conn, batchId, flags);
+  if (g.json) printJson(batchView(final));
+  else print(finishedLine(final));
+}
+
+/** results BATCH: output and error lines, to files or stdout. */
+export async function resultsAction(
+  conn: Connection,
+  g: Globals,
+  batchId: string,
+  targets: ResultTargets,
+): Promise<void> {
+  const { batch } = await conn.batch.getBatch({ batchId });
+  if (!isTerminal(batch!.state)) {
+    note(`note: batch ${batchId} is ${stateName(batch!.state)}; these are the results so far`);
+  }
+  const written = await downloadResults(conn, batchId, targets);
+  const anyFile = targets.output !== undefined || targets.errors !== undefined;
+  const allFiles = targets.output !== undefined && targets.errors !== undefined;
+  if (g.json && allFiles) {
+    printJson({
+      batch_id: batchId,
+      output_file: targets.output,
+      errors_file: targets.errors,
+      output_lines: written.output,
+      error_lines: written.errors,
+    });
+  } else if (anyFile) {
+    note(writtenLine(written, targets));
+  }
+}
+
+/** status BATCH. */
+export async function statusAction(conn: Connection, g: Globals, batchId: string): Promise<void> {
+  const { batch } = await conn.batch.getBatch({ batchId });
+  if (g.json) printJson(batchView(batch!));
+  else print(batchText(batch!));
+}
+
+/** cancel BATCH. */
+export async function cancelAction(conn: Connection, g: Globals, batchId: string): Promise<void> {
+  const { batch } = await conn.batch.cancelBatch({ batchId });
+  if (g.json) printJson(batchView(batch!));
+  else
+    print(
+      `batch ${batch!.id} ${stateName(batch!.state)}: ${countsLine(countsView(batch!.counts))}`,
+    );
+}
+
+/** retry BATCH: failed and expired requests (all, or those named) back to pending. */
+export async function retryAction(
+  conn: Connection,
+  g: Globals,
+  batchId: string,
+  sel: { customIds: string[]; requestIds: string[]; completionWindow: string | undefined },
+): Promise<void> {
+  const res = await conn.batch.retryBatch({
+    batchId,
+    customIds: sel.customIds,
+    requestIds: sel.requestIds,
+    completionWindow: sel.completionWindow ?? "",
+  });
+  if (g.json) printJson({ retried_count: Number(res.retriedCount), batch: batchView(res.batch!) });
+  else
+    print(
+      `retried ${res.retriedCount} requests; batch ${res.batch!.id} is ${stateName(res.batch!.state)}`,
+    );
+}
+
+/** Pages through a list until `limit` items; returns them and the token for more. */
+async function collect<T>(
+  limit: number,
+  pageToken: string,
+  page: (size: number, token: string) => Promise<{ items: T[]; next: string }>,
+): Promise<{ items: T[]; next: string }> {
+  const items: T[] = [];
+  let token = pageToken;
+  do {
+    const res = await page(Math.min(1000, limit - items.length), token);
+    items.push(...res.items);
+    token = res.next;
+  } while (token !== "" && items.length < limit);
+  return { items, next: token };
+}
+
+function moreNote(next: string, command: string): void {
+  if (next !== "") note(`more: fusillade ${command} --page-token ${next}`);
+}
+
+export async function filesListAction(
+  conn: Connection,
+  g: Globals,
+  o: { limit: number; pageToken: string },
+): Promise<void> {
+  const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
+    const r = await conn.batch.listFiles({ pageSize, pageToken });
+    return { items: r.files, next: r.nextPageToken };
+  });
+  if (g.json) return printJson({ files: items.map(fileView), next_page_token: next });
+  const rows = items
+    .map(fileView)
+    .map((f) => [
+      f.id,
+      f.filename,
+      String(f.template_count),
+      formatBytes(f.size_bytes),
+      f.models.join(","),
+      f.create_time ?? "",
+    ]);
+  print(table(["ID", "FILENAME", "REQUESTS", "SIZE", "MODELS", "CREATED"], rows));
+  moreNote(next, "files list");
+}
+
+export async function filesGetAction(conn: Connection, g: Globals, fileId: string): Promise<void> {
+  const { file } = await conn.batch.getFile({ fileId });
+  const f = fileView(file!);
+  if (g.json) return printJson(f);
+  print(
+    `file ${f.id}\n  filename   ${f.filename}\n  requests   ${f.template_count}\n  size       ${formatBytes(f.size_bytes)}\n  models     ${f.models.join(", ")}\n  created    ${f.create_time}`,
+  );
+}
+
+export async function filesDeleteAction(
+  conn: Connection,
+  g: Globals,
+  fileId: string,
+): Promise<void> {
+  await conn.batch.deleteFile({ fileId });
+  if (g.json) printJson({ id: fileId, deleted: true });
+  else print(`file ${fileId} deleted`);
+}
+
+export async function batchesListAction(
+  conn: Connection,
+  g: Globals,
+  o: { limit: number; pageToken: string; file?: string },
+): Promise<void> {
+  const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
+    const r = await conn.batch.listBatches({ pageSize, pageToken, fileId: o.file ?? "" });
+    return { items: r.batches, next: r.nextPageToken };
+  });
+  if (g.json) return printJson({ batches: items.map(batchView), next_page_token: next });
+  const rows = items
+    .map(batchView)
+    .map((b) => [
+      b.id,
+      b.state,
+      `${b.counts.completed + b.counts.failed + b.counts.canceled + b.counts.expired}/${b.counts.total}`,
+      String(b.counts.failed),
+      b.create_time ?? "",
+    ]);
+  print(table(["ID", "STATE", "DONE", "FAILED", "CREATED"], rows));
+  moreNote(next, "batches list");
+}
+
+export async function limitsListAction(
+  conn: Connection,
+  g: Globals,
+  o: { limit: number; pageToken: string },
+): Promise<void> {
+  let defaultLimit = 0;
+  const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
+    const r = await conn.admin.listModelLimits({ pageSize, pageToken });
+    defaultLimit = r.defaultLimit;
+    return { items: r.modelLimits, next: r.nextPageToken };
+  });
+  if (g.json)
+    return printJson({
+      default_limit: defaultLimit,
+      model_limits: items.map(limitView),
+      next_page_token: next,
+    });
+  const rows = items
+    .map(limitView)
+    .map((l) => [
+      l.model,
+      `${l.limit}${l.is_default ? " (default)" : ""}`,
+      String(l.in_flight),
+      String(l.pending),
+      l.hold_until_time ?? "",
+    ]);
+  print(table(["MODEL", "LIMIT", "IN FLIGHT", "PENDING", "HELD UNTIL"], rows));
+  print(`default limit: ${defaultLimit}`);
+  moreNote(next, "limits list");
+}
+
+export async function limitsSetAction(
+  conn: Connection,
+  g: Globals,
+  model: string,
+  limit: number | "default",
+): Promise<void> {
+  const res = await conn.admin.setModelLimit(
+    limit === "default" ? { model, clearLimit: true } : { model, limit },
+  );
+  const l = limitView(res.modelLimit!);
+  if (g.json) return printJson(l);
+  print(
+    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}, ${l.in_flight} in flight, ${l.pending} pending`,
+  );
+}

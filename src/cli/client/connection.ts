@@ -1,0 +1,87 @@
+/**
+ * The client side of the CLI: Connect clients over HTTP/2 (h2c for
+ * http:// URLs) to a control plane, and the mapping of RPC errors to the
+ * one-line messages the CLI prints (`fusillade: <message>`, exit 1).
+ */
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { AdminService } from "../../gen/fusillade/v1/admin_service_pb.js";
+import { BatchService } from "../../gen/fusillade/v1/batch_service_pb.js";
+
+/** The address of a local `fusillade serve`. */
+export const DEFAULT_SERVER = "http://127.0.0.1:8080";
+
+/** An error whose message is what the user should read; main.ts prints it and exits 1. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "CliError";
+  }
+}
+
+export interface Connection {
+  server: string;
+  batch: Client<typeof BatchService>;
+  admin: Client<typeof AdminService>;
+  /** Closes the HTTP/2 session so the process can exit. */
+  close(): void;
+}
+
+/** Validates a --server value: an http(s) URL without a path. */
+export function serverUrl(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value.includes("://") ? value : `http://${value}`);
+  } catch {
+    throw new CliError(
+      `--server must be a URL such as ${DEFAULT_SERVER}, got ${JSON.stringify(value)}`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new CliError(`--server must be an http:// or https:// URL, got ${JSON.stringify(value)}`);
+  }
+  return url.origin;
+}
+
+/** Opens clients to `server` (one HTTP/2 connection, made on first use). */
+export function connect(server: string): Connection {
+  const baseUrl = serverUrl(server);
+  const sessionManager = new Http2SessionManager(baseUrl);
+  const transport = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager });
+  return {
+    server: baseUrl,
+    batch: createClient(BatchService, transport),
+    admin: createClient(AdminService, transport),
+    close: () => sessionManager.abort(),
+  };
+}
+
+/** Socket errors that mean "nothing is listening there". */
+const UNREACHABLE = /ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ECONNRESET|ETIMEDOUT|EAI_AGAIN/;
+
+/** An RPC error as a message for people; other errors pass through. */
+export function describeRpcError(e: unknown, server: string): unknown {
+  if (!(e instanceof ConnectError)) return e;
+  if (e.code === Code.Unavailable && UNREACHABLE.test(`${e.rawMessage} ${String(e.cause)}`)) {
+    return new CliError(
+      `cannot reach the server at ${server} (${e.rawMessage}); is it running? Start one with \`fusillade serve\`, or pass --server / FUSILLADE_SERVER`,
+      1,
+      { cause: e },
+    );
+  }
+  if (e.code === Code.Unimplemented) {
+    return new CliError(`the server at ${server} does not support this yet (${e.rawMessage})`, 1, {
+      cause: e,
+    });
+  }
+  return new CliError(e.rawMessage, 1, { cause: e });
+}
+
+/** Whether an RPC error is worth retrying (server restarting, connection lost). */
+export function isTransient(e: unknown): boolean {
+  return e instanceof ConnectError && (e.code === Code.Unavailable || e.code === Code.Aborted);
+}

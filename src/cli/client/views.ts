@@ -1,0 +1,168 @@
+/**
+ * What the CLI prints: plain JSON views of API messages for --json (snake
+ * case like the proto, enums as lower-case names, int64 as numbers,
+ * timestamps as ISO 8601 or null), and the human one-liners.
+ */
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
+import type { ModelLimit } from "../../gen/fusillade/v1/resources_pb.js";
+import {
+  type Batch,
+  BatchState,
+  type File,
+  type RequestCounts,
+} from "../../gen/fusillade/v1/resources_pb.js";
+
+const iso = (t: Timestamp | undefined): string | null =>
+  t ? timestampDate(t).toISOString() : null;
+const ms = (d: { seconds: bigint; nanos: number } | undefined): number | null =>
+  d ? Number(d.seconds) * 1000 + Math.round(d.nanos / 1e6) : null;
+
+/** A batch state as its short name ("in_progress", "completed", …). */
+export function stateName(s: BatchState): string {
+  return (BatchState[s] ?? "unspecified").toLowerCase();
+}
+
+/** Whether no request of the batch will change again. */
+export function isTerminal(s: BatchState): boolean {
+  return s === BatchState.COMPLETED || s === BatchState.CANCELLED || s === BatchState.EXPIRED;
+}
+
+/** Counts with plain numbers. */
+export function countsView(c: RequestCounts | undefined) {
+  return {
+    total: Number(c?.total ?? 0n),
+    pending: Number(c?.pending ?? 0n),
+    in_progress: Number(c?.inProgress ?? 0n),
+    completed: Number(c?.completed ?? 0n),
+    failed: Number(c?.failed ?? 0n),
+    canceled: Number(c?.canceled ?? 0n),
+    expired: Number(c?.expired ?? 0n),
+  };
+}
+export type CountsView = ReturnType<typeof countsView>;
+
+/** Requests that reached a terminal state. */
+export function doneCount(c: CountsView): number {
+  return c.completed + c.failed + c.canceled + c.expired;
+}
+
+/** A batch for --json. */
+export function batchView(b: Batch) {
+  return {
+    id: b.id,
+    file_id: b.fileId,
+    state: stateName(b.state),
+    openai_status: b.openaiStatus,
+    completion_window: b.completionWindow,
+    metadata: b.metadata,
+    counts: countsView(b.counts),
+    retry_policy: {
+      max_retries: b.retryPolicy?.maxRetries ?? null,
+      initial_backoff_ms: ms(b.retryPolicy?.initialBackoff),
+      max_backoff_ms: ms(b.retryPolicy?.maxBackoff),
+    },
+    create_time: iso(b.createTime),
+    expire_time: iso(b.expireTime),
+    complete_time: iso(b.completeTime),
+    cancelling_time: iso(b.cancellingTime),
+    cancel_time: iso(b.cancelTime),
+    expired_time: iso(b.expiredTime),
+    finish_time: iso(b.finishTime),
+  };
+}
+
+/** A file for --json. */
+export function fileView(f: File) {
+  return {
+    id: f.id,
+    filename: f.filename,
+    template_count: Number(f.templateCount),
+    size_bytes: Number(f.sizeBytes),
+    models: f.models,
+    create_time: iso(f.createTime),
+  };
+}
+
+/** A model limit for --json. */
+export function limitView(l: ModelLimit) {
+  return {
+    model: l.model,
+    limit: l.limit,
+    is_default: l.isDefault,
+    in_flight: l.inFlight,
+    pending: Number(l.pending),
+    hold_until_time: iso(l.holdUntilTime),
+  };
+}
+
+/** "500 total: 498 completed, 2 failed, …" — only the non-zero states after the total. */
+export function countsLine(c: CountsView): string {
+  const parts: string[] = [];
+  const add = (n: number, label: string) => {
+    if (n > 0) parts.push(`${n} ${label}`);
+  };
+  add(c.completed, "completed");
+  add(c.failed, "failed");
+  add(c.expired, "expired");
+  add(c.canceled, "cancelled");
+  add(c.in_progress, "running");
+  add(c.pending, "pending");
+  return `${c.total} total${parts.length > 0 ? `: ${parts.join(", ")}` : ""}`;
+}
+
+/** A human description of a batch (the `status` output). */
+export function batchText(b: Batch): string {
+  const v = batchView(b);
+  const rows: Array<[string, string | null]> = [
+    ["state", `${v.state} (OpenAI: ${v.openai_status})`],
+    ["file", v.file_id || "(deleted)"],
+    ["requests", countsLine(v.counts)],
+    ["created", v.create_time],
+    ["expires", v.expire_time],
+    ["cancelling", v.cancelling_time],
+    ["finished", v.finish_time],
+    [
+      "metadata",
+      Object.keys(v.metadata).length === 0
+        ? null
+        : Object.entries(v.metadata)
+            .map(([k, val]) => `${k}=${val}`)
+            .join(" "),
+    ],
+  ];
+  const lines = rows.filter(([, val]) => val !== null).map(([k, val]) => `  ${k.padEnd(11)}${val}`);
+  return `batch ${v.id}\n${lines.join("\n")}\n`;
+}
+
+/** Left-aligned columns, for lists. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const fmt = (r: string[]) =>
+    r
+      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd();
+  return `${[fmt(header), ...rows.map(fmt)].join("\n")}\n`;
+}
+
+/** Bytes as "12.3 MB". */
+export function formatBytes(n: number): string {
+  if (n < 1000) return `${n} B`;
+  const units = ["kB", "MB", "GB", "TB"];
+  let v = n;
+  let i = -1;
+  do {
+    v /= 1000;
+    i++;
+  } while (v >= 1000 && i < units.length - 1);
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** Seconds as "1h02m", "3m05s", "42s". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}

@@ -1,0 +1,223 @@
+/**
+ * GetBatchResults: OpenAI-format output and error lines for the requests
+ * terminal so far, in line order; every key and its type checked.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  GetBatchResultsRequest_Kind,
+  GetBatchResultsResponse_Kind,
+} from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+
+let t: TestControlPlane;
+let sql: pg.Pool;
+
+beforeAll(async () => {
+  t = await startTestControlPlane();
+  sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
+});
+
+afterAll(async () => {
+  await sql?.end();
+  await t?.close();
+});
+
+async function makeBatch(n: number): Promise<string> {
+  const lines = Array.from({ length: n }, (_, i) =>
+    JSON.stringify({
+      custom_id: `c${i + 1}`,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model: "gpt-x", messages: [] },
+    }),
+  );
+  const { file } = await t.batch.createFile({
+    endpoint: "http://127.0.0.1:9",
+    jsonl: new TextEncoder().encode(lines.join("\n")),
+  });
+  return (await t.batch.createBatch({ fileId: file!.id })).batch!.id;
+}
+
+/** Sets columns of the request at `line` (a terminal state needs finished_at and its fields). */
+async function set(batchId: string, line: number, assignments: string): Promise<void> {
+  await sql.query(
+    `UPDATE requests SET ${assignments}, updated_at = now() WHERE batch_id = $1 AND line = $2`,
+    [batchId, line],
+  );
+}
+
+async function results(batchId: string, kind = GetBatchResultsRequest_Kind.UNSPECIFIED) {
+  const out: Array<{ kind: GetBatchResultsResponse_Kind; customId: string; line: unknown }> = [];
+  for await (const m of t.batch.getBatchResults({ batchId, kind })) {
+    expect(m.line).not.toMatch(/\n/);
+    out.push({ kind: m.kind, customId: m.customId, line: JSON.parse(m.line) });
+  }
+  return out;
+}
+
+/** Asserts the exact key set and the JSON type of each key. */
+function expectShape(value: unknown, shape: Record<string, string>): void {
+  expect(value).toBeTypeOf("object");
+  expect(value).not.toBeNull();
+  const o = value as Record<string, unknown>;
+  expect(Object.keys(o).sort()).toEqual(Object.keys(shape).sort());
+  for (const [k, type] of Object.entries(shape)) {
+    const v = o[k];
+    const actual = v === null ? "null" : Array.isArray(v) ? "array" : typeof v;
+    expect(actual, k).toBe(type);
+  }
+}
+
+describe("GetBatchResults", () => {
+  it("streams OpenAI output and error lines for terminal requests, in line order", async () => {
+    const id = await makeBatch(7);
+    await set(
+      id,
+      1,
+      `state = 'completed', finished_at = now(), response_status = 200,
+       response_headers = '{"x-request-id":"req_up_1","content-type":"application/json"}',
+       response_body = '{"id":"chatcmpl-1","choices":[]}'`,
+    );
+    await set(
+      id,
+      2,
+      `state = 'completed', finished_at = now(), response_status = 200, response_body = 'not json'`,
+    );
+    await set(
+      id,
+      3,
+      `state = 'failed', finished_at = now(), response_status = 400,
+       response_body = '{"error":{"message":"bad request"}}', error_code = 'http_error',
+       error_message = 'upstream answered 400'`,
+    );
+    await set(
+      id,
+      4,
+      `state = 'failed', finished_at = now(), error_code = 'timeout',
+       error_message = 'no response within 60s'`,
+    );
+    await set(
+      id,
+      5,
+      `state = 'expired', finished_at = now(), error_code = 'batch_expired',
+       error_message = 'the completion window closed'`,
+    );
+    await set(
+      id,
+      6,
+      `state = 'canceled', finished_at = now(), error_code = 'batch_cancelled',
+       error_message = 'the batch was cancelled'`,
+    );
+    // Line 7 is still pending: no line for it yet.
+
+    const all = await results(id);
+    expect(all.map((r) => [r.customId, r.kind])).toEqual([
+      ["c1", GetBatchResultsResponse_Kind.OUTPUT],
+      ["c2", GetBatchResultsResponse_Kind.OUTPUT],
+      ["c3", GetBatchResultsResponse_Kind.ERROR],
+      ["c4", GetBatchResultsResponse_Kind.ERROR],
+      ["c5", GetBatchResultsResponse_Kind.ERROR],
+      ["c6", GetBatchResultsResponse_Kind.ERROR],
+    ]);
+    const lines = all.map((r) => r.line as Record<string, Record<string, unknown>>);
+    const { rows } = await sql.query<{ id: string; line: number }>(
+      `SELECT id, line FROM requests WHERE batch_id = $1 ORDER BY line`,
+      [id],
+    );
+    const ids = rows.map((r) => `batch_req_${r.id.replaceAll("-", "")}`);
+
+    // Completed, JSON body: {"id","custom_id","response":{"status_code","request_id","body"},"error":null}
+    expectShape(lines[0], { id: "string", custom_id: "string", response: "object", error: "null" });
+    expectShape(lines[0]!.response, {
+      status_code: "number",
+      request_id: "string",
+      body: "object",
+    });
+    expect(lines[0]).toEqual({
+      id: ids[0],
+      custom_id: "c1",
+      response: {
+        status_code: 200,
+        request_id: "req_up_1",
+        body: { id: "chatcmpl-1", choices: [] },
+      },
+      error: null,
+    });
+    expect(lines[0]!.id).toMatch(/^batch_req_[0-9a-f]{32}$/);
+
+    // Completed, body not JSON: kept as a string; request_id falls back to ours.
+    expectShape(lines[1]!.response, {
+      status_code: "number",
+      request_id: "string",
+      body: "string",
+    });
+    expect(lines[1]!.response).toEqual({
+      status_code: 200,
+      request_id: rows[1]!.id,
+      body: "not json",
+    });
+
+    // Failed with an upstream status: the response is kept next to the error.
+    expectShape(lines[2], {
+      id: "string",
+      custom_id: "string",
+      response: "object",
+      error: "object",
+    });
+    expectShape(lines[2]!.error, { code: "string", message: "string" });
+    expect(lines[2]).toEqual({
+      id: ids[2],
+      custom_id: "c3",
+      response: {
+        status_code: 400,
+        request_id: rows[2]!.id,
+        body: { error: { message: "bad request" } },
+      },
+      error: { code: "http_error", message: "upstream answered 400" },
+    });
+
+    // Failed without a response.
+    expectShape(lines[3], { id: "string", custom_id: "string", response: "null", error: "object" });
+    expect(lines[3]!.error).toEqual({ code: "timeout", message: "no response within 60s" });
+
+    // Expired and cancelled.
+    expectShape(lines[4], { id: "string", custom_id: "string", response: "null", error: "object" });
+    expect(lines[4]!.error).toEqual({
+      code: "batch_expired",
+      message: "the completion window closed",
+    });
+    expect(lines[5]!.error!.code).toBe("batch_cancelled");
+
+    // Kind filters.
+    const outputs = await results(id, GetBatchResultsRequest_Kind.OUTPUT);
+    expect(outputs.map((r) => r.customId)).toEqual(["c1", "c2"]);
+    const errors = await results(id, GetBatchResultsRequest_Kind.ERRORS);
+    expect(errors.map((r) => r.customId)).toEqual(["c3", "c4", "c5", "c6"]);
+    expect((await results(id, GetBatchResultsRequest_Kind.ALL)).length).toBe(6);
+  });
+
+  it("pages through large batches in line order", async () => {
+    const n = 1234;
+    const id = await makeBatch(n);
+    await sql.query(
+      `UPDATE requests SET state = CASE WHEN line % 3 = 0 THEN 'failed' ELSE 'completed' END,
+         finished_at = now(), updated_at = now(), response_status = 200,
+         response_body = '{"n":' || line || '}',
+         error_code = CASE WHEN line % 3 = 0 THEN 'http_error' END,
+         error_message = CASE WHEN line % 3 = 0 THEN 'x' END
+       WHERE batch_id = $1`,
+      [id],
+    );
+    const all = await results(id);
+    expect(all.map((r) => r.customId)).toEqual(Array.from({ length: n }, (_, i) => `c${i + 1}`));
+    const outputs = await results(id, GetBatchResultsRequest_Kind.OUTPUT);
+    expect(outputs).toHaveLength(n - Math.floor(n / 3));
+  });
+
+  it("rejects an unknown batch", async () => {
+    const err = await results("00000000-0000-4000-8000-000000000000").catch((e) => e);
+    expect(ConnectError.from(err).code).toBe(Code.NotFound);
+  });
+});
