@@ -1,7 +1,9 @@
-/** Server commands: serve, control-plane, migrate (dispatcher is added by the leases work). */
+/** Server commands: serve (control plane + dispatcher), control-plane, dispatcher, migrate. */
 import type { Command } from "commander";
 import { ConfigError, type ControlPlaneFlags, controlPlaneConfig } from "../config/config.js";
+import { type DispatcherFlags, dispatcherConfig } from "../config/dispatcher-config.js";
 import { startControlPlane } from "../control-plane.js";
+import { startDispatcher } from "../dispatcher/dispatcher.js";
 import { makeLogger } from "../logger.js";
 import { migrate } from "../storage/data-source.js";
 import { resolveDatabase } from "../storage/resolve-database.js";
@@ -9,19 +11,77 @@ import { resolveDatabase } from "../storage/resolve-database.js";
 function controlPlaneOptions(cmd: Command): Command {
   return cmd
     .option("--listen <host:port>", "address to serve the API on (env FUSILLADE_LISTEN)", undefined)
-    .option("--data-dir <dir>", "embedded Postgres data folder when DATABASE_URL is unset (env FUSILLADE_DATA_DIR)")
+    .option(
+      "--data-dir <dir>",
+      "embedded Postgres data folder when DATABASE_URL is unset (env FUSILLADE_DATA_DIR)",
+    )
     .option("--database-url <url>", "Postgres URL (env DATABASE_URL); default: embedded Postgres")
-    .option("--default-limit <n>", "concurrency limit of models with none set (env FUSILLADE_DEFAULT_LIMIT)")
+    .option(
+      "--default-limit <n>",
+      "concurrency limit of models with none set (env FUSILLADE_DEFAULT_LIMIT)",
+    )
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
-    .option("--log-level <level>", "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)");
+    .option(
+      "--log-level <level>",
+      "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)",
+    );
 }
 
-/** Runs until SIGINT/SIGTERM, then calls `stop`. */
+/** Options of a dispatcher; `serve` takes them too, except --control-plane (it is its own). */
+function dispatcherOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      "--capacity <n>",
+      "most requests in flight from this dispatcher (env FUSILLADE_CAPACITY; default 64)",
+    )
+    .option("--models <a,b>", "serve only these models (env FUSILLADE_MODELS; default all)")
+    .option(
+      "--id <name>",
+      "dispatcher name in leases and logs (env FUSILLADE_DISPATCHER_ID; default host-pid-rand)",
+    )
+    .option(
+      "--acquire-wait <duration>",
+      "long-poll wait for work (env FUSILLADE_ACQUIRE_WAIT; default 20s)",
+    )
+    .option(
+      "--renew-interval <duration>",
+      "lease renewal period (env FUSILLADE_RENEW_INTERVAL; default from the lease TTL)",
+    )
+    .option(
+      "--fence-margin <duration>",
+      "self-fencing safety margin (env FUSILLADE_FENCE_MARGIN; default max(2s, ttl/5))",
+    )
+    .option(
+      "--shutdown-grace <duration>",
+      "on SIGTERM, time for in-flight requests to finish (env FUSILLADE_SHUTDOWN_GRACE; default 30s)",
+    )
+    .option(
+      "--connect-timeout <duration>",
+      "upstream connect timeout (env FUSILLADE_CONNECT_TIMEOUT; default 10s)",
+    )
+    .option(
+      "--first-byte-timeout <duration>",
+      "upstream time to response headers (env FUSILLADE_FIRST_BYTE_TIMEOUT; default 10m)",
+    )
+    .option(
+      "--total-timeout <duration>",
+      "upstream time for a whole attempt (env FUSILLADE_TOTAL_TIMEOUT; default 15m)",
+    )
+    .option(
+      "--max-response-bytes <n>",
+      "largest response body accepted (env FUSILLADE_MAX_RESPONSE_BYTES; default 32 MiB)",
+    );
+}
+
+/** Runs until SIGINT/SIGTERM, then calls `stop`. A second signal exits at once. */
 export function untilSignal(stop: () => Promise<void>): Promise<void> {
   return new Promise((resolve) => {
     const onSignal = () => {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
+      const force = () => process.exit(130);
+      process.once("SIGINT", force);
+      process.once("SIGTERM", force);
       stop().finally(resolve);
     };
     process.on("SIGINT", onSignal);
@@ -37,20 +97,87 @@ async function runControlPlane(flags: ControlPlaneFlags): Promise<void> {
   await untilSignal(() => cp.close());
 }
 
-/** Registers serve, control-plane and migrate on `program`. */
+async function runDispatcher(flags: DispatcherFlags): Promise<void> {
+  const config = dispatcherConfig(flags);
+  const log = makeLogger(config.logLevel);
+  const dispatcher = startDispatcher(config, log);
+  process.stderr.write(
+    `fusillade: dispatcher ${config.id} taking work from ${config.controlPlaneUrl}\n`,
+  );
+  await untilSignal(() => dispatcher.stop());
+}
+
+/** The URL to reach a server listening on every address (0.0.0.0, ::) from this host. */
+function loopback(url: string): string {
+  const u = new URL(url);
+  if (u.hostname === "0.0.0.0") u.hostname = "127.0.0.1";
+  if (u.hostname === "[::]") u.hostname = "[::1]";
+  return u.origin;
+}
+
+/** Control plane and dispatcher in one process; the dispatcher talks to the control plane over its own port. */
+async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<void> {
+  const cpConfig = controlPlaneConfig(flags);
+  const log = makeLogger(cpConfig.logLevel);
+  const cp = await startControlPlane(cpConfig, log);
+  let dispatcher: ReturnType<typeof startDispatcher>;
+  try {
+    const config = dispatcherConfig({
+      ...flags,
+      controlPlane: loopback(cp.url),
+      logLevel: cpConfig.logLevel,
+    });
+    dispatcher = startDispatcher(config, log);
+  } catch (e) {
+    await cp.close();
+    throw e;
+  }
+  process.stderr.write(
+    `fusillade: serving on ${cp.url} (control plane and dispatcher ${dispatcher.id})\n`,
+  );
+  // Dispatcher first: its last reports need the control plane.
+  await untilSignal(async () => {
+    await dispatcher.stop();
+    await cp.close();
+  });
+}
+
+/** Registers serve, control-plane, dispatcher and migrate on `program`. */
 export function registerServerCommands(program: Command): void {
+  dispatcherOptions(
+    controlPlaneOptions(
+      program
+        .command("serve")
+        .description(
+          "run a control plane and a dispatcher in one process (embedded Postgres by default)",
+        ),
+    ),
+  ).action(async (flags: ControlPlaneFlags & DispatcherFlags) => {
+    await runServe(flags);
+  });
+
   controlPlaneOptions(
     program
-      .command("serve")
-      .description("run a control plane and a dispatcher in one process (embedded Postgres by default)"),
+      .command("control-plane")
+      .description("run the control plane (the API and the lease service)"),
   ).action(async (flags: ControlPlaneFlags) => {
     await runControlPlane(flags);
   });
 
-  controlPlaneOptions(
-    program.command("control-plane").description("run the control plane (the API and the lease service)"),
-  ).action(async (flags: ControlPlaneFlags) => {
-    await runControlPlane(flags);
+  dispatcherOptions(
+    program
+      .command("dispatcher")
+      .description("take leases from a control plane and send the requests upstream")
+      .option(
+        "--control-plane <url>",
+        "the control plane's URL, e.g. http://127.0.0.1:8080 (env FUSILLADE_CONTROL_PLANE)",
+      )
+      .option(
+        "--log-level <level>",
+        "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)",
+      ),
+  ).action(async (flags: DispatcherFlags) => {
+    await runDispatcher(flags);
   });
 
   program
@@ -60,7 +187,10 @@ export function registerServerCommands(program: Command): void {
     .option("--database-url <url>", "Postgres URL (env DATABASE_URL)")
     .action(async (flags: ControlPlaneFlags) => {
       const config = controlPlaneConfig(flags);
-      const database = await resolveDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+      const database = await resolveDatabase({
+        databaseUrl: config.databaseUrl,
+        dataDir: config.dataDir,
+      });
       try {
         const ran = await migrate(database.url);
         process.stdout.write(ran.length === 0 ? "up to date\n" : `applied: ${ran.join(", ")}\n`);

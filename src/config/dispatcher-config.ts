@@ -1,0 +1,251 @@
+/**
+ * The dispatcher's configuration: defaults → environment → flags → validated,
+ * frozen object (flags win over the environment). src/config is the only
+ * reader of process.env.
+ */
+import { randomBytes } from "node:crypto";
+import os from "node:os";
+import { MINUTE, SECOND } from "../domain/duration.js";
+import { ConfigError, parseCount, parseDurationSetting } from "./config.js";
+
+/** Settings of one dispatcher. */
+export interface DispatcherConfig {
+  /** Base URL of the control plane (http:// is h2c). Required: --control-plane, FUSILLADE_CONTROL_PLANE. */
+  controlPlaneUrl: string;
+  /** Most leases held at once (requests running or awaiting their report). @default 64 */
+  capacity: number;
+  /** Serve only these models; empty = every model. @default [] */
+  models: readonly string[];
+  /** Name in the control plane's lease holder column and in logs. @default "<hostname>-<pid>-<4 hex>" */
+  id: string;
+  /** How long one AcquireLeases long poll may wait for work (the server caps it). @default 20s */
+  acquireWaitMs: number;
+  /**
+   * Period of the renewal loop; undefined derives it from the lease TTL:
+   * min(ttl/3, (ttl − margin)/2), so a lease gets two renewal tries before its fence.
+   * @default undefined (derived)
+   */
+  renewIntervalMs: number | undefined;
+  /**
+   * Self-fencing safety margin: a running request is aborted at
+   * (response received + ttl − margin) unless renewed. Undefined derives it:
+   * max(2 s, ttl/5), at most ttl/2. See docs/dispatcher.md.
+   * @default undefined (derived)
+   */
+  fenceMarginMs: number | undefined;
+  /** Most outcomes in one ReportResults call. @default 256 */
+  reportBatchSize: number;
+  /** Most body bytes in one ReportResults call (one outcome always goes). @default 16 MiB */
+  reportMaxBytes: number;
+  /**
+   * While a report call is in flight, queued outcomes wait this long (or for a
+   * full batch) before a second call is sent. An idle reporter sends at once.
+   * @default 5
+   */
+  reportLingerMs: number;
+  /** Deadline of one RenewLeases / ReportResults call. @default 10s */
+  rpcTimeoutMs: number;
+  /** On stop: time in-flight requests get to finish before they are aborted and released. @default 30s */
+  shutdownGraceMs: number;
+  /** On stop, after the grace: time to get the last reports through. @default 10s */
+  shutdownFlushMs: number;
+  /** Upstream TCP/TLS connect timeout. @default 10s */
+  connectTimeoutMs: number;
+  /** Upstream time to response headers (LLM calls can take minutes). @default 10m */
+  firstByteTimeoutMs: number;
+  /** Upstream time for a whole attempt, body included. @default 15m */
+  totalTimeoutMs: number;
+  /** Largest 2xx response body accepted. @default 32 MiB */
+  maxResponseBytes: number;
+  /** pino level. @default "info" */
+  logLevel: string;
+}
+
+const MIB = 1024 * 1024;
+
+/** Defaults of every field but controlPlaneUrl and id. */
+export const DISPATCHER_DEFAULTS = Object.freeze({
+  capacity: 64,
+  models: Object.freeze([]) as readonly string[],
+  acquireWaitMs: 20 * SECOND,
+  renewIntervalMs: undefined,
+  fenceMarginMs: undefined,
+  reportBatchSize: 256,
+  reportMaxBytes: 16 * MIB,
+  reportLingerMs: 5,
+  rpcTimeoutMs: 10 * SECOND,
+  shutdownGraceMs: 30 * SECOND,
+  shutdownFlushMs: 10 * SECOND,
+  connectTimeoutMs: 10 * SECOND,
+  firstByteTimeoutMs: 10 * MINUTE,
+  totalTimeoutMs: 15 * MINUTE,
+  maxResponseBytes: 32 * MIB,
+  logLevel: "info",
+} satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
+
+const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+
+/** A default dispatcher id: host, pid and a little randomness (pids repeat across hosts and restarts). */
+export function defaultDispatcherId(): string {
+  return `${os.hostname()}-${process.pid}-${randomBytes(2).toString("hex")}`;
+}
+
+/** Throws unless `value` is an http(s) URL; the message names `name`. */
+function checkUrl(value: string, name: string): void {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(
+      `${name} must be a URL such as http://127.0.0.1:8080, got ${JSON.stringify(value)}`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ConfigError(
+      `${name} must start with http:// or https://, got ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+/** options → defaults → validate → frozen config. Throws ConfigError naming the field. */
+export function resolveDispatcherConfig(
+  options: Partial<DispatcherConfig> & Pick<DispatcherConfig, "controlPlaneUrl">,
+): Readonly<DispatcherConfig> {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+  const c: DispatcherConfig = {
+    ...DISPATCHER_DEFAULTS,
+    id: defaultDispatcherId(),
+    ...defined,
+  } as DispatcherConfig;
+  checkUrl(c.controlPlaneUrl, "controlPlaneUrl");
+  const positive = [
+    "capacity",
+    "acquireWaitMs",
+    "reportBatchSize",
+    "reportMaxBytes",
+    "rpcTimeoutMs",
+    "connectTimeoutMs",
+    "firstByteTimeoutMs",
+    "totalTimeoutMs",
+    "maxResponseBytes",
+  ] as const;
+  for (const key of positive) {
+    if (!Number.isSafeInteger(c[key]) || c[key] <= 0) {
+      throw new ConfigError(`${key} must be a positive integer, got ${c[key]}`);
+    }
+  }
+  for (const key of ["reportLingerMs", "shutdownGraceMs", "shutdownFlushMs"] as const) {
+    if (!Number.isSafeInteger(c[key]) || c[key] < 0) {
+      throw new ConfigError(`${key} must be a non-negative integer, got ${c[key]}`);
+    }
+  }
+  if (
+    c.renewIntervalMs !== undefined &&
+    (!Number.isSafeInteger(c.renewIntervalMs) || c.renewIntervalMs <= 0)
+  ) {
+    throw new ConfigError(`renewIntervalMs must be a positive integer, got ${c.renewIntervalMs}`);
+  }
+  if (
+    c.fenceMarginMs !== undefined &&
+    (!Number.isSafeInteger(c.fenceMarginMs) || c.fenceMarginMs < 0)
+  ) {
+    throw new ConfigError(`fenceMarginMs must be a non-negative integer, got ${c.fenceMarginMs}`);
+  }
+  if (c.id.trim() === "") throw new ConfigError("id must not be empty");
+  if (!LEVELS.has(c.logLevel)) {
+    throw new ConfigError(
+      `logLevel must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(c.logLevel)}`,
+    );
+  }
+  c.models = Object.freeze([...new Set(c.models.map((m) => m.trim()).filter((m) => m !== ""))]);
+  return Object.freeze(c);
+}
+
+/** Flags of `fusillade dispatcher` (and `serve`'s dispatcher ones); undefined = not given. */
+export interface DispatcherFlags {
+  controlPlane?: string;
+  capacity?: string;
+  models?: string;
+  id?: string;
+  acquireWait?: string;
+  renewInterval?: string;
+  fenceMargin?: string;
+  shutdownGrace?: string;
+  connectTimeout?: string;
+  firstByteTimeout?: string;
+  totalTimeout?: string;
+  maxResponseBytes?: string;
+  logLevel?: string;
+}
+
+/** The flags' environment variables: flag → variable. */
+const ENV: Record<keyof DispatcherFlags, string> = {
+  controlPlane: "FUSILLADE_CONTROL_PLANE",
+  capacity: "FUSILLADE_CAPACITY",
+  models: "FUSILLADE_MODELS",
+  id: "FUSILLADE_DISPATCHER_ID",
+  acquireWait: "FUSILLADE_ACQUIRE_WAIT",
+  renewInterval: "FUSILLADE_RENEW_INTERVAL",
+  fenceMargin: "FUSILLADE_FENCE_MARGIN",
+  shutdownGrace: "FUSILLADE_SHUTDOWN_GRACE",
+  connectTimeout: "FUSILLADE_CONNECT_TIMEOUT",
+  firstByteTimeout: "FUSILLADE_FIRST_BYTE_TIMEOUT",
+  totalTimeout: "FUSILLADE_TOTAL_TIMEOUT",
+  maxResponseBytes: "FUSILLADE_MAX_RESPONSE_BYTES",
+  logLevel: "FUSILLADE_LOG_LEVEL",
+};
+
+const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** Builds the dispatcher's config from defaults, `env` and `flags` (flags win). */
+export function dispatcherConfig(
+  flags: DispatcherFlags,
+  env: NodeJS.ProcessEnv = process.env,
+): Readonly<DispatcherConfig> {
+  /** The raw setting and the name to blame for it. */
+  const get = (key: keyof DispatcherFlags): [string, string] | undefined => {
+    if (flags[key] !== undefined) return [flags[key], `--${kebab(key)}`];
+    const v = env[ENV[key]];
+    return v === undefined || v === "" ? undefined : [v, ENV[key]];
+  };
+  const count = (key: keyof DispatcherFlags) => {
+    const s = get(key);
+    return s && parseCount(s[0], s[1]);
+  };
+  const duration = (key: keyof DispatcherFlags, allowZero = false) => {
+    const s = get(key);
+    if (!s) return undefined;
+    const ms = parseDurationSetting(s[0], s[1]);
+    if (!allowZero && ms <= 0)
+      throw new ConfigError(`${s[1]} must be more than 0, got ${JSON.stringify(s[0])}`);
+    return ms;
+  };
+  const level = get("logLevel");
+  if (level && !LEVELS.has(level[0])) {
+    throw new ConfigError(
+      `${level[1]} must be one of ${[...LEVELS].join(", ")}, got ${JSON.stringify(level[0])}`,
+    );
+  }
+  const url = get("controlPlane");
+  if (!url) {
+    throw new ConfigError(
+      `the control plane's URL is required: --control-plane URL or ${ENV.controlPlane}`,
+    );
+  }
+  checkUrl(url[0], url[1]);
+  return resolveDispatcherConfig({
+    controlPlaneUrl: url[0],
+    capacity: count("capacity"),
+    models: get("models")?.[0].split(","),
+    id: get("id")?.[0],
+    acquireWaitMs: duration("acquireWait"),
+    renewIntervalMs: duration("renewInterval"),
+    fenceMarginMs: duration("fenceMargin", true),
+    shutdownGraceMs: duration("shutdownGrace", true),
+    connectTimeoutMs: duration("connectTimeout"),
+    firstByteTimeoutMs: duration("firstByteTimeout"),
+    totalTimeoutMs: duration("totalTimeout"),
+    maxResponseBytes: count("maxResponseBytes"),
+    logLevel: level?.[0],
+  });
+}

@@ -1,0 +1,269 @@
+/**
+ * The dispatcher's side of DispatchService: a Connect client over HTTP/2 and
+ * the converters between its messages and the dispatcher's own types. Proto
+ * types stop here; so do ConnectErrors (mapped to {@link ControlPlaneError}).
+ */
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { AttemptOutcome } from "../domain/outcome.js";
+import {
+  DispatchService,
+  LeaseLossReason,
+  OutcomeSchema,
+  type Lease as ProtoLease,
+  type Outcome as ProtoOutcome,
+  ReportResult_Disposition,
+} from "../gen/fusillade/v1/dispatch_service_pb.js";
+import type { OutboundRequest } from "../http/executor.js";
+
+/** Names one lease: the request and the fencing token. */
+export interface LeaseRef {
+  requestId: string;
+  token: bigint;
+}
+
+/** A granted lease, as the dispatcher runs it. */
+export interface DispatchLease {
+  ref: LeaseRef;
+  batchId: string;
+  customId: string;
+  model: string;
+  /** 1 for the first attempt. */
+  attempt: number;
+  request: OutboundRequest;
+  /** Time left on the lease when the control plane granted it. */
+  ttlMs: number;
+}
+
+/** Why the control plane says a lease is gone. */
+export type LossReason = "expired" | "batch_cancelled" | "batch_expired" | "not_current";
+
+/** What the dispatcher reports for one lease: the attempt's outcome, or a release. */
+export type Report =
+  | { ref: LeaseRef; kind: "outcome"; outcome: AttemptOutcome }
+  | { ref: LeaseRef; kind: "release"; reason: string };
+
+/** What the control plane did with a report. */
+export type Disposition = "recorded" | "requeued" | "lost";
+
+/** The RPCs the dispatcher needs; an interface so that tests can stand in for the server. */
+export interface LeaseClient {
+  /** Up to `max` leases, waiting up to `waitMs` for some. */
+  acquire(opts: {
+    max: number;
+    models: readonly string[];
+    waitMs: number;
+    signal: AbortSignal;
+  }): Promise<DispatchLease[]>;
+  /** Extends leases; names the lost ones. */
+  renew(
+    refs: LeaseRef[],
+    timeoutMs: number,
+  ): Promise<{
+    renewed: Array<{ ref: LeaseRef; ttlMs: number }>;
+    lost: Array<{ ref: LeaseRef; reason: LossReason }>;
+  }>;
+  /** Reports outcomes; the disposition of each, by {@link refKey}. */
+  report(reports: Report[], timeoutMs: number): Promise<Map<string, Disposition>>;
+  /** Drops the connection. */
+  close(): void;
+}
+
+/**
+ * A call to the control plane failed. `retriable`: the control plane may take
+ * it later (unreachable, overloaded, deadline); otherwise it rejected the call.
+ */
+export class ControlPlaneError extends Error {
+  constructor(
+    message: string,
+    readonly retriable: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "ControlPlaneError";
+  }
+}
+
+/** Codes after which the same call may succeed later. */
+const RETRIABLE_CODES = new Set([
+  Code.Unavailable,
+  Code.DeadlineExceeded,
+  Code.ResourceExhausted,
+  Code.Aborted,
+  Code.Internal,
+  Code.Unknown,
+  Code.Canceled,
+  // An operator can fix credentials or a proxy without restarting us.
+  Code.Unauthenticated,
+  Code.PermissionDenied,
+]);
+
+/** Map key of a lease ref. */
+export function refKey(ref: LeaseRef): string {
+  return `${ref.requestId}/${ref.token}`;
+}
+
+const LOSS: Record<LeaseLossReason, LossReason> = {
+  [LeaseLossReason.UNSPECIFIED]: "not_current",
+  [LeaseLossReason.EXPIRED]: "expired",
+  [LeaseLossReason.BATCH_CANCELLED]: "batch_cancelled",
+  [LeaseLossReason.BATCH_EXPIRED]: "batch_expired",
+  [LeaseLossReason.NOT_CURRENT]: "not_current",
+};
+
+const DISPOSITION: Record<ReportResult_Disposition, Disposition> = {
+  [ReportResult_Disposition.UNSPECIFIED]: "lost",
+  [ReportResult_Disposition.RECORDED]: "recorded",
+  [ReportResult_Disposition.REQUEUED]: "requeued",
+  [ReportResult_Disposition.LOST]: "lost",
+};
+
+/** A proto lease as a {@link DispatchLease}. */
+export function fromProtoLease(l: ProtoLease): DispatchLease {
+  if (!l.ref) throw new ControlPlaneError("a granted lease has no ref", false);
+  return {
+    ref: { requestId: l.ref.requestId, token: l.ref.token },
+    batchId: l.batchId,
+    customId: l.customId,
+    model: l.model,
+    attempt: l.attempt,
+    request: {
+      method: l.method,
+      url: l.url,
+      headers: l.headers.map((h) => [h.name, h.value]),
+      body: l.body,
+    },
+    ttlMs: l.ttl ? durationMs(l.ttl) : 0,
+  };
+}
+
+/** A {@link Report} as a proto Outcome. */
+export function toProtoOutcome(r: Report): ProtoOutcome {
+  const ref = { requestId: r.ref.requestId, token: r.ref.token };
+  if (r.kind === "release") {
+    return create(OutcomeSchema, { ref, result: { case: "release", value: { reason: r.reason } } });
+  }
+  const o = r.outcome;
+  if (o.kind === "completion") {
+    return create(OutcomeSchema, {
+      ref,
+      result: {
+        case: "completion",
+        value: { statusCode: o.statusCode, headers: o.headers, body: o.body },
+      },
+    });
+  }
+  return create(OutcomeSchema, {
+    ref,
+    result: {
+      case: "failure",
+      value: {
+        statusCode: o.statusCode,
+        code: o.code,
+        message: o.message,
+        retriable: o.retriable,
+        retryAfter: o.retryAfterMs === undefined ? undefined : durationFromMs(o.retryAfterMs),
+        bodyExcerpt: o.bodyExcerpt,
+        headers: o.headers,
+      },
+    },
+  });
+}
+
+/** Bytes a report carries (bodies dominate); for sizing report batches. */
+export function reportBytes(r: Report): number {
+  if (r.kind === "release") return 64;
+  const o = r.outcome;
+  return 256 + (o.kind === "completion" ? o.body.byteLength : o.bodyExcerpt.byteLength);
+}
+
+function mapError(e: unknown, what: string): ControlPlaneError {
+  const err = ConnectError.from(e);
+  return new ControlPlaneError(
+    `${what}: ${Code[err.code] ?? err.code}: ${err.rawMessage}`,
+    RETRIABLE_CODES.has(err.code),
+    { cause: e },
+  );
+}
+
+/** Connect over HTTP/2 (h2c for http://) to the control plane at `baseUrl`. */
+export function connectLeaseClient(baseUrl: string, dispatcherId: string): LeaseClient {
+  // Pings notice a dead control plane (kill -9, a lost network) within ~15 s
+  // even while the only call is a quiet long poll.
+  const sessions = new Http2SessionManager(baseUrl, {
+    pingIntervalMs: 10_000,
+    pingTimeoutMs: 5_000,
+  });
+  const client = createClient(
+    DispatchService,
+    createConnectTransport({
+      baseUrl,
+      httpVersion: "2",
+      sessionManager: sessions,
+      useBinaryFormat: true,
+    }),
+  );
+  return {
+    async acquire({ max, models, waitMs, signal }) {
+      try {
+        const res = await client.acquireLeases(
+          { dispatcherId, maxLeases: max, models: [...models], wait: durationFromMs(waitMs) },
+          // The server answers by waitMs; past that plus a margin it is not coming.
+          { signal, timeoutMs: waitMs + 15_000 },
+        );
+        return res.leases.map(fromProtoLease);
+      } catch (e) {
+        throw e instanceof ControlPlaneError ? e : mapError(e, "AcquireLeases");
+      }
+    },
+    async renew(refs, timeoutMs) {
+      try {
+        const res = await client.renewLeases({ dispatcherId, leases: refs }, { timeoutMs });
+        return {
+          renewed: res.renewed.flatMap((r) =>
+            r.ref
+              ? [
+                  {
+                    ref: { requestId: r.ref.requestId, token: r.ref.token },
+                    ttlMs: r.ttl ? durationMs(r.ttl) : 0,
+                  },
+                ]
+              : [],
+          ),
+          lost: res.lost.flatMap((r) =>
+            r.ref
+              ? [
+                  {
+                    ref: { requestId: r.ref.requestId, token: r.ref.token },
+                    reason: LOSS[r.reason] ?? "not_current",
+                  },
+                ]
+              : [],
+          ),
+        };
+      } catch (e) {
+        throw mapError(e, "RenewLeases");
+      }
+    },
+    async report(reports, timeoutMs) {
+      try {
+        const res = await client.reportResults(
+          { dispatcherId, outcomes: reports.map(toProtoOutcome) },
+          { timeoutMs },
+        );
+        const out = new Map<string, Disposition>();
+        for (const r of res.results) {
+          if (r.ref) out.set(refKey(r.ref), DISPOSITION[r.disposition] ?? "lost");
+        }
+        return out;
+      } catch (e) {
+        throw mapError(e, "ReportResults");
+      }
+    },
+    close() {
+      sessions.abort();
+    },
+  };
+}

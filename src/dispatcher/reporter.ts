@@ -1,0 +1,185 @@
+/**
+ * Reports outcomes to the control plane in batches.
+ *
+ * A finished request holds its model's slot until its report lands (the
+ * control plane counts the lease until then), so latency here is lost
+ * throughput: an idle reporter sends at once; while a call is in flight, new
+ * outcomes wait for a full batch or `lingerMs`, then a second call goes (at
+ * most {@link MAX_CALLS} at once). Group commit, in effect.
+ *
+ * Modes: healthy ⇄ failing. A call that fails retriably (control plane
+ * unreachable, deadline) puts its reports back at the front of the queue and
+ * the reporter turns failing: one call at a time, after a backoff, until one
+ * succeeds. The dispatcher takes no new work while failing. A call the control
+ * plane rejects outright (INVALID_ARGUMENT: a bug) drops its reports: their
+ * leases expire and the requests are tried again.
+ */
+import type { Logger } from "../logger.js";
+import { Backoff, Wakeup } from "./backoff.js";
+import {
+  ControlPlaneError,
+  type Disposition,
+  type LeaseClient,
+  type Report,
+  refKey,
+  reportBytes,
+} from "./lease-client.js";
+
+/** Report calls in flight at once while healthy. */
+export const MAX_CALLS = 2;
+
+interface Queued {
+  report: Report;
+  /** undefined: dropped without an answer (rejected, or the reporter stopped). */
+  resolve: (d: Disposition | undefined) => void;
+}
+
+export interface ReporterOptions {
+  batchSize: number;
+  maxBytes: number;
+  lingerMs: number;
+  rpcTimeoutMs: number;
+}
+
+/** Batches reports; see the file header. */
+export class Reporter {
+  #queue: Queued[] = [];
+  #calls = 0;
+  #failing = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #lingerTimer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #backoff = new Backoff();
+  readonly #changed = new Wakeup();
+
+  constructor(
+    private readonly client: LeaseClient,
+    private readonly options: ReporterOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** Queues a report; resolves with the control plane's answer. */
+  submit(report: Report): Promise<Disposition | undefined> {
+    if (this.#stopped) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      this.#queue.push({ report, resolve });
+      this.#pump();
+    });
+  }
+
+  /** True while reports cannot be delivered. */
+  get failing(): boolean {
+    return this.#failing;
+  }
+
+  /** Reports queued or in flight. */
+  get pending(): number {
+    return this.#queue.length + this.#calls;
+  }
+
+  /** Resolves at the next change of state (a call ended, a report was queued or dropped). */
+  changed(signal?: AbortSignal, timeoutMs?: number): Promise<void> {
+    return this.#changed.wait(signal, timeoutMs);
+  }
+
+  /** Stops sending; queued reports resolve `undefined`. Calls in flight finish on their own. */
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    clearTimeout(this.#lingerTimer);
+    for (const q of this.#queue.splice(0)) q.resolve(undefined);
+    this.#changed.notify();
+  }
+
+  #pump(): void {
+    if (this.#stopped || this.#queue.length === 0) return;
+    if (this.#failing) {
+      // One probe at a time, on the backoff's schedule.
+      if (this.#calls === 0 && this.#retryTimer === undefined) this.#send();
+      return;
+    }
+    if (this.#calls >= MAX_CALLS) return;
+    if (this.#calls === 0 || this.#queue.length >= this.options.batchSize) {
+      this.#send();
+      return;
+    }
+    this.#lingerTimer ??= setTimeout(() => {
+      this.#lingerTimer = undefined;
+      if (!this.#failing && this.#calls < MAX_CALLS) this.#send();
+    }, this.options.lingerMs);
+  }
+
+  #take(): Queued[] {
+    let bytes = 0;
+    let n = 0;
+    while (n < this.#queue.length && n < this.options.batchSize) {
+      bytes += reportBytes(this.#queue[n]!.report);
+      if (n > 0 && bytes > this.options.maxBytes) break;
+      n++;
+    }
+    return this.#queue.splice(0, n);
+  }
+
+  #send(): void {
+    clearTimeout(this.#lingerTimer);
+    this.#lingerTimer = undefined;
+    const batch = this.#take();
+    if (batch.length === 0) return;
+    this.#calls++;
+    void this.#call(batch);
+  }
+
+  async #call(batch: Queued[]): Promise<void> {
+    let answers: Map<string, Disposition> | undefined;
+    let error: unknown;
+    try {
+      answers = await this.client.report(
+        batch.map((q) => q.report),
+        this.options.rpcTimeoutMs,
+      );
+    } catch (e) {
+      error = e;
+    }
+    // Book-keeping before anyone hears back, so that a report submitted in
+    // reaction to an answer sees this call as finished.
+    this.#calls--;
+    if (answers !== undefined) {
+      if (this.#failing) this.log.info("reports are getting through again");
+      this.#failing = false;
+      this.#backoff.reset();
+      for (const q of batch) q.resolve(answers.get(refKey(q.report.ref)) ?? "lost");
+    } else {
+      this.#failed(batch, error);
+    }
+    this.#changed.notify();
+    this.#pump();
+  }
+
+  #failed(batch: Queued[], e: unknown): void {
+    const retriable = !(e instanceof ControlPlaneError) || e.retriable;
+    if (!retriable || this.#stopped) {
+      if (!this.#stopped) {
+        this.log.error(
+          { err: e, reports: batch.length },
+          "the control plane rejected reports; dropping them (their leases will expire)",
+        );
+      }
+      for (const q of batch) q.resolve(undefined);
+      return;
+    }
+    this.#queue.unshift(...batch);
+    const wait = this.#backoff.next();
+    if (!this.#failing || this.#backoff.failures % 10 === 1) {
+      this.log.warn(
+        { err: e, queued: this.#queue.length, retryInMs: wait },
+        "could not report outcomes; retrying",
+      );
+    }
+    this.#failing = true;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#pump();
+    }, wait);
+  }
+}

@@ -1,0 +1,451 @@
+/**
+ * The `fusillade` client commands as a user runs them: `node bin/fusillade.js`
+ * in a child process (from dist/, built once here) against a control plane
+ * on a real socket. Requests reach terminal states either through SQL (the
+ * trigger then behaves exactly as for the lease code) or through a real
+ * dispatcher and a loopback upstream. Also runs the Python example when
+ * Debian's python3-grpcio is installed.
+ */
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import { startTestDispatcher } from "../helpers/dispatcher-process.js";
+import { startUpstream } from "../helpers/upstream.js";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const BIN = path.join(ROOT, "bin/fusillade.js");
+const PYTHON_EXAMPLE = path.join(ROOT, "examples/python/run.sh");
+const run = promisify(execFile);
+
+let t: TestControlPlane;
+let sql: pg.Pool;
+let dir: string;
+
+beforeAll(async () => {
+  // One incremental build of dist/ (what bin/fusillade.js runs). tsc emits
+  // even when some other file has a type error; the CLI is all we need here.
+  await run("npx", ["tsc", "-p", "tsconfig.build.json"], { cwd: ROOT }).catch(() => undefined);
+  if (!existsSync(path.join(ROOT, "dist/src/cli/main.js"))) throw new Error("the build failed");
+  t = await startTestControlPlane();
+  sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
+  dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-cli-"));
+}, 180_000);
+
+afterAll(async () => {
+  await sql?.end();
+  await t?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A running process: a wait for a pattern in its output, and its end. */
+interface Running {
+  /** Resolves with the first match of `re` on stdout or stderr (rejects if the process exits first). */
+  waitFor(re: RegExp): Promise<RegExpMatchArray>;
+  done: Promise<Result>;
+}
+
+/** Starts the CLI with `args`, FUSILLADE_SERVER pointing at the test control plane. */
+function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: dir,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, FUSILLADE_SERVER: t.url, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  return watchProcess(child);
+}
+
+function cli(args: string[], env?: NodeJS.ProcessEnv): Promise<Result> {
+  return start(args, env).done;
+}
+
+/** Writes a JSONL batch file of `n` lines (custom ids c1…cn); returns its path. */
+async function batchFile(name: string, n: number, extra: string[] = []): Promise<string> {
+  const lines = Array.from({ length: n }, (_, i) =>
+    JSON.stringify({
+      custom_id: `c${i + 1}`,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model: "gpt-test", messages: [{ role: "user", content: `hello ${i + 1}` }] },
+    }),
+  );
+  const file = path.join(dir, name);
+  await writeFile(file, `${[...lines, ...extra].join("\n")}\n`);
+  return file;
+}
+
+/** Moves every non-terminal request of the batch to a terminal state: line 2 fails, the rest complete. */
+async function finish(batchId: string): Promise<void> {
+  await sql.query(
+    `UPDATE requests SET finished_at = now(), updated_at = now(), response_status = 200,
+       state = CASE WHEN line = 2 THEN 'failed' ELSE 'completed' END,
+       response_body = '{"answer":' || line || '}',
+       error_code = CASE WHEN line = 2 THEN 'http_error' END,
+       error_message = CASE WHEN line = 2 THEN 'upstream answered 500' END
+     WHERE batch_id = $1 AND state IN ('pending', 'leased')`,
+    [batchId],
+  );
+}
+
+const jsonl = (text: string) =>
+  text
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+describe("fusillade CLI", () => {
+  it("has --help at every level", async () => {
+    for (const args of [
+      ["--help"],
+      ["submit", "--help"],
+      ["watch", "--help"],
+      ["results", "--help"],
+      ["files", "--help"],
+      ["files", "list", "--help"],
+      ["batches", "--help"],
+      ["limits", "set", "--help"],
+    ]) {
+      const r = await cli(args);
+      expect(r.code, args.join(" ")).toBe(0);
+      expect(r.stdout).toMatch(/^Usage: fusillade/);
+    }
+    const top = await cli(["--help"]);
+    for (const c of [
+      "submit",
+      "watch",
+      "results",
+      "status",
+      "cancel",
+      "retry",
+      "files",
+      "batches",
+      "limits",
+    ]) {
+      expect(top.stdout).toContain(`  ${c}`);
+    }
+  });
+
+  it("submits with --json, then status and results", async () => {
+    const file = await batchFile("three.jsonl", 3);
+    const sub = await cli([
+      "--server",
+      t.url,
+      "submit",
+      file,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--metadata",
+      "team=search",
+      "--metadata",
+      "run=7",
+      "--json",
+    ]);
+    expect(sub.code, sub.stderr).toBe(0);
+    const created = JSON.parse(sub.stdout) as Record<string, unknown>;
+    expect(created).toMatchObject({
+      filename: "three.jsonl",
+      requests: 3,
+      models: ["gpt-test"],
+      state: "in_progress",
+      openai_status: "in_progress",
+    });
+    expect(created.batch_id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(created.file_id).toMatch(/^[0-9a-f-]{36}$/);
+    const batchId = created.batch_id as string;
+
+    const status = await cli(["status", batchId, "--json"]);
+    expect(status.code).toBe(0);
+    expect(JSON.parse(status.stdout)).toMatchObject({
+      id: batchId,
+      state: "in_progress",
+      metadata: { team: "search", run: "7" },
+      counts: { total: 3, pending: 3, completed: 0 },
+    });
+    const human = await cli(["status", batchId]);
+    expect(human.stdout).toContain(`batch ${batchId}`);
+    expect(human.stdout).toMatch(/requests\s+3 total: 3 pending/);
+
+    await finish(batchId);
+    const res = await cli(["results", batchId]);
+    expect(res.code, res.stderr).toBe(0);
+    const lines = jsonl(res.stdout);
+    expect(lines.map((l) => l.custom_id)).toEqual(["c1", "c2", "c3"]);
+    expect(lines[0]).toMatchObject({
+      response: { status_code: 200, body: { answer: 1 } },
+      error: null,
+    });
+    expect(lines[1]).toMatchObject({ error: { code: "http_error" } });
+
+    const files = await cli([
+      "results",
+      batchId,
+      "--output",
+      "out.jsonl",
+      "--errors",
+      "err.jsonl",
+      "--json",
+    ]);
+    expect(files.code, files.stderr).toBe(0);
+    expect(JSON.parse(files.stdout)).toMatchObject({ output_lines: 2, error_lines: 1 });
+    expect(jsonl(await readFile(path.join(dir, "out.jsonl"), "utf8"))).toHaveLength(2);
+    expect(jsonl(await readFile(path.join(dir, "err.jsonl"), "utf8"))[0]!.custom_id).toBe("c2");
+    expect(existsSync(path.join(dir, "out.jsonl.partial"))).toBe(false);
+
+    const final = JSON.parse((await cli(["batches", "get", batchId, "--json"])).stdout);
+    expect(final).toMatchObject({ state: "completed", counts: { completed: 2, failed: 1 } });
+    expect(final.finish_time).toMatch(/^\d{4}-\d\d-\d\dT/);
+  });
+
+  it("submit --watch --output follows the batch to the end and writes the results", async () => {
+    const file = await batchFile("watch.jsonl", 4);
+    const p = start([
+      "submit",
+      file,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--watch",
+      "--output",
+      "w-out.jsonl",
+      "--errors",
+      "w-err.jsonl",
+      "--json",
+    ]);
+    const [, batchId] = await p.waitFor(/batch ([0-9a-f-]{36}) created/);
+    await p.waitFor(/in_progress: 0\/4 done/);
+    await finish(batchId!);
+    const r = await p.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      batch_id: batchId,
+      state: "completed",
+      counts: { total: 4, completed: 3, failed: 1 },
+      output_lines: 3,
+      error_lines: 1,
+    });
+    // Not a terminal: plain progress lines on stderr, ending with the final one.
+    expect(r.stderr).toMatch(/completed: 4\/4 done \(100%\)/);
+    expect(
+      jsonl(await readFile(path.join(dir, "w-out.jsonl"), "utf8")).map((l) => l.custom_id),
+    ).toEqual(["c1", "c3", "c4"]);
+    expect(jsonl(await readFile(path.join(dir, "w-err.jsonl"), "utf8"))).toHaveLength(1);
+  });
+
+  it("watch exits 0 when the batch finishes, with its final state", async () => {
+    const file = await batchFile("w2.jsonl", 2);
+    const sub = await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"]);
+    const batchId = (JSON.parse(sub.stdout) as { batch_id: string }).batch_id;
+    const p = start(["watch", batchId]);
+    await p.waitFor(/in_progress: 0\/2 done/);
+    await finish(batchId);
+    const r = await p.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(
+      new RegExp(`batch ${batchId} completed: 2 total: 1 completed, 1 failed`),
+    );
+  });
+
+  it("runs a batch end to end through a dispatcher and a loopback upstream", async () => {
+    const upstream = await startUpstream();
+    upstream.script("c2", [{ status: 400, body: '{"error":{"message":"no"}}' }]);
+    const dispatcher = startTestDispatcher(t.url);
+    try {
+      const file = await batchFile("live.jsonl", 10);
+      const r = await cli(
+        [
+          "submit",
+          file,
+          "--endpoint",
+          upstream.url,
+          "--output",
+          "live-out.jsonl",
+          "--errors",
+          "live-err.jsonl",
+          "--json",
+        ],
+        { OPENAI_API_KEY: "sk-test" }, // the fallback when neither --api-key nor FUSILLADE_API_KEY
+      );
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({
+        state: "completed",
+        counts: { total: 10, completed: 9, failed: 1 },
+      });
+      const out = jsonl(await readFile(path.join(dir, "live-out.jsonl"), "utf8"));
+      expect(out).toHaveLength(9);
+      expect(out[0]).toMatchObject({
+        custom_id: "c1",
+        response: { status_code: 200 },
+        error: null,
+      });
+      const err = jsonl(await readFile(path.join(dir, "live-err.jsonl"), "utf8"));
+      expect(err[0]).toMatchObject({
+        custom_id: "c2",
+        response: { status_code: 400, body: { error: { message: "no" } } },
+      });
+      expect(upstream.of("c1")[0]!.authorization).toBe("Bearer sk-test");
+    } finally {
+      await dispatcher.stop(1_000);
+      await upstream.close();
+    }
+  });
+
+  it("lists, cancels, retries and manages files and limits", async () => {
+    const file = await batchFile("ops.jsonl", 3);
+    const sub = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string; file_id: string };
+
+    const files = JSON.parse((await cli(["files", "list", "--json"])).stdout);
+    expect(files.files.map((f: { id: string }) => f.id)).toContain(sub.file_id);
+    expect((await cli(["files", "list"])).stdout).toMatch(/^ID\s+FILENAME\s+REQUESTS/);
+    const got = JSON.parse((await cli(["files", "get", sub.file_id, "--json"])).stdout);
+    expect(got).toMatchObject({ id: sub.file_id, filename: "ops.jsonl", template_count: 3 });
+
+    const batches = JSON.parse(
+      (await cli(["batches", "list", "--file", sub.file_id, "--json"])).stdout,
+    );
+    expect(batches.batches.map((b: { id: string }) => b.id)).toEqual([sub.batch_id]);
+
+    const cancel = await cli(["cancel", sub.batch_id, "--json"]);
+    expect(cancel.code, cancel.stderr).toBe(0);
+    expect(JSON.parse(cancel.stdout)).toMatchObject({
+      state: "cancelled",
+      counts: { canceled: 3 },
+    });
+    const retry = await cli(["retry", sub.batch_id]);
+    expect(retry.code).toBe(1);
+    expect(retry.stderr).toMatch(/^fusillade: .*cannot be retried/);
+
+    const del = await cli(["files", "delete", sub.file_id]);
+    expect(del.code, del.stderr).toBe(0);
+    expect((await cli(["files", "get", sub.file_id])).stderr).toMatch(
+      /^fusillade: file .* not found/,
+    );
+
+    const set = await cli(["limits", "set", "gpt-test", "3", "--json"]);
+    expect(set.code, set.stderr).toBe(0);
+    expect(JSON.parse(set.stdout)).toMatchObject({
+      model: "gpt-test",
+      limit: 3,
+      is_default: false,
+    });
+    const list = JSON.parse((await cli(["limits", "list", "--json"])).stdout);
+    expect(list.model_limits).toContainEqual(
+      expect.objectContaining({ model: "gpt-test", limit: 3 }),
+    );
+    const cleared = JSON.parse(
+      (await cli(["limits", "set", "gpt-test", "default", "--json"])).stdout,
+    );
+    expect(cleared).toMatchObject({ model: "gpt-test", is_default: true });
+  });
+
+  it("fails with a message and a non-zero exit on bad input", async () => {
+    const bad = await batchFile("bad.jsonl", 1, ['{"custom_id":"x","url":"/v1/x"}']);
+    const r = await cli(["submit", bad, "--endpoint", "http://127.0.0.1:9"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^fusillade: line 2: body: is required/);
+
+    const missing = await cli(["submit", "nope.jsonl", "--endpoint", "http://127.0.0.1:9"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe("fusillade: cannot read nope.jsonl: no such file\n");
+
+    const unknown = await cli(["status", "00000000-0000-4000-8000-000000000000"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^fusillade: batch .* not found/);
+
+    const noEndpoint = await cli(["submit", bad]);
+    expect(noEndpoint.code).toBe(2);
+    expect(noEndpoint.stderr).toMatch(/required option '--endpoint <url>'/);
+
+    const badMeta = await cli(["submit", bad, "--endpoint", "http://x", "--metadata", "novalue"]);
+    expect(badMeta.code).toBe(2);
+    expect(badMeta.stderr).toMatch(/key=value/);
+
+    const down = await cli(["--server", "http://127.0.0.1:1", "status", "x"]);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/^fusillade: cannot reach the server at http:\/\/127\.0\.0\.1:1/);
+  });
+
+  // Debian's protobuf-compiler, protobuf-compiler-grpc, python3-grpcio, python3-protobuf.
+  const hasPythonGrpc =
+    existsSync("/usr/bin/protoc") &&
+    existsSync("/usr/bin/grpc_python_plugin") &&
+    spawnSync("/usr/bin/python3", ["-c", "import grpc, google.protobuf"]).status === 0;
+  // CI installs the packages and sets this, so a broken install fails instead of skipping.
+  if (process.env.FUSILLADE_REQUIRE_PYTHON_EXAMPLE === "1" && !hasPythonGrpc) {
+    throw new Error("FUSILLADE_REQUIRE_PYTHON_EXAMPLE=1 but Debian's Python gRPC packages are missing");
+  }
+
+  it.skipIf(!hasPythonGrpc)(
+    "the Python example submits over gRPC and prints progress",
+    async () => {
+      const file = await batchFile("py.jsonl", 3);
+      const hostPort = t.url.replace(/^http:\/\//, "");
+      const child = spawn(
+        PYTHON_EXAMPLE,
+        ["--server", hostPort, "--endpoint", "http://127.0.0.1:9", file],
+        {
+          cwd: dir,
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
+      const p = watchProcess(child);
+      const [, batchId] = await p.waitFor(/batch ([0-9a-f-]{36}) created: 3 requests/);
+      await p.waitFor(/in_progress 0\/3 done/);
+      await finish(batchId!);
+      const r = await p.done;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/completed 3\/3 done: 2 completed, 1 failed/);
+      expect(r.stdout).toMatch(/2 output lines, 1 error lines/);
+    },
+  );
+});
+
+/** Collects a child's output; lets a test await patterns in it and its exit. */
+function watchProcess(child: ChildProcess): Running {
+  const out = { stdout: "", stderr: "" };
+  const listeners = new Set<() => void>();
+  let exited = false;
+  const onData = (k: "stdout" | "stderr") => (d: Buffer) => {
+    out[k] += d.toString();
+    for (const l of listeners) l();
+  };
+  child.stdout!.on("data", onData("stdout"));
+  child.stderr!.on("data", onData("stderr"));
+  const done = new Promise<Result>((resolve) =>
+    child.on("close", (code) => {
+      exited = true;
+      for (const l of listeners) l();
+      resolve({ code, ...out });
+    }),
+  );
+  return {
+    done,
+    waitFor: (re) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          const m = re.exec(out.stdout) ?? re.exec(out.stderr);
+          if (m) {
+            listeners.delete(check);
+            resolve(m);
+          } else if (exited) {
+            listeners.delete(check);
+            reject(new Error(`exited before ${re}: ${out.stderr}`));
+          }
+        };
+        listeners.add(check);
+        check();
+      }),
+  };
+}

@@ -1,0 +1,107 @@
+/**
+ * A dispatcher process killed with SIGKILL mid-batch (DESIGN §3.1–3.3): its
+ * requests' sockets close at once, its leases hold their slots until they
+ * expire, then go to another dispatcher; every request ends terminal, none is
+ * recorded twice, and the limit holds throughout.
+ */
+import pg from "pg";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import type { Dispatcher } from "../../src/dispatcher/dispatcher.js";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import {
+  createTestBatch,
+  type FusilladeProcess,
+  items,
+  startDispatcherProcess,
+  startTestDispatcher,
+  stateCounts,
+  waitForBatch,
+} from "../helpers/dispatcher-process.js";
+import { startUpstream, type Upstream } from "../helpers/upstream.js";
+
+const LIMIT = 6;
+let t: TestControlPlane;
+let sql: pg.Pool;
+let upstream: Upstream;
+let victim: FusilladeProcess | undefined;
+let survivor: Dispatcher | undefined;
+
+beforeAll(async () => {
+  t = await startTestControlPlane({ leaseTtlMs: 2000, reapIntervalMs: 200 });
+  sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
+  upstream = await startUpstream();
+});
+afterAll(async () => {
+  await victim?.stop("SIGKILL");
+  await survivor?.stop(0);
+  await upstream?.close();
+  await sql?.end();
+  await t?.close();
+});
+
+test("SIGKILL mid-batch: leases re-granted only after they expire; every request terminal, none recorded twice", async () => {
+  await t.admin.setModelLimit({ model: "K", limit: LIMIT });
+  // The first request of each custom id hangs (the victim never sees an
+  // answer); later deliveries answer after 50–100 ms.
+  upstream.respond = (d) =>
+    d.attempt === 1 && d.seq <= LIMIT
+      ? { hang: true }
+      : { delayMs: 50 + Math.floor(Math.random() * 50) };
+  const batchId = await createTestBatch(t.batch, upstream.url, items("K", 60));
+
+  victim = await startDispatcherProcess({ controlPlane: t.url, id: "victim", capacity: LIMIT });
+  await upstream.until(
+    () => upstream.gauge("K").current === LIMIT,
+    20_000,
+    "the victim's requests",
+  );
+  // The survivor can take nothing while the victim holds every slot.
+  survivor = startTestDispatcher(t.url, { id: "survivor", capacity: 16 });
+  const held = upstream.deliveries.slice(0, LIMIT);
+
+  victim.child.kill("SIGKILL");
+  const killedAt = Date.now();
+  await victim.exited;
+  await upstream.until(
+    () => held.every((d) => d.end === "closed"),
+    5_000,
+    "the victim's sockets to close",
+  );
+  const expiry = await sql.query<{ id: string; lease_holder: string; expires: number }>(
+    `SELECT id, lease_holder, extract(epoch FROM lease_expires_at) * 1000 AS expires
+     FROM requests WHERE batch_id = $1 AND state = 'leased'`,
+    [batchId],
+  );
+  expect(expiry.rows.map((r) => r.lease_holder)).toEqual(Array(LIMIT).fill("victim"));
+  const expiresAt = new Map(expiry.rows.map((r) => [r.id, Number(r.expires)]));
+  expect([...expiresAt.keys()].sort()).toEqual(held.map((d) => d.requestId).sort());
+
+  const status = await waitForBatch(t.batch, batchId);
+  expect(Number(status.counts!.completed)).toBe(60);
+  expect(await stateCounts(sql, batchId)).toEqual({ completed: 60 });
+
+  // The victim's requests were sent again, each only after its lease expired.
+  for (const d of held) {
+    const again = upstream.deliveries.filter((x) => x.requestId === d.requestId);
+    expect(again.map((x) => x.attempt)).toEqual([1, 2]);
+    // 1 ms: Date.now() is whole milliseconds, Postgres keeps microseconds.
+    expect(again[1]!.arrivedAt).toBeGreaterThanOrEqual(expiresAt.get(d.requestId)! - 1);
+    expect(again[1]!.arrivedAt).toBeGreaterThan(killedAt);
+  }
+  const attempts = await sql.query<{ attempt: number; n: number }>(
+    "SELECT attempt, count(*)::int AS n FROM requests WHERE batch_id = $1 GROUP BY attempt ORDER BY attempt",
+    [batchId],
+  );
+  expect(attempts.rows).toEqual([
+    { attempt: 1, n: 60 - LIMIT },
+    { attempt: 2, n: LIMIT },
+  ]);
+  // Everything else was delivered exactly once: recorded once, executed once.
+  const perRequest = new Map<string, number>();
+  for (const d of upstream.deliveries)
+    perRequest.set(d.requestId, (perRequest.get(d.requestId) ?? 0) + 1);
+  expect(perRequest.size).toBe(60);
+  expect([...perRequest.values()].filter((n) => n === 2)).toHaveLength(LIMIT);
+  expect(upstream.gauge("K").peak).toBe(LIMIT);
+  expect(survivor.stats().dispositions).toMatchObject({ recorded: 60, lost: 0 });
+});

@@ -1,0 +1,78 @@
+/**
+ * Two control planes on one database — this test process and a second
+ * `fusillade control-plane` process — with dispatcher processes split
+ * between them: the limit is still global (DESIGN §3.3), because grants are
+ * counted in Postgres under the model row's lock, not in either replica.
+ */
+import pg from "pg";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import {
+  createTestBatch,
+  type FusilladeProcess,
+  items,
+  spawnFusillade,
+  startDispatcherProcess,
+  stateCounts,
+  waitForBatch,
+} from "../helpers/dispatcher-process.js";
+import { startUpstream, type Upstream } from "../helpers/upstream.js";
+
+let t: TestControlPlane;
+let other: FusilladeProcess | undefined;
+let sql: pg.Pool;
+let upstream: Upstream;
+const children: FusilladeProcess[] = [];
+
+beforeAll(async () => {
+  t = await startTestControlPlane();
+  sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
+  upstream = await startUpstream();
+});
+afterAll(async () => {
+  await Promise.all(children.map((c) => c.stop("SIGKILL")));
+  await other?.stop("SIGKILL");
+  await upstream?.close();
+  await sql?.end();
+  await t?.close();
+});
+
+test("dispatchers split between two control-plane processes hold the global limit", async () => {
+  other = spawnFusillade(
+    ["control-plane", "--listen", "127.0.0.1:0", "--database-url", t.database.url],
+    { FUSILLADE_LOG_LEVEL: "warn" },
+  );
+  const [, otherUrl] = await other.waitFor(/control plane listening on (http:\/\/\S+)/, 30_000);
+  children.push(
+    ...(await Promise.all([
+      startDispatcherProcess({ controlPlane: t.url, id: "a1", capacity: 8 }),
+      startDispatcherProcess({ controlPlane: otherUrl!, id: "b1", capacity: 8 }),
+      startDispatcherProcess({ controlPlane: otherUrl!, id: "b2", capacity: 8 }),
+    ])),
+  );
+  // Set through the other replica, read by both: limits live in the database.
+  await clients(otherUrl!).admin.setModelLimit({ model: "G", limit: 8 });
+  upstream.respond = () => ({ delayMs: 20 + Math.floor(Math.random() * 30) });
+  const batchId = await createTestBatch(t.batch, upstream.url, items("G", 300));
+  const status = await waitForBatch(t.batch, batchId);
+
+  const g = upstream.gauge("G");
+  console.log(
+    `two control planes: peak in flight ${g.peak} (limit 8), ${upstream.deliveries.length} deliveries`,
+  );
+  expect(g.peak).toBeLessThanOrEqual(8);
+  expect(g.peak).toBe(8);
+  expect(Number(status.counts!.completed)).toBe(300);
+  expect(await stateCounts(sql, batchId)).toEqual({ completed: 300 });
+  expect(upstream.deliveries).toHaveLength(300);
+  // Both replicas granted leases: every dispatcher process got work (its
+  // last log line, on SIGTERM, carries its counters).
+  for (const c of children) {
+    expect((await c.stop("SIGTERM")).code).toBe(0);
+    const line = c
+      .stderr()
+      .split("\n")
+      .find((l) => l.includes('"msg":"dispatcher stopped"'));
+    expect(JSON.parse(line!).acquired).toBeGreaterThan(0);
+  }
+});

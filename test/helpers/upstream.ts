@@ -1,0 +1,274 @@
+/**
+ * A loopback model endpoint (`node:http`) that records what the fleet does to it:
+ * per model (the JSON body's `model`) the current and peak number of requests in
+ * flight, and every delivery with its request id, custom id and attempt (the
+ * ordinal of that request id's deliveries here). Responses are scripted per
+ * custom id (status sequences, Retry-After, slow, never-answer).
+ *
+ * In flight is counted at the upstream, which is what the invariant is about:
+ * +1 when a request's body has arrived, −1 when its response has finished or
+ * its socket closed (an abort), whichever comes first.
+ */
+import { EventEmitter, once } from "node:events";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+
+/** How to answer one delivery. */
+export interface Step {
+  /** @default 200 */
+  status?: number;
+  /** Response body; a 200 without one gets `{"delivery":seq,...}`. */
+  body?: string;
+  headers?: Record<string, string>;
+  /** Wait this long before answering. @default 0 */
+  delayMs?: number;
+  /** Never answer (until the client gives up and closes the socket). */
+  hang?: boolean;
+}
+
+/** One request as the upstream saw it. */
+export interface Delivery {
+  /** 1-based order of arrival over the upstream's life. */
+  seq: number;
+  requestId: string;
+  customId: string;
+  model: string;
+  /** 1 for this request id's first delivery here. */
+  attempt: number;
+  authorization: string | undefined;
+  /** `Date.now()` at arrival (body read). */
+  arrivedAt: number;
+  /** `Date.now()` when the response finished or the socket closed. */
+  endedAt?: number;
+  /** answered: the response finished; closed: the client went away first. */
+  end?: "answered" | "closed";
+  status?: number;
+}
+
+/** Per-model in-flight counters. */
+export interface ModelGauge {
+  current: number;
+  peak: number;
+}
+
+/** A running upstream; see the file header. */
+export class Upstream extends EventEmitter {
+  readonly deliveries: Delivery[] = [];
+  /** Every change of a model's in-flight count: [Date.now(), model, count after]. */
+  readonly timeline: Array<[number, string, number]> = [];
+  readonly #server: Server;
+  readonly #gauges = new Map<string, ModelGauge>();
+  readonly #scripts = new Map<string, Step[]>();
+  readonly #byRequest = new Map<string, number>();
+  readonly #sockets = new Set<Socket>();
+  #url = "";
+  /** Answer for custom ids without a script. @default 200 at once */
+  respond: (d: Delivery) => Step = () => ({});
+
+  constructor() {
+    super();
+    this.setMaxListeners(0);
+    this.#server = createServer((req, res) => this.#handle(req, res));
+    // Requests may hang for as long as a test likes.
+    this.#server.requestTimeout = 0;
+    this.#server.keepAliveTimeout = 60_000;
+    this.#server.on("connection", (s: Socket) => {
+      this.#sockets.add(s);
+      s.on("close", () => this.#sockets.delete(s));
+    });
+  }
+
+  /** Starts listening on 127.0.0.1 (a free port). */
+  async listen(): Promise<this> {
+    this.#server.listen(0, "127.0.0.1");
+    await once(this.#server, "listening");
+    this.#url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+    return this;
+  }
+
+  /** Base URL, e.g. http://127.0.0.1:41234 */
+  get url(): string {
+    return this.#url;
+  }
+
+  /** Answers successive deliveries of `customId` with `steps` in order; the last repeats. */
+  script(customId: string, steps: Step[]): void {
+    this.#scripts.set(customId, steps);
+  }
+
+  /** In-flight counters of `model` (zeros when never seen). */
+  gauge(model: string): ModelGauge {
+    return { ...(this.#gauges.get(model) ?? { current: 0, peak: 0 }) };
+  }
+
+  /** Forgets the peak of `model` (it restarts from the current count). */
+  resetPeak(model: string): void {
+    const g = this.#gauges.get(model);
+    if (g) g.peak = g.current;
+  }
+
+  /**
+   * Time-weighted mean of `model`'s in-flight count between `fromMs` and
+   * `toMs` (Date.now() values; default: its first arrival to its last end).
+   */
+  averageInFlight(model: string, fromMs?: number, toMs?: number): number {
+    const events = this.timeline.filter(([, m]) => m === model);
+    if (events.length === 0) return 0;
+    const from = fromMs ?? events[0]![0];
+    const to = toMs ?? events[events.length - 1]![0];
+    if (to <= from) return 0;
+    let area = 0;
+    let level = 0;
+    let at = from;
+    for (const [t, , n] of events) {
+      if (t > from) {
+        const end = Math.min(t, to);
+        if (end > at) area += level * (end - at);
+        at = Math.max(at, end);
+      }
+      if (t >= to) break;
+      level = n;
+    }
+    if (to > at) area += level * (to - at);
+    return area / (to - from);
+  }
+
+  /**
+   * For each end of a `model` request, the wait until the next `model` request
+   * arrived (ms, sorted): how long a freed slot stayed empty while work was left.
+   */
+  turnoverGaps(model: string): number[] {
+    const ds = this.deliveries.filter((d) => d.model === model);
+    const ends = ds
+      .flatMap((d) => (d.endedAt === undefined ? [] : [d.endedAt]))
+      .sort((a, b) => a - b);
+    const arrivals = ds.map((d) => d.arrivedAt).sort((a, b) => a - b);
+    const gaps: number[] = [];
+    let j = 0;
+    for (const e of ends) {
+      while (j < arrivals.length && arrivals[j]! < e) j++;
+      if (j >= arrivals.length) break;
+      gaps.push(arrivals[j]! - e);
+      j++;
+    }
+    return gaps.sort((a, b) => a - b);
+  }
+
+  /** Requests in flight, over every model. */
+  get inFlight(): number {
+    let n = 0;
+    for (const g of this.#gauges.values()) n += g.current;
+    return n;
+  }
+
+  /** Deliveries of `customId`, in order. */
+  of(customId: string): Delivery[] {
+    return this.deliveries.filter((d) => d.customId === customId);
+  }
+
+  /**
+   * Resolves once `predicate` holds, checked now and after every arrival and
+   * end; rejects after `timeoutMs` with `what` in the message.
+   */
+  until(predicate: () => boolean, timeoutMs = 30_000, what = "condition"): Promise<void> {
+    if (predicate()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (!predicate()) return;
+        cleanup();
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`upstream: timed out after ${timeoutMs} ms waiting for ${what}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off("arrive", check);
+        this.off("end", check);
+      };
+      this.on("arrive", check);
+      this.on("end", check);
+    });
+  }
+
+  /** Closes the server and every connection. */
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy();
+    this.#server.close();
+    if (this.#server.listening) await once(this.#server, "close");
+  }
+
+  #handle(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("error", () => {});
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      let model = "";
+      try {
+        model = String((JSON.parse(text) as { model?: unknown }).model ?? "");
+      } catch {
+        // not JSON: counted under ""
+      }
+      const requestId = header(req, "x-fusillade-request-id");
+      const attempt = (this.#byRequest.get(requestId) ?? 0) + 1;
+      this.#byRequest.set(requestId, attempt);
+      const d: Delivery = {
+        seq: this.deliveries.length + 1,
+        requestId,
+        customId: header(req, "x-fusillade-custom-id"),
+        model,
+        attempt,
+        authorization: req.headers.authorization,
+        arrivedAt: Date.now(),
+      };
+      this.deliveries.push(d);
+      const g = this.#gauges.get(model) ?? { current: 0, peak: 0 };
+      this.#gauges.set(model, g);
+      g.current++;
+      g.peak = Math.max(g.peak, g.current);
+      this.timeline.push([d.arrivedAt, model, g.current]);
+      const finish = (how: "answered" | "closed") => {
+        if (d.end !== undefined) return;
+        d.end = how;
+        d.endedAt = Date.now();
+        g.current--;
+        this.timeline.push([d.endedAt, model, g.current]);
+        this.emit("end", d);
+      };
+      res.on("finish", () => finish("answered"));
+      res.on("close", () => finish("closed"));
+      this.emit("arrive", d);
+      this.#answer(d, res);
+    });
+  }
+
+  #answer(d: Delivery, res: ServerResponse): void {
+    const steps = this.#scripts.get(d.customId);
+    const step = steps ? (steps[Math.min(d.attempt, steps.length) - 1] ?? {}) : this.respond(d);
+    if (step.hang) return;
+    const send = () => {
+      if (res.destroyed || res.writableEnded) return;
+      const status = step.status ?? 200;
+      d.status = status;
+      const body =
+        step.body ??
+        JSON.stringify({ delivery: d.seq, request_id: d.requestId, custom_id: d.customId });
+      res.writeHead(status, { "content-type": "application/json", ...step.headers });
+      res.end(body);
+    };
+    if (step.delayMs) setTimeout(send, step.delayMs);
+    else send();
+  }
+}
+
+function header(req: IncomingMessage, name: string): string {
+  const v = req.headers[name];
+  return (Array.isArray(v) ? v[0] : v) ?? "";
+}
+
+/** Starts an upstream; close it when done. */
+export async function startUpstream(): Promise<Upstream> {
+  return new Upstream().listen();
+}
