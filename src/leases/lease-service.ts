@@ -73,7 +73,7 @@ interface GrantRow {
   api_key: string | null;
   lease_token: string;
   lease_expires_at: Date;
-  ttl_ms: string;
+  ttl_ms: number;
 }
 
 function toLease(r: GrantRow): GrantedLease {
@@ -167,7 +167,10 @@ export class LeaseService {
 
   /** One pass over the models with ready work; grants what their limits allow. */
   async grant(holder: string, max: number, models: string[]): Promise<GrantedLease[]> {
-    const ready = await this.db.query<{ model: string }>(sql.MODELS_WITH_READY_WORK, [models]);
+    const ready = await this.db.query<{ model: string }>(sql.MODELS_WITH_READY_WORK, [
+      models,
+      this.config.defaultLimit,
+    ]);
     const granted: GrantedLease[] = [];
     for (const { model } of shuffle(ready.rows)) {
       if (granted.length >= max) break;
@@ -176,30 +179,20 @@ export class LeaseService {
     return granted;
   }
 
-  /** Grants up to `want` leases of one model, under its limit row's lock. */
+  /**
+   * Grants up to `want` leases of one model, under its limit row's lock, in
+   * one round trip. Expired leases still count until the reaper frees them
+   * (conservative; a dead dispatcher is the rare case).
+   */
   async grantForModel(model: string, holder: string, want: number): Promise<GrantedLease[]> {
-    // Reap first, in its own transaction: a transaction updates requests once.
-    await this.db.query(sql.REQUESTS_REAP_EXPIRED, [model]);
-    return this.db.tx(async (q) => {
-      await q.query(sql.MODEL_LIMITS_ENSURE, [[model]]);
-      const lim = await q.query<{ max_in_flight: number | null; held: boolean }>(
-        sql.MODEL_LIMIT_LOCK,
-        [model],
-      );
-      const row = lim.rows[0];
-      if (!row || row.held) return [];
-      const limit = row.max_in_flight ?? this.config.defaultLimit;
-      const held = await q.query<{ n: number }>(sql.REQUESTS_COUNT_LEASED, [model]);
-      const n = Math.min(want, limit - (held.rows[0]?.n ?? 0));
-      if (n <= 0) return [];
-      const res = await q.query<GrantRow>(sql.REQUESTS_GRANT, [
-        model,
-        n,
-        holder,
-        this.config.leaseTtlMs,
-      ]);
-      return res.rows.map(toLease);
-    });
+    const res = await this.db.query<GrantRow>(sql.REQUESTS_GRANT, [
+      model,
+      want,
+      holder,
+      this.config.leaseTtlMs,
+      this.config.defaultLimit,
+    ]);
+    return res.rows.map(toLease);
   }
 
   /** Milliseconds until grants may become possible without a notification. */

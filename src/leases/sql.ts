@@ -5,64 +5,28 @@
  */
 
 /**
- * ModelLimitsLockOne: locks a model's limit row, creating it at the
- * default if missing. Serializes grants for one model across replicas.
- * Params: model. Result: max_in_flight (null = default), held (bool), db now.
+ * RequestsGrantForModel: up to $2 leases of model $1 for holder $3, TTL $4 ms,
+ * never past the model's limit ($5 when none is set). The statement is the
+ * plpgsql function fusillade_grant (see the migration): lock the model's
+ * limit row, count its leases in a fresh snapshot, claim.
  */
-export const MODEL_LIMIT_LOCK = `
-  SELECT max_in_flight, coalesce(hold_until > now(), false) AS held
-  FROM model_limits WHERE model = $1 FOR UPDATE`;
-
-/** ModelLimitsEnsure: the limit row of each model, at the default. Params: models. */
-export const MODEL_LIMITS_ENSURE = `
-  INSERT INTO model_limits (model) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`;
+export const REQUESTS_GRANT = `SELECT * FROM fusillade_grant($1, $2, $3, $4, $5)`;
 
 /**
- * RequestsCountLeased: leases held for a model (unexpired or not yet reaped:
- * both still count, so a slow reaper can only make grants conservative).
- * Params: model. Uses index requests_leased.
- */
-export const REQUESTS_COUNT_LEASED = `
-  SELECT count(*)::int AS n FROM requests WHERE model = $1 AND state = 'leased'`;
-
-/**
- * ModelsWithReadyWork: models (optionally only $1) with a pending request
- * whose not_before has passed, and no 429 hold. Params: models (empty = all).
+ * ModelsWithReadyWork: models (optionally only $1) below their limit ($2
+ * when none is set), with no 429 hold, and with a pending request whose
+ * not_before has passed. A hint only (no lock): the grant re-checks.
  */
 export const MODELS_WITH_READY_WORK = `
   SELECT m.model FROM model_limits m
   WHERE (cardinality($1::text[]) = 0 OR m.model = ANY($1::text[]))
     AND (m.hold_until IS NULL OR m.hold_until <= now())
-    AND coalesce(m.max_in_flight, 1) > 0
+    AND coalesce(m.max_in_flight, $2) >
+      (SELECT count(*) FROM requests l WHERE l.model = m.model AND l.state = 'leased')
     AND EXISTS (
       SELECT 1 FROM requests r
       WHERE r.model = m.model AND r.state = 'pending'
         AND (r.not_before IS NULL OR r.not_before <= now()))`;
-
-/**
- * RequestsGrantLeases: leases up to $2 ready pending requests of model $1,
- * oldest first, skipping rows other grants hold and batches cancelled or
- * past their window. Params: model, count, holder, ttl ms.
- * Uses index requests_pending (model, created_at, line).
- */
-export const REQUESTS_GRANT = `
-  WITH picked AS (
-    SELECT r.id FROM requests r JOIN batches b ON b.id = r.batch_id
-    WHERE r.model = $1 AND r.state = 'pending'
-      AND (r.not_before IS NULL OR r.not_before <= now())
-      AND b.cancelling_at IS NULL AND b.expires_at > now()
-    ORDER BY r.created_at, r.line
-    LIMIT $2
-    FOR UPDATE OF r SKIP LOCKED
-  )
-  UPDATE requests r SET
-    state = 'leased', attempt = r.attempt + 1, not_before = NULL,
-    lease_token = nextval('lease_token_seq'), lease_holder = $3,
-    lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
-  FROM picked WHERE r.id = picked.id
-  RETURNING r.id, r.batch_id, r.custom_id, r.model, r.attempt, r.method, r.endpoint, r.path,
-    r.body, r.api_key, r.lease_token, r.lease_expires_at,
-    extract(epoch FROM (r.lease_expires_at - now())) * 1000 AS ttl_ms`;
 
 /**
  * The state a request leaves a lease for when its batch was cancelled or
