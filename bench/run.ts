@@ -131,7 +131,7 @@ async function main() {
       t0 = performance.now();
       const { batch: b } = await batch.createBatch({ fileId: file.file!.id });
       for await (const w of batch.watchBatch({ batchId: b!.id })) {
-        if (w.batch && w.batch.finishTime) break;
+        if (w.batch?.finishTime) break;
       }
       const wall = (performance.now() - t0) / 1000;
       const status = await batch.getBatchStatus({ batchId: b!.id });

@@ -1,12 +1,12 @@
 /** grpc.health.v1.Health: SERVING while the database answers. */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { NotFoundError } from "../domain/errors.js";
 import {
   type Health,
   HealthCheckResponseSchema,
   HealthCheckResponse_ServingStatus as Status,
 } from "../gen/grpc/health/v1/health_pb.js";
-import { NotFoundError } from "../domain/errors.js";
 import type { ApiDeps } from "./deps.js";
 
 /** Services this server reports on ("" is the server as a whole). */

@@ -384,7 +384,9 @@ describe("fusillade CLI", () => {
     spawnSync("/usr/bin/python3", ["-c", "import grpc, google.protobuf"]).status === 0;
   // CI installs the packages and sets this, so a broken install fails instead of skipping.
   if (process.env.FUSILLADE_REQUIRE_PYTHON_EXAMPLE === "1" && !hasPythonGrpc) {
-    throw new Error("FUSILLADE_REQUIRE_PYTHON_EXAMPLE=1 but Debian's Python gRPC packages are missing");
+    throw new Error(
+      "FUSILLADE_REQUIRE_PYTHON_EXAMPLE=1 but Debian's Python gRPC packages are missing",
+    );
   }
 
   it.skipIf(!hasPythonGrpc)(
