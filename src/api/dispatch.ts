@@ -71,6 +71,18 @@ export function dispatchMethods(
         waitMs: fromDuration(req.wait) ?? 0,
         signal,
       });
+      if (ctx.signal.aborted && granted.length > 0) {
+        // The caller went away while we granted: nobody will run these.
+        // Give them back now rather than let them hold slots until expiry.
+        await leases.report(
+          granted.map((l) => ({
+            ref: { requestId: l.requestId, token: l.token },
+            kind: "release" as const,
+            reason: "the dispatcher cancelled its AcquireLeases call",
+          })),
+        );
+        return create(AcquireLeasesResponseSchema, {});
+      }
       return create(AcquireLeasesResponseSchema, {
         leases: granted.map((l) =>
           create(LeaseSchema, {

@@ -4,13 +4,21 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import { createHandlerContext } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { dispatchMethods } from "../../src/api/dispatch.js";
+import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import {
+  AcquireLeasesRequestSchema,
+  DispatchService,
   ReportResult_Disposition as Disposition,
   type Lease,
   LeaseLossReason,
 } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
+import { LeaseService } from "../../src/leases/lease-service.js";
+import { makeLogger } from "../../src/logger.js";
+import { Notifications } from "../../src/storage/notifications.js";
 import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 
 let t: TestControlPlane;
@@ -316,5 +324,50 @@ describe("reports", () => {
     }
     // 2 s after the grant, past the 1.5 s TTL: still ours.
     expect(await complete(l!)).toBe(Disposition.RECORDED);
+  });
+});
+
+describe("a dispatcher that goes away mid-grant", () => {
+  test("gets nothing, and the leases granted for it are given back at once", async () => {
+    await batchOf("s1", 3);
+    const notifications = new Notifications(t.database.url);
+    await notifications.start();
+    try {
+      const config = { ...CONTROL_PLANE_DEFAULTS, leaseTtlMs: 60_000 };
+      const leases = new LeaseService(t.cp.db, notifications, config);
+      const gone = new AbortController();
+      gone.abort(); // the call was cancelled while the grant ran
+      const methods = dispatchMethods(
+        {
+          db: t.cp.db,
+          config,
+          log: makeLogger("silent"),
+          notifications,
+          shutdownSignal: new AbortController().signal,
+        },
+        leases,
+      );
+      const method = DispatchService.method.acquireLeases;
+      const res = await methods.acquireLeases(
+        create(AcquireLeasesRequestSchema, { dispatcherId: "gone", maxLeases: 3, models: ["s1"] }),
+        createHandlerContext({
+          service: DispatchService,
+          method,
+          protocolName: "connect",
+          requestMethod: "POST",
+          url: "http://test/",
+          requestSignal: gone.signal,
+        }),
+      );
+      expect(res.leases).toHaveLength(0);
+      const held = await sql.query(
+        "SELECT state, count(*)::int AS n FROM requests WHERE model = 's1' GROUP BY state",
+      );
+      expect(held.rows).toEqual([{ state: "pending", n: 3 }]);
+      // …and a live dispatcher gets all three without waiting for a lease to expire.
+      expect(await acquire(["s1"], 3)).toHaveLength(3);
+    } finally {
+      await notifications.close();
+    }
   });
 });
