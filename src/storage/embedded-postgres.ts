@@ -34,6 +34,7 @@ import {
   rm,
   stat,
   symlink,
+  writeFile,
 } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -92,6 +93,7 @@ export async function startEmbeddedPostgres(
   const native = await usableNative(runAs, log);
   const dataDir = await prepareDataDir(opts.dataDir, runAs);
 
+  await refuseIfOwnedByAnother(dataDir);
   await stopStaleServer(dataDir, log);
   if (await exists(path.join(dataDir, "PG_VERSION"))) {
     await checkClusterVersion(dataDir, native.version);
@@ -117,6 +119,7 @@ export async function startEmbeddedPostgres(
     throw new EmbeddedPostgresError(`embedded Postgres did not start in ${dataDir}:\n${failure}`);
   }
   const postmasterPid = await readPostmasterPid(dataDir);
+  await writeFile(path.join(dataDir, OWNER_FILE), `${process.pid}\n`);
   log(`embedded Postgres ready on 127.0.0.1:${port} in ${Date.now() - started} ms (${dataDir})`);
 
   let stopping: Promise<void> | undefined;
@@ -145,6 +148,27 @@ export async function startEmbeddedPostgres(
  * holds it): SIGQUIT to the postmaster (what `pg_ctl stop -m immediate` sends), then SIGKILL
  * whatever still runs there, then removes `postmaster.pid`. Returns whether it found one.
  */
+/** Names the Fusillade process using a data dir, so a second one does not take it over. */
+const OWNER_FILE = "fusillade.owner";
+
+/**
+ * A server whose owner process is alive is not stale: a second `serve` on the
+ * same data dir must not stop the first one's database. (A server whose owner
+ * died — SIGKILL, a crash — is stale and is taken over.)
+ */
+async function refuseIfOwnedByAnother(dataDir: string): Promise<void> {
+  const text = await readFile(path.join(dataDir, OWNER_FILE), "utf8").catch(() => "");
+  const owner = Number.parseInt(text, 10);
+  if (!Number.isInteger(owner) || owner <= 0 || owner === process.pid) return;
+  const cmdline = await readFile(`/proc/${owner}/cmdline`, "utf8").catch(() => "");
+  if (!/node/.test(cmdline)) return; // gone, or the pid was reused by something else
+  if ((await readPostmasterPid(dataDir)) === undefined) return; // it stopped its server
+  throw new EmbeddedPostgresError(
+    `the embedded Postgres in ${dataDir} is in use by another Fusillade process (pid ${owner}); ` +
+      "stop that one first, or give this one another --data-dir",
+  );
+}
+
 export async function stopStaleServer(
   dataDir: string,
   log: (msg: string) => void = () => {},

@@ -1,4 +1,6 @@
-import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -96,6 +98,30 @@ describe("startEmbeddedPostgres", () => {
     const second = await start("taken-over");
     expect(await isRunning(firstPid)).toBe(false);
     await first.stop();
+    expect(await query(second.url, "SELECT 1 AS one")).toEqual([{ one: 1 }]);
+    await second.stop();
+  });
+
+  test("a server whose Fusillade process is alive is not taken over; once it is gone, it is", async () => {
+    const first = await start("owned");
+    // Another live Fusillade (a node process) claims the dir, as a second `serve` would find it.
+    const owner = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], {
+      stdio: "ignore",
+    });
+    await once(owner, "spawn");
+    try {
+      await writeFile(path.join(first.dataDir, "fusillade.owner"), `${owner.pid}\n`);
+      const refused = await startEmbeddedPostgres({ dataDir: first.dataDir }).catch(
+        (e: Error) => e,
+      );
+      expect(refused).toBeInstanceOf(Error);
+      expect((refused as Error).message).toMatch(/in use by another Fusillade process \(pid \d+\)/);
+      expect(await query(first.url, "SELECT 1 AS one")).toEqual([{ one: 1 }]); // untouched
+    } finally {
+      owner.kill("SIGKILL");
+      await once(owner, "exit");
+    }
+    const second = await start("owned"); // its owner died: stale, taken over
     expect(await query(second.url, "SELECT 1 AS one")).toEqual([{ one: 1 }]);
     await second.stop();
   });
