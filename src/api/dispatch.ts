@@ -71,14 +71,15 @@ export function dispatchMethods(
         waitMs: fromDuration(req.wait) ?? 0,
         signal,
       });
-      if (ctx.signal.aborted && granted.length > 0) {
-        // The caller went away while we granted: nobody will run these.
-        // Give them back now rather than let them hold slots until expiry.
+      if (signal.aborted && granted.length > 0) {
+        // The caller went away (or the server is stopping) while we granted:
+        // nobody may receive these. Give them back now rather than let them
+        // hold slots until they expire.
         await leases.report(
           granted.map((l) => ({
             ref: { requestId: l.requestId, token: l.token },
             kind: "release" as const,
-            reason: "the dispatcher cancelled its AcquireLeases call",
+            reason: "the AcquireLeases call ended while leases were granted",
           })),
         );
         return create(AcquireLeasesResponseSchema, {});

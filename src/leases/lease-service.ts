@@ -141,6 +141,9 @@ export class LeaseService {
     });
     try {
       for (;;) {
+        // Woken by an abort (the caller left, the server stops): grant nothing
+        // that nobody may be there to receive.
+        if (opts.signal.aborted) return [];
         dirty = false;
         const leases = await this.grant(opts.holder, max, opts.models);
         const left = deadline - Date.now();
