@@ -36,21 +36,23 @@ const BAD_TEXT_SQLSTATES = new Set(["22021", "22P05"]);
 /** Node socket errors that mean the same. */
 const UNAVAILABLE_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT"]);
 
+/** Each domain error's gRPC code (checked in order; subclasses before their bases). */
+const DOMAIN_ERROR_CODES: ReadonlyArray<readonly [abstract new (...args: never[]) => Error, Code]> =
+  [
+    [InvalidArgumentError, Code.InvalidArgument],
+    [NotFoundError, Code.NotFound],
+    [FailedPreconditionError, Code.FailedPrecondition],
+    [AlreadyExistsError, Code.AlreadyExists],
+    [ResourceExhaustedError, Code.ResourceExhausted],
+    [UnavailableError, Code.Unavailable],
+  ];
+
 /** Maps any error thrown by a handler to a ConnectError, keeping the cause. */
 export function toConnectError(e: unknown, log?: (err: unknown) => void): ConnectError {
   if (e instanceof ConnectError) return e;
-  if (e instanceof InvalidArgumentError)
-    return new ConnectError(e.message, Code.InvalidArgument, undefined, undefined, e);
-  if (e instanceof NotFoundError)
-    return new ConnectError(e.message, Code.NotFound, undefined, undefined, e);
-  if (e instanceof FailedPreconditionError)
-    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, e);
-  if (e instanceof AlreadyExistsError)
-    return new ConnectError(e.message, Code.AlreadyExists, undefined, undefined, e);
-  if (e instanceof ResourceExhaustedError)
-    return new ConnectError(e.message, Code.ResourceExhausted, undefined, undefined, e);
-  if (e instanceof UnavailableError)
-    return new ConnectError(e.message, Code.Unavailable, undefined, undefined, e);
+  for (const [kind, code] of DOMAIN_ERROR_CODES) {
+    if (e instanceof kind) return new ConnectError(e.message, code, undefined, undefined, e);
+  }
   const code = (e as { code?: unknown } | null)?.code;
   if (typeof code === "string" && BAD_TEXT_SQLSTATES.has(code)) {
     return new ConnectError(
