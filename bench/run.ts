@@ -11,7 +11,8 @@
  *    ≤ L) and its mean in-flight while busy (how well the limit is used).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
- * BENCH_REQUESTS (default 20000), BENCH_LIMIT (100), BENCH_LATENCY_MS (20).
+ * BENCH_REQUESTS (default 20000), BENCH_LIMIT (100), BENCH_LATENCY_MS (20),
+ * BENCH_LINGER_MS (the dispatchers' report linger; default theirs).
  */
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -32,6 +33,9 @@ import { BenchUpstream } from "./upstream.js";
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const LIMIT = Number(process.env.BENCH_LIMIT ?? 100);
 const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 20);
+/** Dispatcher report linger; unset keeps the dispatcher's default. */
+const LINGER_MS =
+  process.env.BENCH_LINGER_MS === undefined ? undefined : Number(process.env.BENCH_LINGER_MS);
 const UPLOAD_LINES = 50_000;
 const CHUNK = 1024 * 1024;
 
