@@ -131,7 +131,8 @@ export class InitialSchema1764400000000 implements MigrationInterface {
       `CREATE INDEX requests_pending ON requests (model, created_at, line) WHERE state = 'pending'`,
     );
     await q.query(
-      `CREATE INDEX requests_leased ON requests (model, lease_expires_at) WHERE state = 'leased'`,
+      // Not keyed on lease_expires_at: renewals then stay HOT updates and add no index entries.
+      `CREATE INDEX requests_leased ON requests (model) WHERE state = 'leased'`,
     );
     await q.query(
       `CREATE INDEX requests_retry_wait ON requests (model, not_before) WHERE state = 'pending' AND not_before IS NOT NULL`,
