@@ -3,8 +3,8 @@
  * Each call makes a new database, so test files (and tests) can run in parallel.
  */
 import { randomBytes } from "node:crypto";
-import pg from "pg";
 import { afterAll, beforeAll, inject } from "vitest";
+import { admin, withDatabase } from "./pg-admin.js";
 
 /** A throw-away migrated database. */
 export interface TestDatabase {
@@ -76,20 +76,4 @@ export function useTestDatabase(): { readonly url: string; readonly name: string
       return current().name;
     },
   };
-}
-
-async function admin<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${encodeURIComponent(database)}`;
-  return u.toString();
 }

@@ -14,10 +14,10 @@ import { randomBytes } from "node:crypto";
 import { chmod, mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { migrate } from "../../src/storage/data-source.js";
 import { startEmbeddedPostgres, stopStaleServer } from "../../src/storage/embedded-postgres.js";
+import { admin, withDatabase } from "./pg-admin.js";
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -166,20 +166,4 @@ async function dropRunDatabases(adminUrl: string, templateDb: string, dbPrefix: 
       await c.query(`DROP DATABASE IF EXISTS ${c.escapeIdentifier(datname)} WITH (FORCE)`);
     }
   });
-}
-
-async function admin<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${encodeURIComponent(database)}`;
-  return u.toString();
 }
