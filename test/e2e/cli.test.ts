@@ -8,7 +8,7 @@
  */
 import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -201,7 +201,7 @@ describe("fusillade CLI", () => {
     expect(JSON.parse(files.stdout)).toMatchObject({ output_lines: 2, error_lines: 1 });
     expect(jsonl(await readFile(path.join(dir, "out.jsonl"), "utf8"))).toHaveLength(2);
     expect(jsonl(await readFile(path.join(dir, "err.jsonl"), "utf8"))[0]!.custom_id).toBe("c2");
-    expect(existsSync(path.join(dir, "out.jsonl.partial"))).toBe(false);
+    expect((await readdir(dir)).filter((f) => f.includes(".partial"))).toEqual([]);
 
     const final = JSON.parse((await cli(["batches", "get", batchId, "--json"])).stdout);
     expect(final).toMatchObject({ state: "completed", counts: { completed: 2, failed: 1 } });

@@ -1,15 +1,13 @@
 /**
  * Downloads a batch's results (GetBatchResults) as OpenAI-format JSONL:
  * output lines to one file, error lines to another, either to stdout when
- * no file is named. Files are written under a temporary name and renamed
- * when complete, so a file that exists is whole.
+ * no file is named. How a named path is written (replaced whole, or written
+ * into when it is a device or a FIFO): ./output-file.ts.
  */
 
-import { once } from "node:events";
-import { createWriteStream, type WriteStream } from "node:fs";
-import { rename, rm } from "node:fs/promises";
 import { GetBatchResultsResponse_Kind } from "../../gen/fusillade/v1/batch_service_pb.js";
 import { CliError, type Connection, describeRpcError } from "./connection.js";
+import { type OutputFile, openOutputFile, writeLine } from "./output-file.js";
 
 export interface ResultTargets {
   /** Output lines (completed requests): a path, or undefined for stdout. */
@@ -23,18 +21,7 @@ export interface ResultCounts {
   errors: number;
 }
 
-interface Sink {
-  write(line: string): Promise<void>;
-  finish(): Promise<void>;
-  abort(): Promise<void>;
-}
-
-/** Writes with backpressure: waits for 'drain' when the stream's buffer is full. */
-async function writeLine(stream: NodeJS.WritableStream, line: string): Promise<void> {
-  if (!stream.write(`${line}\n`)) await once(stream, "drain");
-}
-
-function stdoutSink(): Sink {
+function stdoutSink(): OutputFile {
   return {
     write: (line) => writeLine(process.stdout, line),
     finish: async () => undefined,
@@ -42,34 +29,8 @@ function stdoutSink(): Sink {
   };
 }
 
-function fileSink(path: string): Sink {
-  const partial = `${path}.partial`;
-  const stream: WriteStream = createWriteStream(partial);
-  let failed: Error | undefined;
-  stream.on("error", (e) => {
-    failed = e;
-  });
-  const check = () => {
-    if (failed) throw new CliError(`cannot write ${path}: ${failed.message}`);
-  };
-  return {
-    // once(stream, "drain") in writeLine rejects if the stream fails meanwhile.
-    write: async (line) => {
-      check();
-      await writeLine(stream, line);
-    },
-    finish: async () => {
-      check();
-      stream.end();
-      await once(stream, "close");
-      check();
-      await rename(partial, path);
-    },
-    abort: async () => {
-      stream.destroy();
-      await rm(partial, { force: true });
-    },
-  };
+function fileSink(path: string): Promise<OutputFile> {
+  return openOutputFile(path, (message, cause) => new CliError(message, 1, { cause }));
 }
 
 /** Streams every result line of the batch to its target; returns how many of each. */
@@ -78,15 +39,21 @@ export async function downloadResults(
   batchId: string,
   targets: ResultTargets,
 ): Promise<ResultCounts> {
-  const out = targets.output === undefined ? stdoutSink() : fileSink(targets.output);
-  const err =
-    targets.errors === undefined
-      ? targets.output === undefined
-        ? out
-        : stdoutSink()
-      : targets.errors === targets.output
-        ? out
-        : fileSink(targets.errors);
+  const out = targets.output === undefined ? stdoutSink() : await fileSink(targets.output);
+  let err: OutputFile;
+  try {
+    err =
+      targets.errors === undefined
+        ? targets.output === undefined
+          ? out
+          : stdoutSink()
+        : targets.errors === targets.output
+          ? out
+          : await fileSink(targets.errors);
+  } catch (e) {
+    await out.abort();
+    throw e;
+  }
   const sinks = out === err ? [out] : [out, err];
   const counts: ResultCounts = { output: 0, errors: 0 };
   try {
