@@ -24,9 +24,6 @@ export interface ControlPlane {
   close(): Promise<void>;
 }
 
-/** Pool size of a control plane: API handlers, long polls and the reaper share it. */
-const POOL_SIZE = 20;
-
 /** Starts a control plane with `config`. */
 export async function startControlPlane(
   config: Readonly<ControlPlaneConfig>,
@@ -45,21 +42,28 @@ export async function startControlPlane(
   try {
     const applied = await migrate(database.url);
     if (applied.length > 0) log.info({ migrations: applied }, "migrations applied");
+    const timeouts = {
+      acquireTimeoutMs: config.dbAcquireTimeoutMs,
+      statementTimeoutMs: config.dbStatementTimeoutMs,
+    };
     const db = await Db.connect(database.url, {
-      poolSize: POOL_SIZE,
-      name: "fusillade-control-plane",
+      general: { size: config.dbPoolSize, name: "fusillade-control-plane", ...timeouts },
+      dispatch: { size: config.dbDispatchPoolSize, name: "fusillade-dispatch", ...timeouts },
+      onPoolError: (e) => log.warn({ err: e }, "pooled database connection lost"),
     });
     cleanup.push(() => db.close());
-    const notifications = new Notifications(database.url, (e) =>
-      log.warn({ err: e }, "LISTEN connection lost"),
-    );
+    const notifications = new Notifications(database.url, {
+      checkIntervalMs: config.listenCheckIntervalMs,
+      onError: (e) => log.warn({ err: e }, "LISTEN connection lost"),
+    });
     await notifications.start();
     cleanup.push(() => notifications.close());
     const shutdown = new AbortController();
     // Every long poll and stream listens on it.
     setMaxListeners(0, shutdown.signal);
     const deps = { db, config, log, notifications, shutdownSignal: shutdown.signal };
-    const leases = new LeaseService(db, notifications, config);
+    // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
+    const leases = new LeaseService(db.dispatch, notifications, config);
     const reaper = startReaper(db, config.reapIntervalMs, log);
     cleanup.push(() => reaper.stop());
     const server = await buildServer({

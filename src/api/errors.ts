@@ -33,6 +33,8 @@ const UNAVAILABLE_SQLSTATES = new Set([
  * Handlers reject it first, naming the field; this is the net under them.
  */
 const BAD_TEXT_SQLSTATES = new Set(["22021", "22P05"]);
+/** SQLSTATE query_canceled: a statement ran past statement_timeout (FUSILLADE_DB_STATEMENT_TIMEOUT). */
+const STATEMENT_TIMEOUT_SQLSTATE = "57014";
 /** Node socket errors that mean the same. */
 const UNAVAILABLE_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT"]);
 
@@ -58,6 +60,15 @@ export function toConnectError(e: unknown, log?: (err: unknown) => void): Connec
     return new ConnectError(
       "a text field holds a character that cannot be stored (U+0000)",
       Code.InvalidArgument,
+      undefined,
+      undefined,
+      e,
+    );
+  }
+  if (code === STATEMENT_TIMEOUT_SQLSTATE) {
+    return new ConnectError(
+      "a database statement ran past its time limit (FUSILLADE_DB_STATEMENT_TIMEOUT)",
+      Code.DeadlineExceeded,
       undefined,
       undefined,
       e,

@@ -34,6 +34,26 @@ export interface ControlPlaneConfig {
   maxMessageBytes: number;
   /** pino level. @default "info" */
   logLevel: string;
+  /** Connections of the general pool (API handlers, streams, reaper). @default 20 */
+  dbPoolSize: number;
+  /** Connections of the lease path's own pool (grants, renewals, reports). @default 10 */
+  dbDispatchPoolSize: number;
+  /** Longest wait for a pooled connection; then the call fails with UNAVAILABLE. @default 10s */
+  dbAcquireTimeoutMs: number;
+  /**
+   * Postgres statement_timeout of pooled connections (not migrations); 0 = none.
+   * The longest statements measured: CancelBatch of 50,000 requests ~2.3 s,
+   * CreateBatch of 50,000 ~1 s (bench/RESULTS.md). @default 60s
+   */
+  dbStatementTimeoutMs: number;
+  /** How often the LISTEN connection is checked with `SELECT 1` (and re-established). @default 5s */
+  listenCheckIntervalMs: number;
+  /** Largest UploadFile content, in bytes. @default 256 MiB */
+  maxUploadBytes: number;
+  /** Most lines (templates) in one UploadFile. @default 100,000 */
+  maxUploadLines: number;
+  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
+  maxPageBytes: number;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -51,7 +71,30 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   defaultMaxBackoffMs: 60 * SECOND,
   maxMessageBytes: 64 * 1024 * 1024,
   logLevel: "info",
+  dbPoolSize: 20,
+  dbDispatchPoolSize: 10,
+  dbAcquireTimeoutMs: 10 * SECOND,
+  dbStatementTimeoutMs: 60 * SECOND,
+  listenCheckIntervalMs: 5 * SECOND,
+  maxUploadBytes: 256 * 1024 * 1024,
+  maxUploadLines: 100_000,
+  maxPageBytes: 3 * 1024 * 1024,
 });
+
+/** Settings read from the environment only: variable → key, and whether 0 is allowed. */
+const ENV_COUNTS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, boolean]> = [
+  ["FUSILLADE_DB_POOL_SIZE", "dbPoolSize", false],
+  ["FUSILLADE_DB_DISPATCH_POOL_SIZE", "dbDispatchPoolSize", false],
+  ["FUSILLADE_MAX_UPLOAD_BYTES", "maxUploadBytes", false],
+  ["FUSILLADE_MAX_UPLOAD_LINES", "maxUploadLines", false],
+  ["FUSILLADE_MAX_PAGE_BYTES", "maxPageBytes", false],
+];
+/** Durations read from the environment only; "0" means none where allowed. */
+const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, boolean]> = [
+  ["FUSILLADE_DB_ACQUIRE_TIMEOUT", "dbAcquireTimeoutMs", true],
+  ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
+  ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
+];
 
 /** Parses "HOST:PORT" (IPv6 in brackets). */
 export function parseListen(value: string, name: string): { host: string; port: number } {
@@ -148,6 +191,18 @@ export function controlPlaneConfig(
       );
     }
     c.logLevel = level;
+  }
+  const settings = c as unknown as Record<string, number>;
+  for (const [name, key, allowZero] of ENV_COUNTS) {
+    const v = env[name];
+    if (v !== undefined && v !== "") settings[key] = parseCount(v, name, allowZero);
+  }
+  for (const [name, key, allowZero] of ENV_DURATIONS) {
+    const v = env[name];
+    if (v === undefined || v === "") continue;
+    const ms = v.trim() === "0" ? 0 : parseDurationSetting(v, name);
+    if (ms === 0 && !allowZero) throw new ConfigError(`${name} must be above 0, got "0"`);
+    settings[key] = ms;
   }
   return Object.freeze(c);
 }

@@ -1,4 +1,5 @@
 /** Builds the TypeORM data source (and its pg pool) for a database URL. */
+import type { PoolConfig } from "pg";
 import { DataSource } from "typeorm";
 import { InitialSchema1764400000000 } from "../../migrations/1764400000000-initial-schema.js";
 import { ENTITIES } from "./entities.js";
@@ -14,6 +15,10 @@ export interface DataSourceOptions {
   /** Pool size. @default 10 */
   poolSize?: number;
   applicationName?: string;
+  /** Further pg Pool settings (timeouts, keepalive): see ./pool-options.ts. */
+  extra?: PoolConfig;
+  /** Errors of idle pooled connections. @default a TypeORM log line */
+  onPoolError?: (e: unknown) => void;
 }
 
 /** A data source for `url`, not yet initialized. */
@@ -30,6 +35,8 @@ export function makeDataSource(options: DataSourceOptions): DataSource {
     logging: false,
     poolSize: options.poolSize ?? 10,
     applicationName: options.applicationName ?? "fusillade",
+    ...(options.extra ? { extra: options.extra } : {}),
+    ...(options.onPoolError ? { poolErrorHandler: options.onPoolError } : {}),
   });
 }
 

@@ -1,32 +1,90 @@
 /**
  * The database handle the rest of the code gets: the TypeORM data source
- * (entities, migrations) and its pg pool, for hand-written SQL.
+ * (entities) and its pg pool for hand-written SQL, and a second, smaller pool
+ * for the lease path.
+ *
+ * Why two pools: uploads, snapshots, result downloads and streams can hold
+ * every connection of one pool for seconds; a renewal or a report that waits
+ * behind them past a lease's fence makes dispatchers abort paid-for requests
+ * fleet-wide. `db.dispatch` is only for the DispatchService (grants,
+ * renewals, reports), so client traffic cannot starve it.
  */
-import type { Pool, PoolClient, QueryResult, QueryResultRow } from "pg";
+import pg, { type Pool, type PoolClient, type QueryResult, type QueryResultRow } from "pg";
 import type { DataSource } from "typeorm";
 import { makeDataSource } from "./data-source.js";
+import { type PoolTuning, poolConfig } from "./pool-options.js";
 
 /** Something that runs SQL: the pool, or a client inside a transaction. */
 export type Queryable = Pick<PoolClient, "query">;
 
-export class Db {
-  /** The pg pool behind the data source. */
-  readonly pool: Pool;
+export interface DbOptions {
+  /** The general pool: API handlers, streams, the reaper. */
+  general: PoolTuning;
+  /** The lease path's pool (`db.dispatch`); when undefined, `dispatch` is the general pool. */
+  dispatch?: PoolTuning;
+  /** Called with errors of idle connections (a restarted server, a dropped socket). */
+  onPoolError?: (e: unknown) => void;
+}
 
-  private constructor(readonly dataSource: DataSource) {
-    // TypeORM's postgres driver keeps its pg Pool as `master`.
-    this.pool = (dataSource.driver as unknown as { master: Pool }).master;
+export class Db {
+  /**
+   * The pool for the lease path (grants, renewals, reports): its own
+   * connections, so client traffic on the general pool cannot starve it.
+   * For a Db that has no second pool (or for `dispatch` itself): this Db.
+   */
+  readonly dispatch: Db;
+
+  private constructor(
+    /** The pg pool. */
+    readonly pool: Pool,
+    private readonly closePool: () => Promise<void>,
+    dispatch?: Db,
+  ) {
+    this.dispatch = dispatch ?? this;
   }
 
   /** Connects to `url` (migrations are not run here). */
-  static async connect(url: string, options: { poolSize?: number; name?: string } = {}) {
-    const ds = makeDataSource({
+  static async connect(url: string, options: DbOptions): Promise<Db> {
+    const onError = options.onPoolError ?? (() => undefined);
+    const ds: DataSource = makeDataSource({
       url,
-      poolSize: options.poolSize,
-      applicationName: options.name,
+      poolSize: options.general.size,
+      applicationName: options.general.name,
+      extra: poolConfig(options.general),
+      onPoolError: onError,
     });
     await ds.initialize();
-    return new Db(ds);
+    // TypeORM's postgres driver keeps its pg Pool as `master`.
+    const general = (ds.driver as unknown as { master: Pool }).master;
+    const closeGeneral = async () => {
+      if (ds.isInitialized) await ds.destroy();
+    };
+    if (options.dispatch === undefined) return new Db(general, closeGeneral);
+    const pool = new pg.Pool({ connectionString: url, ...poolConfig(options.dispatch) });
+    // An idle client's error is emitted on the pool: without a listener it would crash the process.
+    pool.on("error", onError);
+    let ended = false;
+    const dispatch = new Db(pool, async () => {
+      if (ended) return;
+      ended = true;
+      await pool.end();
+    });
+    try {
+      // Fail at start, not at the first lease, when the pool cannot connect.
+      await pool.query("SELECT 1");
+    } catch (e) {
+      await dispatch.closePool().catch(() => undefined);
+      await closeGeneral().catch(() => undefined);
+      throw e;
+    }
+    return new Db(
+      general,
+      async () => {
+        await dispatch.closePool();
+        await closeGeneral();
+      },
+      dispatch,
+    );
   }
 
   /** Runs one statement on a pooled connection. */
@@ -53,8 +111,8 @@ export class Db {
     }
   }
 
-  /** Closes the pool. */
-  async close(): Promise<void> {
-    if (this.dataSource.isInitialized) await this.dataSource.destroy();
+  /** Closes the pools (both, when this Db has two). */
+  close(): Promise<void> {
+    return this.closePool();
   }
 }

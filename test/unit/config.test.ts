@@ -20,6 +20,41 @@ function configError(fn: () => unknown): ConfigError {
 }
 
 describe("controlPlaneConfig", () => {
+  it("reads the database pool, upload and page settings from the environment", () => {
+    const c = controlPlaneConfig(
+      {},
+      {
+        FUSILLADE_DB_POOL_SIZE: "30",
+        FUSILLADE_DB_DISPATCH_POOL_SIZE: "5",
+        FUSILLADE_DB_ACQUIRE_TIMEOUT: "2s",
+        FUSILLADE_DB_STATEMENT_TIMEOUT: "0",
+        FUSILLADE_LISTEN_CHECK_INTERVAL: "1s",
+        FUSILLADE_MAX_UPLOAD_BYTES: "1000",
+        FUSILLADE_MAX_UPLOAD_LINES: "10",
+        FUSILLADE_MAX_PAGE_BYTES: "4096",
+      },
+    );
+    expect(c).toMatchObject({
+      dbPoolSize: 30,
+      dbDispatchPoolSize: 5,
+      dbAcquireTimeoutMs: 2000,
+      dbStatementTimeoutMs: 0,
+      listenCheckIntervalMs: 1000,
+      maxUploadBytes: 1000,
+      maxUploadLines: 10,
+      maxPageBytes: 4096,
+    });
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_DB_POOL_SIZE: "0" })).message,
+    ).toMatch(/FUSILLADE_DB_POOL_SIZE/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_LISTEN_CHECK_INTERVAL: "0" })).message,
+    ).toMatch(/FUSILLADE_LISTEN_CHECK_INTERVAL/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_DB_STATEMENT_TIMEOUT: "soon" })).message,
+    ).toMatch(/FUSILLADE_DB_STATEMENT_TIMEOUT/);
+  });
+
   it("takes --listen and leaves every other default", () => {
     const c = controlPlaneConfig({ listen: "0.0.0.0:9000" }, {});
     expect(c).toEqual({ ...CONTROL_PLANE_DEFAULTS, host: "0.0.0.0", port: 9000 });
