@@ -35,9 +35,14 @@ export async function startControlPlane(
     log: (msg) => log.info(msg),
   });
   const cleanup: Array<() => Promise<void>> = [() => database.stop()];
-  const closeAll = async () => {
-    for (const fn of cleanup.reverse())
-      await fn().catch((e) => log.error({ err: e }, "shutdown step failed"));
+  // Last pushed runs first, once: a second close() gets the first one's promise.
+  let closing: Promise<void> | undefined;
+  const closeAll = () => {
+    closing ??= (async () => {
+      for (const fn of cleanup.toReversed())
+        await fn().catch((e) => log.error({ err: e }, "shutdown step failed"));
+    })();
+    return closing;
   };
   try {
     const applied = await migrate(database.url);

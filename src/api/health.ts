@@ -1,4 +1,5 @@
 /** grpc.health.v1.Health: SERVING while the database answers. */
+import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { NotFoundError } from "../domain/errors.js";
@@ -30,8 +31,11 @@ async function status(deps: ApiDeps, service: string): Promise<Status> {
   }
 }
 
-/** The Health service. */
-export function healthMethods(deps: ApiDeps): ServiceImpl<typeof Health> {
+/** The Health service; `watchIntervalMs` is how often Watch re-checks. */
+export function healthMethods(
+  deps: ApiDeps,
+  watchIntervalMs = WATCH_INTERVAL_MS,
+): ServiceImpl<typeof Health> {
   return {
     async check(req) {
       const s = await status(deps, req.service);
@@ -48,17 +52,8 @@ export function healthMethods(deps: ApiDeps): ServiceImpl<typeof Health> {
           last = s;
           yield create(HealthCheckResponseSchema, { status: s });
         }
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, WATCH_INTERVAL_MS);
-          ctx.signal.addEventListener(
-            "abort",
-            () => {
-              clearTimeout(t);
-              resolve();
-            },
-            { once: true },
-          );
-        });
+        // Resolves early (never rejects) on abort; leaves no listener behind.
+        await sleep(watchIntervalMs, undefined, { signal: ctx.signal }).catch(() => undefined);
       }
     },
   };
