@@ -2,6 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { InvalidArgumentError } from "../domain/errors.js";
+import { validateModel } from "../domain/templates.js";
 import {
   type AdminService,
   ListModelLimitsResponseSchema,
@@ -36,7 +37,8 @@ export function adminMethods(deps: ApiDeps): ServiceImpl<typeof AdminService> {
       if (!req.clearLimit && (req.limit < 0 || req.limit > MAX_LIMIT)) {
         throw new InvalidArgumentError("limit", `must be between 0 and ${MAX_LIMIT}`);
       }
-      const m = await setModelLimit(deps.db, req.model, req.clearLimit ? null : req.limit);
+      const model = validateModel(req.model, "model");
+      const m = await setModelLimit(deps.db, model, req.clearLimit ? null : req.limit);
       return create(SetModelLimitResponseSchema, { modelLimit: toProto(m, defaultLimit) });
     },
     async listModelLimits(req) {

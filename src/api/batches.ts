@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
+import { MAX_BACKOFF_MS } from "../domain/retry-policy.js";
 import { openAiStatus, type RequestState } from "../domain/states.js";
 import { validateText } from "../domain/templates.js";
 import {
@@ -75,6 +76,17 @@ function retryPolicy(p: RetryPolicy | undefined, deps: ApiDeps) {
   const max = fromDuration(p?.maxBackoff) ?? c.defaultMaxBackoffMs;
   if (initial < 0)
     throw new InvalidArgumentError("retry_policy.initial_backoff", "must not be negative");
+  for (const [field, ms] of [
+    ["retry_policy.initial_backoff", initial],
+    ["retry_policy.max_backoff", max],
+  ] as const) {
+    if (ms > MAX_BACKOFF_MS) {
+      throw new InvalidArgumentError(
+        field,
+        `must be at most ${MAX_BACKOFF_MS} ms (about 24 days), got ${ms} ms`,
+      );
+    }
+  }
   if (max < initial) {
     throw new InvalidArgumentError(
       "retry_policy.max_backoff",
@@ -182,6 +194,7 @@ export function batchMethods(
         batchId: req.batchId,
         states: statesFilter(req.states),
         limit: pageSize(req.pageSize),
+        maxBytes: deps.config.maxPageBytes,
         pageToken: req.pageToken,
       });
       return create(ListBatchRequestsResponseSchema, {

@@ -24,6 +24,7 @@ import { createFile, deleteFile, getFile, listFiles, type NewFile } from "../sto
 import { pageSize } from "../storage/pages.js";
 import { toProtoFile } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+import { cappedBytes, cappedRows } from "./upload-caps.js";
 import { spool } from "./upload-spool.js";
 
 /** Validated templates from JSONL byte chunks; counts the bytes read. */
@@ -49,16 +50,6 @@ function newFile(filename: string, requestId: string): NewFile {
 
 async function* once<T>(value: T): AsyncGenerator<T> {
   yield value;
-}
-
-async function* counted(
-  chunks: AsyncIterable<Uint8Array>,
-  total: { bytes: number },
-): AsyncGenerator<Uint8Array> {
-  for await (const c of chunks) {
-    total.bytes += c.byteLength;
-    yield c;
-  }
 }
 
 async function* chunksAfterHeader(
@@ -134,7 +125,12 @@ export function fileMethods(
           }
         })();
       }
-      const { file } = await createFile(db, newFile(req.filename, req.requestId), rows, () => size);
+      const { file } = await createFile(
+        db,
+        newFile(req.filename, req.requestId),
+        cappedRows(rows, deps.config.maxUploadLines),
+        () => size,
+      );
       return create(CreateFileResponseSchema, { file: toProtoFile(file) });
     },
 
@@ -148,8 +144,16 @@ export function fileMethods(
       const total = { bytes: 0 };
       const meta = newFile(header.filename, header.requestId);
       const apiKey = header.apiKey === "" ? null : validateText(header.apiKey, "api_key");
+      const { maxUploadBytes, maxUploadLines } = deps.config;
       const spooled = await spool(
-        jsonlTemplates(counted(chunksAfterHeader(it), total), header.endpoint, header.apiKey),
+        cappedRows(
+          jsonlTemplates(
+            cappedBytes(chunksAfterHeader(it), total, maxUploadBytes),
+            header.endpoint,
+            header.apiKey,
+          ),
+          maxUploadLines,
+        ),
       );
       const { file } = await createFile(db, meta, spooled.read(apiKey), () => total.bytes).finally(
         () => spooled.dispose(),

@@ -181,8 +181,9 @@ async function* streamBatchRequests(
           maxLine,
           states,
           limit: CHANGES_PAGE,
+          maxBytes: deps.config.maxPageBytes,
         });
-        for (const ch of page) {
+        for (const ch of page.changes) {
           cur = maxLine === null ? { phase: "changes", seq: ch.seq } : { ...cur, seq: ch.seq };
           yield streamMessage(
             StreamBatchRequestsResponse_Kind.CHANGE,
@@ -192,14 +193,22 @@ async function* streamBatchRequests(
           );
           if (stopIfAborted(signal, deps.shutdownSignal)) return;
         }
-        after = page.length < CHANGES_PAGE ? upTo : page[page.length - 1]!.seq;
+        const last = page.changes[page.changes.length - 1];
+        after = page.more && last ? last.seq : upTo;
       }
     };
 
     while (cur.phase === "snapshot") {
       if (stopIfAborted(signal, deps.shutdownSignal)) return;
       const from: { seq: number; line: number } = cur;
-      const page = await snapshotPage(db, batchId, from.line, states, SNAPSHOT_PAGE);
+      const page = await snapshotPage(
+        db,
+        batchId,
+        from.line,
+        states,
+        SNAPSHOT_PAGE,
+        deps.config.maxPageBytes,
+      );
       if (!page) throw new NotFoundError("batch", batchId);
       const base = Number(page.batch.eventSeq);
       // Bring the requests already sent up to this page's snapshot.
@@ -215,8 +224,8 @@ async function* streamBatchRequests(
         );
         if (stopIfAborted(signal, deps.shutdownSignal)) return;
       }
-      // A full page leaves cur at its last line; the next page continues from there.
-      if (page.requests.length < SNAPSHOT_PAGE) {
+      // A page cut by rows or bytes leaves cur at its last line; the next page continues there.
+      if (!page.more) {
         cur = { phase: "changes", seq: base };
         yield streamMessage(
           StreamBatchRequestsResponse_Kind.SNAPSHOT_END,

@@ -116,6 +116,13 @@ export interface RetryPolicy {
   maxBackoffMs: number;
 }
 
+/**
+ * Longest backoff a policy may set, in ms: the batch's columns are Postgres
+ * `integer` (2^31 - 1 ms, about 24.8 days; a batch's completion window is
+ * shorter anyway).
+ */
+export const MAX_BACKOFF_MS = 2_147_483_647;
+
 /** The policy used when a batch does not set its own. */
 export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = Object.freeze({
   maxRetries: 5,

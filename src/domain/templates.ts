@@ -98,14 +98,34 @@ function validatePath(value: unknown, field: string, line: number): string {
   return validateText(value, field, line);
 }
 
+/**
+ * Longest model name, in UTF-8 bytes. A model name travels in NOTIFY
+ * payloads (at most ~8,000 bytes) and is a key of btree indexes (entries of
+ * at most ~2,700 bytes); real model names are well under 100 bytes.
+ */
+export const MAX_MODEL_BYTES = 200;
+
+/** Checks a model name (from a template, or from SetModelLimit). */
+export function validateModel(value: string, field: string, line?: number): string {
+  const bytes = Buffer.byteLength(value);
+  if (bytes > MAX_MODEL_BYTES) {
+    throw new InvalidArgumentError(
+      field,
+      `is ${bytes} bytes long; a model name may have at most ${MAX_MODEL_BYTES}`,
+      line,
+    );
+  }
+  return validateText(value, field, line);
+}
+
 function modelOf(body: unknown, explicit: string, field: string, line: number): string {
-  if (explicit !== "") return validateText(explicit, field, line);
+  if (explicit !== "") return validateModel(explicit, field, line);
   const model =
     typeof body === "object" && body !== null ? (body as Record<string, unknown>).model : undefined;
   if (typeof model !== "string" || model === "") {
     throw new InvalidArgumentError(field, "is required (a non-empty string)", line);
   }
-  return validateText(model, field, line);
+  return validateModel(model, field, line);
 }
 
 /** Validates one template of a template list; `line` is its 1-based index. */

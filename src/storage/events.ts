@@ -9,6 +9,7 @@ import { InvalidArgumentError } from "../domain/errors.js";
 import { type RequestState, TERMINAL_REQUEST_STATES } from "../domain/states.js";
 import { BATCH_COLUMNS, type BatchRecord, toBatch } from "./batches.js";
 import type { Db } from "./db.js";
+import { byteCappedPage, type CappedPageColumns, cappedPageRows } from "./pages.js";
 import { REQUEST_COLUMNS, type RequestRecord, type RequestRow, toRequest } from "./requests.js";
 
 type BatchRow = Parameters<typeof toBatch>[0];
@@ -18,18 +19,24 @@ export interface SnapshotPage {
   /** The batch, including `eventSeq`: every event ≤ it is reflected in `requests`. */
   batch: BatchRecord;
   requests: RequestRecord[];
+  /** More requests follow (the page was cut by rows or by bytes). */
+  more: boolean;
 }
 
 /**
  * RequestsSnapshotPage: requests of a batch after `afterLine`, in line
- * order, optionally only those in `states`. Params: batch id, after line,
- * states (empty = all), limit. Uses requests_batch_state, or the
- * (batch_id, line) unique index when unfiltered.
+ * order, optionally only those in `states`, capped by bytes (byteCappedPage).
+ * Params: batch id, after line, states (empty = all), limit (rows), max
+ * bytes. Uses requests_batch_state, or the (batch_id, line) unique index
+ * when unfiltered.
  */
-const REQUESTS_SNAPSHOT_PAGE = `
-  SELECT ${REQUEST_COLUMNS} FROM requests
-  WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
-  ORDER BY line LIMIT $4`;
+const REQUESTS_SNAPSHOT_PAGE = byteCappedPage(
+  `SELECT ${REQUEST_COLUMNS} FROM requests
+   WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
+   ORDER BY line LIMIT $4`,
+  "line",
+  "$5",
+);
 
 /**
  * Reads the batch row and the next page of its requests in one REPEATABLE
@@ -43,6 +50,7 @@ export async function snapshotPage(
   afterLine: number,
   states: readonly RequestState[],
   limit: number,
+  maxBytes: number,
 ): Promise<SnapshotPage | undefined> {
   return db.tx(async (q) => {
     await q.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
@@ -50,13 +58,15 @@ export async function snapshotPage(
       batchId,
     ]);
     if (!b.rows[0]) return undefined;
-    const r = await q.query<RequestRow>(REQUESTS_SNAPSHOT_PAGE, [
+    const r = await q.query<RequestRow & CappedPageColumns>(REQUESTS_SNAPSHOT_PAGE, [
       batchId,
       afterLine,
       states,
-      limit,
+      limit + 1,
+      maxBytes,
     ]);
-    return { batch: toBatch(b.rows[0]), requests: r.rows.map(toRequest) };
+    const { page, more } = cappedPageRows(r.rows, limit);
+    return { batch: toBatch(b.rows[0]), requests: page.map(toRequest), more };
   });
 }
 
@@ -82,11 +92,13 @@ interface EventRow extends RequestRow {
 /**
  * RequestEventsPage: a batch's events with afterSeq < seq ≤ upToSeq, in
  * seq order, joined with their requests; optionally only events of
- * requests at line ≤ maxLine and only transitions into `states`. Params:
- * batch id, after seq, up-to seq, max line (null = any), states (empty =
- * all), limit. Uses the primary key (batch_id, seq).
+ * requests at line ≤ maxLine and only transitions into `states`, capped by
+ * bytes (byteCappedPage). Params: batch id, after seq, up-to seq, max line
+ * (null = any), states (empty = all), limit (rows), max bytes. Uses the
+ * primary key (batch_id, seq).
  */
-const REQUEST_EVENTS_PAGE = `
+const REQUEST_EVENTS_PAGE = byteCappedPage(
+  `
   SELECT e.seq AS ev_seq, e.state AS ev_state, e.attempt AS ev_attempt, e.created_at AS ev_at,
     (r.state = e.state AND r.finished_at IS NOT DISTINCT FROM e.created_at) AS ev_outcome_current,
     (r.state = e.state AND r.updated_at = e.created_at) AS ev_row_current,
@@ -97,7 +109,10 @@ const REQUEST_EVENTS_PAGE = `
   WHERE e.batch_id = $1 AND e.seq > $2 AND e.seq <= $3
     AND ($4::integer IS NULL OR r.line <= $4::integer)
     AND (cardinality($5::text[]) = 0 OR e.state = ANY($5::text[]))
-  ORDER BY e.seq LIMIT $6`;
+  ORDER BY e.seq LIMIT $6`,
+  "ev_seq",
+  "$7",
+);
 
 /** One page of a batch's change log; see REQUEST_EVENTS_PAGE. */
 export async function changesPage(
@@ -109,17 +124,26 @@ export async function changesPage(
     maxLine: number | null;
     states: readonly RequestState[];
     limit: number;
+    maxBytes: number;
   },
-): Promise<ChangeRecord[]> {
-  const { rows } = await db.query<EventRow>(REQUEST_EVENTS_PAGE, [
+): Promise<{ changes: ChangeRecord[]; more: boolean }> {
+  const { rows } = await db.query<EventRow & CappedPageColumns>(REQUEST_EVENTS_PAGE, [
     opts.batchId,
     opts.afterSeq,
     opts.upToSeq,
     opts.maxLine,
     opts.states,
-    opts.limit,
+    opts.limit + 1,
+    opts.maxBytes,
   ]);
-  return rows.map((e) => ({ seq: Number(e.ev_seq), request: requestAtEvent(toRequest(e), e) }));
+  const { page, more } = cappedPageRows(rows, opts.limit);
+  return {
+    changes: page.map((e) => ({
+      seq: Number(e.ev_seq),
+      request: requestAtEvent(toRequest(e), e),
+    })),
+    more,
+  };
 }
 
 /**

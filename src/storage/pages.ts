@@ -79,6 +79,49 @@ export async function pageQuery<T>(run: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * Caps a page query by bytes as well as rows. `inner` is a page query
+ * ordered by `key` (a column of its output) with a LIMIT; the result is the
+ * prefix of its rows whose `response_body` and `error_message` add up to at
+ * most `capParam` bytes (the first row always, however large, so every page
+ * moves on), in `key` order, each with `page_has_next`: whether `inner`
+ * returned a row after it.
+ *
+ * Sizes come from octet_length(), which reads a TOASTed value's header, not
+ * the value: rows past the cap are never fetched. Without the cap, a page of
+ * 1,000 rows of 32 MiB responses was 32 GB to read, hold and send.
+ */
+export function byteCappedPage(inner: string, key: string, capParam: string): string {
+  return `
+  SELECT * FROM (
+    SELECT p.*,
+      sum(coalesce(octet_length(p.response_body), 0) + coalesce(octet_length(p.error_message), 0))
+        OVER (ORDER BY p.${key}) AS page_bytes,
+      row_number() OVER (ORDER BY p.${key}) AS page_row,
+      (lead(p.${key}) OVER (ORDER BY p.${key})) IS NOT NULL AS page_has_next
+    FROM (${inner}) p
+  ) capped
+  WHERE page_row = 1 OR page_bytes <= ${capParam}
+  ORDER BY ${key}`;
+}
+
+/** Columns byteCappedPage adds to each row. */
+export interface CappedPageColumns {
+  page_has_next: boolean;
+}
+
+/**
+ * The rows of a page fetched with `limit + 1` rows through byteCappedPage:
+ * at most `limit` of them, and whether more rows follow.
+ */
+export function cappedPageRows<R extends CappedPageColumns>(
+  rows: R[],
+  limit: number,
+): { page: R[]; more: boolean } {
+  if (rows.length > limit) return { page: rows.slice(0, limit), more: true };
+  return { page: rows, more: rows[rows.length - 1]?.page_has_next ?? false };
+}
+
 /** Default and maximum page sizes. */
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 1000;

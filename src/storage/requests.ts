@@ -1,7 +1,14 @@
 /** Reads of a batch's requests, for clients. */
 import type { RequestState } from "../domain/states.js";
 import type { Db } from "./db.js";
-import { decodeLineToken, encodePageToken, isId } from "./pages.js";
+import {
+  byteCappedPage,
+  type CappedPageColumns,
+  cappedPageRows,
+  decodeLineToken,
+  encodePageToken,
+  isId,
+} from "./pages.js";
 
 export interface RequestRecord {
   id: string;
@@ -75,23 +82,33 @@ export function toRequest(r: RequestRow): RequestRecord {
   };
 }
 
-/** A batch's requests in line order, optionally only those in `states`. */
+/** A batch's requests in line order, optionally only those in `states`; see byteCappedPage. */
 export async function listRequests(
   db: Db,
-  opts: { batchId: string; states: RequestState[]; limit: number; pageToken: string },
+  opts: {
+    batchId: string;
+    states: RequestState[];
+    limit: number;
+    maxBytes: number;
+    pageToken: string;
+  },
 ): Promise<{ requests: RequestRecord[]; nextPageToken: string }> {
   const after = decodeLineToken(opts.pageToken);
   if (!isId(opts.batchId)) return { requests: [], nextPageToken: "" };
-  const { rows } = await db.query<RequestRow>(
-    `SELECT ${REQUEST_COLUMNS} FROM requests
-     WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
-     ORDER BY line LIMIT $4`,
-    [opts.batchId, after ?? 0, opts.states, opts.limit + 1],
+  const { rows } = await db.query<RequestRow & CappedPageColumns>(
+    byteCappedPage(
+      `SELECT ${REQUEST_COLUMNS} FROM requests
+       WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
+       ORDER BY line LIMIT $4`,
+      "line",
+      "$5",
+    ),
+    [opts.batchId, after ?? 0, opts.states, opts.limit + 1, opts.maxBytes],
   );
-  const page = rows.slice(0, opts.limit);
+  const { page, more } = cappedPageRows(rows, opts.limit);
   const last = page[page.length - 1];
   return {
     requests: page.map(toRequest),
-    nextPageToken: rows.length > opts.limit && last ? encodePageToken([last.line]) : "",
+    nextPageToken: more && last ? encodePageToken([last.line]) : "",
   };
 }
