@@ -1,83 +1,56 @@
 /**
- * `npm run bench`: end-to-end figures on this machine, printed as a table
- * and written to bench/results/latest.json. Recorded runs: bench/RESULTS.md.
+ * `npm run bench` (`npm run bench:smoke`: BENCH_SCALE=smoke, every scenario at
+ * about 1 % of its size, for CI). The machines are shared and noisy, so each
+ * scenario measures its own ceiling in the same run and every figure is
+ * printed beside it as a ratio:
  *
- * 1. upload: a 50,000-line JSONL (~1 KiB a line) through streamed UploadFile;
- * 2. snapshot: CreateBatch of that file (50,000 requests in one statement);
- * 3. cancel: CancelBatch of that batch (50,000 pending → canceled);
- * 4. dispatch: N requests over two models (limit L each) against a loopback
- *    upstream with a fixed latency; one dispatcher, then three. Reported:
- *    wall time, requests/s, the upstream's peak in-flight per model (must be
- *    ≤ L) and its mean in-flight while busy (how well the limit is used).
+ * - ingest (./ingest.ts): UploadFile of 50,000 lines vs COPY of the same rows;
+ * - batch start (./batch-start.ts): CreateBatch of 50,000 vs the SQL snapshot;
+ *   CreateBatch → first upstream call; response → next request of a limit-1 model;
+ * - dispatch (./dispatch.ts): two batches end to end through the client path
+ *   vs the no-database ceiling (./ceiling.ts), limits checked at the upstream;
+ * - memory (./memory.ts): RSS of a control plane and a dispatcher (separate
+ *   processes) holding 10,000 requests in flight vs a bare undici process;
+ * - reads (./reads.ts): GetBatchStatus and ListBatchRequests on a batch of
+ *   1,000,000 requests vs the same answers in plain SQL.
+ *
+ * Prints a table, writes every figure to bench/results/latest.json, and exits
+ * non-zero when a check fails (a model's limit exceeded at the upstream, a
+ * custom_id missing or duplicated in the results).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
- * BENCH_REQUESTS (default 20000), BENCH_LIMIT (100), BENCH_LATENCY_MS (20),
- * BENCH_LINGER_MS (the dispatchers' report linger; default theirs).
+ * BENCH_SCALE=smoke.
  */
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { create } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
 import { CONTROL_PLANE_DEFAULTS } from "../src/config/config.js";
-import { resolveDispatcherConfig } from "../src/config/dispatcher-config.js";
 import { startControlPlane } from "../src/control-plane.js";
-import { startDispatcher } from "../src/dispatcher/dispatcher.js";
-import { AdminService } from "../src/gen/fusillade/v1/admin_service_pb.js";
-import { BatchService, UploadFileRequestSchema } from "../src/gen/fusillade/v1/batch_service_pb.js";
-import { makeLogger } from "../src/logger.js";
-import { BenchUpstream } from "./upstream.js";
+import { batchStartScenario } from "./batch-start.js";
+import { type Bench, clients, log, SMOKE, since } from "./common.js";
+import { dispatchScenario } from "./dispatch.js";
+import { ingestScenario } from "./ingest.js";
+import { memoryScenario } from "./memory.js";
+import { readsScenario } from "./reads.js";
+import { printTable } from "./table.js";
 
-const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
-const LIMIT = Number(process.env.BENCH_LIMIT ?? 100);
-const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 20);
-/** Dispatcher report linger; unset keeps the dispatcher's default. */
-const LINGER_MS =
-  process.env.BENCH_LINGER_MS === undefined ? undefined : Number(process.env.BENCH_LINGER_MS);
-const UPLOAD_LINES = 50_000;
-const CHUNK = 1024 * 1024;
+/** Templates of the ingest scenario point here; nothing ever sends them. */
+const NOWHERE = "http://127.0.0.1:9";
 
-const log = makeLogger("warn");
-
-function jsonl(n: number, models: string[], pad: number): Buffer {
-  const filler = "x".repeat(pad);
-  const lines: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const model = models[i % models.length]!;
-    lines.push(
-      JSON.stringify({
-        custom_id: `req-${i}`,
-        method: "POST",
-        url: "/v1/chat/completions",
-        body: { model, messages: [{ role: "user", content: filler }] },
-      }),
-    );
-  }
-  return Buffer.from(`${lines.join("\n")}\n`);
-}
-
-async function* uploadMessages(content: Buffer, endpoint: string) {
-  yield create(UploadFileRequestSchema, {
-    part: { case: "header", value: { filename: "bench.jsonl", endpoint, apiKey: "sk-bench" } },
-  });
-  for (let o = 0; o < content.length; o += CHUNK) {
-    yield create(UploadFileRequestSchema, {
-      part: { case: "chunk", value: content.subarray(o, o + CHUNK) },
-    });
-  }
-}
-
-async function main() {
+async function main(): Promise<number> {
+  const started = performance.now();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
-    machine: `${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
+    scale: SMOKE ? "smoke" : "full",
+    machine: `${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, load ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
   };
   const tmp = await mkdtemp(path.join(os.tmpdir(), "fusillade-bench-"));
-  await import("node:fs/promises").then((fs) => fs.chmod(tmp, 0o755));
-  const upstream = new BenchUpstream(LATENCY_MS);
-  await upstream.start();
+  // The embedded Postgres runs as an unprivileged user that must reach its data dir.
+  await chmod(tmp, 0o755);
   const cp = await startControlPlane(
     {
       ...CONTROL_PLANE_DEFAULTS,
@@ -88,91 +61,41 @@ async function main() {
     },
     log,
   );
-  const transport = createConnectTransport({ baseUrl: cp.url, httpVersion: "2" });
-  const batch = createClient(BatchService, transport);
-  const admin = createClient(AdminService, transport);
+  const bench: Bench = {
+    cpUrl: cp.url,
+    databaseUrl: cp.databaseUrl,
+    ...clients(cp.url),
+    failures: [],
+  };
+  const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    process.stderr.write(`bench: ${name}…`);
+    const out = await fn();
+    process.stderr.write(` ${(since(t0) / 1000).toFixed(1)} s\n`);
+    return out;
+  };
   try {
-    // 1. upload
-    const big = jsonl(UPLOAD_LINES, ["bench-upload"], 900);
-    let t0 = performance.now();
-    const up = await batch.uploadFile(uploadMessages(big, upstream.url));
-    const uploadS = (performance.now() - t0) / 1000;
-    results.upload = {
-      lines: UPLOAD_LINES,
-      mib: +(big.length / 2 ** 20).toFixed(1),
-      seconds: +uploadS.toFixed(2),
-      mib_per_s: +(big.length / 2 ** 20 / uploadS).toFixed(1),
-    };
-    // 2. snapshot
-    t0 = performance.now();
-    const snap = await batch.createBatch({ fileId: up.file!.id });
-    const snapshotS = (performance.now() - t0) / 1000;
-    // 3. cancel: 50,000 pending requests end in one statement (trigger: counters, events).
-    t0 = performance.now();
-    await batch.cancelBatch({ batchId: snap.batch!.id });
-    const cancelS = (performance.now() - t0) / 1000;
-    results.snapshot = { requests: UPLOAD_LINES, seconds: +snapshotS.toFixed(2) };
-    results.cancel = { requests: UPLOAD_LINES, seconds: +cancelS.toFixed(2) };
-
-    // 4. dispatch
-    const models = ["bench-a", "bench-b"];
-    for (const m of models) await admin.setModelLimit({ model: m, limit: LIMIT });
-    const file = await batch.uploadFile(uploadMessages(jsonl(REQUESTS, models, 100), upstream.url));
-    results.dispatch = [];
-    for (const dispatchers of [1, 3]) {
-      upstream.reset();
-      const ds = Array.from({ length: dispatchers }, (_, i) =>
-        startDispatcher(
-          resolveDispatcherConfig({
-            controlPlaneUrl: cp.url,
-            capacity: 256,
-            id: `bench-${i}`,
-            logLevel: "warn",
-          }),
-          log,
-        ),
-      );
-      t0 = performance.now();
-      const { batch: b } = await batch.createBatch({ fileId: file.file!.id });
-      for await (const w of batch.watchBatch({ batchId: b!.id })) {
-        if (w.batch?.finishTime) break;
-      }
-      const wall = (performance.now() - t0) / 1000;
-      const status = await batch.getBatchStatus({ batchId: b!.id });
-      await Promise.all(ds.map((d) => d.stop(1000)));
-      const perModel = Object.fromEntries(
-        [...upstream.load].map(([m, l]) => [
-          m,
-          {
-            peak: l.peak,
-            mean_in_flight_busy: +(l.inFlightMs / Math.max(1, l.busyMs)).toFixed(1),
-            delivered: l.delivered,
-          },
-        ]),
-      );
-      (results.dispatch as unknown[]).push({
-        dispatchers,
-        requests: REQUESTS,
-        limit_per_model: LIMIT,
-        upstream_latency_ms: LATENCY_MS,
-        seconds: +wall.toFixed(2),
-        requests_per_s: Math.round(REQUESTS / wall),
-        ideal_requests_per_s: Math.round((models.length * LIMIT * 1000) / LATENCY_MS),
-        completed: Number(status.counts!.completed),
-        upstream: perModel,
-      });
-    }
+    const ingest = await step("ingest", () => ingestScenario(bench, NOWHERE));
+    results.ingest = ingest.figures;
+    results.batch_start = await step("batch start", () => batchStartScenario(bench, ingest));
+    results.dispatch = await step("dispatch", () => dispatchScenario(bench));
+    results.memory = await step("memory", () => memoryScenario(bench));
+    results.reads = await step("reads", () => readsScenario(bench));
   } finally {
     await cp.close();
-    await upstream.close();
     await rm(tmp, { recursive: true, force: true });
   }
+  results.failures = bench.failures;
+  results.total_s = Math.round(since(started) / 1000);
   await mkdir(path.join("bench", "results"), { recursive: true });
   await writeFile(
     path.join("bench", "results", "latest.json"),
     `${JSON.stringify(results, null, 2)}\n`,
   );
-  console.log(JSON.stringify(results, null, 2));
+  printTable(results);
+  console.log(`\n${results.machine}; ${results.total_s} s; bench/results/latest.json written`);
+  for (const f of bench.failures) console.error(`CHECK FAILED: ${f}`);
+  return bench.failures.length === 0 ? 0 : 1;
 }
 
-await main();
+process.exitCode = await main();

@@ -1,0 +1,166 @@
+/**
+ * Helpers shared by the benchmark scenarios: scale, the bench's view of a
+ * running control plane (clients, database URL, failed checks), JSONL
+ * building and streamed upload, waiting for a batch, dispatchers restricted
+ * to a scenario's models, percentiles and RSS reads.
+ */
+import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
+import { create } from "@bufbuild/protobuf";
+import { type Client, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { resolveDispatcherConfig } from "../src/config/dispatcher-config.js";
+import { startDispatcher } from "../src/dispatcher/dispatcher.js";
+import { AdminService } from "../src/gen/fusillade/v1/admin_service_pb.js";
+import { BatchService, UploadFileRequestSchema } from "../src/gen/fusillade/v1/batch_service_pb.js";
+import { makeLogger } from "../src/logger.js";
+import { requestBody } from "./ceiling.js";
+
+/** `BENCH_SCALE=smoke`: every scenario at about 1 % of its size, for CI. */
+export const SMOKE = process.env.BENCH_SCALE === "smoke";
+
+/** `full` normally, `smoke` under BENCH_SCALE=smoke. */
+export function scaled(full: number, smoke: number): number {
+  return SMOKE ? smoke : full;
+}
+
+export const log = makeLogger("warn");
+
+/**
+ * A dispatcher's lease capacity in the bench: far above every model limit
+ * used, so only the limits (the thing measured) bound concurrency.
+ */
+export const BENCH_CAPACITY = 10_000;
+
+export type BatchClient = Client<typeof BatchService>;
+export type AdminClient = Client<typeof AdminService>;
+
+/** What every scenario gets: a control plane, its database, and a list of failed checks. */
+export interface Bench {
+  cpUrl: string;
+  databaseUrl: string;
+  batch: BatchClient;
+  admin: AdminClient;
+  /** Invariant violations; any makes the bench exit non-zero. */
+  failures: string[];
+}
+
+/** Connect clients of the control plane at `url` (HTTP/2). */
+export function clients(url: string): { batch: BatchClient; admin: AdminClient } {
+  const transport = createConnectTransport({ baseUrl: url, httpVersion: "2" });
+  return {
+    batch: createClient(BatchService, transport),
+    admin: createClient(AdminService, transport),
+  };
+}
+
+/** `n` OpenAI batch lines, round-robin over `models`, custom ids `req-0…`, bodies padded by `pad` bytes. */
+export function jsonl(n: number, models: readonly string[], pad: number): Buffer {
+  const filler = "x".repeat(pad);
+  const lines: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const model = models[i % models.length]!;
+    lines.push(
+      JSON.stringify({
+        custom_id: `req-${i}`,
+        method: "POST",
+        url: "/v1/chat/completions",
+        body: requestBody(model, filler),
+      }),
+    );
+  }
+  return Buffer.from(`${lines.join("\n")}\n`);
+}
+
+const CHUNK = 1024 * 1024;
+
+async function* uploadMessages(content: Buffer, endpoint: string) {
+  yield create(UploadFileRequestSchema, {
+    part: { case: "header", value: { filename: "bench.jsonl", endpoint, apiKey: "sk-bench" } },
+  });
+  for (let o = 0; o < content.length; o += CHUNK) {
+    yield create(UploadFileRequestSchema, {
+      part: { case: "chunk", value: content.subarray(o, o + CHUNK) },
+    });
+  }
+}
+
+/** Streams `content` up with UploadFile in 1 MiB chunks; the new file's id. */
+export async function upload(
+  batch: BatchClient,
+  content: Buffer,
+  endpoint: string,
+): Promise<string> {
+  const res = await batch.uploadFile(uploadMessages(content, endpoint));
+  return res.file!.id;
+}
+
+/** Resolves when the batch has finished (WatchBatch). */
+export async function waitFinished(batch: BatchClient, batchId: string): Promise<void> {
+  for await (const w of batch.watchBatch({ batchId })) {
+    if (w.batch?.finishTime) return;
+  }
+  throw new Error(`WatchBatch of ${batchId} ended before the batch finished`);
+}
+
+/** An in-process dispatcher that serves only `models`, with capacity far above their limits. */
+export function benchDispatcher(
+  cpUrl: string,
+  models: readonly string[],
+  id: string,
+): ReturnType<typeof startDispatcher> {
+  return startDispatcher(
+    resolveDispatcherConfig({
+      controlPlaneUrl: cpUrl,
+      capacity: BENCH_CAPACITY,
+      models,
+      id,
+      logLevel: "warn",
+    }),
+    log,
+  );
+}
+
+/** Milliseconds since `t0` (performance.now()). */
+export function since(t0: number): number {
+  return performance.now() - t0;
+}
+
+/** The p-th percentile (0–100) of `xs`, nearest rank; NaN when empty. */
+export function percentile(xs: readonly number[], p: number): number {
+  if (xs.length === 0) return Number.NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+}
+
+export interface Spread {
+  n: number;
+  p50_ms: number;
+  p99_ms: number;
+}
+
+/** p50 and p99 of `ms`, rounded to 0.01 ms. */
+export function spread(ms: readonly number[]): Spread {
+  return {
+    n: ms.length,
+    p50_ms: round(percentile(ms, 50), 2),
+    p99_ms: round(percentile(ms, 99), 2),
+  };
+}
+
+/** `x` rounded to `digits` decimals. */
+export function round(x: number, digits = 2): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+/** VmRSS of process `pid` in MiB, from /proc/<pid>/status; NaN once it is gone. */
+export function rssMiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * The bench's closing table: one row per figure, Fusillade's value beside
+ * the ceiling measured in the same run and their ratio. Reads the results
+ * object that is also written to bench/results/latest.json.
+ */
+
+/** The value at a dotted path of `o` ("dispatch.0.fusillade.seconds"). */
+function at(o: unknown, dotted: string): unknown {
+  let v = o;
+  for (const k of dotted.split(".")) {
+    if (v === null || typeof v !== "object") return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+function fmt(v: unknown, unit = ""): string {
+  if (typeof v !== "number" || Number.isNaN(v)) return "–";
+  const s = Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en-US") : String(v);
+  return `${s}${unit}`;
+}
+
+type Row = [scenario: string, figure: string, fusillade: string, ceiling: string, ratio: string];
+
+function rows(r: unknown): Row[] {
+  const out: Row[] = [];
+  const n = (p: string) => fmt(at(r, p));
+  out.push([
+    "ingest",
+    `UploadFile ${n("ingest.lines")} lines / ${n("ingest.mib")} MiB (ceiling: COPY)`,
+    `${n("ingest.upload_file.seconds")} s, ${n("ingest.upload_file.lines_per_s")} lines/s`,
+    `${n("ingest.copy.seconds")} s, ${n("ingest.copy.lines_per_s")} lines/s`,
+    `${n("ingest.ratio_to_copy")} of COPY's rate`,
+  ]);
+  const b = "batch_start";
+  out.push([
+    "batch start",
+    `CreateBatch of ${n(`${b}.create_batch.requests`)} (ceiling: same snapshot in SQL)`,
+    `${n(`${b}.create_batch.create_batch_s`)} s`,
+    `${n(`${b}.create_batch.sql_snapshot_s`)} s`,
+    `${n(`${b}.create_batch.ratio_to_sql`)} of SQL's rate`,
+  ]);
+  out.push([
+    "batch start",
+    `CreateBatch → first upstream call, p50 / p99 (n=${n(`${b}.first_call.n`)}; ceiling: a direct request)`,
+    `${n(`${b}.first_call.p50_ms`)} / ${n(`${b}.first_call.p99_ms`)} ms`,
+    `${n(`${b}.first_call.ceiling_direct_request.p50_ms`)} / ${n(`${b}.first_call.ceiling_direct_request.p99_ms`)} ms`,
+    `p50 × ${n(`${b}.first_call.ratio_p50_to_ceiling`)}`,
+  ]);
+  out.push([
+    "batch start",
+    `response → next request, limit 1, p50 / p99 (n=${n(`${b}.turnaround.n`)}; ceiling: one undici loop)`,
+    `${n(`${b}.turnaround.p50_ms`)} / ${n(`${b}.turnaround.p99_ms`)} ms`,
+    `${n(`${b}.turnaround.ceiling_undici_loop.p50_ms`)} / ${n(`${b}.turnaround.ceiling_undici_loop.p99_ms`)} ms`,
+    `p50 × ${n(`${b}.turnaround.ratio_p50_to_ceiling`)}`,
+  ]);
+  const cases = (at(r, "dispatch") as unknown[] | undefined) ?? [];
+  cases.forEach((_, i) => {
+    const d = `dispatch.${i}`;
+    const title = `${n(`${d}.requests`)} req, 2 models × limit ${n(`${d}.limit_per_model`)}, ${n(`${d}.upstream_latency_ms`)} ms upstream`;
+    out.push([
+      `dispatch ${at(r, `${d}.case`)}`,
+      `${title}: wall, throughput (ceiling: no database)`,
+      `${n(`${d}.fusillade.seconds`)} s, ${n(`${d}.fusillade.requests_per_s`)} req/s`,
+      `${n(`${d}.ceiling.seconds`)} s, ${n(`${d}.ceiling.requests_per_s`)} req/s`,
+      `${n(`${d}.ratio_to_ceiling`)} of ceiling`,
+    ]);
+    const models = Object.keys((at(r, `${d}.fusillade.upstream`) as object | undefined) ?? {});
+    const per = (side: string, f: string) =>
+      models.map((m) => n(`${d}.${side}.upstream.${m}.${f}`)).join(", ");
+    out.push([
+      `dispatch ${at(r, `${d}.case`)}`,
+      "CreateBatch → finished only (no upload, no results), throughput",
+      `${n(`${d}.fusillade.create_to_finished_s`)} s, ${n(`${d}.fusillade.create_to_finished_requests_per_s`)} req/s`,
+      "",
+      `${n(`${d}.create_to_finished_ratio_to_ceiling`)} of ceiling`,
+    ]);
+    out.push([
+      `dispatch ${at(r, `${d}.case`)}`,
+      "peak in flight per model (≤ limit)",
+      per("fusillade", "peak_in_flight"),
+      per("ceiling", "peak_in_flight"),
+      "",
+    ]);
+    out.push([
+      `dispatch ${at(r, `${d}.case`)}`,
+      "mean in flight while busy per model, share of limit",
+      per("fusillade", "limit_use"),
+      per("ceiling", "limit_use"),
+      "",
+    ]);
+  });
+  out.push([
+    "memory",
+    `dispatcher RSS holding ${n("memory.held_in_flight")} of ${n("memory.concurrency")} (ceiling: bare undici process), idle / peak`,
+    `${n("memory.rss_mib.dispatcher.idle")} / ${n("memory.rss_mib.dispatcher.peak")} MiB`,
+    `${n("memory.ceiling.rss_mib.idle")} / ${n("memory.ceiling.rss_mib.peak")} MiB, holding ${n("memory.ceiling.held_in_flight")}`,
+    `peak × ${n("memory.dispatcher_peak_ratio_to_ceiling")}`,
+  ]);
+  out.push([
+    "memory",
+    "RSS above idle per request held",
+    `${n("memory.kib_per_request_held.dispatcher")} KiB`,
+    `${n("memory.kib_per_request_held.ceiling")} KiB`,
+    `× ${n("memory.dispatcher_kib_per_request_ratio_to_ceiling")}`,
+  ]);
+  out.push([
+    "memory",
+    "control plane RSS (separate process), idle / peak",
+    `${n("memory.rss_mib.control_plane.idle")} / ${n("memory.rss_mib.control_plane.peak")} MiB`,
+    "",
+    `peak × ${n("memory.control_plane_peak_ratio_to_idle")} of idle`,
+  ]);
+  out.push([
+    "reads",
+    `GetBatchStatus, ${n("reads.requests")}-request batch, p50 / p99 (ceiling: SQL)`,
+    `${n("reads.get_batch_status.p50_ms")} / ${n("reads.get_batch_status.p99_ms")} ms`,
+    `${n("reads.get_batch_status.sql.p50_ms")} / ${n("reads.get_batch_status.sql.p99_ms")} ms`,
+    `p50 × ${n("reads.get_batch_status.ratio_p50_to_sql")}`,
+  ]);
+  const l = "reads.list_batch_requests_failed";
+  out.push([
+    "reads",
+    "ListBatchRequests, 100 failed a page, p50 / p99 (ceiling: SQL on the state index)",
+    `${n(`${l}.p50_ms`)} / ${n(`${l}.p99_ms`)} ms`,
+    `${n(`${l}.sql.p50_ms`)} / ${n(`${l}.sql.p99_ms`)} ms`,
+    `p50 × ${n(`${l}.ratio_p50_to_sql`)}`,
+  ]);
+  return out;
+}
+
+/** Prints the results as an aligned text table on stdout. */
+export function printTable(results: unknown): void {
+  const header: Row = ["scenario", "figure", "Fusillade", "ceiling (same run)", "ratio"];
+  const all = [header, ...rows(results)];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => r[c]!.length)));
+  const line = (r: Row) =>
+    r
+      .map((cell, c) => cell.padEnd(widths[c]!))
+      .join(" | ")
+      .trimEnd();
+  console.log(`\n${line(header)}`);
+  console.log(widths.map((w) => "-".repeat(w)).join("-|-"));
+  for (const r of all.slice(1)) console.log(line(r));
+}
