@@ -19,7 +19,8 @@
  * custom_id missing or duplicated in the results).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
- * BENCH_SCALE=smoke.
+ * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
+ * ingest, batch_start, dispatch, memory, reads; batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -74,13 +75,20 @@ async function main(): Promise<number> {
     process.stderr.write(` ${(since(t0) / 1000).toFixed(1)} s\n`);
     return out;
   };
+  const only = process.env.BENCH_ONLY?.split(",").map((s) => s.trim());
+  const wanted = (name: string) => only === undefined || only.includes(name);
   try {
-    const ingest = await step("ingest", () => ingestScenario(bench, NOWHERE));
-    results.ingest = ingest.figures;
-    results.batch_start = await step("batch start", () => batchStartScenario(bench, ingest));
-    results.dispatch = await step("dispatch", () => dispatchScenario(bench));
-    results.memory = await step("memory", () => memoryScenario(bench));
-    results.reads = await step("reads", () => readsScenario(bench));
+    if (wanted("ingest") || wanted("batch_start")) {
+      const ingest = await step("ingest", () => ingestScenario(bench, NOWHERE));
+      results.ingest = ingest.figures;
+      if (wanted("batch_start")) {
+        results.batch_start = await step("batch start", () => batchStartScenario(bench, ingest));
+      }
+    }
+    if (wanted("dispatch"))
+      results.dispatch = await step("dispatch", () => dispatchScenario(bench));
+    if (wanted("memory")) results.memory = await step("memory", () => memoryScenario(bench));
+    if (wanted("reads")) results.reads = await step("reads", () => readsScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });

@@ -1,33 +1,39 @@
-/** DispatchService: leases for dispatchers (thin: converts and calls LeaseService). */
+/** DispatchService: slots and claims for dispatchers (thin: converts and calls LeaseService). */
 import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { InvalidArgumentError } from "../domain/errors.js";
 import type { FailureCode } from "../domain/outcome.js";
 import {
-  AcquireLeasesResponseSchema,
+  type Claim,
+  ClaimLossReason,
+  ClaimSchema,
   type DispatchService,
-  LeaseLossReason,
-  LeaseSchema,
-  type LeaseRef as ProtoLeaseRef,
-  RenewLeasesResponseSchema,
+  ModelHoldSchema,
+  type ClaimRef as ProtoClaimRef,
+  type ModelHold as ProtoModelHold,
   ReportResult_Disposition,
   ReportResultsResponseSchema,
+  SyncResponseSchema,
+  WaitForWorkResponseSchema,
 } from "../gen/fusillade/v1/dispatch_service_pb.js";
 import type {
   Disposition,
+  GrantedClaim,
   LeaseRef,
   LeaseService,
   LossReason,
+  ModelHold,
   Outcome,
 } from "../leases/lease-service.js";
-import { fromDuration, toDuration, toTimestamp } from "./convert.js";
+import { fromDuration, toDuration } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 
-const LOSS_TO_PROTO: Record<LossReason, LeaseLossReason> = {
-  expired: LeaseLossReason.EXPIRED,
-  batch_cancelled: LeaseLossReason.BATCH_CANCELLED,
-  batch_expired: LeaseLossReason.BATCH_EXPIRED,
-  not_current: LeaseLossReason.NOT_CURRENT,
+const LOSS_TO_PROTO: Record<LossReason, ClaimLossReason> = {
+  expired: ClaimLossReason.EXPIRED,
+  batch_cancelled: ClaimLossReason.BATCH_CANCELLED,
+  batch_expired: ClaimLossReason.BATCH_EXPIRED,
+  not_current: ClaimLossReason.NOT_CURRENT,
 };
 
 const DISPOSITION_TO_PROTO: Record<Disposition, ReportResult_Disposition> = {
@@ -49,9 +55,38 @@ const MAX_EXCERPT_BYTES = 64 * 1024;
 
 const decoder = new TextDecoder();
 
-function fromRef(r: ProtoLeaseRef | undefined, field: string): LeaseRef {
+function fromRef(r: ProtoClaimRef | undefined, field: string): LeaseRef {
   if (!r || r.requestId === "") throw new InvalidArgumentError(field, "is required");
   return { requestId: r.requestId, token: r.token };
+}
+
+const encoder = new TextEncoder();
+
+function toProtoClaim(c: GrantedClaim): Claim {
+  return create(ClaimSchema, {
+    ref: { requestId: c.requestId, token: c.token },
+    batchId: c.batchId,
+    customId: c.customId ?? "",
+    model: c.model,
+    attempt: c.attempt,
+    method: c.method,
+    url: c.url,
+    headers: c.headers.map(([name, value]) => ({ name, value })),
+    body: encoder.encode(c.body),
+    ttl: toDuration(c.ttlMs),
+  });
+}
+
+function toProtoHolds(holds: ModelHold[]): ProtoModelHold[] {
+  return holds.map((h) =>
+    create(ModelHoldSchema, { model: h.model, remaining: toDuration(h.remainingMs) }),
+  );
+}
+
+/** Throws unless `n` is a non-negative count; names `field`. */
+function count(n: number, field: string): number {
+  if (n < 0) throw new InvalidArgumentError(field, "must not be negative");
+  return n;
 }
 
 /** The DispatchService methods. */
@@ -60,66 +95,71 @@ export function dispatchMethods(
   leases: LeaseService,
 ): ServiceImpl<typeof DispatchService> {
   return {
-    async acquireLeases(req, ctx) {
+    async sync(req, ctx) {
       if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
-      if (req.maxLeases < 0) throw new InvalidArgumentError("max_leases", "must not be negative");
-      const signal = AbortSignal.any([ctx.signal, deps.shutdownSignal]);
-      const granted = await leases.acquire({
-        holder: req.dispatcherId,
-        max: req.maxLeases,
-        models: req.models,
-        waitMs: fromDuration(req.wait) ?? 0,
-        signal,
+      const demands = req.slots.map((d, i) => {
+        if (d.model === "") throw new InvalidArgumentError(`slots[${i}].model`, "is required");
+        return {
+          model: d.model,
+          token: d.token,
+          keep: count(d.keep, `slots[${i}].keep`),
+          want: count(d.want, `slots[${i}].want`),
+          room: count(d.room, `slots[${i}].room`),
+        };
       });
-      if (signal.aborted && granted.length > 0) {
-        // The caller went away (or the server is stopping) while we granted:
-        // nobody may receive these. Give them back now rather than let them
-        // hold slots until they expire.
-        await leases.report(
-          granted.map((l) => ({
-            ref: { requestId: l.requestId, token: l.token },
-            kind: "release" as const,
-            reason: "the AcquireLeases call ended while leases were granted",
-          })),
-        );
-        return create(AcquireLeasesResponseSchema, {});
+      const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));
+      const res = await leases.sync(req.dispatcherId, demands, renew);
+      if (ctx.signal.aborted && res.claims.length > 0) {
+        // The caller went away while we claimed: nobody may receive these.
+        // Give them back now rather than let them wait for the reaper.
+        await leases.report(res.claims.map(unsentRelease));
       }
-      return create(AcquireLeasesResponseSchema, {
-        leases: granted.map((l) =>
-          create(LeaseSchema, {
-            ref: { requestId: l.requestId, token: l.token },
-            batchId: l.batchId,
-            customId: l.customId ?? "",
-            model: l.model,
-            attempt: l.attempt,
-            method: l.method,
-            url: l.url,
-            headers: l.headers.map(([name, value]) => ({ name, value })),
-            body: new TextEncoder().encode(l.body),
-            expireTime: toTimestamp(l.expiresAt),
-            ttl: toDuration(l.ttlMs),
-          }),
-        ),
-      });
-    },
-
-    async renewLeases(req) {
-      const refs = req.leases.map((r, i) => fromRef(r, `leases[${i}]`));
-      const { renewed, lost } = await leases.renew(refs);
-      return create(RenewLeasesResponseSchema, {
-        renewed: renewed.map((r) => ({
+      return create(SyncResponseSchema, {
+        grants: res.grants.map((g) => ({
+          model: g.model,
+          token: g.token,
+          slots: g.slots,
+          target: g.target,
+          ttl: toDuration(g.ttlMs),
+        })),
+        lostGrants: res.lostGrants,
+        claims: res.claims.map(toProtoClaim),
+        renewed: res.renewed.map((r) => ({
           ref: { requestId: r.requestId, token: r.token },
-          expireTime: toTimestamp(r.expiresAt),
           ttl: toDuration(r.ttlMs),
         })),
-        lost: lost.map((r) => ({
+        lost: res.lost.map((r) => ({
           ref: { requestId: r.requestId, token: r.token },
           reason: LOSS_TO_PROTO[r.reason],
         })),
+        holds: toProtoHolds(res.holds),
+        serverTime: timestampNow(),
       });
     },
 
-    async reportResults(req) {
+    async waitForWork(req, ctx) {
+      if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
+      const signal = linkedSignal(ctx.signal, deps.shutdownSignal);
+      try {
+        const models = await leases.waitForWork(
+          {
+            holder: req.dispatcherId,
+            models: req.models,
+            hungry: req.hungry,
+            grow: req.grow,
+            known: req.known,
+            newModels: req.newModels,
+          },
+          fromDuration(req.wait) ?? 0,
+          signal.signal,
+        );
+        return create(WaitForWorkResponseSchema, { models });
+      } finally {
+        signal.dispose();
+      }
+    },
+
+    async reportResults(req, ctx) {
       const outcomes: Outcome[] = req.outcomes.map((o, i) => {
         const ref = fromRef(o.ref, `outcomes[${i}].ref`);
         switch (o.result.case) {
@@ -153,19 +193,70 @@ export function dispatchMethods(
             };
           }
           case "release":
-            return { ref, kind: "release", reason: o.result.value.reason };
+            return {
+              ref,
+              kind: "release",
+              reason: o.result.value.reason,
+              unsent: o.result.value.unsent,
+            };
           default:
             throw new InvalidArgumentError(`outcomes[${i}].result`, "is required");
         }
       });
+      const rooms = new Map<string, number>();
+      req.refill.forEach((r, i) => {
+        if (r.model === "") throw new InvalidArgumentError(`refill[${i}].model`, "is required");
+        rooms.set(r.model, count(r.room, `refill[${i}].room`));
+      });
       const dispositions = await leases.report(outcomes);
+      let claims: GrantedClaim[] = [];
+      if (rooms.size > 0 && req.dispatcherId !== "") {
+        claims = await leases.claim(req.dispatcherId, rooms);
+        if (ctx.signal.aborted && claims.length > 0) {
+          await leases.report(claims.map(unsentRelease));
+          claims = [];
+        }
+      }
+      const holds = rooms.size > 0 ? await leases.holds([...rooms.keys()]) : [];
       return create(ReportResultsResponseSchema, {
         results: outcomes.map((o) => ({
           ref: { requestId: o.ref.requestId, token: o.ref.token },
           disposition:
             DISPOSITION_TO_PROTO[dispositions.get(`${o.ref.requestId}/${o.ref.token}`) ?? "lost"],
         })),
+        claims: claims.map(toProtoClaim),
+        holds: toProtoHolds(holds),
       });
     },
   };
+}
+
+/** A release of a claim that was never sent (its attempt is given back). */
+function unsentRelease(c: GrantedClaim): Outcome {
+  return {
+    ref: { requestId: c.requestId, token: c.token },
+    kind: "release",
+    reason: "the call ended while requests were claimed",
+    unsent: true,
+  };
+}
+
+/**
+ * A signal that aborts when either does (the caller left, or the server is
+ * stopping); `dispose()` removes its listeners, so a long-lived signal does
+ * not collect one per call.
+ */
+function linkedSignal(a: AbortSignal, b: AbortSignal): { signal: AbortSignal; dispose(): void } {
+  const c = new AbortController();
+  const onAbort = () => c.abort();
+  const dispose = () => {
+    a.removeEventListener("abort", onAbort);
+    b.removeEventListener("abort", onAbort);
+  };
+  if (a.aborted || b.aborted) c.abort();
+  else {
+    a.addEventListener("abort", onAbort, { once: true });
+    b.addEventListener("abort", onAbort, { once: true });
+  }
+  return { signal: c.signal, dispose };
 }

@@ -32,7 +32,11 @@ function dispatcherOptions(cmd: Command): Command {
   return cmd
     .option(
       "--capacity <n>",
-      "most requests in flight from this dispatcher (env FUSILLADE_CAPACITY; default 64)",
+      "most requests in flight from this dispatcher, across models (env FUSILLADE_CAPACITY; default 10000)",
+    )
+    .option(
+      "--prefetch <share>",
+      "claims buffered per model beyond its slots, as a share of them (env FUSILLADE_PREFETCH; default 0.5)",
     )
     .option("--models <a,b>", "serve only these models (env FUSILLADE_MODELS; default all)")
     .option(

@@ -12,13 +12,24 @@ import { ConfigError, parseCount, parseDurationSetting } from "./config.js";
 export interface DispatcherConfig {
   /** Base URL of the control plane (http:// is h2c). Required: --control-plane, FUSILLADE_CONTROL_PLANE. */
   controlPlaneUrl: string;
-  /** Most leases held at once (requests running or awaiting their report). @default 64 */
+  /**
+   * Most requests running at once, across models: the dispatcher never asks
+   * for more slots than this. The memory bound: at most capacity × (1 +
+   * prefetch) claimed requests are held, each with its request body, and up
+   * to `capacity` responses are read at once. @default 10000
+   */
   capacity: number;
+  /**
+   * Claims buffered per model beyond its slots, as a share of the slots (at
+   * least one): a finished request's slot starts the next one at once while
+   * the report that refills the buffer is on its way. @default 0.5
+   */
+  prefetch: number;
   /** Serve only these models; empty = every model. @default [] */
   models: readonly string[];
   /** Name in the control plane's lease holder column and in logs. @default "<hostname>-<pid>-<4 hex>" */
   id: string;
-  /** How long one AcquireLeases long poll may wait for work (the server caps it). @default 20s */
+  /** How long one WaitForWork long poll may wait for work (the server caps it). @default 20s */
   acquireWaitMs: number;
   /**
    * Period of the renewal loop; undefined derives it from the lease TTL:
@@ -65,7 +76,8 @@ const MIB = 1024 * 1024;
 
 /** Defaults of every field but controlPlaneUrl and id. */
 export const DISPATCHER_DEFAULTS = Object.freeze({
-  capacity: 64,
+  capacity: 10_000,
+  prefetch: 0.5,
   models: Object.freeze([]) as readonly string[],
   acquireWaitMs: 20 * SECOND,
   renewIntervalMs: undefined,
@@ -151,6 +163,9 @@ export function resolveDispatcherConfig(
   ) {
     throw new ConfigError(`fenceMarginMs must be a non-negative integer, got ${c.fenceMarginMs}`);
   }
+  if (!Number.isFinite(c.prefetch) || c.prefetch < 0 || c.prefetch > 10) {
+    throw new ConfigError(`prefetch must be a number from 0 to 10, got ${c.prefetch}`);
+  }
   if (c.id.trim() === "") throw new ConfigError("id must not be empty");
   if (!LEVELS.has(c.logLevel)) {
     throw new ConfigError(
@@ -165,6 +180,7 @@ export function resolveDispatcherConfig(
 export interface DispatcherFlags {
   controlPlane?: string;
   capacity?: string;
+  prefetch?: string;
   models?: string;
   id?: string;
   acquireWait?: string;
@@ -182,6 +198,7 @@ export interface DispatcherFlags {
 const ENV: Record<keyof DispatcherFlags, string> = {
   controlPlane: "FUSILLADE_CONTROL_PLANE",
   capacity: "FUSILLADE_CAPACITY",
+  prefetch: "FUSILLADE_PREFETCH",
   models: "FUSILLADE_MODELS",
   id: "FUSILLADE_DISPATCHER_ID",
   acquireWait: "FUSILLADE_ACQUIRE_WAIT",
@@ -220,6 +237,15 @@ export function dispatcherConfig(
       throw new ConfigError(`${s[1]} must be more than 0, got ${JSON.stringify(s[0])}`);
     return ms;
   };
+  const fraction = (key: keyof DispatcherFlags) => {
+    const s = get(key);
+    if (!s) return undefined;
+    const n = Number(s[0]);
+    if (s[0].trim() === "" || !Number.isFinite(n) || n < 0 || n > 10) {
+      throw new ConfigError(`${s[1]} must be a number from 0 to 10, got ${JSON.stringify(s[0])}`);
+    }
+    return n;
+  };
   const level = get("logLevel");
   if (level && !LEVELS.has(level[0])) {
     throw new ConfigError(
@@ -236,6 +262,7 @@ export function dispatcherConfig(
   return resolveDispatcherConfig({
     controlPlaneUrl: url[0],
     capacity: count("capacity"),
+    prefetch: fraction("prefetch"),
     models: get("models")?.[0].split(","),
     id: get("id")?.[0],
     acquireWaitMs: duration("acquireWait"),

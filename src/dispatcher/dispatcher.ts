@@ -1,28 +1,29 @@
 /**
- * A dispatcher: takes model-scoped leases from the control plane, sends each
- * request upstream, renews the leases while requests run, and reports the
- * outcomes. It keeps no durable state: whatever it loses, the control plane
- * gets back when the leases expire.
+ * A dispatcher: holds slot grants of models and a buffer of claimed requests
+ * (docs/capacity-leases.md), sends each request upstream as soon as a slot of
+ * its model is free, and reports the outcomes in batches, whose answers bring
+ * the next claims. It keeps no durable state: whatever it loses, the control
+ * plane gets back when the grants and claims expire.
  *
- * Loops (each in its own file):
- * - acquire (here): one AcquireLeases long poll at a time, for up to
- *   capacity − held leases; a new poll starts as soon as the last one answers
- *   and a slot is free. Paused while every slot is held, while reports are
- *   failing, and for good once stopping;
- * - renew (./renewer.ts): one RenewLeases call for all held leases per interval;
- * - fence (./lease-table.ts): a timer per running request at its deadline;
- * - report (./reporter.ts): outcomes batched into ReportResults calls.
+ * Parts (each in its own file):
+ * - slots (./model-slots.ts): per model, the grant, the buffer, the running
+ *   count; `pump()` (here) starts buffered claims while a slot is free;
+ * - sync (./sync-loop.ts): Sync (renew, hand back, grow, claim) and the
+ *   WaitForWork long poll;
+ * - claims (./lease-table.ts): every claim with its own fence timer;
+ * - report (./reporter.ts): outcomes batched into ReportResults calls that
+ *   also refill the buffers.
  *
- * Modes: running → draining (stop(): no new leases; running requests get
- * `graceMs` to finish) → releasing (the rest are aborted and released; reports
- * flushed for up to `shutdownFlushMs`) → stopped.
+ * Modes: running → draining (stop(): nothing new starts, buffered claims go
+ * back unsent; running requests get `graceMs` to finish) → releasing (the rest
+ * are aborted and released; reports flushed for up to `shutdownFlushMs`; the
+ * slots handed back) → stopped. While reports fail, nothing new starts.
  */
 import { performance } from "node:perf_hooks";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import { HttpExecutor } from "../http/executor.js";
 import type { Logger } from "../logger.js";
-import { Backoff, sleep } from "./backoff.js";
 import { fenceMarginMs, renewIntervalMs } from "./fencing.js";
 import {
   connectLeaseClient,
@@ -30,28 +31,33 @@ import {
   type Disposition,
   type LeaseClient,
   type LossReason,
+  type ModelHold,
   type Report,
 } from "./lease-client.js";
 import { type HeldLease, LeaseTable } from "./lease-table.js";
-import { Renewer } from "./renewer.js";
-import { Reporter } from "./reporter.js";
+import { type ModelSlots, SlotBook } from "./model-slots.js";
+import { type Refill, Reporter } from "./reporter.js";
+import { SyncLoop } from "./sync-loop.js";
 
 /** Counters since start, and gauges now. */
 export interface DispatcherStats {
-  /** Leases held now (running or awaiting their report). */
+  /** Claims held now (buffered, running or awaiting their report). */
   held: number;
+  /** Slots held now, per model. */
+  slots: Record<string, number>;
   /** Requests being sent now. */
   running: number;
   /** Reports queued or in flight now. */
   reportsPending: number;
   /** Whether reports are failing now (no new work is taken meanwhile). */
   reportsFailing: boolean;
-  acquired: number;
   /** Attempts that ended with a 2xx / with a failure / were given up (reported as releases). */
   completions: number;
   failures: number;
   releases: number;
-  /** Given up: lease lost (renewal said so) / fenced (not renewed in time) / at shutdown. */
+  /** Claims received. */
+  acquired: number;
+  /** Given up: claim lost (renewal said so) / fenced (claim or grant not renewed in time) / at shutdown. */
   lost: number;
   fenced: number;
   shutdownAborts: number;
@@ -78,7 +84,7 @@ export interface DispatcherDeps {
   executor?: HttpExecutor;
 }
 
-/** TTL assumed until the first lease tells us (only the renewal period depends on it). */
+/** TTL assumed until the first grant tells us (only the renewal period depends on it). */
 const TTL_UNKNOWN_MS = 30_000;
 
 /** Starts a dispatcher with `config`; it runs until `stop()`. */
@@ -97,7 +103,7 @@ export function startDispatcher(
       totalTimeoutMs: config.totalTimeoutMs,
       maxResponseBytes: config.maxResponseBytes,
       // undici queues requests beyond the pool size, and that wait eats into
-      // the first-byte timeout: never fewer connections than leases held.
+      // the first-byte timeout: never fewer connections than requests running.
       connectionsPerOrigin: Math.max(256, config.capacity),
     });
   const counts = {
@@ -112,11 +118,24 @@ export function startDispatcher(
   };
   let ttlMs = TTL_UNKNOWN_MS;
   const margin = (ttl: number) => fenceMarginMs(ttl, config.fenceMarginMs);
+  const book = new SlotBook(config.capacity, config.prefetch);
+  const stopping = new AbortController();
   const table = new LeaseTable(margin, (e) => {
+    if (e.phase === "queued") {
+      // Never started: out of the buffer, back to the control plane unsent.
+      dequeue(e);
+      void settle(e, {
+        ref: e.ref,
+        kind: "release",
+        reason: "claim not renewed in time",
+        unsent: true,
+      });
+      return;
+    }
     counts.fenced++;
     log.warn(
       { requestId: e.ref.requestId, model: e.lease.model },
-      "lease not renewed in time: request aborted (self-fenced)",
+      "claim not renewed in time: request aborted (self-fenced)",
     );
   });
   const reporter = new Reporter(
@@ -128,65 +147,157 @@ export function startDispatcher(
       rpcTimeoutMs: config.rpcTimeoutMs,
     },
     log,
+    {
+      refill(): Refill[] {
+        const out: Refill[] = [];
+        for (const m of book.all()) {
+          const room = m.starved ? 0 : book.room(m);
+          if (room <= 0) continue;
+          m.requested += room;
+          out.push({ model: m.model, room });
+        }
+        return out;
+      },
+      onClaims(claims, holds, asked, sentAt) {
+        intake({ claims, holds }, new Map(asked.map((a) => [a.model, a.room])), sentAt);
+        sync.poke();
+      },
+      onRefillFailed(asked) {
+        for (const a of asked) book.get(a.model).requested -= a.room;
+      },
+    },
   );
+
+  function dequeue(e: HeldLease): void {
+    const q = book.find(e.lease.model)?.queue;
+    const i = q?.indexOf(e) ?? -1;
+    if (q && i >= 0) q.splice(i, 1);
+  }
+
+  /** Claims arrived: buffer them, apply holds, start what may start. */
+  function intake(
+    answer: { claims: DispatchLease[]; holds: ModelHold[] },
+    asked: Map<string, number>,
+    sentAt: number,
+  ): void {
+    const got = new Map<string, number>();
+    for (const c of answer.claims) {
+      counts.acquired++;
+      if (c.ttlMs > 0 && c.ttlMs !== ttlMs) ttlMs = c.ttlMs;
+      const entry = table.add(c, sentAt);
+      got.set(c.model, (got.get(c.model) ?? 0) + 1);
+      if (stopping.signal.aborted) {
+        table.giveUp(entry, "shutdown", "claimed while shutting down");
+        void settle(entry, {
+          ref: entry.ref,
+          kind: "release",
+          reason: "shutting down",
+          unsent: true,
+        });
+        continue;
+      }
+      book.get(c.model).queue.push(entry);
+    }
+    for (const [model, n] of asked) {
+      const m = book.get(model);
+      m.requested -= n;
+      // Fewer than asked: no backlog now; WaitForWork tells us when there is.
+      m.starved = (got.get(model) ?? 0) < n;
+    }
+    const now = performance.now();
+    for (const h of answer.holds) {
+      const m = book.get(h.model);
+      m.heldUntil = Math.max(m.heldUntil, now + h.remainingMs);
+      scheduleAfterHold(m);
+    }
+    for (const model of got.keys()) pump(book.get(model));
+  }
+
+  const holdTimers = new Map<string, NodeJS.Timeout>();
+  function scheduleAfterHold(m: ModelSlots): void {
+    clearTimeout(holdTimers.get(m.model));
+    const t = setTimeout(() => pump(m), Math.max(0, m.heldUntil - performance.now()) + 1);
+    t.unref();
+    holdTimers.set(m.model, t);
+  }
+
+  /** Starts buffered claims of `m` while a slot is free. */
+  function pump(m: ModelSlots): void {
+    if (stopping.signal.aborted || reporter.failing) return;
+    const now = performance.now();
+    while (m.queue.length > 0 && m.canStart(now)) {
+      const entry = m.queue.shift()!;
+      if (entry.gaveUp !== undefined) continue;
+      table.start(entry);
+      m.running++;
+      void run(entry, m);
+    }
+  }
+
+  /** The grant of `m` is gone or was not renewed in time: abort its running requests. */
+  function fence(m: ModelSlots, why: "fenced" | "lost"): void {
+    const wasRunning = m.running;
+    m.token = 0n;
+    m.slots = 0;
+    m.target = 0;
+    clearTimeout(m.fenceTimer);
+    let aborted = 0;
+    for (const e of table.running()) {
+      if (e.lease.model === m.model && table.giveUp(e, "fenced", `slot grant ${why}`)) aborted++;
+    }
+    counts.fenced += aborted;
+    if (wasRunning > 0 || why === "lost") {
+      log.warn({ model: m.model, aborted, why }, "slot grant lost: the model's requests aborted");
+    }
+  }
+
   const onLost = (entry: HeldLease, reason: LossReason) => {
     // An attempt already over keeps its report: the control plane judges it
-    // (LOST for an expired lease; recorded for a cancelled batch's request).
-    if (table.giveUp(entry, "lost", `lease lost: ${reason}`)) {
+    // (LOST for an expired claim; recorded for a cancelled batch's request).
+    const wasQueued = entry.phase === "queued";
+    if (table.giveUp(entry, "lost", `claim lost: ${reason}`)) {
       counts.lost++;
+      if (wasQueued) {
+        dequeue(entry);
+        void settle(entry, {
+          ref: entry.ref,
+          kind: "release",
+          reason: `claim lost: ${reason}`,
+          unsent: true,
+        });
+        return;
+      }
       const fields = { requestId: entry.ref.requestId, model: entry.lease.model, reason };
       // Expired while still running means the fence came too late: the
-      // request may have overlapped with its next grant. Worth a loud line.
+      // request may have overlapped with its next claim. Worth a loud line.
       if (reason === "expired")
-        log.warn(fields, "lease expired while its request ran (fence margin too small?)");
-      else log.info(fields, "lease lost: request aborted");
+        log.warn(fields, "claim expired while its request ran (fence margin too small?)");
+      else log.info(fields, "claim lost: request aborted");
     }
   };
-  const renewer = new Renewer(
-    table,
+
+  const sync = new SyncLoop(
+    {
+      book,
+      table,
+      intake,
+      fence,
+      onLost,
+      marginFor: margin,
+      renewIntervalMs: () => renewIntervalMs(ttlMs, margin(ttlMs), config.renewIntervalMs),
+      pumpAll: () => {
+        for (const m of book.all()) pump(m);
+      },
+    },
     client,
-    () => renewIntervalMs(ttlMs, margin(ttlMs), config.renewIntervalMs),
-    config.rpcTimeoutMs,
-    onLost,
+    { models: config.models, waitMs: config.acquireWaitMs, rpcTimeoutMs: config.rpcTimeoutMs },
     log,
   );
-  const stopping = new AbortController();
 
-  /** Runs one lease: send, then report, then let go. */
-  async function run(entry: HeldLease): Promise<void> {
-    let outcome: AttemptOutcome;
-    try {
-      outcome = await executor.execute(entry.lease.request, entry.signal);
-    } catch (e) {
-      // execute() does not throw; should it ever, give the request back.
-      log.error({ err: e, requestId: entry.ref.requestId }, "executor threw");
-      table.giveUp(entry, "shutdown", "executor error");
-      outcome = {
-        kind: "failure",
-        statusCode: 0,
-        code: "aborted",
-        message: String(e),
-        retriable: false,
-        bodyExcerpt: new Uint8Array(0),
-        headers: {},
-      };
-    }
+  /** Reports `report` for `entry`, then lets go of it. */
+  async function settle(entry: HeldLease, report: Report): Promise<void> {
     table.toReporting(entry);
-    let report: Report;
-    if (entry.gaveUp !== undefined && outcome.kind === "failure") {
-      // Our own abort: no outcome, the request goes back (or ends with its batch).
-      report = {
-        ref: entry.ref,
-        kind: "release",
-        reason: `${entry.gaveUp.reason}: ${entry.gaveUp.detail}`,
-      };
-      counts.releases++;
-    } else {
-      // A response that made it in before the abort is still reported.
-      report = { ref: entry.ref, kind: "outcome", outcome };
-      if (outcome.kind === "completion") counts.completions++;
-      else counts.failures++;
-    }
+    if (report.kind === "release") counts.releases++;
     const disposition = await reporter.submit(report);
     counts.dispositions[disposition ?? "unreported"]++;
     if (log.isLevelEnabled("debug")) {
@@ -205,70 +316,64 @@ export function startDispatcher(
     table.remove(entry);
   }
 
-  function hold(lease: DispatchLease, receivedAt: number): void {
-    counts.acquired++;
-    if (lease.ttlMs > 0 && lease.ttlMs !== ttlMs) {
-      ttlMs = lease.ttlMs;
-      if (config.fenceMarginMs !== undefined && config.fenceMarginMs > margin(ttlMs)) {
-        log.warn(
-          { ttlMs, configuredMs: config.fenceMarginMs, marginMs: margin(ttlMs) },
-          "fence margin capped at half the lease TTL",
-        );
-      }
+  /** Runs one claim: send; the slot starts the next buffered claim at once; then report. */
+  async function run(entry: HeldLease, m: ModelSlots): Promise<void> {
+    let outcome: AttemptOutcome;
+    try {
+      outcome = await executor.execute(entry.lease.request, entry.signal);
+    } catch (e) {
+      // execute() does not throw; should it ever, give the request back.
+      log.error({ err: e, requestId: entry.ref.requestId }, "executor threw");
+      table.giveUp(entry, "shutdown", "executor error");
+      outcome = {
+        kind: "failure",
+        statusCode: 0,
+        code: "aborted",
+        message: String(e),
+        retriable: false,
+        bodyExcerpt: new Uint8Array(0),
+        headers: {},
+      };
     }
-    const entry = table.add(lease, receivedAt);
-    if (stopping.signal.aborted) {
-      table.giveUp(entry, "shutdown", "granted while shutting down");
-      counts.shutdownAborts++;
+    m.running--;
+    if (
+      outcome.kind === "failure" &&
+      outcome.statusCode === 429 &&
+      outcome.retryAfterMs !== undefined &&
+      outcome.retryAfterMs > 0
+    ) {
+      // Our own 429: hold the model here at once; the control plane holds it fleet-wide.
+      m.heldUntil = Math.max(m.heldUntil, performance.now() + outcome.retryAfterMs);
+      scheduleAfterHold(m);
     }
-    void run(entry);
+    let report: Report;
+    if (entry.gaveUp !== undefined && outcome.kind === "failure") {
+      // Our own abort: no outcome, the request goes back (or ends with its batch).
+      report = {
+        ref: entry.ref,
+        kind: "release",
+        reason: `${entry.gaveUp.reason}: ${entry.gaveUp.detail}`,
+        unsent: false,
+      };
+    } else {
+      // A response that made it in before the abort is still reported.
+      report = { ref: entry.ref, kind: "outcome", outcome };
+      if (outcome.kind === "completion") counts.completions++;
+      else counts.failures++;
+    }
+    pump(m);
+    sync.poke();
+    await settle(entry, report);
   }
 
-  async function acquireLoop(): Promise<void> {
-    const backoff = new Backoff();
-    const signal = stopping.signal;
-    while (!signal.aborted) {
-      if (reporter.failing) {
-        await reporter.changed(signal, 1000);
-        continue;
-      }
-      const free = config.capacity - table.size;
-      if (free <= 0) {
-        await table.changed(signal);
-        continue;
-      }
-      let leases: DispatchLease[];
-      try {
-        leases = await client.acquire({
-          max: free,
-          models: config.models,
-          waitMs: config.acquireWaitMs,
-          signal,
-        });
-      } catch (e) {
-        if (signal.aborted) break;
-        const wait = backoff.next();
-        if (backoff.failures === 1 || backoff.failures % 10 === 0) {
-          log.warn(
-            { err: e, failures: backoff.failures, retryInMs: wait },
-            "could not acquire leases; retrying",
-          );
-        }
-        await sleep(wait, signal);
-        continue;
-      }
-      if (backoff.failures > 0) log.info("the control plane answers again");
-      backoff.reset();
-      const receivedAt = performance.now();
-      for (const l of leases) hold(l, receivedAt);
-      if (leases.length > 0) renewer.nudge();
-    }
-  }
-
-  renewer.start();
-  const acquiring = acquireLoop();
+  sync.start();
   log.info(
-    { controlPlane: config.controlPlaneUrl, capacity: config.capacity, models: config.models },
+    {
+      controlPlane: config.controlPlaneUrl,
+      capacity: config.capacity,
+      prefetch: config.prefetch,
+      models: config.models,
+    },
     "dispatcher started",
   );
 
@@ -276,7 +381,18 @@ export function startDispatcher(
   async function shutdown(graceMs: number): Promise<void> {
     log.info({ graceMs, running: table.running().length }, "dispatcher stopping");
     stopping.abort();
-    await acquiring;
+    await sync.stop();
+    for (const m of book.all()) {
+      for (const e of m.queue.splice(0)) {
+        table.giveUp(e, "shutdown", "dispatcher shutting down");
+        void settle(e, {
+          ref: e.ref,
+          kind: "release",
+          reason: "dispatcher shutting down",
+          unsent: true,
+        });
+      }
+    }
     const graceEnd = performance.now() + graceMs;
     while (table.running().length > 0 && performance.now() < graceEnd) {
       await table.changed(undefined, graceEnd - performance.now());
@@ -291,13 +407,15 @@ export function startDispatcher(
     if (table.size > 0) {
       log.warn(
         { unreported: table.size },
-        "stopping with unreported outcomes; their leases will expire",
+        "stopping with unreported outcomes; their claims will expire",
       );
     }
     reporter.stop();
-    await renewer.stop();
-    // Let run() see its report dropped and let go of the lease.
+    // Let settle() see its report dropped and let go of the claim.
     while (table.size > 0) await table.changed(undefined, 100);
+    await sync.release();
+    for (const m of book.all()) clearTimeout(m.fenceTimer);
+    for (const t of holdTimers.values()) clearTimeout(t);
     client.close();
     await executor.close();
     log.info(stats(), "dispatcher stopped");
@@ -306,6 +424,12 @@ export function startDispatcher(
   function stats(): DispatcherStats {
     return {
       held: table.size,
+      slots: Object.fromEntries(
+        book
+          .all()
+          .filter((m) => m.token !== 0n)
+          .map((m) => [m.model, m.slots]),
+      ),
       running: table.running().length,
       reportsPending: reporter.pending,
       reportsFailing: reporter.failing,

@@ -9,22 +9,23 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import {
+  ClaimLossReason,
   DispatchService,
-  LeaseLossReason,
   OutcomeSchema,
-  type Lease as ProtoLease,
+  type Claim as ProtoClaim,
+  type ModelHold as ProtoModelHold,
   type Outcome as ProtoOutcome,
   ReportResult_Disposition,
 } from "../gen/fusillade/v1/dispatch_service_pb.js";
 import type { OutboundRequest } from "../http/executor.js";
 
-/** Names one lease: the request and the fencing token. */
+/** Names one claim: the request and the fencing token. */
 export interface LeaseRef {
   requestId: string;
   token: bigint;
 }
 
-/** A granted lease, as the dispatcher runs it. */
+/** A claimed request, as the dispatcher runs it. */
 export interface DispatchLease {
   ref: LeaseRef;
   batchId: string;
@@ -33,40 +34,79 @@ export interface DispatchLease {
   /** 1 for the first attempt. */
   attempt: number;
   request: OutboundRequest;
-  /** Time left on the lease when the control plane granted it. */
+  /** Time left on the claim when the control plane granted it. */
   ttlMs: number;
 }
 
-/** Why the control plane says a lease is gone. */
+/** Why the control plane says a claim is gone. */
 export type LossReason = "expired" | "batch_cancelled" | "batch_expired" | "not_current";
 
-/** What the dispatcher reports for one lease: the attempt's outcome, or a release. */
+/** What the dispatcher reports for one claim: the attempt's outcome, or a release. */
 export type Report =
   | { ref: LeaseRef; kind: "outcome"; outcome: AttemptOutcome }
-  | { ref: LeaseRef; kind: "release"; reason: string };
+  | { ref: LeaseRef; kind: "release"; reason: string; unsent: boolean };
 
 /** What the control plane did with a report. */
 export type Disposition = "recorded" | "requeued" | "lost";
 
+/** One model in a Sync (see docs/capacity-leases.md). */
+export interface SlotDemand {
+  model: string;
+  token: bigint;
+  keep: number;
+  want: number;
+  room: number;
+}
+
+export interface SlotGrant {
+  model: string;
+  token: bigint;
+  slots: number;
+  target: number;
+  ttlMs: number;
+}
+
+export interface ModelHold {
+  model: string;
+  remainingMs: number;
+}
+
+export interface SyncAnswer {
+  grants: SlotGrant[];
+  lostGrants: Array<{ model: string; token: bigint }>;
+  claims: DispatchLease[];
+  renewed: Array<{ ref: LeaseRef; ttlMs: number }>;
+  lost: Array<{ ref: LeaseRef; reason: LossReason }>;
+  holds: ModelHold[];
+}
+
+/** What a dispatcher could take, for WaitForWork. */
+export interface WorkInterest {
+  models: readonly string[];
+  hungry: string[];
+  grow: string[];
+  known: string[];
+  newModels: boolean;
+}
+
+export interface ReportAnswer {
+  dispositions: Map<string, Disposition>;
+  claims: DispatchLease[];
+  holds: ModelHold[];
+}
+
 /** The RPCs the dispatcher needs; an interface so that tests can stand in for the server. */
 export interface LeaseClient {
-  /** Up to `max` leases, waiting up to `waitMs` for some. */
-  acquire(opts: {
-    max: number;
-    models: readonly string[];
-    waitMs: number;
-    signal: AbortSignal;
-  }): Promise<DispatchLease[]>;
-  /** Extends leases; names the lost ones. */
-  renew(
-    refs: LeaseRef[],
+  /** Grants and claims: renew, hand back, grow, claim. Short. */
+  sync(slots: SlotDemand[], renew: LeaseRef[], timeoutMs: number): Promise<SyncAnswer>;
+  /** Long poll: the models with work for us, or [] after `waitMs`. */
+  waitForWork(interest: WorkInterest, waitMs: number, signal: AbortSignal): Promise<string[]>;
+  /** Reports outcomes (dispositions by {@link refKey}) and asks for claims for `refill`. */
+  report(
+    reports: Report[],
+    refill: Array<{ model: string; room: number }>,
     timeoutMs: number,
-  ): Promise<{
-    renewed: Array<{ ref: LeaseRef; ttlMs: number }>;
-    lost: Array<{ ref: LeaseRef; reason: LossReason }>;
-  }>;
-  /** Reports outcomes; the disposition of each, by {@link refKey}. */
-  report(reports: Report[], timeoutMs: number): Promise<Map<string, Disposition>>;
+  ): Promise<ReportAnswer>;
   /** Drops the connection. */
   close(): void;
 }
@@ -105,12 +145,12 @@ export function refKey(ref: LeaseRef): string {
   return `${ref.requestId}/${ref.token}`;
 }
 
-const LOSS: Record<LeaseLossReason, LossReason> = {
-  [LeaseLossReason.UNSPECIFIED]: "not_current",
-  [LeaseLossReason.EXPIRED]: "expired",
-  [LeaseLossReason.BATCH_CANCELLED]: "batch_cancelled",
-  [LeaseLossReason.BATCH_EXPIRED]: "batch_expired",
-  [LeaseLossReason.NOT_CURRENT]: "not_current",
+const LOSS: Record<ClaimLossReason, LossReason> = {
+  [ClaimLossReason.UNSPECIFIED]: "not_current",
+  [ClaimLossReason.EXPIRED]: "expired",
+  [ClaimLossReason.BATCH_CANCELLED]: "batch_cancelled",
+  [ClaimLossReason.BATCH_EXPIRED]: "batch_expired",
+  [ClaimLossReason.NOT_CURRENT]: "not_current",
 };
 
 const DISPOSITION: Record<ReportResult_Disposition, Disposition> = {
@@ -120,9 +160,9 @@ const DISPOSITION: Record<ReportResult_Disposition, Disposition> = {
   [ReportResult_Disposition.LOST]: "lost",
 };
 
-/** A proto lease as a {@link DispatchLease}. */
-export function fromProtoLease(l: ProtoLease): DispatchLease {
-  if (!l.ref) throw new ControlPlaneError("a granted lease has no ref", false);
+/** A proto claim as a {@link DispatchLease}. */
+export function fromProtoClaim(l: ProtoClaim): DispatchLease {
+  if (!l.ref) throw new ControlPlaneError("a claim has no ref", false);
   return {
     ref: { requestId: l.ref.requestId, token: l.ref.token },
     batchId: l.batchId,
@@ -143,7 +183,10 @@ export function fromProtoLease(l: ProtoLease): DispatchLease {
 export function toProtoOutcome(r: Report): ProtoOutcome {
   const ref = { requestId: r.ref.requestId, token: r.ref.token };
   if (r.kind === "release") {
-    return create(OutcomeSchema, { ref, result: { case: "release", value: { reason: r.reason } } });
+    return create(OutcomeSchema, {
+      ref,
+      result: { case: "release", value: { reason: r.reason, unsent: r.unsent } },
+    });
   }
   const o = r.outcome;
   if (o.kind === "completion") {
@@ -203,67 +246,83 @@ export function connectLeaseClient(baseUrl: string, dispatcherId: string): Lease
       httpVersion: "2",
       sessionManager: sessions,
       useBinaryFormat: true,
+      // No compression: claims and reports are mostly request and response
+      // bodies, and gzip on both ends cost more CPU than the bytes saved on
+      // loopback or a cluster network.
+      acceptCompression: [],
+      sendCompression: undefined,
     }),
   );
   return {
-    async acquire({ max, models, waitMs, signal }) {
+    async sync(slots, renew, timeoutMs) {
       try {
-        const res = await client.acquireLeases(
-          { dispatcherId, maxLeases: max, models: [...models], wait: durationFromMs(waitMs) },
+        const res = await client.sync({ dispatcherId, slots, claims: renew }, { timeoutMs });
+        return {
+          grants: res.grants.map((g) => ({
+            model: g.model,
+            token: g.token,
+            slots: g.slots,
+            target: g.target,
+            ttlMs: g.ttl ? durationMs(g.ttl) : 0,
+          })),
+          lostGrants: res.lostGrants.map((g) => ({ model: g.model, token: g.token })),
+          claims: res.claims.map(fromProtoClaim),
+          renewed: res.renewed.flatMap((r) =>
+            r.ref ? [{ ref: fromRef(r.ref), ttlMs: r.ttl ? durationMs(r.ttl) : 0 }] : [],
+          ),
+          lost: res.lost.flatMap((r) =>
+            r.ref ? [{ ref: fromRef(r.ref), reason: LOSS[r.reason] ?? "not_current" }] : [],
+          ),
+          holds: fromProtoHolds(res.holds),
+        };
+      } catch (e) {
+        throw e instanceof ControlPlaneError ? e : mapError(e, "Sync");
+      }
+    },
+    async waitForWork(interest, waitMs, signal) {
+      try {
+        const res = await client.waitForWork(
+          { dispatcherId, ...interest, models: [...interest.models], wait: durationFromMs(waitMs) },
           // The server answers by waitMs; past that plus a margin it is not coming.
           { signal, timeoutMs: waitMs + 15_000 },
         );
-        return res.leases.map(fromProtoLease);
+        return res.models;
       } catch (e) {
-        throw e instanceof ControlPlaneError ? e : mapError(e, "AcquireLeases");
+        throw mapError(e, "WaitForWork");
       }
     },
-    async renew(refs, timeoutMs) {
-      try {
-        const res = await client.renewLeases({ dispatcherId, leases: refs }, { timeoutMs });
-        return {
-          renewed: res.renewed.flatMap((r) =>
-            r.ref
-              ? [
-                  {
-                    ref: { requestId: r.ref.requestId, token: r.ref.token },
-                    ttlMs: r.ttl ? durationMs(r.ttl) : 0,
-                  },
-                ]
-              : [],
-          ),
-          lost: res.lost.flatMap((r) =>
-            r.ref
-              ? [
-                  {
-                    ref: { requestId: r.ref.requestId, token: r.ref.token },
-                    reason: LOSS[r.reason] ?? "not_current",
-                  },
-                ]
-              : [],
-          ),
-        };
-      } catch (e) {
-        throw mapError(e, "RenewLeases");
-      }
-    },
-    async report(reports, timeoutMs) {
+    async report(reports, refill, timeoutMs) {
       try {
         const res = await client.reportResults(
-          { dispatcherId, outcomes: reports.map(toProtoOutcome) },
+          { dispatcherId, outcomes: reports.map(toProtoOutcome), refill },
           { timeoutMs },
         );
-        const out = new Map<string, Disposition>();
+        const dispositions = new Map<string, Disposition>();
         for (const r of res.results) {
-          if (r.ref) out.set(refKey(r.ref), DISPOSITION[r.disposition] ?? "lost");
+          if (r.ref) dispositions.set(refKey(r.ref), DISPOSITION[r.disposition] ?? "lost");
         }
-        return out;
+        return {
+          dispositions,
+          claims: res.claims.map(fromProtoClaim),
+          holds: fromProtoHolds(res.holds),
+        };
       } catch (e) {
-        throw mapError(e, "ReportResults");
+        throw e instanceof ControlPlaneError ? e : mapError(e, "ReportResults");
       }
     },
     close() {
       sessions.abort();
     },
   };
+}
+
+function fromRef(r: { requestId: string; token: bigint }): LeaseRef {
+  return { requestId: r.requestId, token: r.token };
+}
+
+function fromProtoHolds(holds: ProtoModelHold[]): ModelHold[] {
+  return holds.map((h) => ({
+    model: h.model,
+    remainingMs: h.remaining ? durationMs(h.remaining) : 0,
+  }));
 }

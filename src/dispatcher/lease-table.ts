@@ -1,11 +1,13 @@
 /**
- * The leases a dispatcher holds, each with its abort switch and its
+ * The claims a dispatcher holds, each with its abort switch and its
  * self-fencing deadline (see ./fencing.ts). Times are `performance.now()`
  * milliseconds: monotonic, unaffected by wall-clock steps.
  *
- * Modes of a held lease:
- * - running: its request is being sent; a timer fires at its deadline and
- *   gives it up ("fenced") unless a renewal moved the deadline first;
+ * Modes of a held claim:
+ * - queued: claimed, waiting in its model's buffer for a slot; a timer fires
+ *   at its deadline and gives it up ("fenced": it is then never started);
+ * - running: its request is being sent; the same timer gives it up (aborts
+ *   it) unless a renewal moved the deadline first;
  * - reporting: the attempt is over (finished, or given up and aborted); its
  *   report is queued or in flight. Still renewed (the lease must outlive the
  *   report), never fenced (nothing runs upstream any more);
@@ -23,7 +25,7 @@ export type GiveUpReason = "lost" | "fenced" | "shutdown";
 /** One held lease. */
 export class HeldLease {
   readonly key: string;
-  phase: "running" | "reporting" = "running";
+  phase: "queued" | "running" | "reporting" = "queued";
   /** Set when we gave the request up; its outcome is then reported as a release. */
   gaveUp: { reason: GiveUpReason; detail: string } | undefined;
   /** `performance.now()` at which it is fenced unless renewed. */
@@ -50,7 +52,7 @@ export class HeldLease {
 
   /** @internal used by the table */
   abort(reason: GiveUpReason, detail: string): boolean {
-    if (this.gaveUp !== undefined || this.phase !== "running") return false;
+    if (this.gaveUp !== undefined || this.phase === "reporting") return false;
     this.gaveUp = { reason, detail };
     this.#controller.abort(new Error(detail));
     return true;
@@ -64,16 +66,20 @@ export class LeaseTable {
 
   /**
    * @param marginFor the fencing margin for a lease of ttl ms
-   * @param onFenced called after a running request was given up at its deadline
+   * @param onFenced called after a queued or running claim was given up at its deadline
    */
   constructor(
     private readonly marginFor: (ttlMs: number) => number,
     private readonly onFenced: (entry: HeldLease) => void,
   ) {}
 
-  /** Holds a lease whose grant was received at `receivedAt`; arms its fence. */
-  add(lease: DispatchLease, receivedAt: number): HeldLease {
-    const entry = new HeldLease(lease, receivedAt + lease.ttlMs - this.marginFor(lease.ttlMs));
+  /**
+   * Holds a claim (queued) from a call sent at `sentAt`; arms its fence. The
+   * control plane set its expiry after that moment, so `sentAt + ttl` is never
+   * later than the real expiry.
+   */
+  add(lease: DispatchLease, sentAt: number): HeldLease {
+    const entry = new HeldLease(lease, sentAt + lease.ttlMs - this.marginFor(lease.ttlMs));
     this.#entries.set(entry.key, entry);
     this.#arm(entry);
     return entry;
@@ -86,10 +92,15 @@ export class LeaseTable {
     const deadline = sentAt + ttlMs - this.marginFor(ttlMs);
     if (deadline <= entry.deadline) return;
     entry.deadline = deadline;
-    if (entry.phase === "running" && entry.gaveUp === undefined) this.#arm(entry);
+    if (entry.phase !== "reporting" && entry.gaveUp === undefined) this.#arm(entry);
   }
 
-  /** Gives up a running request: aborts it. False when it was not running or already given up. */
+  /** A queued claim's request starts. */
+  start(entry: HeldLease): void {
+    entry.phase = "running";
+  }
+
+  /** Gives up a queued or running claim (aborts its request). False when its attempt was over or it was already given up. */
   giveUp(entry: HeldLease, reason: GiveUpReason, detail: string): boolean {
     clearTimeout(entry.timer);
     return entry.abort(reason, detail);
@@ -137,7 +148,7 @@ export class LeaseTable {
     clearTimeout(entry.timer);
     const delay = Math.max(0, entry.deadline - performance.now());
     entry.timer = setTimeout(() => {
-      if (entry.phase !== "running" || entry.gaveUp !== undefined) return;
+      if (entry.phase === "reporting" || entry.gaveUp !== undefined) return;
       // A renewal may have moved the deadline while this timer waited in the queue.
       if (performance.now() < entry.deadline) return this.#arm(entry);
       if (entry.abort("fenced", "lease not renewed before its fencing deadline"))

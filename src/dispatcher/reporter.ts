@@ -1,11 +1,11 @@
 /**
- * Reports outcomes to the control plane in batches.
+ * Reports outcomes to the control plane in batches, and refills the claim
+ * buffers: each call asks, per model, for the room its buffer has when the
+ * call is sent (`refill`), and hands the claims in the answer to `onClaims`.
  *
- * A finished request holds its model's slot until its report lands (the
- * control plane counts the lease until then), so latency here is lost
- * throughput: an idle reporter sends at once; while a call is in flight, new
- * outcomes wait for a full batch or `lingerMs`, then a second call goes (at
- * most {@link MAX_CALLS} at once). Group commit, in effect.
+ * An idle reporter sends at once; while a call is in flight, new outcomes
+ * wait for a full batch or `lingerMs`, then a second call goes (at most
+ * {@link MAX_CALLS} at once). Group commit, in effect.
  *
  * Modes: healthy ⇄ failing. A call that fails retriably (control plane
  * unreachable, deadline) puts its reports back at the front of the queue and
@@ -14,16 +14,41 @@
  * plane rejects outright (INVALID_ARGUMENT: a bug) drops its reports: their
  * leases expire and the requests are tried again.
  */
+import { performance } from "node:perf_hooks";
 import type { Logger } from "../logger.js";
 import { Backoff, Wakeup } from "./backoff.js";
 import {
   ControlPlaneError,
+  type DispatchLease,
   type Disposition,
   type LeaseClient,
+  type ModelHold,
   type Report,
   refKey,
   reportBytes,
 } from "./lease-client.js";
+
+/** Claims wanted for one model. */
+export interface Refill {
+  model: string;
+  room: number;
+}
+
+/** How the reporter refills buffers; the default asks for nothing. */
+export interface RefillHooks {
+  /** The room per model now; called as a call is sent (the asker books it as requested). */
+  refill(): Refill[];
+  /** The answer's claims and holds, with what was asked; `sentAt` is the call's send time. */
+  onClaims(claims: DispatchLease[], holds: ModelHold[], asked: Refill[], sentAt: number): void;
+  /** The call failed: nothing of `asked` will come. */
+  onRefillFailed(asked: Refill[]): void;
+}
+
+const NO_REFILL: RefillHooks = {
+  refill: () => [],
+  onClaims: () => undefined,
+  onRefillFailed: () => undefined,
+};
 
 /** Report calls in flight at once while healthy. */
 export const MAX_CALLS = 2;
@@ -56,6 +81,7 @@ export class Reporter {
     private readonly client: LeaseClient,
     private readonly options: ReporterOptions,
     private readonly log: Logger,
+    private readonly hooks: RefillHooks = NO_REFILL,
   ) {}
 
   /** Queues a report; resolves with the control plane's answer. */
@@ -132,13 +158,20 @@ export class Reporter {
   async #call(batch: Queued[]): Promise<void> {
     let answers: Map<string, Disposition> | undefined;
     let error: unknown;
+    // No refill while stopping or failing: nothing new would be started.
+    const asked = this.#stopped || this.#failing ? [] : this.hooks.refill();
+    const sentAt = performance.now();
     try {
-      answers = await this.client.report(
+      const res = await this.client.report(
         batch.map((q) => q.report),
+        asked,
         this.options.rpcTimeoutMs,
       );
+      answers = res.dispositions;
+      this.hooks.onClaims(res.claims, res.holds, asked, sentAt);
     } catch (e) {
       error = e;
+      this.hooks.onRefillFailed(asked);
     }
     // Book-keeping before anyone hears back, so that a report submitted in
     // reaction to an answer sees this call as finished.

@@ -1,12 +1,15 @@
 /**
- * Model-scoped leases: granting (never past a model's fleet-wide limit),
- * renewing, recording outcomes, releasing. The database is the judge: every
- * transition is a guarded UPDATE on (id, lease token, state = 'leased'); a
- * zero-row answer is a lost lease, reported as such and changing nothing.
+ * Capacity leases (docs/capacity-leases.md): slot grants, which count
+ * against a model's fleet-wide limit, and request claims, which do not. The
+ * database is the judge: a grant changes only under its model's limit-row
+ * lock and only for the current token (fusillade_slots); a claim changes
+ * only by a guarded UPDATE on (id, token, state = 'leased'). A zero-row
+ * answer is a lost race, answered as such, changing nothing.
  *
- * Modes of a grant, per model: held (a 429's Retry-After has not passed) →
- * skipped; full (leases held >= limit) → nothing; otherwise up to
- * limit - held leases, oldest requests first.
+ * Modes of a model, for one dispatcher's Sync: held (a 429's Retry-After has
+ * not passed) → the grant is renewed and may be cut, never grown, and no
+ * claims; otherwise the grant goes to min(keep, slots) and then toward the
+ * holder's fair share, and claims fill the room the dispatcher names.
  */
 import { randomInt } from "node:crypto";
 import type { AttemptFailure } from "../domain/outcome.js";
@@ -17,12 +20,13 @@ import * as sql from "./sql.js";
 
 export interface LeaseServiceConfig {
   defaultLimit: number;
+  /** TTL of slot grants and of claims. */
   leaseTtlMs: number;
   maxAcquireWaitMs: number;
 }
 
-/** A granted lease, as the dispatcher needs it. */
-export interface GrantedLease {
+/** A claimed request, as the dispatcher needs it. */
+export interface GrantedClaim {
   requestId: string;
   token: bigint;
   batchId: string;
@@ -33,13 +37,55 @@ export interface GrantedLease {
   url: string;
   headers: Array<[string, string]>;
   body: string;
-  expiresAt: Date;
   ttlMs: number;
 }
 
 export interface LeaseRef {
   requestId: string;
   token: bigint;
+}
+
+/** One model in a Sync: what the dispatcher holds and asks for. */
+export interface SlotDemand {
+  model: string;
+  /** 0n: asks for a new grant. */
+  token: bigint;
+  keep: number;
+  want: number;
+  room: number;
+}
+
+/** A grant as the control plane answers it. */
+export interface SlotGrant {
+  model: string;
+  token: bigint;
+  slots: number;
+  target: number;
+  ttlMs: number;
+}
+
+export interface ModelHold {
+  model: string;
+  remainingMs: number;
+}
+
+export interface SyncResult {
+  grants: SlotGrant[];
+  lostGrants: Array<{ model: string; token: bigint }>;
+  claims: GrantedClaim[];
+  renewed: Array<LeaseRef & { ttlMs: number }>;
+  lost: Array<LeaseRef & { reason: LossReason }>;
+  holds: ModelHold[];
+}
+
+/** What a dispatcher could take, for WaitForWork. */
+export interface WorkInterest {
+  holder: string;
+  models: string[];
+  hungry: string[];
+  grow: string[];
+  known: string[];
+  newModels: boolean;
 }
 
 export type LossReason = "expired" | "batch_cancelled" | "batch_expired" | "not_current";
@@ -53,14 +99,14 @@ export type Outcome =
       body: string;
     }
   | ({ ref: LeaseRef } & Omit<AttemptFailure, "bodyExcerpt"> & { bodyExcerpt: string })
-  | { ref: LeaseRef; kind: "release"; reason: string };
+  | { ref: LeaseRef; kind: "release"; reason: string; unsent: boolean };
 
 export type Disposition = "recorded" | "requeued" | "lost";
 
-/** Upper bound on leases handed out by one AcquireLeases call. */
-export const MAX_LEASES_PER_CALL = 1000;
+/** Upper bound on claims handed out by one call (the rest come with the next). */
+export const MAX_CLAIMS_PER_CALL = 2000;
 
-interface GrantRow {
+interface ClaimRow {
   id: string;
   batch_id: string;
   custom_id: string | null;
@@ -72,16 +118,23 @@ interface GrantRow {
   body: string;
   api_key: string | null;
   lease_token: string;
-  lease_expires_at: Date;
-  ttl_ms: number;
 }
 
-function toLease(r: GrantRow): GrantedLease {
+/**
+ * A header value for `custom_id`: as it is when it is visible ASCII, else
+ * percent-encoded (a header cannot carry other characters; `请求-1` would make
+ * the request unsendable).
+ */
+export function customIdHeader(customId: string): string {
+  return /^[\x20-\x7e]*$/.test(customId) ? customId : encodeURIComponent(customId);
+}
+
+function toClaim(r: ClaimRow, ttlMs: number): GrantedClaim {
   const headers: Array<[string, string]> = [];
   if (r.body !== "") headers.push(["content-type", "application/json"]);
   if (r.api_key) headers.push(["authorization", `Bearer ${r.api_key}`]);
   headers.push(["x-fusillade-request-id", r.id]);
-  if (r.custom_id !== null) headers.push(["x-fusillade-custom-id", r.custom_id]);
+  if (r.custom_id !== null) headers.push(["x-fusillade-custom-id", customIdHeader(r.custom_id)]);
   return {
     requestId: r.id,
     token: BigInt(r.lease_token),
@@ -93,8 +146,7 @@ function toLease(r: GrantRow): GrantedLease {
     url: r.endpoint + r.path,
     headers,
     body: r.body,
-    expiresAt: r.lease_expires_at,
-    ttlMs: Math.max(0, Math.floor(Number(r.ttl_ms))),
+    ttlMs,
   };
 }
 
@@ -114,25 +166,96 @@ export class LeaseService {
   ) {}
 
   /**
-   * Grants up to `max` leases for `models` (all when empty), waiting up to
-   * `waitMs` for work or capacity. Wakes on NOTIFY (new work, freed
-   * capacity, raised limit) and at the next scheduled moment (a retry's
-   * not_before, a lease expiry, a hold's end), never on a polling timer.
+   * One dispatcher's Sync: grants per model (token check, cut to keep, grow
+   * toward the fair share), then claims for the room named, renewals of the
+   * claims named, and the holds of its models. Never waits.
    */
-  async acquire(opts: {
-    holder: string;
-    max: number;
-    models: string[];
-    waitMs: number;
-    signal: AbortSignal;
-  }): Promise<GrantedLease[]> {
-    const max = Math.min(opts.max, MAX_LEASES_PER_CALL);
-    if (max <= 0) return [];
-    const deadline = Date.now() + Math.min(Math.max(0, opts.waitMs), this.config.maxAcquireWaitMs);
-    const wanted = new Set(opts.models);
-    // Subscribe before looking, so a notification between look and wait is not lost.
+  async sync(holder: string, demands: SlotDemand[], renew: LeaseRef[]): Promise<SyncResult> {
+    const grants: SlotGrant[] = [];
+    const lostGrants: SyncResult["lostGrants"] = [];
+    const rooms = new Map<string, number>();
+    // Models in a random order: no model's row is always locked first.
+    for (const d of shuffle([...demands])) {
+      const res = await this.db.query<{
+        token: string;
+        slots: number;
+        target: number;
+        lost: boolean;
+      }>(sql.SLOTS_SYNC, [
+        d.model,
+        holder,
+        d.token.toString(),
+        Math.max(0, d.keep),
+        Math.max(0, d.want),
+        this.config.leaseTtlMs,
+        this.config.defaultLimit,
+      ]);
+      const row = res.rows[0];
+      if (!row) continue; // asked for nothing, holds nothing
+      if (row.lost) {
+        lostGrants.push({ model: d.model, token: d.token });
+        continue;
+      }
+      grants.push({
+        model: d.model,
+        token: BigInt(row.token),
+        slots: row.slots,
+        target: row.target,
+        ttlMs: this.config.leaseTtlMs,
+      });
+      if (d.room > 0 && row.slots > 0) rooms.set(d.model, d.room);
+    }
+    const claims = await this.claim(holder, rooms);
+    const { renewed, lost } = await this.renew(renew);
+    const holds = await this.holds(demands.map((d) => d.model));
+    return { grants, lostGrants, claims, renewed, lost, holds };
+  }
+
+  /** Claims up to `rooms.get(model)` ready requests of each model for `holder`. */
+  async claim(holder: string, rooms: Map<string, number>): Promise<GrantedClaim[]> {
+    let budget = MAX_CLAIMS_PER_CALL;
+    const models: string[] = [];
+    const counts: number[] = [];
+    for (const [model, room] of rooms) {
+      const n = Math.min(room, budget);
+      if (n <= 0) continue;
+      models.push(model);
+      counts.push(n);
+      budget -= n;
+    }
+    if (models.length === 0) return [];
+    const res = await this.db.query<ClaimRow>(sql.REQUESTS_CLAIM, [
+      models,
+      counts,
+      holder,
+      this.config.leaseTtlMs,
+    ]);
+    return res.rows.map((r) => toClaim(r, this.config.leaseTtlMs));
+  }
+
+  /** Models among `models` on a 429 hold now. */
+  async holds(models: string[]): Promise<ModelHold[]> {
+    if (models.length === 0) return [];
+    const res = await this.db.query<{ model: string; ms: string }>(sql.MODEL_HOLDS, [models]);
+    return res.rows.map((r) => ({ model: r.model, remainingMs: Math.ceil(Number(r.ms)) }));
+  }
+
+  /**
+   * The models with work `interest.holder` could take; waits up to `waitMs`
+   * for some. Wakes on NOTIFY (work became pending, slots were handed back,
+   * a limit changed) and at the next scheduled moment (a retry's
+   * not_before, a hold's end, a grant's expiry), never on a polling timer.
+   */
+  async waitForWork(
+    interest: WorkInterest,
+    waitMs: number,
+    signal: AbortSignal,
+  ): Promise<string[]> {
+    const deadline = Date.now() + Math.min(Math.max(0, waitMs), this.config.maxAcquireWaitMs);
+    const wanted = new Set(interest.models);
     let dirty = false;
     let wake: (() => void) | undefined;
+    // Subscribe before looking, so a notification between look and wait is not lost.
     const off = this.notifications.on(WORK_CHANNEL, (model) => {
       if (model === "*" || wanted.size === 0 || wanted.has(model)) {
         dirty = true;
@@ -141,25 +264,22 @@ export class LeaseService {
     });
     try {
       for (;;) {
-        // Woken by an abort (the caller left, the server stops): grant nothing
-        // that nobody may be there to receive.
-        if (opts.signal.aborted) return [];
+        if (signal.aborted) return [];
         dirty = false;
-        const leases = await this.grant(opts.holder, max, opts.models);
+        const { ready, wakeMs } = await this.workCheck(interest);
         const left = deadline - Date.now();
-        if (leases.length > 0 || left <= 0 || opts.signal.aborted) return leases;
+        if (ready.length > 0 || left <= 0 || signal.aborted) return ready;
         if (dirty) continue;
-        const next = await this.nextWakeMs(opts.models);
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, Math.max(0, Math.min(left, next ?? left)));
+          const timer = setTimeout(done, Math.max(0, Math.min(left, wakeMs ?? left)));
           function done() {
             clearTimeout(timer);
-            opts.signal.removeEventListener("abort", done);
+            signal.removeEventListener("abort", done);
             wake = undefined;
             resolve();
           }
           wake = done;
-          opts.signal.addEventListener("abort", done, { once: true });
+          signal.addEventListener("abort", done, { once: true });
           if (dirty) done();
         });
       }
@@ -168,42 +288,20 @@ export class LeaseService {
     }
   }
 
-  /** One pass over the models with ready work; grants what their limits allow. */
-  async grant(holder: string, max: number, models: string[]): Promise<GrantedLease[]> {
-    const ready = await this.db.query<{ model: string }>(sql.MODELS_WITH_READY_WORK, [
-      models,
-      this.config.defaultLimit,
-    ]);
-    const granted: GrantedLease[] = [];
-    for (const { model } of shuffle(ready.rows)) {
-      if (granted.length >= max) break;
-      granted.push(...(await this.grantForModel(model, holder, max - granted.length)));
+  /** One look: the models with work for the holder now, and ms to the next scheduled moment. */
+  async workCheck(i: WorkInterest): Promise<{ ready: string[]; wakeMs: number | undefined }> {
+    const res = await this.db.query<{ model: string; go: boolean; wake_ms: string | null }>(
+      sql.WORK_CHECK,
+      [i.models, i.hungry, i.grow, i.known, i.newModels, this.config.defaultLimit],
+    );
+    let wakeMs: number | undefined;
+    for (const r of res.rows) {
+      if (r.wake_ms === null) continue;
+      // +5 ms: wake just after the moment, not just before it.
+      const ms = Math.max(0, Math.ceil(Number(r.wake_ms))) + 5;
+      wakeMs = wakeMs === undefined ? ms : Math.min(wakeMs, ms);
     }
-    return granted;
-  }
-
-  /**
-   * Grants up to `want` leases of one model, under its limit row's lock, in
-   * one round trip. Expired leases still count until the reaper frees them
-   * (conservative; a dead dispatcher is the rare case).
-   */
-  async grantForModel(model: string, holder: string, want: number): Promise<GrantedLease[]> {
-    const res = await this.db.query<GrantRow>(sql.REQUESTS_GRANT, [
-      model,
-      want,
-      holder,
-      this.config.leaseTtlMs,
-      this.config.defaultLimit,
-    ]);
-    return res.rows.map(toLease);
-  }
-
-  /** Milliseconds until grants may become possible without a notification. */
-  private async nextWakeMs(models: string[]): Promise<number | undefined> {
-    const r = await this.db.query<{ ms: string | null }>(sql.NEXT_WAKE, [models]);
-    const ms = r.rows[0]?.ms;
-    // +5 ms: wake just after the moment, not just before it.
-    return ms == null ? undefined : Math.max(0, Math.ceil(Number(ms))) + 5;
+    return { ready: res.rows.filter((r) => r.go).map((r) => r.model), wakeMs };
   }
 
   /** Extends current leases; the rest are lost, with the reason. */
@@ -280,6 +378,7 @@ export class LeaseService {
       const res = await this.db.query<{ id: string; state: string }>(sql.REQUESTS_RELEASE, [
         releases.map((o) => o.ref.requestId),
         releases.map((o) => o.ref.token.toString()),
+        releases.map((o) => o.unsent),
       ]);
       const states = new Map(res.rows.map((r) => [r.id, r.state]));
       for (const o of releases) {

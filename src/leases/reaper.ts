@@ -1,10 +1,12 @@
 /**
- * The reaper: expired leases go back to pending (or fail, or end with their
- * batch); pending requests of cancelled or timed-out batches end. Every
- * replica runs one; the statements are guarded and skip locked rows, so
- * replicas never fight over a row. Grants also reap their own model first,
- * so a busy model does not wait for this timer.
+ * The reaper: expired claims go back to pending (or fail, or end with their
+ * batch); pending requests of cancelled or timed-out batches end; expired
+ * slot grants are deleted (they already count no more). Every replica runs
+ * one; the statements are guarded and skip locked rows, so replicas never
+ * fight over a row. A pass starts `intervalMs` after the last one ended, so
+ * a slow pass never has others queued behind it.
  */
+import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "../logger.js";
 import type { Db } from "../storage/db.js";
 import * as sql from "./sql.js";
@@ -17,28 +19,30 @@ export interface Reaper {
 
 /** Starts reaping every `intervalMs`. */
 export function startReaper(db: Db, intervalMs: number, log: Logger): Reaper {
-  let running: Promise<unknown> = Promise.resolve();
-  let stopped = false;
+  const stopping = new AbortController();
   const runOnce = async () => {
     const reaped = await db.query(sql.REQUESTS_REAP_EXPIRED, [null]);
     const ended = await db.query(sql.REQUESTS_END_WITH_BATCH);
+    await db.query(sql.SLOT_GRANTS_DELETE_EXPIRED);
     const counts = { reaped: reaped.rowCount ?? 0, ended: ended.rowCount ?? 0 };
     if (counts.reaped + counts.ended > 0) log.debug(counts, "reaper pass");
     return counts;
   };
-  const timer = setInterval(() => {
-    if (stopped) return;
-    running = running
-      .then(runOnce)
-      .catch((e) => log.warn({ err: e }, "reaper pass failed; will retry"));
-  }, intervalMs);
-  timer.unref();
+  const loop = (async () => {
+    while (!stopping.signal.aborted) {
+      try {
+        await delay(intervalMs, undefined, { signal: stopping.signal, ref: false });
+      } catch {
+        return; // stopped
+      }
+      await runOnce().catch((e) => log.warn({ err: e }, "reaper pass failed; will retry"));
+    }
+  })();
   return {
     runOnce,
     async stop() {
-      stopped = true;
-      clearInterval(timer);
-      await running;
+      stopping.abort();
+      await loop;
     },
   };
 }

@@ -1,38 +1,94 @@
 /**
- * Named SQL of the lease paths. Each statement updates `requests` at most
+ * Named SQL of the slot and claim paths (docs/capacity-leases.md). Each statement updates `requests` at most
  * once per transaction, so the trigger's batch locks are the last locks a
  * transaction takes (lock order: model_limits row → requests → batches).
  */
 
 /**
- * RequestsGrantForModel: up to $2 leases of model $1 for holder $3, TTL $4 ms,
- * never past the model's limit ($5 when none is set). The statement is the
- * plpgsql function fusillade_grant (see the migration): lock the model's
- * limit row, count its leases in a fresh snapshot, claim.
+ * SlotGrantSync: one dispatcher's grant of one model: check the token, cut to
+ * keep, grow toward the fair share (see fusillade_slots in the migration).
+ * Params: model, holder, token (0 = new), keep, want, ttl ms, default limit.
+ * Result: token, slots, target, lost. Locks the model's limit row.
  */
-export const REQUESTS_GRANT = `SELECT * FROM fusillade_grant($1, $2, $3, $4, $5)`;
+export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
- * ModelsWithReadyWork: models (optionally only $1) below their limit ($2
- * when none is set), with no 429 hold, and with a pending request whose
- * not_before has passed. A hint only (no lock): the grant re-checks.
+ * RequestsClaim: up to n ($2[i]) ready pending requests of each model ($1[i])
+ * for holder $3, oldest first, for $4 ms; none of a model on a 429 hold, of a
+ * cancelled batch or of one past its window. Claims do not count against the
+ * limit (slots do). Uses requests_pending (model, created_at, line).
  */
-export const MODELS_WITH_READY_WORK = `
-  SELECT m.model FROM model_limits m
-  CROSS JOIN LATERAL (
-    -- LATERAL + LIMIT: one short index scan per model. As an EXISTS, the
-    -- planner hashed every pending row of every model instead (13 ms p50
-    -- per call at 20,000 requests in flight; see bench/RESULTS.md).
-    SELECT 1 FROM requests r
-    WHERE r.model = m.model AND r.state = 'pending'
-      AND (r.not_before IS NULL OR r.not_before <= now())
-    ORDER BY r.created_at, r.line
-    LIMIT 1
-  ) ready
-  WHERE (cardinality($1::text[]) = 0 OR m.model = ANY($1::text[]))
-    AND (m.hold_until IS NULL OR m.hold_until <= now())
-    AND coalesce(m.max_in_flight, $2) >
-      (SELECT count(*) FROM requests l WHERE l.model = m.model AND l.state = 'leased')`;
+export const REQUESTS_CLAIM = `
+  WITH picked AS (
+    SELECT p.id FROM unnest($1::text[], $2::int[]) AS w(model, n)
+    CROSS JOIN LATERAL (
+      SELECT r.id FROM requests r JOIN batches b ON b.id = r.batch_id
+      WHERE r.model = w.model AND r.state = 'pending'
+        AND (r.not_before IS NULL OR r.not_before <= now())
+        AND b.cancelling_at IS NULL AND b.expires_at > now()
+        AND NOT EXISTS (SELECT 1 FROM model_limits m WHERE m.model = w.model AND m.hold_until > now())
+      ORDER BY r.created_at, r.line
+      LIMIT w.n
+      FOR UPDATE OF r SKIP LOCKED
+    ) p
+    WHERE w.n > 0
+  )
+  UPDATE requests r SET
+    state = 'leased', attempt = r.attempt + 1, not_before = NULL,
+    lease_token = nextval('lease_token_seq'), lease_holder = $3,
+    lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
+  FROM picked WHERE r.id = picked.id
+  RETURNING r.id, r.batch_id, r.custom_id, r.model, r.attempt, r.method, r.endpoint, r.path,
+    r.body, r.api_key, r.lease_token`;
+
+/**
+ * WorkCheck: for each model (only $1 when not empty), whether a dispatcher has
+ * work to take now: a ready pending request of a running batch, no 429 hold,
+ * and the model is one it is hungry for ($2), one it may grow on ($3) with
+ * slots free, or one it holds no grant of ($4 = known) while it may take new
+ * models ($5). $6: the default limit. Also the next moment that could change the answer without a
+ * notification: a retry's not_before, a hold's end, a grant's expiry. One
+ * statement, one now(): a moment that passes while we look is either ready
+ * or still ahead, never missed. Result: model, go, wake_ms (null = none).
+ */
+export const WORK_CHECK = `
+  WITH m AS (
+    SELECT l.model, coalesce(l.max_in_flight, $6) AS lim,
+      CASE WHEN l.hold_until > now() THEN l.hold_until END AS hold_until
+    FROM model_limits l
+    WHERE cardinality($1::text[]) = 0 OR l.model = ANY($1::text[])
+  ), f AS (
+    SELECT m.*,
+      EXISTS (
+        -- LATERAL-style short scan: the oldest ready request is enough.
+        SELECT 1 FROM requests r JOIN batches b ON b.id = r.batch_id
+        WHERE r.model = m.model AND r.state = 'pending'
+          AND (r.not_before IS NULL OR r.not_before <= now())
+          AND b.cancelling_at IS NULL AND b.expires_at > now()
+        LIMIT 1) AS ready,
+      (SELECT coalesce(sum(s.slots), 0) FROM slot_grants s
+        WHERE s.model = m.model AND s.expires_at > now()) AS granted,
+      (SELECT min(r.not_before) FROM requests r
+        WHERE r.model = m.model AND r.state = 'pending' AND r.not_before > now()) AS next_retry,
+      (SELECT min(s.expires_at) FROM slot_grants s
+        WHERE s.model = m.model AND s.expires_at > now()) AS next_expiry
+    FROM m
+  )
+  SELECT f.model,
+    f.ready AND f.hold_until IS NULL AND (
+      f.model = ANY($2::text[])
+      OR (f.model = ANY($3::text[]) AND f.granted < f.lim)
+      OR ($5::boolean AND NOT f.model = ANY($4::text[]))) AS go,
+    extract(epoch FROM (least(f.next_retry, f.hold_until, f.next_expiry) - now())) * 1000 AS wake_ms
+  FROM f`;
+
+/** ModelHolds: models among $1 on a 429 hold, with ms left. */
+export const MODEL_HOLDS = `
+  SELECT model, extract(epoch FROM (hold_until - now())) * 1000 AS ms
+  FROM model_limits WHERE model = ANY($1::text[]) AND hold_until > now()`;
+
+/** SlotGrantsDeleteExpired: grants past their expiry (they count no more; this only tidies). */
+export const SLOT_GRANTS_DELETE_EXPIRED = `DELETE FROM slot_grants WHERE expires_at < now()`;
 
 /**
  * The state a request leaves a lease for when its batch was cancelled or
@@ -93,13 +149,23 @@ export const REQUESTS_END_WITH_BATCH = `
   RETURNING r.id`;
 
 /**
+ * Locks the requests named by $1 in id order. Every statement that changes
+ * several claimed requests at once takes its row locks through it first: a
+ * renewal and a report of overlapping claims, locking in their own orders,
+ * deadlocked (seen at 10,000 requests / 20 ms upstream: a Sync failed with
+ * 40P01).
+ */
+const LOCK_IN_ID_ORDER = `lk AS (SELECT id FROM requests WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE)`;
+
+/**
  * RequestsRenewLeases: extends the current, unexpired leases among ($1 ids,
  * $2 tokens) of batches still running by $3 ms. Result: renewed ids, tokens, expiry.
  */
 export const REQUESTS_RENEW = `
+  WITH ${LOCK_IN_ID_ORDER}
   UPDATE requests r SET lease_expires_at = now() + $3 * interval '1 millisecond'
-  FROM unnest($1::uuid[], $2::bigint[]) AS u(id, token), batches b
-  WHERE r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+  FROM unnest($1::uuid[], $2::bigint[]) AS u(id, token), batches b, lk
+  WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
     AND r.lease_expires_at > now()
     AND b.id = r.batch_id AND b.cancelling_at IS NULL AND b.expires_at > now()
   RETURNING r.id, r.lease_token, r.lease_expires_at,
@@ -117,13 +183,14 @@ export const REQUESTS_LEASE_FACTS = `
  * Params: ids, tokens, statuses, headers (json text), bodies. Result: ids recorded.
  */
 export const REQUESTS_COMPLETE = `
+  WITH ${LOCK_IN_ID_ORDER}
   UPDATE requests r SET state = 'completed', response_status = u.status,
     response_headers = u.headers::jsonb, response_body = u.body, error_code = NULL,
     error_message = NULL, lease_holder = NULL, lease_expires_at = NULL,
     finished_at = now(), updated_at = now()
   FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[])
-    AS u(id, token, status, headers, body)
-  WHERE r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+    AS u(id, token, status, headers, body), lk
+  WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
   RETURNING r.id`;
 
 /**
@@ -144,14 +211,14 @@ export const REQUESTS_FAILURE_CONTEXT = `
  * (null when none), headers (json text), body excerpts, error codes, messages.
  */
 export const REQUESTS_FAIL = `
-  WITH u AS (
+  WITH ${LOCK_IN_ID_ORDER}, u AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[],
       $6::text[], $7::text[], $8::text[], $9::text[])
       AS u(id, token, next, not_before, status, headers, body, code, message)
   ), decided AS (
     SELECT r.id, u.token, u.not_before, u.status, u.headers, u.body, u.code, u.message,
       ${unlessBatchEnded("u.next")} AS final
-    FROM requests r JOIN u ON u.id = r.id AND u.token = r.lease_token
+    FROM lk JOIN requests r ON r.id = lk.id JOIN u ON u.id = r.id AND u.token = r.lease_token
     JOIN batches b ON b.id = r.batch_id
     WHERE r.state = 'leased'
   )
@@ -166,20 +233,26 @@ export const REQUESTS_FAIL = `
 
 /**
  * RequestsRelease: a dispatcher gives requests back without an outcome:
- * pending (attempt stays counted), or ended with the batch. Params: ids, tokens.
+ * pending, or ended with the batch. An unsent one ($3) gets its attempt back;
+ * a sent one keeps it counted. The token is checked again in the UPDATE's own
+ * WHERE: under READ COMMITTED a row reaped and claimed again between the CTE
+ * and the UPDATE is re-read there, and must not be freed.
+ * Params: ids, tokens, unsent flags.
  */
 export const REQUESTS_RELEASE = `
-  WITH decided AS (
-    SELECT r.id, ${unlessBatchEnded("'pending'")} AS final
-    FROM requests r JOIN batches b ON b.id = r.batch_id
-    JOIN unnest($1::uuid[], $2::bigint[]) AS u(id, token) ON u.id = r.id AND u.token = r.lease_token
+  WITH ${LOCK_IN_ID_ORDER}, decided AS (
+    SELECT r.id, u.token, u.unsent, ${unlessBatchEnded("'pending'")} AS final
+    FROM lk JOIN requests r ON r.id = lk.id JOIN batches b ON b.id = r.batch_id
+    JOIN unnest($1::uuid[], $2::bigint[], $3::boolean[]) AS u(id, token, unsent)
+      ON u.id = r.id AND u.token = r.lease_token
     WHERE r.state = 'leased'
   )
   UPDATE requests r SET state = d.final, lease_holder = NULL, lease_expires_at = NULL,
     not_before = NULL, updated_at = now(),
+    attempt = CASE WHEN d.unsent THEN r.attempt - 1 ELSE r.attempt END,
     finished_at = CASE WHEN d.final = 'pending' THEN NULL ELSE now() END,
     ${endedError("d.final", "r.error_code", "r.error_message")}
-  FROM decided d WHERE r.id = d.id AND r.state = 'leased'
+  FROM decided d WHERE r.id = d.id AND r.lease_token = d.token AND r.state = 'leased'
   RETURNING r.id, r.state`;
 
 /** ModelLimitsHold: holds back grants for a model until now + $2 ms (keeps a later hold). */
@@ -187,19 +260,3 @@ export const MODEL_LIMITS_HOLD = `
   INSERT INTO model_limits (model, hold_until) VALUES ($1, now() + $2 * interval '1 millisecond')
   ON CONFLICT (model) DO UPDATE SET hold_until = greatest(
     coalesce(model_limits.hold_until, excluded.hold_until), excluded.hold_until)`;
-
-/**
- * NextWakeTime: the earliest moment grants may become possible without a
- * notification: a retry's not_before, a lease's expiry, or a hold's end.
- * Params: models (empty = all). Result: ms from now (null = nothing scheduled).
- */
-export const NEXT_WAKE = `
-  SELECT extract(epoch FROM (least(
-    (SELECT min(not_before) FROM requests
-      WHERE state = 'pending' AND not_before > now()
-        AND (cardinality($1::text[]) = 0 OR model = ANY($1::text[]))),
-    (SELECT min(lease_expires_at) FROM requests
-      WHERE state = 'leased' AND (cardinality($1::text[]) = 0 OR model = ANY($1::text[]))),
-    (SELECT min(hold_until) FROM model_limits
-      WHERE hold_until > now() AND (cardinality($1::text[]) = 0 OR model = ANY($1::text[])))
-  ) - now())) * 1000 AS ms`;

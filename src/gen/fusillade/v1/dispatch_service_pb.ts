@@ -12,50 +12,91 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fusillade/v1/dispatch_service.proto.
  */
 export const file_fusillade_v1_dispatch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNmdXNpbGxhZGUvdjEvZGlzcGF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxInoKFEFjcXVpcmVMZWFzZXNSZXF1ZXN0EhUKDWRpc3BhdGNoZXJfaWQYASABKAkSEgoKbWF4X2xlYXNlcxgCIAEoBRIOCgZtb2RlbHMYAyADKAkSJwoEd2FpdBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiItCghMZWFzZVJlZhISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBXRva2VuGAIgASgDIiUKBkhlYWRlchIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgJIpwCCgVMZWFzZRIjCgNyZWYYASABKAsyFi5mdXNpbGxhZGUudjEuTGVhc2VSZWYSEAoIYmF0Y2hfaWQYAiABKAkSEQoJY3VzdG9tX2lkGAMgASgJEg0KBW1vZGVsGAQgASgJEg8KB2F0dGVtcHQYBSABKAUSDgoGbWV0aG9kGAYgASgJEgsKA3VybBgHIAEoCRIlCgdoZWFkZXJzGAggAygLMhQuZnVzaWxsYWRlLnYxLkhlYWRlchIMCgRib2R5GAkgASgMEi8KC2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgN0dGwYCyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPAoVQWNxdWlyZUxlYXNlc1Jlc3BvbnNlEiMKBmxlYXNlcxgBIAMoCzITLmZ1c2lsbGFkZS52MS5MZWFzZSJTChJSZW5ld0xlYXNlc1JlcXVlc3QSFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCRImCgZsZWFzZXMYAiADKAsyFi5mdXNpbGxhZGUudjEuTGVhc2VSZWYijAEKDFJlbmV3ZWRMZWFzZRIjCgNyZWYYASABKAsyFi5mdXNpbGxhZGUudjEuTGVhc2VSZWYSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJfCglMb3N0TGVhc2USIwoDcmVmGAEgASgLMhYuZnVzaWxsYWRlLnYxLkxlYXNlUmVmEi0KBnJlYXNvbhgCIAEoDjIdLmZ1c2lsbGFkZS52MS5MZWFzZUxvc3NSZWFzb24iaQoTUmVuZXdMZWFzZXNSZXNwb25zZRIrCgdyZW5ld2VkGAEgAygLMhouZnVzaWxsYWRlLnYxLlJlbmV3ZWRMZWFzZRIlCgRsb3N0GAIgAygLMhcuZnVzaWxsYWRlLnYxLkxvc3RMZWFzZSKXAQoKQ29tcGxldGlvbhITCgtzdGF0dXNfY29kZRgBIAEoBRI2CgdoZWFkZXJzGAIgAygLMiUuZnVzaWxsYWRlLnYxLkNvbXBsZXRpb24uSGVhZGVyc0VudHJ5EgwKBGJvZHkYAyABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+wEKB0ZhaWx1cmUSEwoLc3RhdHVzX2NvZGUYASABKAUSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhEKCXJldHJpYWJsZRgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxib2R5X2V4Y2VycHQYBiABKAwSMwoHaGVhZGVycxgHIAMoCzIiLmZ1c2lsbGFkZS52MS5GYWlsdXJlLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIZCgdSZWxlYXNlEg4KBnJlYXNvbhgBIAEoCSK8AQoHT3V0Y29tZRIjCgNyZWYYASABKAsyFi5mdXNpbGxhZGUudjEuTGVhc2VSZWYSLgoKY29tcGxldGlvbhgCIAEoCzIYLmZ1c2lsbGFkZS52MS5Db21wbGV0aW9uSAASKAoHZmFpbHVyZRgDIAEoCzIVLmZ1c2lsbGFkZS52MS5GYWlsdXJlSAASKAoHcmVsZWFzZRgEIAEoCzIVLmZ1c2lsbGFkZS52MS5SZWxlYXNlSABCCAoGcmVzdWx0IlYKFFJlcG9ydFJlc3VsdHNSZXF1ZXN0EhUKDWRpc3BhdGNoZXJfaWQYASABKAkSJwoIb3V0Y29tZXMYAiADKAsyFS5mdXNpbGxhZGUudjEuT3V0Y29tZSLmAQoMUmVwb3J0UmVzdWx0EiMKA3JlZhgBIAEoCzIWLmZ1c2lsbGFkZS52MS5MZWFzZVJlZhI7CgtkaXNwb3NpdGlvbhgCIAEoDjImLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHQuRGlzcG9zaXRpb24idAoLRGlzcG9zaXRpb24SGwoXRElTUE9TSVRJT05fVU5TUEVDSUZJRUQQABIYChRESVNQT1NJVElPTl9SRUNPUkRFRBABEhgKFERJU1BPU0lUSU9OX1JFUVVFVUVEEAISFAoQRElTUE9TSVRJT05fTE9TVBADIkQKFVJlcG9ydFJlc3VsdHNSZXNwb25zZRIrCgdyZXN1bHRzGAEgAygLMhouZnVzaWxsYWRlLnYxLlJlcG9ydFJlc3VsdCrCAQoPTGVhc2VMb3NzUmVhc29uEiEKHUxFQVNFX0xPU1NfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZTEVBU0VfTE9TU19SRUFTT05fRVhQSVJFRBABEiUKIUxFQVNFX0xPU1NfUkVBU09OX0JBVENIX0NBTkNFTExFRBACEiMKH0xFQVNFX0xPU1NfUkVBU09OX0JBVENIX0VYUElSRUQQAxIhCh1MRUFTRV9MT1NTX1JFQVNPTl9OT1RfQ1VSUkVOVBAEMpkCCg9EaXNwYXRjaFNlcnZpY2USWAoNQWNxdWlyZUxlYXNlcxIiLmZ1c2lsbGFkZS52MS5BY3F1aXJlTGVhc2VzUmVxdWVzdBojLmZ1c2lsbGFkZS52MS5BY3F1aXJlTGVhc2VzUmVzcG9uc2USUgoLUmVuZXdMZWFzZXMSIC5mdXNpbGxhZGUudjEuUmVuZXdMZWFzZXNSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLlJlbmV3TGVhc2VzUmVzcG9uc2USWAoNUmVwb3J0UmVzdWx0cxIiLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHRzUmVxdWVzdBojLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiNmdXNpbGxhZGUvdjEvZGlzcGF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIlQKClNsb3REZW1hbmQSDQoFbW9kZWwYASABKAkSDQoFdG9rZW4YAiABKAMSDAoEa2VlcBgDIAEoBRIMCgR3YW50GAQgASgFEgwKBHJvb20YBSABKAUidQoLU3luY1JlcXVlc3QSFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCRInCgVzbG90cxgCIAMoCzIYLmZ1c2lsbGFkZS52MS5TbG90RGVtYW5kEiYKBmNsYWltcxgDIAMoCzIWLmZ1c2lsbGFkZS52MS5DbGFpbVJlZiItCghDbGFpbVJlZhISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBXRva2VuGAIgASgDIiUKBkhlYWRlchIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgJIusBCgVDbGFpbRIjCgNyZWYYASABKAsyFi5mdXNpbGxhZGUudjEuQ2xhaW1SZWYSEAoIYmF0Y2hfaWQYAiABKAkSEQoJY3VzdG9tX2lkGAMgASgJEg0KBW1vZGVsGAQgASgJEg8KB2F0dGVtcHQYBSABKAUSDgoGbWV0aG9kGAYgASgJEgsKA3VybBgHIAEoCRIlCgdoZWFkZXJzGAggAygLMhQuZnVzaWxsYWRlLnYxLkhlYWRlchIMCgRib2R5GAkgASgMEiYKA3R0bBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJwCglTbG90R3JhbnQSDQoFbW9kZWwYASABKAkSDQoFdG9rZW4YAiABKAMSDQoFc2xvdHMYAyABKAUSDgoGdGFyZ2V0GAQgASgFEiYKA3R0bBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIpCglMb3N0R3JhbnQSDQoFbW9kZWwYASABKAkSDQoFdG9rZW4YAiABKAMiSAoJTW9kZWxIb2xkEg0KBW1vZGVsGAEgASgJEiwKCXJlbWFpbmluZxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJbCgxSZW5ld2VkQ2xhaW0SIwoDcmVmGAEgASgLMhYuZnVzaWxsYWRlLnYxLkNsYWltUmVmEiYKA3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJfCglMb3N0Q2xhaW0SIwoDcmVmGAEgASgLMhYuZnVzaWxsYWRlLnYxLkNsYWltUmVmEi0KBnJlYXNvbhgCIAEoDjIdLmZ1c2lsbGFkZS52MS5DbGFpbUxvc3NSZWFzb24itwIKDFN5bmNSZXNwb25zZRInCgZncmFudHMYASADKAsyFy5mdXNpbGxhZGUudjEuU2xvdEdyYW50EiwKC2xvc3RfZ3JhbnRzGAIgAygLMhcuZnVzaWxsYWRlLnYxLkxvc3RHcmFudBIjCgZjbGFpbXMYAyADKAsyEy5mdXNpbGxhZGUudjEuQ2xhaW0SKwoHcmVuZXdlZBgEIAMoCzIaLmZ1c2lsbGFkZS52MS5SZW5ld2VkQ2xhaW0SJQoEbG9zdBgFIAMoCzIXLmZ1c2lsbGFkZS52MS5Mb3N0Q2xhaW0SJgoFaG9sZHMYBiADKAsyFy5mdXNpbGxhZGUudjEuTW9kZWxIb2xkEi8KC3NlcnZlcl90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKlAQoSV2FpdEZvcldvcmtSZXF1ZXN0EhUKDWRpc3BhdGNoZXJfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEg4KBmh1bmdyeRgDIAMoCRIMCgRncm93GAQgAygJEg0KBWtub3duGAUgAygJEhIKCm5ld19tb2RlbHMYBiABKAgSJwoEd2FpdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIlChNXYWl0Rm9yV29ya1Jlc3BvbnNlEg4KBm1vZGVscxgBIAMoCSKXAQoKQ29tcGxldGlvbhITCgtzdGF0dXNfY29kZRgBIAEoBRI2CgdoZWFkZXJzGAIgAygLMiUuZnVzaWxsYWRlLnYxLkNvbXBsZXRpb24uSGVhZGVyc0VudHJ5EgwKBGJvZHkYAyABKAwaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+wEKB0ZhaWx1cmUSEwoLc3RhdHVzX2NvZGUYASABKAUSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEhEKCXJldHJpYWJsZRgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxib2R5X2V4Y2VycHQYBiABKAwSMwoHaGVhZGVycxgHIAMoCzIiLmZ1c2lsbGFkZS52MS5GYWlsdXJlLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIpCgdSZWxlYXNlEg4KBnJlYXNvbhgBIAEoCRIOCgZ1bnNlbnQYAiABKAgivAEKB091dGNvbWUSIwoDcmVmGAEgASgLMhYuZnVzaWxsYWRlLnYxLkNsYWltUmVmEi4KCmNvbXBsZXRpb24YAiABKAsyGC5mdXNpbGxhZGUudjEuQ29tcGxldGlvbkgAEigKB2ZhaWx1cmUYAyABKAsyFS5mdXNpbGxhZGUudjEuRmFpbHVyZUgAEigKB3JlbGVhc2UYBCABKAsyFS5mdXNpbGxhZGUudjEuUmVsZWFzZUgAQggKBnJlc3VsdCIlCgZSZWZpbGwSDQoFbW9kZWwYASABKAkSDAoEcm9vbRgCIAEoBSJ8ChRSZXBvcnRSZXN1bHRzUmVxdWVzdBIVCg1kaXNwYXRjaGVyX2lkGAEgASgJEicKCG91dGNvbWVzGAIgAygLMhUuZnVzaWxsYWRlLnYxLk91dGNvbWUSJAoGcmVmaWxsGAMgAygLMhQuZnVzaWxsYWRlLnYxLlJlZmlsbCLmAQoMUmVwb3J0UmVzdWx0EiMKA3JlZhgBIAEoCzIWLmZ1c2lsbGFkZS52MS5DbGFpbVJlZhI7CgtkaXNwb3NpdGlvbhgCIAEoDjImLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHQuRGlzcG9zaXRpb24idAoLRGlzcG9zaXRpb24SGwoXRElTUE9TSVRJT05fVU5TUEVDSUZJRUQQABIYChRESVNQT1NJVElPTl9SRUNPUkRFRBABEhgKFERJU1BPU0lUSU9OX1JFUVVFVUVEEAISFAoQRElTUE9TSVRJT05fTE9TVBADIpEBChVSZXBvcnRSZXN1bHRzUmVzcG9uc2USKwoHcmVzdWx0cxgBIAMoCzIaLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHQSIwoGY2xhaW1zGAIgAygLMhMuZnVzaWxsYWRlLnYxLkNsYWltEiYKBWhvbGRzGAMgAygLMhcuZnVzaWxsYWRlLnYxLk1vZGVsSG9sZCrCAQoPQ2xhaW1Mb3NzUmVhc29uEiEKHUNMQUlNX0xPU1NfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZQ0xBSU1fTE9TU19SRUFTT05fRVhQSVJFRBABEiUKIUNMQUlNX0xPU1NfUkVBU09OX0JBVENIX0NBTkNFTExFRBACEiMKH0NMQUlNX0xPU1NfUkVBU09OX0JBVENIX0VYUElSRUQQAxIhCh1DTEFJTV9MT1NTX1JFQVNPTl9OT1RfQ1VSUkVOVBAEMv4BCg9EaXNwYXRjaFNlcnZpY2USPQoEU3luYxIZLmZ1c2lsbGFkZS52MS5TeW5jUmVxdWVzdBoaLmZ1c2lsbGFkZS52MS5TeW5jUmVzcG9uc2USUgoLV2FpdEZvcldvcmsSIC5mdXNpbGxhZGUudjEuV2FpdEZvcldvcmtSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLldhaXRGb3JXb3JrUmVzcG9uc2USWAoNUmVwb3J0UmVzdWx0cxIiLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHRzUmVxdWVzdBojLmZ1c2lsbGFkZS52MS5SZXBvcnRSZXN1bHRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * @generated from message fusillade.v1.AcquireLeasesRequest
+ * What a dispatcher holds of one model, and what it asks for.
+ *
+ * @generated from message fusillade.v1.SlotDemand
  */
-export type AcquireLeasesRequest = Message<"fusillade.v1.AcquireLeasesRequest"> & {
+export type SlotDemand = Message<"fusillade.v1.SlotDemand"> & {
   /**
-   * Names the dispatcher in logs and in the requests it holds.
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The grant's token; 0 asks for a new grant (the dispatcher runs none of the model).
+   *
+   * @generated from field: int64 token = 2;
+   */
+  token: bigint;
+
+  /**
+   * The grant is cut to this at once. The dispatcher runs no more than `keep`
+   * of the model from the moment it sends the call until it hears the answer.
+   *
+   * @generated from field: int32 keep = 3;
+   */
+  keep: number;
+
+  /**
+   * Slots it could use: running + buffered, or its spare capacity while the model has a backlog.
+   *
+   * @generated from field: int32 want = 4;
+   */
+  want: number;
+
+  /**
+   * Claims it has room for.
+   *
+   * @generated from field: int32 room = 5;
+   */
+  room: number;
+};
+
+/**
+ * Describes the message fusillade.v1.SlotDemand.
+ * Use `create(SlotDemandSchema)` to create a new message.
+ */
+export const SlotDemandSchema: GenMessage<SlotDemand> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 0);
+
+/**
+ * @generated from message fusillade.v1.SyncRequest
+ */
+export type SyncRequest = Message<"fusillade.v1.SyncRequest"> & {
+  /**
+   * Names the dispatcher: the holder of its grants and claims, and in logs.
    *
    * @generated from field: string dispatcher_id = 1;
    */
   dispatcherId: string;
 
   /**
-   * @generated from field: int32 max_leases = 2;
+   * @generated from field: repeated fusillade.v1.SlotDemand slots = 2;
    */
-  maxLeases: number;
+  slots: SlotDemand[];
 
   /**
-   * Only these models, when set.
+   * Claims to renew.
    *
-   * @generated from field: repeated string models = 3;
+   * @generated from field: repeated fusillade.v1.ClaimRef claims = 3;
    */
-  models: string[];
-
-  /**
-   * Long-poll: how long to wait for work when none can be granted now. Default 0.
-   *
-   * @generated from field: google.protobuf.Duration wait = 4;
-   */
-  wait?: Duration | undefined;
+  claims: ClaimRef[];
 };
 
 /**
- * Describes the message fusillade.v1.AcquireLeasesRequest.
- * Use `create(AcquireLeasesRequestSchema)` to create a new message.
+ * Describes the message fusillade.v1.SyncRequest.
+ * Use `create(SyncRequestSchema)` to create a new message.
  */
-export const AcquireLeasesRequestSchema: GenMessage<AcquireLeasesRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 0);
+export const SyncRequestSchema: GenMessage<SyncRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 1);
 
 /**
- * @generated from message fusillade.v1.LeaseRef
+ * @generated from message fusillade.v1.ClaimRef
  */
-export type LeaseRef = Message<"fusillade.v1.LeaseRef"> & {
+export type ClaimRef = Message<"fusillade.v1.ClaimRef"> & {
   /**
    * @generated from field: string request_id = 1;
    */
@@ -68,11 +109,11 @@ export type LeaseRef = Message<"fusillade.v1.LeaseRef"> & {
 };
 
 /**
- * Describes the message fusillade.v1.LeaseRef.
- * Use `create(LeaseRefSchema)` to create a new message.
+ * Describes the message fusillade.v1.ClaimRef.
+ * Use `create(ClaimRefSchema)` to create a new message.
  */
-export const LeaseRefSchema: GenMessage<LeaseRef> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 1);
+export const ClaimRefSchema: GenMessage<ClaimRef> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 2);
 
 /**
  * @generated from message fusillade.v1.Header
@@ -94,16 +135,18 @@ export type Header = Message<"fusillade.v1.Header"> & {
  * Use `create(HeaderSchema)` to create a new message.
  */
 export const HeaderSchema: GenMessage<Header> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 2);
+  messageDesc(file_fusillade_v1_dispatch_service, 3);
 
 /**
- * @generated from message fusillade.v1.Lease
+ * The right to execute one request.
+ *
+ * @generated from message fusillade.v1.Claim
  */
-export type Lease = Message<"fusillade.v1.Lease"> & {
+export type Claim = Message<"fusillade.v1.Claim"> & {
   /**
-   * @generated from field: fusillade.v1.LeaseRef ref = 1;
+   * @generated from field: fusillade.v1.ClaimRef ref = 1;
    */
-  ref?: LeaseRef | undefined;
+  ref?: ClaimRef | undefined;
 
   /**
    * @generated from field: string batch_id = 2;
@@ -148,135 +191,281 @@ export type Lease = Message<"fusillade.v1.Lease"> & {
   body: Uint8Array;
 
   /**
-   * @generated from field: google.protobuf.Timestamp expire_time = 10;
-   */
-  expireTime?: Timestamp | undefined;
-
-  /**
-   * Time left on the lease when granted; dispatchers fence themselves on
-   * this rather than on expire_time, so that clock skew does not matter.
+   * Time left on the claim when granted; dispatchers fence themselves on it.
    *
-   * @generated from field: google.protobuf.Duration ttl = 11;
+   * @generated from field: google.protobuf.Duration ttl = 10;
    */
   ttl?: Duration | undefined;
 };
 
 /**
- * Describes the message fusillade.v1.Lease.
- * Use `create(LeaseSchema)` to create a new message.
+ * Describes the message fusillade.v1.Claim.
+ * Use `create(ClaimSchema)` to create a new message.
  */
-export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 3);
-
-/**
- * @generated from message fusillade.v1.AcquireLeasesResponse
- */
-export type AcquireLeasesResponse = Message<"fusillade.v1.AcquireLeasesResponse"> & {
-  /**
-   * @generated from field: repeated fusillade.v1.Lease leases = 1;
-   */
-  leases: Lease[];
-};
-
-/**
- * Describes the message fusillade.v1.AcquireLeasesResponse.
- * Use `create(AcquireLeasesResponseSchema)` to create a new message.
- */
-export const AcquireLeasesResponseSchema: GenMessage<AcquireLeasesResponse> = /*@__PURE__*/
+export const ClaimSchema: GenMessage<Claim> = /*@__PURE__*/
   messageDesc(file_fusillade_v1_dispatch_service, 4);
 
 /**
- * @generated from message fusillade.v1.RenewLeasesRequest
+ * @generated from message fusillade.v1.SlotGrant
  */
-export type RenewLeasesRequest = Message<"fusillade.v1.RenewLeasesRequest"> & {
+export type SlotGrant = Message<"fusillade.v1.SlotGrant"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * @generated from field: int64 token = 2;
+   */
+  token: bigint;
+
+  /**
+   * The dispatcher may run up to this many requests of the model at once.
+   *
+   * @generated from field: int32 slots = 3;
+   */
+  slots: number;
+
+  /**
+   * Its fair share now. Above it, the dispatcher starts no new request and
+   * hands slots back (through `keep`) as requests finish.
+   *
+   * @generated from field: int32 target = 4;
+   */
+  target: number;
+
+  /**
+   * Time left on the grant; the dispatcher stops using it at send time + ttl − margin.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 5;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.SlotGrant.
+ * Use `create(SlotGrantSchema)` to create a new message.
+ */
+export const SlotGrantSchema: GenMessage<SlotGrant> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 5);
+
+/**
+ * A grant that is not current (expired, or its token is old): the dispatcher
+ * must stop running the model's requests at once.
+ *
+ * @generated from message fusillade.v1.LostGrant
+ */
+export type LostGrant = Message<"fusillade.v1.LostGrant"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * @generated from field: int64 token = 2;
+   */
+  token: bigint;
+};
+
+/**
+ * Describes the message fusillade.v1.LostGrant.
+ * Use `create(LostGrantSchema)` to create a new message.
+ */
+export const LostGrantSchema: GenMessage<LostGrant> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 6);
+
+/**
+ * A 429's Retry-After holds a model fleet-wide: no request of it starts before the hold ends.
+ *
+ * @generated from message fusillade.v1.ModelHold
+ */
+export type ModelHold = Message<"fusillade.v1.ModelHold"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration remaining = 2;
+   */
+  remaining?: Duration | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.ModelHold.
+ * Use `create(ModelHoldSchema)` to create a new message.
+ */
+export const ModelHoldSchema: GenMessage<ModelHold> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 7);
+
+/**
+ * @generated from message fusillade.v1.RenewedClaim
+ */
+export type RenewedClaim = Message<"fusillade.v1.RenewedClaim"> & {
+  /**
+   * @generated from field: fusillade.v1.ClaimRef ref = 1;
+   */
+  ref?: ClaimRef | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.RenewedClaim.
+ * Use `create(RenewedClaimSchema)` to create a new message.
+ */
+export const RenewedClaimSchema: GenMessage<RenewedClaim> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 8);
+
+/**
+ * @generated from message fusillade.v1.LostClaim
+ */
+export type LostClaim = Message<"fusillade.v1.LostClaim"> & {
+  /**
+   * @generated from field: fusillade.v1.ClaimRef ref = 1;
+   */
+  ref?: ClaimRef | undefined;
+
+  /**
+   * @generated from field: fusillade.v1.ClaimLossReason reason = 2;
+   */
+  reason: ClaimLossReason;
+};
+
+/**
+ * Describes the message fusillade.v1.LostClaim.
+ * Use `create(LostClaimSchema)` to create a new message.
+ */
+export const LostClaimSchema: GenMessage<LostClaim> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 9);
+
+/**
+ * @generated from message fusillade.v1.SyncResponse
+ */
+export type SyncResponse = Message<"fusillade.v1.SyncResponse"> & {
+  /**
+   * @generated from field: repeated fusillade.v1.SlotGrant grants = 1;
+   */
+  grants: SlotGrant[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.LostGrant lost_grants = 2;
+   */
+  lostGrants: LostGrant[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.Claim claims = 3;
+   */
+  claims: Claim[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.RenewedClaim renewed = 4;
+   */
+  renewed: RenewedClaim[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.LostClaim lost = 5;
+   */
+  lost: LostClaim[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.ModelHold holds = 6;
+   */
+  holds: ModelHold[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp server_time = 7;
+   */
+  serverTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.SyncResponse.
+ * Use `create(SyncResponseSchema)` to create a new message.
+ */
+export const SyncResponseSchema: GenMessage<SyncResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 10);
+
+/**
+ * @generated from message fusillade.v1.WaitForWorkRequest
+ */
+export type WaitForWorkRequest = Message<"fusillade.v1.WaitForWorkRequest"> & {
   /**
    * @generated from field: string dispatcher_id = 1;
    */
   dispatcherId: string;
 
   /**
-   * @generated from field: repeated fusillade.v1.LeaseRef leases = 2;
+   * Only these models, when set.
+   *
+   * @generated from field: repeated string models = 2;
    */
-  leases: LeaseRef[];
+  models: string[];
+
+  /**
+   * Models it has room for claims of.
+   *
+   * @generated from field: repeated string hungry = 3;
+   */
+  hungry: string[];
+
+  /**
+   * Models where it holds fewer slots than its target.
+   *
+   * @generated from field: repeated string grow = 4;
+   */
+  grow: string[];
+
+  /**
+   * Models it holds a grant of (with `hungry` and `grow`, the rest of these are full).
+   *
+   * @generated from field: repeated string known = 5;
+   */
+  known: string[];
+
+  /**
+   * Whether it could take grants of models it does not hold.
+   *
+   * @generated from field: bool new_models = 6;
+   */
+  newModels: boolean;
+
+  /**
+   * How long to wait when nothing is ready. Default 0.
+   *
+   * @generated from field: google.protobuf.Duration wait = 7;
+   */
+  wait?: Duration | undefined;
 };
 
 /**
- * Describes the message fusillade.v1.RenewLeasesRequest.
- * Use `create(RenewLeasesRequestSchema)` to create a new message.
+ * Describes the message fusillade.v1.WaitForWorkRequest.
+ * Use `create(WaitForWorkRequestSchema)` to create a new message.
  */
-export const RenewLeasesRequestSchema: GenMessage<RenewLeasesRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 5);
+export const WaitForWorkRequestSchema: GenMessage<WaitForWorkRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 11);
 
 /**
- * @generated from message fusillade.v1.RenewedLease
+ * @generated from message fusillade.v1.WaitForWorkResponse
  */
-export type RenewedLease = Message<"fusillade.v1.RenewedLease"> & {
+export type WaitForWorkResponse = Message<"fusillade.v1.WaitForWorkResponse"> & {
   /**
-   * @generated from field: fusillade.v1.LeaseRef ref = 1;
+   * Models with work for this dispatcher now; empty when the wait ran out.
+   *
+   * @generated from field: repeated string models = 1;
    */
-  ref?: LeaseRef | undefined;
-
-  /**
-   * @generated from field: google.protobuf.Timestamp expire_time = 2;
-   */
-  expireTime?: Timestamp | undefined;
-
-  /**
-   * @generated from field: google.protobuf.Duration ttl = 3;
-   */
-  ttl?: Duration | undefined;
+  models: string[];
 };
 
 /**
- * Describes the message fusillade.v1.RenewedLease.
- * Use `create(RenewedLeaseSchema)` to create a new message.
+ * Describes the message fusillade.v1.WaitForWorkResponse.
+ * Use `create(WaitForWorkResponseSchema)` to create a new message.
  */
-export const RenewedLeaseSchema: GenMessage<RenewedLease> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 6);
-
-/**
- * @generated from message fusillade.v1.LostLease
- */
-export type LostLease = Message<"fusillade.v1.LostLease"> & {
-  /**
-   * @generated from field: fusillade.v1.LeaseRef ref = 1;
-   */
-  ref?: LeaseRef | undefined;
-
-  /**
-   * @generated from field: fusillade.v1.LeaseLossReason reason = 2;
-   */
-  reason: LeaseLossReason;
-};
-
-/**
- * Describes the message fusillade.v1.LostLease.
- * Use `create(LostLeaseSchema)` to create a new message.
- */
-export const LostLeaseSchema: GenMessage<LostLease> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 7);
-
-/**
- * @generated from message fusillade.v1.RenewLeasesResponse
- */
-export type RenewLeasesResponse = Message<"fusillade.v1.RenewLeasesResponse"> & {
-  /**
-   * @generated from field: repeated fusillade.v1.RenewedLease renewed = 1;
-   */
-  renewed: RenewedLease[];
-
-  /**
-   * @generated from field: repeated fusillade.v1.LostLease lost = 2;
-   */
-  lost: LostLease[];
-};
-
-/**
- * Describes the message fusillade.v1.RenewLeasesResponse.
- * Use `create(RenewLeasesResponseSchema)` to create a new message.
- */
-export const RenewLeasesResponseSchema: GenMessage<RenewLeasesResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 8);
+export const WaitForWorkResponseSchema: GenMessage<WaitForWorkResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 12);
 
 /**
  * @generated from message fusillade.v1.Completion
@@ -303,7 +492,7 @@ export type Completion = Message<"fusillade.v1.Completion"> & {
  * Use `create(CompletionSchema)` to create a new message.
  */
 export const CompletionSchema: GenMessage<Completion> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 9);
+  messageDesc(file_fusillade_v1_dispatch_service, 13);
 
 /**
  * @generated from message fusillade.v1.Failure
@@ -360,11 +549,11 @@ export type Failure = Message<"fusillade.v1.Failure"> & {
  * Use `create(FailureSchema)` to create a new message.
  */
 export const FailureSchema: GenMessage<Failure> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 10);
+  messageDesc(file_fusillade_v1_dispatch_service, 14);
 
 /**
- * The dispatcher gave the request up without an outcome (a lost lease,
- * a cancelled batch, shutdown): the request goes back to pending, or to
+ * The dispatcher gave the request up without an outcome (a lost claim, a
+ * cancelled batch, shutdown): the request goes back to pending, or to
  * canceled/expired when its batch is.
  *
  * @generated from message fusillade.v1.Release
@@ -374,6 +563,13 @@ export type Release = Message<"fusillade.v1.Release"> & {
    * @generated from field: string reason = 1;
    */
   reason: string;
+
+  /**
+   * The request never reached the upstream: its attempt is given back.
+   *
+   * @generated from field: bool unsent = 2;
+   */
+  unsent: boolean;
 };
 
 /**
@@ -381,16 +577,16 @@ export type Release = Message<"fusillade.v1.Release"> & {
  * Use `create(ReleaseSchema)` to create a new message.
  */
 export const ReleaseSchema: GenMessage<Release> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 11);
+  messageDesc(file_fusillade_v1_dispatch_service, 15);
 
 /**
  * @generated from message fusillade.v1.Outcome
  */
 export type Outcome = Message<"fusillade.v1.Outcome"> & {
   /**
-   * @generated from field: fusillade.v1.LeaseRef ref = 1;
+   * @generated from field: fusillade.v1.ClaimRef ref = 1;
    */
-  ref?: LeaseRef | undefined;
+  ref?: ClaimRef | undefined;
 
   /**
    * @generated from oneof fusillade.v1.Outcome.result
@@ -421,7 +617,31 @@ export type Outcome = Message<"fusillade.v1.Outcome"> & {
  * Use `create(OutcomeSchema)` to create a new message.
  */
 export const OutcomeSchema: GenMessage<Outcome> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 12);
+  messageDesc(file_fusillade_v1_dispatch_service, 16);
+
+/**
+ * Claims wanted for one model.
+ *
+ * @generated from message fusillade.v1.Refill
+ */
+export type Refill = Message<"fusillade.v1.Refill"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * @generated from field: int32 room = 2;
+   */
+  room: number;
+};
+
+/**
+ * Describes the message fusillade.v1.Refill.
+ * Use `create(RefillSchema)` to create a new message.
+ */
+export const RefillSchema: GenMessage<Refill> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_dispatch_service, 17);
 
 /**
  * @generated from message fusillade.v1.ReportResultsRequest
@@ -436,6 +656,11 @@ export type ReportResultsRequest = Message<"fusillade.v1.ReportResultsRequest"> 
    * @generated from field: repeated fusillade.v1.Outcome outcomes = 2;
    */
   outcomes: Outcome[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.Refill refill = 3;
+   */
+  refill: Refill[];
 };
 
 /**
@@ -443,16 +668,16 @@ export type ReportResultsRequest = Message<"fusillade.v1.ReportResultsRequest"> 
  * Use `create(ReportResultsRequestSchema)` to create a new message.
  */
 export const ReportResultsRequestSchema: GenMessage<ReportResultsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 13);
+  messageDesc(file_fusillade_v1_dispatch_service, 18);
 
 /**
  * @generated from message fusillade.v1.ReportResult
  */
 export type ReportResult = Message<"fusillade.v1.ReportResult"> & {
   /**
-   * @generated from field: fusillade.v1.LeaseRef ref = 1;
+   * @generated from field: fusillade.v1.ClaimRef ref = 1;
    */
-  ref?: LeaseRef | undefined;
+  ref?: ClaimRef | undefined;
 
   /**
    * @generated from field: fusillade.v1.ReportResult.Disposition disposition = 2;
@@ -465,7 +690,7 @@ export type ReportResult = Message<"fusillade.v1.ReportResult"> & {
  * Use `create(ReportResultSchema)` to create a new message.
  */
 export const ReportResultSchema: GenMessage<ReportResult> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 14);
+  messageDesc(file_fusillade_v1_dispatch_service, 19);
 
 /**
  * @generated from enum fusillade.v1.ReportResult.Disposition
@@ -491,7 +716,7 @@ export enum ReportResult_Disposition {
   REQUEUED = 2,
 
   /**
-   * The lease was not current: nothing changed.
+   * The claim was not current: nothing changed.
    *
    * @generated from enum value: DISPOSITION_LOST = 3;
    */
@@ -502,7 +727,7 @@ export enum ReportResult_Disposition {
  * Describes the enum fusillade.v1.ReportResult.Disposition.
  */
 export const ReportResult_DispositionSchema: GenEnum<ReportResult_Disposition> = /*@__PURE__*/
-  enumDesc(file_fusillade_v1_dispatch_service, 14, 0);
+  enumDesc(file_fusillade_v1_dispatch_service, 19, 0);
 
 /**
  * @generated from message fusillade.v1.ReportResultsResponse
@@ -512,6 +737,16 @@ export type ReportResultsResponse = Message<"fusillade.v1.ReportResultsResponse"
    * @generated from field: repeated fusillade.v1.ReportResult results = 1;
    */
   results: ReportResult[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.Claim claims = 2;
+   */
+  claims: Claim[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.ModelHold holds = 3;
+   */
+  holds: ModelHold[];
 };
 
 /**
@@ -519,85 +754,92 @@ export type ReportResultsResponse = Message<"fusillade.v1.ReportResultsResponse"
  * Use `create(ReportResultsResponseSchema)` to create a new message.
  */
 export const ReportResultsResponseSchema: GenMessage<ReportResultsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_dispatch_service, 15);
+  messageDesc(file_fusillade_v1_dispatch_service, 20);
 
 /**
- * @generated from enum fusillade.v1.LeaseLossReason
+ * @generated from enum fusillade.v1.ClaimLossReason
  */
-export enum LeaseLossReason {
+export enum ClaimLossReason {
   /**
-   * @generated from enum value: LEASE_LOSS_REASON_UNSPECIFIED = 0;
+   * @generated from enum value: CLAIM_LOSS_REASON_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,
 
   /**
-   * The lease expired (and may have been granted again).
+   * The claim expired (and the request may have been claimed again).
    *
-   * @generated from enum value: LEASE_LOSS_REASON_EXPIRED = 1;
+   * @generated from enum value: CLAIM_LOSS_REASON_EXPIRED = 1;
    */
   EXPIRED = 1,
 
   /**
    * The batch was cancelled.
    *
-   * @generated from enum value: LEASE_LOSS_REASON_BATCH_CANCELLED = 2;
+   * @generated from enum value: CLAIM_LOSS_REASON_BATCH_CANCELLED = 2;
    */
   BATCH_CANCELLED = 2,
 
   /**
    * The batch's completion window closed.
    *
-   * @generated from enum value: LEASE_LOSS_REASON_BATCH_EXPIRED = 3;
+   * @generated from enum value: CLAIM_LOSS_REASON_BATCH_EXPIRED = 3;
    */
   BATCH_EXPIRED = 3,
 
   /**
    * No such request, or the token is not current.
    *
-   * @generated from enum value: LEASE_LOSS_REASON_NOT_CURRENT = 4;
+   * @generated from enum value: CLAIM_LOSS_REASON_NOT_CURRENT = 4;
    */
   NOT_CURRENT = 4,
 }
 
 /**
- * Describes the enum fusillade.v1.LeaseLossReason.
+ * Describes the enum fusillade.v1.ClaimLossReason.
  */
-export const LeaseLossReasonSchema: GenEnum<LeaseLossReason> = /*@__PURE__*/
+export const ClaimLossReasonSchema: GenEnum<ClaimLossReason> = /*@__PURE__*/
   enumDesc(file_fusillade_v1_dispatch_service, 0);
 
 /**
- * Internal API between the control plane and dispatchers.
+ * Internal API between the control plane and dispatchers (docs/capacity-leases.md).
  *
- * A lease is the right to execute one request until it expires. The control
- * plane grants a model's leases only while fewer than the model's limit are
- * held fleet-wide. Every renewal and report quotes the lease's token; one that
- * is no longer current is answered as lost and changes nothing.
+ * Two rights, kept apart:
+ * - a slot grant: dispatcher D may run up to `slots` requests of model M at
+ *   once. The slots granted for M fleet-wide never exceed M's limit;
+ * - a claim: D may execute one request. Claims are a buffer of work and do
+ *   not count against the limit.
+ * Both carry a fencing token and an expiry; both are renewed by Sync. A
+ * renewal or report that quotes a token no longer current changes nothing.
  *
  * @generated from service fusillade.v1.DispatchService
  */
 export const DispatchService: GenService<{
   /**
-   * Grants up to max_leases leases; waits up to `wait` when none can be granted now.
+   * Renews grants and claims, takes back slots handed back, grants slots by
+   * demand under each model's limit, and hands out claims. Answers at once.
+   * A dispatcher has at most one Sync in flight.
    *
-   * @generated from rpc fusillade.v1.DispatchService.AcquireLeases
+   * @generated from rpc fusillade.v1.DispatchService.Sync
    */
-  acquireLeases: {
+  sync: {
     methodKind: "unary";
-    input: typeof AcquireLeasesRequestSchema;
-    output: typeof AcquireLeasesResponseSchema;
+    input: typeof SyncRequestSchema;
+    output: typeof SyncResponseSchema;
   },
   /**
-   * Extends live leases; names those that are gone, whose requests must be aborted.
+   * Long poll: answers with the models that have work this dispatcher could
+   * take, as soon as there are any, or after `wait`. Changes nothing.
    *
-   * @generated from rpc fusillade.v1.DispatchService.RenewLeases
+   * @generated from rpc fusillade.v1.DispatchService.WaitForWork
    */
-  renewLeases: {
+  waitForWork: {
     methodKind: "unary";
-    input: typeof RenewLeasesRequestSchema;
-    output: typeof RenewLeasesResponseSchema;
+    input: typeof WaitForWorkRequestSchema;
+    output: typeof WaitForWorkResponseSchema;
   },
   /**
-   * Records outcomes. Each is applied only if its lease is still current.
+   * Records outcomes (each only if its claim is current) and hands out the
+   * next claims for the room named.
    *
    * @generated from rpc fusillade.v1.DispatchService.ReportResults
    */

@@ -1,0 +1,137 @@
+/**
+ * What a dispatcher holds of each model: its slot grant (token, slots,
+ * target, fence), the buffer of claims waiting for a slot, the requests
+ * running, and a 429 hold. Pure book-keeping and the arithmetic of demand
+ * (docs/capacity-leases.md); the loops that act on it are in ./dispatcher.ts
+ * and ./sync-loop.ts.
+ *
+ * Modes of a model:
+ * - unknown/lost: no grant (token 0): nothing starts; a Sync asks for one;
+ * - granted: up to min(slots, target) requests run; claims buffer up to that
+ *   plus the prefetch; above the target, nothing starts and slots go back
+ *   (through `keep`) as requests finish;
+ * - fenced: the grant was not renewed in time: every running request was
+ *   aborted and the model is back to unknown;
+ * - held: a 429 hold: nothing starts until it ends (the grant is kept).
+ * Times are `performance.now()` milliseconds.
+ */
+import { performance } from "node:perf_hooks";
+import type { WorkInterest } from "./lease-client.js";
+import type { HeldLease } from "./lease-table.js";
+
+/** One model's grant, buffer and running count. */
+export class ModelSlots {
+  /** The grant's token; 0n: no grant. */
+  token = 0n;
+  slots = 0;
+  target = 0;
+  /** The grant is fenced (every running request aborted) at this moment unless renewed. */
+  fenceAt = 0;
+  fenceTimer: NodeJS.Timeout | undefined;
+  /** Claims waiting for a slot, oldest first. */
+  readonly queue: HeldLease[] = [];
+  running = 0;
+  /** No request starts before this moment (a 429's Retry-After). */
+  heldUntil = 0;
+  /** Claims asked for (by a Sync or a report) and not answered yet. */
+  requested = 0;
+  /** The last claim answer gave fewer than asked: the model has no backlog for us now. */
+  starved = false;
+
+  constructor(readonly model: string) {}
+
+  /** Requests of the model that may run at once now. */
+  get usable(): number {
+    return this.token === 0n ? 0 : Math.min(this.slots, this.target);
+  }
+
+  /** Claims held: running and buffered. */
+  get held(): number {
+    return this.running + this.queue.length;
+  }
+
+  /** Whether the next buffered claim may start now. */
+  canStart(now = performance.now()): boolean {
+    return this.running < this.usable && now >= this.heldUntil && now < this.fenceAt;
+  }
+}
+
+/** Every model the dispatcher holds or has heard of; see the file header. */
+export class SlotBook {
+  readonly #models = new Map<string, ModelSlots>();
+
+  constructor(
+    /** Most requests running at once across models (the memory bound). */
+    private readonly capacity: number,
+    /** Buffered claims beyond the slots, as a share of them (at least one). */
+    private readonly prefetch: number,
+  ) {}
+
+  get(model: string): ModelSlots {
+    let m = this.#models.get(model);
+    if (!m) {
+      m = new ModelSlots(model);
+      this.#models.set(model, m);
+    }
+    return m;
+  }
+
+  find(model: string): ModelSlots | undefined {
+    return this.#models.get(model);
+  }
+
+  all(): ModelSlots[] {
+    return [...this.#models.values()];
+  }
+
+  /** Slots held across models. */
+  get slotsHeld(): number {
+    let n = 0;
+    for (const m of this.#models.values()) n += m.token === 0n ? 0 : m.slots;
+    return n;
+  }
+
+  /** Claims wanted for `m`'s buffer now (0 without usable slots). */
+  room(m: ModelSlots): number {
+    const usable = m.usable;
+    if (usable === 0) return 0;
+    const buffer = usable + Math.max(1, Math.ceil(usable * this.prefetch));
+    return Math.max(0, buffer - m.held - m.requested);
+  }
+
+  /**
+   * Slots `m` could use: with a backlog, what the capacity leaves beside the
+   * other models' slots; without, what it runs and buffers.
+   */
+  want(m: ModelSlots): number {
+    if (m.starved) return m.held;
+    const others = this.slotsHeld - (m.token === 0n ? 0 : m.slots);
+    return Math.max(m.held, this.capacity - others);
+  }
+
+  /** Slots to keep: never below what runs; otherwise the usable slots, down to the demand. */
+  keep(m: ModelSlots): number {
+    return Math.max(m.running, Math.min(m.usable, this.want(m)));
+  }
+
+  /** Whether a Sync should go now for `m`: claims wanted and likely there, or slots to hand back. */
+  wantsSync(m: ModelSlots): boolean {
+    if (m.token === 0n) return !m.starved && m.running === 0;
+    if (this.room(m) > 0 && !m.starved && m.requested === 0) return true;
+    return m.target < m.slots && m.running <= m.target;
+  }
+
+  /** What to tell WaitForWork. */
+  interest(models: readonly string[]): WorkInterest {
+    const hungry: string[] = [];
+    const grow: string[] = [];
+    const known: string[] = [];
+    for (const m of this.#models.values()) {
+      if (m.token === 0n) continue;
+      known.push(m.model);
+      if (m.starved && this.room(m) > 0) hungry.push(m.model);
+      if (m.slots < m.target) grow.push(m.model);
+    }
+    return { models, hungry, grow, known, newModels: this.slotsHeld < this.capacity };
+  }
+}

@@ -1,0 +1,271 @@
+/**
+ * The dispatcher's two conversations about slots (docs/capacity-leases.md):
+ *
+ * - Sync: one call at a time (so no answer computed before a hand-back can
+ *   arrive after it). Sent when a renewal is due (every interval: it renews
+ *   every grant and every claim), when WaitForWork names models, when a model
+ *   wants claims the reports will not bring, and when slots are to be handed
+ *   back. Each model's `keep` is applied locally as the call is sent.
+ * - WaitForWork: a long poll that changes nothing, so it is aborted and sent
+ *   again whenever what we would tell it changes.
+ *
+ * Modes: running → stopping (loops end; `release()` sends a last Sync that
+ * keeps nothing) → stopped. A failed Sync changes nothing: the fences fire on
+ * their own if the control plane stays away.
+ */
+import { performance } from "node:perf_hooks";
+import type { Logger } from "../logger.js";
+import { Backoff, sleep, Wakeup } from "./backoff.js";
+import type {
+  LeaseClient,
+  LeaseRef,
+  LossReason,
+  SlotDemand,
+  SyncAnswer,
+  WorkInterest,
+} from "./lease-client.js";
+import type { HeldLease, LeaseTable } from "./lease-table.js";
+import type { ModelSlots, SlotBook } from "./model-slots.js";
+
+/** What the sync loop needs from the dispatcher. */
+export interface SyncHost {
+  readonly book: SlotBook;
+  readonly table: LeaseTable;
+  /** Claims arrived (from a call sent at `sentAt`): buffer them and start what may start. */
+  intake(
+    answer: Pick<SyncAnswer, "claims" | "holds">,
+    asked: Map<string, number>,
+    sentAt: number,
+  ): void;
+  /** A grant's renewal came too late or it was lost: abort the model's running requests. */
+  fence(m: ModelSlots, why: "fenced" | "lost"): void;
+  /** A claim is gone (the control plane said so). */
+  onLost(entry: HeldLease, reason: LossReason): void;
+  /** The fence margin for a TTL. */
+  marginFor(ttlMs: number): number;
+  /** The renewal period now. */
+  renewIntervalMs(): number;
+  /** Every model's buffer may start more now (grants changed). */
+  pumpAll(): void;
+}
+
+export interface SyncOptions {
+  models: readonly string[];
+  waitMs: number;
+  rpcTimeoutMs: number;
+}
+
+export class SyncLoop {
+  readonly #wanted = new Wakeup();
+  readonly #synced = new Wakeup();
+  #syncDue = true;
+  #renewAt = 0;
+  readonly #stopping = new AbortController();
+  #loops: Promise<unknown> = Promise.resolve();
+  #waitAbort: AbortController | undefined;
+  #waitKey = "";
+  #syncing = false;
+  #failures = 0;
+
+  constructor(
+    private readonly host: SyncHost,
+    private readonly client: LeaseClient,
+    private readonly options: SyncOptions,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    this.#loops = Promise.all([this.#syncLoop(), this.#waitLoop()]);
+  }
+
+  /** Ends both loops; waits for a Sync in flight. */
+  async stop(): Promise<void> {
+    this.#stopping.abort();
+    this.#waitAbort?.abort();
+    this.#wanted.notify();
+    this.#synced.notify();
+    await this.#loops;
+  }
+
+  /** Something changed: Sync soon if a model wants it; re-send WaitForWork if our interest changed. */
+  poke(): void {
+    if (this.#stopping.signal.aborted) return;
+    if (!this.#syncDue && this.host.book.all().some((m) => this.host.book.wantsSync(m))) {
+      this.#syncDue = true;
+      this.#wanted.notify();
+    }
+    const key = interestKey(this.host.book.interest(this.options.models));
+    if (key !== this.#waitKey) this.#waitAbort?.abort();
+  }
+
+  /** A last Sync that keeps nothing: hands every slot back (best effort, at shutdown). */
+  async release(): Promise<void> {
+    const demands = this.host.book
+      .all()
+      .filter((m) => m.token !== 0n)
+      .map((m) => ({ model: m.model, token: m.token, keep: m.running, want: m.running, room: 0 }));
+    if (demands.length === 0) return;
+    try {
+      await this.client.sync(demands, [], this.options.rpcTimeoutMs);
+    } catch (e) {
+      this.log.warn({ err: e }, "could not hand slots back; they expire on their own");
+    }
+  }
+
+  async #syncLoop(): Promise<void> {
+    const backoff = new Backoff();
+    const signal = this.#stopping.signal;
+    while (!signal.aborted) {
+      const now = performance.now();
+      if (!this.#syncDue && now < this.#renewAt) {
+        await this.#wanted.wait(signal, this.#renewAt - now);
+        continue;
+      }
+      this.#syncDue = false;
+      const ok = await this.#syncOnce(now >= this.#renewAt);
+      if (ok) {
+        if (this.#failures > 0) this.log.info("the control plane answers again");
+        this.#failures = 0;
+        backoff.reset();
+      } else {
+        this.#failures++;
+        this.#syncDue = true;
+        await sleep(backoff.next(), signal);
+      }
+      this.#synced.notify();
+      this.poke();
+    }
+  }
+
+  /** One Sync; false when it failed. */
+  async #syncOnce(renewing: boolean): Promise<boolean> {
+    const { book, table } = this.host;
+    const demands: SlotDemand[] = [];
+    const asked = new Map<string, number>();
+    for (const m of book.all()) {
+      if (m.token === 0n && (m.starved || m.running > 0)) continue;
+      const keep = m.token === 0n ? 0 : book.keep(m);
+      // From now until the answer, no more than `keep` run.
+      if (m.token !== 0n) m.slots = keep;
+      const room = book.room(m);
+      m.requested += room;
+      if (room > 0) asked.set(m.model, room);
+      demands.push({ model: m.model, token: m.token, keep, want: book.want(m), room });
+    }
+    // Lost claims are gone for good; every other one must outlive its report.
+    const renew: LeaseRef[] = renewing
+      ? table
+          .all()
+          .filter((e) => e.gaveUp?.reason !== "lost")
+          .map((e) => e.ref)
+      : [];
+    if (demands.length === 0 && renew.length === 0) {
+      if (renewing) this.#renewAt = performance.now() + this.host.renewIntervalMs();
+      return true;
+    }
+    const sentAt = performance.now();
+    this.#syncing = true;
+    let answer: SyncAnswer;
+    try {
+      answer = await this.client.sync(demands, renew, this.options.rpcTimeoutMs);
+    } catch (e) {
+      for (const [model, n] of asked) book.get(model).requested -= n;
+      if (this.#failures === 0 || this.#failures % 10 === 9) {
+        this.log.warn({ err: e, failures: this.#failures + 1 }, "Sync failed; retrying");
+      }
+      return false;
+    } finally {
+      this.#syncing = false;
+    }
+    if (renewing) this.#renewAt = sentAt + this.host.renewIntervalMs();
+    if (this.log.isLevelEnabled("debug")) {
+      this.log.debug(
+        {
+          ms: Math.round(performance.now() - sentAt),
+          grants: answer.grants.map((g) => `${g.model}:${g.slots}/${g.target}`),
+          claims: answer.claims.length,
+          renewed: answer.renewed.length,
+        },
+        "sync",
+      );
+    }
+    const granted = new Set<string>();
+    for (const g of answer.grants) {
+      const m = book.get(g.model);
+      granted.add(g.model);
+      m.token = g.token;
+      m.slots = g.slots;
+      m.target = g.target;
+      this.#arm(m, sentAt + g.ttlMs - this.host.marginFor(g.ttlMs));
+    }
+    for (const l of answer.lostGrants) {
+      const m = book.find(l.model);
+      if (m && m.token === l.token) this.host.fence(m, "lost");
+    }
+    for (const d of demands) {
+      // Asked for a grant and got none (no such model, or nothing to give): wait to be told.
+      if (d.token === 0n && !granted.has(d.model)) book.get(d.model).starved = true;
+    }
+    for (const r of answer.renewed) table.extend(r.ref, sentAt, r.ttlMs);
+    for (const l of answer.lost) {
+      const entry = table.get(l.ref);
+      if (entry) this.host.onLost(entry, l.reason);
+    }
+    this.host.intake(answer, asked, sentAt);
+    this.host.pumpAll();
+    return true;
+  }
+
+  #arm(m: ModelSlots, fenceAt: number): void {
+    m.fenceAt = fenceAt;
+    clearTimeout(m.fenceTimer);
+    const check = () => {
+      if (m.token === 0n) return;
+      const left = m.fenceAt - performance.now();
+      if (left > 0) {
+        m.fenceTimer = setTimeout(check, left);
+        m.fenceTimer.unref();
+        return;
+      }
+      this.host.fence(m, "fenced");
+    };
+    m.fenceTimer = setTimeout(check, Math.max(0, fenceAt - performance.now()));
+    m.fenceTimer.unref();
+  }
+
+  async #waitLoop(): Promise<void> {
+    const backoff = new Backoff();
+    const signal = this.#stopping.signal;
+    while (!signal.aborted) {
+      const interest = this.host.book.interest(this.options.models);
+      this.#waitKey = interestKey(interest);
+      const abort = new AbortController();
+      this.#waitAbort = abort;
+      let models: string[];
+      try {
+        models = await this.client.waitForWork(interest, this.options.waitMs, abort.signal);
+      } catch (e) {
+        if (abort.signal.aborted) continue; // our own: the interest changed, or we stop
+        const wait = backoff.next();
+        if (backoff.failures === 1 || backoff.failures % 10 === 0) {
+          this.log.warn({ err: e, failures: backoff.failures }, "WaitForWork failed; retrying");
+        }
+        await sleep(wait, signal);
+        continue;
+      }
+      backoff.reset();
+      if (models.length === 0) continue;
+      for (const model of models) this.host.book.get(model).starved = false;
+      this.#syncDue = true;
+      this.#wanted.notify();
+      // Until that Sync is answered, asking again would name the same models.
+      while ((this.#syncDue || this.#syncing) && !signal.aborted) {
+        await this.#synced.wait(signal);
+      }
+    }
+  }
+}
+
+function interestKey(i: WorkInterest): string {
+  return `${i.hungry.join(",")}|${i.grow.join(",")}|${i.known.join(",")}|${i.newModels}`;
+}
