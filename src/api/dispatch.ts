@@ -208,16 +208,16 @@ export function dispatchMethods(
         if (r.model === "") throw new InvalidArgumentError(`refill[${i}].model`, "is required");
         rooms.set(r.model, count(r.room, `refill[${i}].room`));
       });
-      const dispositions = await leases.report(outcomes);
-      let claims: GrantedClaim[] = [];
-      if (rooms.size > 0 && req.dispatcherId !== "") {
-        claims = await leases.claim(req.dispatcherId, rooms);
-        if (ctx.signal.aborted && claims.length > 0) {
-          await leases.report(claims.map(unsentRelease));
-          claims = [];
-        }
+      const { dispositions, claims, holds } = await leases.reportAndClaim(
+        outcomes,
+        req.dispatcherId,
+        rooms,
+      );
+      if (ctx.signal.aborted && claims.length > 0) {
+        // The caller went away: nobody may receive these claims.
+        await leases.report(claims.map(unsentRelease));
+        claims.length = 0;
       }
-      const holds = rooms.size > 0 ? await leases.holds([...rooms.keys()]) : [];
       return create(ReportResultsResponseSchema, {
         results: outcomes.map((o) => ({
           ref: { requestId: o.ref.requestId, token: o.ref.token },

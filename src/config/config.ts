@@ -20,7 +20,7 @@ export interface ControlPlaneConfig {
   defaultLimit: number;
   /** Lease lifetime, renewed by dispatchers while a request runs. @default 30s */
   leaseTtlMs: number;
-  /** Longest AcquireLeases long-poll the server holds. @default 30s */
+  /** Longest WaitForWork long poll the server holds. @default 30s */
   maxAcquireWaitMs: number;
   /** How often the reaper looks for expired leases and batches. @default 1s */
   reapIntervalMs: number;

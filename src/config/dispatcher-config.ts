@@ -54,7 +54,7 @@ export interface DispatcherConfig {
    * @default 5
    */
   reportLingerMs: number;
-  /** Deadline of one RenewLeases / ReportResults call. @default 10s */
+  /** Deadline of one Sync / ReportResults call. @default 10s */
   rpcTimeoutMs: number;
   /** On stop: time in-flight requests get to finish before they are aborted and released. @default 30s */
   shutdownGraceMs: number;

@@ -149,6 +149,8 @@ export function startDispatcher(
     log,
     {
       refill(): Refill[] {
+        // Stopping: claims would only go back again (and their release's report would ask again).
+        if (stopping.signal.aborted) return [];
         const out: Refill[] = [];
         for (const m of book.all()) {
           const room = m.starved ? 0 : book.room(m);

@@ -51,7 +51,7 @@ const NO_REFILL: RefillHooks = {
 };
 
 /** Report calls in flight at once while healthy. */
-export const MAX_CALLS = 2;
+export const MAX_CALLS = 4;
 
 interface Queued {
   report: Report;

@@ -18,6 +18,9 @@ import type { Db } from "../storage/db.js";
 import { type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
 import * as sql from "./sql.js";
 
+/** A connection or the pool: statements run in a transaction or on their own. */
+type Queryable = Pick<Db, "query">;
+
 export interface LeaseServiceConfig {
   defaultLimit: number;
   /** TTL of slot grants and of claims. */
@@ -212,7 +215,11 @@ export class LeaseService {
   }
 
   /** Claims up to `rooms.get(model)` ready requests of each model for `holder`. */
-  async claim(holder: string, rooms: Map<string, number>): Promise<GrantedClaim[]> {
+  async claim(
+    holder: string,
+    rooms: Map<string, number>,
+    q: Queryable = this.db,
+  ): Promise<GrantedClaim[]> {
     let budget = MAX_CLAIMS_PER_CALL;
     const models: string[] = [];
     const counts: number[] = [];
@@ -224,7 +231,7 @@ export class LeaseService {
       budget -= n;
     }
     if (models.length === 0) return [];
-    const res = await this.db.query<ClaimRow>(sql.REQUESTS_CLAIM, [
+    const res = await q.query<ClaimRow>(sql.REQUESTS_CLAIM, [
       models,
       counts,
       holder,
@@ -234,9 +241,9 @@ export class LeaseService {
   }
 
   /** Models among `models` on a 429 hold now. */
-  async holds(models: string[]): Promise<ModelHold[]> {
+  async holds(models: string[], q: Queryable = this.db): Promise<ModelHold[]> {
     if (models.length === 0) return [];
-    const res = await this.db.query<{ model: string; ms: string }>(sql.MODEL_HOLDS, [models]);
+    const res = await q.query<{ model: string; ms: string }>(sql.MODEL_HOLDS, [models]);
     return res.rows.map((r) => ({ model: r.model, remainingMs: Math.ceil(Number(r.ms)) }));
   }
 
@@ -353,8 +360,33 @@ export class LeaseService {
     return { renewed, lost };
   }
 
-  /** Applies outcomes; each is recorded only if its lease is still current. */
-  async report(outcomes: Outcome[]): Promise<Map<string, Disposition>> {
+  /**
+   * Records outcomes, then claims for `rooms` and reads the holds of their
+   * models, in one transaction: one commit (one WAL flush) per report call
+   * instead of three. Seen at 20,000 requests, 2 × 500 slots, 50 ms upstream:
+   * report calls of 256 outcomes took 20–50 ms to record and 10–50 ms more to
+   * claim, and the reports queued up behind them (2,000 outcomes waiting).
+   */
+  async reportAndClaim(
+    outcomes: Outcome[],
+    holder: string,
+    rooms: Map<string, number>,
+  ): Promise<{
+    dispositions: Map<string, Disposition>;
+    claims: GrantedClaim[];
+    holds: ModelHold[];
+  }> {
+    return this.db.tx(async (q) => {
+      const dispositions = await this.report(outcomes, q);
+      if (rooms.size === 0 || holder === "") return { dispositions, claims: [], holds: [] };
+      const claims = await this.claim(holder, rooms, q);
+      const holds = await this.holds([...rooms.keys()], q);
+      return { dispositions, claims, holds };
+    });
+  }
+
+  /** Applies outcomes; each is recorded only if its claim is still current. */
+  async report(outcomes: Outcome[], q: Queryable = this.db): Promise<Map<string, Disposition>> {
     const result = new Map<string, Disposition>();
     const key = (r: LeaseRef) => `${r.requestId}/${r.token}`;
     for (const o of outcomes) result.set(key(o.ref), "lost");
@@ -362,7 +394,7 @@ export class LeaseService {
     const failures = outcomes.filter((o) => o.kind === "failure");
     const releases = outcomes.filter((o) => o.kind === "release");
     if (completions.length > 0) {
-      const res = await this.db.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
+      const res = await q.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
         completions.map((o) => o.ref.requestId),
         completions.map((o) => o.ref.token.toString()),
         completions.map((o) => o.statusCode),
@@ -373,9 +405,9 @@ export class LeaseService {
       for (const o of completions)
         if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");
     }
-    if (failures.length > 0) await this.recordFailures(failures, result, key);
+    if (failures.length > 0) await this.recordFailures(failures, result, key, q);
     if (releases.length > 0) {
-      const res = await this.db.query<{ id: string; state: string }>(sql.REQUESTS_RELEASE, [
+      const res = await q.query<{ id: string; state: string }>(sql.REQUESTS_RELEASE, [
         releases.map((o) => o.ref.requestId),
         releases.map((o) => o.ref.token.toString()),
         releases.map((o) => o.unsent),
@@ -393,8 +425,9 @@ export class LeaseService {
     failures: Extract<Outcome, { kind: "failure" }>[],
     result: Map<string, Disposition>,
     key: (r: LeaseRef) => string,
+    q: Queryable,
   ): Promise<void> {
-    const ctx = await this.db.query<{
+    const ctx = await q.query<{
       id: string;
       model: string;
       attempt: number;
@@ -445,7 +478,7 @@ export class LeaseService {
       });
     }
     if (rows.length === 0) return;
-    const res = await this.db.query<{ id: string; state: string }>(sql.REQUESTS_FAIL, [
+    const res = await q.query<{ id: string; state: string }>(sql.REQUESTS_FAIL, [
       rows.map((r) => r.o.ref.requestId),
       rows.map((r) => r.o.ref.token.toString()),
       rows.map((r) => r.next),
@@ -468,6 +501,6 @@ export class LeaseService {
         holds.set(model, Math.max(holds.get(model) ?? 0, o.retryAfterMs));
       }
     }
-    for (const [model, ms] of holds) await this.db.query(sql.MODEL_LIMITS_HOLD, [model, ms]);
+    for (const [model, ms] of holds) await q.query(sql.MODEL_LIMITS_HOLD, [model, ms]);
   }
 }

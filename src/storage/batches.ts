@@ -229,7 +229,7 @@ export async function listBatches(
 /**
  * Cancels a batch: pending requests become canceled at once; leased ones
  * stay counted against their model's limit until their dispatcher, told by
- * RenewLeases, aborts them and reports (or their lease expires).
+ * the renewal in its next Sync, aborts them and reports (or their claim expires).
  * Idempotent: cancelling a cancelling or cancelled batch returns it as it is
  * (a client retrying a cancel whose answer it lost must not see an error);
  * a completed or expired batch is FailedPrecondition.

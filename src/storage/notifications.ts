@@ -50,7 +50,7 @@ export class Notifications {
   ) {
     this.checkIntervalMs = options.checkIntervalMs ?? 5000;
     this.onError = options.onError ?? (() => undefined);
-    // Every AcquireLeases long-poll and every stream subscribes.
+    // Every WaitForWork long poll and every stream subscribes.
     this.emitter.setMaxListeners(0);
   }
 

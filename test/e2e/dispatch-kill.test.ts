@@ -20,6 +20,8 @@ import {
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const LIMIT = 6;
+/** Claims the victim buffers beyond its slots (prefetch 0.5 × 6 slots): claimed, never sent. */
+const BUFFERED = 3;
 let t: TestControlPlane;
 let sql: pg.Pool;
 let upstream: Upstream;
@@ -72,9 +74,9 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
      FROM requests WHERE batch_id = $1 AND state = 'leased'`,
     [batchId],
   );
-  expect(expiry.rows.map((r) => r.lease_holder)).toEqual(Array(LIMIT).fill("victim"));
+  expect(expiry.rows.map((r) => r.lease_holder)).toEqual(Array(LIMIT + BUFFERED).fill("victim"));
   const expiresAt = new Map(expiry.rows.map((r) => [r.id, Number(r.expires)]));
-  expect([...expiresAt.keys()].sort()).toEqual(held.map((d) => d.requestId).sort());
+  for (const d of held) expect(expiresAt.has(d.requestId)).toBe(true);
 
   const status = await waitForBatch(t.batch, batchId);
   expect(Number(status.counts!.completed)).toBe(60);
@@ -92,9 +94,11 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
     "SELECT attempt, count(*)::int AS n FROM requests WHERE batch_id = $1 GROUP BY attempt ORDER BY attempt",
     [batchId],
   );
+  // A claim counts an attempt: the victim's buffered claims, reaped unsent,
+  // count one too (the control plane cannot tell that they never left).
   expect(attempts.rows).toEqual([
-    { attempt: 1, n: 60 - LIMIT },
-    { attempt: 2, n: LIMIT },
+    { attempt: 1, n: 60 - LIMIT - BUFFERED },
+    { attempt: 2, n: LIMIT + BUFFERED },
   ]);
   // Everything else was delivered exactly once: recorded once, executed once.
   const perRequest = new Map<string, number>();

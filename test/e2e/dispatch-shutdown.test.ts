@@ -83,8 +83,10 @@ test("SIGTERM: running requests finish within the grace or are released; exit 0;
       .split("\n")
       .find((l) => l.includes('"msg":"dispatcher stopped"'))!,
   );
-  expect(stopped).toMatchObject({ held: 0, completions: 4, releases: 2, shutdownAborts: 2 });
-  expect(stopped.dispositions).toMatchObject({ recorded: 4, requeued: 2, lost: 0, unreported: 0 });
+  // Released: the 2 cut at the grace, and the 3 buffered claims (prefetch
+  // 0.5 × 6 slots) given back unsent at the signal.
+  expect(stopped).toMatchObject({ held: 0, completions: 4, releases: 5, shutdownAborts: 2 });
+  expect(stopped.dispositions).toMatchObject({ recorded: 4, requeued: 5, lost: 0, unreported: 0 });
 
   successor = startTestDispatcher(t.url, { id: "successor" });
   const status = await waitForBatch(t.batch, batchId, 20_000);

@@ -109,7 +109,7 @@ describe("the lease path's own pool", () => {
     t = undefined;
   });
 
-  it("grants leases while every general-pool connection is held by other work", async () => {
+  it("grants slots and claims while every general-pool connection is held by other work", async () => {
     t = await startTestControlPlane({ dbPoolSize: 2, dbAcquireTimeoutMs: 500 });
     await createTestBatch(t.batch, "http://127.0.0.1:9", items("pool-m", 2));
     const general = t.cp.db.pool;
@@ -124,11 +124,19 @@ describe("the lease path's own pool", () => {
       );
       expect(listed?.code).toBe(Code.Unavailable);
       // …while the lease path runs on its own connections.
-      const res = await t.dispatch.acquireLeases(
-        { dispatcherId: "pool-test", maxLeases: 2, models: ["pool-m"] },
+      const first = await t.dispatch.sync(
+        { dispatcherId: "pool-test", slots: [{ model: "pool-m", token: 0n, want: 2 }] },
         { timeoutMs: 5000 },
       );
-      expect(res.leases).toHaveLength(2);
+      expect(first.grants[0]?.slots).toBe(2);
+      const res = await t.dispatch.sync(
+        {
+          dispatcherId: "pool-test",
+          slots: [{ model: "pool-m", token: first.grants[0]!.token, keep: 2, want: 2, room: 2 }],
+        },
+        { timeoutMs: 5000 },
+      );
+      expect(res.claims).toHaveLength(2);
     } finally {
       for (const c of held) c.release();
     }
