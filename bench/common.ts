@@ -11,6 +11,7 @@ import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { resolveDispatcherConfig } from "../src/config/dispatcher-config.js";
 import { startDispatcher } from "../src/dispatcher/dispatcher.js";
+import { startDispatcherThread } from "../src/dispatcher/thread.js";
 import { AdminService } from "../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService, UploadFileRequestSchema } from "../src/gen/fusillade/v1/batch_service_pb.js";
 import { makeLogger } from "../src/logger.js";
@@ -103,13 +104,20 @@ export async function waitFinished(batch: BatchClient, batchId: string): Promise
   throw new Error(`WatchBatch of ${batchId} ended before the batch finished`);
 }
 
-/** An in-process dispatcher that serves only `models`, with capacity far above their limits. */
+/** BENCH_DISPATCHER=inline: the dispatcher on the bench's own event loop (to compare). */
+const INLINE_DISPATCHER = process.env.BENCH_DISPATCHER === "inline";
+
+/**
+ * A dispatcher that serves only `models`, with capacity far above their
+ * limits, on its own thread in this process, as `serve` runs one.
+ */
 export function benchDispatcher(
   cpUrl: string,
   models: readonly string[],
   id: string,
 ): ReturnType<typeof startDispatcher> {
-  return startDispatcher(
+  const start = INLINE_DISPATCHER ? startDispatcher : startDispatcherThread;
+  return start(
     resolveDispatcherConfig({
       controlPlaneUrl: cpUrl,
       capacity: BENCH_CAPACITY,

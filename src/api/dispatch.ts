@@ -110,9 +110,12 @@ export function dispatchMethods(
       const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));
       const res = await leases.sync(req.dispatcherId, demands, renew);
       if (ctx.signal.aborted && res.claims.length > 0) {
-        // The caller went away while we claimed: nobody may receive these.
-        // Give them back now rather than let them wait for the reaper.
+        // The caller went away (or the server is stopping) while we claimed:
+        // give the claims back now rather than let them wait for the reaper,
+        // and answer none (connect still writes an answer on shutdown, and a
+        // claim in it would no longer be current).
         await leases.report(res.claims.map(unsentRelease));
+        res.claims = [];
       }
       return create(SyncResponseSchema, {
         grants: res.grants.map((g) => ({

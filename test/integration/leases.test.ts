@@ -1,8 +1,10 @@
 /**
- * The lease service through the API, with test code acting as dispatchers:
- * limits, guarded reports, renewals, long-poll wake-ups, retries, holds.
+ * Request claims, reports and WaitForWork through the API, with test code
+ * acting as dispatchers (slot grants: ./slot-grants.test.ts). Two replicas on
+ * one database: `t` hands out 60 s claims, `short` 1.5 s ones (to see claims
+ * expire and be reaped).
  */
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { createHandlerContext } from "@connectrpc/connect";
 import pg from "pg";
@@ -10,43 +12,52 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { dispatchMethods } from "../../src/api/dispatch.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import {
-  AcquireLeasesRequestSchema,
+  type Claim,
+  ClaimLossReason,
   DispatchService,
   ReportResult_Disposition as Disposition,
-  type Lease,
-  LeaseLossReason,
+  type FailureSchema,
+  type OutcomeSchema,
+  SyncRequestSchema,
 } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
 import { LeaseService } from "../../src/leases/lease-service.js";
+import * as leaseSql from "../../src/leases/sql.js";
 import { makeLogger } from "../../src/logger.js";
 import { Notifications } from "../../src/storage/notifications.js";
-import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 
 let t: TestControlPlane;
+let short: TestControlPlane;
 let sql: pg.Pool;
 
 beforeAll(async () => {
-  t = await startTestControlPlane({ leaseTtlMs: 1500, reapIntervalMs: 100, defaultLimit: 10 });
+  t = await startTestControlPlane({ leaseTtlMs: 60_000, reapIntervalMs: 100, defaultLimit: 10 });
+  short = await startTestControlPlane({ leaseTtlMs: 1500, reapIntervalMs: 100 }, t.database);
   sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
 });
 afterAll(async () => {
   await sql?.end();
+  await short?.stop();
   await t?.close();
 });
 
 const ms = (n: number) =>
   create(DurationSchema, { seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
+const enc = (s: string) => new TextEncoder().encode(s);
+const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
 
-/** A batch of `n` requests for `model`; returns its id. */
+/** A batch of `n` requests of `model`; returns its id. */
 async function batchOf(
   model: string,
   n: number,
   policy?: { maxRetries?: number; backoffMs?: number },
+  tag = model,
 ) {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, i } }),
+    JSON.stringify({ custom_id: `${tag}-${i}`, url: "/v1/x", body: { model, i } }),
   ).join("\n");
   const file = await t.batch.createFile({
-    jsonl: new TextEncoder().encode(lines),
+    jsonl: enc(lines),
     endpoint: "http://127.0.0.1:9",
     apiKey: "sk-lease-test",
   });
@@ -61,313 +72,393 @@ async function batchOf(
   return batch!.id;
 }
 
-async function acquire(
-  models: string[],
-  max: number,
-  waitMs = 0,
-  client = t.dispatch,
-): Promise<Lease[]> {
-  const res = await client.acquireLeases({
-    dispatcherId: "test",
-    maxLeases: max,
-    models,
-    wait: ms(waitMs),
+/** A new grant of `model` (token 0) with `room` claims, as `holder`. */
+async function take(holder: string, model: string, room: number, client = t.dispatch) {
+  const res = await client.sync({
+    dispatcherId: holder,
+    slots: [{ model, token: 0n, keep: 0, want: Math.max(1, room), room }],
   });
-  return res.leases;
+  return { token: res.grants[0]?.token ?? 0n, claims: res.claims, holds: res.holds };
 }
 
-async function complete(l: Lease, client = t.dispatch) {
-  const res = await client.reportResults({
-    dispatcherId: "test",
-    outcomes: [
-      {
-        ref: l.ref,
-        result: {
-          case: "completion",
-          value: { statusCode: 200, body: new TextEncoder().encode('{"ok":true}'), headers: {} },
-        },
-      },
-    ],
-  });
-  return res.results[0]!.disposition;
+const completion = (c: Claim) => ({
+  ref: c.ref,
+  result: {
+    case: "completion" as const,
+    value: { statusCode: 200, body: enc('{"ok":true}'), headers: {} },
+  },
+});
+const failure = (c: Claim, f: MessageInitShape<typeof FailureSchema>) => ({
+  ref: c.ref,
+  result: {
+    case: "failure" as const,
+    value: { statusCode: 503, code: "http_error", message: "busy", retriable: true, ...f },
+  },
+});
+const release = (c: Claim, unsent: boolean) => ({
+  ref: c.ref,
+  result: { case: "release" as const, value: { reason: "test", unsent } },
+});
+
+async function report(
+  outcome: MessageInitShape<typeof OutcomeSchema>,
+  refill: Array<{ model: string; room: number }> = [],
+) {
+  const res = await t.dispatch.reportResults({ dispatcherId: "test", outcomes: [outcome], refill });
+  return { disposition: res.results[0]!.disposition, claims: res.claims, holds: res.holds };
 }
 
-async function stateOf(requestId: string) {
+async function row(id: string) {
   const r = await sql.query(
-    "SELECT state, attempt, response_status, error_code, error_message, not_before FROM requests WHERE id = $1",
-    [requestId],
+    `SELECT state, attempt, lease_token, lease_holder, lease_expires_at, response_status,
+       error_code, error_message, extract(epoch FROM not_before) * 1000 AS not_before_ms
+     FROM requests WHERE id = $1`,
+    [id],
   );
   return r.rows[0];
 }
 
-describe("grants", () => {
-  test("never exceed the model's limit, and freed capacity is granted again", async () => {
-    await t.admin.setModelLimit({ model: "g1", limit: 3 });
-    await batchOf("g1", 10);
-    const first = await acquire(["g1"], 10);
-    expect(first).toHaveLength(3);
-    expect(await acquire(["g1"], 10)).toHaveLength(0);
-    expect(await complete(first[0]!)).toBe(Disposition.RECORDED);
-    const next = await acquire(["g1"], 10);
-    expect(next).toHaveLength(1);
-    const limits = await t.admin.listModelLimits({});
-    const g1 = limits.modelLimits.find((m) => m.model === "g1")!;
-    expect(g1).toMatchObject({ limit: 3, isDefault: false, inFlight: 3, pending: 6n });
+/** Resolves when `model` has a ready pending request (e.g. after the reaper's pass). */
+async function untilReady(model: string) {
+  const res = await t.dispatch.waitForWork({
+    dispatcherId: "watcher",
+    models: [model],
+    hungry: [model],
+    wait: ms(10_000),
   });
+  expect(res.models).toEqual([model]);
+}
 
-  test("a lease carries the request, the key as a bearer token, and the request id header", async () => {
-    const batchId = await batchOf("g2", 1);
-    const [l] = await acquire(["g2"], 1);
-    expect(l).toBeDefined();
-    const headers = Object.fromEntries(l!.headers.map((h) => [h.name, h.value]));
+const ids = (cs: Claim[]) => cs.map((c) => c.customId).sort();
+
+describe("claims", () => {
+  test("Sync claims up to room, oldest first; a report's refill claims the next ones", async () => {
+    await batchOf("c1", 4, undefined, "old");
+    await batchOf("c1", 3, undefined, "new"); // a later batch of the same model
+    const first = await take("c", "c1", 3);
+    expect(first.claims).toHaveLength(3); // room 3, though it holds 1 slot: claims are a buffer
+    expect(ids(first.claims)).toEqual(["old-0", "old-1", "old-2"]);
+    const c = first.claims.find((x) => x.customId === "old-0")!;
+    const headers = Object.fromEntries(c.headers.map((h) => [h.name, h.value]));
     expect(headers.authorization).toBe("Bearer sk-lease-test");
-    expect(headers["x-fusillade-request-id"]).toBe(l!.ref!.requestId);
-    expect(headers["x-fusillade-custom-id"]).toBe("g2-0");
-    expect(l!.url).toBe("http://127.0.0.1:9/v1/x");
-    expect(JSON.parse(new TextDecoder().decode(l!.body))).toEqual({ model: "g2", i: 0 });
-    expect(l!.batchId).toBe(batchId);
-    expect(l!.attempt).toBe(1);
-    expect(Number(l!.ttl!.seconds) * 1000 + l!.ttl!.nanos / 1e6).toBeGreaterThan(1000);
+    expect(headers["x-fusillade-request-id"]).toBe(c.ref!.requestId);
+    expect(headers["x-fusillade-custom-id"]).toBe("old-0");
+    expect(c.url).toBe("http://127.0.0.1:9/v1/x");
+    expect(JSON.parse(new TextDecoder().decode(c.body))).toEqual({ model: "c1", i: 0 });
+    expect(c.attempt).toBe(1);
+    expect(Number(c.ttl!.seconds)).toBeGreaterThan(50);
+    const next = await t.dispatch.sync({
+      dispatcherId: "c",
+      slots: [{ model: "c1", token: first.token, keep: 1, want: 1, room: 3 }],
+    });
+    // The first batch's last request, then the later batch's from its first line.
+    expect(ids(next.claims)).toEqual(["new-0", "new-1", "old-3"]);
+    const rows = await Promise.all(next.claims.map((x) => row(x.ref!.requestId)));
+    expect(rows.map((r) => [r.state, r.lease_holder])).toEqual(Array(3).fill(["leased", "c"]));
+    const refilled = await report(completion(c), [{ model: "c1", room: 5 }]);
+    expect(refilled.disposition).toBe(Disposition.RECORDED);
+    expect(ids(refilled.claims)).toEqual(["new-2"]); // the only one left
   });
 
-  test("concurrent acquirers on two replicas never overshoot the limit", async () => {
-    const other = await startTestControlPlane(
-      { leaseTtlMs: 5000, reapIntervalMs: 100 },
-      t.database,
+  test("a 429 hold: no claims while it lasts, the hold is in `holds`, WaitForWork names the model only when it ends", async () => {
+    await batchOf("h1", 4);
+    const h = await take("h", "h1", 1);
+    const held = await report(failure(h.claims[0]!, { statusCode: 429, retryAfter: ms(1200) }), [
+      { model: "h1", room: 3 },
+    ]);
+    expect(held.disposition).toBe(Disposition.REQUEUED);
+    expect(held.claims).toHaveLength(0);
+    expect(held.holds.map((x) => x.model)).toEqual(["h1"]);
+    const s = await t.dispatch.sync({
+      dispatcherId: "h",
+      slots: [{ model: "h1", token: h.token, keep: 1, want: 4, room: 3 }],
+    });
+    expect(s.claims).toHaveLength(0);
+    expect(s.grants[0]?.slots).toBe(1); // renewed, not grown
+    expect(s.holds[0]?.model).toBe("h1");
+    const left = Number(s.holds[0]!.remaining!.seconds) * 1000 + s.holds[0]!.remaining!.nanos / 1e6;
+    expect(left).toBeGreaterThan(500);
+    expect((await take("h-new", "h1", 3)).claims).toHaveLength(0);
+    const until = await sql.query(
+      "SELECT extract(epoch FROM hold_until) * 1000 AS at FROM model_limits WHERE model = 'h1'",
     );
-    try {
-      await t.admin.setModelLimit({ model: "g3", limit: 7 });
-      await batchOf("g3", 200);
-      const c2 = clients(other.url);
-      const calls = Array.from({ length: 30 }, (_, i) =>
-        acquire(["g3"], 3, 0, i % 2 ? c2.dispatch : t.dispatch),
-      );
-      const granted = (await Promise.all(calls)).flat();
-      expect(granted).toHaveLength(7);
-      expect(new Set(granted.map((l) => l.ref!.requestId)).size).toBe(7);
-      const held = await sql.query(
-        "SELECT count(*)::int AS n FROM requests WHERE model = 'g3' AND state = 'leased'",
-      );
-      expect(held.rows[0].n).toBe(7);
-    } finally {
-      await other.stop();
+    const holdEnd = Number(until.rows[0].at);
+    const wait = (n: number) =>
+      t.dispatch.waitForWork({ dispatcherId: "h", hungry: ["h1"], known: ["h1"], wait: ms(n) });
+    expect((await wait(200)).models).toEqual([]);
+    expect((await wait(10_000)).models).toEqual(["h1"]);
+    expect(Date.now()).toBeGreaterThanOrEqual(holdEnd - 20);
+    expect(Date.now()).toBeLessThan(holdEnd + 1000);
+    expect((await take("h", "h1", 3)).claims.length).toBeGreaterThanOrEqual(2);
+  });
+
+  test("a claim of a cancelled batch is lost on renewal with BATCH_CANCELLED", async () => {
+    const batchId = await batchOf("cx", 5);
+    const { claims } = await take("cx", "cx", 2);
+    const { batch } = await t.batch.cancelBatch({ batchId });
+    expect(batch!.counts).toMatchObject({ canceled: 3n, inProgress: 2n });
+    const renew = await t.dispatch.sync({ dispatcherId: "cx", claims: claims.map((c) => c.ref!) });
+    expect(renew.renewed).toHaveLength(0);
+    expect(renew.lost.map((l) => l.reason)).toEqual([
+      ClaimLossReason.BATCH_CANCELLED,
+      ClaimLossReason.BATCH_CANCELLED,
+    ]);
+    for (const c of claims)
+      expect((await report(release(c, false))).disposition).toBe(Disposition.RECORDED);
+    const status = await t.batch.getBatchStatus({ batchId });
+    expect(status.counts).toMatchObject({ total: 5n, canceled: 5n, pending: 0n, inProgress: 0n });
+  });
+
+  test("renewal extends a claim past its original expiry", async () => {
+    await batchOf("rn", 1);
+    const [c] = (await take("rn", "rn", 1, short.dispatch)).claims;
+    const original: Date = (await row(c!.ref!.requestId)).lease_expires_at;
+    for (let i = 0; i < 4; i++) {
+      await sleep(500);
+      const res = await short.dispatch.sync({ dispatcherId: "rn", claims: [c!.ref!] });
+      expect(res.renewed).toHaveLength(1);
+      expect(res.lost).toHaveLength(0);
     }
+    // 2 s after the claim, past its 1.5 s TTL: still ours.
+    expect((await row(c!.ref!.requestId)).lease_expires_at.getTime()).toBeGreaterThan(
+      original.getTime() + 1500,
+    );
+    expect((await report(completion(c!))).disposition).toBe(Disposition.RECORDED);
   });
 
-  test("lowering a limit stops grants at once; raising it wakes a waiting acquirer", async () => {
-    await t.admin.setModelLimit({ model: "g4", limit: 4 });
-    await batchOf("g4", 20);
-    const held = await acquire(["g4"], 10);
-    expect(held).toHaveLength(4);
-    await t.admin.setModelLimit({ model: "g4", limit: 2 });
-    await complete(held[0]!);
-    await complete(held[1]!);
-    expect(await acquire(["g4"], 10)).toHaveLength(0); // 2 held, limit 2
-    const waiting = acquire(["g4"], 10, 10_000);
-    const started = Date.now();
-    await t.admin.setModelLimit({ model: "g4", limit: 5 });
-    const got = await waiting;
-    expect(got).toHaveLength(3);
-    expect(Date.now() - started).toBeLessThan(5000);
+  /** One Sync straight into the handler, with the call's and the server's signals given. */
+  async function handlerSync(model: string, signals: { callGone?: boolean; stopping?: boolean }) {
+    const notifications = new Notifications(t.database.url);
+    await notifications.start();
+    try {
+      const config = { ...CONTROL_PLANE_DEFAULTS, leaseTtlMs: 60_000 };
+      const aborted = new AbortController();
+      aborted.abort();
+      const live = new AbortController().signal;
+      const shutdownSignal = signals.stopping ? aborted.signal : live;
+      const leases = new LeaseService(t.cp.db, notifications, config);
+      const deps = {
+        db: t.cp.db,
+        config,
+        log: makeLogger("silent"),
+        notifications,
+        shutdownSignal,
+      };
+      return await dispatchMethods(deps, leases).sync(
+        create(SyncRequestSchema, {
+          dispatcherId: "gone",
+          slots: [{ model, token: 0n, keep: 0, want: 3, room: 3 }],
+        }),
+        // As connect-node builds it: ctx.signal aborts with the call or the server's shutdown.
+        createHandlerContext({
+          service: DispatchService,
+          method: DispatchService.method.sync,
+          protocolName: "connect",
+          requestMethod: "POST",
+          url: "http://test/",
+          requestSignal: signals.callGone ? aborted.signal : live,
+          shutdownSignal,
+        }),
+      );
+    } finally {
+      await notifications.close();
+    }
+  }
+
+  test("a Sync whose caller went away strands nothing: its claims are given back at once", async () => {
+    await batchOf("s1", 3);
+    await handlerSync("s1", { callGone: true });
+    const states = await sql.query(
+      "SELECT state, attempt, count(*)::int AS n FROM requests WHERE model = 's1' GROUP BY 1, 2",
+    );
+    expect(states.rows).toEqual([{ state: "pending", attempt: 0, n: 3 }]);
+    expect((await take("live", "s1", 3)).claims).toHaveLength(3);
   });
 
-  test("a long poll wakes when work arrives, not at its deadline", async () => {
-    const waiting = acquire(["g5"], 5, 20_000);
-    const started = Date.now();
-    await batchOf("g5", 2);
-    const got = await waiting;
-    expect(got).toHaveLength(2);
-    expect(Date.now() - started).toBeLessThan(5000);
+  // BUG (src/api/dispatch.ts, sync): when ctx.signal is aborted the handler releases the
+  // claims (unsent: attempt given back, back to pending) but still returns them. connect-node
+  // aborts ctx.signal on server shutdown too, and then still writes the handler's answer: the
+  // dispatcher runs claims that are no longer its own (another may claim them again), and their
+  // reports come back LOST. reportResults empties its list in the same case; sync does not.
+  test("every claim in a Sync's answer is current, also when the server is stopping", async () => {
+    await batchOf("s2", 3);
+    const res = await handlerSync("s2", { stopping: true });
+    for (const c of res.claims ?? []) {
+      expect(await row(String(c.ref?.requestId))).toMatchObject({
+        state: "leased",
+        lease_token: String(c.ref?.token),
+      });
+    }
   });
 });
 
 describe("reports", () => {
-  test("a stale report after the lease expired and was granted again is LOST; the newer outcome stands", async () => {
+  test("a stale report or release after the claim expired and was claimed again is LOST; the newer outcome stands", async () => {
     await batchOf("r1", 1);
-    const [old] = await acquire(["r1"], 1);
-    // The lease (1.5 s) lapses; the reaper returns the request to pending; it is granted again.
-    const [fresh] = await acquire(["r1"], 1, 10_000);
-    expect(fresh).toBeDefined();
+    const [old] = (await take("old", "r1", 1, short.dispatch)).claims;
+    await untilReady("r1"); // expired (1.5 s) and reaped
+    const [fresh] = (await take("new", "r1", 1)).claims;
     expect(fresh!.ref!.requestId).toBe(old!.ref!.requestId);
     expect(fresh!.ref!.token).toBeGreaterThan(old!.ref!.token);
     expect(fresh!.attempt).toBe(2);
-    const renew = await t.dispatch.renewLeases({ dispatcherId: "test", leases: [old!.ref!] });
-    expect(renew.lost[0]?.reason).toBe(LeaseLossReason.EXPIRED);
-    const stale = await t.dispatch.reportResults({
-      dispatcherId: "old",
-      outcomes: [
-        {
-          ref: old!.ref,
-          result: {
-            case: "failure",
-            value: { statusCode: 400, code: "http_error", message: "stale", retriable: false },
-          },
-        },
-      ],
+    const renew = await t.dispatch.sync({ dispatcherId: "old", claims: [old!.ref!] });
+    expect(renew.lost.map((l) => l.reason)).toEqual([ClaimLossReason.EXPIRED]);
+    const stale = failure(old!, { statusCode: 400, message: "stale", retriable: false });
+    expect((await report(stale)).disposition).toBe(Disposition.LOST);
+    // The release race, in sequence: an old token's release does not free the new claim.
+    expect((await report(release(old!, true))).disposition).toBe(Disposition.LOST);
+    expect(await row(fresh!.ref!.requestId)).toMatchObject({
+      state: "leased",
+      lease_token: String(fresh!.ref!.token),
+      lease_holder: "new",
+      attempt: 2,
     });
-    expect(stale.results[0]!.disposition).toBe(Disposition.LOST);
-    expect(await complete(fresh!)).toBe(Disposition.RECORDED);
-    expect(await complete(fresh!)).toBe(Disposition.LOST); // first terminal outcome wins
-    expect(await stateOf(fresh!.ref!.requestId)).toMatchObject({
+    expect((await report(completion(fresh!))).disposition).toBe(Disposition.RECORDED);
+    expect((await report(completion(fresh!))).disposition).toBe(Disposition.LOST);
+    expect(await row(fresh!.ref!.requestId)).toMatchObject({
       state: "completed",
       response_status: 200,
     });
   });
 
-  test("retriable failures are re-queued with backoff until attempts run out; then failed", async () => {
+  test("retriable failures are re-queued with backoff until attempts run out, then failed", async () => {
     await batchOf("r2", 1, { maxRetries: 1, backoffMs: 200 });
-    const fail = (l: Lease) =>
-      t.dispatch.reportResults({
-        dispatcherId: "test",
-        outcomes: [
-          {
-            ref: l.ref,
-            result: {
-              case: "failure",
-              value: {
-                statusCode: 503,
-                code: "http_error",
-                message: "upstream 503",
-                retriable: true,
-                bodyExcerpt: new TextEncoder().encode("busy"),
-              },
-            },
-          },
-        ],
-      });
-    const [a1] = await acquire(["r2"], 1);
+    const [a1] = (await take("r2", "r2", 1)).claims;
     const failedAt = Date.now();
-    expect((await fail(a1!)).results[0]!.disposition).toBe(Disposition.REQUEUED);
-    const pending = await stateOf(a1!.ref!.requestId);
-    expect(pending.state).toBe("pending");
-    expect(pending.not_before).not.toBeNull();
-    const [a2] = await acquire(["r2"], 1, 5000);
+    expect((await report(failure(a1!, {}))).disposition).toBe(Disposition.REQUEUED);
+    const pending = await row(a1!.ref!.requestId);
+    expect(pending).toMatchObject({ state: "pending", attempt: 1 });
+    expect(pending.not_before_ms).not.toBeNull();
+    await untilReady("r2");
+    expect(Date.now() - failedAt).toBeGreaterThanOrEqual(95); // equal jitter: ≥ half of 200 ms
+    const [a2] = (await take("r2", "r2", 1)).claims;
     expect(a2!.attempt).toBe(2);
-    expect(Date.now() - failedAt).toBeGreaterThanOrEqual(100); // equal jitter: at least half of 200 ms
-    expect((await fail(a2!)).results[0]!.disposition).toBe(Disposition.RECORDED);
-    expect(await stateOf(a2!.ref!.requestId)).toMatchObject({
+    expect((await report(failure(a2!, {}))).disposition).toBe(Disposition.RECORDED);
+    const failed = await row(a2!.ref!.requestId);
+    expect(failed).toMatchObject({
       state: "failed",
       response_status: 503,
       error_code: "http_error",
     });
-    expect((await stateOf(a2!.ref!.requestId)).error_message).toContain("gave up after 2 attempts");
+    expect(failed.error_message).toContain("gave up after 2 attempts");
   });
 
-  test("a 429 with Retry-After holds the model back fleet-wide", async () => {
-    await batchOf("r3", 3);
-    const [l] = await acquire(["r3"], 1);
-    await t.dispatch.reportResults({
-      dispatcherId: "test",
-      outcomes: [
-        {
-          ref: l!.ref,
-          result: {
-            case: "failure",
-            value: {
-              statusCode: 429,
-              code: "http_error",
-              message: "slow down",
-              retriable: true,
-              retryAfter: ms(1000),
-            },
-          },
-        },
-      ],
-    });
-    const heldAt = Date.now();
-    expect(await acquire(["r3"], 3)).toHaveLength(0);
-    const limits = await t.admin.listModelLimits({});
-    expect(limits.modelLimits.find((m) => m.model === "r3")!.holdUntilTime).toBeDefined();
-    const after = await acquire(["r3"], 3, 5000);
-    expect(after.length).toBeGreaterThan(0);
-    expect(Date.now() - heldAt).toBeGreaterThanOrEqual(900);
-  });
-
-  test("cancel: pending requests end at once, leased ones are told on renewal and released as canceled", async () => {
-    const batchId = await batchOf("r4", 5);
-    const held = await acquire(["r4"], 2);
-    const { batch } = await t.batch.cancelBatch({ batchId });
-    expect(batch!.openaiStatus).toBe("cancelling");
-    expect(batch!.counts).toMatchObject({ canceled: 3n, inProgress: 2n });
-    const renew = await t.dispatch.renewLeases({
-      dispatcherId: "test",
-      leases: held.map((l) => l.ref!),
-    });
-    expect(renew.renewed).toHaveLength(0);
-    expect(renew.lost.map((l) => l.reason)).toEqual([
-      LeaseLossReason.BATCH_CANCELLED,
-      LeaseLossReason.BATCH_CANCELLED,
-    ]);
-    const rel = await t.dispatch.reportResults({
-      dispatcherId: "test",
-      outcomes: held.map((l) => ({
-        ref: l.ref,
-        result: { case: "release" as const, value: { reason: "batch cancelled" } },
-      })),
-    });
-    expect(rel.results.map((r) => r.disposition)).toEqual([
-      Disposition.RECORDED,
-      Disposition.RECORDED,
-    ]);
-    const status = await t.batch.getBatchStatus({ batchId });
-    expect(status.openaiStatus).toBe("cancelled");
-    expect(status.counts).toMatchObject({ total: 5n, canceled: 5n, pending: 0n, inProgress: 0n });
-  });
-
-  test("renewal extends a live lease past its original expiry", async () => {
-    await batchOf("r5", 1);
-    const [l] = await acquire(["r5"], 1);
-    for (let i = 0; i < 4; i++) {
-      await new Promise((r) => setTimeout(r, 500));
-      const res = await t.dispatch.renewLeases({ dispatcherId: "test", leases: [l!.ref!] });
-      expect(res.renewed).toHaveLength(1);
-    }
-    // 2 s after the grant, past the 1.5 s TTL: still ours.
-    expect(await complete(l!)).toBe(Disposition.RECORDED);
+  test("a release gives the attempt back when unsent, keeps it when sent", async () => {
+    await batchOf("r3", 2);
+    const { claims } = await take("r3", "r3", 2);
+    const [unsent, sent] = claims.sort((a, b) => a.customId.localeCompare(b.customId));
+    expect((await report(release(unsent!, true))).disposition).toBe(Disposition.REQUEUED);
+    expect((await report(release(sent!, false))).disposition).toBe(Disposition.REQUEUED);
+    expect(await row(unsent!.ref!.requestId)).toMatchObject({ state: "pending", attempt: 0 });
+    expect(await row(sent!.ref!.requestId)).toMatchObject({ state: "pending", attempt: 1 });
+    const again = (await take("r3", "r3", 2)).claims;
+    const attempts = Object.fromEntries(again.map((c) => [c.customId, c.attempt]));
+    expect(attempts).toEqual({ "r3-0": 1, "r3-1": 2 });
   });
 });
 
-describe("a dispatcher that goes away mid-grant", () => {
-  test("gets nothing and strands nothing: every request stays grantable at once", async () => {
-    await batchOf("s1", 3);
-    const notifications = new Notifications(t.database.url);
-    await notifications.start();
-    try {
-      const config = { ...CONTROL_PLANE_DEFAULTS, leaseTtlMs: 60_000 };
-      const leases = new LeaseService(t.cp.db, notifications, config);
-      const gone = new AbortController();
-      gone.abort(); // the call ended before (or while) the grant ran
-      const methods = dispatchMethods(
-        {
-          db: t.cp.db,
-          config,
-          log: makeLogger("silent"),
-          notifications,
-          shutdownSignal: new AbortController().signal,
-        },
-        leases,
-      );
-      const method = DispatchService.method.acquireLeases;
-      const res = await methods.acquireLeases(
-        create(AcquireLeasesRequestSchema, { dispatcherId: "gone", maxLeases: 3, models: ["s1"] }),
-        createHandlerContext({
-          service: DispatchService,
-          method,
-          protocolName: "connect",
-          requestMethod: "POST",
-          url: "http://test/",
-          requestSignal: gone.signal,
-        }),
-      );
-      expect(res.leases).toHaveLength(0);
-      const held = await sql.query(
-        "SELECT state, count(*)::int AS n FROM requests WHERE model = 's1' GROUP BY state",
-      );
-      expect(held.rows).toEqual([{ state: "pending", n: 3 }]);
-      // …and a live dispatcher gets all three without waiting for a lease to expire.
-      expect(await acquire(["s1"], 3)).toHaveLength(3);
-    } finally {
-      await notifications.close();
+describe("the release race: an old token never frees a newer claim", () => {
+  // The reap and the new claim commit while the old holder's statement waits for the row
+  // lock: its snapshot still shows the old token (READ COMMITTED re-reads only the row).
+  test.each(["release", "completion", "failure"] as const)(
+    "an old %s blocked behind a reap and a new claim changes nothing",
+    async (kind) => {
+      const model = `rr-${kind}`;
+      await batchOf(model, 1);
+      const [old] = (await take("A", model, 1)).claims;
+      const id = old!.ref!.requestId;
+      const tx = await sql.connect();
+      try {
+        await tx.query("BEGIN");
+        await tx.query("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE", [id]);
+        const outcome =
+          kind === "release"
+            ? release(old!, true)
+            : kind === "completion"
+              ? completion(old!)
+              : failure(old!, {});
+        const stale = report(outcome);
+        for (;;) {
+          const w = await sql.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+          );
+          if (w.rows[0].n > 0) break;
+          await sleep(10);
+        }
+        await tx.query(
+          "UPDATE requests SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+          [id],
+        );
+        expect((await tx.query(leaseSql.REQUESTS_REAP_EXPIRED, [model])).rowCount).toBe(1);
+        const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [[model], [1], "B", 60_000]);
+        expect(claimed.rows).toHaveLength(1);
+        await tx.query("COMMIT");
+        expect((await stale).disposition).toBe(Disposition.LOST);
+        expect(await row(id)).toMatchObject({
+          state: "leased",
+          lease_holder: "B",
+          lease_token: claimed.rows[0].lease_token,
+        });
+      } finally {
+        await tx.query("ROLLBACK").catch(() => undefined);
+        tx.release();
+      }
+    },
+  );
+});
+
+describe("WaitForWork", () => {
+  test("new models are named to a holder that may take them, not to one that knows them and is full", async () => {
+    const waitFor = (n: number, w: { hungry?: string[]; known?: string[]; newModels?: boolean }) =>
+      t.dispatch.waitForWork({ dispatcherId: "w", models: ["w1"], wait: ms(n), ...w });
+    const started = Date.now();
+    const woken = waitFor(10_000, { newModels: true });
+    await batchOf("w1", 2);
+    expect((await woken).models).toEqual(["w1"]);
+    expect(Date.now() - started).toBeLessThan(5000);
+    const full = Date.now();
+    expect((await waitFor(400, { known: ["w1"], newModels: true })).models).toEqual([]);
+    expect(Date.now() - full).toBeGreaterThanOrEqual(350);
+    expect((await waitFor(400, { known: ["w1"], newModels: false })).models).toEqual([]);
+    expect((await waitFor(5000, { known: ["w1"], hungry: ["w1"] })).models).toEqual(["w1"]);
+  });
+
+  // Previously a retry's not_before passing between two statements made the long poll
+  // sleep to its deadline.
+  test("a long poll returns a model whose only request becomes ready in a few ms, every time", async () => {
+    await batchOf("st", 1, { maxRetries: 40 });
+    const late: string[] = [];
+    const poll = () =>
+      t.dispatch.waitForWork({
+        dispatcherId: "st",
+        models: ["st"],
+        hungry: ["st"],
+        known: ["st"],
+        wait: ms(10_000),
+      });
+    for (let i = 0; i < 30 && late.length === 0; i++) {
+      const d = 2 + (i % 20) * 5;
+      const [c] = (await take("st", "st", 1)).claims;
+      expect(c).toBeDefined();
+      if (i < 20) {
+        // A retry through the API (Retry-After wins: not_before = now + d).
+        await report(failure(c!, { retryAfter: ms(d) }));
+      } else {
+        // Or the moment set behind the server's back: no NOTIFY at all.
+        await report(release(c!, true));
+        await sql.query(
+          "UPDATE requests SET not_before = now() + $1 * interval '1 millisecond' WHERE id = $2",
+          [d, c!.ref!.requestId],
+        );
+      }
+      const notBefore = Number((await row(c!.ref!.requestId)).not_before_ms);
+      const res = await poll();
+      const at = Date.now();
+      if (res.models[0] !== "st" || at > notBefore + 1000) {
+        late.push(`d=${d} ms: ${res.models} after not_before + ${at - notBefore} ms`);
+      }
     }
+    expect(late).toEqual([]);
   });
 });
