@@ -4,6 +4,7 @@ import { ConfigError, type ControlPlaneFlags, controlPlaneConfig } from "../conf
 import { type DispatcherFlags, dispatcherConfig } from "../config/dispatcher-config.js";
 import { startControlPlane } from "../control-plane.js";
 import { startDispatcher } from "../dispatcher/dispatcher.js";
+import { startDispatcherThread } from "../dispatcher/thread.js";
 import { makeLogger } from "../logger.js";
 import { migrate } from "../storage/data-source.js";
 import { resolveDatabase } from "../storage/resolve-database.js";
@@ -119,7 +120,11 @@ function loopback(url: string): string {
   return u.origin;
 }
 
-/** Control plane and dispatcher in one process; the dispatcher talks to the control plane over its own port. */
+/**
+ * Control plane and dispatcher in one process; the dispatcher runs on its own
+ * thread (an event loop each: bench/RESULTS.md) and talks to the control
+ * plane over its port.
+ */
 async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<void> {
   const cpConfig = controlPlaneConfig(flags);
   const log = makeLogger(cpConfig.logLevel);
@@ -131,7 +136,11 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
       controlPlane: loopback(cp.url),
       logLevel: cpConfig.logLevel,
     });
-    dispatcher = startDispatcher(config, log);
+    dispatcher = startDispatcherThread(config, log, (e) => {
+      // Serving without a dispatcher would accept batches and never run them.
+      log.fatal({ err: e }, "the dispatcher stopped unexpectedly; stopping the server");
+      void cp.close().finally(() => process.exit(1));
+    });
   } catch (e) {
     await cp.close();
     throw e;

@@ -41,9 +41,18 @@ const EMPTY_STATS: DispatcherStats = {
   dispositions: { recorded: 0, requeued: 0, lost: 0, unreported: 0 },
 };
 
-/** Starts a dispatcher with `config` on a worker thread. */
-export function startDispatcherThread(config: Readonly<DispatcherConfig>, log: Logger): Dispatcher {
-  const worker = new Worker(new URL("./thread-main.js", import.meta.url), {
+/**
+ * Starts a dispatcher with `config` on a worker thread. `onCrash` hears of a
+ * thread that failed or exited before it was told to stop.
+ */
+export function startDispatcherThread(
+  config: Readonly<DispatcherConfig>,
+  log: Logger,
+  onCrash: (e: Error) => void = () => undefined,
+): Dispatcher {
+  // From the TypeScript sources (tests run them through a loader the thread inherits) or from dist/.
+  const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
+  const worker = new Worker(new URL(`./thread-main${ext}`, import.meta.url), {
     workerData: {
       config: { ...config, models: [...config.models] },
       readableLogs: process.stderr.isTTY === true,
