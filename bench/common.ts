@@ -106,6 +106,9 @@ export async function waitFinished(batch: BatchClient, batchId: string): Promise
 
 /** BENCH_DISPATCHER=inline: the dispatcher on the bench's own event loop (to compare). */
 const INLINE_DISPATCHER = process.env.BENCH_DISPATCHER === "inline";
+/** BENCH_PREFETCH: the dispatchers' prefetch (default: theirs). */
+const PREFETCH =
+  process.env.BENCH_PREFETCH === undefined ? undefined : Number(process.env.BENCH_PREFETCH);
 
 /**
  * A dispatcher that serves only `models`, with capacity far above their
@@ -121,6 +124,7 @@ export function benchDispatcher(
     resolveDispatcherConfig({
       controlPlaneUrl: cpUrl,
       capacity: BENCH_CAPACITY,
+      prefetch: PREFETCH,
       models,
       id,
       logLevel: "warn",

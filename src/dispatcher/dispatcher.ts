@@ -162,6 +162,9 @@ export function startDispatcher(
       },
       onClaims(claims, holds, asked, sentAt) {
         intake({ claims, holds }, new Map(asked.map((a) => [a.model, a.room])), sentAt);
+        // Every model, not only those that got claims: a reporter that was
+        // failing held back work that is buffered already.
+        for (const m of book.all()) pump(m);
         sync.poke();
       },
       onRefillFailed(asked) {
@@ -218,7 +221,14 @@ export function startDispatcher(
   const holdTimers = new Map<string, NodeJS.Timeout>();
   function scheduleAfterHold(m: ModelSlots): void {
     clearTimeout(holdTimers.get(m.model));
-    const t = setTimeout(() => pump(m), Math.max(0, m.heldUntil - performance.now()) + 1);
+    const t = setTimeout(
+      () => {
+        // Timers may fire a little before performance.now() reaches the moment.
+        if (performance.now() < m.heldUntil) scheduleAfterHold(m);
+        else pump(m);
+      },
+      Math.max(0, m.heldUntil - performance.now()) + 1,
+    );
     t.unref();
     holdTimers.set(m.model, t);
   }
@@ -248,6 +258,13 @@ export function startDispatcher(
       if (e.lease.model === m.model && table.giveUp(e, "fenced", `slot grant ${why}`)) aborted++;
     }
     counts.fenced += aborted;
+    // Without a grant the buffer cannot run: give it back (unsent) for others
+    // to take rather than hold it until a new grant comes, if ever.
+    for (const e of m.queue.splice(0)) {
+      if (table.giveUp(e, "fenced", `slot grant ${why}`)) {
+        void settle(e, { ref: e.ref, kind: "release", reason: `slot grant ${why}`, unsent: true });
+      }
+    }
     if (wasRunning > 0 || why === "lost") {
       log.warn({ model: m.model, aborted, why }, "slot grant lost: the model's requests aborted");
     }
@@ -364,8 +381,11 @@ export function startDispatcher(
       else counts.failures++;
     }
     pump(m);
+    // After the report is queued: its call, when it goes at once, takes the
+    // buffer's room, and then no Sync is needed for it.
+    const settled = settle(entry, report);
     sync.poke();
-    await settle(entry, report);
+    await settled;
   }
 
   sync.start();

@@ -114,10 +114,13 @@ export class SlotBook {
     return Math.max(m.running, Math.min(m.usable, this.want(m)));
   }
 
-  /** Whether a Sync should go now for `m`: claims wanted and likely there, or slots to hand back. */
+  /**
+   * Whether a Sync should go now for `m`: claims wanted, likely there, and no
+   * running request whose report will ask for them; or slots to hand back.
+   */
   wantsSync(m: ModelSlots): boolean {
     if (m.token === 0n) return !m.starved && m.running === 0;
-    if (this.room(m) > 0 && !m.starved && m.requested === 0) return true;
+    if (this.room(m) > 0 && !m.starved && m.requested === 0 && m.running === 0) return true;
     return m.target < m.slots && m.running <= m.target;
   }
 

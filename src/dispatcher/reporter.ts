@@ -38,7 +38,10 @@ export interface Refill {
 export interface RefillHooks {
   /** The room per model now; called as a call is sent (the asker books it as requested). */
   refill(): Refill[];
-  /** The answer's claims and holds, with what was asked; `sentAt` is the call's send time. */
+  /**
+   * A call got through: its claims and holds, with what was asked (`sentAt`
+   * is the call's send time). Called on every answer, with or without claims.
+   */
   onClaims(claims: DispatchLease[], holds: ModelHold[], asked: Refill[], sentAt: number): void;
   /** The call failed: nothing of `asked` will come. */
   onRefillFailed(asked: Refill[]): void;
@@ -70,6 +73,8 @@ export interface ReporterOptions {
 export class Reporter {
   #queue: Queued[] = [];
   #calls = 0;
+  /** Reports in the calls in flight. */
+  #inFlight = 0;
   #failing = false;
   #retryTimer: NodeJS.Timeout | undefined;
   #lingerTimer: NodeJS.Timeout | undefined;
@@ -100,7 +105,7 @@ export class Reporter {
 
   /** Reports queued or in flight. */
   get pending(): number {
-    return this.#queue.length + this.#calls;
+    return this.#queue.length + this.#inFlight;
   }
 
   /** Resolves at the next change of state (a call ended, a report was queued or dropped). */
@@ -152,23 +157,22 @@ export class Reporter {
     const batch = this.#take();
     if (batch.length === 0) return;
     this.#calls++;
+    this.#inFlight += batch.length;
     void this.#call(batch);
   }
 
   async #call(batch: Queued[]): Promise<void> {
-    let answers: Map<string, Disposition> | undefined;
+    let answer: Awaited<ReturnType<LeaseClient["report"]>> | undefined;
     let error: unknown;
     // No refill while stopping or failing: nothing new would be started.
     const asked = this.#stopped || this.#failing ? [] : this.hooks.refill();
     const sentAt = performance.now();
     try {
-      const res = await this.client.report(
+      answer = await this.client.report(
         batch.map((q) => q.report),
         asked,
         this.options.rpcTimeoutMs,
       );
-      answers = res.dispositions;
-      this.hooks.onClaims(res.claims, res.holds, asked, sentAt);
     } catch (e) {
       error = e;
       this.hooks.onRefillFailed(asked);
@@ -176,11 +180,15 @@ export class Reporter {
     // Book-keeping before anyone hears back, so that a report submitted in
     // reaction to an answer sees this call as finished.
     this.#calls--;
-    if (answers !== undefined) {
+    this.#inFlight -= batch.length;
+    if (answer !== undefined) {
       if (this.#failing) this.log.info("reports are getting through again");
       this.#failing = false;
       this.#backoff.reset();
-      for (const q of batch) q.resolve(answers.get(refKey(q.report.ref)) ?? "lost");
+      // After `failing` is cleared: the hook starts buffered work, which a
+      // failing reporter holds back.
+      this.hooks.onClaims(answer.claims, answer.holds, asked, sentAt);
+      for (const q of batch) q.resolve(answer.dispositions.get(refKey(q.report.ref)) ?? "lost");
     } else {
       this.#failed(batch, error);
     }

@@ -85,6 +85,8 @@ describe("LeaseTable", () => {
     const done = t.add(lease("done", 50), performance.now());
     t.toReporting(done);
     const lost = t.add(lease("lost", 10_000), performance.now());
+    t.start(lost);
+    const queued = t.add(lease("queued", 10_000), performance.now());
     expect(t.giveUp(lost, "lost", "renewal said so")).toBe(true);
     expect(t.giveUp(lost, "shutdown", "later")).toBe(false);
     expect(lost.gaveUp).toEqual({ reason: "lost", detail: "renewal said so" });
@@ -95,7 +97,19 @@ describe("LeaseTable", () => {
     expect(t.running().map((e) => e.key)).toEqual(["lost/1"]);
     t.remove(done);
     t.remove(lost);
+    t.remove(queued);
     expect(t.size).toBe(0);
+  });
+
+  test("a queued claim is fenced at its deadline too, and stays queued for the caller to release", async () => {
+    const { t, fenced } = table(100);
+    const received = performance.now();
+    const e = t.add(lease("q", 300), received);
+    const at = await aborted(e);
+    expect(at - received).toBeGreaterThanOrEqual(199);
+    expect(fenced).toEqual([e]);
+    expect(e.phase).toBe("queued");
+    expect(t.running()).toEqual([]);
   });
 
   test("changed() resolves when a lease moves on", async () => {

@@ -1,30 +1,48 @@
+/**
+ * The Reporter (src/dispatcher/reporter.ts): batching, linger, the failing
+ * mode, rejected calls, and the refill each call carries.
+ */
 import { describe, expect, test } from "vitest";
 import {
   ControlPlaneError,
+  type DispatchLease,
   type Disposition,
   type LeaseClient,
+  type ModelHold,
   type Report,
   refKey,
 } from "../../src/dispatcher/lease-client.js";
-import { MAX_CALLS, Reporter } from "../../src/dispatcher/reporter.js";
+import {
+  MAX_CALLS,
+  type Refill,
+  type RefillHooks,
+  Reporter,
+} from "../../src/dispatcher/reporter.js";
 import { makeLogger } from "../../src/logger.js";
 
 /** A report client whose calls the test answers one by one. */
 function fakeClient() {
   const calls: Array<{
     reports: Report[];
-    answer: (d?: Disposition) => void;
+    refill: Refill[];
+    answer: (d?: Disposition, claims?: DispatchLease[], holds?: ModelHold[]) => void;
     fail: (e: Error) => void;
   }> = [];
   let arrived: (() => void) | undefined;
   const client: LeaseClient = {
-    acquire: async () => [],
-    renew: async () => ({ renewed: [], lost: [] }),
-    report: (reports) =>
+    sync: () => Promise.reject(new Error("not used")),
+    waitForWork: () => Promise.reject(new Error("not used")),
+    report: (reports, refill) =>
       new Promise((resolve, reject) => {
         calls.push({
           reports,
-          answer: (d = "recorded") => resolve(new Map(reports.map((r) => [refKey(r.ref), d]))),
+          refill,
+          answer: (d = "recorded", claims = [], holds = []) =>
+            resolve({
+              dispositions: new Map(reports.map((r) => [refKey(r.ref), d])),
+              claims,
+              holds,
+            }),
           fail: reject,
         });
         arrived?.();
@@ -49,7 +67,45 @@ const release = (i: number): Report => ({
   ref: { requestId: `r${i}`, token: BigInt(i) },
   kind: "release",
   reason: "test",
+  unsent: false,
 });
+
+function claim(model: string, i: number): DispatchLease {
+  return {
+    ref: { requestId: `c${i}`, token: BigInt(100 + i) },
+    batchId: "b",
+    customId: `c${i}`,
+    model,
+    attempt: 1,
+    request: { method: "POST", url: "http://127.0.0.1:9/", headers: [], body: "" },
+    ttlMs: 30_000,
+  };
+}
+
+/** Refill hooks that hand out `rooms` (one list per call) and record what they hear. */
+function hooks(rooms: Refill[][]) {
+  const heard: Array<
+    | {
+        kind: "claims";
+        claims: DispatchLease[];
+        holds: ModelHold[];
+        asked: Refill[];
+        sentAt: number;
+      }
+    | { kind: "failed"; asked: Refill[] }
+  > = [];
+  let asks = 0;
+  const h: RefillHooks = {
+    refill: () => {
+      asks++;
+      return rooms.shift() ?? [];
+    },
+    onClaims: (claims, holds, asked, sentAt) =>
+      heard.push({ kind: "claims", claims, holds, asked, sentAt }),
+    onRefillFailed: (asked) => heard.push({ kind: "failed", asked }),
+  };
+  return { h, heard, asks: () => asks };
+}
 const log = makeLogger("silent");
 const options = { batchSize: 4, maxBytes: 1 << 20, lingerMs: 20, rpcTimeoutMs: 1000 };
 
@@ -73,18 +129,27 @@ describe("Reporter", () => {
   test(`a full batch goes without waiting, up to ${MAX_CALLS} calls at once`, async () => {
     const { client, calls, call } = fakeClient();
     const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log);
-    const all = Array.from({ length: 13 }, (_, i) => r.submit(release(i)));
-    // The first goes alone (idle); the fifth fills a batch: a second call.
-    await call(2);
-    expect(calls.map((c) => c.reports.length)).toEqual([1, 4]);
+    // The first goes alone (idle); each further 4 fill a batch: a call each, up to MAX_CALLS.
+    const n = 1 + 4 * MAX_CALLS;
+    const all = Array.from({ length: n }, (_, i) => r.submit(release(i)));
+    await call(MAX_CALLS);
+    const full = [1, ...Array(MAX_CALLS - 1).fill(4)];
+    expect(calls.map((c) => c.reports.length)).toEqual(full);
     calls[0]!.answer();
-    await call(3);
-    calls[1]!.answer();
-    await call(4);
-    calls[2]!.answer();
-    calls[3]!.answer();
-    expect(calls.map((c) => c.reports.length)).toEqual([1, 4, 4, 4]);
-    expect(await Promise.all(all)).toEqual(Array(13).fill("recorded"));
+    await call(MAX_CALLS + 1);
+    expect(calls.map((c) => c.reports.length)).toEqual([...full, 4]);
+    for (const c of calls.slice(1)) c.answer();
+    expect(await Promise.all(all)).toEqual(Array(n).fill("recorded"));
+  });
+
+  // Regression: `pending` added the calls in flight, not the reports they carry.
+  test("pending counts the reports queued and in flight", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log);
+    const all = Array.from({ length: 5 }, (_, i) => r.submit(release(i)));
+    await call(2); // 1 alone, then a full batch of 4
+    expect(r.pending).toBe(5);
+    void all;
   });
 
   test("after the linger time a second call goes even if the batch is not full", async () => {
@@ -131,5 +196,93 @@ describe("Reporter", () => {
     (await call(2)).answer();
     expect(await inFlight).toBe("recorded");
     expect(await r.submit(release(4))).toBeUndefined();
+  });
+
+  test("each call carries the rooms the refill hook gives as it is sent; the answer's claims reach onClaims with what was asked", async () => {
+    const { client, call } = fakeClient();
+    const rooms = [
+      [{ model: "a", room: 3 }],
+      [
+        { model: "a", room: 1 },
+        { model: "b", room: 2 },
+      ],
+    ];
+    const { h, heard, asks } = hooks(rooms);
+    const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log, h);
+    const before = performance.now();
+    const first = r.submit(release(1));
+    const c1 = await call(1);
+    expect(asks()).toBe(1);
+    expect(c1.refill).toEqual([{ model: "a", room: 3 }]);
+    const claims = [claim("a", 1), claim("a", 2)];
+    const holds = [{ model: "a", remainingMs: 500 }];
+    c1.answer("recorded", claims, holds);
+    expect(await first).toBe("recorded");
+    expect(heard).toEqual([
+      {
+        kind: "claims",
+        claims,
+        holds,
+        asked: [{ model: "a", room: 3 }],
+        sentAt: expect.any(Number),
+      },
+    ]);
+    const sentAt = (heard[0] as { sentAt: number }).sentAt;
+    expect(sentAt).toBeGreaterThanOrEqual(before);
+    // The second call asks again, with the rooms of its own moment.
+    const second = r.submit(release(2));
+    const c2 = await call(2);
+    expect(c2.refill).toEqual([
+      { model: "a", room: 1 },
+      { model: "b", room: 2 },
+    ]);
+    c2.answer("recorded", [claim("b", 3)]);
+    await second;
+    expect(heard[1]).toMatchObject({ kind: "claims", asked: c2.refill, claims: [{ model: "b" }] });
+  });
+
+  test("a failed call tells onRefillFailed what it asked; while failing, calls ask for nothing", async () => {
+    const { client, call } = fakeClient();
+    const { h, heard, asks } = hooks([[{ model: "a", room: 2 }], [{ model: "a", room: 5 }]]);
+    const r = new Reporter(client, options, log, h);
+    const answered = r.submit(release(1));
+    (await call(1)).fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    await r.changed();
+    expect(heard).toEqual([{ kind: "failed", asked: [{ model: "a", room: 2 }] }]);
+    // The retry (failing) carries no refill and does not consult the hook.
+    const c2 = await call(2);
+    expect(c2.refill).toEqual([]);
+    expect(asks()).toBe(1);
+    c2.answer();
+    expect(await answered).toBe("recorded");
+    expect(heard[1]).toMatchObject({ kind: "claims", asked: [], claims: [] });
+    // Healthy again: the next call asks.
+    const next = r.submit(release(2));
+    const c3 = await call(3);
+    expect(c3.refill).toEqual([{ model: "a", room: 5 }]);
+    c3.answer();
+    await next;
+  });
+
+  test("a rejected call also tells onRefillFailed", async () => {
+    const { client, call } = fakeClient();
+    const { h, heard } = hooks([[{ model: "a", room: 4 }]]);
+    const r = new Reporter(client, options, log, h);
+    const dropped = r.submit(release(1));
+    (await call(1)).fail(new ControlPlaneError("ReportResults: InvalidArgument", false));
+    expect(await dropped).toBeUndefined();
+    expect(heard).toEqual([{ kind: "failed", asked: [{ model: "a", room: 4 }] }]);
+  });
+
+  test("a report the answer does not name resolves lost", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, options, log);
+    const p = r.submit(release(1));
+    const c = await call(1);
+    expect(c.refill).toEqual([]); // no hooks: asks for nothing
+    // Answer with dispositions for another ref only.
+    c.reports.splice(0, 1, release(99));
+    c.answer();
+    expect(await p).toBe("lost");
   });
 });
