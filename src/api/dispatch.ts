@@ -150,6 +150,7 @@ export function dispatchMethods(
             models: req.models,
             hungry: req.hungry,
             grow: req.grow,
+            more: req.more,
             known: req.known,
             newModels: req.newModels,
           },

@@ -87,6 +87,8 @@ export interface WorkInterest {
   grow: string[];
   known: string[];
   newModels: boolean;
+  /** Models it wants more slots of than its share gave it (woken only by a change). */
+  more: string[];
 }
 
 export interface ReportAnswer {

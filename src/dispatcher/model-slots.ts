@@ -129,12 +129,14 @@ export class SlotBook {
     const hungry: string[] = [];
     const grow: string[] = [];
     const known: string[] = [];
+    const more: string[] = [];
     for (const m of this.#models.values()) {
       if (m.token === 0n) continue;
       known.push(m.model);
       if (m.starved && this.room(m) > 0) hungry.push(m.model);
       if (m.slots < m.target) grow.push(m.model);
+      else if (!m.starved && m.slots < this.want(m)) more.push(m.model);
     }
-    return { models, hungry, grow, known, newModels: this.slotsHeld < this.capacity };
+    return { models, hungry, grow, known, newModels: this.slotsHeld < this.capacity, more };
   }
 }

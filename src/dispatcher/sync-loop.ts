@@ -267,5 +267,5 @@ export class SyncLoop {
 }
 
 function interestKey(i: WorkInterest): string {
-  return `${i.hungry.join(",")}|${i.grow.join(",")}|${i.known.join(",")}|${i.newModels}`;
+  return `${i.hungry.join(",")}|${i.grow.join(",")}|${i.known.join(",")}|${i.more.join(",")}|${i.newModels}`;
 }

@@ -15,7 +15,7 @@ import { randomInt } from "node:crypto";
 import type { AttemptFailure } from "../domain/outcome.js";
 import { decideRetry } from "../domain/retry-policy.js";
 import type { Db } from "../storage/db.js";
-import { type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
+import { LIMITS_CHANNEL, type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
 import * as sql from "./sql.js";
 
 /** A connection or the pool: statements run in a transaction or on their own. */
@@ -89,6 +89,8 @@ export interface WorkInterest {
   grow: string[];
   known: string[];
   newModels: boolean;
+  /** Named only after a notification about the model during the wait. */
+  more: string[];
 }
 
 export type LossReason = "expired" | "batch_cancelled" | "batch_expired" | "not_current";
@@ -260,21 +262,36 @@ export class LeaseService {
   ): Promise<string[]> {
     const deadline = Date.now() + Math.min(Math.max(0, waitMs), this.config.maxAcquireWaitMs);
     const wanted = new Set(interest.models);
+    const more = new Set(interest.more);
+    // `more` models notified since the call began: they may grow now.
+    const grow = new Set(interest.grow);
     let dirty = false;
     let wake: (() => void) | undefined;
     // Subscribe before looking, so a notification between look and wait is not lost.
     const off = this.notifications.on(WORK_CHANNEL, (model) => {
       if (model === "*" || wanted.size === 0 || wanted.has(model)) {
+        if (model === "*") for (const m of more) grow.add(m);
+        else if (more.has(model)) grow.add(model);
         dirty = true;
         wake?.();
       }
+    });
+    // Models it holds whose limit changed: it must re-read its share (a
+    // lowered limit takes slots back only through the holders' Syncs).
+    const known = new Set(interest.known);
+    const changed = new Set<string>();
+    const offLimits = this.notifications.on(LIMITS_CHANNEL, (model) => {
+      const hit = model === "*" ? [...known] : known.has(model) ? [model] : [];
+      for (const m of hit) changed.add(m);
+      if (hit.length > 0) wake?.();
     });
     try {
       for (;;) {
         if (signal.aborted) return [];
         dirty = false;
-        const { ready, wakeMs } = await this.workCheck(interest);
+        const { ready, wakeMs } = await this.workCheck({ ...interest, grow: [...grow] });
         const left = deadline - Date.now();
+        if (changed.size > 0) return [...new Set([...changed, ...ready])];
         if (ready.length > 0 || left <= 0 || signal.aborted) return ready;
         if (dirty) continue;
         await new Promise<void>((resolve) => {
@@ -287,11 +304,12 @@ export class LeaseService {
           }
           wake = done;
           signal.addEventListener("abort", done, { once: true });
-          if (dirty) done();
+          if (dirty || changed.size > 0) done();
         });
       }
     } finally {
       off();
+      offLimits();
     }
   }
 

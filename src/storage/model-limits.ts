@@ -51,7 +51,9 @@ export async function setModelLimit(
        ON CONFLICT (model) DO UPDATE SET max_in_flight = excluded.max_in_flight, updated_at = now()`,
       [model, limit],
     );
-    await q.query(`SELECT pg_notify('fusillade_work', $1)`, [model]);
+    await q.query(`SELECT pg_notify('fusillade_work', $1), pg_notify('fusillade_limits', $1)`, [
+      model,
+    ]);
   });
   const { rows } = await db.query<Row>(`${SELECT_WITH_USAGE} WHERE m.model = $1`, [model]);
   return toRecord(rows[0]!);

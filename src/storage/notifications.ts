@@ -20,7 +20,9 @@ import pg from "pg";
 
 export const WORK_CHANNEL = "fusillade_work";
 export const BATCH_CHANNEL = "fusillade_batch";
-const CHANNELS = [WORK_CHANNEL, BATCH_CHANNEL] as const;
+/** A model's limit changed (payload: model): its holders re-read their share. */
+export const LIMITS_CHANNEL = "fusillade_limits";
+const CHANNELS = [WORK_CHANNEL, BATCH_CHANNEL, LIMITS_CHANNEL] as const;
 export type Channel = (typeof CHANNELS)[number];
 
 /** Delay before (each attempt at) reconnecting a lost LISTEN connection. */
@@ -175,8 +177,7 @@ export class Notifications {
     this.stopChecks?.();
     const c = this.client;
     this.client = undefined;
-    this.emitter.emit(WORK_CHANNEL, "*");
-    this.emitter.emit(BATCH_CHANNEL, "*");
+    for (const ch of CHANNELS) this.emitter.emit(ch, "*");
     if (c) {
       c.removeAllListeners();
       c.on("error", () => undefined);

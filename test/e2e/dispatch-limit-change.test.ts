@@ -1,8 +1,9 @@
 /**
  * A model's limit raised and lowered while a batch runs (DESIGN §4): raising
  * it is used at once (the waiting long polls wake); lowering it stops new
- * grants at once — requests already running finish, and nothing new starts
- * until the model is under its new limit. Measured at the upstream.
+ * requests within one renewal interval — requests already running finish,
+ * and nothing new starts until the model is under its new limit. Measured at
+ * the upstream.
  */
 import { afterAll, beforeAll, expect, test } from "vitest";
 import type { Dispatcher } from "../../src/dispatcher/dispatcher.js";
@@ -15,6 +16,13 @@ import {
 } from "../helpers/dispatcher-process.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
+/**
+ * A lowered limit takes slots back through each holder's next Sync: at once
+ * when the change's notification reaches its WaitForWork, at the latest at
+ * its next renewal.
+ */
+const RENEW_MS = 300;
+
 let t: TestControlPlane;
 let upstream: Upstream;
 const dispatchers: Dispatcher[] = [];
@@ -23,8 +31,8 @@ beforeAll(async () => {
   t = await startTestControlPlane();
   upstream = await startUpstream();
   dispatchers.push(
-    startTestDispatcher(t.url, { id: "l1", capacity: 16 }),
-    startTestDispatcher(t.url, { id: "l2", capacity: 16 }),
+    startTestDispatcher(t.url, { id: "l1", capacity: 16, renewIntervalMs: RENEW_MS }),
+    startTestDispatcher(t.url, { id: "l2", capacity: 16, renewIntervalMs: RENEW_MS }),
   );
 });
 afterAll(async () => {
@@ -78,9 +86,9 @@ test("raised: the new limit is reached; lowered: no new request starts until und
   await upstream.until(() => count() >= atLower + 30, 20_000, "30 more deliveries at limit 2");
   expect(upstream.gauge("L").peak).toBeLessThanOrEqual(2);
   expect(upstream.gauge("L").peak).toBe(2);
-  // From the change on, no arrival took the model above 2; 50 ms lets a grant
-  // already on its way when the limit changed land.
-  const after = arrivalsAfter(loweredAt + 50);
+  // From one renewal interval after the change on (plus 100 ms for the Sync's
+  // round trip), no arrival took the model above 2.
+  const after = arrivalsAfter(loweredAt + RENEW_MS + 100);
   expect(Math.max(...after)).toBeLessThanOrEqual(2);
 
   // Back up, to finish quickly.

@@ -319,4 +319,43 @@ describe("limit changes", () => {
     expect(a1).toMatchObject({ slots: 2, target: 2 });
     expect(await slotsHeld("hi")).toBe(4);
   });
+
+  test("`more`: a holder at its share that wants more is not woken by free slots, only by a change to the model", async () => {
+    await t.admin.setModelLimit({ model: "mo", limit: 2 });
+    await batchOf("mo", 10);
+    const a = grantOf(await sync("mo-a", "mo", { want: 2 }), "mo");
+    expect(a).toMatchObject({ slots: 2, target: 2 });
+    const wait = (w: number) =>
+      t.dispatch.waitForWork({
+        dispatcherId: "mo-a",
+        known: ["mo"],
+        more: ["mo"],
+        wait: ms(w),
+      });
+    // Ready work, and the holder wants more, but nothing changed: no wake (no busy loop).
+    expect((await wait(300)).models).toEqual([]);
+    const woken = wait(10_000);
+    expect(await settledWithin(woken, 300)).toBe("waiting");
+    const started = Date.now();
+    await t.admin.setModelLimit({ model: "mo", limit: 5 });
+    expect((await woken).models).toEqual(["mo"]);
+    expect(Date.now() - started).toBeLessThan(3000);
+    const a1 = grantOf(await sync("mo-a", "mo", { token: a.token, keep: 2, want: 5 }), "mo");
+    expect(a1).toMatchObject({ slots: 5, target: 5 });
+  });
+
+  test("a changed limit wakes the holders of the model at once, work or not", async () => {
+    await t.admin.setModelLimit({ model: "lc", limit: 4 });
+    const a = grantOf(await sync("lc-a", "lc", { want: 4 }), "lc");
+    expect(a).toMatchObject({ slots: 4, target: 4 });
+    const woken = t.dispatch.waitForWork({ dispatcherId: "lc-a", known: ["lc"], wait: ms(10_000) });
+    expect(await settledWithin(woken, 300)).toBe("waiting");
+    const started = Date.now();
+    await t.admin.setModelLimit({ model: "lc", limit: 1 });
+    expect((await woken).models).toEqual(["lc"]);
+    expect(Date.now() - started).toBeLessThan(3000);
+    // Its next Sync reads the lowered share; its slots come back through keep.
+    const a1 = grantOf(await sync("lc-a", "lc", { token: a.token, keep: 4, want: 4 }), "lc");
+    expect(a1).toMatchObject({ slots: 4, target: 1 });
+  });
 });

@@ -121,7 +121,7 @@ describe("SlotBook.wantsSync", () => {
 });
 
 describe("SlotBook.interest", () => {
-  test("hungry: starved with room; grow: slots < target; known: granted; newModels: Σ slots < capacity", () => {
+  test("hungry: starved with room; grow: slots < target; more: a backlog beyond its share; known: granted; newModels: Σ slots < capacity", () => {
     const book = new SlotBook(10, 0.5);
     model(book, "hungry", { slots: 2, target: 2, starved: true });
     model(book, "full-starved", { slots: 1, target: 1, running: 1, queued: 1, starved: true });
@@ -135,6 +135,7 @@ describe("SlotBook.interest", () => {
       grow: ["grow"],
       known: ["hungry", "full-starved", "busy", "grow"],
       newModels: true, // 6 of 10
+      more: ["busy"], // not starved, at its target, wants what the capacity leaves
     });
     model(book, "big", { slots: 4, target: 4, running: 4, queued: 2 });
     expect(book.interest([]).newModels).toBe(false); // 10 of 10
