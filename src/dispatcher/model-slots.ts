@@ -91,12 +91,15 @@ export class SlotBook {
     return n;
   }
 
+  /** Claims `m` holds when its buffer is full: its usable slots plus the prefetch. */
+  bufferSize(m: ModelSlots): number {
+    const usable = m.usable;
+    return usable === 0 ? 0 : usable + Math.max(1, Math.ceil(usable * this.prefetch));
+  }
+
   /** Claims wanted for `m`'s buffer now (0 without usable slots). */
   room(m: ModelSlots): number {
-    const usable = m.usable;
-    if (usable === 0) return 0;
-    const buffer = usable + Math.max(1, Math.ceil(usable * this.prefetch));
-    return Math.max(0, buffer - m.held - m.requested);
+    return Math.max(0, this.bufferSize(m) - m.held - m.requested);
   }
 
   /**
@@ -115,12 +118,18 @@ export class SlotBook {
   }
 
   /**
-   * Whether a Sync should go now for `m`: claims wanted, likely there, and no
-   * running request whose report will ask for them; or slots to hand back.
+   * Whether a Sync should go now for `m`: claims wanted and likely there, with
+   * nothing asked for yet, and either nothing running (no report will ask) or
+   * the buffer at least half empty (the reports' refills lag: a ramp-up, or
+   * slots just grown); or slots to hand back. A Sync per finished request is
+   * what the first rule alone would give; reports refill the steady state.
    */
   wantsSync(m: ModelSlots): boolean {
     if (m.token === 0n) return !m.starved && m.running === 0;
-    if (this.room(m) > 0 && !m.starved && m.requested === 0 && m.running === 0) return true;
+    const room = this.room(m);
+    if (room > 0 && !m.starved && m.requested === 0) {
+      if (m.running === 0 || room * 2 >= this.bufferSize(m)) return true;
+    }
     return m.target < m.slots && m.running <= m.target;
   }
 

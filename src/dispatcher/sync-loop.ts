@@ -203,8 +203,18 @@ export class SyncLoop {
       if (m && m.token === l.token) this.host.fence(m, "lost");
     }
     for (const d of demands) {
-      // Asked for a grant and got none (no such model, or nothing to give): wait to be told.
-      if (d.token === 0n && !granted.has(d.model)) book.get(d.model).starved = true;
+      if (granted.has(d.model)) continue;
+      const m = book.get(d.model);
+      if (d.token === 0n) {
+        // Asked for a grant and got none (no such model, or nothing to give): wait to be told.
+        m.starved = true;
+      } else if (!answer.lostGrants.some((l) => l.model === d.model)) {
+        // Kept nothing and wanted nothing: the control plane dropped the grant.
+        m.token = 0n;
+        m.slots = 0;
+        m.target = 0;
+        clearTimeout(m.fenceTimer);
+      }
     }
     for (const r of answer.renewed) table.extend(r.ref, sentAt, r.ttlMs);
     for (const l of answer.lost) {

@@ -100,6 +100,17 @@ describe("SlotBook.wantsSync", () => {
     ["granted, room, claims already asked for", { slots: 4, target: 4, requested: 1 }, false],
     ["granted, room, starved", { slots: 4, target: 4, starved: true }, false],
     ["granted, buffer full", { slots: 2, target: 2, running: 2, queued: 1 }, false],
+    // Buffer of 10 + 5: reports refill it while requests run, unless it is at least half empty.
+    [
+      "running, buffer less than half empty: the reports will refill it",
+      { slots: 10, target: 10, running: 10, queued: 1 },
+      false,
+    ],
+    [
+      "running, buffer at least half empty (a ramp, or slots just grown): claim",
+      { slots: 10, target: 10, running: 5, queued: 0 },
+      true,
+    ],
     [
       "above the target, running ≤ target: hand back",
       { slots: 6, target: 2, running: 2, queued: 4 },
