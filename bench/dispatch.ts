@@ -27,10 +27,12 @@ export interface DispatchCase {
   requests: number;
 }
 
-/** The two cases of the brief: (a) limit 500, 50 ms, 20,000; (b) limit 100, 20 ms, 10,000. Smoke: 1 % of the requests, 10 % of the limits (so there are still many waves). */
+/** The cases of the brief: (a) limit 500, 50 ms, 20,000; (b) limit 100, 20 ms, 10,000; (c) limit 100, 500 ms, 4,000. Smoke: 1 % of the requests, 10 % of the limits (so there are still many waves). */
 export const DISPATCH_CASES: readonly DispatchCase[] = [
   { name: "a", limit: scaled(500, 50), latencyMs: 50, requests: scaled(20_000, 200) },
   { name: "b", limit: scaled(100, 10), latencyMs: 20, requests: scaled(10_000, 100) },
+  // LLM-like latency: the share of the limit in use (target ≥ 97 %).
+  { name: "c", limit: scaled(100, 10), latencyMs: 500, requests: scaled(4_000, 100) },
 ];
 
 /** Body padding of a dispatch request (≈ 150-byte lines). */
