@@ -23,6 +23,7 @@ function toProto(m: ModelLimitRecord, defaultLimit: number) {
     limit: m.limit ?? defaultLimit,
     isDefault: m.limit === null,
     inFlight: m.inFlight,
+    slotsGranted: m.slotsGranted,
     pending: BigInt(m.pending),
     holdUntilTime: toTimestamp(m.holdUntil),
   });

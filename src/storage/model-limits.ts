@@ -7,6 +7,8 @@ export interface ModelLimitRecord {
   /** null: the server default applies. */
   limit: number | null;
   inFlight: number;
+  /** Σ slots of unexpired grants. */
+  slotsGranted: number;
   pending: number;
   holdUntil: Date | null;
 }
@@ -16,12 +18,15 @@ interface Row {
   max_in_flight: number | null;
   hold_until: Date | null;
   in_flight: number;
+  slots_granted: number;
   pending: string;
 }
 
 const SELECT_WITH_USAGE = `
   SELECT m.model, m.max_in_flight, CASE WHEN m.hold_until > now() THEN m.hold_until END AS hold_until,
     (SELECT count(*)::int FROM requests r WHERE r.model = m.model AND r.state = 'leased') AS in_flight,
+    (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
+      WHERE s.model = m.model AND s.expires_at > now()) AS slots_granted,
     (SELECT count(*) FROM requests r WHERE r.model = m.model AND r.state = 'pending') AS pending
   FROM model_limits m`;
 
@@ -30,6 +35,7 @@ function toRecord(r: Row): ModelLimitRecord {
     model: r.model,
     limit: r.max_in_flight,
     inFlight: r.in_flight,
+    slotsGranted: r.slots_granted,
     pending: Number(r.pending),
     holdUntil: r.hold_until,
   };

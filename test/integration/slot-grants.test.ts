@@ -358,4 +358,18 @@ describe("limit changes", () => {
     const a1 = grantOf(await sync("lc-a", "lc", { token: a.token, keep: 4, want: 4 }), "lc");
     expect(a1).toMatchObject({ slots: 4, target: 1 });
   });
+
+  test("ListModelLimits shows the slots granted (≤ the limit) apart from the requests claimed", async () => {
+    await t.admin.setModelLimit({ model: "ls", limit: 3 });
+    await batchOf("ls", 10);
+    const a = grantOf(await sync("ls-a", "ls", { want: 3 }), "ls");
+    const claimed = await t.dispatch.sync({
+      dispatcherId: "ls-a",
+      slots: [{ model: "ls", token: a.token, keep: 3, want: 3, room: 5 }],
+    });
+    expect(claimed.claims).toHaveLength(5);
+    const { modelLimits } = await t.admin.listModelLimits({ pageSize: 1000 });
+    const ls = modelLimits.find((l) => l.model === "ls");
+    expect(ls).toMatchObject({ limit: 3, slotsGranted: 3, inFlight: 5, pending: 5n });
+  });
 });

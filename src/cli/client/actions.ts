@@ -338,6 +338,6 @@ export async function limitsSetAction(
   const l = limitView(res.modelLimit!);
   if (g.json) return printJson(l);
   print(
-    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}, ${l.in_flight} in flight, ${l.pending} pending`,
+    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}, ${l.slots_granted} slots granted, ${l.in_flight} claimed, ${l.pending} pending`,
   );
 }

@@ -90,6 +90,7 @@ export function limitView(l: ModelLimit) {
     limit: l.limit,
     is_default: l.isDefault,
     in_flight: l.inFlight,
+    slots_granted: l.slotsGranted,
     pending: Number(l.pending),
     hold_until_time: iso(l.holdUntilTime),
   };
