@@ -84,6 +84,20 @@ export interface DispatcherDeps {
   executor?: HttpExecutor;
 }
 
+/** The counters of a dispatcher that has done nothing yet. */
+export function zeroCounts() {
+  return {
+    acquired: 0,
+    completions: 0,
+    failures: 0,
+    releases: 0,
+    lost: 0,
+    fenced: 0,
+    shutdownAborts: 0,
+    dispositions: { recorded: 0, requeued: 0, lost: 0, unreported: 0 },
+  };
+}
+
 /** TTL assumed until the first grant tells us (only the renewal period depends on it). */
 const TTL_UNKNOWN_MS = 30_000;
 
@@ -106,16 +120,7 @@ export function startDispatcher(
       // the first-byte timeout: never fewer connections than requests running.
       connectionsPerOrigin: Math.max(256, config.capacity),
     });
-  const counts = {
-    acquired: 0,
-    completions: 0,
-    failures: 0,
-    releases: 0,
-    lost: 0,
-    fenced: 0,
-    shutdownAborts: 0,
-    dispositions: { recorded: 0, requeued: 0, lost: 0, unreported: 0 },
-  };
+  const counts = zeroCounts();
   let ttlMs = TTL_UNKNOWN_MS;
   const margin = (ttl: number) => fenceMarginMs(ttl, config.fenceMarginMs);
   const book = new SlotBook(config.capacity, config.prefetch);

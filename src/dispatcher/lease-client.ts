@@ -3,6 +3,10 @@
  * the converters between its messages and the dispatcher's own types. Proto
  * types stop here; so do ConnectErrors (mapped to {@link ControlPlaneError}).
  */
+import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
+
+export type { ModelHold, SlotDemand, SlotGrant };
+
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -48,28 +52,6 @@ export type Report =
 
 /** What the control plane did with a report. */
 export type Disposition = "recorded" | "requeued" | "lost";
-
-/** One model in a Sync (see docs/capacity-leases.md). */
-export interface SlotDemand {
-  model: string;
-  token: bigint;
-  keep: number;
-  want: number;
-  room: number;
-}
-
-export interface SlotGrant {
-  model: string;
-  token: bigint;
-  slots: number;
-  target: number;
-  ttlMs: number;
-}
-
-export interface ModelHold {
-  model: string;
-  remainingMs: number;
-}
 
 export interface SyncAnswer {
   grants: SlotGrant[];

@@ -11,7 +11,7 @@
 import { Worker } from "node:worker_threads";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import type { Logger } from "../logger.js";
-import type { Dispatcher, DispatcherStats } from "./dispatcher.js";
+import { type Dispatcher, type DispatcherStats, zeroCounts } from "./dispatcher.js";
 
 /** Messages from the dispatcher's thread. */
 export type FromThread =
@@ -31,14 +31,7 @@ const EMPTY_STATS: DispatcherStats = {
   running: 0,
   reportsPending: 0,
   reportsFailing: false,
-  acquired: 0,
-  completions: 0,
-  failures: 0,
-  releases: 0,
-  lost: 0,
-  fenced: 0,
-  shutdownAborts: 0,
-  dispositions: { recorded: 0, requeued: 0, lost: 0, unreported: 0 },
+  ...zeroCounts(),
 };
 
 /**

@@ -11,6 +11,10 @@
  * claims; otherwise the grant goes to min(keep, slots) and then toward the
  * holder's fair share, and claims fill the room the dispatcher names.
  */
+import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
+
+export type { ModelHold, SlotDemand, SlotGrant };
+
 import { randomInt } from "node:crypto";
 import type { AttemptFailure } from "../domain/outcome.js";
 import { decideRetry } from "../domain/retry-policy.js";
@@ -46,30 +50,6 @@ export interface GrantedClaim {
 export interface LeaseRef {
   requestId: string;
   token: bigint;
-}
-
-/** One model in a Sync: what the dispatcher holds and asks for. */
-export interface SlotDemand {
-  model: string;
-  /** 0n: asks for a new grant. */
-  token: bigint;
-  keep: number;
-  want: number;
-  room: number;
-}
-
-/** A grant as the control plane answers it. */
-export interface SlotGrant {
-  model: string;
-  token: bigint;
-  slots: number;
-  target: number;
-  ttlMs: number;
-}
-
-export interface ModelHold {
-  model: string;
-  remainingMs: number;
 }
 
 export interface SyncResult {
