@@ -76,6 +76,15 @@ test("raised: the new limit is reached; lowered: no new request starts until und
 
   const loweredAt = Date.now();
   await t.admin.setModelLimit({ model: "L", limit: 2 });
+  // Both dispatchers have read the lowered share and handed their slots back
+  // (at once when the change's notification reached their WaitForWork, by
+  // their next renewal otherwise), and the requests above it have finished.
+  const slotsHeld = () => dispatchers.reduce((n, d) => n + (d.stats().slots.L ?? 0), 0);
+  const drainedBy = Date.now() + 10_000;
+  while (slotsHeld() > 2) {
+    if (Date.now() > drainedBy) throw new Error(`slots held: ${slotsHeld()}, expected ≤ 2`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
   await upstream.until(
     () => upstream.gauge("L").current <= 2,
     10_000,
