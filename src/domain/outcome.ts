@@ -16,7 +16,9 @@ export type FailureCode =
   | "timeout"
   | "network_error"
   | "response_too_large"
-  | "aborted";
+  | "aborted"
+  /** Set by the control plane: a response whose text Postgres cannot store (a NUL byte). */
+  | "response_unstorable";
 
 /** A finished attempt: either a 2xx with its full body, or a classified failure. */
 export type AttemptOutcome =

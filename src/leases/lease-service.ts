@@ -88,6 +88,23 @@ export type Outcome =
 
 export type Disposition = "recorded" | "requeued" | "lost";
 
+/** SQLSTATEs of text Postgres cannot hold (a NUL byte; an untranslatable character). */
+const UNSTORABLE_TEXT_SQLSTATES = new Set(["22021", "22P05"]);
+
+function isUnstorableText(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" && UNSTORABLE_TEXT_SQLSTATES.has(code);
+}
+
+/** `s` with the characters Postgres text cannot hold (NUL) replaced by U+FFFD. */
+function storableText(s: string): string {
+  return s.includes("\u0000") ? s.replaceAll("\u0000", "\uFFFD") : s;
+}
+
+function storableHeaders(h: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(h).map(([k, v]) => [storableText(k), storableText(v)]));
+}
+
 /** Upper bound on claims handed out by one call (the rest come with the next). */
 export const MAX_CLAIMS_PER_CALL = 2000;
 
@@ -387,20 +404,18 @@ export class LeaseService {
     const key = (r: LeaseRef) => `${r.requestId}/${r.token}`;
     for (const o of outcomes) result.set(key(o.ref), "lost");
     const completions = outcomes.filter((o) => o.kind === "completion");
-    const failures = outcomes.filter((o) => o.kind === "failure");
+    // Failures keep bounded excerpts: text Postgres cannot store is replaced, not fatal.
+    const failures = outcomes
+      .filter((o) => o.kind === "failure")
+      .map((o) => ({
+        ...o,
+        bodyExcerpt: storableText(o.bodyExcerpt),
+        message: storableText(o.message),
+        headers: storableHeaders(o.headers),
+      }));
     const releases = outcomes.filter((o) => o.kind === "release");
-    if (completions.length > 0) {
-      const res = await q.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
-        completions.map((o) => o.ref.requestId),
-        completions.map((o) => o.ref.token.toString()),
-        completions.map((o) => o.statusCode),
-        completions.map((o) => JSON.stringify(o.headers)),
-        completions.map((o) => o.body),
-      ]);
-      const done = new Set(res.rows.map((r) => r.id));
-      for (const o of completions)
-        if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");
-    }
+    const unstorable = await this.recordCompletions(completions, result, key, q);
+    failures.push(...unstorable);
     if (failures.length > 0) await this.recordFailures(failures, result, key, q);
     if (releases.length > 0) {
       const res = await q.query<{ id: string; state: string }>(sql.REQUESTS_RELEASE, [
@@ -415,6 +430,59 @@ export class LeaseService {
       }
     }
     return result;
+  }
+
+  /**
+   * Records completions in one statement. When Postgres refuses the text of
+   * one (a raw NUL byte in a body: SQLSTATE 22021), each is tried alone, so
+   * one hostile response never drops the others; the ones that still fail are
+   * returned as non-retriable failures to record instead (the same response
+   * would come back the same).
+   */
+  private async recordCompletions(
+    completions: Extract<Outcome, { kind: "completion" }>[],
+    result: Map<string, Disposition>,
+    key: (r: LeaseRef) => string,
+    q: Queryable,
+  ): Promise<Extract<Outcome, { kind: "failure" }>[]> {
+    const complete = (batch: typeof completions) =>
+      q.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
+        batch.map((o) => o.ref.requestId),
+        batch.map((o) => o.ref.token.toString()),
+        batch.map((o) => o.statusCode),
+        batch.map((o) => JSON.stringify(o.headers)),
+        batch.map((o) => o.body),
+      ]);
+    const mark = (rows: Array<{ id: string }>, batch: typeof completions) => {
+      const done = new Set(rows.map((r) => r.id));
+      for (const o of batch) if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");
+    };
+    if (completions.length === 0) return [];
+    try {
+      mark((await complete(completions)).rows, completions);
+      return [];
+    } catch (e) {
+      if (!isUnstorableText(e)) throw e;
+    }
+    const unstorable: Extract<Outcome, { kind: "failure" }>[] = [];
+    for (const o of completions) {
+      try {
+        mark((await complete([o])).rows, [o]);
+      } catch (e) {
+        if (!isUnstorableText(e)) throw e;
+        unstorable.push({
+          ref: o.ref,
+          kind: "failure",
+          statusCode: o.statusCode,
+          code: "response_unstorable",
+          message: `the upstream answered ${o.statusCode}, but its body or headers hold text that cannot be stored (${(e as Error).message})`,
+          retriable: false,
+          bodyExcerpt: storableText(o.body.slice(0, 4096)),
+          headers: storableHeaders(o.headers),
+        });
+      }
+    }
+    return unstorable;
   }
 
   private async recordFailures(

@@ -131,6 +131,55 @@ async function untilReady(model: string) {
 
 const ids = (cs: Claim[]) => cs.map((c) => c.customId).sort();
 
+describe("hostile responses", () => {
+  test("a body Postgres cannot store (a NUL byte) fails its own request only; the rest of the report is recorded", async () => {
+    await batchOf("nul", 4);
+    const { claims } = await take("nul-d", "nul", 4);
+    expect(claims).toHaveLength(4);
+    const [ok, nulBody, nulHeader, failed] = claims as [Claim, Claim, Claim, Claim];
+    const res = await t.dispatch.reportResults({
+      dispatcherId: "nul-d",
+      outcomes: [
+        completion(ok),
+        {
+          ref: nulBody.ref,
+          result: {
+            case: "completion",
+            value: { statusCode: 200, body: enc('{"a":"x\u0000y"}'), headers: {} },
+          },
+        },
+        {
+          ref: nulHeader.ref,
+          result: {
+            case: "completion",
+            value: { statusCode: 200, body: enc("{}"), headers: { "x-odd": "a\u0000b" } },
+          },
+        },
+        failure(failed, { statusCode: 400, retriable: false, bodyExcerpt: enc("bad\u0000input") }),
+      ],
+    });
+    expect(res.results.map((r) => r.disposition)).toEqual(Array(4).fill(Disposition.RECORDED));
+    expect(await row(ok.ref!.requestId)).toMatchObject({
+      state: "completed",
+      response_status: 200,
+    });
+    for (const c of [nulBody, nulHeader]) {
+      const r = await row(c.ref!.requestId);
+      expect(r).toMatchObject({
+        state: "failed",
+        error_code: "response_unstorable",
+        response_status: 200,
+      });
+      expect(r.error_message).toMatch(/cannot be stored/);
+    }
+    // A failure's excerpt is bounded anyway: the NUL is replaced, the failure recorded.
+    expect(await row(failed.ref!.requestId)).toMatchObject({
+      state: "failed",
+      error_code: "http_error",
+    });
+  });
+});
+
 describe("claims", () => {
   test("Sync claims up to room, oldest first; a report's refill claims the next ones", async () => {
     await batchOf("c1", 4, undefined, "old");
