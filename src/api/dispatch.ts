@@ -146,7 +146,6 @@ export function dispatchMethods(
       try {
         const models = await leases.waitForWork(
           {
-            holder: req.dispatcherId,
             models: req.models,
             hungry: req.hungry,
             grow: req.grow,

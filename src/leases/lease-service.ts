@@ -63,7 +63,6 @@ export interface SyncResult {
 
 /** What a dispatcher could take, for WaitForWork. */
 export interface WorkInterest {
-  holder: string;
   models: string[];
   hungry: string[];
   grow: string[];
@@ -247,7 +246,7 @@ export class LeaseService {
   }
 
   /**
-   * The models with work `interest.holder` could take; waits up to `waitMs`
+   * The models with work a dispatcher with `interest` could take; waits up to `waitMs`
    * for some. Wakes on NOTIFY (work became pending, slots were handed back,
    * a limit changed) and at the next scheduled moment (a retry's
    * not_before, a hold's end, a grant's expiry), never on a polling timer.

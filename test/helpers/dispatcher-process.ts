@@ -183,7 +183,7 @@ export interface DispatcherProcessOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** Starts `fusillade dispatcher` and waits until its acquire loop runs. */
+/** Starts `fusillade dispatcher` and waits until it has started its loops. */
 export async function startDispatcherProcess(
   opts: DispatcherProcessOptions,
 ): Promise<FusilladeProcess> {
