@@ -54,6 +54,11 @@ export interface ControlPlaneConfig {
   maxUploadLines: number;
   /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
   maxPageBytes: number;
+  /**
+   * Most request-body bytes of the claims in one Sync or ReportResults answer,
+   * shared among the models asked for (each model gets at least one claim). @default 8 MiB
+   */
+  maxClaimBytes: number;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -79,6 +84,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
+  maxClaimBytes: 8 * 1024 * 1024,
 });
 
 /** Settings read from the environment only: variable → key, and whether 0 is allowed. */
@@ -88,6 +94,7 @@ const ENV_COUNTS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, bool
   ["FUSILLADE_MAX_UPLOAD_BYTES", "maxUploadBytes", false],
   ["FUSILLADE_MAX_UPLOAD_LINES", "maxUploadLines", false],
   ["FUSILLADE_MAX_PAGE_BYTES", "maxPageBytes", false],
+  ["FUSILLADE_MAX_CLAIM_BYTES", "maxClaimBytes", false],
 ];
 /** Durations read from the environment only; "0" means none where allowed. */
 const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, boolean]> = [

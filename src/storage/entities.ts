@@ -77,7 +77,7 @@ export class RequestEntity {
   responseStatus: number | null;
   @Column({ type: "jsonb", name: "response_headers", nullable: true })
   responseHeaders: Record<string, string> | null;
-  @Column({ type: "text", name: "response_body", nullable: true }) responseBody: string | null;
+  @Column({ type: "bytea", name: "response_body", nullable: true }) responseBody: Buffer | null;
   @Column({ type: "text", name: "error_code", nullable: true }) errorCode: string | null;
   @Column({ type: "text", name: "error_message", nullable: true }) errorMessage: string | null;
   @Column({ type: "timestamptz", name: "created_at" }) createdAt: Date;
