@@ -12,6 +12,7 @@
  * page, bytes that are not UTF-8, JSON nested deeper than readers can parse).
  * A hostile body never breaks its line or the file: see {@link bodyJson}.
  */
+import { compactJson } from "./json-text.js";
 import type { RequestState } from "./states.js";
 
 /** Which file a line belongs to. */
@@ -113,35 +114,6 @@ export function bodyJson(body: Uint8Array): RawJson {
   }
   const compact = compactJson(text, MAX_RESULT_BODY_DEPTH);
   return { json: compact ?? JSON.stringify(text) };
-}
-
-/**
- * Valid JSON `text` without whitespace between tokens, or undefined when it
- * nests deeper than `maxDepth`. One pass, no recursion; `text` must be valid JSON.
- */
-export function compactJson(text: string, maxDepth: number): string | undefined {
-  let out = "";
-  let depth = 0;
-  let start = 0; // start of the run of characters to copy
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c)
-        i++; // backslash: skip the escaped character
-      else if (c === 0x22) inString = false;
-      continue;
-    }
-    if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) {
-      if (++depth > maxDepth) return undefined;
-    } else if (c === 0x5d || c === 0x7d) depth--;
-    else if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) {
-      out += text.slice(start, i);
-      start = i + 1;
-    }
-  }
-  return out + text.slice(start);
 }
 
 /**

@@ -1,8 +1,8 @@
 /** Result lines in OpenAI's batch output/error formats (src/domain/results.ts). */
 import { describe, expect, it } from "vitest";
+import { compactJson, nestsDeeperThan } from "../../src/domain/json-text.js";
 import {
   bodyJson,
-  compactJson,
   formatResultLine,
   MAX_RESULT_BODY_DEPTH,
   type ResultFacts,
@@ -164,5 +164,7 @@ describe("hostile bodies", () => {
   it("counts depth outside strings only", () => {
     expect(compactJson('["[[[[", {"k": "{{{{"}]', 2)).toBe('["[[[[",{"k":"{{{{"}]');
     expect(compactJson("[[[]]]", 2)).toBeUndefined();
+    expect(nestsDeeperThan('[{"a":"[[[["}]', 2)).toBe(false);
+    expect(nestsDeeperThan("[[[]]]", 2)).toBe(true);
   });
 });
