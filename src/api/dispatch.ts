@@ -48,6 +48,7 @@ const FAILURE_CODES = new Set<FailureCode>([
   "network_error",
   "response_too_large",
   "aborted",
+  "report_rejected",
 ]);
 
 /** Longest body excerpt stored for a failure. */

@@ -104,11 +104,33 @@ export class ControlPlaneError extends Error {
     message: string,
     readonly retriable: boolean,
     options?: ErrorOptions,
+    /** The call's status code; undefined when it never reached the control plane's handler. */
+    readonly code?: Code,
   ) {
     super(message, options);
     this.name = "ControlPlaneError";
   }
+
+  /**
+   * True when the control plane (or something on the way) answered the call
+   * with an error that says nothing of reachability: the same call is likely
+   * to fail the same way (RESOURCE_EXHAUSTED for a message too large,
+   * INVALID_ARGUMENT, INTERNAL from a statement that cannot succeed).
+   */
+  get rejected(): boolean {
+    return this.code !== undefined && !TRANSIENT_CODES.has(this.code);
+  }
 }
+
+/** Codes that say the control plane could not be reached or did not answer in time. */
+const TRANSIENT_CODES = new Set([
+  Code.Unavailable,
+  Code.DeadlineExceeded,
+  Code.Canceled,
+  Code.Aborted,
+  Code.Unauthenticated,
+  Code.PermissionDenied,
+]);
 
 /** Codes after which the same call may succeed later. */
 const RETRIABLE_CODES = new Set([
@@ -208,10 +230,14 @@ export function reportBytes(r: Report): number {
 
 function mapError(e: unknown, what: string): ControlPlaneError {
   const err = ConnectError.from(e);
+  // An error the client made from a socket or stream failure carries that
+  // failure as its cause; one the server sent does not.
+  const answered = err.cause === undefined;
   return new ControlPlaneError(
     `${what}: ${Code[err.code] ?? err.code}: ${err.rawMessage}`,
     RETRIABLE_CODES.has(err.code),
     { cause: e },
+    answered ? err.code : undefined,
   );
 }
 
