@@ -108,7 +108,7 @@ export function startDispatcher(
   deps: DispatcherDeps = {},
 ): Dispatcher {
   const log = parentLog.child({ dispatcher: config.id });
-  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id);
+  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id, config.token);
   const executor =
     deps.executor ??
     new HttpExecutor({

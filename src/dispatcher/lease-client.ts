@@ -9,7 +9,7 @@ export type { ModelHold, SlotDemand, SlotGrant };
 
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import {
@@ -241,8 +241,20 @@ function mapError(e: unknown, what: string): ControlPlaneError {
   );
 }
 
+/** Sends `authorization: Bearer <token>` on every call. */
+export function bearer(token: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
+
 /** Connect over HTTP/2 (h2c for http://) to the control plane at `baseUrl`. */
-export function connectLeaseClient(baseUrl: string, dispatcherId: string): LeaseClient {
+export function connectLeaseClient(
+  baseUrl: string,
+  dispatcherId: string,
+  token?: string,
+): LeaseClient {
   // Pings notice a dead control plane (kill -9, a lost network) within ~15 s
   // even while the only call is a quiet long poll.
   const sessions = new Http2SessionManager(baseUrl, {
@@ -261,6 +273,7 @@ export function connectLeaseClient(baseUrl: string, dispatcherId: string): Lease
       // loopback or a cluster network.
       acceptCompression: [],
       sendCompression: undefined,
+      interceptors: token === undefined ? [] : [bearer(token)],
     }),
   );
   return {
