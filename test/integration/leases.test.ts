@@ -504,7 +504,13 @@ describe("the release race: an old token never frees a newer claim", () => {
           [id],
         );
         expect((await tx.query(leaseSql.REQUESTS_REAP_EXPIRED, [model])).rowCount).toBe(1);
-        const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [[model], [1], "B", 60_000, 1 << 20]);
+        const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [
+          [model],
+          [1],
+          "B",
+          60_000,
+          1 << 20,
+        ]);
         expect(claimed.rows).toHaveLength(1);
         await tx.query("COMMIT");
         expect((await stale).disposition).toBe(Disposition.LOST);
