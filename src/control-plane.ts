@@ -99,6 +99,7 @@ export async function startControlPlane(
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
       auth,
+      tls: config.tls,
       routes: routes(deps, leases),
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,

@@ -5,6 +5,7 @@
  * batch finished, whatever its requests' outcomes), 1 an error (printed as
  * `fusillade: <message>`), 2 a usage error, 130 interrupted while watching.
  */
+import { readFileSync } from "node:fs";
 import { type Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { parseDuration } from "../domain/duration.js";
 import {
@@ -88,7 +89,7 @@ function run<A extends unknown[]>(
     process.stdout.on("error", (e: NodeJS.ErrnoException) => {
       if (e.code === "EPIPE") process.exit(0);
     });
-    const conn = connect(g.server, g.token);
+    const conn = connect(g.server, g.token, readCa(g.ca));
     let failure: unknown;
     try {
       await fn(conn, g, ...(args.slice(0, -1) as A));
@@ -104,6 +105,16 @@ function run<A extends unknown[]>(
     }
     throw failure;
   };
+}
+
+/** The PEM file of --ca, read once per command. */
+function readCa(file: string | undefined): string | undefined {
+  if (file === undefined || file === "") return undefined;
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new CliError(`--ca: cannot read ${file} (${(e as Error).message})`);
+  }
 }
 
 /** A client command: usage errors exit 2. */
@@ -142,6 +153,11 @@ export function registerClientCommands(program: Command): void {
         "--token <token>",
         "API token (docs/trust.md); prefer the variable: flags show in ps",
       ).env("FUSILLADE_TOKEN"),
+    )
+    .addOption(
+      new Option("--ca <file>", "PEM CA certificates to trust for an https:// server").env(
+        "FUSILLADE_CA",
+      ),
     )
     .option("--json", "print machine-readable JSON on stdout (for scripts)", false)
     .configureHelp({ showGlobalOptions: true });

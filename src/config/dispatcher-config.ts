@@ -4,6 +4,7 @@
  * reader of process.env.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import os from "node:os";
 import { MINUTE, SECOND } from "../domain/duration.js";
 import { ConfigError, parseCount, parseDurationSetting } from "./config.js";
@@ -72,6 +73,13 @@ export interface DispatcherConfig {
   logLevel: string;
   /** Bearer token for the control plane (a dispatcher or admin token); undefined: none (local mode). */
   token: string | undefined;
+  /** PEM CA certificates trusted for an https:// control plane (besides the system's). */
+  ca: string | undefined;
+  /**
+   * Skip verifying the control plane's certificate. Only for serve's own
+   * dispatcher thread, which talks to its process over loopback.
+   */
+  insecureLoopbackTls: boolean;
 }
 
 const MIB = 1024 * 1024;
@@ -96,6 +104,8 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   maxResponseBytes: 32 * MIB,
   logLevel: "info",
   token: undefined,
+  ca: undefined,
+  insecureLoopbackTls: false,
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
 
 const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
@@ -196,6 +206,7 @@ export interface DispatcherFlags {
   maxResponseBytes?: string;
   logLevel?: string;
   token?: string;
+  ca?: string;
 }
 
 /** The flags' environment variables: flag → variable. */
@@ -215,9 +226,20 @@ const ENV: Record<keyof DispatcherFlags, string> = {
   maxResponseBytes: "FUSILLADE_MAX_RESPONSE_BYTES",
   logLevel: "FUSILLADE_LOG_LEVEL",
   token: "FUSILLADE_TOKEN",
+  ca: "FUSILLADE_CA",
 };
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** The PEM file named by --ca / FUSILLADE_CA. */
+function readCa(setting: [string, string] | undefined): string | undefined {
+  if (setting === undefined) return undefined;
+  try {
+    return readFileSync(setting[0], "utf8");
+  } catch (e) {
+    throw new ConfigError(`${setting[1]}: cannot read ${setting[0]} (${(e as Error).message})`);
+  }
+}
 
 /** Builds the dispatcher's config from defaults, `env` and `flags` (flags win). */
 export function dispatcherConfig(
@@ -280,5 +302,6 @@ export function dispatcherConfig(
     maxResponseBytes: count("maxResponseBytes"),
     logLevel: level?.[0],
     token: get("token")?.[0].trim(),
+    ca: readCa(get("ca")),
   });
 }

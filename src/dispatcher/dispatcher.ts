@@ -108,7 +108,12 @@ export function startDispatcher(
   deps: DispatcherDeps = {},
 ): Dispatcher {
   const log = parentLog.child({ dispatcher: config.id });
-  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id, config.token);
+  const client =
+    deps.client ??
+    connectLeaseClient(config.controlPlaneUrl, config.id, config.token, {
+      ca: config.ca,
+      insecure: config.insecureLoopbackTls,
+    });
   const executor =
     deps.executor ??
     new HttpExecutor({
