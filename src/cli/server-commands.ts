@@ -22,6 +22,10 @@ function controlPlaneOptions(cmd: Command): Command {
       "concurrency limit of models with none set (env FUSILLADE_DEFAULT_LIMIT)",
     )
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
+    .option(
+      "--allowed-endpoints <origins>",
+      "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token never link-local/metadata addresses or this server)",
+    )
     .option("--tls-cert <file>", "PEM certificate chain: serve TLS (env FUSILLADE_TLS_CERT)")
     .option("--tls-key <file>", "PEM private key of --tls-cert (env FUSILLADE_TLS_KEY)")
     .option(
@@ -147,6 +151,8 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
       }),
       // Over loopback to its own port: the certificate names the public host.
       insecureLoopbackTls: cpConfig.tls !== undefined,
+      // Its token is internal: what matters is whether the server is shared.
+      denyLinkLocal: cpConfig.adminToken !== undefined,
     };
     dispatcher = startDispatcherThread(config, log, (e) => {
       // Serving without a dispatcher would accept batches and never run them.

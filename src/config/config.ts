@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";
+import { type OriginPattern, parseAllowList } from "../domain/endpoints.js";
 
 export class ConfigError extends Error {}
 
@@ -68,6 +69,8 @@ export interface ControlPlaneConfig {
   adminToken: string | undefined;
   /** PEM certificate chain and private key: the port speaks TLS (h2 and HTTP/1.1). */
   tls: { cert: string; key: string } | undefined;
+  /** Origins files may name (docs/trust.md); undefined: any but the denied ones. */
+  allowedEndpoints: OriginPattern[] | undefined;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -96,6 +99,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   maxClaimBytes: 8 * 1024 * 1024,
   adminToken: undefined,
   tls: undefined,
+  allowedEndpoints: undefined,
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -170,6 +174,7 @@ export interface ControlPlaneFlags {
   adminTokenFile?: string;
   tlsCert?: string;
   tlsKey?: string;
+  allowedEndpoints?: string;
 }
 
 /** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
@@ -274,6 +279,16 @@ export function controlPlaneConfig(
   }
   c.adminToken = adminToken(flags, env);
   c.tls = tlsFiles(flags, env);
+  const allowed = flags.allowedEndpoints ?? env.FUSILLADE_ALLOWED_ENDPOINTS;
+  if (allowed !== undefined && allowed.trim() !== "") {
+    const name =
+      flags.allowedEndpoints !== undefined ? "--allowed-endpoints" : "FUSILLADE_ALLOWED_ENDPOINTS";
+    try {
+      c.allowedEndpoints = parseAllowList(allowed, name);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
   const settings = c as unknown as Record<string, number>;
   for (const [name, key, allowZero] of ENV_COUNTS) {
     const v = env[name];

@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import os from "node:os";
 import { MINUTE, SECOND } from "../domain/duration.js";
+import { parseAllowList } from "../domain/endpoints.js";
 import { ConfigError, parseCount, parseDurationSetting } from "./config.js";
 
 /** Settings of one dispatcher. */
@@ -80,6 +81,13 @@ export interface DispatcherConfig {
    * dispatcher thread, which talks to its process over loopback.
    */
   insecureLoopbackTls: boolean;
+  /**
+   * Refuse upstream addresses that are link-local (cloud metadata), after
+   * DNS, unless allowed (docs/trust.md). @default true when a token is set
+   */
+  denyLinkLocal: boolean;
+  /** Host patterns (from FUSILLADE_ALLOWED_ENDPOINTS) exempt from denyLinkLocal. */
+  allowedHosts: readonly string[];
 }
 
 const MIB = 1024 * 1024;
@@ -106,6 +114,8 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   token: undefined,
   ca: undefined,
   insecureLoopbackTls: false,
+  denyLinkLocal: false,
+  allowedHosts: Object.freeze([]) as readonly string[],
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
 
 const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
@@ -207,6 +217,7 @@ export interface DispatcherFlags {
   logLevel?: string;
   token?: string;
   ca?: string;
+  allowedEndpoints?: string;
 }
 
 /** The flags' environment variables: flag → variable. */
@@ -227,9 +238,20 @@ const ENV: Record<keyof DispatcherFlags, string> = {
   logLevel: "FUSILLADE_LOG_LEVEL",
   token: "FUSILLADE_TOKEN",
   ca: "FUSILLADE_CA",
+  allowedEndpoints: "FUSILLADE_ALLOWED_ENDPOINTS",
 };
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** The hosts of an allow-list setting (its schemes and ports do not matter after DNS). */
+function allowedHosts(setting: [string, string] | undefined): string[] {
+  if (setting === undefined) return [];
+  try {
+    return parseAllowList(setting[0], setting[1]).map((p) => p.host.replace(/^\[|\]$/g, ""));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+}
 
 /** The PEM file named by --ca / FUSILLADE_CA. */
 function readCa(setting: [string, string] | undefined): string | undefined {
@@ -286,6 +308,7 @@ export function dispatcherConfig(
     );
   }
   checkUrl(url[0], url[1]);
+  const token = get("token")?.[0].trim();
   return resolveDispatcherConfig({
     controlPlaneUrl: url[0],
     capacity: count("capacity"),
@@ -301,7 +324,10 @@ export function dispatcherConfig(
     totalTimeoutMs: duration("totalTimeout"),
     maxResponseBytes: count("maxResponseBytes"),
     logLevel: level?.[0],
-    token: get("token")?.[0].trim(),
+    token,
     ca: readCa(get("ca")),
+    // With credentials, the fleet is shared: metadata addresses are off limits.
+    denyLinkLocal: token !== undefined,
+    allowedHosts: allowedHosts(get("allowedEndpoints")),
   });
 }
