@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { constants as fsc } from "node:fs";
 import {
   lchown,
@@ -46,7 +47,7 @@ export interface EmbeddedPostgresOptions {
 
 /** A running embedded server. */
 export interface EmbeddedPostgres {
-  /** `postgres://postgres@127.0.0.1:PORT/DATABASE`, trust auth. */
+  /** `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`: TCP takes the generated password. */
   url: string;
   port: number;
   dataDir: string;
@@ -85,15 +86,21 @@ export async function startEmbeddedPostgres(
     await initdb(native, dataDir, runAs, opts.ephemeral ?? false, log);
   }
 
+  // TCP takes a password (never trust); the socket, in the data dir and
+  // open to its owner only, is how the password is set after each start.
+  const password = await ensurePassword(dataDir);
+  await writeFile(path.join(dataDir, "pg_hba.conf"), PG_HBA);
   const settings: Record<string, string | number> = {
     ...(opts.ephemeral ? { fsync: "off", synchronous_commit: "off", full_page_writes: "off" } : {}),
+    unix_socket_permissions: "0700",
     ...opts.settings,
   };
   const started = Date.now();
   let port = 0;
+  const socketDir = socketDirOf(dataDir);
   for (let attempt = 1; ; attempt++) {
     port = opts.port ?? (await freePort());
-    const failure = await pgCtlStart(native, dataDir, port, settings, runAs);
+    const failure = await pgCtlStart(native, dataDir, port, socketDir, settings, runAs);
     if (failure === undefined) break;
     const portTaken = /could not bind|address already in use/i.test(failure);
     if (opts.port === undefined && portTaken && attempt < PORT_ATTEMPTS) {
@@ -112,7 +119,8 @@ export async function startEmbeddedPostgres(
     return stopping;
   };
   try {
-    await ensureDatabase(port, database);
+    await setPassword(socketDir, port, password);
+    await ensureDatabase(port, password, database);
   } catch (cause) {
     await stop().catch(() => {});
     throw new EmbeddedPostgresError(`could not create database "${database}": ${String(cause)}`, {
@@ -120,7 +128,7 @@ export async function startEmbeddedPostgres(
     });
   }
   return {
-    url: `postgres://postgres@127.0.0.1:${port}/${encodeURIComponent(database)}`,
+    url: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${encodeURIComponent(database)}`,
     port,
     dataDir,
     stop,
@@ -134,6 +142,8 @@ export async function startEmbeddedPostgres(
  */
 /** Names the Fusillade process using a data dir, so a second one does not take it over. */
 const OWNER_FILE = "fusillade.owner";
+/** The postgres role's password, for TCP connections (mode 0600). */
+const PASSWORD_FILE = "fusillade.password";
 
 /**
  * A server whose owner process is alive is not stale: a second `serve` on the
@@ -253,16 +263,12 @@ async function pgCtlStart(
   native: Native,
   dataDir: string,
   port: number,
+  socketDir: string,
   settings: Readonly<Record<string, string | number>>,
   runAs: RunAs | undefined,
 ): Promise<string | undefined> {
   const logFile = path.join(dataDir, LOG_FILE);
   const logStart = await rotateLog(logFile);
-  // The socket goes in the data dir unless its path would be too long for a unix socket.
-  const socketDir =
-    Buffer.byteLength(path.join(dataDir, ".s.PGSQL.65535")) <= MAX_SOCKET_PATH
-      ? dataDir
-      : os.tmpdir();
   // pg_ctl hands -o to /bin/sh, so every value is quoted.
   const serverOpts = [`-p ${port}`, "-h 127.0.0.1", `-k ${shellQuote(socketDir)}`];
   for (const [name, value] of Object.entries(settings))
@@ -294,8 +300,52 @@ async function stopServer(
   log(`embedded Postgres stopped (${dataDir})`);
 }
 
-async function ensureDatabase(port: number, database: string): Promise<void> {
-  const client = new pg.Client({ host: "127.0.0.1", port, user: "postgres", database: "postgres" });
+/** The socket goes in the data dir unless its path would be too long for a unix socket. */
+function socketDirOf(dataDir: string): string {
+  return Buffer.byteLength(path.join(dataDir, ".s.PGSQL.65535")) <= MAX_SOCKET_PATH
+    ? dataDir
+    : os.tmpdir();
+}
+
+/**
+ * Who may connect how: over the socket (mode 0700: its owner only), without
+ * a password; over TCP on loopback, with the generated password only.
+ */
+const PG_HBA = `# Written by Fusillade at each start of its embedded Postgres.
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+`;
+
+/** The password of the cluster's postgres role: made once, kept in the data dir (0600). */
+async function ensurePassword(dataDir: string): Promise<string> {
+  const file = path.join(dataDir, PASSWORD_FILE);
+  const existing = await readFile(file, "utf8").catch(() => undefined);
+  if (existing !== undefined && existing.trim() !== "") return existing.trim();
+  const password = randomBytes(24).toString("base64url");
+  await writeFile(file, `${password}\n`, { mode: 0o600 });
+  return password;
+}
+
+/** Sets the postgres role's password over the socket (idempotent; TCP needs it). */
+async function setPassword(socketDir: string, port: number, password: string): Promise<void> {
+  const client = new pg.Client({ host: socketDir, port, user: "postgres", database: "postgres" });
+  await client.connect();
+  try {
+    await client.query(`ALTER ROLE postgres PASSWORD ${client.escapeLiteral(password)}`);
+  } finally {
+    await client.end();
+  }
+}
+
+async function ensureDatabase(port: number, password: string, database: string): Promise<void> {
+  const client = new pg.Client({
+    host: "127.0.0.1",
+    port,
+    user: "postgres",
+    password,
+    database: "postgres",
+  });
   await client.connect();
   try {
     const found = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [database]);

@@ -63,8 +63,15 @@ describe("startEmbeddedPostgres", () => {
   test("creates a cluster on first start and reuses its data on the next", async () => {
     const logs: string[] = [];
     const first = await start("reuse", { log: (m) => logs.push(m) });
-    expect(first.url).toBe(`postgres://postgres@127.0.0.1:${first.port}/fusillade`);
+    expect(first.url).toMatch(
+      new RegExp(`^postgres://postgres:[A-Za-z0-9_-]{32}@127\\.0\\.0\\.1:${first.port}/fusillade$`),
+    );
     expect(logs.some((m) => m.startsWith("initdb"))).toBe(true);
+    // TCP never trusts: without the password (or with a wrong one) the server refuses.
+    const bare = `postgres://postgres@127.0.0.1:${first.port}/fusillade`;
+    await expect(query(bare, "SELECT 1")).rejects.toThrow(/password/);
+    const wrong = `postgres://postgres:guess@127.0.0.1:${first.port}/fusillade`;
+    await expect(query(wrong, "SELECT 1")).rejects.toThrow(/password authentication failed/);
     await query(first.url, "CREATE TABLE kept (v text)");
     await query(first.url, "INSERT INTO kept VALUES ($1)", ["still here"]);
     await first.stop();
@@ -74,6 +81,7 @@ describe("startEmbeddedPostgres", () => {
     logs.length = 0;
     const second = await start("reuse", { log: (m) => logs.push(m) });
     expect(logs.some((m) => m.startsWith("initdb"))).toBe(false);
+    expect(second.url.replace(/:\d+\//, ":P/")).toBe(first.url.replace(/:\d+\//, ":P/")); // same password
     expect(await query(second.url, "SELECT v FROM kept")).toEqual([{ v: "still here" }]);
     await second.stop();
   });
