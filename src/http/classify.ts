@@ -151,6 +151,11 @@ const NON_SECRET_HEADERS: ReadonlySet<string> = new Set([
   "content-length",
   "content-type",
   "user-agent",
+  // ours: ids the upstream may echo back on purpose
+  "x-fusillade-request-id",
+  "x-fusillade-custom-id",
+  "x-fusillade-batch-id",
+  "traceparent",
 ]);
 
 /**
@@ -162,6 +167,40 @@ const NON_SECRET_HEADERS: ReadonlySet<string> = new Set([
 export function headerScrubber(
   headers: ReadonlyArray<readonly [string, string]>,
 ): (s: string) => string {
+  const ordered = secretsOf(headers);
+  return (s) => ordered.reduce((acc, secret) => acc.split(secret).join("[redacted]"), s);
+}
+
+const REDACTED = Buffer.from("[redacted]");
+
+/** {@link headerScrubber} for bytes (bodies); returns `b` itself when it holds no secret. */
+export function bodyScrubber(
+  headers: ReadonlyArray<readonly [string, string]>,
+): (b: Uint8Array) => Uint8Array {
+  const secrets = secretsOf(headers).map((s) => Buffer.from(s));
+  return (b) => {
+    let buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    let changed = false;
+    for (const secret of secrets) {
+      let at = buf.indexOf(secret);
+      if (at < 0) continue;
+      const parts: Buffer[] = [];
+      let from = 0;
+      while (at >= 0) {
+        parts.push(buf.subarray(from, at), REDACTED);
+        from = at + secret.length;
+        at = buf.indexOf(secret, from);
+      }
+      parts.push(buf.subarray(from));
+      buf = Buffer.concat(parts);
+      changed = true;
+    }
+    return changed ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : b;
+  };
+}
+
+/** Header values (and their words) worth hiding, longest first. */
+function secretsOf(headers: ReadonlyArray<readonly [string, string]>): string[] {
   const secrets = new Set<string>();
   for (const [name, value] of headers) {
     if (NON_SECRET_HEADERS.has(name.toLowerCase())) continue;
@@ -169,6 +208,5 @@ export function headerScrubber(
       if (part.length >= MIN_SCRUB_LENGTH) secrets.add(part);
     }
   }
-  const ordered = [...secrets].sort((a, b) => b.length - a.length);
-  return (s) => ordered.reduce((acc, secret) => acc.split(secret).join("[redacted]"), s);
+  return [...secrets].sort((a, b) => b.length - a.length);
 }

@@ -18,6 +18,7 @@ import {
 } from "../domain/retry-policy.js";
 import { type AbortCause, AttemptSignal } from "./attempt-signal.js";
 import {
+  bodyScrubber,
   classifyError,
   describeError,
   headerScrubber,
@@ -140,6 +141,25 @@ export interface OutboundRequest {
 
 const EMPTY = new Uint8Array(0);
 
+/**
+ * An upstream that echoes our request headers (a debugging proxy, an echo
+ * endpoint) would put the API key into a stored body, a result line and
+ * every API response showing it: secrets of the request are replaced by
+ * "[redacted]" in the body and the kept headers before anything leaves
+ * the executor.
+ */
+function redactOutcome(
+  o: AttemptOutcome,
+  headers: ReadonlyArray<readonly [string, string]>,
+  scrub: (s: string) => string,
+): AttemptOutcome {
+  const redact = bodyScrubber(headers);
+  const kept = Object.fromEntries(Object.entries(o.headers).map(([k, v]) => [k, scrub(v)]));
+  return o.kind === "completion"
+    ? { ...o, headers: kept, body: redact(o.body) }
+    : { ...o, headers: kept, bodyExcerpt: redact(o.bodyExcerpt) };
+}
+
 function hostAllowed(host: string, allowed: readonly string[]): boolean {
   const h = host.toLowerCase();
   return allowed.some((p) => (p.startsWith("*.") ? h.endsWith(p.slice(1)) : h === p));
@@ -254,7 +274,7 @@ export class HttpExecutor {
       // macrotask here (< 1 ms) means that once execute() resolves, the next
       // attempt to this origin reuses the warm connection.
       if (attempt.cause === undefined) await nextMacrotask();
-      return outcome;
+      return redactOutcome(outcome, req.headers, scrub);
     } finally {
       attempt.dispose();
     }

@@ -373,3 +373,24 @@ describe("HttpExecutor", () => {
     expect(() => new HttpExecutor({ bodyExcerptBytes: -1 })).toThrow(/bodyExcerptBytes/);
   });
 });
+
+describe("an upstream that echoes the request's headers", () => {
+  it("gets the API key redacted from the body and the kept headers, on success and on failure", async () => {
+    const up = await startUpstream((req, res) => {
+      const echo = JSON.stringify({ headers: req.headers, again: req.headers.authorization });
+      res.setHeader("content-type", "application/json");
+      res.setHeader("x-request-id", String(req.headers.authorization));
+      res.statusCode = req.url === "/fail" ? 400 : 200;
+      res.end(echo);
+    });
+    const ex = setup();
+    for (const path of ["/ok", "/fail"]) {
+      const out = await ex.execute(post(`${up.url}${path}`));
+      const body = decoder.decode(out.kind === "completion" ? out.body : out.bodyExcerpt);
+      expect(body).not.toContain(API_KEY);
+      expect(body.match(/\[redacted\]/g)).toHaveLength(2);
+      expect(JSON.stringify(out.headers)).not.toContain(API_KEY);
+      expect(JSON.parse(body).headers["x-request-id"]).toBe("req-42"); // not a secret: kept
+    }
+  });
+});
