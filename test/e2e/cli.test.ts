@@ -356,6 +356,20 @@ describe("fusillade CLI", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^fusillade: line 2: body: is required/);
 
+    // OpenAI's format requires custom_id and method: a line without either is refused.
+    const noId = await batchFile("no-id.jsonl", 2, [
+      '{"method":"POST","url":"/v1/x","body":{"model":"m"}}',
+    ]);
+    const r2 = await cli(["submit", noId, "--endpoint", "http://127.0.0.1:9"]);
+    expect(r2.code).toBe(1);
+    expect(r2.stderr).toMatch(/^fusillade: line 3: custom_id: is required/);
+    const noMethod = await batchFile("no-method.jsonl", 1, [
+      '{"custom_id":"z","url":"/v1/x","body":{"model":"m"}}',
+    ]);
+    const r3 = await cli(["submit", noMethod, "--endpoint", "http://127.0.0.1:9"]);
+    expect(r3.stderr).toMatch(/^fusillade: line 2: method: is required/);
+    expect((await sql.query(`SELECT 1 FROM files WHERE filename LIKE 'no-%'`)).rows).toEqual([]);
+
     const missing = await cli(["submit", "nope.jsonl", "--endpoint", "http://127.0.0.1:9"]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toBe("fusillade: cannot read nope.jsonl: no such file\n");

@@ -51,6 +51,7 @@ async function fileOf(n: number, prefix = `f${++fileSeq}`, apiKey = ""): Promise
   const lines = Array.from({ length: n }, (_, i) =>
     JSON.stringify({
       custom_id: `${prefix}-${i + 1}`,
+      method: "POST",
       url: "/v1/chat/completions",
       body: { model: "m-batches", i },
     }),
@@ -555,7 +556,7 @@ describe("API keys never come back out", () => {
     const jsonlFile = await t.batch.createFile({
       filename: "keyed.jsonl",
       jsonl: enc.encode(
-        JSON.stringify({ custom_id: "k1", url: "/v1/x", body: { model: "m-key" } }),
+        JSON.stringify({ custom_id: "k1", method: "POST", url: "/v1/x", body: { model: "m-key" } }),
       ),
       endpoint: ENDPOINT,
       apiKey: KEY,
@@ -580,7 +581,9 @@ describe("API keys never come back out", () => {
         yield {
           part: {
             case: "chunk" as const,
-            value: enc.encode('{"url":"/v1/x","body":{"model":"m-key"}}\n'),
+            value: enc.encode(
+              '{"custom_id":"k2","method":"POST","url":"/v1/x","body":{"model":"m-key"}}\n',
+            ),
           },
         };
       })(),
@@ -623,7 +626,9 @@ describe("API keys never come back out", () => {
   test("nor does an error about a keyed file", async () => {
     const e = await rejection(
       t.batch.createFile({
-        jsonl: enc.encode('{"url":"/v1/x","body":{"model":"m"}}\n{"url":"/v1/x","body":{}}'),
+        jsonl: enc.encode(
+          '{"custom_id":"a","method":"POST","url":"/v1/x","body":{"model":"m"}}\n{"custom_id":"b","method":"POST","url":"/v1/x","body":{}}',
+        ),
         endpoint: ENDPOINT,
         apiKey: KEY,
       }),

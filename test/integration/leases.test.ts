@@ -54,7 +54,7 @@ async function batchOf(
   tag = model,
 ) {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `${tag}-${i}`, url: "/v1/x", body: { model, i } }),
+    JSON.stringify({ custom_id: `${tag}-${i}`, method: "POST", url: "/v1/x", body: { model, i } }),
   ).join("\n");
   const file = await t.batch.createFile({
     jsonl: enc(lines),
