@@ -5,15 +5,23 @@
  * batch finished, whatever its requests' outcomes), 1 an error (printed as
  * `fusillade: <message>`), 2 a usage error, 130 interrupted while watching.
  */
-import { type Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { parseDuration } from "../domain/duration.js";
+import { type Command, Option } from "commander";
+import {
+  collect,
+  collectMetadata,
+  command,
+  DEFAULT_PLAIN_INTERVAL,
+  duration,
+  limitValue,
+  positiveInt,
+  run,
+} from "./cli-kit.js";
 import {
   batchesListAction,
   cancelAction,
   filesDeleteAction,
   filesGetAction,
   filesListAction,
-  type Globals,
   limitsListAction,
   limitsSetAction,
   resultsAction,
@@ -22,93 +30,8 @@ import {
   submitAction,
   watchAction,
 } from "./client/actions.js";
-import {
-  CliError,
-  type Connection,
-  connect,
-  DEFAULT_SERVER,
-  describeRpcError,
-} from "./client/connection.js";
-
-/** Plain-mode progress lines (not a terminal): at most one per this. */
-const DEFAULT_PLAIN_INTERVAL = "5s";
-
-/** Usage errors exit 2 (help and --version still exit 0). */
-function usageExit(err: CommanderError): never {
-  throw err.exitCode === 0 ? err : new CommanderError(2, err.code, err.message);
-}
-
-function collectMetadata(value: string, previous: Record<string, string>): Record<string, string> {
-  const m = /^([^=]+)=(.*)$/s.exec(value);
-  if (!m) throw new InvalidArgumentError("must look like key=value");
-  return { ...previous, [m[1]!]: m[2]! };
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1)
-    throw new InvalidArgumentError("must be a positive integer");
-  return n;
-}
-
-function limitValue(value: string): number | "default" {
-  if (value === "default") return value;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 31 - 1) {
-    throw new InvalidArgumentError(
-      'must be a non-negative integer (0 pauses the model), or "default"',
-    );
-  }
-  return n;
-}
-
-function duration(value: string): number {
-  const ms = parseDuration(value);
-  if (ms === undefined || ms <= 0)
-    throw new InvalidArgumentError("must be a duration such as 5s or 1m");
-  return ms;
-}
-
-/**
- * Wraps an action: connects with the global flags, closes the connection
- * after, and turns RPC errors into one-line messages.
- */
-function run<A extends unknown[]>(
-  fn: (conn: Connection, g: Globals, ...args: A) => Promise<void>,
-): (...args: unknown[]) => Promise<void> {
-  return async (...args: unknown[]) => {
-    const cmd = args[args.length - 1] as Command;
-    const g = cmd.optsWithGlobals() as Globals;
-    // `fusillade results … | head` closes our stdout early: that is not an error.
-    process.stdout.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "EPIPE") process.exit(0);
-    });
-    const conn = connect(g.server);
-    let failure: unknown;
-    try {
-      await fn(conn, g, ...(args.slice(0, -1) as A));
-    } catch (e) {
-      failure = describeRpcError(e, conn.server);
-    } finally {
-      conn.close();
-    }
-    if (failure === undefined) return;
-    if (failure instanceof CliError && failure.exitCode !== 1) {
-      process.stderr.write(`fusillade: ${failure.message}\n`);
-      process.exit(failure.exitCode);
-    }
-    throw failure;
-  };
-}
-
-/** A client command: usage errors exit 2. */
-function command(parent: Command, name: string, description: string): Command {
-  return parent.command(name).description(description).exitOverride(usageExit);
-}
+import { DEFAULT_SERVER } from "./client/connection.js";
+import { registerRequestCommands } from "./request-commands.js";
 
 const watchIntervalOption = () =>
   new Option("--interval <duration>", "when not on a terminal: least time between progress lines")
@@ -203,10 +126,22 @@ export function registerClientCommands(program: Command): void {
       "--errors <file>",
       "write error lines (failed, expired, cancelled) here instead of stdout",
     )
+    .option("--errors-only", "only error lines (to --errors, else stdout)")
     .action(
-      run(async (conn, g, batch: string, o: { output?: string; errors?: string }) => {
-        await resultsAction(conn, g, batch, { output: o.output, errors: o.errors });
-      }),
+      run(
+        async (
+          conn,
+          g,
+          batch: string,
+          o: { output?: string; errors?: string; errorsOnly?: boolean },
+        ) => {
+          await resultsAction(conn, g, batch, {
+            output: o.output,
+            errors: o.errors,
+            errorsOnly: o.errorsOnly === true,
+          });
+        },
+      ),
     );
 
   command(program, "status", "show a batch's state and counts")
@@ -217,26 +152,7 @@ export function registerClientCommands(program: Command): void {
     .argument("<batch>", "batch id")
     .action(run(async (conn, g, batch: string) => cancelAction(conn, g, batch)));
 
-  command(program, "retry", "send a batch's failed and expired requests back to pending")
-    .argument("<batch>", "batch id")
-    .option("--custom-id <id>", "only this request (by custom_id); repeat for more", collect, [])
-    .option("--request-id <id>", "only this request (by id); repeat for more", collect, [])
-    .option("--completion-window <duration>", "new window from now, for an expired batch")
-    .action(
-      run(
-        async (
-          conn,
-          g,
-          batch: string,
-          o: { customId: string[]; requestId: string[]; completionWindow?: string },
-        ) =>
-          retryAction(conn, g, batch, {
-            customIds: o.customId,
-            requestIds: o.requestId,
-            completionWindow: o.completionWindow,
-          }),
-      ),
-    );
+  registerRequestCommands(program);
 
   const listOptions = (c: Command) =>
     c

@@ -90,6 +90,7 @@ async function batchFile(name: string, n: number, extra: string[] = []): Promise
 async function finish(batchId: string): Promise<void> {
   await sql.query(
     `UPDATE requests SET finished_at = now(), updated_at = now(), response_status = 200,
+       lease_holder = NULL, lease_expires_at = NULL,
        state = CASE WHEN line = 2 THEN 'failed' ELSE 'completed' END,
        response_body = '{"answer":' || line || '}',
        error_code = CASE WHEN line = 2 THEN 'http_error' END,
@@ -129,6 +130,9 @@ describe("fusillade CLI", () => {
       "status",
       "cancel",
       "retry",
+      "resume",
+      "requests",
+      "request",
       "files",
       "batches",
       "limits",
@@ -325,7 +329,18 @@ describe("fusillade CLI", () => {
     });
     const retry = await cli(["retry", sub.batch_id]);
     expect(retry.code).toBe(1);
-    expect(retry.stderr).toMatch(/^fusillade: .*cannot be retried/);
+    expect(retry.stderr).toMatch(/^fusillade: .*cannot be retried, but it can be resumed/);
+    // resume: the cancelled requests run again, in a fresh window.
+    const resume = await cli(["resume", sub.batch_id, "--completion-window", "2h", "--json"]);
+    expect(resume.code, resume.stderr).toBe(0);
+    const resumed = JSON.parse(resume.stdout);
+    expect(resumed).toMatchObject({
+      retried_count: 3,
+      batch: { state: "in_progress", completion_window: "2h", counts: { pending: 3 } },
+    });
+    const left = Date.parse(resumed.batch.expire_time) - Date.now();
+    expect(left).toBeGreaterThan(110 * 60_000);
+    expect(left).toBeLessThanOrEqual(120 * 60_000);
 
     const del = await cli(["files", "delete", sub.file_id]);
     expect(del.code, del.stderr).toBe(0);
@@ -351,7 +366,9 @@ describe("fusillade CLI", () => {
   });
 
   it("fails with a message and a non-zero exit on bad input", async () => {
-    const bad = await batchFile("bad.jsonl", 1, ['{"custom_id":"x","url":"/v1/x"}']);
+    const bad = await batchFile("bad.jsonl", 1, [
+      '{"custom_id":"x","method":"POST","url":"/v1/x"}',
+    ]);
     const r = await cli(["submit", bad, "--endpoint", "http://127.0.0.1:9"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^fusillade: line 2: body: is required/);
@@ -389,6 +406,106 @@ describe("fusillade CLI", () => {
     const down = await cli(["--server", "http://127.0.0.1:1", "status", "x"]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/^fusillade: cannot reach the server at http:\/\/127\.0\.0\.1:1/);
+  });
+
+  it("retry --completion-window moves a running batch's deadline; an unknown custom_id is an error", async () => {
+    const file = await batchFile("window.jsonl", 2);
+    const { batch_id: batchId } = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string };
+    const r = await cli(["retry", batchId, "--completion-window", "1h"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(
+      /^nothing to run again: no request is failed or expired; batch .* is in_progress, expires \S+ \(completion window 1h\)/,
+    );
+    const status = JSON.parse((await cli(["status", batchId, "--json"])).stdout);
+    const left = Date.parse(status.expire_time) - Date.now();
+    expect(left).toBeGreaterThan(55 * 60_000);
+    expect(left).toBeLessThanOrEqual(60 * 60_000);
+
+    const unknown = await cli(["retry", batchId, "--custom-id", "nonexistent"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^fusillade: custom_ids\[0\]: .*"nonexistent" not found/);
+
+    await finish(batchId);
+    const done = await cli(["retry", batchId, "--custom-id", "c1", "--completion-window", "3h"]);
+    expect(done.code).toBe(1);
+    expect(done.stderr).toMatch(
+      /^fusillade: batch .* is completed and has no failed or expired requests among those named/,
+    );
+    const one = await cli(["retry", batchId, "--custom-id", "c2"]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/^retried 1 requests; batch .* is in_progress/);
+  });
+
+  it("requests lists a batch's requests by state and model; request shows one with its attempts", async () => {
+    const file = await batchFile("reqs.jsonl", 3, [
+      JSON.stringify({
+        custom_id: "other",
+        method: "POST",
+        url: "/v1/x",
+        body: { model: "gpt-other" },
+      }),
+    ]);
+    const { batch_id: batchId } = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string };
+    await sql.query(
+      `UPDATE requests SET state = 'leased', lease_holder = 'd', lease_token = 7, attempt = 1,
+         lease_expires_at = now() + interval '1 hour', updated_at = now()
+       WHERE batch_id = $1 AND line = 2`,
+      [batchId],
+    );
+    await finish(batchId);
+
+    const table = await cli(["requests", batchId]);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^LINE\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/);
+    expect(table.stdout.trim().split("\n")).toHaveLength(5);
+    const failed = await cli(["requests", batchId, "--state", "failed", "--json"]);
+    const failedRows = JSON.parse(failed.stdout).requests;
+    expect(failedRows.map((r: { custom_id: string }) => r.custom_id)).toEqual(["c2"]);
+    expect(failedRows[0]).toMatchObject({ state: "failed", error: { code: "http_error" } });
+    const byModel = JSON.parse(
+      (await cli(["requests", batchId, "--model", "gpt-other", "--json"])).stdout,
+    );
+    expect(byModel.requests.map((r: { custom_id: string }) => r.custom_id)).toEqual(["other"]);
+    const badState = await cli(["requests", batchId, "--state", "done"]);
+    expect(badState.code).toBe(2);
+    expect(badState.stderr).toMatch(/--state must be one of pending, in_progress/);
+
+    const one = await cli(["request", batchId, "--custom-id", "c2"]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/state\s+failed/);
+    expect(one.stdout).toMatch(/error\s+http_error: upstream answered 500/);
+    expect(one.stdout).toMatch(/ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\n1\s+\S+\s+\d+ ms\s+failed/);
+    const id = failedRows[0].id as string;
+    const json = JSON.parse((await cli(["request", id, "--json"])).stdout);
+    expect(json).toMatchObject({
+      id,
+      custom_id: "c2",
+      attempt_history: [{ attempt: 1, outcome: "failed" }],
+    });
+    const missing = await cli(["request", "00000000-0000-4000-8000-000000000000"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^fusillade: request .* not found/);
+
+    // Errors only: no output line on stdout.
+    const errs = await cli(["results", batchId, "--errors-only"]);
+    expect(errs.code, errs.stderr).toBe(0);
+    expect(jsonl(errs.stdout).map((l) => l.custom_id)).toEqual(["c2"]);
+    const errFile = await cli([
+      "results",
+      batchId,
+      "--errors-only",
+      "--errors",
+      "only-err.jsonl",
+      "--json",
+    ]);
+    expect(errFile.code, errFile.stderr).toBe(0);
+    expect(errFile.stdout).not.toContain('"custom_id"');
+    expect(JSON.parse(errFile.stdout)).toMatchObject({ error_lines: 1, output_lines: 0 });
+    expect(jsonl(await readFile(path.join(dir, "only-err.jsonl"), "utf8"))).toHaveLength(1);
   });
 
   // Debian's protobuf-compiler, protobuf-compiler-grpc, python3-grpcio, python3-protobuf.

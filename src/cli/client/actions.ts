@@ -130,6 +130,7 @@ export async function submitAction(
 
 function writtenLine(w: { output: number; errors: number }, t: ResultTargets): string {
   const where = (path: string | undefined) => path ?? "stdout";
+  if (t.errorsOnly) return `wrote ${w.errors} error lines to ${where(t.errors)}`;
   return `wrote ${w.output} output lines to ${where(t.output)} and ${w.errors} error lines to ${where(t.errors)}`;
 }
 
@@ -158,11 +159,12 @@ export async function resultsAction(
   }
   const written = await downloadResults(conn, batchId, targets);
   const anyFile = targets.output !== undefined || targets.errors !== undefined;
-  const allFiles = targets.output !== undefined && targets.errors !== undefined;
+  const allFiles =
+    (targets.output !== undefined || targets.errorsOnly === true) && targets.errors !== undefined;
   if (g.json && allFiles) {
     printJson({
       batch_id: batchId,
-      output_file: targets.output,
+      output_file: targets.output ?? null,
       errors_file: targets.errors,
       output_lines: written.output,
       error_lines: written.errors,
@@ -189,24 +191,39 @@ export async function cancelAction(conn: Connection, g: Globals, batchId: string
     );
 }
 
-/** retry BATCH: failed and expired requests (all, or those named) back to pending. */
+/** retry BATCH (and resume BATCH): requests back to pending, and the window change. */
 export async function retryAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  sel: { customIds: string[]; requestIds: string[]; completionWindow: string | undefined },
+  sel: {
+    customIds: string[];
+    requestIds: string[];
+    completionWindow: string | undefined;
+    resume: boolean;
+  },
 ): Promise<void> {
   const res = await conn.batch.retryBatch({
     batchId,
     customIds: sel.customIds,
     requestIds: sel.requestIds,
     completionWindow: sel.completionWindow ?? "",
+    resume: sel.resume,
   });
-  if (g.json) printJson({ retried_count: Number(res.retriedCount), batch: batchView(res.batch!) });
-  else
-    print(
-      `retried ${res.retriedCount} requests; batch ${res.batch!.id} is ${stateName(res.batch!.state)}`,
-    );
+  const b = res.batch!;
+  if (g.json) return printJson({ retried_count: Number(res.retriedCount), batch: batchView(b) });
+  const expires = b.expireTime ? timestampDate(b.expireTime).toISOString() : "?";
+  const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
+  const named = sel.customIds.length + sel.requestIds.length > 0;
+  const head =
+    res.retriedCount === 0n
+      ? `nothing to run again: ${named ? "none of the requests named is" : "no request is"} ${what}`
+      : `${sel.resume ? "resumed" : "retried"} ${res.retriedCount} requests`;
+  const window =
+    sel.completionWindow === undefined ? "" : ` (completion window ${sel.completionWindow})`;
+  print(`${head}; batch ${b.id} is ${stateName(b.state)}, expires ${expires}${window}`);
+  if (res.retriedCount > 0n && !isTerminal(b.state))
+    print(`follow it with: fusillade watch ${b.id}`);
 }
 
 /** Pages through a list until `limit` items; returns them and the token for more. */

@@ -1,0 +1,92 @@
+/**
+ * What the client command registrations share: the action wrapper (connect,
+ * run, close, turn RPC errors into one-line messages), usage-error exits,
+ * and the flag parsers.
+ */
+import { type Command, CommanderError, InvalidArgumentError } from "commander";
+import { parseDuration } from "../domain/duration.js";
+import type { Globals } from "./client/actions.js";
+import { CliError, type Connection, connect, describeRpcError } from "./client/connection.js";
+
+/** Plain-mode progress lines (not a terminal): at most one per this. */
+export const DEFAULT_PLAIN_INTERVAL = "5s";
+
+/** Usage errors exit 2 (help and --version still exit 0). */
+export function usageExit(err: CommanderError): never {
+  throw err.exitCode === 0 ? err : new CommanderError(2, err.code, err.message);
+}
+
+export function collectMetadata(
+  value: string,
+  previous: Record<string, string>,
+): Record<string, string> {
+  const m = /^([^=]+)=(.*)$/s.exec(value);
+  if (!m) throw new InvalidArgumentError("must look like key=value");
+  return { ...previous, [m[1]!]: m[2]! };
+}
+
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new InvalidArgumentError("must be a positive integer");
+  return n;
+}
+
+export function limitValue(value: string): number | "default" {
+  if (value === "default") return value;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 31 - 1) {
+    throw new InvalidArgumentError(
+      'must be a non-negative integer (0 pauses the model), or "default"',
+    );
+  }
+  return n;
+}
+
+export function duration(value: string): number {
+  const ms = parseDuration(value);
+  if (ms === undefined || ms <= 0)
+    throw new InvalidArgumentError("must be a duration such as 5s or 1m");
+  return ms;
+}
+
+/**
+ * Wraps an action: connects with the global flags, closes the connection
+ * after, and turns RPC errors into one-line messages.
+ */
+export function run<A extends unknown[]>(
+  fn: (conn: Connection, g: Globals, ...args: A) => Promise<void>,
+): (...args: unknown[]) => Promise<void> {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const g = cmd.optsWithGlobals() as Globals;
+    // `fusillade results … | head` closes our stdout early: that is not an error.
+    process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+      if (e.code === "EPIPE") process.exit(0);
+    });
+    const conn = connect(g.server);
+    let failure: unknown;
+    try {
+      await fn(conn, g, ...(args.slice(0, -1) as A));
+    } catch (e) {
+      failure = describeRpcError(e, conn.server);
+    } finally {
+      conn.close();
+    }
+    if (failure === undefined) return;
+    if (failure instanceof CliError && failure.exitCode !== 1) {
+      process.stderr.write(`fusillade: ${failure.message}\n`);
+      process.exit(failure.exitCode);
+    }
+    throw failure;
+  };
+}
+
+/** A client command: usage errors exit 2. */
+export function command(parent: Command, name: string, description: string): Command {
+  return parent.command(name).description(description).exitOverride(usageExit);
+}
