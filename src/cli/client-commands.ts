@@ -7,7 +7,6 @@
  */
 import { type Command, Option } from "commander";
 import {
-  collect,
   collectMetadata,
   command,
   DEFAULT_PLAIN_INTERVAL,
@@ -25,7 +24,6 @@ import {
   limitsListAction,
   limitsSetAction,
   resultsAction,
-  retryAction,
   statusAction,
   submitAction,
   watchAction,
