@@ -13,6 +13,7 @@ import {
   type BatchService,
   CancelBatchResponseSchema,
   CreateBatchResponseSchema,
+  GetBatchBreakdownResponseSchema,
   GetBatchResponseSchema,
   GetBatchStatusResponseSchema,
   GetRequestResponseSchema,
@@ -25,6 +26,7 @@ import type {
   RequestState as ProtoRequestState,
   RetryPolicy,
 } from "../gen/fusillade/v1/resources_pb.js";
+import { batchBreakdown } from "../storage/batch-breakdown.js";
 import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
 import { getRequestWithAttempts } from "../storage/request-history.js";
@@ -117,6 +119,7 @@ export function batchMethods(
   | "retryBatch"
   | "listBatchRequests"
   | "getRequest"
+  | "getBatchBreakdown"
 > {
   const { db } = deps;
   return {
@@ -236,6 +239,28 @@ export function batchMethods(
             outcome: a.outcome === null ? undefined : toProtoRequestState(a.outcome),
           }),
         ),
+      });
+    },
+
+    async getBatchBreakdown(req) {
+      await getBatch(db, req.batchId); // NOT_FOUND for an unknown batch
+      if (req.maxErrors < 0 || req.maxErrors > 100) {
+        throw new InvalidArgumentError("max_errors", "must be between 0 and 100");
+      }
+      const { models, errors } = await batchBreakdown(db, req.batchId, req.maxErrors || 5);
+      return create(GetBatchBreakdownResponseSchema, {
+        models: models.map((m) => ({
+          model: m.model,
+          counts: toProtoCounts(m.counts),
+          holdUntilTime: toTimestamp(m.holdUntil),
+        })),
+        errors: errors.map((e) => ({
+          code: e.code,
+          statusCode: e.statusCode ?? 0,
+          failed: BigInt(e.failed),
+          retrying: BigInt(e.retrying),
+          exampleMessage: e.exampleMessage,
+        })),
       });
     },
   };

@@ -6,7 +6,7 @@
 import { type Command, CommanderError, InvalidArgumentError } from "commander";
 import { parseDuration } from "../domain/duration.js";
 import type { Globals } from "./client/actions.js";
-import { CliError, type Connection, connect, describeRpcError } from "./client/connection.js";
+import { CliError, type Connection, connect, explainRpcError } from "./client/connection.js";
 
 /** Plain-mode progress lines (not a terminal): at most one per this. */
 export const DEFAULT_PLAIN_INTERVAL = "5s";
@@ -47,6 +47,21 @@ export function limitValue(value: string): number | "default" {
   return n;
 }
 
+/** --max-retries: 0 to 100 (the server's bounds). */
+export function retriesValue(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 100)
+    throw new InvalidArgumentError("must be an integer from 0 to 100");
+  return n;
+}
+
+/** A backoff: a duration, 0 allowed ("0s": retry at once). */
+export function backoffValue(value: string): number {
+  const ms = parseDuration(value);
+  if (ms === undefined) throw new InvalidArgumentError("must be a duration such as 500ms or 2s");
+  return ms;
+}
+
 export function duration(value: string): number {
   const ms = parseDuration(value);
   if (ms === undefined || ms <= 0)
@@ -73,7 +88,7 @@ export function run<A extends unknown[]>(
     try {
       await fn(conn, g, ...(args.slice(0, -1) as A));
     } catch (e) {
-      failure = describeRpcError(e, conn.server);
+      failure = await explainRpcError(e, conn);
     } finally {
       conn.close();
     }

@@ -7,12 +7,14 @@
  */
 import { type Command, Option } from "commander";
 import {
+  backoffValue,
   collectMetadata,
   command,
   DEFAULT_PLAIN_INTERVAL,
   duration,
   limitValue,
   positiveInt,
+  retriesValue,
   run,
 } from "./cli-kit.js";
 import {
@@ -36,6 +38,14 @@ const watchIntervalOption = () =>
     .default(duration(DEFAULT_PLAIN_INTERVAL), DEFAULT_PLAIN_INTERVAL)
     .argParser(duration);
 
+const reconnectOption = () =>
+  new Option(
+    "--reconnect-for <duration>",
+    "how long to keep reconnecting when the server goes away",
+  )
+    .default(60_000, "1m")
+    .argParser(duration);
+
 interface SubmitFlags {
   endpoint: string;
   apiKey?: string;
@@ -47,6 +57,11 @@ interface SubmitFlags {
   output?: string;
   errors?: string;
   interval: number;
+  reconnectFor: number;
+  maxRetries?: number;
+  initialBackoff?: number;
+  maxBackoff?: number;
+  strict?: boolean;
 }
 
 /** Registers the client commands on `program`. */
@@ -79,11 +94,27 @@ export function registerClientCommands(program: Command): void {
       "time allowed before unfinished requests expire (server default 24h)",
     )
     .option("--metadata <key=value>", "batch metadata; repeat for more", collectMetadata, {})
+    .option(
+      "--max-retries <n>",
+      "attempts after the first for a retriable failure (server default 5)",
+      retriesValue,
+    )
+    .option(
+      "--initial-backoff <duration>",
+      "first retry delay, doubled each attempt (server default 1s)",
+      backoffValue,
+    )
+    .option("--max-backoff <duration>", "cap on the retry delay (server default 60s)", backoffValue)
+    .option(
+      "--strict",
+      "refuse to submit when a check finds a likely mistake (endpoint path, API key, endpoint down)",
+    )
     .option("--filename <name>", "name to store the file under (default: the file's name)")
     .option("--watch", "follow progress until the batch finishes")
     .option("--output <file>", "with --watch: write output lines (completed requests) here")
     .option("--errors <file>", "with --watch: write error lines (failed, expired, cancelled) here")
     .addOption(watchIntervalOption())
+    .addOption(reconnectOption())
     .addHelpText(
       "after",
       "\n--output or --errors imply --watch. With --json, prints {batch_id, file_id, …} (after\nthe batch finishes when watching; progress goes to stderr).",
@@ -101,20 +132,45 @@ export function registerClientCommands(program: Command): void {
             completionWindow: o.completionWindow,
             metadata: o.metadata,
             filename: o.filename,
+            retryPolicy: {
+              maxRetries: o.maxRetries,
+              initialBackoffMs: o.initialBackoff,
+              maxBackoffMs: o.maxBackoff,
+            },
+            strict: o.strict === true,
             tty: process.stderr.isTTY === true,
           },
-          { watch, targets: { output: o.output, errors: o.errors }, intervalMs: o.interval },
+          {
+            watch,
+            targets: { output: o.output, errors: o.errors },
+            intervalMs: o.interval,
+            reconnectForMs: o.reconnectFor,
+          },
         );
       }),
     );
 
   command(program, "watch", "show a batch's progress until it finishes (exit 0 when it does)")
     .argument("<batch>", "batch id")
+    .option("--output <file>", "then write its output lines (completed requests) here")
+    .option("--errors <file>", "then write its error lines (failed, expired, cancelled) here")
     .addOption(watchIntervalOption())
+    .addOption(reconnectOption())
     .action(
-      run(async (conn, g, batch: string, o: { interval: number }) => {
-        await watchAction(conn, g, batch, { intervalMs: o.interval });
-      }),
+      run(
+        async (
+          conn,
+          g,
+          batch: string,
+          o: { interval: number; reconnectFor: number; output?: string; errors?: string },
+        ) => {
+          await watchAction(conn, g, batch, {
+            intervalMs: o.interval,
+            reconnectForMs: o.reconnectFor,
+            targets: { output: o.output, errors: o.errors },
+          });
+        },
+      ),
     );
 
   command(program, "results", "download a batch's output and error lines (OpenAI JSONL formats)")

@@ -513,6 +513,52 @@ describe("retry", () => {
   });
 });
 
+describe("breakdown", () => {
+  test("GetBatchBreakdown: counts per model, holds, and the commonest errors", async () => {
+    const lines = ["a", "a", "a", "b"].map((m, i) =>
+      JSON.stringify({
+        custom_id: `bd-${i + 1}`,
+        method: "POST",
+        url: "/v1/x",
+        body: { model: `bd-${m}` },
+      }),
+    );
+    const { file } = await t.batch.createFile({
+      jsonl: enc.encode(lines.join("\n")),
+      endpoint: ENDPOINT,
+    });
+    const batchId = (await t.batch.createBatch({ fileId: file!.id })).batch!.id;
+    await sql.query(
+      `UPDATE requests SET state = 'failed', finished_at = now(), response_status = 404,
+         error_code = 'http_error', error_message = 'upstream answered 404'
+       WHERE batch_id = $1 AND line IN (1, 2)`,
+      [batchId],
+    );
+    await sql.query(
+      `UPDATE requests SET not_before = now() + interval '1 hour', error_code = 'network_error',
+         error_message = 'connect ECONNREFUSED' WHERE batch_id = $1 AND line = 3`,
+      [batchId],
+    );
+    await sql.query(
+      `UPDATE model_limits SET hold_until = now() + interval '1 hour' WHERE model = 'bd-b'`,
+    );
+    const res = await t.batch.getBatchBreakdown({ batchId });
+    expect(
+      res.models.map((m) => [m.model, apiCounts(m.counts), m.holdUntilTime !== undefined]),
+    ).toEqual([
+      ["bd-a", { failed: 2, pending: 1 }, false],
+      ["bd-b", { pending: 1 }, true],
+    ]);
+    expect(res.errors).toMatchObject([
+      { code: "http_error", statusCode: 404, failed: 2n, retrying: 0n },
+      { code: "network_error", statusCode: 0, failed: 0n, retrying: 1n },
+    ]);
+    expect(res.errors[0]!.exampleMessage).toBe("upstream answered 404");
+    const missing = await rejection(t.batch.getBatchBreakdown({ batchId: UNKNOWN_ID }));
+    expect(missing.code).toBe(Code.NotFound);
+  });
+});
+
 describe("one request", () => {
   test("ListBatchRequests filters by model; GetRequest shows a request's attempts", async () => {
     const lines = ["a", "b", "a"].map((m, i) =>

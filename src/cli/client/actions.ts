@@ -34,6 +34,8 @@ export interface Globals {
 export interface WatchFlags {
   /** Plain-mode line interval, in ms. */
   intervalMs: number;
+  /** How long to keep reconnecting to a server that went away, in ms. */
+  reconnectForMs?: number;
 }
 
 function print(text: string): void {
@@ -60,13 +62,20 @@ async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promis
   }
 }
 
-async function follow(conn: Connection, batchId: string, flags: WatchFlags): Promise<Batch> {
+async function follow(
+  conn: Connection,
+  batchId: string,
+  flags: WatchFlags,
+  resultsHint?: ResultTargets,
+): Promise<Batch> {
   return interruptible((signal) =>
     followBatch(conn, batchId, {
       tty: process.stderr.isTTY === true,
       stream: process.stderr,
       plainEveryMs: flags.intervalMs,
       signal,
+      resultsHint,
+      reconnectForMs: flags.reconnectForMs,
     }),
   );
 }
@@ -107,7 +116,7 @@ export async function submitAction(
     return;
   }
   note(createdLine);
-  const final = await follow(conn, batch.id, opts);
+  const final = await follow(conn, batch.id, opts, opts.targets);
   const wants = opts.targets.output !== undefined || opts.targets.errors !== undefined;
   const written = wants ? await downloadResults(conn, batch.id, opts.targets) : undefined;
   if (g.json) {
@@ -134,16 +143,30 @@ function writtenLine(w: { output: number; errors: number }, t: ResultTargets): s
   return `wrote ${w.output} output lines to ${where(t.output)} and ${w.errors} error lines to ${where(t.errors)}`;
 }
 
-/** watch BATCH: progress until the batch is terminal. */
+/** watch BATCH: progress until the batch is terminal; with --output/--errors, then its results. */
 export async function watchAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  flags: WatchFlags,
+  flags: WatchFlags & { targets: ResultTargets },
 ): Promise<void> {
-  const final = await follow(conn, batchId, flags);
-  if (g.json) printJson(batchView(final));
-  else print(finishedLine(final));
+  const final = await follow(conn, batchId, flags, flags.targets);
+  const wants = flags.targets.output !== undefined || flags.targets.errors !== undefined;
+  const written = wants ? await downloadResults(conn, batchId, flags.targets) : undefined;
+  if (g.json) {
+    printJson({
+      ...batchView(final),
+      ...(written && {
+        output_file: flags.targets.output ?? null,
+        errors_file: flags.targets.errors ?? null,
+        output_lines: written.output,
+        error_lines: written.errors,
+      }),
+    });
+    return;
+  }
+  print(finishedLine(final));
+  if (written) print(writtenLine(written, flags.targets));
 }
 
 /** results BATCH: output and error lines, to files or stdout. */
@@ -298,18 +321,59 @@ export async function batchesListAction(
     const r = await conn.batch.listBatches({ pageSize, pageToken, fileId: o.file ?? "" });
     return { items: r.batches, next: r.nextPageToken };
   });
-  if (g.json) return printJson({ batches: items.map(batchView), next_page_token: next });
-  const rows = items
-    .map(batchView)
-    .map((b) => [
-      b.id,
-      b.state,
-      `${b.counts.completed + b.counts.failed + b.counts.canceled + b.counts.expired}/${b.counts.total}`,
-      String(b.counts.failed),
-      b.create_time ?? "",
-    ]);
-  print(table(["ID", "STATE", "DONE", "FAILED", "CREATED"], rows));
+  const names = await fileNames(
+    conn,
+    items.map((b) => b.fileId),
+  );
+  if (g.json) {
+    return printJson({
+      batches: items.map((b) => ({ ...batchView(b), filename: names.get(b.fileId) ?? null })),
+      next_page_token: next,
+    });
+  }
+  const rows = items.map(batchView).map((b) => [
+    b.id,
+    b.state,
+    String(b.counts.total),
+    String(b.counts.completed),
+    String(b.counts.failed),
+    String(b.counts.canceled),
+    String(b.counts.expired),
+    names.get(b.file_id) ?? (b.file_id === "" ? "(deleted)" : b.file_id),
+    Object.entries(b.metadata)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" "),
+    b.create_time ?? "",
+  ]);
+  print(
+    table(
+      [
+        "ID",
+        "STATE",
+        "TOTAL",
+        "OK",
+        "FAILED",
+        "CANCELLED",
+        "EXPIRED",
+        "FILE",
+        "METADATA",
+        "CREATED",
+      ],
+      rows,
+    ),
+  );
   moreNote(next, "batches list");
+}
+
+/** File names by id (one GetFile per distinct file; a deleted file has none). */
+async function fileNames(conn: Connection, ids: string[]): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  for (const id of new Set(ids)) {
+    if (id === "") continue;
+    const res = await conn.batch.getFile({ fileId: id }).catch(() => undefined);
+    if (res?.file) names.set(id, res.file.filename);
+  }
+  return names;
 }
 
 export async function limitsListAction(
