@@ -75,6 +75,8 @@ describe("fusillade outside the clone", () => {
     const files = info!.files.map((f) => f.path);
     expect(files).toContain("bin/fusillade.js");
     expect(files).toContain("dist/src/cli/main.js");
+    expect(files).toContain("dist/src/client/index.js");
+    expect(files).toContain("dist/src/client/index.d.ts");
     expect(files).toContain("proto/fusillade/v1/batch_service.proto");
     expect(files.filter((f) => /^(test|bench|node_modules|src)\//.test(f))).toEqual([]);
     expect(files.filter((f) => f.endsWith(".map"))).toEqual([]);
