@@ -8,7 +8,12 @@
  * Exit status: 0 when the batch finished, 1 on an error.
  */
 import { parseArgs } from "node:util";
-import { createFusilladeClient, FusilladeError, RequestState } from "fusillade/client";
+import {
+  createFusilladeClient,
+  FusilladeError,
+  RequestState,
+  responseText,
+} from "fusillade/client";
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +58,7 @@ try {
     for (const r of page) {
       const outcome =
         r.state === RequestState.COMPLETED
-          ? `${r.response?.statusCode} ${r.response?.body}`
+          ? `${r.response?.statusCode} ${responseText(r.response)}`
           : `${r.error?.code}: ${r.error?.message}`;
       console.log(`request ${r.customId}: ${outcome}`);
     }

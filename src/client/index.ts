@@ -220,6 +220,14 @@ export function isBatchTerminal(state: BatchState): boolean {
   );
 }
 
+/** A request's response body as text, whether it travels as text or as bytes. */
+export function responseText(response: { body: string | Uint8Array } | undefined): string {
+  if (response === undefined) return "";
+  return typeof response.body === "string"
+    ? response.body
+    : new TextDecoder().decode(response.body);
+}
+
 function rethrow(e: unknown): never {
   throw e instanceof ConnectError ? FusilladeError.from(e) : e;
 }

@@ -46,7 +46,7 @@ const iso = (t: { seconds: bigint; nanos: number } | undefined) =>
 
 /** A request for --json (the response body parsed when it is JSON). */
 export function requestView(r: BatchRequest) {
-  let body: unknown = r.response?.body;
+  let body: unknown = r.response ? bodyText(r.response.body) : undefined;
   if (typeof body === "string") {
     try {
       body = JSON.parse(body);
@@ -89,6 +89,11 @@ export function attemptView(a: RequestAttempt) {
           ? "retried"
           : requestStateName(a.outcome),
   };
+}
+
+/** A response body as text (bodies may travel as text or as bytes). */
+function bodyText(body: string | Uint8Array): string {
+  return typeof body === "string" ? body : new TextDecoder().decode(body);
 }
 
 /** One line of text, cut to `max` characters. */
@@ -140,7 +145,8 @@ export function requestText(r: BatchRequest, attempts: RequestAttempt[]): string
     .filter(([, val]) => val !== null)
     .map(([k, val]) => `  ${k.padEnd(11)}${val}`)
     .join("\n");
-  const body = r.response?.body ? `\nresponse body:\n${cut(r.response.body, 2000)}\n` : "";
+  const text = r.response ? bodyText(r.response.body) : "";
+  const body = text ? `\nresponse body:\n${cut(text, 2000)}\n` : "";
   const list =
     attempts.length === 0
       ? "no attempts yet\n"
