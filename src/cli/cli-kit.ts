@@ -16,6 +16,7 @@ export function usageExit(err: CommanderError): never {
   throw err.exitCode === 0 ? err : new CommanderError(2, err.code, err.message);
 }
 
+/** --metadata key=value, repeatable: the pairs so far plus this one. */
 export function collectMetadata(
   value: string,
   previous: Record<string, string>,
@@ -25,10 +26,12 @@ export function collectMetadata(
   return { ...previous, [m[1]!]: m[2]! };
 }
 
+/** A repeatable option: the values so far plus this one. */
 export function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+/** An integer of at least 1. */
 export function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 1)
@@ -36,6 +39,7 @@ export function positiveInt(value: string): number {
   return n;
 }
 
+/** A model limit: a non-negative integer, or "default". */
 export function limitValue(value: string): number | "default" {
   if (value === "default") return value;
   const n = Number(value);
@@ -62,6 +66,7 @@ export function backoffValue(value: string): number {
   return ms;
 }
 
+/** A positive duration such as 5s or 1m, in ms. */
 export function duration(value: string): number {
   const ms = parseDuration(value);
   if (ms === undefined || ms <= 0)

@@ -98,11 +98,13 @@ export function statesText(c: CountsView): string {
   return parts.join(" · ");
 }
 
+/** "12 req/s", or "– req/s" before there is a rate. */
 export function rateText(rate: number | undefined): string {
   if (rate === undefined) return "– req/s";
   return `${rate >= 10 ? rate.toFixed(0) : rate.toFixed(1)} req/s`;
 }
 
+/** "ETA 1m35s", or "ETA ?" when nothing can be said. */
 export function etaText(seconds: number | undefined): string {
   return seconds === undefined ? "ETA ?" : `ETA ${formatDuration(seconds)}`;
 }

@@ -41,7 +41,8 @@ export type CreateFileRequest = Message<"fusillade.v1.CreateFileRequest"> & {
   templates: RequestTemplateInput[];
 
   /**
-   * OpenAI batch format: one {"custom_id","method","url","body"} object per line.
+   * OpenAI batch format: one {"custom_id","method","url","body"} object per
+   * line, all four required.
    *
    * @generated from field: bytes jsonl = 4;
    */
