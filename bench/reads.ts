@@ -70,7 +70,7 @@ async function buildBatch(client: pg.Client, n: number): Promise<string> {
        CASE WHEN state = 'leased' THEN now() + interval '1 day' END,
        CASE WHEN state = 'completed' THEN 200 END,
        CASE WHEN state = 'completed' THEN '{"content-type":"application/json"}'::jsonb END,
-       CASE WHEN state = 'completed' THEN '{"id":"cmpl","object":"chat.completion","choices":[]}' END,
+       CASE WHEN state = 'completed' THEN '{"id":"cmpl","object":"chat.completion","choices":[]}'::bytea END,
        CASE WHEN state = 'failed' THEN 'http_error' END,
        CASE WHEN state = 'failed' THEN 'upstream said 400' END,
        CASE WHEN state IN ('completed', 'failed') THEN now() END

@@ -5,7 +5,9 @@
 import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
 import { buildServer } from "./api/server.js";
-import type { ControlPlaneConfig } from "./config/config.js";
+import { Authenticator, isLoopbackListen } from "./auth/authenticator.js";
+import { newToken } from "./auth/tokens.js";
+import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
@@ -17,6 +19,11 @@ import { resolveDatabase } from "./storage/resolve-database.js";
 export interface ControlPlane {
   /** Base URL of the API. */
   url: string;
+  /**
+   * A credential for a dispatcher this process starts itself (serve's
+   * thread): accepted by this control plane only, never stored or printed.
+   */
+  internalDispatcherToken(): string;
   /** The database in use (embedded or not). */
   databaseUrl: string;
   db: Db;
@@ -29,6 +36,13 @@ export async function startControlPlane(
   config: Readonly<ControlPlaneConfig>,
   log: Logger,
 ): Promise<ControlPlane> {
+  // Before anything starts: a server open to the network must check tokens.
+  const localMode = config.adminToken === undefined;
+  if (localMode && !isLoopbackListen(config.host)) {
+    throw new ConfigError(
+      `refusing to listen on ${config.host} without an admin token: anyone who can reach the port could read every batch and every upstream API key. Set FUSILLADE_ADMIN_TOKEN (or --admin-token-file FILE), or listen on 127.0.0.1 (docs/trust.md)`,
+    );
+  }
   const database = await resolveDatabase({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
@@ -66,12 +80,25 @@ export async function startControlPlane(
     const shutdown = new AbortController();
     // Every long poll and stream listens on it.
     setMaxListeners(0, shutdown.signal);
-    const deps = { db, config, log, notifications, shutdownSignal: shutdown.signal };
+    const auth = new Authenticator(db, notifications, {
+      adminToken: config.adminToken,
+      localMode,
+    });
+    cleanup.push(async () => auth.close());
+    const deps = {
+      db,
+      config,
+      log,
+      notifications,
+      shutdownSignal: shutdown.signal,
+      tokensChanged: () => auth.forget(),
+    };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
     const leases = new LeaseService(db.dispatch, notifications, config);
     const reaper = startReaper(db, config.reapIntervalMs, log);
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
+      auth,
       routes: routes(deps, leases),
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
@@ -81,7 +108,25 @@ export async function startControlPlane(
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
     log.info({ url: server.url, embeddedDatabase: database.embedded }, "control plane listening");
-    return { url: server.url, databaseUrl: database.url, db, close: closeAll };
+    if (localMode) {
+      log.info(
+        "no admin token configured: local mode, calls without a token are accepted from loopback only (docs/trust.md)",
+      );
+    }
+    let internal: string | undefined;
+    return {
+      url: server.url,
+      databaseUrl: database.url,
+      db,
+      close: closeAll,
+      internalDispatcherToken() {
+        if (internal === undefined) {
+          internal = newToken();
+          auth.addCredential(internal, { role: "dispatcher", tenant: null, source: "serve" });
+        }
+        return internal;
+      },
+    };
   } catch (e) {
     await closeAll();
     throw e;

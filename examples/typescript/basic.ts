@@ -20,14 +20,16 @@ const { values } = parseArgs({
     server: { type: "string", default: "http://127.0.0.1:8080" },
     endpoint: { type: "string" },
     "api-key": { type: "string", default: process.env.OPENAI_API_KEY },
+    // An API token (docs/trust.md); none is needed for a local `fusillade serve`.
+    token: { type: "string", default: process.env.FUSILLADE_TOKEN },
   },
 });
 if (values.endpoint === undefined) {
-  console.error("usage: basic.js --server URL --endpoint URL [--api-key KEY]");
+  console.error("usage: basic.js --server URL --endpoint URL [--api-key KEY] [--token TOKEN]");
   process.exit(2);
 }
 
-const fusillade = createFusilladeClient({ baseUrl: values.server! });
+const fusillade = createFusilladeClient({ baseUrl: values.server!, token: values.token });
 try {
   // A file of two templates (the templates form; `uploadFile` sends a JSONL file instead).
   const file = await fusillade.createFile({

@@ -1,12 +1,19 @@
-/** AdminService: model limits. */
+/** AdminService: model limits and API tokens. */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { InvalidArgumentError } from "../domain/errors.js";
-import { validateModel } from "../domain/templates.js";
+import { ROLES, type Role } from "../auth/principal.js";
+import { createToken, listTokens, revokeToken, type TokenRecord } from "../auth/tokens.js";
+import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
+import { validateModel, validateText } from "../domain/templates.js";
 import {
   type AdminService,
+  ApiTokenSchema,
+  CreateTokenResponseSchema,
   ListModelLimitsResponseSchema,
+  ListTokensResponseSchema,
+  RevokeTokenResponseSchema,
   SetModelLimitResponseSchema,
+  TokenRole,
 } from "../gen/fusillade/v1/admin_service_pb.js";
 import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
 import { listModelLimits, type ModelLimitRecord, setModelLimit } from "../storage/model-limits.js";
@@ -29,10 +36,75 @@ function toProto(m: ModelLimitRecord, defaultLimit: number) {
   });
 }
 
+const TO_ROLE: Partial<Record<TokenRole, Role>> = {
+  [TokenRole.CLIENT]: "client",
+  [TokenRole.DISPATCHER]: "dispatcher",
+  [TokenRole.ADMIN]: "admin",
+};
+const FROM_ROLE: Record<Role, TokenRole> = {
+  client: TokenRole.CLIENT,
+  dispatcher: TokenRole.DISPATCHER,
+  admin: TokenRole.ADMIN,
+};
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** Tenant names: what fits a label, a path segment and a log line. */
+const TENANT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+function toProtoToken(t: TokenRecord) {
+  return create(ApiTokenSchema, {
+    id: t.id,
+    name: t.name,
+    role: FROM_ROLE[t.role],
+    tenant: t.tenant ?? "",
+    createTime: toTimestamp(t.createdAt),
+    revokeTime: toTimestamp(t.revokedAt),
+  });
+}
+
 /** The AdminService methods. */
 export function adminMethods(deps: ApiDeps): ServiceImpl<typeof AdminService> {
   const defaultLimit = deps.config.defaultLimit;
   return {
+    async createToken(req) {
+      const role = TO_ROLE[req.role];
+      if (role === undefined) {
+        throw new InvalidArgumentError("role", `must be one of ${ROLES.join(", ")}`);
+      }
+      if (role === "client" && req.tenant === "") {
+        throw new InvalidArgumentError("tenant", "is required for a client token");
+      }
+      if (role !== "client" && req.tenant !== "") {
+        throw new InvalidArgumentError("tenant", `applies to client tokens only, not ${role}`);
+      }
+      if (req.tenant !== "" && !TENANT.test(req.tenant)) {
+        throw new InvalidArgumentError(
+          "tenant",
+          "must be 1–100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        );
+      }
+      const name = validateText(req.name, "name");
+      if (Buffer.byteLength(name) > 200)
+        throw new InvalidArgumentError("name", "is longer than 200 bytes");
+      const { token, record } = await createToken(deps.db, {
+        name,
+        role,
+        tenant: role === "client" ? req.tenant : null,
+      });
+      deps.log.info({ tokenId: record.id, role, tenant: record.tenant }, "token created");
+      return create(CreateTokenResponseSchema, { token: toProtoToken(record), secret: token });
+    },
+    async listTokens() {
+      const tokens = await listTokens(deps.db);
+      return create(ListTokensResponseSchema, { tokens: tokens.map(toProtoToken) });
+    },
+    async revokeToken(req) {
+      const t = UUID.test(req.id) ? await revokeToken(deps.db, req.id) : undefined;
+      if (t === undefined) throw new NotFoundError("token", req.id);
+      deps.tokensChanged?.();
+      deps.log.info({ tokenId: t.id }, "token revoked");
+      return create(RevokeTokenResponseSchema, { token: toProtoToken(t) });
+    },
     async setModelLimit(req) {
       if (req.model === "") throw new InvalidArgumentError("model", "is required");
       if (!req.clearLimit && (req.limit < 0 || req.limit > MAX_LIMIT)) {

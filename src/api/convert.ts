@@ -142,6 +142,19 @@ export function toProtoBatch(b: BatchRecord): Batch {
   });
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8Lossy = new TextDecoder("utf-8");
+
+/** A stored body as RequestResponse's `body` text, and its bytes when they are not UTF-8. */
+function protoBody(b: Uint8Array | null): { body: string; bodyBytes?: Uint8Array } {
+  if (b === null) return { body: "" };
+  try {
+    return { body: utf8.decode(b) };
+  } catch {
+    return { body: utf8Lossy.decode(b), bodyBytes: b };
+  }
+}
+
 /** A request record as a proto BatchRequest (never carries the API key). */
 export function toProtoRequest(r: RequestRecord): BatchRequest {
   return create(BatchRequestSchema, {
@@ -159,7 +172,7 @@ export function toProtoRequest(r: RequestRecord): BatchRequest {
         ? undefined
         : {
             statusCode: r.responseStatus,
-            body: r.responseBody ?? "",
+            ...protoBody(r.responseBody),
             headers: r.responseHeaders ?? {},
           },
     error: r.errorCode === null ? undefined : { code: r.errorCode, message: r.errorMessage ?? "" },

@@ -11,4 +11,6 @@ export interface ApiDeps {
   notifications: Notifications;
   /** Aborts when the server shuts down: long polls and streams end. */
   shutdownSignal: AbortSignal;
+  /** Called after a token was revoked here (other replicas hear NOTIFY fusillade_tokens). */
+  tokensChanged?: () => void;
 }

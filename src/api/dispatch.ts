@@ -48,12 +48,11 @@ const FAILURE_CODES = new Set<FailureCode>([
   "network_error",
   "response_too_large",
   "aborted",
+  "report_rejected",
 ]);
 
 /** Longest body excerpt stored for a failure. */
 const MAX_EXCERPT_BYTES = 64 * 1024;
-
-const decoder = new TextDecoder();
 
 function fromRef(r: ProtoClaimRef | undefined, field: string): LeaseRef {
   if (!r || r.requestId === "") throw new InvalidArgumentError(field, "is required");
@@ -172,7 +171,7 @@ export function dispatchMethods(
               kind: "completion",
               statusCode: o.result.value.statusCode,
               headers: o.result.value.headers,
-              body: decoder.decode(o.result.value.body),
+              body: o.result.value.body,
             };
           case "failure": {
             const f = o.result.value;
@@ -191,7 +190,7 @@ export function dispatchMethods(
               message: f.message,
               retriable: f.retriable,
               retryAfterMs: fromDuration(f.retryAfter),
-              bodyExcerpt: decoder.decode(f.bodyExcerpt.subarray(0, MAX_EXCERPT_BYTES)),
+              bodyExcerpt: f.bodyExcerpt.subarray(0, MAX_EXCERPT_BYTES),
               headers: f.headers,
             };
           }

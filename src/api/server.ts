@@ -8,6 +8,8 @@ import http2 from "node:http2";
 import net from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Authenticator } from "../auth/authenticator.js";
+import { authInterceptor } from "./auth-interceptor.js";
 import { errorInterceptor } from "./errors-interceptor.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -18,6 +20,8 @@ export interface ServerOptions {
   shutdownSignal: AbortSignal;
   maxMessageBytes: number;
   logError: (e: unknown) => void;
+  /** Authenticates every call (docs/trust.md). */
+  auth: Authenticator;
 }
 
 export interface RunningServer {
@@ -31,7 +35,7 @@ export interface RunningServer {
 export function buildServer(opts: ServerOptions) {
   const handler = connectNodeAdapter({
     routes: opts.routes,
-    interceptors: [errorInterceptor(opts.logError)],
+    interceptors: [errorInterceptor(opts.logError), authInterceptor(opts.auth)],
     shutdownSignal: opts.shutdownSignal,
     readMaxBytes: opts.maxMessageBytes,
     jsonOptions: { alwaysEmitImplicit: true },

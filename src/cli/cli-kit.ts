@@ -88,7 +88,7 @@ export function run<A extends unknown[]>(
     process.stdout.on("error", (e: NodeJS.ErrnoException) => {
       if (e.code === "EPIPE") process.exit(0);
     });
-    const conn = connect(g.server);
+    const conn = connect(g.server, g.token);
     let failure: unknown;
     try {
       await fn(conn, g, ...(args.slice(0, -1) as A));

@@ -31,6 +31,7 @@ import {
   watchAction,
 } from "./client/actions.js";
 import { DEFAULT_SERVER } from "./client/connection.js";
+import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
 import { registerRequestCommands } from "./request-commands.js";
 
 const watchIntervalOption = () =>
@@ -71,6 +72,12 @@ export function registerClientCommands(program: Command): void {
       new Option("--server <url>", "control plane URL")
         .env("FUSILLADE_SERVER")
         .default(DEFAULT_SERVER),
+    )
+    .addOption(
+      new Option(
+        "--token <token>",
+        "API token (docs/trust.md); prefer the variable: flags show in ps",
+      ).env("FUSILLADE_TOKEN"),
     )
     .option("--json", "print machine-readable JSON on stdout (for scripts)", false)
     .configureHelp({ showGlobalOptions: true });
@@ -235,6 +242,23 @@ export function registerClientCommands(program: Command): void {
   command(batches, "get", "show a batch (same as status)")
     .argument("<batch>", "batch id")
     .action(run(async (conn, g, batch: string) => statusAction(conn, g, batch)));
+
+  const tokens = command(program, "tokens", "API tokens: who may call the API (admin)");
+  command(tokens, "create", "make a token; prints its secret once")
+    .requiredOption("--role <role>", "client, dispatcher or admin")
+    .option("--tenant <name>", "the tenant of a client token (required for clients)")
+    .option("--name <label>", "a label for people")
+    .action(
+      run(async (conn, g, o: { role: string; tenant?: string; name?: string }) =>
+        tokensCreateAction(conn, g.json, o),
+      ),
+    );
+  command(tokens, "list", "list tokens (never their secrets)").action(
+    run(async (conn, g) => tokensListAction(conn, g.json)),
+  );
+  command(tokens, "revoke", "revoke a token at once")
+    .argument("<id>", "the token's id (from tokens list)")
+    .action(run(async (conn, g, id: string) => tokensRevokeAction(conn, g.json, id)));
 
   const limits = command(program, "limits", "per-model concurrency limits, fleet-wide");
   listOptions(command(limits, "list", "list models, their limits and current use")).action(

@@ -23,6 +23,10 @@ function controlPlaneOptions(cmd: Command): Command {
     )
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
     .option(
+      "--admin-token-file <file>",
+      "file whose first line is the admin token (env FUSILLADE_ADMIN_TOKEN_FILE, or the token in FUSILLADE_ADMIN_TOKEN); without one the server accepts calls from loopback only: docs/trust.md",
+    )
+    .option(
       "--log-level <level>",
       "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)",
     );
@@ -135,6 +139,8 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
       ...flags,
       controlPlane: loopback(cp.url),
       logLevel: cpConfig.logLevel,
+      // Its own credential, made by the control plane for this process only.
+      token: cp.internalDispatcherToken(),
     });
     dispatcher = startDispatcherThread(config, log, (e) => {
       // Serving without a dispatcher would accept batches and never run them.
@@ -184,6 +190,10 @@ export function registerServerCommands(program: Command): void {
       .option(
         "--control-plane <url>",
         "the control plane's URL, e.g. http://127.0.0.1:8080 (env FUSILLADE_CONTROL_PLANE)",
+      )
+      .option(
+        "--token <token>",
+        "a dispatcher (or admin) token for the control plane (env FUSILLADE_TOKEN; prefer the variable: flags show in ps)",
       )
       .option(
         "--log-level <level>",

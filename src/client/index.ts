@@ -67,7 +67,7 @@ export { BatchState, RequestState } from "../gen/fusillade/v1/resources_pb.js";
 export interface FusilladeClientOptions {
   /** The control plane, e.g. "http://127.0.0.1:8080". */
   baseUrl: string;
-  /** Sent as `Authorization: Bearer <token>` on every call (for a gateway in front). @default none */
+  /** An API token (docs/trust.md), sent as `Authorization: Bearer <token>`. @default none (a local server needs none) */
   token?: string;
   /** HTTP/2 (h2c for http://) or HTTP/1.1; the server speaks both. @default "2" */
   httpVersion?: "1.1" | "2";
@@ -265,7 +265,7 @@ export function createFusilladeClient(options: FusilladeClientOptions): Fusillad
   if (!transport) {
     const interceptors: Interceptor[] = [];
     const token = options.token;
-    if (token !== undefined) {
+    if (token !== undefined && token !== "") {
       interceptors.push((next) => (req) => {
         req.header.set("authorization", `Bearer ${token}`);
         return next(req);

@@ -2,6 +2,7 @@
  * Configuration: defaults → environment → flags → validated, frozen
  * objects. The only reader of process.env.
  */
+import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";
 
 export class ConfigError extends Error {}
@@ -54,6 +55,17 @@ export interface ControlPlaneConfig {
   maxUploadLines: number;
   /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
   maxPageBytes: number;
+  /**
+   * Most request-body bytes of the claims in one Sync or ReportResults answer,
+   * shared among the models asked for (each model gets at least one claim). @default 8 MiB
+   */
+  maxClaimBytes: number;
+  /**
+   * The bootstrap admin token (docs/trust.md). Unset: local mode, where calls
+   * without a token are accepted from loopback only, and listening anywhere
+   * else is refused.
+   */
+  adminToken: string | undefined;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -79,7 +91,12 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
+  maxClaimBytes: 8 * 1024 * 1024,
+  adminToken: undefined,
 });
+
+/** Shortest admin token accepted: anything shorter is guessable. */
+export const MIN_ADMIN_TOKEN_LENGTH = 16;
 
 /** Settings read from the environment only: variable → key, and whether 0 is allowed. */
 const ENV_COUNTS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, boolean]> = [
@@ -88,6 +105,7 @@ const ENV_COUNTS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, bool
   ["FUSILLADE_MAX_UPLOAD_BYTES", "maxUploadBytes", false],
   ["FUSILLADE_MAX_UPLOAD_LINES", "maxUploadLines", false],
   ["FUSILLADE_MAX_PAGE_BYTES", "maxPageBytes", false],
+  ["FUSILLADE_MAX_CLAIM_BYTES", "maxClaimBytes", false],
 ];
 /** Durations read from the environment only; "0" means none where allowed. */
 const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, boolean]> = [
@@ -146,6 +164,34 @@ export interface ControlPlaneFlags {
   defaultLimit?: string;
   leaseTtl?: string;
   logLevel?: string;
+  adminTokenFile?: string;
+}
+
+/** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
+function adminToken(flags: ControlPlaneFlags, env: NodeJS.ProcessEnv): string | undefined {
+  const file = flags.adminTokenFile ?? env.FUSILLADE_ADMIN_TOKEN_FILE;
+  let token: string | undefined;
+  let name: string;
+  if (file !== undefined && file !== "") {
+    name = flags.adminTokenFile !== undefined ? "--admin-token-file" : "FUSILLADE_ADMIN_TOKEN_FILE";
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (e) {
+      throw new ConfigError(`${name}: cannot read ${file} (${(e as Error).message})`);
+    }
+    token = text.split(/\r?\n/)[0]!.trim();
+  } else {
+    name = "FUSILLADE_ADMIN_TOKEN";
+    token = env.FUSILLADE_ADMIN_TOKEN === "" ? undefined : env.FUSILLADE_ADMIN_TOKEN?.trim();
+  }
+  if (token === undefined) return undefined;
+  if (token.length < MIN_ADMIN_TOKEN_LENGTH || /\s/.test(token)) {
+    throw new ConfigError(
+      `${name}: the admin token must be at least ${MIN_ADMIN_TOKEN_LENGTH} characters without spaces (e.g. \`openssl rand -hex 32\`)`,
+    );
+  }
+  return token;
 }
 
 /** Builds the control plane's config from defaults, `env` and `flags` (flags win). */
@@ -192,6 +238,7 @@ export function controlPlaneConfig(
     }
     c.logLevel = level;
   }
+  c.adminToken = adminToken(flags, env);
   const settings = c as unknown as Record<string, number>;
   for (const [name, key, allowZero] of ENV_COUNTS) {
     const v = env[name];

@@ -70,6 +70,8 @@ export interface DispatcherConfig {
   maxResponseBytes: number;
   /** pino level. @default "info" */
   logLevel: string;
+  /** Bearer token for the control plane (a dispatcher or admin token); undefined: none (local mode). */
+  token: string | undefined;
 }
 
 const MIB = 1024 * 1024;
@@ -93,6 +95,7 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   totalTimeoutMs: 15 * MINUTE,
   maxResponseBytes: 32 * MIB,
   logLevel: "info",
+  token: undefined,
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
 
 const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
@@ -192,6 +195,7 @@ export interface DispatcherFlags {
   totalTimeout?: string;
   maxResponseBytes?: string;
   logLevel?: string;
+  token?: string;
 }
 
 /** The flags' environment variables: flag → variable. */
@@ -210,6 +214,7 @@ const ENV: Record<keyof DispatcherFlags, string> = {
   totalTimeout: "FUSILLADE_TOTAL_TIMEOUT",
   maxResponseBytes: "FUSILLADE_MAX_RESPONSE_BYTES",
   logLevel: "FUSILLADE_LOG_LEVEL",
+  token: "FUSILLADE_TOKEN",
 };
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -274,5 +279,6 @@ export function dispatcherConfig(
     totalTimeoutMs: duration("totalTimeout"),
     maxResponseBytes: count("maxResponseBytes"),
     logLevel: level?.[0],
+    token: get("token")?.[0].trim(),
   });
 }

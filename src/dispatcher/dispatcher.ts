@@ -108,7 +108,7 @@ export function startDispatcher(
   deps: DispatcherDeps = {},
 ): Dispatcher {
   const log = parentLog.child({ dispatcher: config.id });
-  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id);
+  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id, config.token);
   const executor =
     deps.executor ??
     new HttpExecutor({
@@ -322,7 +322,11 @@ export function startDispatcher(
   async function settle(entry: HeldLease, report: Report): Promise<void> {
     table.toReporting(entry);
     if (report.kind === "release") counts.releases++;
-    const disposition = await reporter.submit(report);
+    // Past its real expiry (the fence plus its margin) the report could only be LOST.
+    const disposition = await reporter.submit(
+      report,
+      () => entry.deadline + margin(entry.lease.ttlMs),
+    );
     counts.dispositions[disposition ?? "unreported"]++;
     if (log.isLevelEnabled("debug")) {
       log.debug(

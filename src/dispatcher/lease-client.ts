@@ -9,7 +9,7 @@ export type { ModelHold, SlotDemand, SlotGrant };
 
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import {
@@ -104,11 +104,33 @@ export class ControlPlaneError extends Error {
     message: string,
     readonly retriable: boolean,
     options?: ErrorOptions,
+    /** The call's status code; undefined when it never reached the control plane's handler. */
+    readonly code?: Code,
   ) {
     super(message, options);
     this.name = "ControlPlaneError";
   }
+
+  /**
+   * True when the control plane (or something on the way) answered the call
+   * with an error that says nothing of reachability: the same call is likely
+   * to fail the same way (RESOURCE_EXHAUSTED for a message too large,
+   * INVALID_ARGUMENT, INTERNAL from a statement that cannot succeed).
+   */
+  get rejected(): boolean {
+    return this.code !== undefined && !TRANSIENT_CODES.has(this.code);
+  }
 }
+
+/** Codes that say the control plane could not be reached or did not answer in time. */
+const TRANSIENT_CODES = new Set([
+  Code.Unavailable,
+  Code.DeadlineExceeded,
+  Code.Canceled,
+  Code.Aborted,
+  Code.Unauthenticated,
+  Code.PermissionDenied,
+]);
 
 /** Codes after which the same call may succeed later. */
 const RETRIABLE_CODES = new Set([
@@ -208,15 +230,31 @@ export function reportBytes(r: Report): number {
 
 function mapError(e: unknown, what: string): ControlPlaneError {
   const err = ConnectError.from(e);
+  // An error the client made from a socket or stream failure carries that
+  // failure as its cause; one the server sent does not.
+  const answered = err.cause === undefined;
   return new ControlPlaneError(
     `${what}: ${Code[err.code] ?? err.code}: ${err.rawMessage}`,
     RETRIABLE_CODES.has(err.code),
     { cause: e },
+    answered ? err.code : undefined,
   );
 }
 
+/** Sends `authorization: Bearer <token>` on every call. */
+export function bearer(token: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
+
 /** Connect over HTTP/2 (h2c for http://) to the control plane at `baseUrl`. */
-export function connectLeaseClient(baseUrl: string, dispatcherId: string): LeaseClient {
+export function connectLeaseClient(
+  baseUrl: string,
+  dispatcherId: string,
+  token?: string,
+): LeaseClient {
   // Pings notice a dead control plane (kill -9, a lost network) within ~15 s
   // even while the only call is a quiet long poll.
   const sessions = new Http2SessionManager(baseUrl, {
@@ -235,6 +273,7 @@ export function connectLeaseClient(baseUrl: string, dispatcherId: string): Lease
       // loopback or a cluster network.
       acceptCompression: [],
       sendCompression: undefined,
+      interceptors: token === undefined ? [] : [bearer(token)],
     }),
   );
   return {

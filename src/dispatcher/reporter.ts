@@ -7,12 +7,21 @@
  * wait for a full batch or `lingerMs`, then a second call goes (at most
  * {@link MAX_CALLS} at once). Group commit, in effect.
  *
- * Modes: healthy ⇄ failing. A call that fails retriably (control plane
+ * Modes: healthy ⇄ failing. A call that fails transiently (control plane
  * unreachable, deadline) puts its reports back at the front of the queue and
  * the reporter turns failing: one call at a time, after a backoff, until one
- * succeeds. The dispatcher takes no new work while failing. A call the control
- * plane rejects outright (INVALID_ARGUMENT: a bug) drops its reports: their
- * leases expire and the requests are tried again.
+ * succeeds. The dispatcher takes no new work while failing. A report whose
+ * claim has expired meanwhile can only be LOST: it is dropped (its request
+ * runs again elsewhere), so retries end with the lease.
+ *
+ * A call the control plane answers with an error that would likely come back the
+ * same (RESOURCE_EXHAUSTED for a message too large, INVALID_ARGUMENT, an
+ * INTERNAL statement failure) is split: each of its reports goes alone, so
+ * one bad outcome never holds up the others. A report rejected alone
+ * {@link MAX_REJECTIONS} times is replaced by a failure without body or
+ * headers (`report_rejected`, not retried: the same response would be
+ * rejected again), which records the request as failed with the reason; if
+ * that is rejected as often, it is dropped and its lease expires.
  */
 import { performance } from "node:perf_hooks";
 import type { Logger } from "../logger.js";
@@ -56,10 +65,20 @@ const NO_REFILL: RefillHooks = {
 /** Report calls in flight at once while healthy. */
 export const MAX_CALLS = 4;
 
+/** Times a report is rejected on its own before it is replaced by a `report_rejected` failure. */
+export const MAX_REJECTIONS = 2;
+
 interface Queued {
   report: Report;
   /** undefined: dropped without an answer (rejected, or the reporter stopped). */
   resolve: (d: Disposition | undefined) => void;
+  /** `performance.now()` past which its claim has expired (undefined: unknown). */
+  expiresAt?: () => number;
+  /** Sent in a call of its own (a call it was in was rejected). */
+  alone: boolean;
+  rejections: number;
+  /** It is the `report_rejected` stand-in of a rejected report. */
+  substitute: boolean;
 }
 
 export interface ReporterOptions {
@@ -89,11 +108,21 @@ export class Reporter {
     private readonly hooks: RefillHooks = NO_REFILL,
   ) {}
 
-  /** Queues a report; resolves with the control plane's answer. */
-  submit(report: Report): Promise<Disposition | undefined> {
+  /**
+   * Queues a report; resolves with the control plane's answer. `expiresAt`:
+   * when its claim expires unless renewed (reports are dropped past it).
+   */
+  submit(report: Report, expiresAt?: () => number): Promise<Disposition | undefined> {
     if (this.#stopped) return Promise.resolve(undefined);
     return new Promise((resolve) => {
-      this.#queue.push({ report, resolve });
+      this.#queue.push({
+        report,
+        resolve,
+        expiresAt,
+        alone: false,
+        rejections: 0,
+        substitute: false,
+      });
       this.#pump();
     });
   }
@@ -141,9 +170,10 @@ export class Reporter {
   }
 
   #take(): Queued[] {
+    if (this.#queue[0]?.alone) return this.#queue.splice(0, 1);
     let bytes = 0;
     let n = 0;
-    while (n < this.#queue.length && n < this.options.batchSize) {
+    while (n < this.#queue.length && n < this.options.batchSize && !this.#queue[n]!.alone) {
       bytes += reportBytes(this.#queue[n]!.report);
       if (n > 0 && bytes > this.options.maxBytes) break;
       n++;
@@ -197,18 +227,25 @@ export class Reporter {
   }
 
   #failed(batch: Queued[], e: unknown): void {
+    if (this.#stopped) {
+      for (const q of batch) q.resolve(undefined);
+      return;
+    }
+    if (e instanceof ControlPlaneError && e.rejected) {
+      this.#rejected(batch, e);
+      return;
+    }
     const retriable = !(e instanceof ControlPlaneError) || e.retriable;
-    if (!retriable || this.#stopped) {
-      if (!this.#stopped) {
-        this.log.error(
-          { err: e, reports: batch.length },
-          "the control plane rejected reports; dropping them (their leases will expire)",
-        );
-      }
+    if (!retriable) {
+      this.log.error(
+        { err: e, reports: batch.length },
+        "the control plane rejected reports; dropping them (their leases will expire)",
+      );
       for (const q of batch) q.resolve(undefined);
       return;
     }
     this.#queue.unshift(...batch);
+    this.#dropExpired();
     const wait = this.#backoff.next();
     if (!this.#failing || this.#backoff.failures % 10 === 1) {
       this.log.warn(
@@ -217,9 +254,89 @@ export class Reporter {
       );
     }
     this.#failing = true;
+    this.#retryAfter(wait);
+  }
+
+  /** The control plane answered with an error the same call would get again. */
+  #rejected(batch: Queued[], e: ControlPlaneError): void {
+    // It answered: whatever made us fail before is over.
+    this.#failing = false;
+    this.#backoff.reset();
+    if (batch.length > 1) {
+      this.log.warn(
+        { err: e, reports: batch.length },
+        "the control plane rejected a report call; sending its reports one by one",
+      );
+      for (const q of batch) q.alone = true;
+      this.#queue.unshift(...batch);
+      return; // the caller pumps: no backoff, the control plane is answering
+    }
+    const q = batch[0]!;
+    q.alone = true;
+    q.rejections++;
+    if (q.rejections < MAX_REJECTIONS) {
+      this.#queue.push(q); // behind the others: they are not held up by it
+      return;
+    }
+    const r = q.report;
+    if (r.kind === "outcome" && !q.substitute) {
+      this.log.error(
+        { err: e, requestId: r.ref.requestId, status: r.outcome.statusCode },
+        "the control plane cannot record this outcome; reporting the request as failed instead",
+      );
+      const stand: Queued = {
+        ...q,
+        rejections: 0,
+        substitute: true,
+        report: {
+          ref: r.ref,
+          kind: "outcome",
+          outcome: {
+            kind: "failure",
+            statusCode: r.outcome.statusCode,
+            code: "report_rejected",
+            message: `the control plane could not record the outcome (${r.outcome.kind === "completion" ? `a ${r.outcome.statusCode} response` : r.outcome.code}): ${e.message}`,
+            retriable: false,
+            bodyExcerpt: new Uint8Array(),
+            headers: {},
+          },
+        },
+      };
+      this.#queue.unshift(stand);
+      return;
+    }
+    this.log.error(
+      { err: e, requestId: r.ref.requestId },
+      "the control plane rejected a report again; dropping it (its lease will expire)",
+    );
+    q.resolve(undefined);
+  }
+
+  /** Resolves queued reports whose claims have expired: the answer could only be LOST. */
+  #dropExpired(): void {
+    const now = performance.now();
+    const keep: Queued[] = [];
+    let dropped = 0;
+    for (const q of this.#queue) {
+      if (q.expiresAt !== undefined && q.expiresAt() < now) {
+        dropped++;
+        q.resolve("lost");
+      } else keep.push(q);
+    }
+    if (dropped === 0) return;
+    this.#queue = keep;
+    this.log.warn(
+      { dropped },
+      "dropped reports whose claims expired before the control plane could be reached",
+    );
+  }
+
+  #retryAfter(wait: number): void {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
+      if (this.#failing) this.#dropExpired();
+      this.#changed.notify();
       this.#pump();
     }, wait);
   }

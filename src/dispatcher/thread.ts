@@ -34,18 +34,24 @@ const EMPTY_STATS: DispatcherStats = {
   ...zeroCounts(),
 };
 
+/** The thread's module: from the TypeScript sources (tests run them through a loader the thread inherits) or from dist/. */
+function defaultEntry(): URL {
+  const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
+  return new URL(`./thread-main${ext}`, import.meta.url);
+}
+
 /**
- * Starts a dispatcher with `config` on a worker thread. `onCrash` hears of a
- * thread that failed or exited before it was told to stop.
+ * Starts a dispatcher with `config` on a worker thread (`entry`: the
+ * thread's module). `onCrash` hears, once, of a thread that failed or exited
+ * before it was told to stop.
  */
 export function startDispatcherThread(
   config: Readonly<DispatcherConfig>,
   log: Logger,
   onCrash: (e: Error) => void = () => undefined,
+  entry: URL = defaultEntry(),
 ): Dispatcher {
-  // From the TypeScript sources (tests run them through a loader the thread inherits) or from dist/.
-  const ext = import.meta.url.endsWith(".ts") ? ".ts" : ".js";
-  const worker = new Worker(new URL(`./thread-main${ext}`, import.meta.url), {
+  const worker = new Worker(entry, {
     workerData: {
       config: { ...config, models: [...config.models] },
       readableLogs: process.stderr.isTTY === true,
@@ -56,17 +62,28 @@ export function startDispatcherThread(
   const stopped = new Promise<void>((resolve) => {
     resolveStopped = resolve;
   });
+  let stopping: Promise<void> | undefined;
+  let crashed = false;
+  /** Tells `onCrash` once, unless the thread was told to stop. */
+  const crash = (e: Error) => {
+    if (stopping !== undefined || crashed) return;
+    crashed = true;
+    onCrash(e);
+  };
   worker.on("message", (m: FromThread) => {
     if (m.type === "error")
       log.error({ dispatcher: config.id, err: m.message }, "dispatcher thread failed");
     else last = m.stats;
     if (m.type === "stopped") resolveStopped();
   });
-  worker.on("error", (e) =>
-    log.error({ err: e, dispatcher: config.id }, "dispatcher thread crashed"),
-  );
-  worker.on("exit", () => resolveStopped());
-  let stopping: Promise<void> | undefined;
+  worker.on("error", (e) => {
+    log.error({ err: e, dispatcher: config.id }, "dispatcher thread crashed");
+    crash(e);
+  });
+  worker.on("exit", (code) => {
+    resolveStopped();
+    crash(new Error(`the dispatcher thread exited with code ${code}`));
+  });
   return {
     id: config.id,
     stats: () => last,

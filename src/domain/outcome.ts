@@ -10,6 +10,8 @@
  * - `network_error`: the connection failed or broke (refused, reset, DNS…).
  * - `response_too_large`: a 2xx body exceeded the configured byte limit.
  * - `aborted`: the caller cancelled the attempt (lease lost, shutdown, cancel).
+ * - `report_rejected`: the control plane rejected the attempt's report itself
+ *   (e.g. too large to receive); the dispatcher reports this instead, once.
  */
 export type FailureCode =
   | "http_error"
@@ -17,6 +19,7 @@ export type FailureCode =
   | "network_error"
   | "response_too_large"
   | "aborted"
+  | "report_rejected"
   /** Set by the control plane: a response whose text Postgres cannot store (a NUL byte). */
   | "response_unstorable";
 

@@ -7,9 +7,12 @@
  *   {"id":"batch_req_…","custom_id":"…","response":{…}|null,"error":{"code":"…","message":"…"}}
  *
  * Keys and types follow OpenAI's `BatchRequestOutput` schema: `response` is
- * null when no upstream status was received; `body` is the parsed JSON body,
- * or the raw text when the body is not JSON (an upstream's HTML error page).
+ * null when no upstream status was received; `body` is the upstream's JSON
+ * body, or the body as a string when it is not JSON (an upstream's HTML error
+ * page, bytes that are not UTF-8, JSON nested deeper than readers can parse).
+ * A hostile body never breaks its line or the file: see {@link bodyJson}.
  */
+import { compactJson } from "./json-text.js";
 import type { RequestState } from "./states.js";
 
 /** Which file a line belongs to. */
@@ -23,7 +26,8 @@ export interface ResultFacts {
   state: RequestState;
   responseStatus: number | null;
   responseHeaders: Record<string, string> | null;
-  responseBody: string | null;
+  /** The body as the upstream sent it. */
+  responseBody: Uint8Array | null;
   errorCode: string | null;
   errorMessage: string | null;
 }
@@ -32,7 +36,13 @@ export interface ResultFacts {
 export interface ResultResponse {
   status_code: number;
   request_id: string;
-  body: unknown;
+  /** JSON text, already safe to embed in one line (see {@link bodyJson}). */
+  body: RawJson;
+}
+
+/** JSON text to be embedded as it is, not serialised again. */
+export interface RawJson {
+  json: string;
 }
 
 /** One line of an output or error file, before serialisation. */
@@ -71,13 +81,39 @@ export function resultLineId(requestId: string): string {
   return `batch_req_${requestId.replaceAll("-", "")}`;
 }
 
-/** A response body as JSON when it parses, else the text as it came. */
-export function parseBody(text: string): unknown {
+/**
+ * Deepest nesting of a JSON body kept as JSON in a result line. Deeper bodies
+ * go in as a string: common readers recurse per level (Python's `json` stops
+ * near 1,000, V8's `JSON.stringify` near 10,000) and would fail on the whole
+ * file for one line.
+ */
+export const MAX_RESULT_BODY_DEPTH = 256;
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8Lossy = new TextDecoder("utf-8");
+
+/**
+ * A response body as JSON text for a result line: the upstream's JSON with
+ * the whitespace between tokens removed (so a pretty-printed body cannot
+ * break the line), or, when the body is not JSON, is not UTF-8 or nests
+ * deeper than {@link MAX_RESULT_BODY_DEPTH}, a JSON string of its text
+ * (bytes that are not UTF-8 become U+FFFD). Never recurses: no body makes it
+ * throw.
+ */
+export function bodyJson(body: Uint8Array): RawJson {
+  let text: string;
   try {
-    return JSON.parse(text);
+    text = utf8.decode(body);
   } catch {
-    return text;
+    return { json: JSON.stringify(utf8Lossy.decode(body)) };
   }
+  try {
+    JSON.parse(text); // V8's parser does not recurse: any depth is fine here
+  } catch {
+    return { json: JSON.stringify(text) };
+  }
+  const compact = compactJson(text, MAX_RESULT_BODY_DEPTH);
+  return { json: compact ?? JSON.stringify(text) };
 }
 
 /**
@@ -96,7 +132,7 @@ export function resultLine(r: ResultFacts): { kind: ResultKind; line: ResultLine
       : {
           status_code: r.responseStatus,
           request_id: upstreamId ?? r.id,
-          body: parseBody(r.responseBody ?? ""),
+          body: bodyJson(r.responseBody ?? new Uint8Array()),
         };
   let error: ResultLine["error"] = null;
   if (kind === "error") {
@@ -114,7 +150,12 @@ export function resultLine(r: ResultFacts): { kind: ResultKind; line: ResultLine
   };
 }
 
-/** A line serialised as one JSON object (no trailing newline). */
+/** A line serialised as one JSON object (no trailing newline); the body goes in as it is. */
 export function formatResultLine(line: ResultLine): string {
-  return JSON.stringify(line);
+  const r = line.response;
+  const response =
+    r === null
+      ? "null"
+      : `{"status_code":${r.status_code},"request_id":${JSON.stringify(r.request_id)},"body":${r.body.json}}`;
+  return `{"id":${JSON.stringify(line.id)},"custom_id":${JSON.stringify(line.custom_id)},"response":${response},"error":${JSON.stringify(line.error)}}`;
 }

@@ -22,7 +22,8 @@ export const DEFAULT_RETRIABLE_STATUSES: ReadonlySet<number> = new Set([
  * Retriability of every failure code other than `http_error` (which depends on
  * the status, see {@link isRetriableStatus}).
  * - timeout, network_error: the upstream may well answer next time.
- * - response_too_large, response_unstorable: the same request would produce the same body.
+ * - response_too_large, response_unstorable, report_rejected: the same
+ *   request would produce the same body, and the same report.
  * - aborted: the caller stopped the attempt on purpose (lease lost, shutdown,
  *   cancel); whoever aborted decides what happens to the request next.
  */
@@ -33,6 +34,7 @@ export const FAILURE_CODE_RETRIABLE: Readonly<Record<Exclude<FailureCode, "http_
     response_too_large: false,
     response_unstorable: false,
     aborted: false,
+    report_rejected: false,
   });
 
 /** Whether an upstream status is worth retrying, per `table` (default: 408, 429, 5xx). */

@@ -3,6 +3,7 @@
  * an OpenAI batch JSONL body) into one normalized shape. Pure.
  */
 import { InvalidArgumentError } from "./errors.js";
+import { nestsDeeperThan } from "./json-text.js";
 
 /** A validated template, ready to store. */
 export interface TemplateRow {
@@ -151,6 +152,9 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
   };
 }
 
+/** Deepest nesting of a JSONL line (the line's object is level 1, its body level 2). */
+export const MAX_LINE_DEPTH = 513;
+
 /**
  * Parses one OpenAI batch line: {"custom_id","method","url","body"}, all
  * four required, the model read from body.model. `endpoint` was validated by
@@ -167,6 +171,10 @@ export function parseJsonlLine(
     value = JSON.parse(text);
   } catch (e) {
     throw new InvalidArgumentError("jsonl", `not valid JSON (${(e as Error).message})`, line);
+  }
+  // The body is serialised again below, which recurses per level.
+  if (nestsDeeperThan(text, MAX_LINE_DEPTH)) {
+    throw new InvalidArgumentError("body", `nests deeper than ${MAX_LINE_DEPTH - 1} levels`, line);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new InvalidArgumentError("jsonl", "must be a JSON object", line);

@@ -30,6 +30,8 @@ export interface LeaseServiceConfig {
   /** TTL of slot grants and of claims. */
   leaseTtlMs: number;
   maxAcquireWaitMs: number;
+  /** Most request-body bytes of the claims in one answer (a claim is always possible). */
+  maxClaimBytes: number;
 }
 
 /** A claimed request, as the dispatcher needs it. */
@@ -80,15 +82,24 @@ export type Outcome =
       kind: "completion";
       statusCode: number;
       headers: Record<string, string>;
-      body: string;
+      body: Uint8Array;
     }
-  | ({ ref: LeaseRef } & Omit<AttemptFailure, "bodyExcerpt"> & { bodyExcerpt: string })
+  | ({ ref: LeaseRef } & AttemptFailure)
   | { ref: LeaseRef; kind: "release"; reason: string; unsent: boolean };
 
 export type Disposition = "recorded" | "requeued" | "lost";
 
-/** SQLSTATEs of text Postgres cannot hold (a NUL byte; an untranslatable character). */
+/**
+ * SQLSTATEs of text Postgres cannot hold (a NUL byte; an untranslatable
+ * character). Bodies are bytes (bytea) and never raise them; a header value
+ * (jsonb) still can.
+ */
 const UNSTORABLE_TEXT_SQLSTATES = new Set(["22021", "22P05"]);
+
+/** A Buffer over the same bytes (node-postgres sends Buffers, not Uint8Arrays, as bytea). */
+function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
 
 function isUnstorableText(e: unknown): boolean {
   const code = (e as { code?: unknown } | null)?.code;
@@ -234,6 +245,7 @@ export class LeaseService {
       counts,
       holder,
       this.config.leaseTtlMs,
+      Math.ceil(this.config.maxClaimBytes / models.length),
     ]);
     return res.rows.map((r) => toClaim(r, this.config.leaseTtlMs));
   }
@@ -403,12 +415,11 @@ export class LeaseService {
     const key = (r: LeaseRef) => `${r.requestId}/${r.token}`;
     for (const o of outcomes) result.set(key(o.ref), "lost");
     const completions = outcomes.filter((o) => o.kind === "completion");
-    // Failures keep bounded excerpts: text Postgres cannot store is replaced, not fatal.
+    // Text Postgres cannot store in a failure's message or headers is replaced, not fatal.
     const failures = outcomes
       .filter((o) => o.kind === "failure")
       .map((o) => ({
         ...o,
-        bodyExcerpt: storableText(o.bodyExcerpt),
         message: storableText(o.message),
         headers: storableHeaders(o.headers),
       }));
@@ -433,7 +444,7 @@ export class LeaseService {
 
   /**
    * Records completions in one statement. When Postgres refuses the text of
-   * one (a raw NUL byte in a body: SQLSTATE 22021), each is tried alone, so
+   * one (a NUL escape in a header value: SQLSTATE 22P05), each is tried alone, so
    * one hostile response never drops the others; the ones that still fail are
    * returned as non-retriable failures to record instead (the same response
    * would come back the same).
@@ -450,7 +461,7 @@ export class LeaseService {
         batch.map((o) => o.ref.token.toString()),
         batch.map((o) => o.statusCode),
         batch.map((o) => JSON.stringify(o.headers)),
-        batch.map((o) => o.body),
+        batch.map((o) => asBuffer(o.body)),
       ]);
     const mark = (rows: Array<{ id: string }>, batch: typeof completions) => {
       const done = new Set(rows.map((r) => r.id));
@@ -474,9 +485,9 @@ export class LeaseService {
           kind: "failure",
           statusCode: o.statusCode,
           code: "response_unstorable",
-          message: `the upstream answered ${o.statusCode}, but its body or headers hold text that cannot be stored (${(e as Error).message})`,
+          message: `the upstream answered ${o.statusCode}, but its headers hold text that cannot be stored (${(e as Error).message})`,
           retriable: false,
-          bodyExcerpt: storableText(o.body.slice(0, 4096)),
+          bodyExcerpt: o.body.subarray(0, 4096),
           headers: storableHeaders(o.headers),
         });
       }
@@ -548,7 +559,7 @@ export class LeaseService {
       rows.map((r) => r.notBefore),
       rows.map((r) => (r.o.statusCode === 0 ? null : r.o.statusCode)),
       rows.map((r) => (r.o.statusCode === 0 ? null : JSON.stringify(r.o.headers))),
-      rows.map((r) => (r.o.statusCode === 0 ? null : r.o.bodyExcerpt)),
+      rows.map((r) => (r.o.statusCode === 0 ? null : asBuffer(r.o.bodyExcerpt))),
       rows.map((r) => r.o.code),
       rows.map((r) => r.message),
     ]);

@@ -17,12 +17,17 @@ export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6,
  * for holder $3, oldest first, for $4 ms; none of a model on a 429 hold, of a
  * cancelled batch or of one past its window. Claims do not count against the
  * limit (slots do). Uses requests_pending (model, created_at, line).
+ * A model's claims stop once their bodies reach $5 bytes (the first is always
+ * taken): an answer never grows with the room alone. Rows picked but left
+ * over stay pending (their locks end with the statement).
  */
 export const REQUESTS_CLAIM = `
   WITH picked AS (
-    SELECT p.id FROM unnest($1::text[], $2::int[]) AS w(model, n)
+    SELECT p.id, w.model, p.created_at, p.line, p.len
+    FROM unnest($1::text[], $2::int[]) AS w(model, n)
     CROSS JOIN LATERAL (
-      SELECT r.id FROM requests r JOIN batches b ON b.id = r.batch_id
+      SELECT r.id, r.created_at, r.line, octet_length(r.body) AS len
+      FROM requests r JOIN batches b ON b.id = r.batch_id
       WHERE r.model = w.model AND r.state = 'pending'
         AND (r.not_before IS NULL OR r.not_before <= now())
         AND b.cancelling_at IS NULL AND b.expires_at > now()
@@ -32,12 +37,18 @@ export const REQUESTS_CLAIM = `
       FOR UPDATE OF r SKIP LOCKED
     ) p
     WHERE w.n > 0
+  ), capped AS (
+    SELECT id FROM (
+      SELECT id, sum(len) OVER (PARTITION BY model ORDER BY created_at, line, id) - len AS before
+      FROM picked
+    ) c
+    WHERE before < $5
   )
   UPDATE requests r SET
     state = 'leased', attempt = r.attempt + 1, not_before = NULL,
     lease_token = nextval('lease_token_seq'), lease_holder = $3,
     lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
-  FROM picked WHERE r.id = picked.id
+  FROM capped WHERE r.id = capped.id
   RETURNING r.id, r.batch_id, r.custom_id, r.model, r.attempt, r.method, r.endpoint, r.path,
     r.body, r.api_key, r.lease_token`;
 
@@ -188,7 +199,7 @@ export const REQUESTS_COMPLETE = `
     response_headers = u.headers::jsonb, response_body = u.body, error_code = NULL,
     error_message = NULL, lease_holder = NULL, lease_expires_at = NULL,
     finished_at = now(), updated_at = now()
-  FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[])
+  FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::bytea[])
     AS u(id, token, status, headers, body), lk
   WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
   RETURNING r.id`;
@@ -213,7 +224,7 @@ export const REQUESTS_FAILURE_CONTEXT = `
 export const REQUESTS_FAIL = `
   WITH ${LOCK_IN_ID_ORDER}, u AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[],
-      $6::text[], $7::text[], $8::text[], $9::text[])
+      $6::text[], $7::bytea[], $8::text[], $9::text[])
       AS u(id, token, next, not_before, status, headers, body, code, message)
   ), decided AS (
     SELECT r.id, u.token, u.not_before, u.status, u.headers, u.body, u.code, u.message,

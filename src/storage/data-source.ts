@@ -3,13 +3,20 @@ import type { PoolConfig } from "pg";
 import { DataSource } from "typeorm";
 import { InitialSchema1764400000000 } from "../../migrations/1764400000000-initial-schema.js";
 import { CapacityLeases1764500000000 } from "../../migrations/1764500000000-capacity-leases.js";
+import { ResponseBytes1764600000000 } from "../../migrations/1764600000000-response-bytes.js";
+import { Trust1764700000000 } from "../../migrations/1764700000000-trust.js";
 import { ENTITIES } from "./entities.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
 const MIGRATION_LOCK_KEY = 0x66757369;
 
 /** Migrations in the order they run. */
-export const MIGRATIONS = [InitialSchema1764400000000, CapacityLeases1764500000000];
+export const MIGRATIONS = [
+  InitialSchema1764400000000,
+  CapacityLeases1764500000000,
+  ResponseBytes1764600000000,
+  Trust1764700000000,
+];
 
 export interface DataSourceOptions {
   url: string;

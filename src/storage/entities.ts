@@ -14,6 +14,7 @@ export class FileEntity {
   @Column({ type: "text", array: true }) models: string[];
   @Column({ type: "text", name: "idempotency_key", nullable: true }) idempotencyKey: string | null;
   @Column({ type: "timestamptz", name: "created_at" }) createdAt: Date;
+  @Column({ type: "text" }) tenant: string;
 }
 
 @Entity({ name: "request_templates" })
@@ -52,6 +53,7 @@ export class BatchEntity {
   @Column({ type: "timestamptz", name: "expires_at" }) expiresAt: Date;
   @Column({ type: "timestamptz", name: "cancelling_at", nullable: true }) cancellingAt: Date | null;
   @Column({ type: "timestamptz", name: "finished_at", nullable: true }) finishedAt: Date | null;
+  @Column({ type: "text" }) tenant: string;
 }
 
 @Entity({ name: "requests" })
@@ -77,12 +79,13 @@ export class RequestEntity {
   responseStatus: number | null;
   @Column({ type: "jsonb", name: "response_headers", nullable: true })
   responseHeaders: Record<string, string> | null;
-  @Column({ type: "text", name: "response_body", nullable: true }) responseBody: string | null;
+  @Column({ type: "bytea", name: "response_body", nullable: true }) responseBody: Buffer | null;
   @Column({ type: "text", name: "error_code", nullable: true }) errorCode: string | null;
   @Column({ type: "text", name: "error_message", nullable: true }) errorMessage: string | null;
   @Column({ type: "timestamptz", name: "created_at" }) createdAt: Date;
   @Column({ type: "timestamptz", name: "updated_at" }) updatedAt: Date;
   @Column({ type: "timestamptz", name: "finished_at", nullable: true }) finishedAt: Date | null;
+  @Column({ type: "text" }) tenant: string;
 }
 
 @Entity({ name: "request_events" })
@@ -103,7 +106,19 @@ export class ModelLimitEntity {
   @Column({ type: "timestamptz", name: "updated_at" }) updatedAt: Date;
 }
 
+@Entity({ name: "api_tokens" })
+export class ApiTokenEntity {
+  @PrimaryGeneratedColumn("uuid") id: string;
+  @Column({ type: "text" }) name: string;
+  @Column({ type: "text" }) role: string;
+  @Column({ type: "text", nullable: true }) tenant: string | null;
+  @Column({ type: "bytea", select: false }) hash: Buffer;
+  @Column({ type: "timestamptz", name: "created_at" }) createdAt: Date;
+  @Column({ type: "timestamptz", name: "revoked_at", nullable: true }) revokedAt: Date | null;
+}
+
 export const ENTITIES = [
+  ApiTokenEntity,
   FileEntity,
   RequestTemplateEntity,
   BatchEntity,

@@ -22,7 +22,9 @@ export const WORK_CHANNEL = "fusillade_work";
 export const BATCH_CHANNEL = "fusillade_batch";
 /** A model's limit changed (payload: model): its holders re-read their share. */
 export const LIMITS_CHANNEL = "fusillade_limits";
-const CHANNELS = [WORK_CHANNEL, BATCH_CHANNEL, LIMITS_CHANNEL] as const;
+/** A token was revoked: every replica drops its token cache. */
+export const TOKENS_CHANNEL = "fusillade_tokens";
+const CHANNELS = [WORK_CHANNEL, BATCH_CHANNEL, LIMITS_CHANNEL, TOKENS_CHANNEL] as const;
 export type Channel = (typeof CHANNELS)[number];
 
 /** Delay before (each attempt at) reconnecting a lost LISTEN connection. */

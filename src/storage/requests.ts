@@ -22,7 +22,8 @@ export interface RequestRecord {
   url: string;
   responseStatus: number | null;
   responseHeaders: Record<string, string> | null;
-  responseBody: string | null;
+  /** The body as the upstream sent it (pg reads bytea as a Buffer). */
+  responseBody: Uint8Array | null;
   errorCode: string | null;
   errorMessage: string | null;
   notBefore: Date | null;
@@ -44,7 +45,7 @@ export interface RequestRow {
   path: string;
   response_status: number | null;
   response_headers: Record<string, string> | null;
-  response_body: string | null;
+  response_body: Buffer | null;
   error_code: string | null;
   error_message: string | null;
   not_before: Date | null;

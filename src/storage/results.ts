@@ -10,7 +10,7 @@ export interface ResultRow {
   state: RequestState;
   response_status: number | null;
   response_headers: Record<string, string> | null;
-  response_body: string | null;
+  response_body: Buffer | null;
   error_code: string | null;
   error_message: string | null;
 }

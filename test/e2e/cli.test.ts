@@ -97,7 +97,7 @@ async function finish(batchId: string): Promise<void> {
     `UPDATE requests SET finished_at = now(), updated_at = now(), response_status = 200,
        lease_holder = NULL, lease_expires_at = NULL, not_before = NULL,
        state = CASE WHEN line = 2 THEN 'failed' ELSE 'completed' END,
-       response_body = '{"answer":' || line || '}',
+       response_body = convert_to('{"answer":' || line || '}', 'UTF8'),
        error_code = CASE WHEN line = 2 THEN 'http_error' END,
        error_message = CASE WHEN line = 2 THEN 'upstream answered 500' END
      WHERE batch_id = $1 AND state IN ('pending', 'leased')`,

@@ -20,6 +20,7 @@ import {
   FusilladeError,
   RequestState,
 } from "../../src/client/index.js";
+import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
 import { type FusilladeProcess, spawnFusillade } from "../helpers/dispatcher-process.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
@@ -161,8 +162,21 @@ describe("fusillade/client", () => {
     down.close();
   });
 
-  it("creates a file from templates, with a token sent to the server", async () => {
-    const withToken = createFusilladeClient({ baseUrl: url, token: "t0k", httpVersion: "1.1" });
+  it("creates a file from templates, sending its token: a wrong one is UNAUTHENTICATED", async () => {
+    const wrong = createFusilladeClient({ baseUrl: url, token: "fus_wrong", httpVersion: "1.1" });
+    try {
+      const e = await rejection(wrong.getBatchStatus("00000000-0000-4000-8000-000000000000"));
+      expect(e.code).toBe(Code.Unauthenticated);
+    } finally {
+      wrong.close();
+    }
+    // Local mode: the call without a token is an admin's, and may make a client token.
+    const { secret } = await client.adminService.createToken({
+      role: TokenRole.CLIENT,
+      tenant: "default",
+      name: "ts-client-test",
+    });
+    const withToken = createFusilladeClient({ baseUrl: url, token: secret, httpVersion: "1.1" });
     try {
       const file = await withToken.createFile({
         templates: [

@@ -92,7 +92,7 @@ test("three dispatcher processes: peak in flight ≤ 5 for A and ≤ 20 for B, b
 
   // Each recorded response is one the upstream gave to that very request.
   const bodies = await sql.query<{ id: string; response_body: string }>(
-    "SELECT id, response_body FROM requests WHERE batch_id = $1",
+    "SELECT id, convert_from(response_body, 'UTF8') AS response_body FROM requests WHERE batch_id = $1",
     [batchId],
   );
   for (const r of bodies.rows) expect(JSON.parse(r.response_body).request_id).toBe(r.id);

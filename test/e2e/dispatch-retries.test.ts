@@ -34,7 +34,7 @@ afterAll(async () => {
 
 async function row(batchId: string, customId: string) {
   const r = await sql.query(
-    `SELECT state, attempt, response_status, response_body, error_code, error_message
+    `SELECT state, attempt, response_status, convert_from(response_body, 'UTF8') AS response_body, error_code, error_message
      FROM requests WHERE batch_id = $1 AND custom_id = $2`,
     [batchId, customId],
   );

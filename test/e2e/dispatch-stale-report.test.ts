@@ -74,7 +74,7 @@ test("a report that arrives after the lease was granted again is LOST; the newer
   });
   expect(d1.stats().dispositions).toMatchObject({ lost: 1, recorded: 0 });
   const row = await sql.query(
-    "SELECT state, attempt, response_body FROM requests WHERE batch_id = $1",
+    "SELECT state, attempt, convert_from(response_body, 'UTF8') AS response_body FROM requests WHERE batch_id = $1",
     [batchId],
   );
   expect(row.rows).toEqual([

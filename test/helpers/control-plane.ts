@@ -2,7 +2,7 @@
  * A control plane on its own throw-away database, on a real socket, with
  * Connect clients for each service (HTTP/2 by default).
  */
-import { type Client, createClient } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { CONTROL_PLANE_DEFAULTS, type ControlPlaneConfig } from "../../src/config/config.js";
 import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
@@ -26,17 +26,28 @@ export interface TestControlPlane {
   close(): Promise<void>;
 }
 
-/** Connect-protocol clients over HTTP/2 (or HTTP/1.1), or gRPC. */
+/** Connect-protocol clients over HTTP/2 (or HTTP/1.1), or gRPC; sending `token` when given. */
 export function clients(
   url: string,
   protocol: "connect-h2" | "connect-h1" | "grpc" = "connect-h2",
+  token?: string,
 ) {
+  const interceptors: Interceptor[] =
+    token === undefined
+      ? []
+      : [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${token}`);
+            return next(req);
+          },
+        ];
   const transport =
     protocol === "grpc"
-      ? createGrpcTransport({ baseUrl: url })
+      ? createGrpcTransport({ baseUrl: url, interceptors })
       : createConnectTransport({
           baseUrl: url,
           httpVersion: protocol === "connect-h1" ? "1.1" : "2",
+          interceptors,
         });
   return {
     batch: createClient(BatchService, transport),
@@ -73,7 +84,8 @@ export async function startTestControlPlane(
     cp,
     url: cp.url,
     database: db,
-    ...clients(cp.url),
+    // With an admin token configured, the test's clients are admins.
+    ...clients(cp.url, "connect-h2", config.adminToken),
     stop,
     close: async () => {
       await stop();

@@ -18,6 +18,9 @@ export interface TestDatabase {
 const OBJECT_IN_USE = "55006";
 const CREATE_ATTEMPTS = 20;
 const CREATE_RETRY_MS = 100;
+/** How long a drop waits for connections that are closing anyway (20 × 25 ms). */
+const QUIET_POLLS = 20;
+const QUIET_POLL_MS = 25;
 
 /** Creates a new database from the migrated template. */
 export async function createTestDatabase(): Promise<TestDatabase> {
@@ -44,6 +47,18 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     name,
     drop: () => {
       dropped ??= admin(adminUrl, async (c) => {
+        // A pool's end() resolves before its sockets have said goodbye: a
+        // connection still closing when FORCE terminates it receives FATAL
+        // 57P01 with no listener left, an unhandled error that fails the run.
+        // Give closing connections a moment to go; FORCE ends the rest.
+        for (let i = 0; i < QUIET_POLLS; i++) {
+          const { rows } = await c.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1",
+            [name],
+          );
+          if (rows[0]!.n === 0) break;
+          await new Promise((r) => setTimeout(r, QUIET_POLL_MS));
+        }
         await c.query(`DROP DATABASE IF EXISTS ${c.escapeIdentifier(name)} WITH (FORCE)`);
       });
       return dropped;

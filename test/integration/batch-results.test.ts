@@ -204,7 +204,7 @@ describe("GetBatchResults", () => {
     await sql.query(
       `UPDATE requests SET state = CASE WHEN line % 3 = 0 THEN 'failed' ELSE 'completed' END,
          finished_at = now(), updated_at = now(), response_status = 200,
-         response_body = '{"n":' || line || '}',
+         response_body = convert_to('{"n":' || line || '}', 'UTF8'),
          error_code = CASE WHEN line % 3 = 0 THEN 'http_error' END,
          error_message = CASE WHEN line % 3 = 0 THEN 'x' END
        WHERE batch_id = $1`,
@@ -214,6 +214,32 @@ describe("GetBatchResults", () => {
     expect(all.map((r) => r.customId)).toEqual(Array.from({ length: n }, (_, i) => `c${i + 1}`));
     const outputs = await results(id, GetBatchResultsRequest_Kind.OUTPUT);
     expect(outputs).toHaveLength(n - Math.floor(n / 3));
+  });
+
+  it("keeps every line whole when bodies are hostile: NUL bytes, not UTF-8, pretty-printed, 20,000 levels deep", async () => {
+    const id = await makeBatch(5);
+    const deep = `${"[".repeat(20_000)}${"]".repeat(20_000)}`;
+    const bodies: Array<[number, Buffer]> = [
+      [1, Buffer.from('{"a":"x\u0000y"}')],
+      [2, Buffer.from([0x7b, 0xff, 0x00, 0x7d])],
+      [3, Buffer.from('{\n  "choices": [ 1, 2 ]\n}\n')],
+      [4, Buffer.from(deep)],
+    ];
+    for (const [line, body] of bodies) {
+      await sql.query(
+        `UPDATE requests SET state = 'completed', finished_at = now(), updated_at = now(),
+           response_status = 200, response_headers = '{}', response_body = $3
+         WHERE batch_id = $1 AND line = $2`,
+        [id, line, body],
+      );
+    }
+    const lines = await results(id); // each line parsed on its own: none broke
+    expect(lines.map((l) => l.customId)).toEqual(["c1", "c2", "c3", "c4"]);
+    const body = (i: number) => (lines[i]!.line as { response: { body: unknown } }).response.body;
+    expect(body(0)).toBe('{"a":"x\u0000y"}');
+    expect(body(1)).toBe("{\uFFFD\u0000}");
+    expect(body(2)).toEqual({ choices: [1, 2] });
+    expect(body(3)).toBe(deep);
   });
 
   it("rejects an unknown batch", async () => {

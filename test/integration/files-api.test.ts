@@ -267,6 +267,20 @@ describe("a rejected file leaves no rows", () => {
     },
   );
 
+  test("a body nested 20,000 levels deep is INVALID_ARGUMENT naming its line and field; 500 levels are stored", async () => {
+    const nested = (levels: number, i: number) =>
+      `{"custom_id":"deep-${i}","method":"POST","url":"/v1/x","body":{"model":"m","x":${"[".repeat(levels)}${"]".repeat(levels)}}}`;
+    const jsonl = enc.encode([line(1), nested(20_000, 2)].join("\n"));
+    await expectRejected(
+      () => t.batch.createFile({ jsonl, endpoint: ENDPOINT }),
+      "line 2: body",
+      "levels",
+    );
+    await expectRejected(() => upload(jsonl, { endpoint: ENDPOINT }), "line 2: body", "levels");
+    const ok = await t.batch.createFile({ jsonl: enc.encode(nested(500, 3)), endpoint: ENDPOINT });
+    expect(ok.file!.templateCount).toBe(1n);
+  });
+
   test("a NUL character in a template field is INVALID_ARGUMENT naming it", async () => {
     const tpl = { endpoint: ENDPOINT, path: "/v1/x", body: '{"model":"m"}' };
     await expectRejected(

@@ -159,7 +159,7 @@ describe("pages capped by bytes", () => {
     const id = (await t.batch.createBatch({ fileId: file!.id })).batch!.id;
     await sql.query(
       `UPDATE requests SET state = 'completed', finished_at = now(), updated_at = now(),
-         response_status = 200, response_body = repeat('b', $2)
+         response_status = 200, response_body = convert_to(repeat('b', $2), 'UTF8')
        WHERE batch_id = $1`,
       [id, bodyBytes],
     );

@@ -132,11 +132,12 @@ async function untilReady(model: string) {
 const ids = (cs: Claim[]) => cs.map((c) => c.customId).sort();
 
 describe("hostile responses", () => {
-  test("a body Postgres cannot store (a NUL byte) fails its own request only; the rest of the report is recorded", async () => {
-    await batchOf("nul", 4);
-    const { claims } = await take("nul-d", "nul", 4);
-    expect(claims).toHaveLength(4);
-    const [ok, nulBody, nulHeader, failed] = claims as [Claim, Claim, Claim, Claim];
+  test("a body with a NUL byte or bytes that are not UTF-8 is recorded as sent; a header Postgres cannot store fails its own request only", async () => {
+    await batchOf("nul", 5);
+    const { claims } = await take("nul-d", "nul", 5);
+    expect(claims).toHaveLength(5);
+    const [ok, nulBody, binary, nulHeader, failed] = claims as [Claim, Claim, Claim, Claim, Claim];
+    const binaryBytes = new Uint8Array([0x00, 0xff, 0xfe, 0x80, 0x7b]);
     const res = await t.dispatch.reportResults({
       dispatcherId: "nul-d",
       outcomes: [
@@ -149,6 +150,13 @@ describe("hostile responses", () => {
           },
         },
         {
+          ref: binary.ref,
+          result: {
+            case: "completion",
+            value: { statusCode: 200, body: binaryBytes, headers: { "content-type": "image/png" } },
+          },
+        },
+        {
           ref: nulHeader.ref,
           result: {
             case: "completion",
@@ -158,29 +166,85 @@ describe("hostile responses", () => {
         failure(failed, { statusCode: 400, retriable: false, bodyExcerpt: enc("bad\u0000input") }),
       ],
     });
-    expect(res.results.map((r) => r.disposition)).toEqual(Array(4).fill(Disposition.RECORDED));
+    expect(res.results.map((r) => r.disposition)).toEqual(Array(5).fill(Disposition.RECORDED));
+    const body = async (id: string) =>
+      (await sql.query("SELECT response_body FROM requests WHERE id = $1", [id])).rows[0]
+        .response_body as Buffer;
     expect(await row(ok.ref!.requestId)).toMatchObject({
       state: "completed",
       response_status: 200,
     });
-    for (const c of [nulBody, nulHeader]) {
-      const r = await row(c.ref!.requestId);
-      expect(r).toMatchObject({
-        state: "failed",
-        error_code: "response_unstorable",
-        response_status: 200,
-      });
-      expect(r.error_message).toMatch(/cannot be stored/);
-    }
-    // A failure's excerpt is bounded anyway: the NUL is replaced, the failure recorded.
+    expect(await row(nulBody.ref!.requestId)).toMatchObject({ state: "completed" });
+    expect((await body(nulBody.ref!.requestId)).toString("utf8")).toBe('{"a":"x\u0000y"}');
+    expect(await row(binary.ref!.requestId)).toMatchObject({ state: "completed" });
+    expect([...(await body(binary.ref!.requestId))]).toEqual([...binaryBytes]);
+    const r = await row(nulHeader.ref!.requestId);
+    expect(r).toMatchObject({
+      state: "failed",
+      error_code: "response_unstorable",
+      response_status: 200,
+    });
+    expect(r.error_message).toMatch(/cannot be stored/);
     expect(await row(failed.ref!.requestId)).toMatchObject({
       state: "failed",
       error_code: "http_error",
     });
+    expect((await body(failed.ref!.requestId)).toString("utf8")).toBe("bad\u0000input");
+
+    // The API hands the bytes back: text when it is UTF-8, exact bytes beside it when not.
+    const got = new Map<string, { body: string; bodyBytes: Uint8Array }>();
+    for await (const m of t.batch.streamBatchRequests({ batchId: ok.batchId })) {
+      if (m.request?.response) got.set(m.request.id, m.request.response);
+    }
+    expect(got.get(nulBody.ref!.requestId)!.body).toBe('{"a":"x\u0000y"}');
+    expect(got.get(nulBody.ref!.requestId)!.bodyBytes).toHaveLength(0);
+    expect([...got.get(binary.ref!.requestId)!.bodyBytes]).toEqual([...binaryBytes]);
+    expect(got.get(binary.ref!.requestId)!.body).toBe("\u0000\uFFFD\uFFFD\uFFFD{");
   });
 });
 
 describe("claims", () => {
+  test("an answer's claims stop at the byte cap, shared among the models; one claim always fits", async () => {
+    const capped = await startTestControlPlane({ maxClaimBytes: 2000 }, t.database);
+    try {
+      const pad = "x".repeat(400); // each body is ~430 bytes
+      const lines = ["big1", "big2"].flatMap((model) =>
+        Array.from({ length: 6 }, (_, i) =>
+          JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, pad } }),
+        ),
+      );
+      lines.push(
+        JSON.stringify({
+          custom_id: "huge-0",
+          url: "/v1/x",
+          body: { model: "huge", pad: "y".repeat(5000) },
+        }),
+      );
+      const file = await t.batch.createFile({
+        jsonl: enc(lines.join("\n")),
+        endpoint: "http://127.0.0.1:9",
+      });
+      await t.batch.createBatch({ fileId: file.file!.id });
+      const one = await capped.dispatch.sync({
+        dispatcherId: "cap-1",
+        slots: [{ model: "big1", token: 0n, keep: 0, want: 6, room: 6 }],
+      });
+      // 2000 bytes: bodies start at 0, 430, 860, 1290, 1720 → five claims.
+      expect(ids(one.claims)).toEqual(["big1-0", "big1-1", "big1-2", "big1-3", "big1-4"]);
+      const two = await capped.dispatch.sync({
+        dispatcherId: "cap-2",
+        slots: [
+          { model: "big2", token: 0n, keep: 0, want: 6, room: 6 },
+          { model: "huge", token: 0n, keep: 0, want: 1, room: 1 },
+        ],
+      });
+      // Two models share the cap (1000 bytes each); a body above it is still claimed alone.
+      expect(ids(two.claims)).toEqual(["big2-0", "big2-1", "big2-2", "huge-0"]);
+    } finally {
+      await capped.stop();
+    }
+  });
+
   test("Sync claims up to room, oldest first; a report's refill claims the next ones", async () => {
     await batchOf("c1", 4, undefined, "old");
     await batchOf("c1", 3, undefined, "new"); // a later batch of the same model
@@ -440,7 +504,13 @@ describe("the release race: an old token never frees a newer claim", () => {
           [id],
         );
         expect((await tx.query(leaseSql.REQUESTS_REAP_EXPIRED, [model])).rowCount).toBe(1);
-        const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [[model], [1], "B", 60_000]);
+        const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [
+          [model],
+          [1],
+          "B",
+          60_000,
+          1 << 20,
+        ]);
         expect(claimed.rows).toHaveLength(1);
         await tx.query("COMMIT");
         expect((await stale).disposition).toBe(Disposition.LOST);

@@ -68,7 +68,7 @@ async function move(
   const set = {
     leased: LEASE,
     completed: `state = 'completed', ${UNLEASE}, finished_at = now(), response_status = 200,
-      response_headers = '{"x-request-id":"up-1"}', response_body = '{"ok":true,"line":' || line || '}'`,
+      response_headers = '{"x-request-id":"up-1"}', response_body = convert_to('{"ok":true,"line":' || line || '}', 'UTF8')`,
     failed: `state = 'failed', ${UNLEASE}, finished_at = now(), response_status = 400,
       response_body = 'bad', error_code = 'http_error', error_message = 'upstream said 400'`,
     expired: `state = 'expired', ${UNLEASE}, finished_at = now(), error_code = 'batch_expired',

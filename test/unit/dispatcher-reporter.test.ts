@@ -2,6 +2,8 @@
  * The Reporter (src/dispatcher/reporter.ts): batching, linger, the failing
  * mode, rejected calls, and the refill each call carries.
  */
+import { performance } from "node:perf_hooks";
+import { Code } from "@connectrpc/connect";
 import { describe, expect, test } from "vitest";
 import {
   ControlPlaneError,
@@ -14,6 +16,7 @@ import {
 } from "../../src/dispatcher/lease-client.js";
 import {
   MAX_CALLS,
+  MAX_REJECTIONS,
   type Refill,
   type RefillHooks,
   Reporter,
@@ -180,6 +183,112 @@ describe("Reporter", () => {
     c3.answer();
     expect(await Promise.all(answers)).toEqual(["recorded", "recorded"]);
     expect(r.failing).toBe(false);
+  });
+
+  test("a call the control plane rejects is split; a report rejected alone again becomes a report_rejected failure; the others are recorded", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log);
+    const tooBig = (m: string) =>
+      new ControlPlaneError(
+        `ReportResults: ResourceExhausted: ${m}`,
+        true,
+        undefined,
+        Code.ResourceExhausted,
+      );
+    const poison: Report = {
+      ref: { requestId: "big", token: 7n },
+      kind: "outcome",
+      outcome: {
+        kind: "completion",
+        statusCode: 200,
+        headers: { a: "b" },
+        body: new Uint8Array(1000),
+      },
+    };
+    const first = r.submit(release(1)); // goes at once, alone
+    const rest = [r.submit(poison), r.submit(release(2)), r.submit(release(3))];
+    (await call(1)).answer();
+    expect(await first).toBe("recorded");
+    const c2 = await call(2);
+    expect(c2.reports.map((x) => x.ref.requestId)).toEqual(["big", "r2", "r3"]);
+    c2.fail(tooBig("message larger than 64 KiB"));
+    // One by one now, the poison first; it goes to the back after each rejection.
+    const c3 = await call(3);
+    expect(c3.reports.map((x) => x.ref.requestId)).toEqual(["big"]);
+    c3.fail(tooBig("again"));
+    const c4 = await call(4);
+    expect(c4.reports.map((x) => x.ref.requestId)).toEqual(["r2"]);
+    c4.answer();
+    const c5 = await call(5);
+    expect(c5.reports.map((x) => x.ref.requestId)).toEqual(["r3"]);
+    c5.answer();
+    const c6 = await call(6);
+    expect(c6.reports.map((x) => x.ref.requestId)).toEqual(["big"]);
+    c6.fail(tooBig("and again"));
+    // Rejected alone MAX_REJECTIONS times: the stand-in failure goes instead.
+    const c7 = await call(7);
+    expect(c7.reports).toHaveLength(1);
+    const stand = c7.reports[0]!;
+    expect(stand.ref).toEqual(poison.ref);
+    expect(stand.kind === "outcome" && stand.outcome).toMatchObject({
+      kind: "failure",
+      code: "report_rejected",
+      statusCode: 200,
+      retriable: false,
+      headers: {},
+    });
+    expect(
+      stand.kind === "outcome" &&
+        stand.outcome.kind === "failure" &&
+        stand.outcome.bodyExcerpt.length,
+    ).toBe(0);
+    expect(
+      stand.kind === "outcome" && stand.outcome.kind === "failure" && stand.outcome.message,
+    ).toMatch(/could not record.*ResourceExhausted/);
+    c7.answer();
+    expect(await Promise.all(rest)).toEqual(["recorded", "recorded", "recorded"]);
+    expect(r.failing).toBe(false);
+    expect(MAX_REJECTIONS).toBe(2);
+  });
+
+  test("a stand-in that is rejected too is dropped: its lease expires, nothing is retried forever", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, options, log);
+    const bad = () =>
+      new ControlPlaneError("ReportResults: Internal", true, undefined, Code.Internal);
+    const p = r.submit({
+      ref: { requestId: "x", token: 1n },
+      kind: "outcome",
+      outcome: { kind: "completion", statusCode: 200, headers: {}, body: new Uint8Array(1) },
+    });
+    for (let n = 1; n <= MAX_REJECTIONS; n++) (await call(n)).fail(bad());
+    // The stand-in gets as many tries.
+    for (let n = MAX_REJECTIONS + 1; n <= 2 * MAX_REJECTIONS; n++) {
+      const stand = await call(n);
+      expect(stand.reports[0]!.kind === "outcome" && stand.reports[0]!.outcome.kind).toBe(
+        "failure",
+      );
+      stand.fail(bad());
+    }
+    expect(await p).toBeUndefined();
+    expect(r.pending).toBe(0);
+  });
+
+  test("while the control plane is unreachable, reports whose claims expired are dropped as LOST; the rest wait", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, options, log);
+    let expiry = performance.now() + 60_000;
+    const expiring = r.submit(release(1), () => expiry);
+    const lasting = r.submit(release(2), () => performance.now() + 60_000);
+    const c1 = await call(1);
+    expect(c1.reports).toHaveLength(1);
+    expiry = performance.now() - 1; // its claim was not renewed in time
+    c1.fail(new ControlPlaneError("ReportResults: Unavailable", true)); // transport: no code
+    expect(await expiring).toBe("lost");
+    const c2 = await call(2);
+    expect(c2.reports.map((x) => x.ref.requestId)).toEqual(["r2"]);
+    c2.answer();
+    expect(await lasting).toBe("recorded");
   });
 
   test("a rejected call drops its reports (their leases expire); stop() drops the queue", async () => {

@@ -1,7 +1,10 @@
 /** Result lines in OpenAI's batch output/error formats (src/domain/results.ts). */
 import { describe, expect, it } from "vitest";
+import { compactJson, nestsDeeperThan } from "../../src/domain/json-text.js";
 import {
-  parseBody,
+  bodyJson,
+  formatResultLine,
+  MAX_RESULT_BODY_DEPTH,
   type ResultFacts,
   resultKind,
   resultLine,
@@ -9,6 +12,7 @@ import {
 } from "../../src/domain/results.js";
 
 const ID = "0b8f3c2e-4d5a-4b6c-8d7e-9f0a1b2c3d4e";
+const bytes = (s: string) => new TextEncoder().encode(s);
 
 function facts(over: Partial<ResultFacts>): ResultFacts {
   return {
@@ -24,70 +28,70 @@ function facts(over: Partial<ResultFacts>): ResultFacts {
   };
 }
 
+/** The line as a reader of the file sees it: kind, and the text parsed back. */
+function line(f: Partial<ResultFacts>): { kind: string; text: string; value: any } {
+  const r = resultLine(facts(f));
+  if (r === undefined) throw new Error("no line");
+  const text = formatResultLine(r.line);
+  return { kind: r.kind, text, value: JSON.parse(text) };
+}
+
 describe("resultLine", () => {
-  it("makes an output line for a completed request, body parsed, upstream request id", () => {
-    const r = resultLine(
-      facts({
-        responseStatus: 200,
-        responseHeaders: { "x-request-id": "req_abc", "content-type": "application/json" },
-        responseBody: '{"choices":[{"message":{"content":"hi"}}]}',
-      }),
-    );
-    expect(r).toEqual({
-      kind: "output",
-      line: {
-        id: "batch_req_0b8f3c2e4d5a4b6c8d7e9f0a1b2c3d4e",
-        custom_id: "req-1",
-        response: {
-          status_code: 200,
-          request_id: "req_abc",
-          body: { choices: [{ message: { content: "hi" } }] },
-        },
-        error: null,
-      },
+  it("makes an output line for a completed request, body as JSON, upstream request id", () => {
+    const r = line({
+      responseStatus: 200,
+      responseHeaders: { "x-request-id": "req_abc", "content-type": "application/json" },
+      responseBody: bytes('{"choices":[{"message":{"content":"hi"}}]}'),
     });
-    expect(Object.keys(r!.line)).toEqual(["id", "custom_id", "response", "error"]);
-    expect(Object.keys(r!.line.response!)).toEqual(["status_code", "request_id", "body"]);
+    expect(r.kind).toBe("output");
+    expect(r.value).toEqual({
+      id: "batch_req_0b8f3c2e4d5a4b6c8d7e9f0a1b2c3d4e",
+      custom_id: "req-1",
+      response: {
+        status_code: 200,
+        request_id: "req_abc",
+        body: { choices: [{ message: { content: "hi" } }] },
+      },
+      error: null,
+    });
+    expect(Object.keys(r.value)).toEqual(["id", "custom_id", "response", "error"]);
+    expect(Object.keys(r.value.response)).toEqual(["status_code", "request_id", "body"]);
   });
 
   it("keeps a body that is not JSON as text, and falls back to our request id", () => {
-    const r = resultLine(facts({ responseStatus: 200, responseBody: "plain text" }));
-    expect(r!.line.response).toEqual({ status_code: 200, request_id: ID, body: "plain text" });
+    const r = line({ responseStatus: 200, responseBody: bytes("plain text") });
+    expect(r.value.response).toEqual({ status_code: 200, request_id: ID, body: "plain text" });
   });
 
   it("uses the request-id header when x-request-id is absent", () => {
-    const r = resultLine(
-      facts({ responseStatus: 200, responseBody: "{}", responseHeaders: { "request-id": "r-9" } }),
-    );
-    expect(r!.line.response!.request_id).toBe("r-9");
+    const r = line({
+      responseStatus: 200,
+      responseBody: bytes("{}"),
+      responseHeaders: { "request-id": "r-9" },
+    });
+    expect(r.value.response.request_id).toBe("r-9");
   });
 
   it("makes an error line with the response for a failed request that got a status", () => {
-    const r = resultLine(
-      facts({
-        state: "failed",
-        responseStatus: 400,
-        responseBody: '{"error":{"message":"bad"}}',
-        errorCode: "http_error",
-        errorMessage: "upstream answered 400",
-      }),
-    );
-    expect(r).toEqual({
-      kind: "error",
-      line: {
-        id: resultLineId(ID),
-        custom_id: "req-1",
-        response: { status_code: 400, request_id: ID, body: { error: { message: "bad" } } },
-        error: { code: "http_error", message: "upstream answered 400" },
-      },
+    const r = line({
+      state: "failed",
+      responseStatus: 400,
+      responseBody: bytes('{"error":{"message":"bad"}}'),
+      errorCode: "http_error",
+      errorMessage: "upstream answered 400",
+    });
+    expect(r.kind).toBe("error");
+    expect(r.value).toEqual({
+      id: resultLineId(ID),
+      custom_id: "req-1",
+      response: { status_code: 400, request_id: ID, body: { error: { message: "bad" } } },
+      error: { code: "http_error", message: "upstream answered 400" },
     });
   });
 
   it("makes an error line with a null response for a failure without a status", () => {
-    const r = resultLine(
-      facts({ state: "failed", errorCode: "timeout", errorMessage: "no answer in 60s" }),
-    );
-    expect(r!.line).toEqual({
+    const r = line({ state: "failed", errorCode: "timeout", errorMessage: "no answer in 60s" });
+    expect(r.value).toEqual({
       id: resultLineId(ID),
       custom_id: "req-1",
       response: null,
@@ -96,15 +100,17 @@ describe("resultLine", () => {
   });
 
   it("gives expired and cancelled requests OpenAI's codes", () => {
-    const expired = resultLine(
-      facts({ state: "expired", errorCode: "whatever", errorMessage: "window closed" }),
-    );
-    expect(expired!.line.error).toEqual({ code: "batch_expired", message: "window closed" });
-    expect(expired!.line.response).toBeNull();
-    const canceled = resultLine(facts({ state: "canceled", customId: null }));
-    expect(canceled!.line.error!.code).toBe("batch_cancelled");
-    expect(canceled!.line.error!.message).toMatch(/cancelled/);
-    expect(canceled!.line.custom_id).toBeNull();
+    const expired = line({
+      state: "expired",
+      errorCode: "whatever",
+      errorMessage: "window closed",
+    });
+    expect(expired.value.error).toEqual({ code: "batch_expired", message: "window closed" });
+    expect(expired.value.response).toBeNull();
+    const canceled = line({ state: "canceled", customId: null });
+    expect(canceled.value.error.code).toBe("batch_cancelled");
+    expect(canceled.value.error.message).toMatch(/cancelled/);
+    expect(canceled.value.custom_id).toBeNull();
   });
 
   it("makes no line for a request still running", () => {
@@ -114,11 +120,51 @@ describe("resultLine", () => {
     expect(resultKind("completed")).toBe("output");
     expect(resultKind("expired")).toBe("error");
   });
+});
 
-  it("parses JSON bodies of any kind and keeps anything else", () => {
-    expect(parseBody("[1,2]")).toEqual([1, 2]);
-    expect(parseBody("42")).toBe(42);
-    expect(parseBody("")).toBe("");
-    expect(parseBody("<html>")).toBe("<html>");
+describe("hostile bodies", () => {
+  it("keeps JSON of any kind as JSON, and anything else as a string", () => {
+    expect(JSON.parse(bodyJson(bytes("[1,2]")).json)).toEqual([1, 2]);
+    expect(JSON.parse(bodyJson(bytes("42")).json)).toBe(42);
+    expect(JSON.parse(bodyJson(bytes("")).json)).toBe("");
+    expect(JSON.parse(bodyJson(bytes("<html>")).json)).toBe("<html>");
+  });
+
+  it("removes the whitespace of a pretty-printed body, not the whitespace in its strings", () => {
+    const pretty = '{\n  "a": [ 1,\t2 ],\r\n  "s": "two  spaces \\" and\\n"\n}\n';
+    const json = bodyJson(bytes(pretty)).json;
+    expect(json).toBe('{"a":[1,2],"s":"two  spaces \\" and\\n"}');
+    expect(JSON.parse(json)).toEqual(JSON.parse(pretty));
+    const r = line({ responseStatus: 200, responseBody: bytes(pretty) });
+    expect(r.text).not.toMatch(/[\r\n]/);
+    expect(r.value.response.body).toEqual(JSON.parse(pretty));
+  });
+
+  it("keeps a body with a NUL byte as a string, the line intact", () => {
+    const r = line({ responseStatus: 200, responseBody: bytes('{"a":"x\u0000y"') });
+    expect(r.value.response.body).toBe('{"a":"x\u0000y"');
+    expect(r.text).not.toContain("\u0000"); // escaped as \u0000 in the line
+  });
+
+  it("keeps bytes that are not UTF-8 as a string with U+FFFD", () => {
+    const r = line({ responseStatus: 200, responseBody: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) });
+    expect(r.value.response.body).toBe("{\uFFFD\uFFFD}");
+  });
+
+  it("keeps JSON nested deeper than readers parse as a string; the line still parses", () => {
+    const deep = `${"[".repeat(20_000)}${"]".repeat(20_000)}`;
+    const r = line({ responseStatus: 200, responseBody: bytes(deep) });
+    expect(r.value.response.body).toBe(deep);
+    const ok = `${"[".repeat(MAX_RESULT_BODY_DEPTH)}${"]".repeat(MAX_RESULT_BODY_DEPTH)}`;
+    expect(typeof line({ responseStatus: 200, responseBody: bytes(ok) }).value.response.body).toBe(
+      "object",
+    );
+  });
+
+  it("counts depth outside strings only", () => {
+    expect(compactJson('["[[[[", {"k": "{{{{"}]', 2)).toBe('["[[[[",{"k":"{{{{"}]');
+    expect(compactJson("[[[]]]", 2)).toBeUndefined();
+    expect(nestsDeeperThan('[{"a":"[[[["}]', 2)).toBe(false);
+    expect(nestsDeeperThan("[[[]]]", 2)).toBe(true);
   });
 });

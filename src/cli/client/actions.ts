@@ -27,6 +27,7 @@ import {
 /** Flags every client command sees. */
 export interface Globals {
   server: string;
+  token?: string;
   json: boolean;
 }
 

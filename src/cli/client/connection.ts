@@ -3,7 +3,13 @@
  * http:// URLs) to a control plane, and the mapping of RPC errors to the
  * one-line messages the CLI prints (`fusillade: <message>`, exit 1).
  */
-import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AdminService } from "../../gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../gen/fusillade/v1/batch_service_pb.js";
@@ -47,11 +53,20 @@ export function serverUrl(value: string): string {
   return url.origin;
 }
 
-/** Opens clients to `server` (one HTTP/2 connection, made on first use). */
-export function connect(server: string): Connection {
+/** Opens clients to `server` (one HTTP/2 connection, made on first use), sending `token` when given. */
+export function connect(server: string, token?: string): Connection {
   const baseUrl = serverUrl(server);
   const sessionManager = new Http2SessionManager(baseUrl);
-  const transport = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager });
+  const bearer: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const transport = createConnectTransport({
+    baseUrl,
+    httpVersion: "2",
+    sessionManager,
+    interceptors: token === undefined || token === "" ? [] : [bearer],
+  });
   return {
     server: baseUrl,
     batch: createClient(BatchService, transport),
@@ -76,6 +91,18 @@ export function describeRpcError(e: unknown, server: string): unknown {
   const causeCode = (e.cause as NodeJS.ErrnoException | undefined)?.code ?? "";
   if (causeCode.startsWith("ERR_HTTP2") || /^protocol error$/i.test(e.rawMessage)) {
     return notFusillade(server, e, `it does not answer Connect/gRPC over HTTP/2: ${e.rawMessage}`);
+  }
+  if (e.code === Code.Unauthenticated) {
+    return new CliError(
+      `the server at ${server} refused the call: ${e.rawMessage}. Pass a token with --token or FUSILLADE_TOKEN (docs/trust.md)`,
+      1,
+      { cause: e },
+    );
+  }
+  if (e.code === Code.PermissionDenied) {
+    return new CliError(`the server at ${server} does not allow this: ${e.rawMessage}`, 1, {
+      cause: e,
+    });
   }
   if (e.code === Code.Unimplemented) {
     return new CliError(`the server at ${server} does not support this yet (${e.rawMessage})`, 1, {

@@ -2,17 +2,186 @@
 // @generated from file fusillade/v1/admin_service.proto (package fusillade.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ModelLimit } from "./resources_pb.js";
 import { file_fusillade_v1_resources } from "./resources_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fusillade/v1/admin_service.proto.
  */
 export const file_fusillade_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIkkKFFNldE1vZGVsTGltaXRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWxpbWl0GAIgASgFEhMKC2NsZWFyX2xpbWl0GAMgASgIIkYKFVNldE1vZGVsTGltaXRSZXNwb25zZRItCgttb2RlbF9saW1pdBgBIAEoCzIYLmZ1c2lsbGFkZS52MS5Nb2RlbExpbWl0Ij8KFkxpc3RNb2RlbExpbWl0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkieQoXTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USLgoMbW9kZWxfbGltaXRzGAEgAygLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhUKDWRlZmF1bHRfbGltaXQYAyABKAUyyAEKDEFkbWluU2VydmljZRJYCg1TZXRNb2RlbExpbWl0EiIuZnVzaWxsYWRlLnYxLlNldE1vZGVsTGltaXRSZXF1ZXN0GiMuZnVzaWxsYWRlLnYxLlNldE1vZGVsTGltaXRSZXNwb25zZRJeCg9MaXN0TW9kZWxMaW1pdHMSJC5mdXNpbGxhZGUudjEuTGlzdE1vZGVsTGltaXRzUmVxdWVzdBolLmZ1c2lsbGFkZS52MS5MaXN0TW9kZWxMaW1pdHNSZXNwb25zZWIGcHJvdG8z", [file_fusillade_v1_resources]);
+  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIr0BCghBcGlUb2tlbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBHJvbGUYAyABKA4yFy5mdXNpbGxhZGUudjEuVG9rZW5Sb2xlEg4KBnRlbmFudBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlkKEkNyZWF0ZVRva2VuUmVxdWVzdBIlCgRyb2xlGAEgASgOMhcuZnVzaWxsYWRlLnYxLlRva2VuUm9sZRIOCgZ0ZW5hbnQYAiABKAkSDAoEbmFtZRgDIAEoCSJMChNDcmVhdGVUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSITChFMaXN0VG9rZW5zUmVxdWVzdCI8ChJMaXN0VG9rZW5zUmVzcG9uc2USJgoGdG9rZW5zGAEgAygLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIiAKElJldm9rZVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChNSZXZva2VUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIkkKFFNldE1vZGVsTGltaXRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWxpbWl0GAIgASgFEhMKC2NsZWFyX2xpbWl0GAMgASgIIkYKFVNldE1vZGVsTGltaXRSZXNwb25zZRItCgttb2RlbF9saW1pdBgBIAEoCzIYLmZ1c2lsbGFkZS52MS5Nb2RlbExpbWl0Ij8KFkxpc3RNb2RlbExpbWl0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkieQoXTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USLgoMbW9kZWxfbGltaXRzGAEgAygLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhUKDWRlZmF1bHRfbGltaXQYAyABKAUqbwoJVG9rZW5Sb2xlEhoKFlRPS0VOX1JPTEVfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9ST0xFX0NMSUVOVBABEhkKFVRPS0VOX1JPTEVfRElTUEFUQ0hFUhACEhQKEFRPS0VOX1JPTEVfQURNSU4QAzLBAwoMQWRtaW5TZXJ2aWNlElgKDVNldE1vZGVsTGltaXQSIi5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlcXVlc3QaIy5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlc3BvbnNlEl4KD0xpc3RNb2RlbExpbWl0cxIkLmZ1c2lsbGFkZS52MS5MaXN0TW9kZWxMaW1pdHNSZXF1ZXN0GiUuZnVzaWxsYWRlLnYxLkxpc3RNb2RlbExpbWl0c1Jlc3BvbnNlElIKC0NyZWF0ZVRva2VuEiAuZnVzaWxsYWRlLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5DcmVhdGVUb2tlblJlc3BvbnNlEk8KCkxpc3RUb2tlbnMSHy5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaIC5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElIKC1Jldm9rZVRva2VuEiAuZnVzaWxsYWRlLnYxLlJldm9rZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5SZXZva2VUb2tlblJlc3BvbnNlYgZwcm90bzM", [file_fusillade_v1_resources, file_google_protobuf_timestamp]);
+
+/**
+ * An API token, never with its secret.
+ *
+ * @generated from message fusillade.v1.ApiToken
+ */
+export type ApiToken = Message<"fusillade.v1.ApiToken"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: fusillade.v1.TokenRole role = 3;
+   */
+  role: TokenRole;
+
+  /**
+   * Set for client tokens only.
+   *
+   * @generated from field: string tenant = 4;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * Unset while the token is live.
+   *
+   * @generated from field: google.protobuf.Timestamp revoke_time = 6;
+   */
+  revokeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.ApiToken.
+ * Use `create(ApiTokenSchema)` to create a new message.
+ */
+export const ApiTokenSchema: GenMessage<ApiToken> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 0);
+
+/**
+ * @generated from message fusillade.v1.CreateTokenRequest
+ */
+export type CreateTokenRequest = Message<"fusillade.v1.CreateTokenRequest"> & {
+  /**
+   * @generated from field: fusillade.v1.TokenRole role = 1;
+   */
+  role: TokenRole;
+
+  /**
+   * Required for client tokens; refused for the others.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * A label for people (at most 200 bytes).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fusillade.v1.CreateTokenRequest.
+ * Use `create(CreateTokenRequestSchema)` to create a new message.
+ */
+export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 1);
+
+/**
+ * @generated from message fusillade.v1.CreateTokenResponse
+ */
+export type CreateTokenResponse = Message<"fusillade.v1.CreateTokenResponse"> & {
+  /**
+   * @generated from field: fusillade.v1.ApiToken token = 1;
+   */
+  token?: ApiToken | undefined;
+
+  /**
+   * The bearer secret: send it as `authorization: Bearer <secret>`. Shown once.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message fusillade.v1.CreateTokenResponse.
+ * Use `create(CreateTokenResponseSchema)` to create a new message.
+ */
+export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 2);
+
+/**
+ * @generated from message fusillade.v1.ListTokensRequest
+ */
+export type ListTokensRequest = Message<"fusillade.v1.ListTokensRequest"> & {
+};
+
+/**
+ * Describes the message fusillade.v1.ListTokensRequest.
+ * Use `create(ListTokensRequestSchema)` to create a new message.
+ */
+export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 3);
+
+/**
+ * @generated from message fusillade.v1.ListTokensResponse
+ */
+export type ListTokensResponse = Message<"fusillade.v1.ListTokensResponse"> & {
+  /**
+   * @generated from field: repeated fusillade.v1.ApiToken tokens = 1;
+   */
+  tokens: ApiToken[];
+};
+
+/**
+ * Describes the message fusillade.v1.ListTokensResponse.
+ * Use `create(ListTokensResponseSchema)` to create a new message.
+ */
+export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 4);
+
+/**
+ * @generated from message fusillade.v1.RevokeTokenRequest
+ */
+export type RevokeTokenRequest = Message<"fusillade.v1.RevokeTokenRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message fusillade.v1.RevokeTokenRequest.
+ * Use `create(RevokeTokenRequestSchema)` to create a new message.
+ */
+export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 5);
+
+/**
+ * @generated from message fusillade.v1.RevokeTokenResponse
+ */
+export type RevokeTokenResponse = Message<"fusillade.v1.RevokeTokenResponse"> & {
+  /**
+   * @generated from field: fusillade.v1.ApiToken token = 1;
+   */
+  token?: ApiToken | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.RevokeTokenResponse.
+ * Use `create(RevokeTokenResponseSchema)` to create a new message.
+ */
+export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 6);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitRequest
@@ -41,7 +210,7 @@ export type SetModelLimitRequest = Message<"fusillade.v1.SetModelLimitRequest"> 
  * Use `create(SetModelLimitRequestSchema)` to create a new message.
  */
 export const SetModelLimitRequestSchema: GenMessage<SetModelLimitRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 0);
+  messageDesc(file_fusillade_v1_admin_service, 7);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitResponse
@@ -58,7 +227,7 @@ export type SetModelLimitResponse = Message<"fusillade.v1.SetModelLimitResponse"
  * Use `create(SetModelLimitResponseSchema)` to create a new message.
  */
 export const SetModelLimitResponseSchema: GenMessage<SetModelLimitResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 1);
+  messageDesc(file_fusillade_v1_admin_service, 8);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsRequest
@@ -80,7 +249,7 @@ export type ListModelLimitsRequest = Message<"fusillade.v1.ListModelLimitsReques
  * Use `create(ListModelLimitsRequestSchema)` to create a new message.
  */
 export const ListModelLimitsRequestSchema: GenMessage<ListModelLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 2);
+  messageDesc(file_fusillade_v1_admin_service, 9);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsResponse
@@ -109,7 +278,46 @@ export type ListModelLimitsResponse = Message<"fusillade.v1.ListModelLimitsRespo
  * Use `create(ListModelLimitsResponseSchema)` to create a new message.
  */
 export const ListModelLimitsResponseSchema: GenMessage<ListModelLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 3);
+  messageDesc(file_fusillade_v1_admin_service, 10);
+
+/**
+ * What a token may do (docs/trust.md).
+ *
+ * @generated from enum fusillade.v1.TokenRole
+ */
+export enum TokenRole {
+  /**
+   * @generated from enum value: TOKEN_ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * BatchService on its own tenant's files, batches and requests.
+   *
+   * @generated from enum value: TOKEN_ROLE_CLIENT = 1;
+   */
+  CLIENT = 1,
+
+  /**
+   * DispatchService only.
+   *
+   * @generated from enum value: TOKEN_ROLE_DISPATCHER = 2;
+   */
+  DISPATCHER = 2,
+
+  /**
+   * Every service and every tenant, token management.
+   *
+   * @generated from enum value: TOKEN_ROLE_ADMIN = 3;
+   */
+  ADMIN = 3,
+}
+
+/**
+ * Describes the enum fusillade.v1.TokenRole.
+ */
+export const TokenRoleSchema: GenEnum<TokenRole> = /*@__PURE__*/
+  enumDesc(file_fusillade_v1_admin_service, 0);
 
 /**
  * Operator API: fleet-wide settings.
@@ -136,6 +344,36 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListModelLimitsRequestSchema;
     output: typeof ListModelLimitsResponseSchema;
+  },
+  /**
+   * Makes an API token; the response is the only place its secret appears.
+   *
+   * @generated from rpc fusillade.v1.AdminService.CreateToken
+   */
+  createToken: {
+    methodKind: "unary";
+    input: typeof CreateTokenRequestSchema;
+    output: typeof CreateTokenResponseSchema;
+  },
+  /**
+   * Every token, newest first, without secrets.
+   *
+   * @generated from rpc fusillade.v1.AdminService.ListTokens
+   */
+  listTokens: {
+    methodKind: "unary";
+    input: typeof ListTokensRequestSchema;
+    output: typeof ListTokensResponseSchema;
+  },
+  /**
+   * Revokes a token at once, on every control plane.
+   *
+   * @generated from rpc fusillade.v1.AdminService.RevokeToken
+   */
+  revokeToken: {
+    methodKind: "unary";
+    input: typeof RevokeTokenRequestSchema;
+    output: typeof RevokeTokenResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fusillade_v1_admin_service, 0);

@@ -1,0 +1,133 @@
+/**
+ * Turns a call's credentials into a principal (docs/trust.md): the bootstrap
+ * admin token, the credential `serve` gives its own dispatcher, a stored
+ * token (cached; dropped on NOTIFY fusillade_tokens), or, in local mode, no
+ * credential at all from a loopback Host.
+ */
+import type { Db } from "../storage/db.js";
+import { type Notifications, TOKENS_CHANNEL } from "../storage/notifications.js";
+import { DEFAULT_TENANT, type Principal } from "./principal.js";
+import { findToken, sameSecret, tokenHash } from "./tokens.js";
+
+/** Cached lookups expire after this, in case a revocation's notification is missed. */
+const CACHE_TTL_MS = 10_000;
+/** Most cached lookups (unknown tokens are cached too: a flood of bad ones stays cheap). */
+const CACHE_MAX = 10_000;
+
+export interface AuthenticatorOptions {
+  /** The bootstrap admin token; undefined: local mode (when listening on loopback). */
+  adminToken: string | undefined;
+  /** Whether calls without a credential are let in (local mode on a loopback listener). */
+  localMode: boolean;
+}
+
+/** Why a call was refused: UNAUTHENTICATED, or PERMISSION_DENIED for a Host outside loopback. */
+export class AuthError extends Error {
+  constructor(
+    message: string,
+    readonly kind: "unauthenticated" | "permission_denied",
+  ) {
+    super(message);
+    this.name = "AuthError";
+  }
+}
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
+
+/** Whether a Host header (with or without port) names a loopback address. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  const name = h.startsWith("[") ? h.slice(0, h.indexOf("]") + 1) : h.replace(/:\d+$/, "");
+  return LOOPBACK_HOSTS.has(name) || /^127(\.\d{1,3}){3}$/.test(name);
+}
+
+/** Whether a listen address is loopback only. */
+export function isLoopbackListen(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+export class Authenticator {
+  readonly #cache = new Map<string, { p: Principal | undefined; at: number }>();
+  /** In-memory credentials (serve's dispatcher thread): secret → principal. */
+  readonly #extra: Array<{ secret: string; p: Principal }> = [];
+  readonly #unsubscribe: () => void;
+
+  constructor(
+    private readonly db: Db,
+    notifications: Notifications,
+    private readonly options: AuthenticatorOptions,
+  ) {
+    // A revocation anywhere, or a LISTEN reconnect ("*": notifications may have been missed).
+    this.#unsubscribe = notifications.on(TOKENS_CHANNEL, () => this.forget());
+  }
+
+  get localMode(): boolean {
+    return this.options.localMode;
+  }
+
+  /** Drops every cached lookup (a token was revoked). */
+  forget(): void {
+    this.#cache.clear();
+  }
+
+  /** Accepts `secret` as `p` in this process only (not stored). */
+  addCredential(secret: string, p: Principal): void {
+    this.#extra.push({ secret, p });
+  }
+
+  /**
+   * The principal of a call with `authorization` and `host` headers; throws
+   * {@link AuthError} when there is none.
+   */
+  async authenticate(authorization: string | null, host: string | null): Promise<Principal> {
+    if (authorization === null || authorization === "") {
+      if (!this.options.localMode) {
+        throw new AuthError(
+          "this call needs a token: send `authorization: Bearer <token>` (CLI and dispatcher: --token or FUSILLADE_TOKEN)",
+          "unauthenticated",
+        );
+      }
+      if (host === null || !isLoopbackHost(host)) {
+        throw new AuthError(
+          `the server runs without tokens and accepts calls addressed to a loopback name only, not ${JSON.stringify(host ?? "")}`,
+          "permission_denied",
+        );
+      }
+      return { role: "admin", tenant: DEFAULT_TENANT, source: "local" };
+    }
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
+    if (!m) {
+      throw new AuthError("the authorization header must be `Bearer <token>`", "unauthenticated");
+    }
+    const token = m[1]!;
+    const admin = this.options.adminToken;
+    if (admin !== undefined && sameSecret(token, admin)) {
+      return { role: "admin", tenant: null, source: "admin-token" };
+    }
+    for (const e of this.#extra) if (sameSecret(token, e.secret)) return e.p;
+    const p = await this.#lookup(token);
+    if (p === undefined)
+      throw new AuthError("the token is not valid (unknown or revoked)", "unauthenticated");
+    return p;
+  }
+
+  async #lookup(token: string): Promise<Principal | undefined> {
+    const key = tokenHash(token).toString("base64");
+    const now = Date.now();
+    const hit = this.#cache.get(key);
+    if (hit && now - hit.at < CACHE_TTL_MS) return hit.p;
+    const record = await findToken(this.db, token);
+    const p: Principal | undefined = record && {
+      role: record.role,
+      tenant: record.tenant,
+      source: `token ${record.id}`,
+    };
+    if (this.#cache.size >= CACHE_MAX) this.#cache.clear();
+    this.#cache.set(key, { p, at: now });
+    return p;
+  }
+
+  close(): void {
+    this.#unsubscribe();
+  }
+}

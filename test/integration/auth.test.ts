@@ -1,0 +1,182 @@
+/**
+ * Tokens and roles over real sockets (docs/trust.md): who may call what,
+ * revocation on every replica, local mode and its Host check, and the refusal
+ * to listen beyond loopback without an admin token.
+ */
+import http from "node:http";
+import { toJson } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
+import { startControlPlane } from "../../src/control-plane.js";
+import {
+  ListTokensResponseSchema,
+  TokenRole,
+} from "../../src/gen/fusillade/v1/admin_service_pb.js";
+import { makeLogger } from "../../src/logger.js";
+import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+
+const ADMIN = "test-admin-token-0123456789abcdef";
+let t: TestControlPlane;
+let replica: TestControlPlane;
+
+beforeAll(async () => {
+  t = await startTestControlPlane({ adminToken: ADMIN });
+  replica = await startTestControlPlane({ adminToken: ADMIN }, t.database);
+});
+afterAll(async () => {
+  await replica?.stop();
+  await t?.close();
+});
+
+async function code(p: Promise<unknown>): Promise<Code | "ok"> {
+  try {
+    await p;
+    return "ok";
+  } catch (e) {
+    return ConnectError.from(e).code;
+  }
+}
+
+const waitZero = { seconds: 0n, nanos: 0 };
+
+describe("with an admin token configured", () => {
+  test("a call without a token, or with an unknown one, is UNAUTHENTICATED; Health is open", async () => {
+    const anon = clients(t.url);
+    expect(await code(anon.batch.listFiles({}))).toBe(Code.Unauthenticated);
+    expect(await code(anon.admin.listTokens({}))).toBe(Code.Unauthenticated);
+    const bad = clients(t.url, "connect-h2", "fus_not-a-real-token");
+    expect(await code(bad.batch.listFiles({}))).toBe(Code.Unauthenticated);
+    const res = await fetch(`${t.url}/grpc.health.v1.Health/Check`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    expect(res.status).toBe(200);
+  });
+
+  test("each role reaches its services and is PERMISSION_DENIED elsewhere", async () => {
+    const client = await t.admin.createToken({
+      role: TokenRole.CLIENT,
+      tenant: "acme",
+      name: "ci",
+    });
+    const disp = await t.admin.createToken({ role: TokenRole.DISPATCHER });
+    expect(client.secret).toMatch(/^fus_[A-Za-z0-9_-]{43}$/);
+    const c = clients(t.url, "connect-h2", client.secret);
+    const d = clients(t.url, "connect-h2", disp.secret);
+    expect(await code(c.batch.listFiles({}))).toBe("ok");
+    expect(await code(c.admin.listModelLimits({}))).toBe(Code.PermissionDenied);
+    expect(await code(c.dispatch.waitForWork({ dispatcherId: "x", wait: waitZero }))).toBe(
+      Code.PermissionDenied,
+    );
+    expect(await code(d.dispatch.waitForWork({ dispatcherId: "x", wait: waitZero }))).toBe("ok");
+    expect(await code(d.batch.listFiles({}))).toBe(Code.PermissionDenied);
+    expect(await code(d.admin.listTokens({}))).toBe(Code.PermissionDenied);
+    // The admin token reaches everything.
+    expect(await code(t.batch.listFiles({}))).toBe("ok");
+    expect(await code(t.dispatch.waitForWork({ dispatcherId: "x", wait: waitZero }))).toBe("ok");
+  });
+
+  test("a token is shown once: ListTokens never carries a secret", async () => {
+    const made = await t.admin.createToken({ role: TokenRole.CLIENT, tenant: "list-me" });
+    const listed = await t.admin.listTokens({});
+    const mine = listed.tokens.find((x) => x.id === made.token!.id)!;
+    expect(mine).toMatchObject({ role: TokenRole.CLIENT, tenant: "list-me" });
+    expect(JSON.stringify(toJson(ListTokensResponseSchema, listed))).not.toContain(made.secret);
+  });
+
+  test("bad token requests are INVALID_ARGUMENT naming the field", async () => {
+    const e1 = await t.admin.createToken({ role: TokenRole.CLIENT }).catch((e) => e);
+    expect(ConnectError.from(e1).code).toBe(Code.InvalidArgument);
+    expect(ConnectError.from(e1).rawMessage).toContain("tenant");
+    const e2 = await t.admin
+      .createToken({ role: TokenRole.DISPATCHER, tenant: "acme" })
+      .catch((e) => e);
+    expect(ConnectError.from(e2).rawMessage).toContain("tenant");
+    const e3 = await t.admin.createToken({ role: TokenRole.UNSPECIFIED }).catch((e) => e);
+    expect(ConnectError.from(e3).rawMessage).toContain("role");
+    const e4 = await t.admin.createToken({ role: TokenRole.CLIENT, tenant: "a b" }).catch((e) => e);
+    expect(ConnectError.from(e4).rawMessage).toContain("tenant");
+    expect(await code(t.admin.revokeToken({ id: "nope" }))).toBe(Code.NotFound);
+  });
+
+  test("a revoked token is refused at once here and on the other replica", async () => {
+    const made = await t.admin.createToken({ role: TokenRole.CLIENT, tenant: "gone" });
+    const here = clients(t.url, "connect-h2", made.secret);
+    const there = clients(replica.url, "connect-h2", made.secret);
+    expect(await code(here.batch.listFiles({}))).toBe("ok");
+    expect(await code(there.batch.listFiles({}))).toBe("ok"); // cached there now
+    const revoked = await t.admin.revokeToken({ id: made.token!.id });
+    expect(revoked.token!.revokeTime).toBeDefined();
+    expect(await code(here.batch.listFiles({}))).toBe(Code.Unauthenticated);
+    // The replica drops its cache on NOTIFY fusillade_tokens: a moment, not the cache's 10 s.
+    const started = Date.now();
+    while ((await code(there.batch.listFiles({}))) === "ok") {
+      expect(Date.now() - started).toBeLessThan(3000);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(await code(there.batch.listFiles({}))).toBe(Code.Unauthenticated);
+  });
+});
+
+/** A Connect unary call with an explicit Host header, over HTTP/1.1. */
+function callWithHost(url: string, host: string): Promise<number> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: u.hostname,
+        port: u.port,
+        method: "POST",
+        path: "/fusillade.v1.BatchService/ListFiles",
+        headers: { host, "content-type": "application/json" },
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    req.on("error", reject);
+    req.end("{}");
+  });
+}
+
+describe("local mode (no admin token)", () => {
+  let local: TestControlPlane;
+  beforeAll(async () => {
+    local = await startTestControlPlane();
+  });
+  afterAll(async () => {
+    await local?.close();
+  });
+
+  test("calls without a token are accepted when addressed to a loopback name only", async () => {
+    expect(await code(local.batch.listFiles({}))).toBe("ok");
+    const port = new URL(local.url).port;
+    expect(await callWithHost(local.url, `127.0.0.1:${port}`)).toBe(200);
+    expect(await callWithHost(local.url, `localhost:${port}`)).toBe(200);
+    // A page in a browser reaching 127.0.0.1 through a DNS name (rebinding).
+    expect(await callWithHost(local.url, `evil.example:${port}`)).toBe(403);
+  });
+
+  test("listening beyond loopback without an admin token is refused at start, naming the setting", async () => {
+    const log = makeLogger("silent");
+    const start = startControlPlane(
+      { ...CONTROL_PLANE_DEFAULTS, host: "0.0.0.0", port: 0, databaseUrl: local.database.url },
+      log,
+    );
+    await expect(start).rejects.toThrow(/FUSILLADE_ADMIN_TOKEN/);
+    const ok = await startControlPlane(
+      {
+        ...CONTROL_PLANE_DEFAULTS,
+        host: "0.0.0.0",
+        port: 0,
+        databaseUrl: local.database.url,
+        adminToken: ADMIN,
+      },
+      log,
+    );
+    await ok.close();
+  });
+});

@@ -1,0 +1,54 @@
+/**
+ * The dispatcher thread of `serve` (src/dispatcher/thread.ts): a thread that
+ * dies on its own is reported, once (serve then exits instead of accepting
+ * batches it would never run); a thread told to stop is not.
+ */
+import { describe, expect, test } from "vitest";
+import { dispatcherConfig } from "../../src/config/dispatcher-config.js";
+import { startDispatcherThread } from "../../src/dispatcher/thread.js";
+import { makeLogger } from "../../src/logger.js";
+
+const base = dispatcherConfig({ controlPlane: "http://127.0.0.1:9" }, {});
+const log = makeLogger("silent");
+const entry = new URL("../fixtures/dispatcher-thread.mjs", import.meta.url);
+
+/** Starts the stand-in thread in `mode`; resolves with the first crash report. */
+function start(mode: string, crashes: Error[]) {
+  let reported: (e: Error) => void = () => undefined;
+  const firstCrash = new Promise<Error>((r) => {
+    reported = r;
+  });
+  const d = startDispatcherThread(
+    { ...base, id: mode },
+    log,
+    (e) => {
+      crashes.push(e);
+      reported(e);
+    },
+    entry,
+  );
+  return { d, firstCrash };
+}
+
+describe("dispatcher thread", () => {
+  test("a thread that throws is reported once (not again for its exit)", async () => {
+    const crashes: Error[] = [];
+    const { d, firstCrash } = start("crash", crashes);
+    expect((await firstCrash).message).toContain("the dispatcher thread hit a bug");
+    await d.stop(100); // resolves: the thread is gone
+    expect(crashes).toHaveLength(1);
+  });
+
+  test("a thread that exits on its own is reported", async () => {
+    const crashes: Error[] = [];
+    const { firstCrash } = start("exit", crashes);
+    expect((await firstCrash).message).toContain("exited with code 3");
+  });
+
+  test("a thread told to stop is not reported", async () => {
+    const crashes: Error[] = [];
+    const { d } = start("obey", crashes);
+    await d.stop(100);
+    expect(crashes).toEqual([]);
+  });
+});
