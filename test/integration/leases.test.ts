@@ -210,12 +210,18 @@ describe("claims", () => {
       const pad = "x".repeat(400); // each body is ~430 bytes
       const lines = ["big1", "big2"].flatMap((model) =>
         Array.from({ length: 6 }, (_, i) =>
-          JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, pad } }),
+          JSON.stringify({
+            custom_id: `${model}-${i}`,
+            method: "POST",
+            url: "/v1/x",
+            body: { model, pad },
+          }),
         ),
       );
       lines.push(
         JSON.stringify({
           custom_id: "huge-0",
+          method: "POST",
           url: "/v1/x",
           body: { model: "huge", pad: "y".repeat(5000) },
         }),
