@@ -8,6 +8,7 @@ import { buildServer } from "./api/server.js";
 import { Authenticator, isLoopbackListen } from "./auth/authenticator.js";
 import { newToken } from "./auth/tokens.js";
 import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
+import type { EndpointPolicy } from "./domain/endpoints.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
@@ -29,6 +30,13 @@ export interface ControlPlane {
   db: Db;
   /** Stops serving, ends streams and long polls, closes the database. */
   close(): Promise<void>;
+}
+
+/** The origins that reach this server from its own host: its URL and the loopback names. */
+function selfOrigins(url: string): string[] {
+  const u = new URL(url);
+  const names = [u.hostname, "localhost", "127.0.0.1", "[::1]"];
+  return [...new Set(names.map((h) => `${u.protocol}//${h}:${u.port}`))];
 }
 
 /** Starts a control plane with `config`. */
@@ -92,6 +100,13 @@ export async function startControlPlane(
       notifications,
       shutdownSignal: shutdown.signal,
       tokensChanged: () => auth.forget(),
+      endpointPolicy: () => policy,
+    };
+    // Known once the port is: the control plane's own origins are refused as endpoints.
+    let policy: EndpointPolicy = {
+      allow: config.allowedEndpoints,
+      denyPrivate: !localMode,
+      self: [],
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
     const leases = new LeaseService(db.dispatch, notifications, config);
@@ -99,12 +114,14 @@ export async function startControlPlane(
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
       auth,
+      tls: config.tls,
       routes: routes(deps, leases),
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
+    policy = { ...policy, self: selfOrigins(server.url) };
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
     log.info({ url: server.url, embeddedDatabase: database.embedded }, "control plane listening");

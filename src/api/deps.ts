@@ -1,5 +1,6 @@
 /** What API handlers are given: the database, the config, the logger, notifications. */
 import type { ControlPlaneConfig } from "../config/config.js";
+import type { EndpointPolicy } from "../domain/endpoints.js";
 import type { Logger } from "../logger.js";
 import type { Db } from "../storage/db.js";
 import type { Notifications } from "../storage/notifications.js";
@@ -11,6 +12,8 @@ export interface ApiDeps {
   notifications: Notifications;
   /** Aborts when the server shuts down: long polls and streams end. */
   shutdownSignal: AbortSignal;
+  /** The outbound allow-list files are checked against (docs/trust.md). */
+  endpointPolicy: () => EndpointPolicy;
   /** Called after a token was revoked here (other replicas hear NOTIFY fusillade_tokens). */
   tokensChanged?: () => void;
 }

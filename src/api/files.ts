@@ -1,6 +1,7 @@
 /** BatchService file methods: CreateFile, UploadFile, GetFile, ListFiles, DeleteFile. */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { type EndpointPolicy, endpointRefusal } from "../domain/endpoints.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import {
   parseJsonlLine,
@@ -37,6 +38,30 @@ async function* jsonlTemplates(
   const key = apiKey === "" ? null : validateText(apiKey, "api_key");
   for await (const { line, text } of splitLines(chunks)) {
     yield parseJsonlLine(text, line, base, key);
+  }
+}
+
+/**
+ * `rows`, each endpoint checked against the allow-list (once per distinct
+ * endpoint). Refusals name `templates[i].endpoint`, or `endpoint` for jsonl.
+ */
+async function* allowedRows(
+  rows: AsyncIterable<TemplateRow>,
+  policy: EndpointPolicy,
+  templates: boolean,
+): AsyncGenerator<TemplateRow> {
+  const checked = new Set<string>();
+  for await (const row of rows) {
+    if (!checked.has(row.endpoint)) {
+      const why = endpointRefusal(policy, row.endpoint);
+      if (why !== undefined) {
+        throw templates
+          ? new InvalidArgumentError(`templates[${row.line - 1}].endpoint`, why, row.line)
+          : new InvalidArgumentError("endpoint", why);
+      }
+      checked.add(row.endpoint);
+    }
+    yield row;
   }
 }
 
@@ -128,7 +153,7 @@ export function fileMethods(
       const { file } = await createFile(
         db,
         newFile(req.filename, req.requestId),
-        cappedRows(rows, deps.config.maxUploadLines),
+        allowedRows(cappedRows(rows, deps.config.maxUploadLines), deps.endpointPolicy(), !hasJsonl),
         () => size,
       );
       return create(CreateFileResponseSchema, { file: toProtoFile(file) });
@@ -146,13 +171,17 @@ export function fileMethods(
       const apiKey = header.apiKey === "" ? null : validateText(header.apiKey, "api_key");
       const { maxUploadBytes, maxUploadLines } = deps.config;
       const spooled = await spool(
-        cappedRows(
-          jsonlTemplates(
-            cappedBytes(chunksAfterHeader(it), total, maxUploadBytes),
-            header.endpoint,
-            header.apiKey,
+        allowedRows(
+          cappedRows(
+            jsonlTemplates(
+              cappedBytes(chunksAfterHeader(it), total, maxUploadBytes),
+              header.endpoint,
+              header.apiKey,
+            ),
+            maxUploadLines,
           ),
-          maxUploadLines,
+          deps.endpointPolicy(),
+          false,
         ),
       );
       const { file } = await createFile(db, meta, spooled.read(apiKey), () => total.bytes).finally(

@@ -2,6 +2,8 @@
  * The control plane's one port: Connect, gRPC and gRPC-Web over HTTP/1.1
  * and h2c. A connection is routed by its first bytes: the HTTP/2 preface
  * ("PRI * HTTP/2.0") goes to the http2 server, anything else to http.
+ * With a certificate, the port speaks TLS instead: h2 and HTTP/1.1 chosen
+ * by ALPN (one http2 secure server with allowHTTP1).
  */
 import http from "node:http";
 import http2 from "node:http2";
@@ -22,6 +24,8 @@ export interface ServerOptions {
   logError: (e: unknown) => void;
   /** Authenticates every call (docs/trust.md). */
   auth: Authenticator;
+  /** PEM certificate chain and key: serve TLS. */
+  tls?: { cert: string; key: string };
 }
 
 export interface RunningServer {
@@ -40,6 +44,7 @@ export function buildServer(opts: ServerOptions) {
     readMaxBytes: opts.maxMessageBytes,
     jsonOptions: { alwaysEmitImplicit: true },
   });
+  if (opts.tls !== undefined) return buildTlsServer(handler, opts.tls);
   const h1 = http.createServer(handler);
   // Long streams and long polls: no idle timeouts on our side.
   h1.requestTimeout = 0;
@@ -113,4 +118,50 @@ export function buildServer(opts: ServerOptions) {
     await closed;
     clearTimeout(deadline);
   }
+}
+
+/** TLS on the port: h2 or HTTP/1.1 by ALPN. */
+function buildTlsServer(
+  handler: ReturnType<typeof connectNodeAdapter>,
+  tls: { cert: string; key: string },
+) {
+  const server = http2.createSecureServer({ ...tls, allowHTTP1: true }, handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  const sockets = new Set<net.Socket>();
+  server.on("secureConnection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  // A client that fails the handshake (plain HTTP, a wrong CA) is not our error.
+  server.on("tlsClientError", () => undefined);
+  return {
+    listen(host: string, port: number): Promise<RunningServer> {
+      return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          const addr = server.address() as net.AddressInfo;
+          const hostPart = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+          resolve({
+            url: `https://${hostPart}:${addr.port}`,
+            port: addr.port,
+            close: async () => {
+              const closed = new Promise<void>((r) => server.close(() => r()));
+              for (const s of sessions) s.close();
+              const deadline = setTimeout(() => {
+                for (const s of sessions) s.destroy();
+                for (const sock of sockets) sock.destroy();
+              }, 2000);
+              await closed;
+              clearTimeout(deadline);
+            },
+          });
+        });
+      });
+    },
+  };
 }

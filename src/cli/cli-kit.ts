@@ -3,6 +3,7 @@
  * run, close, turn RPC errors into one-line messages), usage-error exits,
  * and the flag parsers.
  */
+import { readFileSync } from "node:fs";
 import { type Command, CommanderError, InvalidArgumentError } from "commander";
 import { parseDuration } from "../domain/duration.js";
 import type { Globals } from "./client/actions.js";
@@ -88,7 +89,7 @@ export function run<A extends unknown[]>(
     process.stdout.on("error", (e: NodeJS.ErrnoException) => {
       if (e.code === "EPIPE") process.exit(0);
     });
-    const conn = connect(g.server, g.token);
+    const conn = connect(g.server, g.token, readCa(g.ca));
     let failure: unknown;
     try {
       await fn(conn, g, ...(args.slice(0, -1) as A));
@@ -104,6 +105,16 @@ export function run<A extends unknown[]>(
     }
     throw failure;
   };
+}
+
+/** The PEM file of --ca, read once per command. */
+function readCa(file: string | undefined): string | undefined {
+  if (file === undefined || file === "") return undefined;
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new CliError(`--ca: cannot read ${file} (${(e as Error).message})`);
+  }
 }
 
 /** A client command: usage errors exit 2. */

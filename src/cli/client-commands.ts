@@ -79,6 +79,11 @@ export function registerClientCommands(program: Command): void {
         "API token (docs/trust.md); prefer the variable: flags show in ps",
       ).env("FUSILLADE_TOKEN"),
     )
+    .addOption(
+      new Option("--ca <file>", "PEM CA certificates to trust for an https:// server").env(
+        "FUSILLADE_CA",
+      ),
+    )
     .option("--json", "print machine-readable JSON on stdout (for scripts)", false)
     .configureHelp({ showGlobalOptions: true });
 

@@ -23,6 +23,12 @@ function controlPlaneOptions(cmd: Command): Command {
     )
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
     .option(
+      "--allowed-endpoints <origins>",
+      "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token never link-local/metadata addresses or this server)",
+    )
+    .option("--tls-cert <file>", "PEM certificate chain: serve TLS (env FUSILLADE_TLS_CERT)")
+    .option("--tls-key <file>", "PEM private key of --tls-cert (env FUSILLADE_TLS_KEY)")
+    .option(
       "--admin-token-file <file>",
       "file whose first line is the admin token (env FUSILLADE_ADMIN_TOKEN_FILE, or the token in FUSILLADE_ADMIN_TOKEN); without one the server accepts calls from loopback only: docs/trust.md",
     )
@@ -135,13 +141,19 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
   const cp = await startControlPlane(cpConfig, log);
   let dispatcher: ReturnType<typeof startDispatcher>;
   try {
-    const config = dispatcherConfig({
-      ...flags,
-      controlPlane: loopback(cp.url),
-      logLevel: cpConfig.logLevel,
-      // Its own credential, made by the control plane for this process only.
-      token: cp.internalDispatcherToken(),
-    });
+    const config = {
+      ...dispatcherConfig({
+        ...flags,
+        controlPlane: loopback(cp.url),
+        logLevel: cpConfig.logLevel,
+        // Its own credential, made by the control plane for this process only.
+        token: cp.internalDispatcherToken(),
+      }),
+      // Over loopback to its own port: the certificate names the public host.
+      insecureLoopbackTls: cpConfig.tls !== undefined,
+      // Its token is internal: what matters is whether the server is shared.
+      denyLinkLocal: cpConfig.adminToken !== undefined,
+    };
     dispatcher = startDispatcherThread(config, log, (e) => {
       // Serving without a dispatcher would accept batches and never run them.
       log.fatal({ err: e }, "the dispatcher stopped unexpectedly; stopping the server");
@@ -194,6 +206,10 @@ export function registerServerCommands(program: Command): void {
       .option(
         "--token <token>",
         "a dispatcher (or admin) token for the control plane (env FUSILLADE_TOKEN; prefer the variable: flags show in ps)",
+      )
+      .option(
+        "--ca <file>",
+        "PEM CA certificates to trust for an https:// control plane (env FUSILLADE_CA)",
       )
       .option(
         "--log-level <level>",

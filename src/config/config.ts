@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";
+import { type OriginPattern, parseAllowList } from "../domain/endpoints.js";
 
 export class ConfigError extends Error {}
 
@@ -66,6 +67,10 @@ export interface ControlPlaneConfig {
    * else is refused.
    */
   adminToken: string | undefined;
+  /** PEM certificate chain and private key: the port speaks TLS (h2 and HTTP/1.1). */
+  tls: { cert: string; key: string } | undefined;
+  /** Origins files may name (docs/trust.md); undefined: any but the denied ones. */
+  allowedEndpoints: OriginPattern[] | undefined;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -93,6 +98,8 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   maxPageBytes: 3 * 1024 * 1024,
   maxClaimBytes: 8 * 1024 * 1024,
   adminToken: undefined,
+  tls: undefined,
+  allowedEndpoints: undefined,
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -165,6 +172,9 @@ export interface ControlPlaneFlags {
   leaseTtl?: string;
   logLevel?: string;
   adminTokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  allowedEndpoints?: string;
 }
 
 /** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
@@ -192,6 +202,35 @@ function adminToken(flags: ControlPlaneFlags, env: NodeJS.ProcessEnv): string | 
     );
   }
   return token;
+}
+
+/** The certificate and key named by --tls-cert/--tls-key (FUSILLADE_TLS_CERT/_KEY): both or neither. */
+function tlsFiles(
+  flags: ControlPlaneFlags,
+  env: NodeJS.ProcessEnv,
+): { cert: string; key: string } | undefined {
+  const pick = (flag: string | undefined, variable: string, flagName: string) => {
+    if (flag !== undefined) return { path: flag, name: flagName };
+    const v = env[variable];
+    return v === undefined || v === "" ? undefined : { path: v, name: variable };
+  };
+  const cert = pick(flags.tlsCert, "FUSILLADE_TLS_CERT", "--tls-cert");
+  const key = pick(flags.tlsKey, "FUSILLADE_TLS_KEY", "--tls-key");
+  if (cert === undefined && key === undefined) return undefined;
+  if (cert === undefined || key === undefined) {
+    const given = (cert ?? key)!.name;
+    throw new ConfigError(
+      `${given} needs its pair: TLS takes a certificate and a key (--tls-cert FILE --tls-key FILE, or FUSILLADE_TLS_CERT and FUSILLADE_TLS_KEY)`,
+    );
+  }
+  const read = (f: { path: string; name: string }) => {
+    try {
+      return readFileSync(f.path, "utf8");
+    } catch (e) {
+      throw new ConfigError(`${f.name}: cannot read ${f.path} (${(e as Error).message})`);
+    }
+  };
+  return { cert: read(cert), key: read(key) };
 }
 
 /** Builds the control plane's config from defaults, `env` and `flags` (flags win). */
@@ -239,6 +278,17 @@ export function controlPlaneConfig(
     c.logLevel = level;
   }
   c.adminToken = adminToken(flags, env);
+  c.tls = tlsFiles(flags, env);
+  const allowed = flags.allowedEndpoints ?? env.FUSILLADE_ALLOWED_ENDPOINTS;
+  if (allowed !== undefined && allowed.trim() !== "") {
+    const name =
+      flags.allowedEndpoints !== undefined ? "--allowed-endpoints" : "FUSILLADE_ALLOWED_ENDPOINTS";
+    try {
+      c.allowedEndpoints = parseAllowList(allowed, name);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
   const settings = c as unknown as Record<string, number>;
   for (const [name, key, allowZero] of ENV_COUNTS) {
     const v = env[name];

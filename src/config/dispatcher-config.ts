@@ -4,8 +4,10 @@
  * reader of process.env.
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import os from "node:os";
 import { MINUTE, SECOND } from "../domain/duration.js";
+import { parseAllowList } from "../domain/endpoints.js";
 import { ConfigError, parseCount, parseDurationSetting } from "./config.js";
 
 /** Settings of one dispatcher. */
@@ -72,6 +74,20 @@ export interface DispatcherConfig {
   logLevel: string;
   /** Bearer token for the control plane (a dispatcher or admin token); undefined: none (local mode). */
   token: string | undefined;
+  /** PEM CA certificates trusted for an https:// control plane (besides the system's). */
+  ca: string | undefined;
+  /**
+   * Skip verifying the control plane's certificate. Only for serve's own
+   * dispatcher thread, which talks to its process over loopback.
+   */
+  insecureLoopbackTls: boolean;
+  /**
+   * Refuse upstream addresses that are link-local (cloud metadata), after
+   * DNS, unless allowed (docs/trust.md). @default true when a token is set
+   */
+  denyLinkLocal: boolean;
+  /** Host patterns (from FUSILLADE_ALLOWED_ENDPOINTS) exempt from denyLinkLocal. */
+  allowedHosts: readonly string[];
 }
 
 const MIB = 1024 * 1024;
@@ -96,6 +112,10 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   maxResponseBytes: 32 * MIB,
   logLevel: "info",
   token: undefined,
+  ca: undefined,
+  insecureLoopbackTls: false,
+  denyLinkLocal: false,
+  allowedHosts: Object.freeze([]) as readonly string[],
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
 
 const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
@@ -196,6 +216,8 @@ export interface DispatcherFlags {
   maxResponseBytes?: string;
   logLevel?: string;
   token?: string;
+  ca?: string;
+  allowedEndpoints?: string;
 }
 
 /** The flags' environment variables: flag → variable. */
@@ -215,9 +237,31 @@ const ENV: Record<keyof DispatcherFlags, string> = {
   maxResponseBytes: "FUSILLADE_MAX_RESPONSE_BYTES",
   logLevel: "FUSILLADE_LOG_LEVEL",
   token: "FUSILLADE_TOKEN",
+  ca: "FUSILLADE_CA",
+  allowedEndpoints: "FUSILLADE_ALLOWED_ENDPOINTS",
 };
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** The hosts of an allow-list setting (its schemes and ports do not matter after DNS). */
+function allowedHosts(setting: [string, string] | undefined): string[] {
+  if (setting === undefined) return [];
+  try {
+    return parseAllowList(setting[0], setting[1]).map((p) => p.host.replace(/^\[|\]$/g, ""));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+}
+
+/** The PEM file named by --ca / FUSILLADE_CA. */
+function readCa(setting: [string, string] | undefined): string | undefined {
+  if (setting === undefined) return undefined;
+  try {
+    return readFileSync(setting[0], "utf8");
+  } catch (e) {
+    throw new ConfigError(`${setting[1]}: cannot read ${setting[0]} (${(e as Error).message})`);
+  }
+}
 
 /** Builds the dispatcher's config from defaults, `env` and `flags` (flags win). */
 export function dispatcherConfig(
@@ -264,6 +308,7 @@ export function dispatcherConfig(
     );
   }
   checkUrl(url[0], url[1]);
+  const token = get("token")?.[0].trim();
   return resolveDispatcherConfig({
     controlPlaneUrl: url[0],
     capacity: count("capacity"),
@@ -279,6 +324,10 @@ export function dispatcherConfig(
     totalTimeoutMs: duration("totalTimeout"),
     maxResponseBytes: count("maxResponseBytes"),
     logLevel: level?.[0],
-    token: get("token")?.[0].trim(),
+    token,
+    ca: readCa(get("ca")),
+    // With credentials, the fleet is shared: metadata addresses are off limits.
+    denyLinkLocal: token !== undefined,
+    allowedHosts: allowedHosts(get("allowedEndpoints")),
   });
 }

@@ -108,7 +108,12 @@ export function startDispatcher(
   deps: DispatcherDeps = {},
 ): Dispatcher {
   const log = parentLog.child({ dispatcher: config.id });
-  const client = deps.client ?? connectLeaseClient(config.controlPlaneUrl, config.id, config.token);
+  const client =
+    deps.client ??
+    connectLeaseClient(config.controlPlaneUrl, config.id, config.token, {
+      ca: config.ca,
+      insecure: config.insecureLoopbackTls,
+    });
   const executor =
     deps.executor ??
     new HttpExecutor({
@@ -119,6 +124,8 @@ export function startDispatcher(
       // undici queues requests beyond the pool size, and that wait eats into
       // the first-byte timeout: never fewer connections than requests running.
       connectionsPerOrigin: Math.max(256, config.capacity),
+      denyLinkLocal: config.denyLinkLocal,
+      allowedHosts: config.allowedHosts,
     });
   const counts = zeroCounts();
   let ttlMs = TTL_UNKNOWN_MS;

@@ -254,13 +254,18 @@ export function connectLeaseClient(
   baseUrl: string,
   dispatcherId: string,
   token?: string,
+  tls: { ca?: string; insecure?: boolean } = {},
 ): LeaseClient {
   // Pings notice a dead control plane (kill -9, a lost network) within ~15 s
   // even while the only call is a quiet long poll.
-  const sessions = new Http2SessionManager(baseUrl, {
-    pingIntervalMs: 10_000,
-    pingTimeoutMs: 5_000,
-  });
+  const sessions = new Http2SessionManager(
+    baseUrl,
+    { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
+    {
+      ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+      ...(tls.insecure ? { rejectUnauthorized: false } : {}),
+    },
+  );
   const client = createClient(
     DispatchService,
     createConnectTransport({

@@ -58,8 +58,15 @@ export function validateEndpoint(endpoint: string, field: string, line?: number)
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new InvalidArgumentError(field, "must be an http:// or https:// URL", line);
   }
-  if (url.search !== "" || url.hash !== "") {
+  if (url.search !== "" || url.hash !== "" || endpoint.includes("#") || endpoint.includes("?")) {
     throw new InvalidArgumentError(field, "must not carry a query or fragment", line);
+  }
+  if (url.username !== "" || url.password !== "") {
+    throw new InvalidArgumentError(
+      field,
+      "must not carry a user or password (credentials go in api_key)",
+      line,
+    );
   }
   return endpoint.replace(/\/+$/, "");
 }

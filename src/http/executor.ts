@@ -3,10 +3,13 @@
  * what happened into an {@link AttemptOutcome}. The only importer of undici.
  */
 
+import dns from "node:dns";
 import { STATUS_CODES } from "node:http";
+import { isIP } from "node:net";
 import { setImmediate as nextMacrotask } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
 import { MINUTE, SECOND } from "../domain/duration.js";
+import { isLinkLocalAddress } from "../domain/endpoints.js";
 import type { AttemptFailure, AttemptOutcome, FailureCode } from "../domain/outcome.js";
 import {
   DEFAULT_RETRIABLE_STATUSES,
@@ -75,6 +78,14 @@ export interface ExecutorOptions {
    * @default 256
    */
   connectionsPerOrigin?: number;
+  /**
+   * Refuse to connect to link-local addresses (cloud metadata), checked after
+   * DNS, unless the host is in `allowedHosts` (docs/trust.md).
+   * @default false
+   */
+  denyLinkLocal?: boolean;
+  /** Host names (or "*.suffix" patterns) exempt from `denyLinkLocal`. @default [] */
+  allowedHosts?: readonly string[];
 }
 
 /** Resolved, validated, frozen options. */
@@ -89,6 +100,8 @@ export const DEFAULT_EXECUTOR_OPTIONS: ExecutorConfig = Object.freeze({
   bodyExcerptBytes: 4 * KIB,
   retriableStatuses: DEFAULT_RETRIABLE_STATUSES,
   connectionsPerOrigin: 256,
+  denyLinkLocal: false,
+  allowedHosts: [],
 });
 
 const POSITIVE_INTEGER_FIELDS = [
@@ -127,6 +140,44 @@ export interface OutboundRequest {
 
 const EMPTY = new Uint8Array(0);
 
+function hostAllowed(host: string, allowed: readonly string[]): boolean {
+  const h = host.toLowerCase();
+  return allowed.some((p) => (p.startsWith("*.") ? h.endsWith(p.slice(1)) : h === p));
+}
+
+function isDeniedLiteral(origin: string, allowed: readonly string[]): boolean {
+  const host = new URL(origin).hostname.replace(/^\[|\]$/g, "");
+  return isIP(host) !== 0 && isLinkLocalAddress(host) && !hostAllowed(host, allowed);
+}
+
+/**
+ * A `lookup` for net.connect that refuses names resolving to a link-local
+ * address (169.254.169.254 and friends), unless the name is allowed.
+ */
+export function guardedLookup(
+  allowed: readonly string[],
+  base: typeof dns.lookup = dns.lookup,
+): typeof dns.lookup {
+  return ((hostname: string, options: dns.LookupOptions, callback: (...a: unknown[]) => void) => {
+    base(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err);
+      const bad = hostAllowed(hostname, allowed)
+        ? undefined
+        : addresses.find((a) => isLinkLocalAddress(a.address));
+      if (bad !== undefined) {
+        const e = new Error(
+          `${hostname} resolves to ${bad.address}, a link-local (cloud metadata) address: refused by the outbound allow-list`,
+        ) as NodeJS.ErrnoException;
+        e.code = "FUSILLADE_ENDPOINT_DENIED";
+        return callback(e);
+      }
+      if (options.all) return callback(null, addresses);
+      const first = addresses[0]!;
+      return callback(null, first.address, first.family);
+    });
+  }) as typeof dns.lookup;
+}
+
 /**
  * Sends attempts over a keep-alive undici `Agent` (one pool per origin).
  *
@@ -147,6 +198,9 @@ export class HttpExecutor {
       // deadlines with ms precision; undici's have ~1 s granularity (DESIGN §8).
       headersTimeout: 0,
       bodyTimeout: 0,
+      ...(this.config.denyLinkLocal
+        ? { connect: { lookup: guardedLookup(this.config.allowedHosts) } }
+        : {}),
     });
   }
 
@@ -155,6 +209,15 @@ export class HttpExecutor {
     const target = parseTarget(req.method, req.url);
     if (target === undefined) {
       return failure("network_error", false, 0, "invalid request URL: not an absolute http(s) URL");
+    }
+    // An address literal is never looked up: check it here.
+    if (this.config.denyLinkLocal && isDeniedLiteral(target.origin, this.config.allowedHosts)) {
+      return failure(
+        "network_error",
+        false,
+        0,
+        `${target.label}: a link-local (cloud metadata) address is refused [FUSILLADE_ENDPOINT_DENIED]`,
+      );
     }
     const scrub = headerScrubber(req.headers);
     const attempt = new AttemptSignal(

@@ -31,7 +31,9 @@ export function clients(
   url: string,
   protocol: "connect-h2" | "connect-h1" | "grpc" = "connect-h2",
   token?: string,
+  ca?: string,
 ) {
+  const nodeOptions = ca === undefined ? undefined : { ca };
   const interceptors: Interceptor[] =
     token === undefined
       ? []
@@ -43,11 +45,12 @@ export function clients(
         ];
   const transport =
     protocol === "grpc"
-      ? createGrpcTransport({ baseUrl: url, interceptors })
+      ? createGrpcTransport({ baseUrl: url, interceptors, nodeOptions })
       : createConnectTransport({
           baseUrl: url,
           httpVersion: protocol === "connect-h1" ? "1.1" : "2",
           interceptors,
+          nodeOptions,
         });
   return {
     batch: createClient(BatchService, transport),
@@ -85,7 +88,7 @@ export async function startTestControlPlane(
     url: cp.url,
     database: db,
     // With an admin token configured, the test's clients are admins.
-    ...clients(cp.url, "connect-h2", config.adminToken),
+    ...clients(cp.url, "connect-h2", config.adminToken, config.tls?.cert),
     stop,
     close: async () => {
       await stop();

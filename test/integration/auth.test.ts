@@ -120,6 +120,69 @@ describe("with an admin token configured", () => {
   });
 });
 
+describe("the outbound allow-list at upload", () => {
+  const line = JSON.stringify({
+    custom_id: "a",
+    method: "POST",
+    url: "/v1/x",
+    body: { model: "m" },
+  });
+  const jsonl = new TextEncoder().encode(line);
+  async function refusal(endpoint: string, server = t) {
+    const e = await server.batch.createFile({ jsonl, endpoint }).catch((x) => ConnectError.from(x));
+    return e instanceof ConnectError ? `${Code[e.code]}: ${e.rawMessage}` : "ok";
+  }
+
+  test("a server with tokens refuses metadata addresses and itself, naming the field", async () => {
+    expect(await refusal("http://169.254.169.254")).toMatch(
+      /^InvalidArgument: endpoint: .*link-local/,
+    );
+    expect(await refusal("http://metadata.google.internal")).toMatch(/^InvalidArgument: endpoint:/);
+    expect(await refusal(t.url)).toMatch(/^InvalidArgument: endpoint: .*own address/);
+    const port = new URL(t.url).port;
+    expect(await refusal(`http://localhost:${port}`)).toMatch(/own address/);
+    expect(await refusal("http://127.0.0.1:9")).toBe("ok");
+    const e = await t.batch
+      .createFile({
+        templates: [
+          { endpoint: "http://127.0.0.1:9", path: "/v1/x", body: '{"model":"m"}' },
+          { endpoint: "http://169.254.169.254", path: "/v1/x", body: '{"model":"m"}' },
+        ],
+      })
+      .catch((x) => ConnectError.from(x));
+    expect((e as ConnectError).rawMessage).toContain("templates[1].endpoint");
+  });
+
+  test("an endpoint with a user, password, query or fragment is refused everywhere", async () => {
+    for (const bad of [
+      "http://u:p@127.0.0.1:9",
+      "http://u@127.0.0.1:9",
+      "http://127.0.0.1:9/?k=1",
+      "http://127.0.0.1:9/#f",
+    ]) {
+      expect(await refusal(bad)).toMatch(/^InvalidArgument: endpoint:/);
+    }
+  });
+
+  test("with --allowed-endpoints only listed origins pass", async () => {
+    const listed = await startTestControlPlane(
+      {
+        adminToken: ADMIN,
+        allowedEndpoints: [{ scheme: "https", host: "*.example.com", port: "" }],
+      },
+      t.database,
+    );
+    try {
+      expect(await refusal("https://api.example.com", listed)).toBe("ok");
+      expect(await refusal("http://127.0.0.1:9", listed)).toMatch(
+        /not in the server's allowed endpoints/,
+      );
+    } finally {
+      await listed.stop();
+    }
+  });
+});
+
 /** A Connect unary call with an explicit Host header, over HTTP/1.1. */
 function callWithHost(url: string, host: string): Promise<number> {
   const u = new URL(url);

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { healthMethods } from "../../src/api/health.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { startControlPlane } from "../../src/control-plane.js";
+import { OPEN_POLICY } from "../../src/domain/endpoints.js";
 import { Health } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { makeLogger } from "../../src/logger.js";
 import type { Db } from "../../src/storage/db.js";
@@ -46,6 +47,7 @@ describe("health Watch", () => {
       log: makeLogger("silent"),
       notifications: undefined as never,
       shutdownSignal: new AbortController().signal,
+      endpointPolicy: () => OPEN_POLICY,
     };
     const call = new AbortController();
     const ctx = createHandlerContext({

@@ -11,6 +11,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { dispatchMethods } from "../../src/api/dispatch.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
+import { OPEN_POLICY } from "../../src/domain/endpoints.js";
 import {
   type Claim,
   ClaimLossReason,
@@ -362,6 +363,7 @@ describe("claims", () => {
         log: makeLogger("silent"),
         notifications,
         shutdownSignal,
+        endpointPolicy: () => OPEN_POLICY,
       };
       return await dispatchMethods(deps, leases).sync(
         create(SyncRequestSchema, {

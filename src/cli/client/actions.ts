@@ -28,6 +28,7 @@ import {
 export interface Globals {
   server: string;
   token?: string;
+  ca?: string;
   json: boolean;
 }
 

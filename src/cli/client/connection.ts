@@ -54,9 +54,13 @@ export function serverUrl(value: string): string {
 }
 
 /** Opens clients to `server` (one HTTP/2 connection, made on first use), sending `token` when given. */
-export function connect(server: string, token?: string): Connection {
+export function connect(server: string, token?: string, ca?: string): Connection {
   const baseUrl = serverUrl(server);
-  const sessionManager = new Http2SessionManager(baseUrl);
+  const sessionManager = new Http2SessionManager(
+    baseUrl,
+    undefined,
+    ca === undefined ? {} : { ca },
+  );
   const bearer: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
