@@ -1,4 +1,7 @@
-/** BatchService batch methods: create, read, list, cancel, retry, list requests. */
+/**
+ * BatchService batch methods: create, read, list, cancel, retry, list
+ * requests, one request with its attempts.
+ */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { parseDuration } from "../domain/duration.js";
@@ -10,18 +13,23 @@ import {
   type BatchService,
   CancelBatchResponseSchema,
   CreateBatchResponseSchema,
+  GetBatchBreakdownResponseSchema,
   GetBatchResponseSchema,
   GetBatchStatusResponseSchema,
+  GetRequestResponseSchema,
   ListBatchesResponseSchema,
   ListBatchRequestsResponseSchema,
+  RequestAttemptSchema,
   RetryBatchResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
 import type {
   RequestState as ProtoRequestState,
   RetryPolicy,
 } from "../gen/fusillade/v1/resources_pb.js";
+import { batchBreakdown } from "../storage/batch-breakdown.js";
 import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
+import { getRequestWithAttempts } from "../storage/request-history.js";
 import { listRequests } from "../storage/requests.js";
 import {
   fromDuration,
@@ -30,6 +38,8 @@ import {
   toProtoBatchState,
   toProtoCounts,
   toProtoRequest,
+  toProtoRequestState,
+  toTimestamp,
 } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 
@@ -108,6 +118,8 @@ export function batchMethods(
   | "cancelBatch"
   | "retryBatch"
   | "listBatchRequests"
+  | "getRequest"
+  | "getBatchBreakdown"
 > {
   const { db } = deps;
   return {
@@ -177,10 +189,14 @@ export function batchMethods(
       const { batch, retried } = await retryBatch(db, req.batchId, {
         requestIds: req.requestIds.map((id, i) => validateText(id, `request_ids[${i}]`)),
         customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
-        completionWindowMs:
+        completionWindow:
           req.completionWindow === ""
             ? null
-            : completionWindowMs(req.completionWindow, "completion_window"),
+            : {
+                text: req.completionWindow,
+                ms: completionWindowMs(req.completionWindow, "completion_window"),
+              },
+        resume: req.resume,
       });
       return create(RetryBatchResponseSchema, {
         batch: toProtoBatch(batch),
@@ -193,6 +209,7 @@ export function batchMethods(
       const page = await listRequests(db, {
         batchId: req.batchId,
         states: statesFilter(req.states),
+        models: req.models.map((m, i) => validateText(m, `models[${i}]`)),
         limit: pageSize(req.pageSize),
         maxBytes: deps.config.maxPageBytes,
         pageToken: req.pageToken,
@@ -202,5 +219,56 @@ export function batchMethods(
         nextPageToken: page.nextPageToken,
       });
     },
+
+    async getRequest(req) {
+      const key =
+        req.requestId !== ""
+          ? { requestId: validateText(req.requestId, "request_id") }
+          : {
+              batchId: required(req.batchId, "batch_id"),
+              customId: validateText(required(req.customId, "custom_id"), "custom_id"),
+            };
+      const { request, attempts } = await getRequestWithAttempts(db, key);
+      return create(GetRequestResponseSchema, {
+        request: toProtoRequest(request),
+        attempts: attempts.map((a) =>
+          create(RequestAttemptSchema, {
+            attempt: a.attempt,
+            startTime: toTimestamp(a.startedAt),
+            endTime: toTimestamp(a.endedAt),
+            outcome: a.outcome === null ? undefined : toProtoRequestState(a.outcome),
+          }),
+        ),
+      });
+    },
+
+    async getBatchBreakdown(req) {
+      await getBatch(db, req.batchId); // NOT_FOUND for an unknown batch
+      if (req.maxErrors < 0 || req.maxErrors > 100) {
+        throw new InvalidArgumentError("max_errors", "must be between 0 and 100");
+      }
+      const { models, errors } = await batchBreakdown(db, req.batchId, req.maxErrors || 5);
+      return create(GetBatchBreakdownResponseSchema, {
+        models: models.map((m) => ({
+          model: m.model,
+          counts: toProtoCounts(m.counts),
+          holdUntilTime: toTimestamp(m.holdUntil),
+        })),
+        errors: errors.map((e) => ({
+          code: e.code,
+          statusCode: e.statusCode ?? 0,
+          failed: BigInt(e.failed),
+          retrying: BigInt(e.retrying),
+          exampleMessage: e.exampleMessage,
+        })),
+      });
+    },
   };
+}
+
+function required(value: string, field: string): string {
+  if (value === "") {
+    throw new InvalidArgumentError(field, "is required (or name the request by request_id)");
+  }
+  return value;
 }

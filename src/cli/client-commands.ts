@@ -5,126 +5,46 @@
  * batch finished, whatever its requests' outcomes), 1 an error (printed as
  * `fusillade: <message>`), 2 a usage error, 130 interrupted while watching.
  */
-import { readFileSync } from "node:fs";
-import { type Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { parseDuration } from "../domain/duration.js";
+import { type Command, Option } from "commander";
+import {
+  backoffValue,
+  collectMetadata,
+  command,
+  DEFAULT_PLAIN_INTERVAL,
+  duration,
+  limitValue,
+  positiveInt,
+  retriesValue,
+  run,
+} from "./cli-kit.js";
 import {
   batchesListAction,
   cancelAction,
   filesDeleteAction,
   filesGetAction,
   filesListAction,
-  type Globals,
   limitsListAction,
   limitsSetAction,
   resultsAction,
-  retryAction,
   statusAction,
   submitAction,
   watchAction,
 } from "./client/actions.js";
-import {
-  CliError,
-  type Connection,
-  connect,
-  DEFAULT_SERVER,
-  describeRpcError,
-} from "./client/connection.js";
+import { DEFAULT_SERVER } from "./client/connection.js";
 import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
-
-/** Plain-mode progress lines (not a terminal): at most one per this. */
-const DEFAULT_PLAIN_INTERVAL = "5s";
-
-/** Usage errors exit 2 (help and --version still exit 0). */
-function usageExit(err: CommanderError): never {
-  throw err.exitCode === 0 ? err : new CommanderError(2, err.code, err.message);
-}
-
-function collectMetadata(value: string, previous: Record<string, string>): Record<string, string> {
-  const m = /^([^=]+)=(.*)$/s.exec(value);
-  if (!m) throw new InvalidArgumentError("must look like key=value");
-  return { ...previous, [m[1]!]: m[2]! };
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1)
-    throw new InvalidArgumentError("must be a positive integer");
-  return n;
-}
-
-function limitValue(value: string): number | "default" {
-  if (value === "default") return value;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 2 ** 31 - 1) {
-    throw new InvalidArgumentError(
-      'must be a non-negative integer (0 pauses the model), or "default"',
-    );
-  }
-  return n;
-}
-
-function duration(value: string): number {
-  const ms = parseDuration(value);
-  if (ms === undefined || ms <= 0)
-    throw new InvalidArgumentError("must be a duration such as 5s or 1m");
-  return ms;
-}
-
-/**
- * Wraps an action: connects with the global flags, closes the connection
- * after, and turns RPC errors into one-line messages.
- */
-function run<A extends unknown[]>(
-  fn: (conn: Connection, g: Globals, ...args: A) => Promise<void>,
-): (...args: unknown[]) => Promise<void> {
-  return async (...args: unknown[]) => {
-    const cmd = args[args.length - 1] as Command;
-    const g = cmd.optsWithGlobals() as Globals;
-    // `fusillade results … | head` closes our stdout early: that is not an error.
-    process.stdout.on("error", (e: NodeJS.ErrnoException) => {
-      if (e.code === "EPIPE") process.exit(0);
-    });
-    const conn = connect(g.server, g.token, readCa(g.ca));
-    let failure: unknown;
-    try {
-      await fn(conn, g, ...(args.slice(0, -1) as A));
-    } catch (e) {
-      failure = describeRpcError(e, conn.server);
-    } finally {
-      conn.close();
-    }
-    if (failure === undefined) return;
-    if (failure instanceof CliError && failure.exitCode !== 1) {
-      process.stderr.write(`fusillade: ${failure.message}\n`);
-      process.exit(failure.exitCode);
-    }
-    throw failure;
-  };
-}
-
-/** The PEM file of --ca, read once per command. */
-function readCa(file: string | undefined): string | undefined {
-  if (file === undefined || file === "") return undefined;
-  try {
-    return readFileSync(file, "utf8");
-  } catch (e) {
-    throw new CliError(`--ca: cannot read ${file} (${(e as Error).message})`);
-  }
-}
-
-/** A client command: usage errors exit 2. */
-function command(parent: Command, name: string, description: string): Command {
-  return parent.command(name).description(description).exitOverride(usageExit);
-}
+import { registerRequestCommands } from "./request-commands.js";
 
 const watchIntervalOption = () =>
   new Option("--interval <duration>", "when not on a terminal: least time between progress lines")
     .default(duration(DEFAULT_PLAIN_INTERVAL), DEFAULT_PLAIN_INTERVAL)
+    .argParser(duration);
+
+const reconnectOption = () =>
+  new Option(
+    "--reconnect-for <duration>",
+    "how long to keep reconnecting when the server goes away",
+  )
+    .default(60_000, "1m")
     .argParser(duration);
 
 interface SubmitFlags {
@@ -138,6 +58,11 @@ interface SubmitFlags {
   output?: string;
   errors?: string;
   interval: number;
+  reconnectFor: number;
+  maxRetries?: number;
+  initialBackoff?: number;
+  maxBackoff?: number;
+  strict?: boolean;
 }
 
 /** Registers the client commands on `program`. */
@@ -181,11 +106,27 @@ export function registerClientCommands(program: Command): void {
       "time allowed before unfinished requests expire (server default 24h)",
     )
     .option("--metadata <key=value>", "batch metadata; repeat for more", collectMetadata, {})
+    .option(
+      "--max-retries <n>",
+      "attempts after the first for a retriable failure (server default 5)",
+      retriesValue,
+    )
+    .option(
+      "--initial-backoff <duration>",
+      "first retry delay, doubled each attempt (server default 1s)",
+      backoffValue,
+    )
+    .option("--max-backoff <duration>", "cap on the retry delay (server default 60s)", backoffValue)
+    .option(
+      "--strict",
+      "refuse to submit when a check finds a likely mistake (endpoint path, API key, endpoint down)",
+    )
     .option("--filename <name>", "name to store the file under (default: the file's name)")
     .option("--watch", "follow progress until the batch finishes")
     .option("--output <file>", "with --watch: write output lines (completed requests) here")
     .option("--errors <file>", "with --watch: write error lines (failed, expired, cancelled) here")
     .addOption(watchIntervalOption())
+    .addOption(reconnectOption())
     .addHelpText(
       "after",
       "\n--output or --errors imply --watch. With --json, prints {batch_id, file_id, …} (after\nthe batch finishes when watching; progress goes to stderr).",
@@ -203,20 +144,45 @@ export function registerClientCommands(program: Command): void {
             completionWindow: o.completionWindow,
             metadata: o.metadata,
             filename: o.filename,
+            retryPolicy: {
+              maxRetries: o.maxRetries,
+              initialBackoffMs: o.initialBackoff,
+              maxBackoffMs: o.maxBackoff,
+            },
+            strict: o.strict === true,
             tty: process.stderr.isTTY === true,
           },
-          { watch, targets: { output: o.output, errors: o.errors }, intervalMs: o.interval },
+          {
+            watch,
+            targets: { output: o.output, errors: o.errors },
+            intervalMs: o.interval,
+            reconnectForMs: o.reconnectFor,
+          },
         );
       }),
     );
 
   command(program, "watch", "show a batch's progress until it finishes (exit 0 when it does)")
     .argument("<batch>", "batch id")
+    .option("--output <file>", "then write its output lines (completed requests) here")
+    .option("--errors <file>", "then write its error lines (failed, expired, cancelled) here")
     .addOption(watchIntervalOption())
+    .addOption(reconnectOption())
     .action(
-      run(async (conn, g, batch: string, o: { interval: number }) => {
-        await watchAction(conn, g, batch, { intervalMs: o.interval });
-      }),
+      run(
+        async (
+          conn,
+          g,
+          batch: string,
+          o: { interval: number; reconnectFor: number; output?: string; errors?: string },
+        ) => {
+          await watchAction(conn, g, batch, {
+            intervalMs: o.interval,
+            reconnectForMs: o.reconnectFor,
+            targets: { output: o.output, errors: o.errors },
+          });
+        },
+      ),
     );
 
   command(program, "results", "download a batch's output and error lines (OpenAI JSONL formats)")
@@ -226,10 +192,22 @@ export function registerClientCommands(program: Command): void {
       "--errors <file>",
       "write error lines (failed, expired, cancelled) here instead of stdout",
     )
+    .option("--errors-only", "only error lines (to --errors, else stdout)")
     .action(
-      run(async (conn, g, batch: string, o: { output?: string; errors?: string }) => {
-        await resultsAction(conn, g, batch, { output: o.output, errors: o.errors });
-      }),
+      run(
+        async (
+          conn,
+          g,
+          batch: string,
+          o: { output?: string; errors?: string; errorsOnly?: boolean },
+        ) => {
+          await resultsAction(conn, g, batch, {
+            output: o.output,
+            errors: o.errors,
+            errorsOnly: o.errorsOnly === true,
+          });
+        },
+      ),
     );
 
   command(program, "status", "show a batch's state and counts")
@@ -240,26 +218,7 @@ export function registerClientCommands(program: Command): void {
     .argument("<batch>", "batch id")
     .action(run(async (conn, g, batch: string) => cancelAction(conn, g, batch)));
 
-  command(program, "retry", "send a batch's failed and expired requests back to pending")
-    .argument("<batch>", "batch id")
-    .option("--custom-id <id>", "only this request (by custom_id); repeat for more", collect, [])
-    .option("--request-id <id>", "only this request (by id); repeat for more", collect, [])
-    .option("--completion-window <duration>", "new window from now, for an expired batch")
-    .action(
-      run(
-        async (
-          conn,
-          g,
-          batch: string,
-          o: { customId: string[]; requestId: string[]; completionWindow?: string },
-        ) =>
-          retryAction(conn, g, batch, {
-            customIds: o.customId,
-            requestIds: o.requestId,
-            completionWindow: o.completionWindow,
-          }),
-      ),
-    );
+  registerRequestCommands(program);
 
   const listOptions = (c: Command) =>
     c

@@ -28,9 +28,9 @@ export const REQUEST_TRANSITIONS: Readonly<Record<RequestState, readonly Request
   // outcome reported, retriable failure or released (back to pending), reaped
   leased: ["completed", "failed", "pending", "canceled", "expired"],
   completed: [],
-  // RetryBatch sends failed and expired requests back
+  // RetryBatch sends failed and expired requests back; with resume, canceled ones too
   failed: ["pending"],
-  canceled: [],
+  canceled: ["pending"],
   expired: ["pending"],
 };
 

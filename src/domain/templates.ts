@@ -163,8 +163,9 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
 export const MAX_LINE_DEPTH = 513;
 
 /**
- * Parses one OpenAI batch line: {"custom_id","method","url","body"}, the
- * model read from body.model. `endpoint` was validated by the caller.
+ * Parses one OpenAI batch line: {"custom_id","method","url","body"}, all
+ * four required, the model read from body.model. `endpoint` was validated by
+ * the caller.
  */
 export function parseJsonlLine(
   text: string,
@@ -186,6 +187,17 @@ export function parseJsonlLine(
     throw new InvalidArgumentError("jsonl", "must be a JSON object", line);
   }
   const o = value as Record<string, unknown>;
+  // OpenAI's batch format requires all four fields. A line without a
+  // custom_id gives a result no one can match to its input; one without a
+  // method is most likely not a batch line at all.
+  for (const [field, example] of [
+    ["custom_id", '"request-1"'],
+    ["method", '"POST"'],
+  ] as const) {
+    if (o[field] === undefined || o[field] === null || o[field] === "") {
+      throw new InvalidArgumentError(field, `is required (e.g. "${field}": ${example})`, line);
+    }
+  }
   const body = o.body;
   if (body === undefined || typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new InvalidArgumentError("body", "is required (a JSON object)", line);

@@ -4,6 +4,8 @@
  * trigger; every statement here that touches both tables updates
  * `requests` first, then `batches` (the trigger's lock order).
  */
+
+import { parseDuration } from "../domain/duration.js";
 import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
 import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
 import type { Db } from "./db.js";
@@ -269,13 +271,56 @@ export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
 export interface RetrySelection {
   requestIds: string[];
   customIds: string[];
-  /** New completion window from now, for an expired batch; null keeps the old one. */
-  completionWindowMs: number | null;
+  /**
+   * A new completion window, from now: it replaces the batch's deadline
+   * whenever the batch runs after the retry (a running batch's window is
+   * extended or shortened). Null keeps the deadline, except that a batch
+   * reopened after it ended gets its own window again, from now.
+   */
+  completionWindow: { text: string; ms: number } | null;
+  /**
+   * Also run cancelled requests again, and reopen a cancelled batch: the
+   * way to finish a batch that was cancelled (or expired) part way.
+   */
+  resume: boolean;
 }
 
+/** States a retry sends back to pending. */
+const RETRIED_STATES = ["failed", "expired"];
+const RESUMED_STATES = ["failed", "expired", "canceled"];
+
 /**
- * Sends a batch's failed and expired requests (all, or those selected) back
- * to pending with a fresh attempt budget. The batch reopens.
+ * RequestsNotInBatch: which of the named ids ($2 request ids, $3 custom
+ * ids) match no request of batch $1. Uses requests_batch_custom_id and the
+ * primary key.
+ */
+const REQUESTS_NOT_IN_BATCH = `
+  SELECT 'request_ids' AS field, i - 1 AS index, v AS value
+  FROM unnest($2::text[]) WITH ORDINALITY AS u(v, i)
+  WHERE NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = $1 AND r.id::text = u.v)
+  UNION ALL
+  SELECT 'custom_ids', i - 1, v FROM unnest($3::text[]) WITH ORDINALITY AS u(v, i)
+  WHERE NOT EXISTS (SELECT 1 FROM requests r WHERE r.batch_id = $1 AND r.custom_id = u.v)
+  ORDER BY 1 DESC, 2 LIMIT 1`;
+
+/**
+ * RequestsRetry: requests of batch $1 in states $5 (all, or those named by
+ * $3 ids / $4 custom ids when $2 is false) back to pending with a fresh
+ * attempt budget. Result: row count.
+ */
+const REQUESTS_RETRY = `
+  UPDATE requests SET state = 'pending', attempt = 0, not_before = NULL, finished_at = NULL,
+    updated_at = now(), error_code = NULL, error_message = NULL, response_status = NULL,
+    response_headers = NULL, response_body = NULL
+  WHERE batch_id = $1 AND state = ANY($5::text[])
+    AND ($2 OR id::text = ANY($3::text[]) OR custom_id = ANY($4::text[]))`;
+
+/**
+ * Sends a batch's failed and expired requests (all, or those selected; with
+ * \`resume\`, cancelled ones too) back to pending with a fresh attempt budget.
+ * The batch reopens. A named request the batch does not have is
+ * NotFoundError; a window change for a batch that will not run is
+ * FailedPreconditionError (nothing changes in either case).
  */
 export async function retryBatch(
   db: Db,
@@ -283,31 +328,74 @@ export async function retryBatch(
   sel: RetrySelection,
 ): Promise<{ batch: BatchRecord; retried: number }> {
   const before = await getBatch(db, id);
-  if (before.state === "cancelling" || before.state === "cancelled") {
-    throw new FailedPreconditionError(`batch ${id} is ${before.state}; it cannot be retried`);
-  }
-  const windowMs =
-    sel.completionWindowMs ?? before.expiresAt.getTime() - before.createdAt.getTime();
-  // The requests trigger notifies lease waiters of the new pending work.
-  return db.tx(async (q) => {
-    const all = sel.requestIds.length === 0 && sel.customIds.length === 0;
-    const retried = await q.query(
-      `UPDATE requests SET state = 'pending', attempt = 0, not_before = NULL, finished_at = NULL,
-         updated_at = now(), error_code = NULL, error_message = NULL, response_status = NULL,
-         response_headers = NULL, response_body = NULL
-       WHERE batch_id = $1 AND state IN ('failed', 'expired')
-         AND ($2 OR id::text = ANY($3::text[]) OR custom_id = ANY($4::text[]))`,
-      [id, all, sel.requestIds, sel.customIds],
+  if (before.state === "cancelling") {
+    throw new FailedPreconditionError(
+      `batch ${id} is cancelling; wait until its running requests have stopped, then resume it`,
     );
+  }
+  if (before.state === "cancelled" && !sel.resume) {
+    throw new FailedPreconditionError(
+      `batch ${id} is cancelled; it cannot be retried, but it can be resumed (resume: its cancelled, failed and expired requests run again)`,
+    );
+  }
+  const missing = await db.query<{ field: string; index: number; value: string }>(
+    REQUESTS_NOT_IN_BATCH,
+    [id, sel.requestIds, sel.customIds],
+  );
+  const m = missing.rows[0];
+  if (m) {
+    const what = m.field === "request_ids" ? "id" : "custom_id";
+    throw new NotFoundError(`${m.field}[${m.index}]: request of batch ${id} with ${what}`, m.value);
+  }
+  const ownWindowMs =
+    parseDuration(before.completionWindow) ??
+    before.expiresAt.getTime() - before.createdAt.getTime();
+  // The requests trigger notifies lease waiters of the new pending work.
+  const result = await db.tx(async (q) => {
+    const all = sel.requestIds.length === 0 && sel.customIds.length === 0;
+    const retried = await q.query(REQUESTS_RETRY, [
+      id,
+      all,
+      sel.requestIds,
+      sel.customIds,
+      sel.resume ? RESUMED_STATES : RETRIED_STATES,
+    ]);
     const count = retried.rowCount ?? 0;
-    // An expired batch gets a new window, or its requests would expire again at once.
+    const reopened = count > 0 && isBatchTerminal(before.state);
+    const runs = count > 0 || !isBatchTerminal(before.state);
+    if (sel.completionWindow !== null && !runs) return undefined;
+    // An explicit window always applies. A reopened batch needs a deadline
+    // in the future, or its requests would expire again at once: a resumed
+    // one, or one whose deadline has passed, gets its own window from now.
     const { rows } = await q.query<BatchRow>(
       `UPDATE batches SET updated_at = now(),
-         expires_at = CASE WHEN $2 AND expires_at <= now()
-           THEN now() + $3 * interval '1 millisecond' ELSE expires_at END
+         expires_at = CASE
+           WHEN $2::double precision IS NOT NULL THEN now() + $2 * interval '1 millisecond'
+           WHEN $4 AND ($5 OR expires_at <= now()) THEN now() + $6 * interval '1 millisecond'
+           ELSE expires_at END,
+         completion_window = coalesce($3, completion_window),
+         cancelling_at = CASE WHEN $4 AND $5 THEN NULL ELSE cancelling_at END
        WHERE id = $1 RETURNING ${BATCH_COLUMNS}`,
-      [id, count > 0, windowMs],
+      [
+        id,
+        sel.completionWindow?.ms ?? null,
+        sel.completionWindow?.text ?? null,
+        reopened,
+        sel.resume,
+        ownWindowMs,
+      ],
     );
+    if (sel.completionWindow !== null || reopened) {
+      await q.query(`SELECT pg_notify('fusillade_batch', $1)`, [id]);
+    }
     return { batch: toBatch(rows[0]!), retried: count };
   });
+  if (result) return result;
+  throw new FailedPreconditionError(
+    `batch ${id} is ${before.state} and has no ${sel.resume ? "cancelled, failed or expired" : "failed or expired"} requests${all(sel) ? "" : " among those named"} to run again; a completion window applies only to a batch that runs`,
+  );
+}
+
+function all(sel: RetrySelection): boolean {
+  return sel.requestIds.length === 0 && sel.customIds.length === 0;
 }

@@ -83,12 +83,17 @@ export function toRequest(r: RequestRow): RequestRecord {
   };
 }
 
-/** A batch's requests in line order, optionally only those in `states`; see byteCappedPage. */
+/**
+ * A batch's requests in line order, optionally only those in `states` and
+ * of `models`; see byteCappedPage.
+ */
 export async function listRequests(
   db: Db,
   opts: {
     batchId: string;
     states: RequestState[];
+    /** Only these models, when not empty. */
+    models?: string[];
     limit: number;
     maxBytes: number;
     pageToken: string;
@@ -100,11 +105,12 @@ export async function listRequests(
     byteCappedPage(
       `SELECT ${REQUEST_COLUMNS} FROM requests
        WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))
+         AND (cardinality($6::text[]) = 0 OR model = ANY($6::text[]))
        ORDER BY line LIMIT $4`,
       "line",
       "$5",
     ),
-    [opts.batchId, after ?? 0, opts.states, opts.limit + 1, opts.maxBytes],
+    [opts.batchId, after ?? 0, opts.states, opts.limit + 1, opts.maxBytes, opts.models ?? []],
   );
   const { page, more } = cappedPageRows(rows, opts.limit);
   const last = page[page.length - 1];

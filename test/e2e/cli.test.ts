@@ -9,6 +9,9 @@
 import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +20,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
+import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import { startUpstream } from "../helpers/upstream.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -55,6 +59,7 @@ interface Running {
   /** Resolves with the first match of `re` on stdout or stderr (rejects if the process exits first). */
   waitFor(re: RegExp): Promise<RegExpMatchArray>;
   done: Promise<Result>;
+  child: ChildProcess;
 }
 
 /** Starts the CLI with `args`, FUSILLADE_SERVER pointing at the test control plane. */
@@ -90,6 +95,7 @@ async function batchFile(name: string, n: number, extra: string[] = []): Promise
 async function finish(batchId: string): Promise<void> {
   await sql.query(
     `UPDATE requests SET finished_at = now(), updated_at = now(), response_status = 200,
+       lease_holder = NULL, lease_expires_at = NULL, not_before = NULL,
        state = CASE WHEN line = 2 THEN 'failed' ELSE 'completed' END,
        response_body = convert_to('{"answer":' || line || '}', 'UTF8'),
        error_code = CASE WHEN line = 2 THEN 'http_error' END,
@@ -129,6 +135,9 @@ describe("fusillade CLI", () => {
       "status",
       "cancel",
       "retry",
+      "resume",
+      "requests",
+      "request",
       "files",
       "batches",
       "limits",
@@ -325,7 +334,18 @@ describe("fusillade CLI", () => {
     });
     const retry = await cli(["retry", sub.batch_id]);
     expect(retry.code).toBe(1);
-    expect(retry.stderr).toMatch(/^fusillade: .*cannot be retried/);
+    expect(retry.stderr).toMatch(/^fusillade: .*cannot be retried, but it can be resumed/);
+    // resume: the cancelled requests run again, in a fresh window.
+    const resume = await cli(["resume", sub.batch_id, "--completion-window", "2h", "--json"]);
+    expect(resume.code, resume.stderr).toBe(0);
+    const resumed = JSON.parse(resume.stdout);
+    expect(resumed).toMatchObject({
+      retried_count: 3,
+      batch: { state: "in_progress", completion_window: "2h", counts: { pending: 3 } },
+    });
+    const left = Date.parse(resumed.batch.expire_time) - Date.now();
+    expect(left).toBeGreaterThan(110 * 60_000);
+    expect(left).toBeLessThanOrEqual(120 * 60_000);
 
     const del = await cli(["files", "delete", sub.file_id]);
     expect(del.code, del.stderr).toBe(0);
@@ -351,10 +371,26 @@ describe("fusillade CLI", () => {
   });
 
   it("fails with a message and a non-zero exit on bad input", async () => {
-    const bad = await batchFile("bad.jsonl", 1, ['{"custom_id":"x","url":"/v1/x"}']);
+    const bad = await batchFile("bad.jsonl", 1, [
+      '{"custom_id":"x","method":"POST","url":"/v1/x"}',
+    ]);
     const r = await cli(["submit", bad, "--endpoint", "http://127.0.0.1:9"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^fusillade: line 2: body: is required/);
+
+    // OpenAI's format requires custom_id and method: a line without either is refused.
+    const noId = await batchFile("no-id.jsonl", 2, [
+      '{"method":"POST","url":"/v1/x","body":{"model":"m"}}',
+    ]);
+    const r2 = await cli(["submit", noId, "--endpoint", "http://127.0.0.1:9"]);
+    expect(r2.code).toBe(1);
+    expect(r2.stderr).toMatch(/^fusillade: line 3: custom_id: is required/);
+    const noMethod = await batchFile("no-method.jsonl", 1, [
+      '{"custom_id":"z","url":"/v1/x","body":{"model":"m"}}',
+    ]);
+    const r3 = await cli(["submit", noMethod, "--endpoint", "http://127.0.0.1:9"]);
+    expect(r3.stderr).toMatch(/^fusillade: line 2: method: is required/);
+    expect((await sql.query(`SELECT 1 FROM files WHERE filename LIKE 'no-%'`)).rows).toEqual([]);
 
     const missing = await cli(["submit", "nope.jsonl", "--endpoint", "http://127.0.0.1:9"]);
     expect(missing.code).toBe(1);
@@ -375,6 +411,315 @@ describe("fusillade CLI", () => {
     const down = await cli(["--server", "http://127.0.0.1:1", "status", "x"]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/^fusillade: cannot reach the server at http:\/\/127\.0\.0\.1:1/);
+  });
+
+  it("retry --completion-window moves a running batch's deadline; an unknown custom_id is an error", async () => {
+    const file = await batchFile("window.jsonl", 2);
+    const { batch_id: batchId } = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string };
+    const r = await cli(["retry", batchId, "--completion-window", "1h"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(
+      /^nothing to run again: no request is failed or expired; batch .* is in_progress, expires \S+ \(completion window 1h\)/,
+    );
+    const status = JSON.parse((await cli(["status", batchId, "--json"])).stdout);
+    const left = Date.parse(status.expire_time) - Date.now();
+    expect(left).toBeGreaterThan(55 * 60_000);
+    expect(left).toBeLessThanOrEqual(60 * 60_000);
+
+    const unknown = await cli(["retry", batchId, "--custom-id", "nonexistent"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^fusillade: custom_ids\[0\]: .*"nonexistent" not found/);
+
+    await finish(batchId);
+    const done = await cli(["retry", batchId, "--custom-id", "c1", "--completion-window", "3h"]);
+    expect(done.code).toBe(1);
+    expect(done.stderr).toMatch(
+      /^fusillade: batch .* is completed and has no failed or expired requests among those named/,
+    );
+    const one = await cli(["retry", batchId, "--custom-id", "c2"]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/^retried 1 requests; batch .* is in_progress/);
+  });
+
+  it("requests lists a batch's requests by state and model; request shows one with its attempts", async () => {
+    const file = await batchFile("reqs.jsonl", 3, [
+      JSON.stringify({
+        custom_id: "other",
+        method: "POST",
+        url: "/v1/x",
+        body: { model: "gpt-other" },
+      }),
+    ]);
+    const { batch_id: batchId } = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string };
+    await sql.query(
+      `UPDATE requests SET state = 'leased', lease_holder = 'd', lease_token = 7, attempt = 1,
+         lease_expires_at = now() + interval '1 hour', updated_at = now()
+       WHERE batch_id = $1 AND line = 2`,
+      [batchId],
+    );
+    await finish(batchId);
+
+    const table = await cli(["requests", batchId]);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^LINE\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/);
+    expect(table.stdout.trim().split("\n")).toHaveLength(5);
+    const failed = await cli(["requests", batchId, "--state", "failed", "--json"]);
+    const failedRows = JSON.parse(failed.stdout).requests;
+    expect(failedRows.map((r: { custom_id: string }) => r.custom_id)).toEqual(["c2"]);
+    expect(failedRows[0]).toMatchObject({ state: "failed", error: { code: "http_error" } });
+    const byModel = JSON.parse(
+      (await cli(["requests", batchId, "--model", "gpt-other", "--json"])).stdout,
+    );
+    expect(byModel.requests.map((r: { custom_id: string }) => r.custom_id)).toEqual(["other"]);
+    const badState = await cli(["requests", batchId, "--state", "done"]);
+    expect(badState.code).toBe(2);
+    expect(badState.stderr).toMatch(/--state must be one of pending, in_progress/);
+
+    const one = await cli(["request", batchId, "--custom-id", "c2"]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/state\s+failed/);
+    expect(one.stdout).toMatch(/error\s+http_error: upstream answered 500/);
+    expect(one.stdout).toMatch(/ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\n1\s+\S+\s+\d+ ms\s+failed/);
+    const id = failedRows[0].id as string;
+    const json = JSON.parse((await cli(["request", id, "--json"])).stdout);
+    expect(json).toMatchObject({
+      id,
+      custom_id: "c2",
+      attempt_history: [{ attempt: 1, outcome: "failed" }],
+    });
+    const missing = await cli(["request", "00000000-0000-4000-8000-000000000000"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^fusillade: request .* not found/);
+
+    // Errors only: no output line on stdout.
+    const errs = await cli(["results", batchId, "--errors-only"]);
+    expect(errs.code, errs.stderr).toBe(0);
+    expect(jsonl(errs.stdout).map((l) => l.custom_id)).toEqual(["c2"]);
+    const errFile = await cli([
+      "results",
+      batchId,
+      "--errors-only",
+      "--errors",
+      "only-err.jsonl",
+      "--json",
+    ]);
+    expect(errFile.code, errFile.stderr).toBe(0);
+    expect(errFile.stdout).not.toContain('"custom_id"');
+    expect(JSON.parse(errFile.stdout)).toMatchObject({ error_lines: 1, output_lines: 0 });
+    expect(jsonl(await readFile(path.join(dir, "only-err.jsonl"), "utf8"))).toHaveLength(1);
+  });
+
+  it("submit warns of the classic mistakes before starting, and --strict refuses", async () => {
+    const file = await batchFile("mistakes.jsonl", 2);
+    // Lines say /v1/chat/completions and the endpoint ends in /v1; no API key; nothing listens on port 9.
+    const args = ["submit", file, "--endpoint", "http://127.0.0.1:9/v1", "--json"];
+    const warned = await cli(args);
+    expect(warned.code, warned.stderr).toBe(0);
+    expect(warned.stderr).toContain(
+      "warning: --endpoint ends in /v1 and the lines' urls start with /v1/ too: requests would go to http://127.0.0.1:9/v1/v1/chat/completions",
+    );
+    expect(warned.stderr).toMatch(/warning: no API key/);
+    expect(warned.stderr).toMatch(
+      /warning: nothing answers at http:\/\/127\.0\.0\.1:9\/v1 .*ECONNREFUSED/,
+    );
+
+    const before = (await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n;
+    const strict = await cli([...args, "--strict"]);
+    expect(strict.code).toBe(1);
+    expect(strict.stderr).toMatch(
+      /^fusillade: not submitted \(--strict\):\n {2}- --endpoint ends in \/v1/,
+    );
+    expect((await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n).toBe(before);
+
+    // A sound submission has nothing to say.
+    const upstream = await startUpstream();
+    try {
+      const ok = await cli([
+        "submit",
+        file,
+        "--endpoint",
+        upstream.url,
+        "--api-key",
+        "sk-1",
+        "--strict",
+      ]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(ok.stderr).toBe("");
+    } finally {
+      await upstream.close();
+    }
+  });
+
+  it("the live display says why requests fail and when a model is held", async () => {
+    const file = await batchFile("why.jsonl", 4);
+    const p = start([
+      "submit",
+      file,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--watch",
+      "--interval",
+      "500ms",
+    ]);
+    const [, batchId] = await p.waitFor(/batch ([0-9a-f-]{36}) created/);
+    await p.waitFor(/in_progress: 0\/4 done/);
+    await sql.query(
+      `UPDATE requests SET state = 'failed', finished_at = now(), response_status = 404,
+         error_code = 'http_error', error_message = 'upstream answered 404'
+       WHERE batch_id = $1 AND line IN (1, 2)`,
+      [batchId],
+    );
+    await sql.query(
+      `UPDATE requests SET not_before = now() + interval '1 hour', error_code = 'network_error',
+         error_message = 'connect ECONNREFUSED' WHERE batch_id = $1 AND line = 3`,
+      [batchId],
+    );
+    await sql.query(
+      `INSERT INTO model_limits (model, hold_until) VALUES ('gpt-test', now() + interval '1 hour')
+       ON CONFLICT (model) DO UPDATE SET hold_until = excluded.hold_until`,
+    );
+    try {
+      await p.waitFor(/errors: http_error 404 ×2, network_error ×1 retrying/);
+      await p.waitFor(/gpt-test held until \d\d:\d\d:\d\d \(429\)/);
+    } finally {
+      await sql.query(`UPDATE model_limits SET hold_until = NULL WHERE model = 'gpt-test'`);
+      await finish(batchId!);
+    }
+    expect((await p.done).code).toBe(0);
+  });
+
+  it("Ctrl-C of submit --watch --output names the commands that pick the batch up again", async () => {
+    const file = await batchFile("int.jsonl", 2);
+    const p = start([
+      "submit",
+      file,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--output",
+      "int-out.jsonl",
+    ]);
+    const [, batchId] = await p.waitFor(/batch ([0-9a-f-]{36}) created/);
+    await p.waitFor(/in_progress: 0\/2 done/);
+    p.child.kill("SIGINT");
+    const r = await p.done;
+    expect(r.code).toBe(130);
+    expect(r.stderr).toContain(`fusillade watch ${batchId} --output int-out.jsonl`);
+    expect(r.stderr).toContain(`fusillade results ${batchId} --output int-out.jsonl`);
+
+    // watch takes --output/--errors too.
+    const w = start(["watch", batchId!, "--output", "int-out.jsonl", "--errors", "int-err.jsonl"]);
+    await w.waitFor(/in_progress: 0\/2 done/);
+    await finish(batchId!);
+    const done = await w.done;
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stdout).toMatch(
+      /wrote 1 output lines to int-out.jsonl and 1 error lines to int-err.jsonl/,
+    );
+    expect(jsonl(await readFile(path.join(dir, "int-out.jsonl"), "utf8"))).toHaveLength(1);
+  });
+
+  it("says at once when the server goes away mid-watch, and how to re-attach when it gives up", async () => {
+    const file = await batchFile("gone.jsonl", 2);
+    const { batch_id: batchId } = JSON.parse(
+      (await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"])).stdout,
+    ) as { batch_id: string };
+    const port = Number(new URL(t.url).port);
+    const proxy = await startTcpProxy("127.0.0.1", port);
+    const p = start(["watch", batchId, "--reconnect-for", "3s"], {
+      FUSILLADE_SERVER: proxy.via(t.url),
+    });
+    await p.waitFor(/in_progress: 0\/2 done/);
+    const closedAt = Date.now();
+    await proxy.close();
+    await p.waitFor(/lost the connection to http:\/\/127\.0\.0\.1:\d+ .*; reconnecting…/);
+    expect(Date.now() - closedAt).toBeLessThan(2_000);
+    const r = await p.done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `fusillade: gave up reconnecting to .* after \\d+s; batch ${batchId} keeps running on the server: follow it again with \`fusillade watch ${batchId}\``,
+      ),
+    );
+  });
+
+  it("--server pointing at another HTTP server says it is not a Fusillade control plane", async () => {
+    const http1 = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end("<html>a web site</html>");
+    });
+    const h2 = http2.createServer();
+    h2.on("stream", (stream) => {
+      stream.respond({ ":status": 404, "content-type": "text/html" });
+      stream.end("not here");
+    });
+    await new Promise<void>((resolve) => http1.listen(0, "127.0.0.1", resolve));
+    await new Promise<void>((resolve) => h2.listen(0, "127.0.0.1", resolve));
+    try {
+      for (const server of [http1, h2]) {
+        const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+        const r = await cli(["--server", url, "status", "00000000-0000-4000-8000-000000000000"]);
+        expect(r.code).toBe(1);
+        expect(r.stderr).toMatch(
+          new RegExp(
+            `^fusillade: the server at ${url.replace(/\./g, "\\.")} is not a Fusillade control plane`,
+          ),
+        );
+      }
+    } finally {
+      http1.closeAllConnections();
+      await new Promise((resolve) => http1.close(resolve));
+      await new Promise((resolve) => h2.close(resolve));
+    }
+  });
+
+  it("batches list shows cancelled and expired counts, the file name and metadata; submit takes a retry policy", async () => {
+    const file = await batchFile("listed.jsonl", 3);
+    const sub = await cli([
+      "submit",
+      file,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--metadata",
+      "team=search",
+      "--max-retries",
+      "2",
+      "--initial-backoff",
+      "250ms",
+      "--max-backoff",
+      "2s",
+      "--completion-window",
+      "2h",
+      "--json",
+    ]);
+    expect(sub.code, sub.stderr).toBe(0);
+    const { batch_id: batchId, file_id: fileId } = JSON.parse(sub.stdout);
+    const status = JSON.parse((await cli(["status", batchId, "--json"])).stdout);
+    expect(status).toMatchObject({
+      completion_window: "2h",
+      retry_policy: { max_retries: 2, initial_backoff_ms: 250, max_backoff_ms: 2000 },
+    });
+    const bad = await cli(["submit", file, "--endpoint", "http://x", "--max-retries", "many"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--max-retries.*integer from 0 to 100/);
+
+    await cli(["cancel", batchId]);
+    const list = await cli(["batches", "list", "--file", fileId]);
+    expect(list.code, list.stderr).toBe(0);
+    const [header, row] = list.stdout.split("\n");
+    expect(header).toMatch(
+      /^ID\s+STATE\s+TOTAL\s+OK\s+FAILED\s+CANCELLED\s+EXPIRED\s+FILE\s+METADATA\s+CREATED$/,
+    );
+    expect(row).toMatch(
+      new RegExp(
+        `^${batchId}\\s+cancelled\\s+3\\s+0\\s+0\\s+3\\s+0\\s+listed\\.jsonl\\s+team=search\\s+\\d{4}-`,
+      ),
+    );
+    const json = JSON.parse((await cli(["batches", "list", "--file", fileId, "--json"])).stdout);
+    expect(json.batches[0]).toMatchObject({ filename: "listed.jsonl", counts: { canceled: 3 } });
   });
 
   // Debian's protobuf-compiler, protobuf-compiler-grpc, python3-grpcio, python3-protobuf.
@@ -434,6 +779,7 @@ function watchProcess(child: ChildProcess): Running {
   );
   return {
     done,
+    child,
     waitFor: (re) =>
       new Promise((resolve, reject) => {
         const check = () => {

@@ -51,6 +51,7 @@ async function fileOf(n: number, prefix = `f${++fileSeq}`, apiKey = ""): Promise
   const lines = Array.from({ length: n }, (_, i) =>
     JSON.stringify({
       custom_id: `${prefix}-${i + 1}`,
+      method: "POST",
       url: "/v1/chat/completions",
       body: { model: "m-batches", i },
     }),
@@ -412,11 +413,196 @@ describe("retry", () => {
     expect(e.rawMessage).toContain("custom_ids[1]");
   });
 
-  test("a cancelled batch cannot be retried", async () => {
-    const batchId = await batchOf(2);
+  test("a cancelled batch cannot be retried, but it can be resumed", async () => {
+    const batchId = await batchOf(4);
+    await finish(batchId, "completed", [1]);
+    await finish(batchId, "failed", [2]);
     await t.batch.cancelBatch({ batchId });
+    expect(await sqlCounts(batchId)).toEqual({ completed: 1, failed: 1, canceled: 2 });
     const e = await rejection(t.batch.retryBatch({ batchId }));
     expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.rawMessage).toContain("resume");
+    expect(await sqlCounts(batchId)).toEqual({ completed: 1, failed: 1, canceled: 2 });
+
+    // Resume: cancelled and failed requests run again, with a fresh window.
+    await sql.query(`UPDATE batches SET expires_at = now() + interval '1 minute' WHERE id = $1`, [
+      batchId,
+    ]);
+    const { batch, retriedCount } = await t.batch.retryBatch({ batchId, resume: true });
+    expect(retriedCount).toBe(3n);
+    expect(batch?.state).toBe(BatchState.IN_PROGRESS);
+    expect(batch?.cancellingTime).toBeUndefined();
+    expect(batch?.cancelTime).toBeUndefined();
+    expect(timestampMs(batch!.expireTime!) - Date.now()).toBeGreaterThan(23 * HOUR_MS);
+    expect(await sqlCounts(batchId)).toEqual({ completed: 1, pending: 3 });
+    await expectCountsTrue(batchId);
+    // The claim query sees it as running again.
+    const { rows } = await sql.query(
+      `SELECT 1 FROM batches WHERE id = $1 AND cancelling_at IS NULL AND finished_at IS NULL`,
+      [batchId],
+    );
+    expect(rows).toHaveLength(1);
+  });
+
+  test("an expired batch is resumed with the window asked for", async () => {
+    const batchId = await batchOf(2);
+    await finish(batchId, "expired", [1, 2]);
+    await sql.query(`UPDATE batches SET expires_at = now() - interval '1 minute' WHERE id = $1`, [
+      batchId,
+    ]);
+    const { batch, retriedCount } = await t.batch.retryBatch({
+      batchId,
+      resume: true,
+      completionWindow: "3h",
+    });
+    expect(retriedCount).toBe(2n);
+    expect(batch?.completionWindow).toBe("3h");
+    const expiresIn = timestampMs(batch!.expireTime!) - Date.now();
+    expect(expiresIn).toBeGreaterThan(2.9 * HOUR_MS);
+    expect(expiresIn).toBeLessThanOrEqual(3 * HOUR_MS);
+  });
+
+  test("a cancelling batch is refused with the reason", async () => {
+    const batchId = await batchOf(2);
+    await sql.query(
+      `UPDATE requests SET state = 'leased', lease_holder = 'd', lease_token = 1,
+         lease_expires_at = now() + interval '1 hour', attempt = 1 WHERE batch_id = $1 AND line = 1`,
+      [batchId],
+    );
+    await t.batch.cancelBatch({ batchId });
+    const e = await rejection(t.batch.retryBatch({ batchId, resume: true }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.rawMessage).toContain("cancelling");
+  });
+
+  test("a completion_window on a running batch moves its deadline, even with nothing to retry", async () => {
+    const batchId = await batchOf(2);
+    const before = (await t.batch.getBatch({ batchId })).batch!;
+    expect(timestampMs(before.expireTime!) - Date.now()).toBeGreaterThan(23 * HOUR_MS);
+    const { batch, retriedCount } = await t.batch.retryBatch({ batchId, completionWindow: "48h" });
+    expect(retriedCount).toBe(0n);
+    expect(batch?.completionWindow).toBe("48h");
+    expect(timestampMs(batch!.expireTime!) - Date.now()).toBeGreaterThan(47 * HOUR_MS);
+    const again = (await t.batch.getBatch({ batchId })).batch!;
+    expect(timestampMs(again.expireTime!)).toBe(timestampMs(batch!.expireTime!));
+  });
+
+  test("a completion_window for a finished batch with nothing to retry is refused; nothing changes", async () => {
+    const batchId = await batchOf(1);
+    await finish(batchId, "completed", [1]);
+    const before = (await t.batch.getBatch({ batchId })).batch!;
+    const e = await rejection(t.batch.retryBatch({ batchId, completionWindow: "1h" }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.rawMessage).toMatch(/completed and has no failed or expired requests/);
+    const after = (await t.batch.getBatch({ batchId })).batch!;
+    expect(after.completionWindow).toBe(before.completionWindow);
+    expect(timestampMs(after.expireTime!)).toBe(timestampMs(before.expireTime!));
+  });
+
+  test("a custom_id or request id the batch does not have is NOT_FOUND; nothing changes", async () => {
+    const batchId = await batchOf(2, "nf");
+    await finish(batchId, "failed", [1, 2]);
+    const e = await rejection(t.batch.retryBatch({ batchId, customIds: ["nf-1", "nonexistent"] }));
+    expect(e.code).toBe(Code.NotFound);
+    expect(e.rawMessage).toContain("custom_ids[1]");
+    expect(e.rawMessage).toContain('"nonexistent"');
+    const byId = await rejection(t.batch.retryBatch({ batchId, requestIds: [UNKNOWN_ID] }));
+    expect(byId.code).toBe(Code.NotFound);
+    expect(byId.rawMessage).toContain("request_ids[0]");
+    expect(await sqlCounts(batchId)).toEqual({ failed: 2 });
+  });
+});
+
+describe("breakdown", () => {
+  test("GetBatchBreakdown: counts per model, holds, and the commonest errors", async () => {
+    const lines = ["a", "a", "a", "b"].map((m, i) =>
+      JSON.stringify({
+        custom_id: `bd-${i + 1}`,
+        method: "POST",
+        url: "/v1/x",
+        body: { model: `bd-${m}` },
+      }),
+    );
+    const { file } = await t.batch.createFile({
+      jsonl: enc.encode(lines.join("\n")),
+      endpoint: ENDPOINT,
+    });
+    const batchId = (await t.batch.createBatch({ fileId: file!.id })).batch!.id;
+    await sql.query(
+      `UPDATE requests SET state = 'failed', finished_at = now(), response_status = 404,
+         error_code = 'http_error', error_message = 'upstream answered 404'
+       WHERE batch_id = $1 AND line IN (1, 2)`,
+      [batchId],
+    );
+    await sql.query(
+      `UPDATE requests SET not_before = now() + interval '1 hour', error_code = 'network_error',
+         error_message = 'connect ECONNREFUSED' WHERE batch_id = $1 AND line = 3`,
+      [batchId],
+    );
+    await sql.query(
+      `UPDATE model_limits SET hold_until = now() + interval '1 hour' WHERE model = 'bd-b'`,
+    );
+    const res = await t.batch.getBatchBreakdown({ batchId });
+    expect(
+      res.models.map((m) => [m.model, apiCounts(m.counts), m.holdUntilTime !== undefined]),
+    ).toEqual([
+      ["bd-a", { failed: 2, pending: 1 }, false],
+      ["bd-b", { pending: 1 }, true],
+    ]);
+    expect(res.errors).toMatchObject([
+      { code: "http_error", statusCode: 404, failed: 2n, retrying: 0n },
+      { code: "network_error", statusCode: 0, failed: 0n, retrying: 1n },
+    ]);
+    expect(res.errors[0]!.exampleMessage).toBe("upstream answered 404");
+    const missing = await rejection(t.batch.getBatchBreakdown({ batchId: UNKNOWN_ID }));
+    expect(missing.code).toBe(Code.NotFound);
+  });
+});
+
+describe("one request", () => {
+  test("ListBatchRequests filters by model; GetRequest shows a request's attempts", async () => {
+    const lines = ["a", "b", "a"].map((m, i) =>
+      JSON.stringify({
+        custom_id: `gr-${i + 1}`,
+        method: "POST",
+        url: "/v1/x",
+        body: { model: `gr-${m}` },
+      }),
+    );
+    const { file } = await t.batch.createFile({
+      jsonl: enc.encode(lines.join("\n")),
+      endpoint: ENDPOINT,
+    });
+    const batchId = (await t.batch.createBatch({ fileId: file!.id })).batch!.id;
+    const onlyA = await t.batch.listBatchRequests({ batchId, models: ["gr-a"] });
+    expect(onlyA.requests.map((r) => r.customId)).toEqual(["gr-1", "gr-3"]);
+
+    // Two attempts: the first a retriable failure, the second still running.
+    const id = onlyA.requests[0]!.id;
+    const lease = `UPDATE requests SET state = 'leased', lease_holder = 'd', lease_token = $2,
+        lease_expires_at = now() + interval '1 hour', attempt = attempt + 1, updated_at = now()
+      WHERE id = $1`;
+    await sql.query(lease, [id, 1]);
+    await sql.query(
+      `UPDATE requests SET state = 'pending', lease_holder = NULL, lease_expires_at = NULL,
+         error_code = 'http_error', error_message = 'upstream answered 503' WHERE id = $1`,
+      [id],
+    );
+    await sql.query(lease, [id, 2]);
+    const got = await t.batch.getRequest({ requestId: id });
+    expect(got.request?.customId).toBe("gr-1");
+    expect(got.attempts.map((a) => [a.attempt, a.outcome, a.endTime === undefined])).toEqual([
+      [1, RequestState.PENDING, false],
+      [2, RequestState.UNSPECIFIED, true],
+    ]);
+    const byCustomId = await t.batch.getRequest({ batchId, customId: "gr-3" });
+    expect(byCustomId.request?.model).toBe("gr-a");
+    expect(byCustomId.attempts).toEqual([]);
+    const missing = await rejection(t.batch.getRequest({ batchId, customId: "nope" }));
+    expect(missing.code).toBe(Code.NotFound);
+    const noKey = await rejection(t.batch.getRequest({}));
+    expect(noKey.code).toBe(Code.InvalidArgument);
+    expect(noKey.rawMessage).toContain("batch_id");
   });
 });
 
@@ -555,7 +741,7 @@ describe("API keys never come back out", () => {
     const jsonlFile = await t.batch.createFile({
       filename: "keyed.jsonl",
       jsonl: enc.encode(
-        JSON.stringify({ custom_id: "k1", url: "/v1/x", body: { model: "m-key" } }),
+        JSON.stringify({ custom_id: "k1", method: "POST", url: "/v1/x", body: { model: "m-key" } }),
       ),
       endpoint: ENDPOINT,
       apiKey: KEY,
@@ -580,7 +766,9 @@ describe("API keys never come back out", () => {
         yield {
           part: {
             case: "chunk" as const,
-            value: enc.encode('{"url":"/v1/x","body":{"model":"m-key"}}\n'),
+            value: enc.encode(
+              '{"custom_id":"k2","method":"POST","url":"/v1/x","body":{"model":"m-key"}}\n',
+            ),
           },
         };
       })(),
@@ -623,7 +811,9 @@ describe("API keys never come back out", () => {
   test("nor does an error about a keyed file", async () => {
     const e = await rejection(
       t.batch.createFile({
-        jsonl: enc.encode('{"url":"/v1/x","body":{"model":"m"}}\n{"url":"/v1/x","body":{}}'),
+        jsonl: enc.encode(
+          '{"custom_id":"a","method":"POST","url":"/v1/x","body":{"model":"m"}}\n{"custom_id":"b","method":"POST","url":"/v1/x","body":{}}',
+        ),
         endpoint: ENDPOINT,
         apiKey: KEY,
       }),

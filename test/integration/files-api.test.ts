@@ -100,7 +100,7 @@ function upload(text: string | Uint8Array, header: HeaderInit = {}, chunk = 64) 
 
 describe("a rejected file leaves no rows", () => {
   const bad37 = jsonlText(50, (i) =>
-    i === 37 ? '{"custom_id":"x","url":"/v1/x","body":' : undefined,
+    i === 37 ? '{"custom_id":"x","method":"POST","url":"/v1/x","body":' : undefined,
   );
 
   test("CreateFile: a malformed line 37 of 50 is INVALID_ARGUMENT naming line 37", async () => {
@@ -122,7 +122,9 @@ describe("a rejected file leaves no rows", () => {
   });
 
   test("UploadFile: a bad line after thousands of rows were already inserted", async () => {
-    const text = jsonlText(2500, (i) => (i === 2400 ? '{"url":"/v1/x","body":{}}' : undefined));
+    const text = jsonlText(2500, (i) =>
+      i === 2400 ? '{"custom_id":"x","method":"POST","url":"/v1/x","body":{}}' : undefined,
+    );
     await expectRejected(
       () => upload(text, { filename: "late.jsonl" }, MIB),
       "line 2400",
@@ -146,16 +148,26 @@ describe("a rejected file leaves no rows", () => {
   });
 
   test.each([
-    ["no body.model", '{"url":"/v1/x","body":{"messages":[]}}', "body.model"],
+    [
+      "no body.model",
+      '{"custom_id":"x","method":"POST","url":"/v1/x","body":{"messages":[]}}',
+      "body.model",
+    ],
     [
       "a url that is not a path",
-      '{"url":"https://elsewhere.test/v1/x","body":{"model":"m"}}',
+      '{"custom_id":"x","method":"POST","url":"https://elsewhere.test/v1/x","body":{"model":"m"}}',
       "url",
     ],
-    ["no url", '{"body":{"model":"m"}}', "url"],
-    ["no body", '{"url":"/v1/x"}', "body"],
-    ["a bad method", '{"method":"HEAD","url":"/v1/x","body":{"model":"m"}}', "method"],
+    ["no url", '{"custom_id":"x","method":"POST","body":{"model":"m"}}', "url"],
+    ["no body", '{"custom_id":"x","method":"POST","url":"/v1/x"}', "body"],
+    [
+      "a bad method",
+      '{"custom_id":"x","method":"HEAD","url":"/v1/x","body":{"model":"m"}}',
+      "method",
+    ],
     ["a JSON array", "[1]", "jsonl"],
+    ["no custom_id", '{"method":"POST","url":"/v1/x","body":{"model":"m"}}', "custom_id"],
+    ["no method", '{"custom_id":"x","url":"/v1/x","body":{"model":"m"}}', "method"],
   ])("a line with %s names the field and its line", async (_name, bad, field) => {
     const text = jsonlText(5, (i) => (i === 4 ? bad : undefined));
     await expectRejected(
@@ -227,11 +239,19 @@ describe("a rejected file leaves no rows", () => {
   test.each([
     [
       "custom_id",
-      { jsonl: '{"custom_id":"a\\u0000","url":"/v","body":{"model":"m"}}' },
+      { jsonl: '{"custom_id":"a\\u0000","method":"POST","url":"/v","body":{"model":"m"}}' },
       "line 1: custom_id",
     ],
-    ["url", { jsonl: '{"url":"/v\\u0000","body":{"model":"m"}}' }, "line 1: url"],
-    ["body.model", { jsonl: '{"url":"/v","body":{"model":"m\\u0000"}}' }, "line 1: body.model"],
+    [
+      "url",
+      { jsonl: '{"custom_id":"x","method":"POST","url":"/v\\u0000","body":{"model":"m"}}' },
+      "line 1: url",
+    ],
+    [
+      "body.model",
+      { jsonl: '{"custom_id":"x","method":"POST","url":"/v","body":{"model":"m\\u0000"}}' },
+      "line 1: body.model",
+    ],
     ["filename", { filename: "a\0.jsonl" }, "filename"],
     ["api_key", { apiKey: "sk-\0" }, "api_key"],
     ["request_id", { requestId: "r\0" }, "request_id"],

@@ -55,7 +55,7 @@ async function batchOf(
   tag = model,
 ) {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `${tag}-${i}`, url: "/v1/x", body: { model, i } }),
+    JSON.stringify({ custom_id: `${tag}-${i}`, method: "POST", url: "/v1/x", body: { model, i } }),
   ).join("\n");
   const file = await t.batch.createFile({
     jsonl: enc(lines),
@@ -211,12 +211,18 @@ describe("claims", () => {
       const pad = "x".repeat(400); // each body is ~430 bytes
       const lines = ["big1", "big2"].flatMap((model) =>
         Array.from({ length: 6 }, (_, i) =>
-          JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, pad } }),
+          JSON.stringify({
+            custom_id: `${model}-${i}`,
+            method: "POST",
+            url: "/v1/x",
+            body: { model, pad },
+          }),
         ),
       );
       lines.push(
         JSON.stringify({
           custom_id: "huge-0",
+          method: "POST",
           url: "/v1/x",
           body: { model: "huge", pad: "y".repeat(5000) },
         }),

@@ -29,7 +29,12 @@ const ms = (n: number) =>
 /** A batch of `n` requests of `model` (pending work, so WaitForWork has something to name). */
 async function batchOf(model: string, n: number) {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/x", body: { model, i } }),
+    JSON.stringify({
+      custom_id: `${model}-${i}`,
+      method: "POST",
+      url: "/v1/x",
+      body: { model, i },
+    }),
   ).join("\n");
   const file = await t.batch.createFile({
     jsonl: new TextEncoder().encode(lines),

@@ -41,7 +41,12 @@ afterAll(async () => {
 /** A JSONL body of `n` lines for `model`. */
 function jsonl(model: string, n: number): Uint8Array {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `${model}-${i}`, url: "/v1/chat/completions", body: { model } }),
+    JSON.stringify({
+      custom_id: `${model}-${i}`,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model },
+    }),
   );
   return new TextEncoder().encode(lines.join("\n"));
 }
@@ -90,7 +95,9 @@ describe.each(["connect-h2", "connect-h1", "grpc", "grpc-web"] as const)(
 
     test("a bad line is INVALID_ARGUMENT naming the line", async () => {
       const client = connectBatchClient(kind);
-      const body = new TextEncoder().encode('{"url":"/v1/x","body":{"model":"m"}}\n{oops}\n');
+      const body = new TextEncoder().encode(
+        '{"custom_id":"a","method":"POST","url":"/v1/x","body":{"model":"m"}}\n{oops}\n',
+      );
       const err = await client
         .createFile({ jsonl: body, endpoint: "http://upstream.test" })
         .catch((e: unknown) => e);

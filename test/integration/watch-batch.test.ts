@@ -26,7 +26,12 @@ afterAll(async () => {
 
 async function makeBatch(n: number): Promise<string> {
   const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({ custom_id: `r${i + 1}`, url: "/v1/x", body: { model: "m1", i } }),
+    JSON.stringify({
+      custom_id: `r${i + 1}`,
+      method: "POST",
+      url: "/v1/x",
+      body: { model: "m1", i },
+    }),
   );
   const { file } = await t.batch.createFile({
     endpoint: "http://127.0.0.1:9",

@@ -65,16 +65,16 @@ describe("batchState", () => {
 });
 
 describe("request transitions", () => {
-  it("lets nothing leave completed or canceled", () => {
+  it("lets nothing leave completed, and canceled only back to pending", () => {
     for (const to of REQUEST_STATES) {
       expect(canTransition("completed", to)).toBe(false);
-      expect(canTransition("canceled", to)).toBe(false);
+      expect(canTransition("canceled", to)).toBe(to === "pending");
     }
   });
 
-  it("sends only failed and expired back to pending among terminal states (RetryBatch)", () => {
+  it("sends failed, expired and (resume) canceled back to pending among terminal states (RetryBatch)", () => {
     for (const from of TERMINAL_REQUEST_STATES) {
-      expect(canTransition(from, "pending")).toBe(from === "failed" || from === "expired");
+      expect(canTransition(from, "pending")).toBe(from !== "completed");
     }
   });
 

@@ -69,28 +69,68 @@ describe("parseJsonlLine", () => {
     });
   });
 
-  it("defaults the method to POST and an absent custom_id to null", () => {
-    const row = parseJsonlLine('{"url":"/v1/x","body":{"model":"m"}}', 1, base, null);
-    expect(row.method).toBe("POST");
-    expect(row.customId).toBeNull();
-    expect(row.apiKey).toBeNull();
+  it.each([
+    ["no custom_id", '{"method":"POST","url":"/v1/x","body":{"model":"m"}}', "custom_id"],
+    [
+      "an empty custom_id",
+      '{"custom_id":"","method":"POST","url":"/v1/x","body":{"model":"m"}}',
+      "custom_id",
+    ],
+    [
+      "a null custom_id",
+      '{"custom_id":null,"method":"POST","url":"/v1/x","body":{"model":"m"}}',
+      "custom_id",
+    ],
+    ["no method", '{"custom_id":"a","url":"/v1/x","body":{"model":"m"}}', "method"],
+  ])("refuses a line with %s (OpenAI's format requires it)", (_name, text, field) => {
+    const e = thrown(() => parseJsonlLine(text, 4, base, null));
+    expect(e.field).toBe(field);
+    expect(e.message).toMatch(new RegExp(`^line 4: ${field}: is required`));
   });
 
   it.each([
     ["not JSON", "{nope", "jsonl"],
     ["an array", "[1,2]", "jsonl"],
     ["a string", '"x"', "jsonl"],
-    ["no body", '{"url":"/v1/x"}', "body"],
-    ["a string body", '{"url":"/v1/x","body":"{}"}', "body"],
-    ["no body.model", '{"url":"/v1/x","body":{"prompt":"hi"}}', "body.model"],
-    ["an empty body.model", '{"url":"/v1/x","body":{"model":""}}', "body.model"],
-    ["a numeric body.model", '{"url":"/v1/x","body":{"model":3}}', "body.model"],
-    ["no url", '{"body":{"model":"m"}}', "url"],
-    ["an absolute url", '{"url":"https://evil.example/v1","body":{"model":"m"}}', "url"],
-    ["a relative url", '{"url":"v1/x","body":{"model":"m"}}', "url"],
-    ["a numeric url", '{"url":5,"body":{"model":"m"}}', "url"],
-    ["a bad method", '{"method":"TRACE","url":"/v1/x","body":{"model":"m"}}', "method"],
-    ["a numeric custom_id", '{"custom_id":5,"url":"/v1/x","body":{"model":"m"}}', "custom_id"],
+    ["no body", '{"custom_id":"x","method":"POST","url":"/v1/x"}', "body"],
+    ["a string body", '{"custom_id":"x","method":"POST","url":"/v1/x","body":"{}"}', "body"],
+    [
+      "no body.model",
+      '{"custom_id":"x","method":"POST","url":"/v1/x","body":{"prompt":"hi"}}',
+      "body.model",
+    ],
+    [
+      "an empty body.model",
+      '{"custom_id":"x","method":"POST","url":"/v1/x","body":{"model":""}}',
+      "body.model",
+    ],
+    [
+      "a numeric body.model",
+      '{"custom_id":"x","method":"POST","url":"/v1/x","body":{"model":3}}',
+      "body.model",
+    ],
+    ["no url", '{"custom_id":"x","method":"POST","body":{"model":"m"}}', "url"],
+    [
+      "an absolute url",
+      '{"custom_id":"x","method":"POST","url":"https://evil.example/v1","body":{"model":"m"}}',
+      "url",
+    ],
+    [
+      "a relative url",
+      '{"custom_id":"x","method":"POST","url":"v1/x","body":{"model":"m"}}',
+      "url",
+    ],
+    ["a numeric url", '{"custom_id":"x","method":"POST","url":5,"body":{"model":"m"}}', "url"],
+    [
+      "a bad method",
+      '{"custom_id":"x","method":"TRACE","url":"/v1/x","body":{"model":"m"}}',
+      "method",
+    ],
+    [
+      "a numeric custom_id",
+      '{"custom_id":5,"method":"POST","url":"/v1/x","body":{"model":"m"}}',
+      "custom_id",
+    ],
   ])("rejects %s, naming the field and the line", (_name, text, field) => {
     const e = thrown(() => parseJsonlLine(text, 37, base, null));
     expect(e.field).toBe(field);
@@ -100,9 +140,9 @@ describe("parseJsonlLine", () => {
   });
 
   it.each([
-    ["custom_id", '{"custom_id":"a\\u0000","url":"/v","body":{"model":"m"}}'],
-    ["url", '{"url":"/v\\u0000","body":{"model":"m"}}'],
-    ["body.model", '{"url":"/v","body":{"model":"\\u0000"}}'],
+    ["custom_id", '{"custom_id":"a\\u0000","method":"POST","url":"/v","body":{"model":"m"}}'],
+    ["url", '{"custom_id":"x","method":"POST","url":"/v\\u0000","body":{"model":"m"}}'],
+    ["body.model", '{"custom_id":"x","method":"POST","url":"/v","body":{"model":"\\u0000"}}'],
   ])("rejects a NUL character in %s (Postgres text cannot store it)", (field, text) => {
     const e = thrown(() => parseJsonlLine(text, 3, base, null));
     expect(e.field).toBe(field);
@@ -110,14 +150,20 @@ describe("parseJsonlLine", () => {
   });
 
   it("keeps a NUL escaped inside the body (stored as JSON text)", () => {
-    const row = parseJsonlLine('{"url":"/v","body":{"model":"m","x":"\\u0000"}}', 1, base, null);
+    const row = parseJsonlLine(
+      '{"custom_id":"x","method":"POST","url":"/v","body":{"model":"m","x":"\\u0000"}}',
+      1,
+      base,
+      null,
+    );
     expect(row.body).toBe('{"model":"m","x":"\\u0000"}');
   });
 
   it("rejects a custom_id longer than the limit", () => {
     const long = "x".repeat(MAX_CUSTOM_ID_LENGTH + 1);
     const ok = "x".repeat(MAX_CUSTOM_ID_LENGTH);
-    const line = (id: string) => JSON.stringify({ custom_id: id, url: "/v", body: { model: "m" } });
+    const line = (id: string) =>
+      JSON.stringify({ custom_id: id, method: "POST", url: "/v", body: { model: "m" } });
     expect(thrown(() => parseJsonlLine(line(long), 2, base, null)).field).toBe("custom_id");
     expect(parseJsonlLine(line(ok), 2, base, null).customId).toBe(ok);
   });

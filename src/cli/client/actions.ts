@@ -36,6 +36,8 @@ export interface Globals {
 export interface WatchFlags {
   /** Plain-mode line interval, in ms. */
   intervalMs: number;
+  /** How long to keep reconnecting to a server that went away, in ms. */
+  reconnectForMs?: number;
 }
 
 function print(text: string): void {
@@ -62,13 +64,20 @@ async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promis
   }
 }
 
-async function follow(conn: Connection, batchId: string, flags: WatchFlags): Promise<Batch> {
+async function follow(
+  conn: Connection,
+  batchId: string,
+  flags: WatchFlags,
+  resultsHint?: ResultTargets,
+): Promise<Batch> {
   return interruptible((signal) =>
     followBatch(conn, batchId, {
       tty: process.stderr.isTTY === true,
       stream: process.stderr,
       plainEveryMs: flags.intervalMs,
       signal,
+      resultsHint,
+      reconnectForMs: flags.reconnectForMs,
     }),
   );
 }
@@ -109,7 +118,7 @@ export async function submitAction(
     return;
   }
   note(createdLine);
-  const final = await follow(conn, batch.id, opts);
+  const final = await follow(conn, batch.id, opts, opts.targets);
   const wants = opts.targets.output !== undefined || opts.targets.errors !== undefined;
   const written = wants ? await downloadResults(conn, batch.id, opts.targets) : undefined;
   if (g.json) {
@@ -132,19 +141,34 @@ export async function submitAction(
 
 function writtenLine(w: { output: number; errors: number }, t: ResultTargets): string {
   const where = (path: string | undefined) => path ?? "stdout";
+  if (t.errorsOnly) return `wrote ${w.errors} error lines to ${where(t.errors)}`;
   return `wrote ${w.output} output lines to ${where(t.output)} and ${w.errors} error lines to ${where(t.errors)}`;
 }
 
-/** watch BATCH: progress until the batch is terminal. */
+/** watch BATCH: progress until the batch is terminal; with --output/--errors, then its results. */
 export async function watchAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  flags: WatchFlags,
+  flags: WatchFlags & { targets: ResultTargets },
 ): Promise<void> {
-  const final = await follow(conn, batchId, flags);
-  if (g.json) printJson(batchView(final));
-  else print(finishedLine(final));
+  const final = await follow(conn, batchId, flags, flags.targets);
+  const wants = flags.targets.output !== undefined || flags.targets.errors !== undefined;
+  const written = wants ? await downloadResults(conn, batchId, flags.targets) : undefined;
+  if (g.json) {
+    printJson({
+      ...batchView(final),
+      ...(written && {
+        output_file: flags.targets.output ?? null,
+        errors_file: flags.targets.errors ?? null,
+        output_lines: written.output,
+        error_lines: written.errors,
+      }),
+    });
+    return;
+  }
+  print(finishedLine(final));
+  if (written) print(writtenLine(written, flags.targets));
 }
 
 /** results BATCH: output and error lines, to files or stdout. */
@@ -160,11 +184,12 @@ export async function resultsAction(
   }
   const written = await downloadResults(conn, batchId, targets);
   const anyFile = targets.output !== undefined || targets.errors !== undefined;
-  const allFiles = targets.output !== undefined && targets.errors !== undefined;
+  const allFiles =
+    (targets.output !== undefined || targets.errorsOnly === true) && targets.errors !== undefined;
   if (g.json && allFiles) {
     printJson({
       batch_id: batchId,
-      output_file: targets.output,
+      output_file: targets.output ?? null,
       errors_file: targets.errors,
       output_lines: written.output,
       error_lines: written.errors,
@@ -191,24 +216,39 @@ export async function cancelAction(conn: Connection, g: Globals, batchId: string
     );
 }
 
-/** retry BATCH: failed and expired requests (all, or those named) back to pending. */
+/** retry BATCH (and resume BATCH): requests back to pending, and the window change. */
 export async function retryAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  sel: { customIds: string[]; requestIds: string[]; completionWindow: string | undefined },
+  sel: {
+    customIds: string[];
+    requestIds: string[];
+    completionWindow: string | undefined;
+    resume: boolean;
+  },
 ): Promise<void> {
   const res = await conn.batch.retryBatch({
     batchId,
     customIds: sel.customIds,
     requestIds: sel.requestIds,
     completionWindow: sel.completionWindow ?? "",
+    resume: sel.resume,
   });
-  if (g.json) printJson({ retried_count: Number(res.retriedCount), batch: batchView(res.batch!) });
-  else
-    print(
-      `retried ${res.retriedCount} requests; batch ${res.batch!.id} is ${stateName(res.batch!.state)}`,
-    );
+  const b = res.batch!;
+  if (g.json) return printJson({ retried_count: Number(res.retriedCount), batch: batchView(b) });
+  const expires = b.expireTime ? timestampDate(b.expireTime).toISOString() : "?";
+  const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
+  const named = sel.customIds.length + sel.requestIds.length > 0;
+  const head =
+    res.retriedCount === 0n
+      ? `nothing to run again: ${named ? "none of the requests named is" : "no request is"} ${what}`
+      : `${sel.resume ? "resumed" : "retried"} ${res.retriedCount} requests`;
+  const window =
+    sel.completionWindow === undefined ? "" : ` (completion window ${sel.completionWindow})`;
+  print(`${head}; batch ${b.id} is ${stateName(b.state)}, expires ${expires}${window}`);
+  if (res.retriedCount > 0n && !isTerminal(b.state))
+    print(`follow it with: fusillade watch ${b.id}`);
 }
 
 /** Pages through a list until `limit` items; returns them and the token for more. */
@@ -283,18 +323,59 @@ export async function batchesListAction(
     const r = await conn.batch.listBatches({ pageSize, pageToken, fileId: o.file ?? "" });
     return { items: r.batches, next: r.nextPageToken };
   });
-  if (g.json) return printJson({ batches: items.map(batchView), next_page_token: next });
-  const rows = items
-    .map(batchView)
-    .map((b) => [
-      b.id,
-      b.state,
-      `${b.counts.completed + b.counts.failed + b.counts.canceled + b.counts.expired}/${b.counts.total}`,
-      String(b.counts.failed),
-      b.create_time ?? "",
-    ]);
-  print(table(["ID", "STATE", "DONE", "FAILED", "CREATED"], rows));
+  const names = await fileNames(
+    conn,
+    items.map((b) => b.fileId),
+  );
+  if (g.json) {
+    return printJson({
+      batches: items.map((b) => ({ ...batchView(b), filename: names.get(b.fileId) ?? null })),
+      next_page_token: next,
+    });
+  }
+  const rows = items.map(batchView).map((b) => [
+    b.id,
+    b.state,
+    String(b.counts.total),
+    String(b.counts.completed),
+    String(b.counts.failed),
+    String(b.counts.canceled),
+    String(b.counts.expired),
+    names.get(b.file_id) ?? (b.file_id === "" ? "(deleted)" : b.file_id),
+    Object.entries(b.metadata)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" "),
+    b.create_time ?? "",
+  ]);
+  print(
+    table(
+      [
+        "ID",
+        "STATE",
+        "TOTAL",
+        "OK",
+        "FAILED",
+        "CANCELLED",
+        "EXPIRED",
+        "FILE",
+        "METADATA",
+        "CREATED",
+      ],
+      rows,
+    ),
+  );
   moreNote(next, "batches list");
+}
+
+/** File names by id (one GetFile per distinct file; a deleted file has none). */
+async function fileNames(conn: Connection, ids: string[]): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  for (const id of new Set(ids)) {
+    if (id === "") continue;
+    const res = await conn.batch.getFile({ fileId: id }).catch(() => undefined);
+    if (res?.file) names.set(id, res.file.filename);
+  }
+  return names;
 }
 
 export async function limitsListAction(

@@ -92,6 +92,10 @@ export function describeRpcError(e: unknown, server: string): unknown {
       { cause: e },
     );
   }
+  const causeCode = (e.cause as NodeJS.ErrnoException | undefined)?.code ?? "";
+  if (causeCode.startsWith("ERR_HTTP2") || /^protocol error$/i.test(e.rawMessage)) {
+    return notFusillade(server, e, `it does not answer Connect/gRPC over HTTP/2: ${e.rawMessage}`);
+  }
   if (e.code === Code.Unauthenticated) {
     return new CliError(
       `the server at ${server} refused the call: ${e.rawMessage}. Pass a token with --token or FUSILLADE_TOKEN (docs/trust.md)`,
@@ -110,6 +114,32 @@ export function describeRpcError(e: unknown, server: string): unknown {
     });
   }
   return new CliError(e.rawMessage, 1, { cause: e });
+}
+
+/** The error for a --server that is some other HTTP server. */
+export function notFusillade(server: string, cause: unknown, why: string): CliError {
+  return new CliError(
+    `the server at ${server} is not a Fusillade control plane (${why}); check --server or FUSILLADE_SERVER (default ${DEFAULT_SERVER})`,
+    1,
+    { cause },
+  );
+}
+
+/**
+ * Turns an RPC error into the message to print, asking the server once more
+ * when the call was unknown to it: a Fusillade control plane of any version
+ * answers ListFiles, so one that does not is some other server.
+ */
+export async function explainRpcError(e: unknown, conn: Connection): Promise<unknown> {
+  if (e instanceof ConnectError && e.code === Code.Unimplemented) {
+    const known = await conn.batch.listFiles({ pageSize: 1 }).then(
+      () => true,
+      (again: unknown) => !(again instanceof ConnectError && again.code === Code.Unimplemented),
+    );
+    if (!known)
+      return notFusillade(conn.server, e, `it answers ${e.rawMessage} to Fusillade's calls`);
+  }
+  return describeRpcError(e, conn.server);
 }
 
 /** Whether an RPC error is worth retrying (server restarting, connection lost). */

@@ -5,7 +5,10 @@
  * into when it is a device or a FIFO): ./output-file.ts.
  */
 
-import { GetBatchResultsResponse_Kind } from "../../gen/fusillade/v1/batch_service_pb.js";
+import {
+  GetBatchResultsRequest_Kind,
+  GetBatchResultsResponse_Kind,
+} from "../../gen/fusillade/v1/batch_service_pb.js";
 import { CliError, type Connection, describeRpcError } from "./connection.js";
 import { type OutputFile, openOutputFile, writeLine } from "./output-file.js";
 
@@ -14,6 +17,8 @@ export interface ResultTargets {
   output?: string;
   /** Error lines (failed, expired, cancelled): a path, or undefined for stdout. */
   errors?: string;
+  /** Only error lines (to `errors`, or stdout); no output lines are read. */
+  errorsOnly?: boolean;
 }
 
 export interface ResultCounts {
@@ -39,28 +44,38 @@ export async function downloadResults(
   batchId: string,
   targets: ResultTargets,
 ): Promise<ResultCounts> {
-  const out = targets.output === undefined ? stdoutSink() : await fileSink(targets.output);
+  if (targets.errorsOnly && targets.output !== undefined) {
+    throw new CliError("--errors-only writes no output lines: drop --output (or --errors-only)", 2);
+  }
+  const out = targets.errorsOnly
+    ? undefined
+    : targets.output === undefined
+      ? stdoutSink()
+      : await fileSink(targets.output);
   let err: OutputFile;
   try {
     err =
       targets.errors === undefined
         ? targets.output === undefined
-          ? out
+          ? (out ?? stdoutSink())
           : stdoutSink()
         : targets.errors === targets.output
-          ? out
+          ? out!
           : await fileSink(targets.errors);
   } catch (e) {
-    await out.abort();
+    await out?.abort();
     throw e;
   }
-  const sinks = out === err ? [out] : [out, err];
+  const sinks = out === undefined || out === err ? [err] : [out, err];
   const counts: ResultCounts = { output: 0, errors: 0 };
   try {
-    for await (const m of conn.batch.getBatchResults({ batchId })) {
+    const kind = targets.errorsOnly
+      ? GetBatchResultsRequest_Kind.ERRORS
+      : GetBatchResultsRequest_Kind.ALL;
+    for await (const m of conn.batch.getBatchResults({ batchId, kind })) {
       if (m.kind === GetBatchResultsResponse_Kind.OUTPUT) {
         counts.output++;
-        await out.write(m.line);
+        await out?.write(m.line);
       } else {
         counts.errors++;
         await err.write(m.line);

@@ -8,6 +8,7 @@ import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import cliProgress from "cli-progress";
 import {
   type UploadFileRequest,
@@ -15,6 +16,7 @@ import {
 } from "../../gen/fusillade/v1/batch_service_pb.js";
 import type { Batch, File } from "../../gen/fusillade/v1/resources_pb.js";
 import { CliError, type Connection } from "./connection.js";
+import { preflight } from "./preflight.js";
 import { formatBytes } from "./views.js";
 
 /** Bytes per UploadFile chunk message: well under any message limit. */
@@ -27,6 +29,10 @@ export interface SubmitInput {
   completionWindow: string | undefined;
   metadata: Record<string, string>;
   filename: string | undefined;
+  /** Unset fields take the server's defaults. */
+  retryPolicy: { maxRetries?: number; initialBackoffMs?: number; maxBackoffMs?: number };
+  /** Refuse to upload when a preflight check warns. */
+  strict: boolean;
   /** Draw an upload bar on stderr. */
   tty: boolean;
 }
@@ -63,6 +69,11 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
   });
   if (!info.isFile()) throw new CliError(`${input.path} is not a file`);
   if (info.size === 0) throw new CliError(`${input.path} is empty`);
+  const warnings = await preflight(input);
+  if (warnings.length > 0 && input.strict) {
+    throw new CliError(`not submitted (--strict):\n${warnings.map((w) => `  - ${w}`).join("\n")}`);
+  }
+
   const bar =
     input.tty && info.size > CHUNK_BYTES
       ? new cliProgress.SingleBar(
@@ -84,6 +95,9 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
         bar?.update(sent, { sent: formatBytes(sent) });
       }),
     );
+    // After the upload: a file the server refuses gets its own message alone.
+    bar?.stop();
+    for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
     return res.file!;
   } finally {
     bar?.stop();
@@ -94,13 +108,20 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
 export async function startBatch(
   conn: Connection,
   fileId: string,
-  input: Pick<SubmitInput, "completionWindow" | "metadata">,
+  input: Pick<SubmitInput, "completionWindow" | "metadata" | "retryPolicy">,
 ): Promise<Batch> {
+  const p = input.retryPolicy;
   const res = await conn.batch.createBatch({
     requestId: randomUUID(),
     fileId,
     completionWindow: input.completionWindow ?? "",
     metadata: input.metadata,
+    retryPolicy: {
+      maxRetries: p.maxRetries,
+      initialBackoff:
+        p.initialBackoffMs === undefined ? undefined : durationFromMs(p.initialBackoffMs),
+      maxBackoff: p.maxBackoffMs === undefined ? undefined : durationFromMs(p.maxBackoffMs),
+    },
   });
   return res.batch!;
 }

@@ -6,15 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Batch, BatchRequest, BatchState, File, RequestCounts, RequestState, RequestTemplateInput, RetryPolicy } from "./resources_pb.js";
 import { file_fusillade_v1_resources } from "./resources_pb.js";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fusillade/v1/batch_service.proto.
  */
 export const file_fusillade_v1_batch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBmdXNpbGxhZGUvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIqIBChFDcmVhdGVGaWxlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEjUKCXRlbXBsYXRlcxgDIAMoCzIiLmZ1c2lsbGFkZS52MS5SZXF1ZXN0VGVtcGxhdGVJbnB1dBINCgVqc29ubBgEIAEoDBIQCghlbmRwb2ludBgFIAEoCRIPCgdhcGlfa2V5GAYgASgJIjYKEkNyZWF0ZUZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiXgoRVXBsb2FkRmlsZVJlcXVlc3QSMAoGaGVhZGVyGAEgASgLMh4uZnVzaWxsYWRlLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiWwoQVXBsb2FkRmlsZUhlYWRlchISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhAKCGVuZHBvaW50GAMgASgJEg8KB2FwaV9rZXkYBCABKAkiNgoSVXBsb2FkRmlsZVJlc3BvbnNlEiAKBGZpbGUYASABKAsyEi5mdXNpbGxhZGUudjEuRmlsZSIhCg5HZXRGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIjMKD0dldEZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiOQoQTGlzdEZpbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJPChFMaXN0RmlsZXNSZXNwb25zZRIhCgVmaWxlcxgBIAMoCzISLmZ1c2lsbGFkZS52MS5GaWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFEZWxldGVGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSL4AQoSQ3JlYXRlQmF0Y2hSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDwoHZmlsZV9pZBgCIAEoCRIZChFjb21wbGV0aW9uX3dpbmRvdxgDIAEoCRJACghtZXRhZGF0YRgEIAMoCzIuLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxyZXRyeV9wb2xpY3kYBSABKAsyGS5mdXNpbGxhZGUudjEuUmV0cnlQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjkKE0NyZWF0ZUJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKEEdldEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giKQoVR2V0QmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIpcBChZHZXRCYXRjaFN0YXR1c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgJEicKBXN0YXRlGAIgASgOMhguZnVzaWxsYWRlLnYxLkJhdGNoU3RhdGUSFQoNb3BlbmFpX3N0YXR1cxgDIAEoCRIrCgZjb3VudHMYBCABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cyJMChJMaXN0QmF0Y2hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHZmlsZV9pZBgDIAEoCSJUChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEiQKB2JhdGNoZXMYASADKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZnVzaWxsYWRlLnYxLkJhdGNoImkKEVJldHJ5QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhMKC3JlcXVlc3RfaWRzGAIgAygJEhIKCmN1c3RvbV9pZHMYAyADKAkSGQoRY29tcGxldGlvbl93aW5kb3cYBCABKAkiTwoSUmV0cnlCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZnVzaWxsYWRlLnYxLkJhdGNoEhUKDXJldHJpZWRfY291bnQYAiABKAMifwoYTGlzdEJhdGNoUmVxdWVzdHNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEioKBnN0YXRlcxgEIAMoDjIaLmZ1c2lsbGFkZS52MS5SZXF1ZXN0U3RhdGUiYgoZTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRIsCghyZXF1ZXN0cxgBIAMoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKGlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIqCgZzdGF0ZXMYAyADKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIqACChtTdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2USPAoEa2luZBgBIAEoDjIuLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2UuS2luZBIrCgdyZXF1ZXN0GAIgASgLMhouZnVzaWxsYWRlLnYxLkJhdGNoUmVxdWVzdBIOCgZjdXJzb3IYAyABKAkSLQoLYmF0Y2hfc3RhdGUYBCABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZSJXCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIRCg1LSU5EX1NOQVBTSE9UEAESFQoRS0lORF9TTkFQU0hPVF9FTkQQAhIPCgtLSU5EX0NIQU5HRRADIlYKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI4ChJXYXRjaEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gisQEKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0LktpbmQiTAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDAoIS0lORF9BTEwQARIPCgtLSU5EX09VVFBVVBACEg8KC0tJTkRfRVJST1JTEAMiswEKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEjgKBGtpbmQYASABKA4yKi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UuS2luZBIMCgRsaW5lGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSI9CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX09VVFBVVBABEg4KCktJTkRfRVJST1IQAjKXCgoMQmF0Y2hTZXJ2aWNlEk8KCkNyZWF0ZUZpbGUSHy5mdXNpbGxhZGUudjEuQ3JlYXRlRmlsZVJlcXVlc3QaIC5mdXNpbGxhZGUudjEuQ3JlYXRlRmlsZVJlc3BvbnNlElEKClVwbG9hZEZpbGUSHy5mdXNpbGxhZGUudjEuVXBsb2FkRmlsZVJlcXVlc3QaIC5mdXNpbGxhZGUudjEuVXBsb2FkRmlsZVJlc3BvbnNlKAESRgoHR2V0RmlsZRIcLmZ1c2lsbGFkZS52MS5HZXRGaWxlUmVxdWVzdBodLmZ1c2lsbGFkZS52MS5HZXRGaWxlUmVzcG9uc2USTAoJTGlzdEZpbGVzEh4uZnVzaWxsYWRlLnYxLkxpc3RGaWxlc1JlcXVlc3QaHy5mdXNpbGxhZGUudjEuTGlzdEZpbGVzUmVzcG9uc2USTwoKRGVsZXRlRmlsZRIfLmZ1c2lsbGFkZS52MS5EZWxldGVGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5EZWxldGVGaWxlUmVzcG9uc2USUgoLQ3JlYXRlQmF0Y2gSIC5mdXNpbGxhZGUudjEuQ3JlYXRlQmF0Y2hSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkNyZWF0ZUJhdGNoUmVzcG9uc2USSQoIR2V0QmF0Y2gSHS5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXF1ZXN0Gh4uZnVzaWxsYWRlLnYxLkdldEJhdGNoUmVzcG9uc2USWwoOR2V0QmF0Y2hTdGF0dXMSIy5mdXNpbGxhZGUudjEuR2V0QmF0Y2hTdGF0dXNSZXF1ZXN0GiQuZnVzaWxsYWRlLnYxLkdldEJhdGNoU3RhdHVzUmVzcG9uc2USUgoLTGlzdEJhdGNoZXMSIC5mdXNpbGxhZGUudjEuTGlzdEJhdGNoZXNSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkxpc3RCYXRjaGVzUmVzcG9uc2USUgoLQ2FuY2VsQmF0Y2gSIC5mdXNpbGxhZGUudjEuQ2FuY2VsQmF0Y2hSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USTwoKUmV0cnlCYXRjaBIfLmZ1c2lsbGFkZS52MS5SZXRyeUJhdGNoUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5SZXRyeUJhdGNoUmVzcG9uc2USZAoRTGlzdEJhdGNoUmVxdWVzdHMSJi5mdXNpbGxhZGUudjEuTGlzdEJhdGNoUmVxdWVzdHNSZXF1ZXN0GicuZnVzaWxsYWRlLnYxLkxpc3RCYXRjaFJlcXVlc3RzUmVzcG9uc2USbAoTU3RyZWFtQmF0Y2hSZXF1ZXN0cxIoLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVxdWVzdBopLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2UwARJRCgpXYXRjaEJhdGNoEh8uZnVzaWxsYWRlLnYxLldhdGNoQmF0Y2hSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLldhdGNoQmF0Y2hSZXNwb25zZTABEmAKD0dldEJhdGNoUmVzdWx0cxIkLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0GiUuZnVzaWxsYWRlLnYxLkdldEJhdGNoUmVzdWx0c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_fusillade_v1_resources, file_google_protobuf_duration]);
+  fileDesc("CiBmdXNpbGxhZGUvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIqIBChFDcmVhdGVGaWxlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEjUKCXRlbXBsYXRlcxgDIAMoCzIiLmZ1c2lsbGFkZS52MS5SZXF1ZXN0VGVtcGxhdGVJbnB1dBINCgVqc29ubBgEIAEoDBIQCghlbmRwb2ludBgFIAEoCRIPCgdhcGlfa2V5GAYgASgJIjYKEkNyZWF0ZUZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiXgoRVXBsb2FkRmlsZVJlcXVlc3QSMAoGaGVhZGVyGAEgASgLMh4uZnVzaWxsYWRlLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiWwoQVXBsb2FkRmlsZUhlYWRlchISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhAKCGVuZHBvaW50GAMgASgJEg8KB2FwaV9rZXkYBCABKAkiNgoSVXBsb2FkRmlsZVJlc3BvbnNlEiAKBGZpbGUYASABKAsyEi5mdXNpbGxhZGUudjEuRmlsZSIhCg5HZXRGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIjMKD0dldEZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiOQoQTGlzdEZpbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJPChFMaXN0RmlsZXNSZXNwb25zZRIhCgVmaWxlcxgBIAMoCzISLmZ1c2lsbGFkZS52MS5GaWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFEZWxldGVGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSL4AQoSQ3JlYXRlQmF0Y2hSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDwoHZmlsZV9pZBgCIAEoCRIZChFjb21wbGV0aW9uX3dpbmRvdxgDIAEoCRJACghtZXRhZGF0YRgEIAMoCzIuLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxyZXRyeV9wb2xpY3kYBSABKAsyGS5mdXNpbGxhZGUudjEuUmV0cnlQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjkKE0NyZWF0ZUJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKEEdldEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giKQoVR2V0QmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIpcBChZHZXRCYXRjaFN0YXR1c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgJEicKBXN0YXRlGAIgASgOMhguZnVzaWxsYWRlLnYxLkJhdGNoU3RhdGUSFQoNb3BlbmFpX3N0YXR1cxgDIAEoCRIrCgZjb3VudHMYBCABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cyJMChJMaXN0QmF0Y2hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHZmlsZV9pZBgDIAEoCSJUChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEiQKB2JhdGNoZXMYASADKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZnVzaWxsYWRlLnYxLkJhdGNoInkKEVJldHJ5QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhMKC3JlcXVlc3RfaWRzGAIgAygJEhIKCmN1c3RvbV9pZHMYAyADKAkSGQoRY29tcGxldGlvbl93aW5kb3cYBCABKAkSDgoGcmVzdW1lGAUgASgIIk8KElJldHJ5QmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZ1c2lsbGFkZS52MS5CYXRjaBIVCg1yZXRyaWVkX2NvdW50GAIgASgDIo8BChhMaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSKgoGc3RhdGVzGAQgAygOMhouZnVzaWxsYWRlLnYxLlJlcXVlc3RTdGF0ZRIOCgZtb2RlbHMYBSADKAkiYgoZTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRIsCghyZXF1ZXN0cxgBIAMoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKGlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIqCgZzdGF0ZXMYAyADKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIqACChtTdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2USPAoEa2luZBgBIAEoDjIuLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2UuS2luZBIrCgdyZXF1ZXN0GAIgASgLMhouZnVzaWxsYWRlLnYxLkJhdGNoUmVxdWVzdBIOCgZjdXJzb3IYAyABKAkSLQoLYmF0Y2hfc3RhdGUYBCABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZSJXCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIRCg1LSU5EX1NOQVBTSE9UEAESFQoRS0lORF9TTkFQU0hPVF9FTkQQAhIPCgtLSU5EX0NIQU5HRRADIlYKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI4ChJXYXRjaEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gisQEKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0LktpbmQiTAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDAoIS0lORF9BTEwQARIPCgtLSU5EX09VVFBVVBACEg8KC0tJTkRfRVJST1JTEAMiswEKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEjgKBGtpbmQYASABKA4yKi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UuS2luZBIMCgRsaW5lGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSI9CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX09VVFBVVBABEg4KCktJTkRfRVJST1IQAiJMChFHZXRSZXF1ZXN0UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSJxChJHZXRSZXF1ZXN0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSLgoIYXR0ZW1wdHMYAiADKAsyHC5mdXNpbGxhZGUudjEuUmVxdWVzdEF0dGVtcHQirAEKDlJlcXVlc3RBdHRlbXB0Eg8KB2F0dGVtcHQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB291dGNvbWUYBCABKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIkAKGEdldEJhdGNoQnJlYWtkb3duUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCRISCgptYXhfZXJyb3JzGAIgASgFInMKGUdldEJhdGNoQnJlYWtkb3duUmVzcG9uc2USLAoGbW9kZWxzGAEgAygLMhwuZnVzaWxsYWRlLnYxLk1vZGVsQnJlYWtkb3duEigKBmVycm9ycxgCIAMoCzIYLmZ1c2lsbGFkZS52MS5FcnJvckNvdW50IoEBCg5Nb2RlbEJyZWFrZG93bhINCgVtb2RlbBgBIAEoCRIrCgZjb3VudHMYAiABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cxIzCg9ob2xkX3VudGlsX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKCkVycm9yQ291bnQSDAoEY29kZRgBIAEoCRITCgtzdGF0dXNfY29kZRgCIAEoBRIOCgZmYWlsZWQYAyABKAMSEAoIcmV0cnlpbmcYBCABKAMSFwoPZXhhbXBsZV9tZXNzYWdlGAUgASgJMs4LCgxCYXRjaFNlcnZpY2USTwoKQ3JlYXRlRmlsZRIfLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVzcG9uc2USUQoKVXBsb2FkRmlsZRIfLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVzcG9uc2UoARJGCgdHZXRGaWxlEhwuZnVzaWxsYWRlLnYxLkdldEZpbGVSZXF1ZXN0Gh0uZnVzaWxsYWRlLnYxLkdldEZpbGVSZXNwb25zZRJMCglMaXN0RmlsZXMSHi5mdXNpbGxhZGUudjEuTGlzdEZpbGVzUmVxdWVzdBofLmZ1c2lsbGFkZS52MS5MaXN0RmlsZXNSZXNwb25zZRJPCgpEZWxldGVGaWxlEh8uZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJSCgtDcmVhdGVCYXRjaBIgLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ3JlYXRlQmF0Y2hSZXNwb25zZRJJCghHZXRCYXRjaBIdLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlcXVlc3QaHi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXNwb25zZRJbCg5HZXRCYXRjaFN0YXR1cxIjLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFN0YXR1c1JlcXVlc3QaJC5mdXNpbGxhZGUudjEuR2V0QmF0Y2hTdGF0dXNSZXNwb25zZRJSCgtMaXN0QmF0Y2hlcxIgLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hlc1JlcXVlc3QaIS5mdXNpbGxhZGUudjEuTGlzdEJhdGNoZXNSZXNwb25zZRJSCgtDYW5jZWxCYXRjaBIgLmZ1c2lsbGFkZS52MS5DYW5jZWxCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ2FuY2VsQmF0Y2hSZXNwb25zZRJPCgpSZXRyeUJhdGNoEh8uZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXNwb25zZRJkChFMaXN0QmF0Y2hSZXF1ZXN0cxImLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QaJy5mdXNpbGxhZGUudjEuTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRJsChNTdHJlYW1CYXRjaFJlcXVlc3RzEiguZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0GikuZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXNwb25zZTABElEKCldhdGNoQmF0Y2gSHy5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlcXVlc3QaIC5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlc3BvbnNlMAESYAoPR2V0QmF0Y2hSZXN1bHRzEiQuZnVzaWxsYWRlLnYxLkdldEJhdGNoUmVzdWx0c1JlcXVlc3QaJS5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwARJPCgpHZXRSZXF1ZXN0Eh8uZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXNwb25zZRJkChFHZXRCYXRjaEJyZWFrZG93bhImLmZ1c2lsbGFkZS52MS5HZXRCYXRjaEJyZWFrZG93blJlcXVlc3QaJy5mdXNpbGxhZGUudjEuR2V0QmF0Y2hCcmVha2Rvd25SZXNwb25zZWIGcHJvdG8z", [file_fusillade_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fusillade.v1.CreateFileRequest
@@ -41,7 +41,8 @@ export type CreateFileRequest = Message<"fusillade.v1.CreateFileRequest"> & {
   templates: RequestTemplateInput[];
 
   /**
-   * OpenAI batch format: one {"custom_id","method","url","body"} object per line.
+   * OpenAI batch format: one {"custom_id","method","url","body"} object per
+   * line, all four required.
    *
    * @generated from field: bytes jsonl = 4;
    */
@@ -528,11 +529,22 @@ export type RetryBatchRequest = Message<"fusillade.v1.RetryBatchRequest"> & {
   customIds: string[];
 
   /**
-   * New completion window from now for an expired batch. Default: the batch's own.
+   * New completion window, from now. It applies whenever the batch runs after
+   * the retry (a running batch's deadline moves; a batch that would not run
+   * is FAILED_PRECONDITION). Default: the deadline stays, except that a
+   * batch reopened after its deadline (or resumed) gets its own window again.
    *
    * @generated from field: string completion_window = 4;
    */
   completionWindow: string;
+
+  /**
+   * Also run cancelled requests again, and reopen a cancelled batch, with a
+   * fresh completion window: how a cancelled or expired batch is finished.
+   *
+   * @generated from field: bool resume = 5;
+   */
+  resume: boolean;
 };
 
 /**
@@ -591,6 +603,13 @@ export type ListBatchRequestsRequest = Message<"fusillade.v1.ListBatchRequestsRe
    * @generated from field: repeated fusillade.v1.RequestState states = 4;
    */
   states: RequestState[];
+
+  /**
+   * Only requests of these models, when set.
+   *
+   * @generated from field: repeated string models = 5;
+   */
+  models: string[];
 };
 
 /**
@@ -884,6 +903,229 @@ export const GetBatchResultsResponse_KindSchema: GenEnum<GetBatchResultsResponse
   enumDesc(file_fusillade_v1_batch_service, 30, 0);
 
 /**
+ * @generated from message fusillade.v1.GetRequestRequest
+ */
+export type GetRequestRequest = Message<"fusillade.v1.GetRequestRequest"> & {
+  /**
+   * The request's id; or leave it empty and name batch_id and custom_id.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: string batch_id = 2;
+   */
+  batchId: string;
+
+  /**
+   * @generated from field: string custom_id = 3;
+   */
+  customId: string;
+};
+
+/**
+ * Describes the message fusillade.v1.GetRequestRequest.
+ * Use `create(GetRequestRequestSchema)` to create a new message.
+ */
+export const GetRequestRequestSchema: GenMessage<GetRequestRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 31);
+
+/**
+ * @generated from message fusillade.v1.GetRequestResponse
+ */
+export type GetRequestResponse = Message<"fusillade.v1.GetRequestResponse"> & {
+  /**
+   * @generated from field: fusillade.v1.BatchRequest request = 1;
+   */
+  request?: BatchRequest | undefined;
+
+  /**
+   * Its attempts, oldest first (the running one last, without end_time).
+   *
+   * @generated from field: repeated fusillade.v1.RequestAttempt attempts = 2;
+   */
+  attempts: RequestAttempt[];
+};
+
+/**
+ * Describes the message fusillade.v1.GetRequestResponse.
+ * Use `create(GetRequestResponseSchema)` to create a new message.
+ */
+export const GetRequestResponseSchema: GenMessage<GetRequestResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 32);
+
+/**
+ * One attempt of a request: from the claim that started it to the state
+ * change that ended it.
+ *
+ * @generated from message fusillade.v1.RequestAttempt
+ */
+export type RequestAttempt = Message<"fusillade.v1.RequestAttempt"> & {
+  /**
+   * 1-based.
+   *
+   * @generated from field: int32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Unset while the attempt runs.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 3;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The state the request went to when the attempt ended: PENDING means a
+   * retriable failure (or a claim given back); unspecified while it runs.
+   *
+   * @generated from field: fusillade.v1.RequestState outcome = 4;
+   */
+  outcome: RequestState;
+};
+
+/**
+ * Describes the message fusillade.v1.RequestAttempt.
+ * Use `create(RequestAttemptSchema)` to create a new message.
+ */
+export const RequestAttemptSchema: GenMessage<RequestAttempt> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 33);
+
+/**
+ * @generated from message fusillade.v1.GetBatchBreakdownRequest
+ */
+export type GetBatchBreakdownRequest = Message<"fusillade.v1.GetBatchBreakdownRequest"> & {
+  /**
+   * @generated from field: string batch_id = 1;
+   */
+  batchId: string;
+
+  /**
+   * Most error kinds returned, commonest first. Default 5, at most 100.
+   *
+   * @generated from field: int32 max_errors = 2;
+   */
+  maxErrors: number;
+};
+
+/**
+ * Describes the message fusillade.v1.GetBatchBreakdownRequest.
+ * Use `create(GetBatchBreakdownRequestSchema)` to create a new message.
+ */
+export const GetBatchBreakdownRequestSchema: GenMessage<GetBatchBreakdownRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 34);
+
+/**
+ * @generated from message fusillade.v1.GetBatchBreakdownResponse
+ */
+export type GetBatchBreakdownResponse = Message<"fusillade.v1.GetBatchBreakdownResponse"> & {
+  /**
+   * @generated from field: repeated fusillade.v1.ModelBreakdown models = 1;
+   */
+  models: ModelBreakdown[];
+
+  /**
+   * @generated from field: repeated fusillade.v1.ErrorCount errors = 2;
+   */
+  errors: ErrorCount[];
+};
+
+/**
+ * Describes the message fusillade.v1.GetBatchBreakdownResponse.
+ * Use `create(GetBatchBreakdownResponseSchema)` to create a new message.
+ */
+export const GetBatchBreakdownResponseSchema: GenMessage<GetBatchBreakdownResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 35);
+
+/**
+ * One model's share of a batch.
+ *
+ * @generated from message fusillade.v1.ModelBreakdown
+ */
+export type ModelBreakdown = Message<"fusillade.v1.ModelBreakdown"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * @generated from field: fusillade.v1.RequestCounts counts = 2;
+   */
+  counts?: RequestCounts | undefined;
+
+  /**
+   * Set while the model is held back (the upstream answered 429 with a
+   * Retry-After): no request of it starts before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp hold_until_time = 3;
+   */
+  holdUntilTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.ModelBreakdown.
+ * Use `create(ModelBreakdownSchema)` to create a new message.
+ */
+export const ModelBreakdownSchema: GenMessage<ModelBreakdown> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 36);
+
+/**
+ * Requests of a batch that ended with, or are waiting to retry after, one
+ * kind of error.
+ *
+ * @generated from message fusillade.v1.ErrorCount
+ */
+export type ErrorCount = Message<"fusillade.v1.ErrorCount"> & {
+  /**
+   * The error code ("http_error", "network_error", "timeout", ...).
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * The upstream's HTTP status, 0 when there was no response.
+   *
+   * @generated from field: int32 status_code = 2;
+   */
+  statusCode: number;
+
+  /**
+   * Failed for good with this error.
+   *
+   * @generated from field: int64 failed = 3;
+   */
+  failed: bigint;
+
+  /**
+   * Pending again after this error, to be retried.
+   *
+   * @generated from field: int64 retrying = 4;
+   */
+  retrying: bigint;
+
+  /**
+   * One of their error messages.
+   *
+   * @generated from field: string example_message = 5;
+   */
+  exampleMessage: string;
+};
+
+/**
+ * Describes the message fusillade.v1.ErrorCount.
+ * Use `create(ErrorCountSchema)` to create a new message.
+ */
+export const ErrorCountSchema: GenMessage<ErrorCount> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 37);
+
+/**
  * The public API: files, batches, progress and results.
  *
  * @generated from service fusillade.v1.BatchService
@@ -985,7 +1227,8 @@ export const BatchService: GenService<{
     output: typeof CancelBatchResponseSchema;
   },
   /**
-   * Sends failed and expired requests (all, or those named) back to pending.
+   * Sends failed and expired requests (all, or those named) back to pending;
+   * with resume, cancelled ones too, reopening a cancelled or expired batch.
    *
    * @generated from rpc fusillade.v1.BatchService.RetryBatch
    */
@@ -1034,6 +1277,27 @@ export const BatchService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetBatchResultsRequestSchema;
     output: typeof GetBatchResultsResponseSchema;
+  },
+  /**
+   * One request of a batch, with its attempts (read from its state changes).
+   *
+   * @generated from rpc fusillade.v1.BatchService.GetRequest
+   */
+  getRequest: {
+    methodKind: "unary";
+    input: typeof GetRequestRequestSchema;
+    output: typeof GetRequestResponseSchema;
+  },
+  /**
+   * The batch's requests per model (counts by state, model holds after a
+   * 429) and why requests fail: the commonest errors with their counts.
+   *
+   * @generated from rpc fusillade.v1.BatchService.GetBatchBreakdown
+   */
+  getBatchBreakdown: {
+    methodKind: "unary";
+    input: typeof GetBatchBreakdownRequestSchema;
+    output: typeof GetBatchBreakdownResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fusillade_v1_batch_service, 0);

@@ -1,0 +1,77 @@
+/**
+ * One request and its attempts, for clients. Attempts are read from the
+ * batch's change log (`request_events`, written by the requests trigger):
+ * a change to `leased` starts an attempt, the request's next change ends it.
+ */
+import { NotFoundError } from "../domain/errors.js";
+import type { RequestState } from "../domain/states.js";
+import type { Db } from "./db.js";
+import { isId } from "./pages.js";
+import { REQUEST_COLUMNS, type RequestRecord, type RequestRow, toRequest } from "./requests.js";
+
+/** One attempt: when it started, when it ended and the state it led to. */
+export interface AttemptRecord {
+  attempt: number;
+  startedAt: Date;
+  /** Null while it runs. */
+  endedAt: Date | null;
+  /** Null while it runs; "pending" for a retriable failure or a claim given back. */
+  outcome: RequestState | null;
+}
+
+/** Which request: by id, or by batch and custom_id. */
+export type RequestKey = { requestId: string } | { batchId: string; customId: string };
+
+/**
+ * RequestEventsOfRequest: the request's state changes in order, each with
+ * the next one's time and state. Params: batch id, request id. Uses the
+ * primary key (batch_id, seq).
+ */
+const REQUEST_EVENTS_OF_REQUEST = `
+  SELECT state, attempt, created_at,
+    lead(created_at) OVER (ORDER BY seq) AS next_at,
+    lead(state) OVER (ORDER BY seq) AS next_state
+  FROM request_events WHERE batch_id = $1 AND request_id = $2
+  ORDER BY seq`;
+
+/** The request named by `key` with its attempts, or NotFoundError. */
+export async function getRequestWithAttempts(
+  db: Db,
+  key: RequestKey,
+): Promise<{ request: RequestRecord; attempts: AttemptRecord[] }> {
+  let rows: RequestRow[];
+  if ("requestId" in key) {
+    if (!isId(key.requestId)) throw new NotFoundError("request", key.requestId);
+    ({ rows } = await db.query<RequestRow>(
+      `SELECT ${REQUEST_COLUMNS} FROM requests WHERE id = $1`,
+      [key.requestId],
+    ));
+    if (!rows[0]) throw new NotFoundError("request", key.requestId);
+  } else {
+    if (!isId(key.batchId)) throw new NotFoundError("batch", key.batchId);
+    ({ rows } = await db.query<RequestRow>(
+      `SELECT ${REQUEST_COLUMNS} FROM requests WHERE batch_id = $1 AND custom_id = $2`,
+      [key.batchId, key.customId],
+    ));
+    if (!rows[0]) {
+      throw new NotFoundError(`request of batch ${key.batchId} with custom_id`, key.customId);
+    }
+  }
+  const request = toRequest(rows[0]);
+  const events = await db.query<{
+    state: RequestState;
+    attempt: number;
+    created_at: Date;
+    next_at: Date | null;
+    next_state: RequestState | null;
+  }>(REQUEST_EVENTS_OF_REQUEST, [request.batchId, request.id]);
+  const attempts = events.rows
+    .filter((e) => e.state === "leased")
+    .map((e) => ({
+      attempt: e.attempt,
+      startedAt: e.created_at,
+      endedAt: e.next_at,
+      outcome: e.next_state,
+    }));
+  return { request, attempts };
+}

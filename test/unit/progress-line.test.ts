@@ -1,0 +1,108 @@
+import { describe, expect, it } from "vitest";
+import { doubledPrefix } from "../../src/cli/client/preflight.js";
+import {
+  errorsText,
+  etaSeconds,
+  fitLine,
+  type LineParts,
+  plainParts,
+} from "../../src/cli/client/progress-line.js";
+
+const counts = (over: Partial<LineParts["counts"]> = {}): LineParts["counts"] => ({
+  total: 2000,
+  pending: 1200,
+  in_progress: 10,
+  completed: 780,
+  failed: 10,
+  canceled: 0,
+  expired: 0,
+  ...over,
+});
+
+const bar = (size: number) => "#".repeat(size);
+
+describe("etaSeconds", () => {
+  it("follows the slowest model, not the overall rate", () => {
+    // gpt-fast is done (it made the overall rate 20/s); gpt-slow has 1000 left at 5/s.
+    const eta = etaSeconds(1000, 20, [
+      { model: "gpt-fast", remaining: 0, rate: 15 },
+      { model: "gpt-slow", remaining: 1000, rate: 5 },
+    ]);
+    expect(eta).toBe(200);
+    // The overall rate alone said 50 s: 4× too low.
+    expect(etaSeconds(1000, 20, [])).toBe(50);
+  });
+
+  it("takes the longest of the models with work left", () => {
+    const eta = etaSeconds(900, 30, [
+      { model: "a", remaining: 600, rate: 20 },
+      { model: "b", remaining: 300, rate: 5 },
+    ]);
+    expect(eta).toBe(60);
+  });
+
+  it("falls back to the overall rate while a model has no rate yet, and says nothing without one", () => {
+    expect(etaSeconds(100, 10, [{ model: "a", remaining: 100, rate: undefined }])).toBe(10);
+    expect(etaSeconds(100, undefined, [])).toBeUndefined();
+    expect(etaSeconds(0, undefined, [])).toBe(0);
+  });
+});
+
+describe("fitLine", () => {
+  const parts: LineParts = {
+    counts: counts(),
+    rate: 12.5,
+    eta: 95,
+    errors: errorsText([
+      { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
+      { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
+    ]),
+    holds: "",
+  };
+
+  it("keeps the rate and the ETA in 80 columns", () => {
+    const line = fitLine(parts, 79, bar);
+    expect(line.length).toBeLessThanOrEqual(78);
+    expect(line).toContain("ETA 1m35s");
+    expect(line).toContain("req/s");
+    expect(line).toContain("790/2000");
+  });
+
+  it("shows everything when there is room", () => {
+    const line = fitLine(parts, 300, bar);
+    expect(line).toContain("ok 780 · failed 10");
+    expect(line).toContain("errors: http_error 404 ×10, network_error ×3 retrying");
+    expect(line).toContain("#".repeat(30));
+  });
+
+  it("drops the per-state counts before the errors, and keeps the ETA to the last", () => {
+    const line = fitLine(parts, 130, bar);
+    expect(line).toContain("errors:");
+    expect(line).not.toContain("ok 780");
+    const narrow = fitLine(parts, 40, bar);
+    expect(narrow.length).toBeLessThanOrEqual(39);
+    expect(narrow).toContain("ETA 1m35s");
+  });
+
+  it("plain lines carry the errors and holds", () => {
+    const plain = plainParts({ ...parts, holds: "gpt-a held until 12:00:00 (429)" }).join(" | ");
+    expect(plain).toMatch(
+      /ETA 1m35s \| gpt-a held until 12:00:00 \(429\) \| errors: http_error 404/,
+    );
+  });
+});
+
+describe("doubledPrefix", () => {
+  it("catches an endpoint that repeats the urls' /v1", () => {
+    expect(doubledPrefix("https://api.example.com/v1", ["/v1/chat/completions"])).toMatch(
+      /requests would go to https:\/\/api\.example\.com\/v1\/v1\/chat\/completions.*--endpoint https:\/\/api\.example\.com$/,
+    );
+    expect(doubledPrefix("https://api.example.com/v1/", ["/v1/embeddings"])).toBeDefined();
+  });
+
+  it("lets a proper pair through", () => {
+    expect(doubledPrefix("https://api.example.com", ["/v1/chat/completions"])).toBeUndefined();
+    expect(doubledPrefix("https://gw.example.com/openai", ["/v1/chat"])).toBeUndefined();
+    expect(doubledPrefix("https://gw.example.com/v1x", ["/v1/chat"])).toBeUndefined();
+  });
+});
