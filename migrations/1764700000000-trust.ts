@@ -25,6 +25,13 @@ export class Trust1764700000000 implements MigrationInterface {
       // A constant default: no table rewrite.
       await q.query(`ALTER TABLE ${table} ADD COLUMN tenant text NOT NULL DEFAULT 'default'`);
     }
+    // A request_id is a tenant's own: another tenant's must neither clash nor be returned.
+    for (const table of ["files", "batches"]) {
+      await q.query(`ALTER TABLE ${table} DROP CONSTRAINT ${table}_idempotency_key_key`);
+      await q.query(
+        `ALTER TABLE ${table} ADD CONSTRAINT ${table}_tenant_idempotency_key_key UNIQUE (tenant, idempotency_key)`,
+      );
+    }
     await q.query(`CREATE INDEX files_tenant ON files (tenant, created_at, id)`);
     await q.query(`CREATE INDEX batches_tenant ON batches (tenant, created_at, id)`);
   }
@@ -32,6 +39,12 @@ export class Trust1764700000000 implements MigrationInterface {
   async down(q: QueryRunner): Promise<void> {
     await q.query(`DROP INDEX batches_tenant`);
     await q.query(`DROP INDEX files_tenant`);
+    for (const table of ["files", "batches"]) {
+      await q.query(`ALTER TABLE ${table} DROP CONSTRAINT ${table}_tenant_idempotency_key_key`);
+      await q.query(
+        `ALTER TABLE ${table} ADD CONSTRAINT ${table}_idempotency_key_key UNIQUE (idempotency_key)`,
+      );
+    }
     for (const table of ["files", "batches", "requests"]) {
       await q.query(`ALTER TABLE ${table} DROP COLUMN tenant`);
     }

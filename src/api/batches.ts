@@ -4,6 +4,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { principalOf, scopeOf } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import { MAX_BACKOFF_MS } from "../domain/retry-policy.js";
@@ -123,7 +124,7 @@ export function batchMethods(
 > {
   const { db } = deps;
   return {
-    async createBatch(req) {
+    async createBatch(req, ctx) {
       if (req.fileId === "") throw new InvalidArgumentError("file_id", "is required");
       const window =
         req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
@@ -142,6 +143,7 @@ export function batchMethods(
       }
       const { batch } = await createBatch(db, {
         fileId: req.fileId,
+        scope: scopeOf(principalOf(ctx)),
         idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
         completionWindow: window,
         completionWindowMs: windowMs,
@@ -151,14 +153,14 @@ export function batchMethods(
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 
-    async getBatch(req) {
+    async getBatch(req, ctx) {
       return create(GetBatchResponseSchema, {
-        batch: toProtoBatch(await getBatch(db, req.batchId)),
+        batch: toProtoBatch(await getBatch(db, scopeOf(principalOf(ctx)), req.batchId)),
       });
     },
 
-    async getBatchStatus(req) {
-      const b = await getBatch(db, req.batchId);
+    async getBatchStatus(req, ctx) {
+      const b = await getBatch(db, scopeOf(principalOf(ctx)), req.batchId);
       return create(GetBatchStatusResponseSchema, {
         batchId: b.id,
         state: toProtoBatchState(b.state),
@@ -167,8 +169,8 @@ export function batchMethods(
       });
     },
 
-    async listBatches(req) {
-      const page = await listBatches(db, {
+    async listBatches(req, ctx) {
+      const page = await listBatches(db, scopeOf(principalOf(ctx)), {
         limit: pageSize(req.pageSize),
         pageToken: req.pageToken,
         fileId: req.fileId,
@@ -179,14 +181,14 @@ export function batchMethods(
       });
     },
 
-    async cancelBatch(req) {
+    async cancelBatch(req, ctx) {
       return create(CancelBatchResponseSchema, {
-        batch: toProtoBatch(await cancelBatch(db, req.batchId)),
+        batch: toProtoBatch(await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId)),
       });
     },
 
-    async retryBatch(req) {
-      const { batch, retried } = await retryBatch(db, req.batchId, {
+    async retryBatch(req, ctx) {
+      const { batch, retried } = await retryBatch(db, scopeOf(principalOf(ctx)), req.batchId, {
         requestIds: req.requestIds.map((id, i) => validateText(id, `request_ids[${i}]`)),
         customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
         completionWindow:
@@ -204,8 +206,8 @@ export function batchMethods(
       });
     },
 
-    async listBatchRequests(req) {
-      await getBatch(db, req.batchId); // NOT_FOUND for an unknown batch
+    async listBatchRequests(req, ctx) {
+      await getBatch(db, scopeOf(principalOf(ctx)), req.batchId); // NOT_FOUND for an unknown batch
       const page = await listRequests(db, {
         batchId: req.batchId,
         states: statesFilter(req.states),
@@ -220,7 +222,7 @@ export function batchMethods(
       });
     },
 
-    async getRequest(req) {
+    async getRequest(req, ctx) {
       const key =
         req.requestId !== ""
           ? { requestId: validateText(req.requestId, "request_id") }
@@ -228,7 +230,11 @@ export function batchMethods(
               batchId: required(req.batchId, "batch_id"),
               customId: validateText(required(req.customId, "custom_id"), "custom_id"),
             };
-      const { request, attempts } = await getRequestWithAttempts(db, key);
+      const { request, attempts } = await getRequestWithAttempts(
+        db,
+        scopeOf(principalOf(ctx)),
+        key,
+      );
       return create(GetRequestResponseSchema, {
         request: toProtoRequest(request),
         attempts: attempts.map((a) =>
@@ -242,8 +248,8 @@ export function batchMethods(
       });
     },
 
-    async getBatchBreakdown(req) {
-      await getBatch(db, req.batchId); // NOT_FOUND for an unknown batch
+    async getBatchBreakdown(req, ctx) {
+      await getBatch(db, scopeOf(principalOf(ctx)), req.batchId); // NOT_FOUND for an unknown batch
       if (req.maxErrors < 0 || req.maxErrors > 100) {
         throw new InvalidArgumentError("max_errors", "must be between 0 and 100");
       }

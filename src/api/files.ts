@@ -1,6 +1,7 @@
 /** BatchService file methods: CreateFile, UploadFile, GetFile, ListFiles, DeleteFile. */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { principalOf, scopeOf, tenantOf } from "../auth/principal.js";
 import { type EndpointPolicy, endpointRefusal } from "../domain/endpoints.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import {
@@ -66,10 +67,11 @@ async function* allowedRows(
 }
 
 /** The stored attributes of a new file, checked. */
-function newFile(filename: string, requestId: string): NewFile {
+function newFile(filename: string, requestId: string, tenant: string): NewFile {
   return {
     filename: validateText(filename, "filename"),
     idempotencyKey: requestId === "" ? null : validateText(requestId, "request_id"),
+    tenant,
   };
 }
 
@@ -100,7 +102,8 @@ export function fileMethods(
 > {
   const { db } = deps;
   return {
-    async createFile(req) {
+    async createFile(req, ctx) {
+      const tenant = tenantOf(principalOf(ctx));
       const hasTemplates = req.templates.length > 0;
       const hasJsonl = req.jsonl.byteLength > 0;
       if (hasTemplates === hasJsonl) {
@@ -152,14 +155,14 @@ export function fileMethods(
       }
       const { file } = await createFile(
         db,
-        newFile(req.filename, req.requestId),
+        newFile(req.filename, req.requestId, tenant),
         allowedRows(cappedRows(rows, deps.config.maxUploadLines), deps.endpointPolicy(), !hasJsonl),
         () => size,
       );
       return create(CreateFileResponseSchema, { file: toProtoFile(file) });
     },
 
-    async uploadFile(messages) {
+    async uploadFile(messages, ctx) {
       const it = messages[Symbol.asyncIterator]();
       const first = await it.next();
       if (first.done || first.value.part.case !== "header") {
@@ -167,7 +170,7 @@ export function fileMethods(
       }
       const header: UploadFileHeader = first.value.part.value;
       const total = { bytes: 0 };
-      const meta = newFile(header.filename, header.requestId);
+      const meta = newFile(header.filename, header.requestId, tenantOf(principalOf(ctx)));
       const apiKey = header.apiKey === "" ? null : validateText(header.apiKey, "api_key");
       const { maxUploadBytes, maxUploadLines } = deps.config;
       const spooled = await spool(
@@ -190,20 +193,22 @@ export function fileMethods(
       return create(UploadFileResponseSchema, { file: toProtoFile(file) });
     },
 
-    async getFile(req) {
-      return create(GetFileResponseSchema, { file: toProtoFile(await getFile(db, req.fileId)) });
+    async getFile(req, ctx) {
+      const file = await getFile(db, scopeOf(principalOf(ctx)), req.fileId);
+      return create(GetFileResponseSchema, { file: toProtoFile(file) });
     },
 
-    async listFiles(req) {
-      const page = await listFiles(db, pageSize(req.pageSize), req.pageToken);
+    async listFiles(req, ctx) {
+      const scope = scopeOf(principalOf(ctx));
+      const page = await listFiles(db, scope, pageSize(req.pageSize), req.pageToken);
       return create(ListFilesResponseSchema, {
         files: page.files.map(toProtoFile),
         nextPageToken: page.nextPageToken,
       });
     },
 
-    async deleteFile(req) {
-      await deleteFile(db, req.fileId);
+    async deleteFile(req, ctx) {
+      await deleteFile(db, scopeOf(principalOf(ctx)), req.fileId);
       return create(DeleteFileResponseSchema, {});
     },
   };

@@ -14,6 +14,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { InvalidArgumentError, NotFoundError, UnavailableError } from "../domain/errors.js";
 import { formatResultLine, resultLine } from "../domain/results.js";
 import { type BatchState, isBatchTerminal, type RequestState } from "../domain/states.js";
@@ -158,6 +159,7 @@ function streamMessage(
  */
 async function* streamBatchRequests(
   deps: ApiDeps,
+  scope: TenantScope,
   req: { batchId: string; cursor: string; states: Parameters<typeof statesFilter>[0] },
   signal: AbortSignal,
 ): AsyncGenerator<StreamBatchRequestsResponse> {
@@ -165,6 +167,7 @@ async function* streamBatchRequests(
   const batchId = req.batchId;
   const states = statesFilter(req.states);
   if (!isId(batchId)) throw new NotFoundError("batch", batchId);
+  await getBatch(db, scope, batchId); // NOT_FOUND for an unknown (or another tenant's) batch
   let cur: StreamCursor =
     req.cursor === "" ? STREAM_START : decodeStreamCursor(req.cursor, batchId, states);
   const token = (c: StreamCursor) => encodeStreamCursor(c, batchId, states);
@@ -239,7 +242,7 @@ async function* streamBatchRequests(
     for (;;) {
       if (stopIfAborted(signal, deps.shutdownSignal)) return;
       wake.clear();
-      const batch = await getBatch(db, batchId);
+      const batch = await getBatch(db, scope, batchId);
       const latest = Number(batch.eventSeq);
       yield* changes(latest, null, batch);
       if (signal.aborted) continue;
@@ -258,6 +261,7 @@ async function* streamBatchRequests(
  */
 async function* watchBatch(
   deps: ApiDeps,
+  scope: TenantScope,
   req: { batchId: string; minInterval?: Parameters<typeof fromDuration>[0] },
   signal: AbortSignal,
 ) {
@@ -272,7 +276,7 @@ async function* watchBatch(
     for (;;) {
       if (stopIfAborted(signal, deps.shutdownSignal)) return;
       wake.clear();
-      const b = await getBatch(deps.db, req.batchId);
+      const b = await getBatch(deps.db, scope, req.batchId);
       // updated_at moves with every counter change, cancel and retry.
       const key = `${b.eventSeq}/${b.updatedAt.getTime()}/${b.state}`;
       if (key !== lastKey) {
@@ -300,10 +304,11 @@ const RESULT_STATES: Record<GetBatchResultsRequest_Kind, readonly RequestState[]
 /** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
 async function* getBatchResults(
   deps: ApiDeps,
+  scope: TenantScope,
   req: { batchId: string; kind: GetBatchResultsRequest_Kind },
   signal: AbortSignal,
 ) {
-  await getBatch(deps.db, req.batchId); // NOT_FOUND for an unknown batch
+  await getBatch(deps.db, scope, req.batchId); // NOT_FOUND for an unknown batch
   const states = RESULT_STATES[req.kind];
   if (states === undefined) throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
   let after = 0;
@@ -344,8 +349,10 @@ export function streamMethods(
   "streamBatchRequests" | "watchBatch" | "getBatchResults"
 > {
   return {
-    streamBatchRequests: (req, ctx) => streamBatchRequests(deps, req, ctx.signal),
-    watchBatch: (req, ctx) => watchBatch(deps, req, ctx.signal),
-    getBatchResults: (req, ctx) => getBatchResults(deps, req, ctx.signal),
+    streamBatchRequests: (req, ctx) =>
+      streamBatchRequests(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+    watchBatch: (req, ctx) => watchBatch(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+    getBatchResults: (req, ctx) =>
+      getBatchResults(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
   };
 }

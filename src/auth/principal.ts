@@ -2,7 +2,7 @@
  * Who a call runs as, and what each role may call (docs/trust.md). Pure:
  * no I/O.
  */
-import { createContextKey } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
 
 export type Role = "client" | "dispatcher" | "admin";
 export const ROLES: readonly Role[] = ["client", "dispatcher", "admin"];
@@ -57,4 +57,17 @@ export const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Healt
 /** Whether `role` may call methods of `service`. */
 export function mayCall(role: Role, service: string): boolean {
   return OPEN_SERVICES.has(service) || ALLOWED[role].has(service);
+}
+
+/** The principal of a call (set by the auth interceptor before any handler runs). */
+export function principalOf(ctx: HandlerContext): Principal {
+  const p = ctx.values.get(PRINCIPAL);
+  if (p === undefined)
+    throw new ConnectError("the call is not authenticated", Code.Unauthenticated);
+  return p;
+}
+
+/** The SQL parameter of a scope: null for all tenants, else the tenant. */
+export function tenantParam(scope: TenantScope): string | null {
+  return scope.all ? null : scope.tenant;
 }

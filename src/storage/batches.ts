@@ -5,6 +5,7 @@
  * `requests` first, then `batches` (the trigger's lock order).
  */
 
+import { type TenantScope, tenantParam } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
 import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
@@ -105,6 +106,8 @@ export function toBatch(r: BatchRow): BatchRecord {
 
 export interface NewBatch {
   fileId: string;
+  /** Who may see the file; the batch belongs to the file's tenant (docs/trust.md). */
+  scope: TenantScope;
   idempotencyKey: string | null;
   completionWindow: string;
   completionWindowMs: number;
@@ -119,8 +122,9 @@ export interface NewBatch {
  * statement. Params: batch id, file id.
  */
 const REQUESTS_SNAPSHOT_FILE = `
-  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key)
-  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key
+  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key,
+    tenant)
+  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key, $3
   FROM request_templates WHERE file_id = $2`;
 
 /**
@@ -131,24 +135,30 @@ export async function createBatch(
   db: Db,
   b: NewBatch,
 ): Promise<{ batch: BatchRecord; created: boolean }> {
+  if (!isId(b.fileId)) throw new NotFoundError("file", b.fileId);
+  const owner = await db.query<{ tenant: string }>(
+    `SELECT tenant FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+    [b.fileId, tenantParam(b.scope)],
+  );
+  const tenant = owner.rows[0]?.tenant;
+  if (tenant === undefined) throw new NotFoundError("file", b.fileId);
   if (b.idempotencyKey !== null) {
-    const existing = await batchByKey(db, b.idempotencyKey);
+    const existing = await batchByKey(db, tenant, b.idempotencyKey);
     if (existing) return { batch: existing, created: false };
   }
-  if (!isId(b.fileId)) throw new NotFoundError("file", b.fileId);
   const created = await db.tx(async (q) => {
     // FOR SHARE: a concurrent DeleteFile waits until the snapshot is taken.
     const file = await q.query<{ template_count: number; models: string[] }>(
-      `SELECT template_count, models FROM files WHERE id = $1 FOR SHARE`,
-      [b.fileId],
+      `SELECT template_count, models FROM files WHERE id = $1 AND tenant = $2 FOR SHARE`,
+      [b.fileId, tenant],
     );
     const f = file.rows[0];
     if (!f) throw new NotFoundError("file", b.fileId);
     const inserted = await q.query<BatchRow>(
       `INSERT INTO batches (file_id, metadata, completion_window, max_retries, initial_backoff_ms,
-         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond')
-       ON CONFLICT (idempotency_key) DO NOTHING
+         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at, tenant)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond', $10)
+       ON CONFLICT (tenant, idempotency_key) DO NOTHING
        RETURNING ${BATCH_COLUMNS}`,
       [
         b.fileId,
@@ -160,11 +170,12 @@ export async function createBatch(
         b.idempotencyKey,
         f.template_count,
         b.completionWindowMs,
+        tenant,
       ],
     );
     const row = inserted.rows[0];
     if (!row) return undefined;
-    await q.query(REQUESTS_SNAPSHOT_FILE, [row.id, b.fileId]);
+    await q.query(REQUESTS_SNAPSHOT_FILE, [row.id, b.fileId, tenant]);
     // Every model with work appears in ListModelLimits, at the default limit.
     await q.query(
       `INSERT INTO model_limits (model) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`,
@@ -175,25 +186,26 @@ export async function createBatch(
   });
   if (created) return { batch: created, created: true };
   // A concurrent request with the same key committed first.
-  const existing = await batchByKey(db, b.idempotencyKey!);
+  const existing = await batchByKey(db, tenant, b.idempotencyKey!);
   if (!existing) throw new Error("idempotency key conflict without a batch");
   return { batch: existing, created: false };
 }
 
-async function batchByKey(db: Db, key: string): Promise<BatchRecord | undefined> {
+async function batchByKey(db: Db, tenant: string, key: string): Promise<BatchRecord | undefined> {
   const { rows } = await db.query<BatchRow>(
-    `SELECT ${BATCH_COLUMNS} FROM batches WHERE idempotency_key = $1`,
-    [key],
+    `SELECT ${BATCH_COLUMNS} FROM batches WHERE tenant = $1 AND idempotency_key = $2`,
+    [tenant, key],
   );
   return rows[0] && toBatch(rows[0]);
 }
 
-/** One batch, or NotFoundError. */
-export async function getBatch(db: Db, id: string): Promise<BatchRecord> {
+/** One batch `scope` may see, or NotFoundError (the same for another tenant's). */
+export async function getBatch(db: Db, scope: TenantScope, id: string): Promise<BatchRecord> {
   if (!isId(id)) throw new NotFoundError("batch", id);
-  const { rows } = await db.query<BatchRow>(`SELECT ${BATCH_COLUMNS} FROM batches WHERE id = $1`, [
-    id,
-  ]);
+  const { rows } = await db.query<BatchRow>(
+    `SELECT ${BATCH_COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+    [id, tenantParam(scope)],
+  );
   if (!rows[0]) throw new NotFoundError("batch", id);
   return toBatch(rows[0]);
 }
@@ -201,6 +213,7 @@ export async function getBatch(db: Db, id: string): Promise<BatchRecord> {
 /** Batches, newest first, optionally only those of one file. */
 export async function listBatches(
   db: Db,
+  scope: TenantScope,
   opts: { limit: number; pageToken: string; fileId: string },
 ): Promise<{ batches: BatchRecord[]; nextPageToken: string }> {
   const after = decodeTimeIdToken(opts.pageToken);
@@ -210,12 +223,14 @@ export async function listBatches(
       `SELECT ${BATCH_COLUMNS}, created_at::text AS cursor_ts FROM batches
        WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid))
          AND ($3::uuid IS NULL OR file_id = $3::uuid)
+         AND ($5::text IS NULL OR tenant = $5)
        ORDER BY created_at DESC, id DESC LIMIT $4`,
       [
         after?.[0] ?? null,
         after?.[1] ?? null,
         opts.fileId === "" ? null : opts.fileId,
         opts.limit + 1,
+        tenantParam(scope),
       ],
     ),
   );
@@ -236,8 +251,8 @@ export async function listBatches(
  * (a client retrying a cancel whose answer it lost must not see an error);
  * a completed or expired batch is FailedPrecondition.
  */
-export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
-  const before = await getBatch(db, id);
+export async function cancelBatch(db: Db, scope: TenantScope, id: string): Promise<BatchRecord> {
+  const before = await getBatch(db, scope, id);
   if (before.state === "cancelling" || before.state === "cancelled") return before;
   if (isBatchTerminal(before.state)) {
     throw new FailedPreconditionError(`batch ${id} is already ${before.state}`);
@@ -263,7 +278,7 @@ export async function cancelBatch(db: Db, id: string): Promise<BatchRecord> {
     return rows[0] && toBatch(rows[0]);
   });
   if (batch) return batch;
-  const after = await getBatch(db, id);
+  const after = await getBatch(db, scope, id);
   if (after.state === "cancelling" || after.state === "cancelled") return after;
   throw new FailedPreconditionError(`batch ${id} is already ${after.state}`);
 }
@@ -324,10 +339,11 @@ const REQUESTS_RETRY = `
  */
 export async function retryBatch(
   db: Db,
+  scope: TenantScope,
   id: string,
   sel: RetrySelection,
 ): Promise<{ batch: BatchRecord; retried: number }> {
-  const before = await getBatch(db, id);
+  const before = await getBatch(db, scope, id);
   if (before.state === "cancelling") {
     throw new FailedPreconditionError(
       `batch ${id} is cancelling; wait until its running requests have stopped, then resume it`,

@@ -3,6 +3,7 @@
  * rejected line rolls everything back (invariant 6).
  */
 import type { PoolClient } from "pg";
+import { type TenantScope, tenantParam } from "../auth/principal.js";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import type { TemplateRow } from "../domain/templates.js";
 import type { Db } from "./db.js";
@@ -70,13 +71,15 @@ async function insertChunk(q: PoolClient, fileId: string, rows: TemplateRow[]): 
 export interface NewFile {
   filename: string;
   idempotencyKey: string | null;
+  /** The tenant it belongs to (docs/trust.md). */
+  tenant: string;
 }
 
-/** The file created with `key`, if any. */
-async function fileByKey(db: Db, key: string): Promise<FileRecord | undefined> {
+/** The file `tenant` created with `key`, if any. */
+async function fileByKey(db: Db, tenant: string, key: string): Promise<FileRecord | undefined> {
   const { rows } = await db.query<FileRow>(
-    `SELECT ${FILE_COLUMNS} FROM files WHERE idempotency_key = $1`,
-    [key],
+    `SELECT ${FILE_COLUMNS} FROM files WHERE tenant = $1 AND idempotency_key = $2`,
+    [tenant, key],
   );
   return rows[0] && toFile(rows[0]);
 }
@@ -93,15 +96,15 @@ export async function createFile(
   sizeBytes: () => number,
 ): Promise<{ file: FileRecord; created: boolean }> {
   if (meta.idempotencyKey !== null) {
-    const existing = await fileByKey(db, meta.idempotencyKey);
+    const existing = await fileByKey(db, meta.tenant, meta.idempotencyKey);
     if (existing) return { file: existing, created: false };
   }
   try {
     return await db.tx(async (q) => {
       const inserted = await q.query<{ id: string }>(
-        `INSERT INTO files (filename, template_count, size_bytes, idempotency_key)
-         VALUES ($1, 0, 0, $2) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
-        [meta.filename, meta.idempotencyKey],
+        `INSERT INTO files (filename, template_count, size_bytes, idempotency_key, tenant)
+         VALUES ($1, 0, 0, $2, $3) ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id`,
+        [meta.filename, meta.idempotencyKey, meta.tenant],
       );
       const fileId = inserted.rows[0]?.id;
       // A concurrent request with the same key won the race and committed.
@@ -144,7 +147,7 @@ export async function createFile(
     });
   } catch (e) {
     if (!(e instanceof KeyTaken)) throw e;
-    const existing = await fileByKey(db, meta.idempotencyKey!);
+    const existing = await fileByKey(db, meta.tenant, meta.idempotencyKey!);
     if (!existing) throw new Error("idempotency key conflict without a file");
     return { file: existing, created: false };
   }
@@ -153,17 +156,21 @@ export async function createFile(
 /** Thrown inside the transaction when another request holds the idempotency key. */
 class KeyTaken extends Error {}
 
-/** One file, or NotFoundError. */
-export async function getFile(db: Db, id: string): Promise<FileRecord> {
+/** One file `scope` may see, or NotFoundError (the same for another tenant's). */
+export async function getFile(db: Db, scope: TenantScope, id: string): Promise<FileRecord> {
   if (!isId(id)) throw new NotFoundError("file", id);
-  const { rows } = await db.query<FileRow>(`SELECT ${FILE_COLUMNS} FROM files WHERE id = $1`, [id]);
+  const { rows } = await db.query<FileRow>(
+    `SELECT ${FILE_COLUMNS} FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+    [id, tenantParam(scope)],
+  );
   if (!rows[0]) throw new NotFoundError("file", id);
   return toFile(rows[0]);
 }
 
-/** Files, newest first. */
+/** Files `scope` may see, newest first. */
 export async function listFiles(
   db: Db,
+  scope: TenantScope,
   limit: number,
   pageToken: string,
 ): Promise<{ files: FileRecord[]; nextPageToken: string }> {
@@ -171,9 +178,10 @@ export async function listFiles(
   const { rows } = await pageQuery(() =>
     db.query<FileRow>(
       `SELECT ${FILE_COLUMNS}, created_at::text AS cursor_ts FROM files
-       WHERE $1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid)
+       WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1::timestamptz, $2::uuid))
+         AND ($4::text IS NULL OR tenant = $4)
        ORDER BY created_at DESC, id DESC LIMIT $3`,
-      [after?.[0] ?? null, after?.[1] ?? null, limit + 1],
+      [after?.[0] ?? null, after?.[1] ?? null, limit + 1, tenantParam(scope)],
     ),
   );
   const page = rows.slice(0, limit);
@@ -185,8 +193,11 @@ export async function listFiles(
 }
 
 /** Deletes a file and its templates; its batches keep their own copies. */
-export async function deleteFile(db: Db, id: string): Promise<void> {
+export async function deleteFile(db: Db, scope: TenantScope, id: string): Promise<void> {
   if (!isId(id)) throw new NotFoundError("file", id);
-  const { rowCount } = await db.query(`DELETE FROM files WHERE id = $1`, [id]);
+  const { rowCount } = await db.query(
+    `DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+    [id, tenantParam(scope)],
+  );
   if (rowCount === 0) throw new NotFoundError("file", id);
 }

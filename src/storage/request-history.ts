@@ -3,6 +3,8 @@
  * batch's change log (`request_events`, written by the requests trigger):
  * a change to `leased` starts an attempt, the request's next change ends it.
  */
+
+import { type TenantScope, tenantParam } from "../auth/principal.js";
 import { NotFoundError } from "../domain/errors.js";
 import type { RequestState } from "../domain/states.js";
 import type { Db } from "./db.js";
@@ -37,21 +39,23 @@ const REQUEST_EVENTS_OF_REQUEST = `
 /** The request named by `key` with its attempts, or NotFoundError. */
 export async function getRequestWithAttempts(
   db: Db,
+  scope: TenantScope,
   key: RequestKey,
 ): Promise<{ request: RequestRecord; attempts: AttemptRecord[] }> {
   let rows: RequestRow[];
   if ("requestId" in key) {
     if (!isId(key.requestId)) throw new NotFoundError("request", key.requestId);
     ({ rows } = await db.query<RequestRow>(
-      `SELECT ${REQUEST_COLUMNS} FROM requests WHERE id = $1`,
-      [key.requestId],
+      `SELECT ${REQUEST_COLUMNS} FROM requests WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+      [key.requestId, tenantParam(scope)],
     ));
     if (!rows[0]) throw new NotFoundError("request", key.requestId);
   } else {
     if (!isId(key.batchId)) throw new NotFoundError("batch", key.batchId);
     ({ rows } = await db.query<RequestRow>(
-      `SELECT ${REQUEST_COLUMNS} FROM requests WHERE batch_id = $1 AND custom_id = $2`,
-      [key.batchId, key.customId],
+      `SELECT ${REQUEST_COLUMNS} FROM requests
+       WHERE batch_id = $1 AND custom_id = $2 AND ($3::text IS NULL OR tenant = $3)`,
+      [key.batchId, key.customId, tenantParam(scope)],
     ));
     if (!rows[0]) {
       throw new NotFoundError(`request of batch ${key.batchId} with custom_id`, key.customId);

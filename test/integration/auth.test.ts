@@ -120,6 +120,78 @@ describe("with an admin token configured", () => {
   });
 });
 
+describe("tenants", () => {
+  test("another tenant's ids are NOT_FOUND on every method, with the message of an id that does not exist", async () => {
+    const mk = async (tenant: string) =>
+      clients(
+        t.url,
+        "connect-h2",
+        (await t.admin.createToken({ role: TokenRole.CLIENT, tenant })).secret,
+      );
+    const a = await mk("tenant-a");
+    const b = await mk("tenant-b");
+    const jsonl = new TextEncoder().encode(
+      JSON.stringify({ custom_id: "c1", method: "POST", url: "/v1/x", body: { model: "tm" } }),
+    );
+    const fileA = (
+      await a.batch.createFile({ jsonl, endpoint: "http://127.0.0.1:9", requestId: "same-key" })
+    ).file!;
+    const batchA = (await a.batch.createBatch({ fileId: fileA.id, requestId: "same-key" })).batch!;
+    const reqA = (await t.batch.listBatchRequests({ batchId: batchA.id })).requests[0]!;
+    const ghost = "00000000-0000-4000-8000-000000000000";
+
+    const drain = async (it: AsyncIterable<unknown>) => {
+      for await (const _ of it) {
+        /* drain */
+      }
+    };
+    const calls: Record<string, (id: string) => Promise<unknown>> = {
+      getFile: (id) => b.batch.getFile({ fileId: id }),
+      deleteFile: (id) => b.batch.deleteFile({ fileId: id }),
+      createBatch: (id) => b.batch.createBatch({ fileId: id }),
+      getBatch: (id) => b.batch.getBatch({ batchId: id }),
+      getBatchStatus: (id) => b.batch.getBatchStatus({ batchId: id }),
+      cancelBatch: (id) => b.batch.cancelBatch({ batchId: id }),
+      retryBatch: (id) => b.batch.retryBatch({ batchId: id }),
+      listBatchRequests: (id) => b.batch.listBatchRequests({ batchId: id }),
+      getBatchBreakdown: (id) => b.batch.getBatchBreakdown({ batchId: id }),
+      streamBatchRequests: (id) => drain(b.batch.streamBatchRequests({ batchId: id })),
+      watchBatch: (id) => drain(b.batch.watchBatch({ batchId: id })),
+      getBatchResults: (id) => drain(b.batch.getBatchResults({ batchId: id })),
+      getRequestByCustomId: (id) => b.batch.getRequest({ batchId: id, customId: "c1" }),
+    };
+    const fileMethods = new Set(["getFile", "deleteFile", "createBatch"]);
+    const failure = async (p: Promise<unknown>) => {
+      const e = await p.then(
+        () => undefined,
+        (x) => ConnectError.from(x),
+      );
+      return e === undefined ? "ok" : `${Code[e.code]}: ${e.rawMessage}`;
+    };
+    for (const [name, call] of Object.entries(calls)) {
+      const real = fileMethods.has(name) ? fileA.id : batchA.id;
+      const theirs = await failure(call(real));
+      const none = await failure(call(ghost));
+      expect(theirs, name).toMatch(/^NotFound: /);
+      expect(theirs.replace(real, "ID"), name).toBe(none.replace(ghost, "ID"));
+    }
+    const theirs = await failure(b.batch.getRequest({ requestId: reqA.id }));
+    const none = await failure(b.batch.getRequest({ requestId: ghost }));
+    expect(theirs.replace(reqA.id, "ID")).toBe(none.replace(ghost, "ID"));
+    // Lists show one's own only; a request_id is one's own.
+    expect((await b.batch.listFiles({})).files.map((f) => f.id)).not.toContain(fileA.id);
+    expect((await b.batch.listBatches({})).batches.map((x) => x.id)).not.toContain(batchA.id);
+    expect((await a.batch.listFiles({})).files.map((f) => f.id)).toContain(fileA.id);
+    const fileB = (
+      await b.batch.createFile({ jsonl, endpoint: "http://127.0.0.1:9", requestId: "same-key" })
+    ).file!;
+    expect(fileB.id).not.toBe(fileA.id);
+    // A's batch is untouched by B's attempts; the admin sees every tenant.
+    expect((await a.batch.getBatch({ batchId: batchA.id })).batch!.state).toBe(batchA.state);
+    expect((await t.batch.getFile({ fileId: fileB.id })).file!.id).toBe(fileB.id);
+  });
+});
+
 describe("the outbound allow-list at upload", () => {
   const line = JSON.stringify({
     custom_id: "a",
