@@ -6,12 +6,14 @@ import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
 import { buildServer } from "./api/server.js";
 import { Authenticator, isLoopbackListen } from "./auth/authenticator.js";
+import { loadKeyring } from "./auth/secrets.js";
 import { newToken } from "./auth/tokens.js";
 import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
 import type { EndpointPolicy } from "./domain/endpoints.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
+import { reencrypt } from "./storage/api-keys.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -88,6 +90,19 @@ export async function startControlPlane(
     const shutdown = new AbortController();
     // Every long poll and stream listens on it.
     setMaxListeners(0, shutdown.signal);
+    const { keyring, made } = await loadKeyring({ ...config.secretKey, dataDir: config.dataDir });
+    if (made !== undefined) {
+      log.info({ file: made }, "made the key that encrypts upstream API keys");
+      if (!database.embedded) {
+        log.warn(
+          { file: made },
+          "every control plane on this database needs this same key: set FUSILLADE_SECRET_KEY (or --secret-key-file) on each",
+        );
+      }
+    }
+    const sealed = await reencrypt(db, keyring, true);
+    if (sealed > 0)
+      log.info({ keys: sealed }, "encrypted API keys stored before encryption existed");
     const auth = new Authenticator(db, notifications, {
       adminToken: config.adminToken,
       localMode,
@@ -99,6 +114,7 @@ export async function startControlPlane(
       log,
       notifications,
       shutdownSignal: shutdown.signal,
+      keyring,
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
     };
@@ -109,7 +125,7 @@ export async function startControlPlane(
       self: [],
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
-    const leases = new LeaseService(db.dispatch, notifications, config);
+    const leases = new LeaseService(db.dispatch, notifications, config, keyring);
     const reaper = startReaper(db, config.reapIntervalMs, log);
     cleanup.push(() => reaper.stop());
     const server = await buildServer({

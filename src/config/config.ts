@@ -71,6 +71,13 @@ export interface ControlPlaneConfig {
   tls: { cert: string; key: string } | undefined;
   /** Origins files may name (docs/trust.md); undefined: any but the denied ones. */
   allowedEndpoints: OriginPattern[] | undefined;
+  /**
+   * Where the key that encrypts upstream API keys comes from (docs/trust.md):
+   * FUSILLADE_SECRET_KEY, or --secret-key-file / FUSILLADE_SECRET_KEY_FILE;
+   * neither: `secret.key` in the data directory, made on first start. Older
+   * keys (decrypt only): FUSILLADE_PREVIOUS_SECRET_KEYS.
+   */
+  secretKey: { key?: string; keyFile?: string; previous?: string };
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -100,6 +107,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   adminToken: undefined,
   tls: undefined,
   allowedEndpoints: undefined,
+  secretKey: {},
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -175,6 +183,7 @@ export interface ControlPlaneFlags {
   tlsCert?: string;
   tlsKey?: string;
   allowedEndpoints?: string;
+  secretKeyFile?: string;
 }
 
 /** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
@@ -279,6 +288,11 @@ export function controlPlaneConfig(
   }
   c.adminToken = adminToken(flags, env);
   c.tls = tlsFiles(flags, env);
+  c.secretKey = {
+    key: env.FUSILLADE_SECRET_KEY || undefined,
+    keyFile: flags.secretKeyFile ?? (env.FUSILLADE_SECRET_KEY_FILE || undefined),
+    previous: env.FUSILLADE_PREVIOUS_SECRET_KEYS || undefined,
+  };
   const allowed = flags.allowedEndpoints ?? env.FUSILLADE_ALLOWED_ENDPOINTS;
   if (allowed !== undefined && allowed.trim() !== "") {
     const name =

@@ -122,9 +122,9 @@ export interface NewBatch {
  * statement. Params: batch id, file id.
  */
 const REQUESTS_SNAPSHOT_FILE = `
-  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key,
+  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key_id,
     tenant)
-  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key, $3
+  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key_id, $3
   FROM request_templates WHERE file_id = $2`;
 
 /**

@@ -775,11 +775,20 @@ describe("API keys never come back out", () => {
     );
 
     for (const file of [jsonlFile.file!, listFile.file!, uploaded.file!]) {
-      // The key is stored (so the test means something) …
-      const { rows } = await sql.query(`SELECT api_key FROM request_templates WHERE file_id = $1`, [
-        file.id,
-      ]);
-      expect(rows).toEqual([{ api_key: KEY }]);
+      // The key is stored (so the test means something), encrypted, once …
+      const { rows } = await sql.query(
+        `SELECT k.key_id, k.sealed FROM request_templates t JOIN api_keys k ON k.id = t.api_key_id
+         WHERE t.file_id = $1`,
+        [file.id],
+      );
+      expect(rows).toHaveLength(1);
+      expect(rows[0].key_id).toMatch(/^[0-9a-f]{16}$/);
+      expect(Buffer.from(rows[0].sealed).includes(KEY)).toBe(false);
+      const plain = await sql.query(
+        `SELECT count(*)::int AS n FROM request_templates WHERE file_id = $1 AND row_to_json(request_templates)::text LIKE '%' || $2 || '%'`,
+        [file.id, KEY],
+      );
+      expect(plain.rows[0].n).toBe(0);
       // … and never returned.
       expectNoSecret(GetFileResponseSchema, await t.batch.getFile({ fileId: file.id }));
       const created = await t.batch.createBatch({
@@ -788,8 +797,13 @@ describe("API keys never come back out", () => {
       });
       expectNoSecret(CreateBatchResponseSchema, created);
       const batchId = created.batch!.id;
-      const stored = await sql.query(`SELECT api_key FROM requests WHERE batch_id = $1`, [batchId]);
-      expect(stored.rows).toEqual([{ api_key: KEY }]);
+      // Requests point at the same stored key: not a copy per row.
+      const stored = await sql.query(
+        `SELECT r.api_key_id = t.api_key_id AS same FROM requests r
+         JOIN request_templates t ON t.file_id = $2 AND t.line = r.line WHERE r.batch_id = $1`,
+        [batchId, file.id],
+      );
+      expect(stored.rows).toEqual([{ same: true }]);
       expectNoSecret(GetBatchResponseSchema, await t.batch.getBatch({ batchId }));
       expectNoSecret(GetBatchStatusResponseSchema, await t.batch.getBatchStatus({ batchId }));
       const requests = await t.batch.listBatchRequests({ batchId });
