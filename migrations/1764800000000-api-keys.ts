@@ -13,6 +13,9 @@ export class ApiKeys1764800000000 implements MigrationInterface {
     await q.query(`
       CREATE TABLE api_keys (
         id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        -- The file it came with (null: stored before this migration). Its rows
+        -- go once that file is deleted and no batch of it is left.
+        file_id uuid,
         -- Which key encrypted it ('plain': not yet encrypted).
         key_id text NOT NULL,
         iv bytea NOT NULL,
@@ -20,6 +23,7 @@ export class ApiKeys1764800000000 implements MigrationInterface {
         created_at timestamptz NOT NULL DEFAULT now()
       )`);
     await q.query(`CREATE INDEX api_keys_key_id ON api_keys (key_id)`);
+    await q.query(`CREATE INDEX api_keys_file ON api_keys (file_id)`);
     for (const table of ["request_templates", "requests"]) {
       await q.query(`ALTER TABLE ${table} ADD COLUMN api_key_id uuid`);
     }

@@ -14,6 +14,7 @@ import {
   type BatchService,
   CancelBatchResponseSchema,
   CreateBatchResponseSchema,
+  DeleteBatchResponseSchema,
   GetBatchBreakdownResponseSchema,
   GetBatchResponseSchema,
   GetBatchStatusResponseSchema,
@@ -28,7 +29,14 @@ import type {
   RetryPolicy,
 } from "../gen/fusillade/v1/resources_pb.js";
 import { batchBreakdown } from "../storage/batch-breakdown.js";
-import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
+import {
+  cancelBatch,
+  createBatch,
+  deleteBatch,
+  getBatch,
+  listBatches,
+  retryBatch,
+} from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
 import { getRequestWithAttempts } from "../storage/request-history.js";
 import { listRequests } from "../storage/requests.js";
@@ -114,6 +122,7 @@ export function batchMethods(
   ServiceImpl<typeof BatchService>,
   | "createBatch"
   | "getBatch"
+  | "deleteBatch"
   | "getBatchStatus"
   | "listBatches"
   | "cancelBatch"
@@ -151,6 +160,12 @@ export function batchMethods(
         ...retryPolicy(req.retryPolicy, deps),
       });
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
+    },
+
+    async deleteBatch(req, ctx) {
+      await deleteBatch(db, scopeOf(principalOf(ctx)), req.batchId);
+      deps.log.info({ batchId: req.batchId }, "batch deleted");
+      return create(DeleteBatchResponseSchema, {});
     },
 
     async getBatch(req, ctx) {

@@ -19,18 +19,33 @@ interface KeyRow {
 
 const sealedOf = (r: KeyRow): Sealed => ({ keyId: r.key_id, iv: r.iv, sealed: r.sealed });
 
-/** Stores `plaintext` encrypted under the current key; returns its id. */
+/** Stores `plaintext` of file `fileId` encrypted under the current key; returns its id. */
 export async function storeKey(
   q: PoolClient,
   keyring: Keyring,
+  fileId: string,
   plaintext: string,
 ): Promise<string> {
   const s = keyring.encrypt(plaintext);
   const { rows } = await q.query<{ id: string }>(
-    `INSERT INTO api_keys (key_id, iv, sealed) VALUES ($1, $2, $3) RETURNING id`,
-    [s.keyId, s.iv, s.sealed],
+    `INSERT INTO api_keys (file_id, key_id, iv, sealed) VALUES ($1, $2, $3, $4) RETURNING id`,
+    [fileId, s.keyId, s.iv, s.sealed],
   );
   return rows[0]!.id;
+}
+
+/**
+ * Deletes the stored keys of file `fileId` once nothing can use them: the
+ * file is gone and no batch of it is left (batches keep their file id).
+ */
+export async function dropUnusedKeys(q: Queryable, fileId: string | null): Promise<void> {
+  if (fileId === null) return;
+  await q.query(
+    `DELETE FROM api_keys WHERE file_id = $1
+       AND NOT EXISTS (SELECT 1 FROM files WHERE id = $1)
+       AND NOT EXISTS (SELECT 1 FROM batches WHERE file_id = $1)`,
+    [fileId],
+  );
 }
 
 /**

@@ -122,6 +122,7 @@ export class ApiTokenEntity {
 @Entity({ name: "api_keys" })
 export class ApiKeyEntity {
   @PrimaryGeneratedColumn("uuid") id: string;
+  @Column({ type: "uuid", name: "file_id", nullable: true }) fileId: string | null;
   @Column({ type: "text", name: "key_id" }) keyId: string;
   @Column({ type: "bytea", select: false }) iv: Buffer;
   @Column({ type: "bytea", select: false }) sealed: Buffer;

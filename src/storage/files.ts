@@ -7,7 +7,7 @@ import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Keyring } from "../auth/secrets.js";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import type { TemplateRow } from "../domain/templates.js";
-import { storeKey } from "./api-keys.js";
+import { dropUnusedKeys, storeKey } from "./api-keys.js";
 import type { Db } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
@@ -144,7 +144,7 @@ export async function createFile(
         if (row.apiKey !== null) {
           keyId = storedKeys.get(row.apiKey) ?? null;
           if (keyId === null) {
-            keyId = await storeKey(q, keyring, row.apiKey);
+            keyId = await storeKey(q, keyring, fileId, row.apiKey);
             storedKeys.set(row.apiKey, keyId);
           }
         }
@@ -217,9 +217,14 @@ export async function listFiles(
 /** Deletes a file and its templates; its batches keep their own copies. */
 export async function deleteFile(db: Db, scope: TenantScope, id: string): Promise<void> {
   if (!isId(id)) throw new NotFoundError("file", id);
-  const { rowCount } = await db.query(
-    `DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
-    [id, tenantParam(scope)],
-  );
+  const rowCount = await db.tx(async (q) => {
+    const res = await q.query(
+      `DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+      [id, tenantParam(scope)],
+    );
+    // Its API keys stay while a batch of it does.
+    await dropUnusedKeys(q, id);
+    return res.rowCount;
+  });
   if (rowCount === 0) throw new NotFoundError("file", id);
 }
