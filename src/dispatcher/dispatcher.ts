@@ -182,6 +182,9 @@ export function startDispatcher(
       onRefillFailed(asked) {
         for (const a of asked) book.get(a.model).requested -= a.room;
       },
+      onHealthy() {
+        for (const m of book.all()) pump(m);
+      },
     },
   );
 

@@ -54,6 +54,8 @@ export interface RefillHooks {
   onClaims(claims: DispatchLease[], holds: ModelHold[], asked: Refill[], sentAt: number): void;
   /** The call failed: nothing of `asked` will come. */
   onRefillFailed(asked: Refill[]): void;
+  /** The reporter left failing mode without a call (nothing left to report): start buffered work. */
+  onHealthy?(): void;
 }
 
 const NO_REFILL: RefillHooks = {
@@ -246,6 +248,13 @@ export class Reporter {
     }
     this.#queue.unshift(...batch);
     this.#dropExpired();
+    if (this.#queue.length === 0 && this.#calls === 0) {
+      // Nothing left to deliver: failing mode would hold back buffered work
+      // with no report to clear it (seen after a control-plane kill: claims
+      // renewed by every Sync and never run).
+      this.#leaveFailing();
+      return;
+    }
     const wait = this.#backoff.next();
     if (!this.#failing || this.#backoff.failures % 10 === 1) {
       this.log.warn(
@@ -260,8 +269,7 @@ export class Reporter {
   /** The control plane answered with an error the same call would get again. */
   #rejected(batch: Queued[], e: ControlPlaneError): void {
     // It answered: whatever made us fail before is over.
-    this.#failing = false;
-    this.#backoff.reset();
+    this.#leaveFailing();
     if (batch.length > 1) {
       this.log.warn(
         { err: e, reports: batch.length },
@@ -335,9 +343,26 @@ export class Reporter {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
-      if (this.#failing) this.#dropExpired();
+      if (this.#failing) {
+        this.#dropExpired();
+        if (this.#queue.length === 0 && this.#calls === 0) {
+          this.#leaveFailing();
+          return;
+        }
+      }
       this.#changed.notify();
       this.#pump();
     }, wait);
+  }
+
+  /** Back to healthy without a call: nothing is left to report. Buffered work may start. */
+  #leaveFailing(): void {
+    const was = this.#failing;
+    this.#failing = false;
+    this.#backoff.reset();
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#changed.notify();
+    if (was) this.hooks.onHealthy?.();
   }
 }

@@ -395,3 +395,30 @@ describe("Reporter", () => {
     expect(await p).toBe("lost");
   });
 });
+
+describe("failing mode ends when nothing is left to report", () => {
+  test("a lone report whose claim expired while the control plane was away: dropped as LOST, the reporter healthy again, buffered work told to start", async () => {
+    const { client, call } = fakeClient();
+    let healthy = 0;
+    const r = new Reporter(client, options, makeLogger("silent"), {
+      refill: () => [],
+      onClaims: () => undefined,
+      onRefillFailed: () => undefined,
+      onHealthy: () => {
+        healthy++;
+      },
+    });
+    let expiry = performance.now() + 60_000;
+    const only = r.submit(release(1), () => expiry);
+    const c1 = await call(1);
+    c1.fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    await r.changed();
+    expect(r.failing).toBe(true);
+    expiry = performance.now() - 1; // the claim expires while we wait to retry
+    expect(await only).toBe("lost");
+    // Dropped and healed in the same turn of the retry timer.
+    expect(r.failing).toBe(false);
+    expect(healthy).toBe(1);
+    expect(r.pending).toBe(0);
+  });
+});
