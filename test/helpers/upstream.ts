@@ -24,6 +24,18 @@ export interface Step {
   delayMs?: number;
   /** Never answer (until the client gives up and closes the socket). */
   hang?: boolean;
+  /**
+   * Send the headers and this many bytes of the body, then reset the
+   * connection (TCP RST): a connection reset mid-body.
+   */
+  resetAfterBytes?: number;
+  /**
+   * Send the body in `dripChunks` pieces, one every `dripMs` (the headers at
+   * once): a body slower than the client's timeout.
+   */
+  dripMs?: number;
+  /** @default 10 */
+  dripChunks?: number;
 }
 
 /** One request as the upstream saw it. */
@@ -38,6 +50,8 @@ export interface Delivery {
   authorization: string | undefined;
   /** `Date.now()` at arrival (body read). */
   arrivedAt: number;
+  /** The client's port: which process sent it (see test/faults/procfs.ts). */
+  remotePort: number;
   /** `Date.now()` when the response finished or the socket closed. */
   endedAt?: number;
   /** answered: the response finished; closed: the client went away first. */
@@ -222,6 +236,7 @@ export class Upstream extends EventEmitter {
         attempt,
         authorization: req.headers.authorization,
         arrivedAt: Date.now(),
+        remotePort: req.socket.remotePort ?? 0,
       };
       this.deliveries.push(d);
       const g = this.#gauges.get(model) ?? { current: 0, peak: 0 };
@@ -255,12 +270,43 @@ export class Upstream extends EventEmitter {
       const body =
         step.body ??
         JSON.stringify({ delivery: d.seq, request_id: d.requestId, custom_id: d.customId });
-      res.writeHead(status, { "content-type": "application/json", ...step.headers });
+      // Content-Length promises the whole body (a reset or a drip is then plainly cut short).
+      res.writeHead(status, {
+        "content-type": "application/json",
+        "content-length": String(Buffer.byteLength(body)),
+        ...step.headers,
+      });
+      if (step.resetAfterBytes !== undefined) {
+        const head = Buffer.from(body).subarray(0, step.resetAfterBytes);
+        res.write(head, () => res.socket?.resetAndDestroy());
+        return;
+      }
+      if (step.dripMs !== undefined) {
+        drip(res, Buffer.from(body), step.dripMs, step.dripChunks ?? 10);
+        return;
+      }
       res.end(body);
     };
     if (step.delayMs) setTimeout(send, step.delayMs);
     else send();
   }
+}
+
+/** Writes `body` in `chunks` pieces, `everyMs` apart; stops if the client goes away. */
+function drip(res: ServerResponse, body: Buffer, everyMs: number, chunks: number): void {
+  const size = Math.max(1, Math.ceil(body.length / chunks));
+  let offset = 0;
+  const next = () => {
+    if (res.destroyed || res.writableEnded) return;
+    const piece = body.subarray(offset, offset + size);
+    offset += size;
+    if (offset >= body.length) res.end(piece);
+    else {
+      res.write(piece);
+      setTimeout(next, everyMs);
+    }
+  };
+  next();
 }
 
 function header(req: IncomingMessage, name: string): string {

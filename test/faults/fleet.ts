@@ -1,0 +1,179 @@
+/**
+ * The fault suite's fleet: a control plane (`fusillade control-plane`, or
+ * `fusillade serve`) and dispatchers as real processes on fixed loopback
+ * ports, so each can be SIGKILLed, SIGSTOPped and started again at the same
+ * address; a loopback upstream (test/helpers/upstream.ts) that counts
+ * in-flight requests per model and every delivery of each request id; and a
+ * batch over two models with different limits.
+ *
+ * Sizes: `npm test` runs every scenario at CI size (hundreds of requests);
+ * `npm run test:faults` sets FUSILLADE_FAULTS=full (thousands).
+ */
+import net from "node:net";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { AdminService } from "../../src/gen/fusillade/v1/admin_service_pb.js";
+import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import {
+  createTestBatch,
+  type FusilladeProcess,
+  spawnFusillade,
+  startDispatcherProcess,
+  type TestItem,
+} from "../helpers/dispatcher-process.js";
+import { startUpstream, type Upstream } from "../helpers/upstream.js";
+
+/** Thousands of requests per scenario under `npm run test:faults`, hundreds otherwise. */
+export const FULL = process.env.FUSILLADE_FAULTS === "full";
+
+/** Two models with different limits. */
+export const MODELS = [
+  { model: "fault-a", limit: 5 },
+  { model: "fault-b", limit: 20 },
+] as const;
+
+/** Lease TTL of the fault runs: short, so a dead holder's work comes back within seconds. */
+export const LEASE_TTL_MS = 3000;
+
+/** `n` requests: a quarter on the limit-5 model, the rest on the limit-20 one. */
+export function batchItems(n: number, prefix = "r"): TestItem[] {
+  return Array.from({ length: n }, (_, i) => ({
+    customId: `${prefix}-${i}`,
+    model: i % 4 === 0 ? MODELS[0].model : MODELS[1].model,
+  }));
+}
+
+/** A port free right now on 127.0.0.1, to start (and restart) a server on. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Connect clients of a control plane, over HTTP/1.1 (each call on its own connection). */
+export function apiClients(url: string) {
+  // HTTP/1.1: a killed control plane leaves no half-dead HTTP/2 session behind in this process.
+  const transport = createConnectTransport({ baseUrl: url, httpVersion: "1.1" });
+  return { batch: createClient(BatchService, transport), admin: createClient(AdminService, transport) };
+}
+
+/** How the control plane runs. */
+export type ControlPlaneKind =
+  | { kind: "control-plane"; databaseUrl: string }
+  /** `serve` (control plane + its own dispatcher) on an embedded Postgres in `dataDir`. */
+  | { kind: "serve"; dataDir: string };
+
+export interface FleetOptions {
+  controlPlane: ControlPlaneKind;
+  /** Dispatcher processes besides serve's own. @default 3 */
+  dispatchers?: number;
+  /** Extra dispatcher flags (timeouts). */
+  dispatcherArgs?: string[];
+}
+
+/** Dispatcher flags: enough capacity for both limits; short upstream timeouts. */
+const DISPATCHER_ARGS = ["--capacity", "25", "--first-byte-timeout", "2s", "--total-timeout", "3s"];
+
+/** A control plane and dispatchers as processes, an upstream, API clients. */
+export class Fleet {
+  readonly upstream: Upstream;
+  readonly port: number;
+  readonly url: string;
+  readonly api: ReturnType<typeof apiClients>;
+  controlPlane: FusilladeProcess | undefined;
+  readonly dispatchers: Array<FusilladeProcess | undefined> = [];
+  readonly #opts: FleetOptions;
+
+  private constructor(opts: FleetOptions, upstream: Upstream, port: number) {
+    this.#opts = opts;
+    this.upstream = upstream;
+    this.port = port;
+    this.url = `http://127.0.0.1:${port}`;
+    this.api = apiClients(this.url);
+  }
+
+  /** Starts the upstream, the control plane and the dispatchers; sets the two models' limits. */
+  static async start(opts: FleetOptions): Promise<Fleet> {
+    const f = new Fleet(opts, await startUpstream(), await freePort());
+    // Answers after 10–50 ms unless a scenario says otherwise.
+    f.upstream.respond = () => ({ delayMs: 10 + Math.floor(Math.random() * 40) });
+    await f.startControlPlane();
+    for (const { model, limit } of MODELS) await f.api.admin.setModelLimit({ model, limit });
+    const n = opts.dispatchers ?? 3;
+    await Promise.all(Array.from({ length: n }, (_, i) => f.startDispatcher(i)));
+    return f;
+  }
+
+  /** Starts (again) the control plane on the fleet's port; resolves once it serves. */
+  async startControlPlane(): Promise<void> {
+    const cp = this.#opts.controlPlane;
+    const common = ["--listen", `127.0.0.1:${this.port}`, "--lease-ttl", `${LEASE_TTL_MS}ms`];
+    const env = { FUSILLADE_LOG_LEVEL: "warn" };
+    if (cp.kind === "control-plane") {
+      this.controlPlane = spawnFusillade(
+        ["control-plane", ...common, "--database-url", cp.databaseUrl],
+        env,
+      );
+      await this.controlPlane.waitFor(/control plane listening on/, 60_000);
+    } else {
+      this.controlPlane = spawnFusillade(
+        ["serve", ...common, "--data-dir", cp.dataDir, ...DISPATCHER_ARGS, "--id", "serve"],
+        { ...env, DATABASE_URL: "" },
+      );
+      await this.controlPlane.waitFor(/serving on/, 60_000);
+    }
+  }
+
+  /** Starts dispatcher `i` (again: the same id, as a supervisor would restart it). */
+  async startDispatcher(i: number): Promise<void> {
+    this.dispatchers[i] = await startDispatcherProcess({
+      controlPlane: this.url,
+      id: `d${i}`,
+      args: [...DISPATCHER_ARGS, ...(this.#opts.dispatcherArgs ?? [])],
+    });
+  }
+
+  /** SIGKILLs a process and waits for its exit. */
+  static async kill(p: FusilladeProcess | undefined): Promise<void> {
+    if (!p) return;
+    p.child.kill("SIGKILL");
+    await p.exited;
+  }
+
+  /** Creates a file and a batch of `list`; returns the batch id. */
+  createBatch(list: TestItem[], policy: { maxRetries?: number; initialBackoffMs?: number } = {}) {
+    return createTestBatch(this.api.batch, this.upstream.url, list, {
+      maxRetries: policy.maxRetries ?? 5,
+      initialBackoffMs: policy.initialBackoffMs ?? 50,
+      maxBackoffMs: 500,
+    });
+  }
+
+  /** SIGKILLs everything still running; closes the upstream. */
+  async close(): Promise<void> {
+    await Promise.all([...this.dispatchers, this.controlPlane].map((p) => Fleet.kill(p)));
+    await this.upstream.close();
+  }
+}
+
+/** Every process of the fleet that exited although the test did not kill it. */
+export function unexpectedExits(procs: Array<FusilladeProcess | undefined>): string[] {
+  return procs.flatMap((p) =>
+    p && p.child.exitCode !== null
+      ? [`pid ${p.pid} exited ${p.child.exitCode}: ${p.stderr().slice(-2000)}`]
+      : [],
+  );
+}
+
+/** A pool on a database, for the checks that read Postgres directly. */
+export function pool(url: string): pg.Pool {
+  const p = new pg.Pool({ connectionString: url, max: 2 });
+  p.on("error", () => {}); // an idle client dropped by a Postgres restart
+  return p;
+}
