@@ -9,12 +9,19 @@
  * Sizes: `npm test` runs every scenario at CI size (hundreds of requests);
  * `npm run test:faults` sets FUSILLADE_FAULTS=full (thousands).
  */
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
+import os from "node:os";
+import path from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { AdminService } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import {
+  type EmbeddedPostgres,
+  startEmbeddedPostgres,
+} from "../../src/storage/embedded-postgres.js";
 import {
   createTestBatch,
   type FusilladeProcess,
@@ -22,7 +29,8 @@ import {
   startDispatcherProcess,
   type TestItem,
 } from "../helpers/dispatcher-process.js";
-import { startUpstream, type Upstream } from "../helpers/upstream.js";
+import { type Delivery, startUpstream, type Upstream } from "../helpers/upstream.js";
+import { tcpPortsOf } from "./procfs.js";
 
 /** Thousands of requests per scenario under `npm run test:faults`, hundreds otherwise. */
 export const FULL = process.env.FUSILLADE_FAULTS === "full";
@@ -60,7 +68,10 @@ export function freePort(): Promise<number> {
 export function apiClients(url: string) {
   // HTTP/1.1: a killed control plane leaves no half-dead HTTP/2 session behind in this process.
   const transport = createConnectTransport({ baseUrl: url, httpVersion: "1.1" });
-  return { batch: createClient(BatchService, transport), admin: createClient(AdminService, transport) };
+  return {
+    batch: createClient(BatchService, transport),
+    admin: createClient(AdminService, transport),
+  };
 }
 
 /** How the control plane runs. */
@@ -89,6 +100,8 @@ export class Fleet {
   controlPlane: FusilladeProcess | undefined;
   readonly dispatchers: Array<FusilladeProcess | undefined> = [];
   readonly #opts: FleetOptions;
+  /** Which process sent from a port (upstream Delivery.remotePort): "d1#1234". */
+  readonly portOwners = new Map<number, string>();
 
   private constructor(opts: FleetOptions, upstream: Upstream, port: number) {
     this.#opts = opts;
@@ -101,6 +114,10 @@ export class Fleet {
   /** Starts the upstream, the control plane and the dispatchers; sets the two models' limits. */
   static async start(opts: FleetOptions): Promise<Fleet> {
     const f = new Fleet(opts, await startUpstream(), await freePort());
+    f.upstream.settleArrivals = true;
+    f.upstream.on("arrive", (d: Delivery) => {
+      if (!f.portOwners.has(d.remotePort)) void f.#lookUpOwner(d.remotePort);
+    });
     // Answers after 10–50 ms unless a scenario says otherwise.
     f.upstream.respond = () => ({ delayMs: 10 + Math.floor(Math.random() * 40) });
     await f.startControlPlane();
@@ -132,12 +149,37 @@ export class Fleet {
 
   /** Starts dispatcher `i` (again: the same id, as a supervisor would restart it). */
   async startDispatcher(i: number): Promise<void> {
+    const old = this.dispatchers[i];
+    if (old) this.#retired.push(old);
     this.dispatchers[i] = await startDispatcherProcess({
       controlPlane: this.url,
       id: `d${i}`,
       args: [...DISPATCHER_ARGS, ...(this.#opts.dispatcherArgs ?? [])],
     });
   }
+
+  async #lookUpOwner(port: number): Promise<void> {
+    this.portOwners.set(port, "?");
+    const procs: Array<[string, FusilladeProcess | undefined]> = [
+      ...this.dispatchers.map((p, i) => [`d${i}`, p] as [string, FusilladeProcess | undefined]),
+      ["cp", this.controlPlane],
+    ];
+    for (const [name, p] of procs) {
+      if (!p || p.child.exitCode !== null) continue;
+      const ports = await tcpPortsOf(p.pid).catch(() => new Set<number>());
+      if (ports.has(port)) this.portOwners.set(port, `${name}#${p.pid}`);
+    }
+  }
+
+  /** Dispatchers' "self-fenced" warnings so far, killed processes' included. */
+  selfFenced(): number {
+    return [...this.dispatchers, ...this.#retired].reduce(
+      (n, p) => n + (p?.stderr().match(/self-fenced/g)?.length ?? 0),
+      0,
+    );
+  }
+
+  readonly #retired: FusilladeProcess[] = [];
 
   /** SIGKILLs a process and waits for its exit. */
   static async kill(p: FusilladeProcess | undefined): Promise<void> {
@@ -176,4 +218,87 @@ export function pool(url: string): pg.Pool {
   const p = new pg.Pool({ connectionString: url, max: 2 });
   p.on("error", () => {}); // an idle client dropped by a Postgres restart
   return p;
+}
+
+/**
+ * Waits (at most `withinMs`) until `p` has a request in flight at the upstream, then sends
+ * it `signal` in the same turn (no I/O in between); sends it anyway once `withinMs` have
+ * passed (near a batch's end a dispatcher may have nothing left to do). Returns the
+ * deliveries it had in flight then and its TCP ports (read again after a SIGSTOP, which
+ * keeps them stable).
+ */
+export async function signalWhenBusy(
+  upstream: Upstream,
+  p: FusilladeProcess,
+  signal: NodeJS.Signals,
+  withinMs = 5000,
+): Promise<{ held: Delivery[]; ports: Set<number>; at: number }> {
+  const deadline = Date.now() + withinMs;
+  let ports = new Set<number>();
+  const inFlight = () =>
+    upstream.deliveries.filter((d) => ports.has(d.remotePort) && d.end === undefined);
+  for (;;) {
+    // Read again each round: it may have opened new connections meanwhile.
+    ports = await tcpPortsOf(p.pid);
+    const wait = Math.min(500, deadline - Date.now());
+    if (wait <= 0) break;
+    const busy = await upstream
+      .until(() => inFlight().length > 0, wait)
+      .then(
+        () => true,
+        () => false,
+      );
+    if (busy) break;
+  }
+  p.child.kill(signal);
+  const at = Date.now();
+  const held = inFlight();
+  if (signal === "SIGSTOP") for (const port of await tcpPortsOf(p.pid)) ports.add(port);
+  return { held, ports, at };
+}
+
+/**
+ * An embedded Postgres of the calling test file's own, on a fixed port, that can be stopped
+ * and started again (the machine's Postgres is never touched). Its folder is named like
+ * global-setup's, so a later run stops a server left behind by a killed one.
+ */
+export class OwnPostgres {
+  #server: EmbeddedPostgres | undefined;
+  private constructor(
+    readonly dir: string,
+    readonly port: number,
+  ) {}
+
+  static async start(): Promise<OwnPostgres> {
+    const dir = await mkdtemp(path.join(os.tmpdir(), `fusillade-test-${process.pid}-`));
+    await chmod(dir, 0o755); // as root, Postgres runs as `nobody`, which must get through
+    const p = new OwnPostgres(dir, await freePort());
+    await p.start();
+    return p;
+  }
+
+  get url(): string {
+    return `postgres://postgres@127.0.0.1:${this.port}/fusillade`;
+  }
+
+  /** Starts the server (again) on the same port and data. */
+  async start(): Promise<void> {
+    this.#server = await startEmbeddedPostgres({
+      dataDir: path.join(this.dir, "pg"),
+      port: this.port,
+      ephemeral: true,
+    });
+  }
+
+  /** `pg_ctl stop -m fast`: every connection is closed. */
+  async stop(): Promise<void> {
+    await this.#server?.stop();
+    this.#server = undefined;
+  }
+
+  /** Stops the server and removes its folder. */
+  async close(): Promise<void> {
+    await this.stop();
+    await rm(this.dir, { recursive: true, force: true });
+  }
 }

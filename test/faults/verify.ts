@@ -71,6 +71,7 @@ export async function verifyBatch(opts: {
   startedAt: number;
   timeoutMs?: number;
   extra?: Record<string, unknown>;
+  portOwners?: Map<number, string>;
 }): Promise<{ figures: Figures; lines: ResultLine[] }> {
   const { api, sql, upstream, batchId, items } = opts;
   await waitForBatch(api.batch, batchId, opts.timeoutMs ?? 120_000);
@@ -123,6 +124,10 @@ export async function verifyBatch(opts: {
     ...opts.extra,
   };
   console.log(`FAULTS ${JSON.stringify(figures)}`);
+  for (const model of over)
+    console.log(
+      `FAULTS-OVER ${model} ${overshoot(upstream, model, opts.startedAt, opts.portOwners)}`,
+    );
 
   expect(lostIds, "requests without a results line").toEqual([]);
   expect(twiceIds, "requests with more than one results line").toEqual([]);
@@ -131,4 +136,36 @@ export async function verifyBatch(opts: {
   expect(notTerminal.rows, "requests not terminal after the batch ended").toEqual([]);
   expect(over, "models whose limit was exceeded at the upstream").toEqual([]);
   return { figures, lines };
+}
+
+/** Where a model's in-flight count first went above its limit: the requests in flight then. */
+function overshoot(
+  upstream: Upstream,
+  model: string,
+  startedAt: number,
+  owners?: Map<number, string>,
+): string {
+  const limit = MODELS.find((m) => m.model === model)!.limit;
+  const first = upstream.timeline.find(([, m, n]) => m === model && n > limit);
+  if (!first) return "none";
+  const t = first[0];
+  const open = upstream.deliveries.filter(
+    (d) => d.model === model && d.arrivedAt <= t && (d.endedAt === undefined || d.endedAt > t),
+  );
+  const around = upstream.deliveries
+    .filter((d) => d.model === model && d.endedAt !== undefined && Math.abs(d.endedAt - t) <= 2)
+    .map((d) => ({ from: owners?.get(d.remotePort), id: d.customId, end: d.end, dt: d.endedAt! - t }));
+  return JSON.stringify({
+    atS: (t - startedAt) / 1000,
+    endedWithin2ms: around,
+    inFlight: open.map((d) => ({
+      port: d.remotePort,
+      from: owners?.get(d.remotePort),
+      id: d.customId,
+      attempt: d.attempt,
+      arrivedS: (d.arrivedAt - startedAt) / 1000,
+      end: d.end,
+      endedS: d.endedAt === undefined ? null : (d.endedAt - startedAt) / 1000,
+    })),
+  });
 }

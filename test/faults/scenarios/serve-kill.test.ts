@@ -8,9 +8,9 @@ import { chmod, mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { stopStaleServer } from "../../src/storage/embedded-postgres.js";
-import { batchItems, FULL, Fleet, pool, unexpectedExits } from "./fleet.js";
-import { verifyBatch } from "./verify.js";
+import { stopStaleServer } from "../../../src/storage/embedded-postgres.js";
+import { batchItems, Fleet, FULL, pool, unexpectedExits } from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
 let dataDir: string;

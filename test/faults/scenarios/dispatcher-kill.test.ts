@@ -5,10 +5,9 @@
  */
 import type pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import { batchItems, FULL, Fleet, pool, unexpectedExits } from "./fleet.js";
-import { tcpPortsOf } from "./procfs.js";
-import { verifyBatch } from "./verify.js";
+import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
+import { batchItems, Fleet, FULL, pool, signalWhenBusy, unexpectedExits } from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
 let db: TestDatabase;
@@ -43,11 +42,9 @@ test("a dispatcher SIGKILLed three times mid-batch: nothing lost, nothing record
       `${share * 100} % of the deliveries`,
     );
     const p = fleet.dispatchers[victim]!;
-    const ports = await tcpPortsOf(p.pid);
-    killedInFlight.push(
-      upstream.deliveries.filter((d) => ports.has(d.remotePort) && d.end === undefined).length,
-    );
-    await Fleet.kill(p);
+    const { held } = await signalWhenBusy(upstream, p, "SIGKILL");
+    killedInFlight.push(held.length);
+    await p.exited;
     await fleet.startDispatcher(victim);
   }
   await verifyBatch({

@@ -8,9 +8,9 @@
  */
 import type pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import { batchItems, FULL, Fleet, pool, unexpectedExits } from "./fleet.js";
-import { verifyBatch } from "./verify.js";
+import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
+import { batchItems, Fleet, FULL, pool, unexpectedExits } from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
 let db: TestDatabase;

@@ -1,48 +1,39 @@
 /**
  * Fault: Postgres stopped and started again mid-batch (an embedded server of
- * this file's own, on a fixed port; never the machine's). While it is down,
- * API calls fail with UNAVAILABLE; the control plane and dispatchers stay up,
- * and once it is back they carry on without anyone restarting them.
+ * this file's own, on a fixed port; never the machine's), for longer than a
+ * lease. While it is down, API calls fail with UNAVAILABLE; the control plane
+ * and dispatchers stay up, and once it is back they carry on without anyone
+ * restarting them.
  */
-import { chmod, mkdtemp, rm } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import {
-  type EmbeddedPostgres,
-  startEmbeddedPostgres,
-} from "../../src/storage/embedded-postgres.js";
-import { batchItems, FULL, Fleet, freePort, LEASE_TTL_MS, pool, unexpectedExits } from "./fleet.js";
-import { verifyBatch } from "./verify.js";
+  batchItems,
+  Fleet,
+  FULL,
+  LEASE_TTL_MS,
+  OwnPostgres,
+  pool,
+  unexpectedExits,
+} from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
-let tmp: string;
-let port: number;
-let server: EmbeddedPostgres | undefined;
+let postgres: OwnPostgres;
 let fleet: Fleet;
 let sql: pg.Pool;
 
-function startPostgres(): Promise<EmbeddedPostgres> {
-  return startEmbeddedPostgres({ dataDir: path.join(tmp, "pg"), port, ephemeral: true });
-}
-
 beforeAll(async () => {
-  // Named like global-setup's dirs: a later run stops a server left here by a killed run.
-  tmp = await mkdtemp(path.join(os.tmpdir(), `fusillade-test-${process.pid}-`));
-  await chmod(tmp, 0o755); // as root, Postgres runs as `nobody`
-  port = await freePort();
-  server = await startPostgres();
-  sql = pool(server.url);
-  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: server.url } });
+  postgres = await OwnPostgres.start();
+  sql = pool(postgres.url);
+  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: postgres.url } });
 });
 afterAll(async () => {
   await fleet?.close();
   await sql?.end();
-  await server?.stop();
-  if (tmp) await rm(tmp, { recursive: true, force: true });
+  await postgres?.close();
 });
 
 test("Postgres restarted mid-batch: UNAVAILABLE meanwhile, no process restarted, nothing lost", async () => {
@@ -52,8 +43,7 @@ test("Postgres restarted mid-batch: UNAVAILABLE meanwhile, no process restarted,
   const batchId = await fleet.createBatch(items);
 
   await upstream.until(() => upstream.deliveries.length >= N * 0.3, 60_000, "30 % delivered");
-  await server!.stop(); // pg_ctl stop -m fast: every connection is closed
-  server = undefined;
+  await postgres.stop();
   const downAt = Date.now();
   const during = await fleet.api.batch.getBatchStatus({ batchId }).then(
     () => undefined,
@@ -65,7 +55,7 @@ test("Postgres restarted mid-batch: UNAVAILABLE meanwhile, no process restarted,
   // …and for longer than a lease: the outage's length is the fault itself, not a wait for an event.
   await sleep(LEASE_TTL_MS + 1000);
   expect(unexpectedExits([...fleet.dispatchers, fleet.controlPlane])).toEqual([]);
-  server = await startPostgres();
+  await postgres.start();
   const downMs = Date.now() - downAt;
 
   await verifyBatch({

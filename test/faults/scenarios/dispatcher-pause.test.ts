@@ -10,11 +10,17 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import type { Delivery } from "../helpers/upstream.js";
-import { batchItems, FULL, Fleet, LEASE_TTL_MS, pool, unexpectedExits } from "./fleet.js";
-import { tcpPortsOf } from "./procfs.js";
-import { verifyBatch } from "./verify.js";
+import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
+import {
+  batchItems,
+  Fleet,
+  FULL,
+  LEASE_TTL_MS,
+  pool,
+  signalWhenBusy,
+  unexpectedExits,
+} from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
 let db: TestDatabase;
@@ -42,28 +48,9 @@ test("a dispatcher SIGSTOPped longer than its leases, then SIGCONT: its fenced w
   const batchId = await fleet.createBatch(items);
   await upstream.until(() => upstream.deliveries.length >= N * 0.3, 60_000, "30 % delivered");
 
-  // Pause it while the upstream has requests of it in flight (its keep-alive connections are
-  // read first; the stop is sent in the same turn as the arrival that shows one in flight).
-  let held: Delivery[] = [];
-  let ports = new Set<number>();
-  let stoppedAt = 0;
-  for (let tries = 1; held.length === 0; tries++) {
-    ports = await tcpPortsOf(victim.pid);
-    const busy = () =>
-      upstream.deliveries.some((d) => ports.has(d.remotePort) && d.end === undefined);
-    const found = await upstream.until(busy, 2000, "a request of the victim in flight").then(
-      () => true,
-      (e: unknown) => {
-        if (tries >= 10) throw e;
-        return false;
-      },
-    );
-    if (!found) continue;
-    victim.child.kill("SIGSTOP");
-    stoppedAt = Date.now();
-    for (const p of await tcpPortsOf(victim.pid)) ports.add(p); // stable now
-    held = upstream.deliveries.filter((d) => ports.has(d.remotePort) && d.end === undefined);
-  }
+  // Pause it while the upstream has requests of it in flight.
+  const { held, ports, at: stoppedAt } = await signalWhenBusy(upstream, victim, "SIGSTOP");
+  expect(held.length, "the paused dispatcher had nothing in flight").toBeGreaterThan(0);
   const heldIds = new Set(held.map((d) => d.requestId));
 
   // Every request it had in flight is sent again by another dispatcher: its claims expired.

@@ -10,10 +10,10 @@
  */
 import type pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import type { Delivery, Step } from "../helpers/upstream.js";
-import { FULL, Fleet, MODELS, pool, unexpectedExits } from "./fleet.js";
-import { verifyBatch } from "./verify.js";
+import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
+import type { Delivery, Step } from "../../helpers/upstream.js";
+import { Fleet, FULL, MODELS, pool, unexpectedExits } from "../fleet.js";
+import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
 /** Faults by kind; a request's kind comes from its index (see `kindOf`). */
@@ -110,7 +110,8 @@ test("resets, drips, hangs, 500 and 429 storms, NUL and deep JSON bodies: each r
   for (const [id, kind] of kinds) {
     const l = outcome.get(id)!;
     const got = l.kind === "output" ? "completed" : "failed";
-    const tally = (byKind[kind] ??= { completed: 0, failed: 0 });
+    const tally = byKind[kind] ?? { completed: 0, failed: 0 };
+    byKind[kind] = tally;
     tally[got]++;
     const want = kind === "plain" ? "completed" : KINDS[kind].outcome;
     if (want !== "either" && want !== got) wrong.push(`${id} (${kind}): ${JSON.stringify(l.line)}`);
