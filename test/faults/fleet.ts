@@ -252,8 +252,15 @@ export async function signalWhenBusy(
   }
   p.child.kill(signal);
   const at = Date.now();
-  const held = inFlight();
-  if (signal === "SIGSTOP") for (const port of await tcpPortsOf(p.pid)) ports.add(port);
+  let held = inFlight();
+  if (signal === "SIGSTOP") {
+    // Stopped, its sockets stay put: read them again (it may have opened one since).
+    for (const port of await tcpPortsOf(p.pid)) ports.add(port);
+    held = upstream.deliveries.filter(
+      (d) =>
+        ports.has(d.remotePort) && d.arrivedAt <= at && (d.end === undefined || d.endedAt! >= at),
+    );
+  }
   return { held, ports, at };
 }
 

@@ -154,7 +154,12 @@ function overshoot(
   );
   const around = upstream.deliveries
     .filter((d) => d.model === model && d.endedAt !== undefined && Math.abs(d.endedAt - t) <= 2)
-    .map((d) => ({ from: owners?.get(d.remotePort), id: d.customId, end: d.end, dt: d.endedAt! - t }));
+    .map((d) => ({
+      from: owners?.get(d.remotePort),
+      id: d.customId,
+      end: d.end,
+      dt: d.endedAt! - t,
+    }));
   return JSON.stringify({
     atS: (t - startedAt) / 1000,
     endedWithin2ms: around,
