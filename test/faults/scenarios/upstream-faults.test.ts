@@ -58,7 +58,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-test("resets, drips, hangs, 500 and 429 storms, NUL and deep JSON bodies: each request ends once, the limits held", async () => {
+test("resets, drips, hangs, 400s, 500 and 429 storms, NUL bodies: each request ends once, the limits held", async () => {
   const { upstream } = fleet;
   const items = Array.from({ length: N }, (_, i) => ({
     customId: `r-${i}`,
