@@ -284,8 +284,11 @@ export class OwnPostgres {
     return p;
   }
 
+  #url = "";
+
+  /** Its URL (with the generated password, which stays the same across restarts). */
   get url(): string {
-    return `postgres://postgres@127.0.0.1:${this.port}/fusillade`;
+    return this.#url;
   }
 
   /** Starts the server (again) on the same port and data. */
@@ -295,6 +298,7 @@ export class OwnPostgres {
       port: this.port,
       ephemeral: true,
     });
+    this.#url = this.#server.url;
   }
 
   /** `pg_ctl stop -m fast`: every connection is closed. */

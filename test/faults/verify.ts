@@ -74,7 +74,21 @@ export async function verifyBatch(opts: {
   portOwners?: Map<number, string>;
 }): Promise<{ figures: Figures; lines: ResultLine[] }> {
   const { api, sql, upstream, batchId, items } = opts;
-  await waitForBatch(api.batch, batchId, opts.timeoutMs ?? 120_000);
+  try {
+    await waitForBatch(api.batch, batchId, opts.timeoutMs ?? 120_000);
+  } catch (err) {
+    // What is stuck, for the report.
+    const stuck = await sql.query(
+      `SELECT custom_id, state, attempt, lease_holder, lease_token, lease_expires_at, not_before,
+              now() AS now
+       FROM requests WHERE batch_id = $1
+         AND state NOT IN ('completed', 'failed', 'canceled', 'expired')
+       ORDER BY line LIMIT 20`,
+      [batchId],
+    );
+    console.log(`FAULTS-STUCK ${opts.scenario} ${JSON.stringify(stuck.rows)}`);
+    throw err;
+  }
   const seconds = Math.round((Date.now() - opts.startedAt) / 100) / 10;
 
   const lines = await resultLines(api, batchId);

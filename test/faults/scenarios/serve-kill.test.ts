@@ -30,11 +30,15 @@ afterAll(async () => {
   }
 });
 
-/** The URL of serve's embedded Postgres now (its port is picked at each start). */
+/**
+ * The URL of serve's embedded Postgres now: its port is picked at each start
+ * (postmaster.pid, line 4), its password is kept in the data dir.
+ */
 async function embeddedUrl(): Promise<string> {
   const pid = await readFile(path.join(dataDir, "pg", "postmaster.pid"), "utf8");
   const port = Number(pid.split("\n")[3]);
-  return `postgres://postgres@127.0.0.1:${port}/fusillade`;
+  const password = (await readFile(path.join(dataDir, "pg", "fusillade.password"), "utf8")).trim();
+  return `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/fusillade`;
 }
 
 test("serve SIGKILLed mid-batch and started again: nothing lost, nothing recorded twice, limits held", async () => {
