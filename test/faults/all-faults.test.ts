@@ -130,8 +130,10 @@ test("one batch through every fault in turn: nothing lost, nothing recorded twic
     batchId,
     items,
     startedAt,
+    onStuck: () => fleet.dumpDispatchers(),
+    timeoutMs: 60_000,
     extra: { faults: log, selfFenced: fleet.selfFenced() },
     portOwners: fleet.portOwners,
   });
   expect(unexpectedExits([...fleet.dispatchers, fleet.controlPlane])).toEqual([]);
-});
+}, 200_000); // the default config's 60 s is too short for a batch through six faults

@@ -171,6 +171,27 @@ export class Fleet {
     }
   }
 
+  /**
+   * SIGTERMs every dispatcher and prints the counters each logs as it stops (held claims,
+   * slots, running, reportsFailing…): what a stuck batch's holders were doing.
+   */
+  async dumpDispatchers(): Promise<void> {
+    await Promise.all(
+      this.dispatchers.map(async (p, i) => {
+        if (!p || p.child.exitCode !== null) return;
+        p.child.kill("SIGTERM");
+        const timer = setTimeout(() => p.child.kill("SIGKILL"), 10_000);
+        await p.exited;
+        clearTimeout(timer);
+        const line = p.stderr().match(/.*"msg":"dispatcher stopped".*/)?.[0] ?? "(no stats)";
+        const warnings = p.stderr().match(/.*"level":(40|50).*/g) ?? [];
+        console.log(`FAULTS-DISPATCHER d${i} ${line}`);
+        for (const w of warnings.slice(-5))
+          console.log(`FAULTS-DISPATCHER d${i} ${w.slice(0, 400)}`);
+      }),
+    );
+  }
+
   /** Dispatchers' "self-fenced" warnings so far, killed processes' included. */
   selfFenced(): number {
     return [...this.dispatchers, ...this.#retired].reduce(

@@ -71,6 +71,8 @@ export async function verifyBatch(opts: {
   startedAt: number;
   timeoutMs?: number;
   extra?: Record<string, unknown>;
+  /** Called when the batch does not end in time, before the failure (e.g. to dump dispatcher state). */
+  onStuck?: () => Promise<void>;
   portOwners?: Map<number, string>;
 }): Promise<{ figures: Figures; lines: ResultLine[] }> {
   const { api, sql, upstream, batchId, items } = opts;
@@ -87,6 +89,7 @@ export async function verifyBatch(opts: {
       [batchId],
     );
     console.log(`FAULTS-STUCK ${opts.scenario} ${JSON.stringify(stuck.rows)}`);
+    await opts.onStuck?.();
     throw err;
   }
   const seconds = Math.round((Date.now() - opts.startedAt) / 100) / 10;

@@ -58,6 +58,7 @@ test("the control plane SIGKILLed twice mid-batch and started again: nothing los
     batchId,
     items,
     startedAt,
+    onStuck: () => fleet.dumpDispatchers(),
     extra: { downMs, deliveredBeforeSecondRestart: deliveredWhileDown },
   });
   expect(unexpectedExits([...fleet.dispatchers, fleet.controlPlane])).toEqual([]);

@@ -76,6 +76,7 @@ test("a dispatcher SIGSTOPped longer than its leases, then SIGCONT: its fenced w
     batchId,
     items,
     startedAt,
+    onStuck: () => fleet.dumpDispatchers(),
     extra: { pausedMs, victimInFlightAtStop: held.length },
   });
 

@@ -66,6 +66,7 @@ test("serve SIGKILLed mid-batch and started again: nothing lost, nothing recorde
       batchId,
       items,
       startedAt,
+      onStuck: () => fleet.dumpDispatchers(),
       extra: { downMs },
     });
   } finally {
