@@ -24,6 +24,18 @@ export interface Step {
   delayMs?: number;
   /** Never answer (until the client gives up and closes the socket). */
   hang?: boolean;
+  /**
+   * Send the headers and this many bytes of the body, then reset the
+   * connection (TCP RST): a connection reset mid-body.
+   */
+  resetAfterBytes?: number;
+  /**
+   * Send the body in `dripChunks` pieces, one every `dripMs` (the headers at
+   * once): a body slower than the client's timeout.
+   */
+  dripMs?: number;
+  /** @default 10 */
+  dripChunks?: number;
 }
 
 /** One request as the upstream saw it. */
@@ -38,6 +50,8 @@ export interface Delivery {
   authorization: string | undefined;
   /** `Date.now()` at arrival (body read). */
   arrivedAt: number;
+  /** The client's port: which process sent it (see test/faults/procfs.ts). */
+  remotePort: number;
   /** `Date.now()` when the response finished or the socket closed. */
   endedAt?: number;
   /** answered: the response finished; closed: the client went away first. */
@@ -64,6 +78,15 @@ export class Upstream extends EventEmitter {
   #url = "";
   /** Answer for custom ids without a script. @default 200 at once */
   respond: (d: Delivery) => Step = () => ({});
+  /**
+   * Count a request as arrived only on the next turn of the event loop, after the I/O
+   * events already received: a client that closes request A and then sends B has its
+   * FIN on A's socket queued before B's bytes, but one poll of the event loop may hand
+   * them to us in either order, and 'close' is emitted in a later phase than 'data'.
+   * Without this, an abort followed at once by the next request can read as one request
+   * too many in flight for an instant that never existed on the wire. @default false
+   */
+  settleArrivals = false;
 
   constructor() {
     super();
@@ -204,44 +227,52 @@ export class Upstream extends EventEmitter {
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("error", () => {});
     req.on("end", () => {
-      const text = Buffer.concat(chunks).toString("utf8");
-      let model = "";
-      try {
-        model = String((JSON.parse(text) as { model?: unknown }).model ?? "");
-      } catch {
-        // not JSON: counted under ""
-      }
-      const requestId = header(req, "x-fusillade-request-id");
-      const attempt = (this.#byRequest.get(requestId) ?? 0) + 1;
-      this.#byRequest.set(requestId, attempt);
-      const d: Delivery = {
-        seq: this.deliveries.length + 1,
-        requestId,
-        customId: header(req, "x-fusillade-custom-id"),
-        model,
-        attempt,
-        authorization: req.headers.authorization,
-        arrivedAt: Date.now(),
-      };
-      this.deliveries.push(d);
-      const g = this.#gauges.get(model) ?? { current: 0, peak: 0 };
-      this.#gauges.set(model, g);
-      g.current++;
-      g.peak = Math.max(g.peak, g.current);
-      this.timeline.push([d.arrivedAt, model, g.current]);
-      const finish = (how: "answered" | "closed") => {
-        if (d.end !== undefined) return;
-        d.end = how;
-        d.endedAt = Date.now();
-        g.current--;
-        this.timeline.push([d.endedAt, model, g.current]);
-        this.emit("end", d);
-      };
-      res.on("finish", () => finish("answered"));
-      res.on("close", () => finish("closed"));
-      this.emit("arrive", d);
-      this.#answer(d, res);
+      if (this.settleArrivals) setTimeout(() => this.#arrive(req, res, chunks), 0);
+      else this.#arrive(req, res, chunks);
     });
+  }
+
+  #arrive(req: IncomingMessage, res: ServerResponse, chunks: Buffer[]): void {
+    const text = Buffer.concat(chunks).toString("utf8");
+    let model = "";
+    try {
+      model = String((JSON.parse(text) as { model?: unknown }).model ?? "");
+    } catch {
+      // not JSON: counted under ""
+    }
+    const requestId = header(req, "x-fusillade-request-id");
+    const attempt = (this.#byRequest.get(requestId) ?? 0) + 1;
+    this.#byRequest.set(requestId, attempt);
+    const d: Delivery = {
+      seq: this.deliveries.length + 1,
+      requestId,
+      customId: header(req, "x-fusillade-custom-id"),
+      model,
+      attempt,
+      authorization: req.headers.authorization,
+      arrivedAt: Date.now(),
+      remotePort: req.socket.remotePort ?? 0,
+    };
+    this.deliveries.push(d);
+    const g = this.#gauges.get(model) ?? { current: 0, peak: 0 };
+    this.#gauges.set(model, g);
+    g.current++;
+    g.peak = Math.max(g.peak, g.current);
+    this.timeline.push([d.arrivedAt, model, g.current]);
+    const finish = (how: "answered" | "closed") => {
+      if (d.end !== undefined) return;
+      d.end = how;
+      d.endedAt = Date.now();
+      g.current--;
+      this.timeline.push([d.endedAt, model, g.current]);
+      this.emit("end", d);
+    };
+    res.on("finish", () => finish("answered"));
+    res.on("close", () => finish("closed"));
+    this.emit("arrive", d);
+    // Closed while it settled: it arrived and went at once.
+    if (res.destroyed || req.socket.destroyed) finish("closed");
+    else this.#answer(d, res);
   }
 
   #answer(d: Delivery, res: ServerResponse): void {
@@ -255,12 +286,43 @@ export class Upstream extends EventEmitter {
       const body =
         step.body ??
         JSON.stringify({ delivery: d.seq, request_id: d.requestId, custom_id: d.customId });
-      res.writeHead(status, { "content-type": "application/json", ...step.headers });
+      // Content-Length promises the whole body (a reset or a drip is then plainly cut short).
+      res.writeHead(status, {
+        "content-type": "application/json",
+        "content-length": String(Buffer.byteLength(body)),
+        ...step.headers,
+      });
+      if (step.resetAfterBytes !== undefined) {
+        const head = Buffer.from(body).subarray(0, step.resetAfterBytes);
+        res.write(head, () => res.socket?.resetAndDestroy());
+        return;
+      }
+      if (step.dripMs !== undefined) {
+        drip(res, Buffer.from(body), step.dripMs, step.dripChunks ?? 10);
+        return;
+      }
       res.end(body);
     };
     if (step.delayMs) setTimeout(send, step.delayMs);
     else send();
   }
+}
+
+/** Writes `body` in `chunks` pieces, `everyMs` apart; stops if the client goes away. */
+function drip(res: ServerResponse, body: Buffer, everyMs: number, chunks: number): void {
+  const size = Math.max(1, Math.ceil(body.length / chunks));
+  let offset = 0;
+  const next = () => {
+    if (res.destroyed || res.writableEnded) return;
+    const piece = body.subarray(offset, offset + size);
+    offset += size;
+    if (offset >= body.length) res.end(piece);
+    else {
+      res.write(piece);
+      setTimeout(next, everyMs);
+    }
+  };
+  next();
 }
 
 function header(req: IncomingMessage, name: string): string {
