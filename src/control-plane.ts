@@ -12,6 +12,9 @@ import type { EndpointPolicy } from "./domain/endpoints.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
+import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
+import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
+import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -28,6 +31,12 @@ export interface ControlPlane {
   /** The database in use (embedded or not). */
   databaseUrl: string;
   db: Db;
+  /** The control plane's metrics (its registry; serve adds its dispatcher's text). */
+  metrics: ControlPlaneMetrics;
+  /** Adds a source to /metrics (serve: the dispatcher thread's registry). */
+  addMetricsSource(source: MetricsSource): void;
+  /** Where /metrics is served without a token (--metrics-listen), when it is. */
+  metricsUrl: string | undefined;
   /** Stops serving, ends streams and long polls, closes the database. */
   close(): Promise<void>;
 }
@@ -88,6 +97,11 @@ export async function startControlPlane(
     const shutdown = new AbortController();
     // Every long poll and stream listens on it.
     setMaxListeners(0, shutdown.signal);
+    const metrics = new ControlPlaneMetrics(db, config.defaultLimit);
+    const metricsSources: MetricsSource[] = [() => metrics.text()];
+    const lifecycle = new BatchLifecycle(db, log, metrics);
+    lifecycle.start(notifications);
+    cleanup.push(async () => lifecycle.close());
     const auth = new Authenticator(db, notifications, {
       adminToken: config.adminToken,
       localMode,
@@ -101,6 +115,8 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
+      lifecycle,
+      metrics,
     };
     // Known once the port is: the control plane's own origins are refused as endpoints.
     let policy: EndpointPolicy = {
@@ -109,7 +125,7 @@ export async function startControlPlane(
       self: [],
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
-    const leases = new LeaseService(db.dispatch, notifications, config);
+    const leases = new LeaseService(db.dispatch, notifications, config, metrics);
     const reaper = startReaper(db, config.reapIntervalMs, log);
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
@@ -119,8 +135,20 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
+      plainRoutes: [apiMetricsRoute(metricsSources, auth)],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
+    let metricsUrl: string | undefined;
+    if (config.metricsListen !== undefined) {
+      const ms = await startMetricsServer(
+        config.metricsListen.host,
+        config.metricsListen.port,
+        metricsSources,
+      );
+      cleanup.push(() => ms.close());
+      metricsUrl = ms.url;
+      log.info({ url: ms.url }, "metrics listening (no token needed there)");
+    }
     policy = { ...policy, self: selfOrigins(server.url) };
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
@@ -135,6 +163,9 @@ export async function startControlPlane(
       url: server.url,
       databaseUrl: database.url,
       db,
+      metrics,
+      metricsUrl,
+      addMetricsSource: (source) => metricsSources.push(source),
       close: closeAll,
       internalDispatcherToken() {
         if (internal === undefined) {

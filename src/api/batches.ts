@@ -141,7 +141,7 @@ export function batchMethods(
           throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
         validateText(v, `metadata.${k}`);
       }
-      const { batch } = await createBatch(db, {
+      const { batch, created } = await createBatch(db, {
         fileId: req.fileId,
         scope: scopeOf(principalOf(ctx)),
         idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
@@ -150,6 +150,7 @@ export function batchMethods(
         metadata: req.metadata,
         ...retryPolicy(req.retryPolicy, deps),
       });
+      if (created) deps.lifecycle?.created(batch);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 
@@ -182,9 +183,9 @@ export function batchMethods(
     },
 
     async cancelBatch(req, ctx) {
-      return create(CancelBatchResponseSchema, {
-        batch: toProtoBatch(await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId)),
-      });
+      const batch = await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId);
+      deps.lifecycle?.cancelled(batch);
+      return create(CancelBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 
     async retryBatch(req, ctx) {

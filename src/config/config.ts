@@ -71,6 +71,11 @@ export interface ControlPlaneConfig {
   tls: { cert: string; key: string } | undefined;
   /** Origins files may name (docs/trust.md); undefined: any but the denied ones. */
   allowedEndpoints: OriginPattern[] | undefined;
+  /**
+   * A separate address for /metrics, open without a token (docs/observability.md).
+   * @default undefined: /metrics on the API port, with an admin's credential
+   */
+  metricsListen?: { host: string; port: number } | undefined;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -175,6 +180,20 @@ export interface ControlPlaneFlags {
   tlsCert?: string;
   tlsKey?: string;
   allowedEndpoints?: string;
+  metricsListen?: string;
+}
+
+/** --metrics-listen HOST:PORT (env FUSILLADE_METRICS_LISTEN), for either kind of process. */
+export function metricsListenOf(
+  flags: { metricsListen?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): { host: string; port: number } | undefined {
+  const v = flags.metricsListen ?? env.FUSILLADE_METRICS_LISTEN;
+  if (v === undefined || (v === "" && flags.metricsListen === undefined)) return undefined;
+  return parseListen(
+    v,
+    flags.metricsListen !== undefined ? "--metrics-listen" : "FUSILLADE_METRICS_LISTEN",
+  );
 }
 
 /** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
@@ -249,6 +268,7 @@ export function controlPlaneConfig(
     c.host = host;
     c.port = port;
   }
+  c.metricsListen = metricsListenOf(flags, env);
   c.dataDir = flags.dataDir ?? env.FUSILLADE_DATA_DIR ?? c.dataDir;
   const url = flags.databaseUrl ?? env.DATABASE_URL;
   c.databaseUrl = url === "" ? undefined : url;

@@ -23,7 +23,9 @@ import { performance } from "node:perf_hooks";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import { HttpExecutor } from "../http/executor.js";
+import { traceHeaders } from "../http/trace-context.js";
 import type { Logger } from "../logger.js";
+import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
 import { fenceMarginMs, renewIntervalMs } from "./fencing.js";
 import {
   connectLeaseClient,
@@ -70,6 +72,8 @@ export interface Dispatcher {
   readonly id: string;
   /** A snapshot of the counters. */
   stats(): DispatcherStats;
+  /** Its Prometheus metrics, text format (docs/observability.md). */
+  metrics(): Promise<string>;
   /**
    * Stops taking leases, lets running requests finish for up to `graceMs`
    * (default: config.shutdownGraceMs), aborts and releases the rest, flushes
@@ -82,6 +86,8 @@ export interface Dispatcher {
 export interface DispatcherDeps {
   client?: LeaseClient;
   executor?: HttpExecutor;
+  /** Where the counters go (a thread's or a process's registry); default: a new one. */
+  metrics?: DispatcherMetrics;
 }
 
 /** The counters of a dispatcher that has done nothing yet. */
@@ -96,6 +102,18 @@ export function zeroCounts() {
     shutdownAborts: 0,
     dispositions: { recorded: 0, requeued: 0, lost: 0, unreported: 0 },
   };
+}
+
+/** An endpoint that answered only errors this many times in a row is worth a warning. */
+export const ERROR_STREAK_WARN = 20;
+
+/** The origin of a URL (scheme, host, port: no credentials, no path), for logs. */
+function originOf(url: string): string {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return "(invalid url)";
+  }
 }
 
 /** TTL assumed until the first grant tells us (only the renewal period depends on it). */
@@ -128,6 +146,9 @@ export function startDispatcher(
       allowedHosts: config.allowedHosts,
     });
   const counts = zeroCounts();
+  /** Per endpoint origin: failures since its last success. */
+  const errorStreaks = new Map<string, number>();
+  const metrics = deps.metrics ?? new DispatcherMetrics();
   let ttlMs = TTL_UNKNOWN_MS;
   const margin = (ttl: number) => fenceMarginMs(ttl, config.fenceMarginMs);
   const book = new SlotBook(config.capacity, config.prefetch);
@@ -145,6 +166,7 @@ export function startDispatcher(
       return;
     }
     counts.fenced++;
+    metrics.claims("fenced");
     log.warn(
       { requestId: e.ref.requestId, model: e.lease.model },
       "claim not renewed in time: request aborted (self-fenced)",
@@ -179,6 +201,9 @@ export function startDispatcher(
         for (const m of book.all()) pump(m);
         sync.poke();
       },
+      onCall(size) {
+        metrics.reportBatch(size);
+      },
       onRefillFailed(asked) {
         for (const a of asked) book.get(a.model).requested -= a.room;
       },
@@ -198,6 +223,7 @@ export function startDispatcher(
     sentAt: number,
   ): void {
     const got = new Map<string, number>();
+    metrics.claims("acquired", answer.claims.length);
     for (const c of answer.claims) {
       counts.acquired++;
       if (c.ttlMs > 0 && c.ttlMs !== ttlMs) ttlMs = c.ttlMs;
@@ -261,6 +287,7 @@ export function startDispatcher(
   /** The grant of `m` is gone or was not renewed in time: abort its running requests. */
   function fence(m: ModelSlots, why: "fenced" | "lost"): void {
     const wasRunning = m.running;
+    if (m.token !== 0n) metrics.grants(why);
     m.token = 0n;
     m.slots = 0;
     m.target = 0;
@@ -270,6 +297,7 @@ export function startDispatcher(
       if (e.lease.model === m.model && table.giveUp(e, "fenced", `slot grant ${why}`)) aborted++;
     }
     counts.fenced += aborted;
+    metrics.claims("fenced", aborted);
     // Without a grant the buffer cannot run: give it back (unsent) for others
     // to take rather than hold it until a new grant comes, if ever.
     for (const e of m.queue.splice(0)) {
@@ -288,6 +316,7 @@ export function startDispatcher(
     const wasQueued = entry.phase === "queued";
     if (table.giveUp(entry, "lost", `claim lost: ${reason}`)) {
       counts.lost++;
+      metrics.claims("lost");
       if (wasQueued) {
         dequeue(entry);
         void settle(entry, {
@@ -315,6 +344,7 @@ export function startDispatcher(
       fence,
       onLost,
       marginFor: margin,
+      metrics,
       renewIntervalMs: () => renewIntervalMs(ttlMs, margin(ttlMs), config.renewIntervalMs),
       pumpAll: () => {
         for (const m of book.all()) pump(m);
@@ -328,7 +358,10 @@ export function startDispatcher(
   /** Reports `report` for `entry`, then lets go of it. */
   async function settle(entry: HeldLease, report: Report): Promise<void> {
     table.toReporting(entry);
-    if (report.kind === "release") counts.releases++;
+    if (report.kind === "release") {
+      counts.releases++;
+      metrics.claims("released");
+    }
     // Past its real expiry (the fence plus its margin) the report could only be LOST.
     const disposition = await reporter.submit(
       report,
@@ -351,11 +384,43 @@ export function startDispatcher(
     table.remove(entry);
   }
 
+  /** Warns once when an endpoint has answered only errors ERROR_STREAK_WARN times in a row. */
+  function noteEndpoint(url: string, model: string, outcome: AttemptOutcome): void {
+    const origin = originOf(url);
+    if (outcome.kind === "completion") {
+      const streak = errorStreaks.get(origin) ?? 0;
+      errorStreaks.delete(origin);
+      if (streak >= ERROR_STREAK_WARN)
+        log.info({ endpoint: origin, failures: streak }, "endpoint answers again");
+      return;
+    }
+    const streak = (errorStreaks.get(origin) ?? 0) + 1;
+    errorStreaks.set(origin, streak);
+    if (streak === ERROR_STREAK_WARN) {
+      log.warn(
+        {
+          endpoint: origin,
+          model,
+          failures: streak,
+          last: { status: outcome.statusCode, code: outcome.code },
+        },
+        `endpoint answered only errors for ${streak} requests in a row`,
+      );
+    }
+  }
+
   /** Runs one claim: send; the slot starts the next buffered claim at once; then report. */
   async function run(entry: HeldLease, m: ModelSlots): Promise<void> {
     let outcome: AttemptOutcome;
+    const started = performance.now();
     try {
-      outcome = await executor.execute(entry.lease.request, entry.signal);
+      // A new span per attempt in the request's trace (docs/observability.md).
+      const request = entry.lease.request;
+      const headers = [
+        ...request.headers,
+        ...traceHeaders(entry.ref.requestId, entry.lease.batchId),
+      ];
+      outcome = await executor.execute({ ...request, headers }, entry.signal);
     } catch (e) {
       // execute() does not throw; should it ever, give the request back.
       log.error({ err: e, requestId: entry.ref.requestId }, "executor threw");
@@ -371,6 +436,8 @@ export function startDispatcher(
       };
     }
     m.running--;
+    metrics.attempt(m.model, outcome, (performance.now() - started) / 1000);
+    if (entry.gaveUp === undefined) noteEndpoint(entry.lease.request.url, m.model, outcome);
     if (
       outcome.kind === "failure" &&
       outcome.statusCode === 429 &&
@@ -378,6 +445,13 @@ export function startDispatcher(
       outcome.retryAfterMs > 0
     ) {
       // Our own 429: hold the model here at once; the control plane holds it fleet-wide.
+      metrics.hold(m.model);
+      if (performance.now() >= m.heldUntil) {
+        log.info(
+          { model: m.model, retryAfterMs: outcome.retryAfterMs },
+          "model held back by a 429 until its Retry-After has passed",
+        );
+      }
       m.heldUntil = Math.max(m.heldUntil, performance.now() + outcome.retryAfterMs);
       scheduleAfterHold(m);
     }
@@ -404,6 +478,22 @@ export function startDispatcher(
     await settled;
   }
 
+  metrics.bind({
+    *models() {
+      const now = performance.now();
+      for (const m of book.all()) {
+        yield {
+          model: m.model,
+          running: m.running,
+          slots: m.token === 0n ? 0 : m.slots,
+          buffered: m.queue.length,
+          held: now < m.heldUntil,
+        };
+      }
+    },
+    reportsPending: () => reporter.pending,
+    reportsFailing: () => reporter.failing,
+  });
   sync.start();
   log.info(
     {
@@ -479,6 +569,7 @@ export function startDispatcher(
   return {
     id: config.id,
     stats,
+    metrics: () => metrics.text(),
     stop(graceMs = config.shutdownGraceMs) {
       stopped ??= shutdown(graceMs);
       return stopped;

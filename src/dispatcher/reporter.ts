@@ -54,6 +54,8 @@ export interface RefillHooks {
   onClaims(claims: DispatchLease[], holds: ModelHold[], asked: Refill[], sentAt: number): void;
   /** The call failed: nothing of `asked` will come. */
   onRefillFailed(asked: Refill[]): void;
+  /** A call carrying `size` reports is sent (metrics). */
+  onCall?(size: number): void;
 }
 
 const NO_REFILL: RefillHooks = {
@@ -197,6 +199,7 @@ export class Reporter {
     // No refill while stopping or failing: nothing new would be started.
     const asked = this.#stopped || this.#failing ? [] : this.hooks.refill();
     const sentAt = performance.now();
+    this.hooks.onCall?.(batch.length);
     try {
       answer = await this.client.report(
         batch.map((q) => q.report),
