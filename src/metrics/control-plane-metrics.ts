@@ -5,7 +5,6 @@
  * limits, slot grants, the unfinished batches' counter columns) — never a
  * scan of `requests`. Labels are bounded: no batch, request or tenant.
  */
-import { performance } from "node:perf_hooks";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Db } from "../storage/db.js";
 
@@ -38,9 +37,6 @@ const ACTIVE_BATCH_COUNTS = `
          COALESCE(sum(canceled_count), 0)::int AS canceled,
          COALESCE(sum(expired_count), 0)::int AS expired
   FROM batches WHERE finished_at IS NULL`;
-
-/** Scrapes within this share one read of the tables. */
-const SHARED_READ_MS = 1000;
 
 const REQUEST_STATES = ["pending", "leased", "completed", "failed", "canceled", "expired"] as const;
 
@@ -179,15 +175,14 @@ export class ControlPlaneMetrics {
     });
   }
 
-  readonly #reads = new Map<string, { at: number; rows: Promise<unknown[]> }>();
+  readonly #reads = new Map<string, Promise<unknown[]>>();
 
-  /** One read shared by the gauges of a scrape (and by scrapes within a second). */
+  /** One read shared by the gauges of a scrape (and by scrapes at the same moment). */
   #shared<T>(key: string, read: () => Promise<T[]>): Promise<T[]> {
-    const now = performance.now();
-    const hit = this.#reads.get(key);
-    if (hit !== undefined && now - hit.at < SHARED_READ_MS) return hit.rows as Promise<T[]>;
-    const rows = read();
-    this.#reads.set(key, { at: now, rows });
+    const running = this.#reads.get(key);
+    if (running !== undefined) return running as Promise<T[]>;
+    const rows = read().finally(() => this.#reads.delete(key));
+    this.#reads.set(key, rows);
     return rows;
   }
 
