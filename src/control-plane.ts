@@ -19,6 +19,7 @@ import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
 import { resolveDatabase } from "./storage/resolve-database.js";
+import { dashboardRoute } from "./web/dashboard-route.js";
 
 export interface ControlPlane {
   /** Base URL of the API. */
@@ -135,7 +136,7 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
-      plainRoutes: [apiMetricsRoute(metricsSources, auth)],
+      plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute()],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
     let metricsUrl: string | undefined;
