@@ -27,6 +27,7 @@ import type {
   RequestState as ProtoRequestState,
   RetryPolicy,
 } from "../gen/fusillade/v1/resources_pb.js";
+import { parseTraceparent } from "../http/trace-context.js";
 import { batchBreakdown } from "../storage/batch-breakdown.js";
 import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
@@ -150,7 +151,9 @@ export function batchMethods(
         metadata: req.metadata,
         ...retryPolicy(req.retryPolicy, deps),
       });
-      if (created) deps.lifecycle?.created(batch);
+      // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
+      const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
+      if (created) deps.lifecycle?.created(batch, trace?.traceId);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 

@@ -46,8 +46,8 @@ export class BatchLifecycle {
     });
   }
 
-  /** A batch was created. */
-  created(b: BatchRecord): void {
+  /** A batch was created (`traceId`: from the caller's traceparent, when it sent one). */
+  created(b: BatchRecord, traceId?: string): void {
     this.metrics?.batchCreated();
     this.log.info(
       {
@@ -56,6 +56,7 @@ export class BatchLifecycle {
         requests: b.counts.total,
         completionWindow: b.completionWindow,
         expiresAt: b.expiresAt.toISOString(),
+        traceId,
       },
       "batch created",
     );

@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { stopStaleServer } from "../../src/storage/embedded-postgres.js";
-import { clients } from "../helpers/control-plane.js";
+import { clients, startTestControlPlane } from "../helpers/control-plane.js";
 import {
   createTestBatch,
   type FusilladeProcess,
@@ -159,4 +159,35 @@ test.skipIf(CHROMIUM === undefined)(
     expect(text.match(/^# TYPE process_cpu_user_seconds_total /gm)).toHaveLength(1);
   },
   120_000,
+);
+
+test.skipIf(CHROMIUM === undefined)(
+  "with tokens, the page asks for one, keeps it in memory only, and works with it",
+  async () => {
+    const adminToken = "dashboard-test-admin-token-0123456789";
+    const cp = await startTestControlPlane({ adminToken });
+    try {
+      const page = await browser!.newPage();
+      await page.goto(cp.url);
+      const form = page.locator("#token-form");
+      await form.waitFor({ state: "visible" });
+      await expect(page.locator("#conn").textContent()).resolves.toContain("Unauthenticated");
+      await page.locator("#token").fill(adminToken);
+      await page.locator("#token-form button").click();
+      await form.waitFor({ state: "hidden" });
+      await page.getByText("no batches").waitFor();
+      // Memory only: nothing stored, and a reload asks again.
+      // (A string: this file is compiled without the DOM's types.)
+      const stored = await page.evaluate(
+        "[localStorage.length, sessionStorage.length, document.cookie]",
+      );
+      expect(stored).toEqual([0, 0, ""]);
+      await page.reload();
+      await form.waitFor({ state: "visible" });
+      await page.close();
+    } finally {
+      await cp.close();
+    }
+  },
+  60_000,
 );

@@ -8,17 +8,25 @@
  */
 import http from "node:http";
 import { Writable } from "node:stream";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { resolveDispatcherConfig } from "../../src/config/dispatcher-config.js";
 import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
 import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { parseTraceparent, traceIdOf } from "../../src/http/trace-context.js";
 import { DispatcherMetrics } from "../../src/metrics/dispatcher-metrics.js";
 import { clients } from "../helpers/control-plane.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
-import { createTestBatch, items, waitForBatch } from "../helpers/dispatcher-process.js";
+import {
+  createTestBatch,
+  items,
+  startDispatcherProcess,
+  waitForBatch,
+} from "../helpers/dispatcher-process.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 /** Log lines (parsed pino JSON) of everything the control plane and dispatcher said. */
@@ -98,7 +106,22 @@ test("scraped during and after a batch, the counters move as they should", async
   // One 503 then a 200; one 429 (holding the model back a moment) then a 200.
   upstream.script("M-0", [{ status: 503 }, { status: 200 }]);
   upstream.script("M-1", [{ status: 429, headers: { "retry-after": "1" } }, { status: 200 }]);
-  const batchId = await createTestBatch(batch, upstream.url, items("M", 30), { maxRetries: 3 });
+  // The caller's trace: CreateBatch with a traceparent (the batch's log line names it).
+  const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const traced = createClient(
+    BatchService,
+    createConnectTransport({
+      baseUrl: cp.url,
+      httpVersion: "1.1",
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("traceparent", `00-${callerTrace}-00f067aa0ba902b7-01`);
+          return next(req);
+        },
+      ],
+    }),
+  );
+  const batchId = await createTestBatch(traced, upstream.url, items("M", 30), { maxRetries: 3 });
 
   // While it runs: in flight never above the limit, and seen above 0 at least once.
   let peak = 0;
@@ -191,7 +214,7 @@ test("scraped during and after a batch, the counters move as they should", async
   // Lifecycle logs: created, held by a 429, finished; never a key or a body.
   const msgs = lines.map((l) => String(l.msg));
   const created = lines.find((l) => l.msg === "batch created");
-  expect(created).toMatchObject({ batchId, requests: 30 });
+  expect(created).toMatchObject({ batchId, requests: 30, traceId: callerTrace });
   expect(msgs).toContain("model held back by a 429 until its Retry-After has passed");
   const finished = lines.find((l) => l.msg === "batch finished");
   expect(finished).toMatchObject({ batchId, state: "completed" });
@@ -248,4 +271,23 @@ test("local mode: /metrics answers a loopback Host only", async () => {
     });
   expect(await status("evil.example:80")).toBe(403);
   expect(await status("localhost:1")).toBe(200);
+});
+
+test("a standalone dispatcher serves its metrics on --metrics-listen", async () => {
+  const p = await startDispatcherProcess({
+    controlPlane: cp.url,
+    id: "metrics-standalone",
+    args: ["--metrics-listen", "127.0.0.1:0"],
+  });
+  try {
+    const [, url] = await p.waitFor(
+      /"url":"(http:\/\/127\.0\.0\.1:\d+\/metrics)","msg":"metrics listening"/,
+    );
+    const s = await scrape(url!);
+    expect(s.has("fusillade_dispatcher_reports_failing")).toBe(true);
+    expect(s.has("process_cpu_user_seconds_total")).toBe(true);
+    expect([...s.keys()].some((k) => k.startsWith("fusillade_model_limit"))).toBe(false);
+  } finally {
+    await p.stop();
+  }
 });
