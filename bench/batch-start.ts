@@ -52,8 +52,8 @@ async function createBatchFigures(bench: Bench, ingest: IngestOutcome) {
       [ingest.copiedFileId, ingest.lines],
     );
     await client.query(
-      `INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key)
-       SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key
+      `INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key_id)
+       SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key_id
        FROM request_templates WHERE file_id = $2`,
       [rows[0]!.id, ingest.copiedFileId],
     );

@@ -18,7 +18,8 @@ export const INGEST_MODEL = "bench-ingest";
 /** Body padding: ~1 KiB lines, as in the earlier recorded runs. */
 const PAD = 900;
 /** The API key every uploaded row carries (the upload header's). */
-const API_KEY = "sk-bench";
+/** The one stored API key the copied rows point at (what UploadFile stores: an id per row). */
+const API_KEY_ID = "00000000-0000-4000-8000-00000000b0b0";
 
 export interface IngestOutcome {
   figures: Record<string, unknown>;
@@ -52,7 +53,7 @@ function copyChunks(fileId: string, lines: number, endpoint: string): Buffer[] {
       "/v1/chat/completions",
       JSON.stringify(requestBody(INGEST_MODEL, filler)),
       INGEST_MODEL,
-      API_KEY,
+      API_KEY_ID,
     ]
       .map(copyValue)
       .join("\t");
@@ -94,7 +95,7 @@ export async function ingestScenario(bench: Bench, endpoint: string): Promise<In
       Readable.from(chunks),
       client.query(
         copyStreams.from(
-          `COPY request_templates (file_id, line, custom_id, endpoint, method, path, body, model, api_key) FROM STDIN`,
+          `COPY request_templates (file_id, line, custom_id, endpoint, method, path, body, model, api_key_id) FROM STDIN`,
         ),
       ),
     );

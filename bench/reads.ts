@@ -43,9 +43,9 @@ async function buildBatch(client: pg.Client, n: number): Promise<string> {
   );
   const fileId = file.rows[0]!.id;
   await client.query(
-    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model, api_key)
+    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model)
      SELECT $1, g, 'req-' || g, 'http://127.0.0.1:9', 'POST', '/v1/chat/completions',
-       '{"model":"${MODEL}","messages":[{"role":"user","content":"hi"}]}', '${MODEL}', 'sk-bench'
+       '{"model":"${MODEL}","messages":[{"role":"user","content":"hi"}]}', '${MODEL}'
      FROM generate_series(1, $2) g`,
     [fileId, n],
   );
@@ -60,10 +60,10 @@ async function buildBatch(client: pg.Client, n: number): Promise<string> {
   const batchId = batch.rows[0]!.id;
   // Inserts fire no trigger (it is AFTER UPDATE): the counters above are the truth.
   await client.query(
-    `INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key,
+    `INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key_id,
        state, attempt, lease_token, lease_holder, lease_expires_at, response_status,
        response_headers, response_body, error_code, error_message, finished_at)
-     SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key, state,
+     SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key_id, state,
        CASE WHEN state = 'pending' THEN 0 ELSE 1 END,
        CASE WHEN state = 'leased' THEN nextval('lease_token_seq') END,
        CASE WHEN state = 'leased' THEN 'bench-nobody' END,

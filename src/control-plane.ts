@@ -6,6 +6,7 @@ import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
 import { buildServer } from "./api/server.js";
 import { Authenticator, isLoopbackListen } from "./auth/authenticator.js";
+import { loadKeyring } from "./auth/secrets.js";
 import { newToken } from "./auth/tokens.js";
 import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
 import type { EndpointPolicy } from "./domain/endpoints.js";
@@ -15,6 +16,7 @@ import type { Logger } from "./logger.js";
 import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
 import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
+import { reencrypt } from "./storage/api-keys.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -98,6 +100,19 @@ export async function startControlPlane(
     const shutdown = new AbortController();
     // Every long poll and stream listens on it.
     setMaxListeners(0, shutdown.signal);
+    const { keyring, made } = await loadKeyring({ ...config.secretKey, dataDir: config.dataDir });
+    if (made !== undefined) {
+      log.info({ file: made }, "made the key that encrypts upstream API keys");
+      if (!database.embedded) {
+        log.warn(
+          { file: made },
+          "every control plane on this database needs this same key: set FUSILLADE_SECRET_KEY (or --secret-key-file) on each",
+        );
+      }
+    }
+    const sealed = await reencrypt(db, keyring, true);
+    if (sealed > 0)
+      log.info({ keys: sealed }, "encrypted API keys stored before encryption existed");
     const metrics = new ControlPlaneMetrics(db, config.defaultLimit);
     const metricsSources: MetricsSource[] = [() => metrics.text()];
     const lifecycle = new BatchLifecycle(db, log, metrics);
@@ -114,6 +129,7 @@ export async function startControlPlane(
       log,
       notifications,
       shutdownSignal: shutdown.signal,
+      keyring,
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
       lifecycle,
@@ -126,7 +142,7 @@ export async function startControlPlane(
       self: [],
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
-    const leases = new LeaseService(db.dispatch, notifications, config, metrics);
+    const leases = new LeaseService(db.dispatch, notifications, config, keyring, metrics);
     const reaper = startReaper(db, config.reapIntervalMs, log);
     cleanup.push(() => reaper.stop());
     const server = await buildServer({

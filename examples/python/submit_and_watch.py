@@ -66,22 +66,32 @@ def main() -> int:
     ap.add_argument("--server", default="127.0.0.1:8080", help="control plane host:port")
     ap.add_argument("--endpoint", required=True, help="base URL of the model endpoint")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""))
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("FUSILLADE_TOKEN", ""),
+        help="Fusillade API token (env FUSILLADE_TOKEN); not needed for a local server",
+    )
     ap.add_argument("--completion-window", default="", help='e.g. "24h" (server default)')
     ap.add_argument("--output", help="write output lines (completed requests) here")
     ap.add_argument("--errors", help="write error lines (failed, expired, cancelled) here")
     args = ap.parse_args()
 
     target = args.server.removeprefix("http://")
+    # Every call carries the token, when there is one (docs/trust.md).
+    md = [("authorization", f"Bearer {args.token}")] if args.token else []
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.BatchServiceStub(channel)
 
-        uploaded = stub.UploadFile(upload_messages(args.file, args.endpoint, args.api_key))
+        uploaded = stub.UploadFile(
+            upload_messages(args.file, args.endpoint, args.api_key), metadata=md
+        )
         created = stub.CreateBatch(
             pb.CreateBatchRequest(
                 request_id=str(uuid.uuid4()),
                 file_id=uploaded.file.id,
                 completion_window=args.completion_window,
-            )
+            ),
+            metadata=md,
         )
         batch = created.batch
         print(
@@ -94,7 +104,7 @@ def main() -> int:
         watch = pb.WatchBatchRequest(
             batch_id=batch.id, min_interval=duration_pb2.Duration(nanos=500_000_000)
         )
-        for message in stub.WatchBatch(watch):
+        for message in stub.WatchBatch(watch, metadata=md):
             batch = message.batch
             print(progress_line(batch), flush=True)
         if batch.state not in TERMINAL:
@@ -107,7 +117,9 @@ def main() -> int:
             pb.GetBatchResultsResponse.KIND_ERROR: open(args.errors, "w") if args.errors else None,
         }
         try:
-            for line in stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id=batch.id)):
+            for line in stub.GetBatchResults(
+                pb.GetBatchResultsRequest(batch_id=batch.id), metadata=md
+            ):
                 counts[line.kind] += 1
                 out = files[line.kind]
                 if out is not None:

@@ -14,6 +14,7 @@ import {
   type BatchService,
   CancelBatchResponseSchema,
   CreateBatchResponseSchema,
+  DeleteBatchResponseSchema,
   GetBatchBreakdownResponseSchema,
   GetBatchResponseSchema,
   GetBatchStatusResponseSchema,
@@ -29,7 +30,14 @@ import type {
 } from "../gen/fusillade/v1/resources_pb.js";
 import { parseTraceparent } from "../http/trace-context.js";
 import { batchBreakdown } from "../storage/batch-breakdown.js";
-import { cancelBatch, createBatch, getBatch, listBatches, retryBatch } from "../storage/batches.js";
+import {
+  cancelBatch,
+  createBatch,
+  deleteBatch,
+  getBatch,
+  listBatches,
+  retryBatch,
+} from "../storage/batches.js";
 import { pageSize } from "../storage/pages.js";
 import { getRequestWithAttempts } from "../storage/request-history.js";
 import { listRequests } from "../storage/requests.js";
@@ -115,6 +123,7 @@ export function batchMethods(
   ServiceImpl<typeof BatchService>,
   | "createBatch"
   | "getBatch"
+  | "deleteBatch"
   | "getBatchStatus"
   | "listBatches"
   | "cancelBatch"
@@ -155,6 +164,12 @@ export function batchMethods(
       const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
       if (created) deps.lifecycle?.created(batch, trace?.traceId);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
+    },
+
+    async deleteBatch(req, ctx) {
+      await deleteBatch(db, scopeOf(principalOf(ctx)), req.batchId);
+      deps.log.info({ batchId: req.batchId }, "batch deleted");
+      return create(DeleteBatchResponseSchema, {});
     },
 
     async getBatch(req, ctx) {

@@ -1,4 +1,6 @@
 /** What API handlers are given: the database, the config, the logger, notifications. */
+
+import type { Keyring } from "../auth/secrets.js";
 import type { ControlPlaneConfig } from "../config/config.js";
 import type { EndpointPolicy } from "../domain/endpoints.js";
 import type { Logger } from "../logger.js";
@@ -14,6 +16,8 @@ export interface ApiDeps {
   notifications: Notifications;
   /** Aborts when the server shuts down: long polls and streams end. */
   shutdownSignal: AbortSignal;
+  /** Encrypts upstream API keys at rest (src/auth/secrets.ts). */
+  keyring: Keyring;
   /** The outbound allow-list files are checked against (docs/trust.md). */
   endpointPolicy: () => EndpointPolicy;
   /** Called after a token was revoked here (other replicas hear NOTIFY fusillade_tokens). */

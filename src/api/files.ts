@@ -155,6 +155,7 @@ export function fileMethods(
       }
       const { file } = await createFile(
         db,
+        deps.keyring,
         newFile(req.filename, req.requestId, tenant),
         allowedRows(cappedRows(rows, deps.config.maxUploadLines), deps.endpointPolicy(), !hasJsonl),
         () => size,
@@ -187,9 +188,13 @@ export function fileMethods(
           false,
         ),
       );
-      const { file } = await createFile(db, meta, spooled.read(apiKey), () => total.bytes).finally(
-        () => spooled.dispose(),
-      );
+      const { file } = await createFile(
+        db,
+        deps.keyring,
+        meta,
+        spooled.read(apiKey),
+        () => total.bytes,
+      ).finally(() => spooled.dispose());
       return create(UploadFileResponseSchema, { file: toProtoFile(file) });
     },
 

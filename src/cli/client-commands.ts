@@ -18,6 +18,7 @@ import {
   run,
 } from "./cli-kit.js";
 import {
+  batchesDeleteAction,
   batchesListAction,
   cancelAction,
   filesDeleteAction,
@@ -247,6 +248,13 @@ export function registerClientCommands(program: Command): void {
   command(batches, "get", "show a batch (same as status)")
     .argument("<batch>", "batch id")
     .action(run(async (conn, g, batch: string) => statusAction(conn, g, batch)));
+  command(
+    batches,
+    "delete",
+    "delete a finished batch with its requests, results and stored API keys (cancel a running one first)",
+  )
+    .argument("<batch>", "batch id")
+    .action(run(async (conn, g, batch: string) => batchesDeleteAction(conn, g, batch)));
 
   const tokens = command(program, "tokens", "API tokens: who may call the API (admin)");
   command(tokens, "create", "make a token; prints its secret once")

@@ -1,5 +1,6 @@
 /** Server commands: serve (control plane + dispatcher), control-plane, dispatcher, migrate. */
 import type { Command } from "commander";
+import { loadKeyring } from "../auth/secrets.js";
 import {
   ConfigError,
   type ControlPlaneFlags,
@@ -13,7 +14,9 @@ import { startDispatcherThread } from "../dispatcher/thread.js";
 import { makeLogger } from "../logger.js";
 import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
 import { startMetricsServer } from "../metrics/metrics-http.js";
+import { keyCounts, reencrypt } from "../storage/api-keys.js";
 import { migrate } from "../storage/data-source.js";
+import { Db } from "../storage/db.js";
 import { resolveDatabase } from "../storage/resolve-database.js";
 
 function controlPlaneOptions(cmd: Command): Command {
@@ -32,6 +35,10 @@ function controlPlaneOptions(cmd: Command): Command {
     .option(
       "--allowed-endpoints <origins>",
       "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token never link-local/metadata addresses or this server)",
+    )
+    .option(
+      "--secret-key-file <file>",
+      "file with the key that encrypts upstream API keys (env FUSILLADE_SECRET_KEY_FILE, or the key in FUSILLADE_SECRET_KEY; default: secret.key in the data dir, made on first start)",
     )
     .option("--tls-cert <file>", "PEM certificate chain: serve TLS (env FUSILLADE_TLS_CERT)")
     .option("--tls-key <file>", "PEM private key of --tls-cert (env FUSILLADE_TLS_KEY)")
@@ -260,6 +267,49 @@ export function registerServerCommands(program: Command): void {
       try {
         const ran = await migrate(database.url);
         process.stdout.write(ran.length === 0 ? "up to date\n" : `applied: ${ran.join(", ")}\n`);
+      } finally {
+        await database.stop();
+      }
+    });
+
+  const secrets = program
+    .command("secrets")
+    .description("the key that encrypts upstream API keys at rest (docs/trust.md)");
+  secrets
+    .command("rotate")
+    .description(
+      "re-encrypt every stored API key under the current key (FUSILLADE_SECRET_KEY or --secret-key-file); the old key goes in FUSILLADE_PREVIOUS_SECRET_KEYS",
+    )
+    .option("--data-dir <dir>", "embedded Postgres data folder when DATABASE_URL is unset")
+    .option("--database-url <url>", "Postgres URL (env DATABASE_URL)")
+    .option("--secret-key-file <file>", "file holding the new key (env FUSILLADE_SECRET_KEY_FILE)")
+    .action(async (flags: ControlPlaneFlags) => {
+      const config = controlPlaneConfig(flags);
+      const { keyring } = await loadKeyring({ ...config.secretKey, dataDir: config.dataDir });
+      const database = await resolveDatabase({
+        databaseUrl: config.databaseUrl,
+        dataDir: config.dataDir,
+      });
+      try {
+        await migrate(database.url);
+        const db = await Db.connect(database.url, {
+          general: {
+            size: 2,
+            name: "fusillade-secrets",
+            acquireTimeoutMs: 0,
+            statementTimeoutMs: 0,
+          },
+        });
+        try {
+          const n = await reencrypt(db, keyring);
+          const counts = await keyCounts(db);
+          process.stdout.write(
+            `re-encrypted ${n} API key${n === 1 ? "" : "s"} under key ${keyring.currentId}\n` +
+              counts.map((c) => `  key ${c.keyId}: ${c.count}\n`).join(""),
+          );
+        } finally {
+          await db.close();
+        }
       } finally {
         await database.stop();
       }

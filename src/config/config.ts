@@ -76,6 +76,13 @@ export interface ControlPlaneConfig {
    * @default undefined: /metrics on the API port, with an admin's credential
    */
   metricsListen?: { host: string; port: number } | undefined;
+  /**
+   * Where the key that encrypts upstream API keys comes from (docs/trust.md):
+   * FUSILLADE_SECRET_KEY, or --secret-key-file / FUSILLADE_SECRET_KEY_FILE;
+   * neither: `secret.key` in the data directory, made on first start. Older
+   * keys (decrypt only): FUSILLADE_PREVIOUS_SECRET_KEYS.
+   */
+  secretKey: { key?: string; keyFile?: string; previous?: string };
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -105,6 +112,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   adminToken: undefined,
   tls: undefined,
   allowedEndpoints: undefined,
+  secretKey: {},
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -181,6 +189,7 @@ export interface ControlPlaneFlags {
   tlsKey?: string;
   allowedEndpoints?: string;
   metricsListen?: string;
+  secretKeyFile?: string;
 }
 
 /** --metrics-listen HOST:PORT (env FUSILLADE_METRICS_LISTEN), for either kind of process. */
@@ -299,6 +308,11 @@ export function controlPlaneConfig(
   }
   c.adminToken = adminToken(flags, env);
   c.tls = tlsFiles(flags, env);
+  c.secretKey = {
+    key: env.FUSILLADE_SECRET_KEY || undefined,
+    keyFile: flags.secretKeyFile ?? (env.FUSILLADE_SECRET_KEY_FILE || undefined),
+    previous: env.FUSILLADE_PREVIOUS_SECRET_KEYS || undefined,
+  };
   const allowed = flags.allowedEndpoints ?? env.FUSILLADE_ALLOWED_ENDPOINTS;
   if (allowed !== undefined && allowed.trim() !== "") {
     const name =

@@ -20,6 +20,8 @@ export type FailureCode =
   | "response_too_large"
   | "aborted"
   | "report_rejected"
+  /** Set by the control plane: the request's API key cannot be decrypted here. */
+  | "secret_unavailable"
   /** Set by the control plane: a response whose text Postgres cannot store (a NUL byte). */
   | "response_unstorable";
 

@@ -35,6 +35,7 @@ export const FAILURE_CODE_RETRIABLE: Readonly<Record<Exclude<FailureCode, "http_
     response_unstorable: false,
     aborted: false,
     report_rejected: false,
+    secret_unavailable: false,
   });
 
 /** Whether an upstream status is worth retrying, per `table` (default: 408, 429, 5xx). */

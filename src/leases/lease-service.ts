@@ -16,8 +16,10 @@ import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
 export type { ModelHold, SlotDemand, SlotGrant };
 
 import { randomInt } from "node:crypto";
+import type { Keyring } from "../auth/secrets.js";
 import type { AttemptFailure } from "../domain/outcome.js";
 import { decideRetry } from "../domain/retry-policy.js";
+import { loadKeys } from "../storage/api-keys.js";
 import type { Db } from "../storage/db.js";
 import { LIMITS_CHANNEL, type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
 import * as sql from "./sql.js";
@@ -115,6 +117,9 @@ function storableHeaders(h: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(h).map(([k, v]) => [storableText(k), storableText(v)]));
 }
 
+/** Decrypted API keys kept per control plane (one per file, usually). */
+const KEY_CACHE_MAX = 10_000;
+
 /** Upper bound on claims handed out by one call (the rest come with the next). */
 export const MAX_CLAIMS_PER_CALL = 2000;
 
@@ -128,7 +133,7 @@ interface ClaimRow {
   endpoint: string;
   path: string;
   body: string;
-  api_key: string | null;
+  api_key_id: string | null;
   lease_token: string;
 }
 
@@ -141,10 +146,10 @@ export function customIdHeader(customId: string): string {
   return /^[\x20-\x7e]*$/.test(customId) ? customId : encodeURIComponent(customId);
 }
 
-function toClaim(r: ClaimRow, ttlMs: number): GrantedClaim {
+function toClaim(r: ClaimRow, apiKey: string | undefined, ttlMs: number): GrantedClaim {
   const headers: Array<[string, string]> = [];
   if (r.body !== "") headers.push(["content-type", "application/json"]);
-  if (r.api_key) headers.push(["authorization", `Bearer ${r.api_key}`]);
+  if (apiKey) headers.push(["authorization", `Bearer ${apiKey}`]);
   headers.push(["x-fusillade-request-id", r.id]);
   if (r.custom_id !== null) headers.push(["x-fusillade-custom-id", customIdHeader(r.custom_id)]);
   return {
@@ -183,8 +188,12 @@ export class LeaseService {
     private readonly db: Db,
     private readonly notifications: Notifications,
     private readonly config: LeaseServiceConfig,
+    private readonly keyring: Keyring,
     private readonly metrics: LeaseMetrics = {},
   ) {}
+
+  /** Decrypted API keys by api_keys id: claims of one file share one. */
+  readonly #keys = new Map<string, string>();
 
   /**
    * One dispatcher's Sync: grants per model (token check, cut to keep, grow
@@ -266,7 +275,51 @@ export class LeaseService {
       this.config.leaseTtlMs,
       Math.ceil(this.config.maxClaimBytes / models.length),
     ]);
-    return res.rows.map((r) => toClaim(r, this.config.leaseTtlMs));
+    const keys = await this.#apiKeys(res.rows, q);
+    const claims: GrantedClaim[] = [];
+    const unreadable: Outcome[] = [];
+    for (const r of res.rows) {
+      const key = r.api_key_id === null ? undefined : keys.get(r.api_key_id);
+      if (typeof key === "object") {
+        // Never sent without its credential: the request fails, saying why.
+        unreadable.push({
+          ref: { requestId: r.id, token: BigInt(r.lease_token) },
+          kind: "failure",
+          statusCode: 0,
+          code: "secret_unavailable",
+          message: key.error,
+          retriable: false,
+          bodyExcerpt: new Uint8Array(),
+          headers: {},
+        });
+      } else claims.push(toClaim(r, key, this.config.leaseTtlMs));
+    }
+    if (unreadable.length > 0) await this.report(unreadable, q);
+    return claims;
+  }
+
+  /** The API keys of `rows`, decrypted (cached); an `{error}` for one this process cannot read. */
+  async #apiKeys(rows: ClaimRow[], q: Queryable): Promise<Map<string, string | { error: string }>> {
+    const out = new Map<string, string | { error: string }>();
+    const missing: string[] = [];
+    for (const r of rows) {
+      if (r.api_key_id === null || out.has(r.api_key_id)) continue;
+      const hit = this.#keys.get(r.api_key_id);
+      if (hit !== undefined) out.set(r.api_key_id, hit);
+      else {
+        out.set(r.api_key_id, "");
+        missing.push(r.api_key_id);
+      }
+    }
+    if (missing.length === 0) return out;
+    const { keys, failed } = await loadKeys(q, this.keyring, missing);
+    if (this.#keys.size + keys.size > KEY_CACHE_MAX) this.#keys.clear();
+    for (const [id, k] of keys) {
+      this.#keys.set(id, k);
+      out.set(id, k);
+    }
+    for (const [id, error] of failed) out.set(id, { error });
+    return out;
   }
 
   /** Models among `models` on a 429 hold now. */

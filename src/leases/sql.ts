@@ -50,7 +50,7 @@ export const REQUESTS_CLAIM = `
     lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
   FROM capped WHERE r.id = capped.id
   RETURNING r.id, r.batch_id, r.custom_id, r.model, r.attempt, r.method, r.endpoint, r.path,
-    r.body, r.api_key, r.lease_token`;
+    r.body, r.api_key_id, r.lease_token`;
 
 /**
  * WorkCheck: for each model (only $1 when not empty), whether a dispatcher has

@@ -9,6 +9,7 @@ import { type TenantScope, tenantParam } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
 import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
+import { dropUnusedKeys } from "./api-keys.js";
 import type { Db } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
@@ -122,9 +123,9 @@ export interface NewBatch {
  * statement. Params: batch id, file id.
  */
 const REQUESTS_SNAPSHOT_FILE = `
-  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key,
+  INSERT INTO requests (batch_id, line, custom_id, endpoint, method, path, body, model, api_key_id,
     tenant)
-  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key, $3
+  SELECT $1, line, custom_id, endpoint, method, path, body, model, api_key_id, $3
   FROM request_templates WHERE file_id = $2`;
 
 /**
@@ -414,4 +415,34 @@ export async function retryBatch(
 
 function all(sel: RetrySelection): boolean {
   return sel.requestIds.length === 0 && sel.customIds.length === 0;
+}
+
+/**
+ * Deletes a finished batch: its requests and events go with it (ON DELETE
+ * CASCADE), then its file's stored API keys if the file is gone and this was
+ * its last batch.
+ * A batch still running is FailedPreconditionError.
+ */
+export async function deleteBatch(db: Db, scope: TenantScope, id: string): Promise<void> {
+  if (!isId(id)) throw new NotFoundError("batch", id);
+  await db.tx(async (q) => {
+    const { rows } = await q.query<{
+      finished: boolean;
+      cancelling: boolean;
+      file_id: string | null;
+    }>(
+      `SELECT finished_at IS NOT NULL AS finished, cancelling_at IS NOT NULL AS cancelling, file_id
+       FROM batches WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE`,
+      [id, tenantParam(scope)],
+    );
+    const b = rows[0];
+    if (!b) throw new NotFoundError("batch", id);
+    if (!b.finished) {
+      throw new FailedPreconditionError(
+        `batch ${id} is ${b.cancelling ? "cancelling" : "running"}; only a finished batch can be deleted${b.cancelling ? " (wait until its running requests have stopped)" : " (cancel it first)"}`,
+      );
+    }
+    await q.query(`DELETE FROM batches WHERE id = $1`, [id]);
+    await dropUnusedKeys(q, b.file_id);
+  });
 }

@@ -5,6 +5,7 @@ import { InitialSchema1764400000000 } from "../../migrations/1764400000000-initi
 import { CapacityLeases1764500000000 } from "../../migrations/1764500000000-capacity-leases.js";
 import { ResponseBytes1764600000000 } from "../../migrations/1764600000000-response-bytes.js";
 import { Trust1764700000000 } from "../../migrations/1764700000000-trust.js";
+import { ApiKeys1764800000000 } from "../../migrations/1764800000000-api-keys.js";
 import { ENTITIES } from "./entities.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
@@ -16,6 +17,7 @@ export const MIGRATIONS = [
   CapacityLeases1764500000000,
   ResponseBytes1764600000000,
   Trust1764700000000,
+  ApiKeys1764800000000,
 ];
 
 export interface DataSourceOptions {

@@ -27,7 +27,8 @@ export class RequestTemplateEntity {
   @Column({ type: "text" }) path: string;
   @Column({ type: "text" }) body: string;
   @Column({ type: "text" }) model: string;
-  @Column({ type: "text", name: "api_key", nullable: true, select: false }) apiKey: string | null;
+  @Column({ type: "uuid", name: "api_key_id", nullable: true, select: false })
+  apiKeyId: string | null;
 }
 
 @Entity({ name: "batches" })
@@ -67,7 +68,8 @@ export class RequestEntity {
   @Column({ type: "text" }) path: string;
   @Column({ type: "text" }) body: string;
   @Column({ type: "text" }) model: string;
-  @Column({ type: "text", name: "api_key", nullable: true, select: false }) apiKey: string | null;
+  @Column({ type: "uuid", name: "api_key_id", nullable: true, select: false })
+  apiKeyId: string | null;
   @Column({ type: "text" }) state: string;
   @Column({ type: "integer" }) attempt: number;
   @Column({ type: "timestamptz", name: "not_before", nullable: true }) notBefore: Date | null;
@@ -117,7 +119,18 @@ export class ApiTokenEntity {
   @Column({ type: "timestamptz", name: "revoked_at", nullable: true }) revokedAt: Date | null;
 }
 
+@Entity({ name: "api_keys" })
+export class ApiKeyEntity {
+  @PrimaryGeneratedColumn("uuid") id: string;
+  @Column({ type: "uuid", name: "file_id", nullable: true }) fileId: string | null;
+  @Column({ type: "text", name: "key_id" }) keyId: string;
+  @Column({ type: "bytea", select: false }) iv: Buffer;
+  @Column({ type: "bytea", select: false }) sealed: Buffer;
+  @Column({ type: "timestamptz", name: "created_at" }) createdAt: Date;
+}
+
 export const ENTITIES = [
+  ApiKeyEntity,
   ApiTokenEntity,
   FileEntity,
   RequestTemplateEntity,

@@ -4,8 +4,10 @@
  */
 import type { PoolClient } from "pg";
 import { type TenantScope, tenantParam } from "../auth/principal.js";
+import type { Keyring } from "../auth/secrets.js";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import type { TemplateRow } from "../domain/templates.js";
+import { dropUnusedKeys, storeKey } from "./api-keys.js";
 import type { Db } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
@@ -51,10 +53,16 @@ const INSERT_CHUNK_BYTES = 8 * 1024 * 1024;
 
 /** TemplatesInsertMany: appends rows to a file. Params: file id, then one array per column. */
 const TEMPLATES_INSERT_MANY = `
-  INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model, api_key)
-  SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])`;
+  INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model,
+    api_key_id)
+  SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[])`;
 
-async function insertChunk(q: PoolClient, fileId: string, rows: TemplateRow[]): Promise<void> {
+async function insertChunk(
+  q: PoolClient,
+  fileId: string,
+  rows: TemplateRow[],
+  keyIds: (string | null)[],
+): Promise<void> {
   await q.query(TEMPLATES_INSERT_MANY, [
     fileId,
     rows.map((r) => r.line),
@@ -64,7 +72,7 @@ async function insertChunk(q: PoolClient, fileId: string, rows: TemplateRow[]): 
     rows.map((r) => r.path),
     rows.map((r) => r.body),
     rows.map((r) => r.model),
-    rows.map((r) => r.apiKey),
+    keyIds,
   ]);
 }
 
@@ -91,6 +99,7 @@ async function fileByKey(db: Db, tenant: string, key: string): Promise<FileRecor
  */
 export async function createFile(
   db: Db,
+  keyring: Keyring,
   meta: NewFile,
   templates: AsyncIterable<TemplateRow>,
   sizeBytes: () => number,
@@ -112,8 +121,11 @@ export async function createFile(
       const customIds = new Map<string, number>();
       const models = new Set<string>();
       let chunk: TemplateRow[] = [];
+      let keyIds: (string | null)[] = [];
       let chunkBytes = 0;
       let count = 0;
+      // Each distinct API key of the file is stored once, encrypted.
+      const storedKeys = new Map<string, string>();
       for await (const row of templates) {
         if (row.customId !== null) {
           const first = customIds.get(row.customId);
@@ -128,15 +140,25 @@ export async function createFile(
         }
         models.add(row.model);
         chunk.push(row);
+        let keyId: string | null = null;
+        if (row.apiKey !== null) {
+          keyId = storedKeys.get(row.apiKey) ?? null;
+          if (keyId === null) {
+            keyId = await storeKey(q, keyring, fileId, row.apiKey);
+            storedKeys.set(row.apiKey, keyId);
+          }
+        }
+        keyIds.push(keyId);
         chunkBytes += row.body.length;
         count++;
         if (chunk.length >= INSERT_CHUNK_ROWS || chunkBytes >= INSERT_CHUNK_BYTES) {
-          await insertChunk(q, fileId, chunk);
+          await insertChunk(q, fileId, chunk, keyIds);
           chunk = [];
+          keyIds = [];
           chunkBytes = 0;
         }
       }
-      if (chunk.length > 0) await insertChunk(q, fileId, chunk);
+      if (chunk.length > 0) await insertChunk(q, fileId, chunk, keyIds);
       if (count === 0) throw new InvalidArgumentError("content", "the file holds no requests");
       const { rows } = await q.query<FileRow>(
         `UPDATE files SET template_count = $2, size_bytes = $3, models = $4
@@ -195,9 +217,14 @@ export async function listFiles(
 /** Deletes a file and its templates; its batches keep their own copies. */
 export async function deleteFile(db: Db, scope: TenantScope, id: string): Promise<void> {
   if (!isId(id)) throw new NotFoundError("file", id);
-  const { rowCount } = await db.query(
-    `DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
-    [id, tenantParam(scope)],
-  );
+  const rowCount = await db.tx(async (q) => {
+    const res = await q.query(
+      `DELETE FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
+      [id, tenantParam(scope)],
+    );
+    // Its API keys stay while a batch of it does.
+    await dropUnusedKeys(q, id);
+    return res.rowCount;
+  });
   if (rowCount === 0) throw new NotFoundError("file", id);
 }

@@ -65,14 +65,20 @@ test("dispatchers split between two control-plane processes hold the global limi
   expect(Number(status.counts!.completed)).toBe(300);
   expect(await stateCounts(sql, batchId)).toEqual({ completed: 300 });
   expect(upstream.deliveries).toHaveLength(300);
-  // Both replicas granted leases: every dispatcher process got work (its
-  // last log line, on SIGTERM, carries its counters).
+  // Both replicas granted work: the dispatcher of the first and those of the
+  // other each took some (a process's last log line, on SIGTERM, carries its
+  // counters). Not every dispatcher: one whose first Sync comes late (a
+  // loaded machine) may find the others holding all 8 slots until the end.
+  const acquired: number[] = [];
   for (const c of children) {
     expect((await c.stop("SIGTERM")).code).toBe(0);
     const line = c
       .stderr()
       .split("\n")
       .find((l) => l.includes('"msg":"dispatcher stopped"'));
-    expect(JSON.parse(line!).acquired).toBeGreaterThan(0);
+    acquired.push(JSON.parse(line!).acquired);
   }
+  const [viaFirst, ...viaOther] = acquired as [number, ...number[]];
+  expect(viaFirst).toBeGreaterThan(0);
+  expect(viaOther.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
 });

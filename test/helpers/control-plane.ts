@@ -2,6 +2,7 @@
  * A control plane on its own throw-away database, on a real socket, with
  * Connect clients for each service (HTTP/2 by default).
  */
+import { createHash } from "node:crypto";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { CONTROL_PLANE_DEFAULTS, type ControlPlaneConfig } from "../../src/config/config.js";
@@ -60,6 +61,18 @@ export function clients(
 }
 
 /**
+ * The key that encrypts API keys in tests: one for every test database and
+ * every process (spawned ones get it as FUSILLADE_SECRET_KEY), so replicas
+ * started either way agree.
+ */
+export const TEST_SECRET_KEY = createHash("sha256").update("fusillade-test-key").digest("base64");
+
+/** The key of a test database's control planes. */
+export function testSecretKey(_db: TestDatabase): string {
+  return TEST_SECRET_KEY;
+}
+
+/**
  * Starts a control plane on a fresh database (or on `database`, to run a
  * second replica on the same one).
  */
@@ -73,6 +86,8 @@ export async function startTestControlPlane(
       ...CONTROL_PLANE_DEFAULTS,
       port: 0,
       logLevel: process.env.FUSILLADE_TEST_LOG ?? "silent",
+      // Replicas on one database share the key (one per test database).
+      secretKey: { key: testSecretKey(db) },
       ...config,
       databaseUrl: db.url,
     },

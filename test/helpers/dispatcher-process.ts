@@ -26,6 +26,7 @@ import type {
   GetBatchStatusResponse,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { makeLogger } from "../../src/logger.js";
+import { TEST_SECRET_KEY } from "./control-plane.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const MAIN = path.join(ROOT, "src/cli/main.ts");
@@ -113,7 +114,8 @@ export interface FusilladeProcess {
 export function spawnFusillade(args: string[], env: NodeJS.ProcessEnv = {}): FusilladeProcess {
   const child = spawn(process.execPath, ["--import", loader(), MAIN, ...args], {
     cwd: ROOT,
-    env: { ...process.env, ...env },
+    // The tests' key unless the test gives its own (see TEST_SECRET_KEY).
+    env: { ...process.env, FUSILLADE_SECRET_KEY: TEST_SECRET_KEY, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let text = "";

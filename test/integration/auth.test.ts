@@ -152,6 +152,7 @@ describe("tenants", () => {
       getBatch: (id) => b.batch.getBatch({ batchId: id }),
       getBatchStatus: (id) => b.batch.getBatchStatus({ batchId: id }),
       cancelBatch: (id) => b.batch.cancelBatch({ batchId: id }),
+      deleteBatch: (id) => b.batch.deleteBatch({ batchId: id }),
       retryBatch: (id) => b.batch.retryBatch({ batchId: id }),
       listBatchRequests: (id) => b.batch.listBatchRequests({ batchId: id }),
       getBatchBreakdown: (id) => b.batch.getBatchBreakdown({ batchId: id }),

@@ -712,6 +712,49 @@ describe("listing", () => {
   });
 });
 
+describe("delete", () => {
+  const keysOf = async (fileId: string) =>
+    (await sql.query("SELECT count(*)::int AS n FROM api_keys WHERE file_id = $1", [fileId]))
+      .rows[0].n as number;
+  const rowsOf = async (batchId: string) => {
+    const r = await sql.query(
+      `SELECT (SELECT count(*)::int FROM requests WHERE batch_id = $1) AS requests,
+              (SELECT count(*)::int FROM request_events WHERE batch_id = $1) AS events`,
+      [batchId],
+    );
+    return r.rows[0] as { requests: number; events: number };
+  };
+
+  test("a running batch is FAILED_PRECONDITION and keeps everything", async () => {
+    const batchId = await batchOf(3);
+    const e = await rejection(t.batch.deleteBatch({ batchId }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.rawMessage).toMatch(/running.*cancel it first/);
+    expect((await rowsOf(batchId)).requests).toBe(3);
+  });
+
+  test("a finished batch goes with its requests and events; its file's keys go with the file's last batch", async () => {
+    const fileId = await fileOf(2, "del", "sk-delete-me-0123456789");
+    const batchId = (await t.batch.createBatch({ fileId })).batch!.id;
+    const second = (await t.batch.createBatch({ fileId })).batch!.id;
+    await finish(batchId, "completed", [1, 2]);
+    await t.batch.cancelBatch({ batchId: second });
+    expect((await rowsOf(batchId)).events).toBeGreaterThan(0);
+    expect(await keysOf(fileId)).toBe(1);
+
+    await t.batch.deleteBatch({ batchId });
+    expect(await rowsOf(batchId)).toEqual({ requests: 0, events: 0 });
+    expect((await rejection(t.batch.getBatch({ batchId }))).code).toBe(Code.NotFound);
+    expect((await rejection(t.batch.deleteBatch({ batchId }))).code).toBe(Code.NotFound);
+    expect(await keysOf(fileId)).toBe(1); // the file and a batch of it remain
+
+    await t.batch.deleteFile({ fileId });
+    expect(await keysOf(fileId)).toBe(1); // the cancelled batch still holds its requests
+    await t.batch.deleteBatch({ batchId: second });
+    expect(await keysOf(fileId)).toBe(0);
+  });
+});
+
 describe("unknown and malformed batch ids are NOT_FOUND", () => {
   test.each([UNKNOWN_ID, "batch_abc", ""])("%j", async (batchId) => {
     const calls = [
@@ -775,11 +818,20 @@ describe("API keys never come back out", () => {
     );
 
     for (const file of [jsonlFile.file!, listFile.file!, uploaded.file!]) {
-      // The key is stored (so the test means something) …
-      const { rows } = await sql.query(`SELECT api_key FROM request_templates WHERE file_id = $1`, [
-        file.id,
-      ]);
-      expect(rows).toEqual([{ api_key: KEY }]);
+      // The key is stored (so the test means something), encrypted, once …
+      const { rows } = await sql.query(
+        `SELECT k.key_id, k.sealed FROM request_templates t JOIN api_keys k ON k.id = t.api_key_id
+         WHERE t.file_id = $1`,
+        [file.id],
+      );
+      expect(rows).toHaveLength(1);
+      expect(rows[0].key_id).toMatch(/^[0-9a-f]{16}$/);
+      expect(Buffer.from(rows[0].sealed).includes(KEY)).toBe(false);
+      const plain = await sql.query(
+        `SELECT count(*)::int AS n FROM request_templates WHERE file_id = $1 AND row_to_json(request_templates)::text LIKE '%' || $2 || '%'`,
+        [file.id, KEY],
+      );
+      expect(plain.rows[0].n).toBe(0);
       // … and never returned.
       expectNoSecret(GetFileResponseSchema, await t.batch.getFile({ fileId: file.id }));
       const created = await t.batch.createBatch({
@@ -788,8 +840,13 @@ describe("API keys never come back out", () => {
       });
       expectNoSecret(CreateBatchResponseSchema, created);
       const batchId = created.batch!.id;
-      const stored = await sql.query(`SELECT api_key FROM requests WHERE batch_id = $1`, [batchId]);
-      expect(stored.rows).toEqual([{ api_key: KEY }]);
+      // Requests point at the same stored key: not a copy per row.
+      const stored = await sql.query(
+        `SELECT r.api_key_id = t.api_key_id AS same FROM requests r
+         JOIN request_templates t ON t.file_id = $2 AND t.line = r.line WHERE r.batch_id = $1`,
+        [batchId, file.id],
+      );
+      expect(stored.rows).toEqual([{ same: true }]);
       expectNoSecret(GetBatchResponseSchema, await t.batch.getBatch({ batchId }));
       expectNoSecret(GetBatchStatusResponseSchema, await t.batch.getBatchStatus({ batchId }));
       const requests = await t.batch.listBatchRequests({ batchId });

@@ -3,11 +3,14 @@
  * abort listener however long it runs, and a second close() of a control
  * plane does not run the shutdown steps again (or in another order).
  */
+
+import { randomBytes } from "node:crypto";
 import { getEventListeners } from "node:events";
 import { createHandlerContext } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { healthMethods } from "../../src/api/health.js";
+import { Keyring } from "../../src/auth/secrets.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { startControlPlane } from "../../src/control-plane.js";
 import { OPEN_POLICY } from "../../src/domain/endpoints.js";
@@ -48,6 +51,7 @@ describe("health Watch", () => {
       notifications: undefined as never,
       shutdownSignal: new AbortController().signal,
       endpointPolicy: () => OPEN_POLICY,
+      keyring: new Keyring(randomBytes(32)),
     };
     const call = new AbortController();
     const ctx = createHandlerContext({

@@ -4,12 +4,14 @@
  * one database: `t` hands out 60 s claims, `short` 1.5 s ones (to see claims
  * expire and be reaped).
  */
+
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { createHandlerContext } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { dispatchMethods } from "../../src/api/dispatch.js";
+import { Keyring, parseKey } from "../../src/auth/secrets.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { OPEN_POLICY } from "../../src/domain/endpoints.js";
 import {
@@ -25,7 +27,11 @@ import { LeaseService } from "../../src/leases/lease-service.js";
 import * as leaseSql from "../../src/leases/sql.js";
 import { makeLogger } from "../../src/logger.js";
 import { Notifications } from "../../src/storage/notifications.js";
-import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import {
+  startTestControlPlane,
+  type TestControlPlane,
+  testSecretKey,
+} from "../helpers/control-plane.js";
 
 let t: TestControlPlane;
 let short: TestControlPlane;
@@ -356,7 +362,9 @@ describe("claims", () => {
       aborted.abort();
       const live = new AbortController().signal;
       const shutdownSignal = signals.stopping ? aborted.signal : live;
-      const leases = new LeaseService(t.cp.db, notifications, config);
+      // The control plane's own key: the claims' API keys must decrypt.
+      const keyring = new Keyring(parseKey(testSecretKey(t.database), "test key"));
+      const leases = new LeaseService(t.cp.db, notifications, config, keyring);
       const deps = {
         db: t.cp.db,
         config,
@@ -364,6 +372,7 @@ describe("claims", () => {
         notifications,
         shutdownSignal,
         endpointPolicy: () => OPEN_POLICY,
+        keyring,
       };
       return await dispatchMethods(deps, leases).sync(
         create(SyncRequestSchema, {

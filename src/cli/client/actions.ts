@@ -314,6 +314,16 @@ export async function filesDeleteAction(
   else print(`file ${fileId} deleted`);
 }
 
+export async function batchesDeleteAction(
+  conn: Connection,
+  g: Globals,
+  batchId: string,
+): Promise<void> {
+  await conn.batch.deleteBatch({ batchId });
+  if (g.json) printJson({ id: batchId, deleted: true });
+  else print(`batch ${batchId} deleted, with its requests and results`);
+}
+
 export async function batchesListAction(
   conn: Connection,
   g: Globals,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fusillade/v1/batch_service.proto.
  */
 export const file_fusillade_v1_batch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBmdXNpbGxhZGUvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIqIBChFDcmVhdGVGaWxlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEjUKCXRlbXBsYXRlcxgDIAMoCzIiLmZ1c2lsbGFkZS52MS5SZXF1ZXN0VGVtcGxhdGVJbnB1dBINCgVqc29ubBgEIAEoDBIQCghlbmRwb2ludBgFIAEoCRIPCgdhcGlfa2V5GAYgASgJIjYKEkNyZWF0ZUZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiXgoRVXBsb2FkRmlsZVJlcXVlc3QSMAoGaGVhZGVyGAEgASgLMh4uZnVzaWxsYWRlLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiWwoQVXBsb2FkRmlsZUhlYWRlchISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhAKCGVuZHBvaW50GAMgASgJEg8KB2FwaV9rZXkYBCABKAkiNgoSVXBsb2FkRmlsZVJlc3BvbnNlEiAKBGZpbGUYASABKAsyEi5mdXNpbGxhZGUudjEuRmlsZSIhCg5HZXRGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIjMKD0dldEZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiOQoQTGlzdEZpbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJPChFMaXN0RmlsZXNSZXNwb25zZRIhCgVmaWxlcxgBIAMoCzISLmZ1c2lsbGFkZS52MS5GaWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFEZWxldGVGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSL4AQoSQ3JlYXRlQmF0Y2hSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDwoHZmlsZV9pZBgCIAEoCRIZChFjb21wbGV0aW9uX3dpbmRvdxgDIAEoCRJACghtZXRhZGF0YRgEIAMoCzIuLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxyZXRyeV9wb2xpY3kYBSABKAsyGS5mdXNpbGxhZGUudjEuUmV0cnlQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjkKE0NyZWF0ZUJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKEEdldEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giKQoVR2V0QmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIpcBChZHZXRCYXRjaFN0YXR1c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgJEicKBXN0YXRlGAIgASgOMhguZnVzaWxsYWRlLnYxLkJhdGNoU3RhdGUSFQoNb3BlbmFpX3N0YXR1cxgDIAEoCRIrCgZjb3VudHMYBCABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cyJMChJMaXN0QmF0Y2hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHZmlsZV9pZBgDIAEoCSJUChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEiQKB2JhdGNoZXMYASADKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZnVzaWxsYWRlLnYxLkJhdGNoInkKEVJldHJ5QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhMKC3JlcXVlc3RfaWRzGAIgAygJEhIKCmN1c3RvbV9pZHMYAyADKAkSGQoRY29tcGxldGlvbl93aW5kb3cYBCABKAkSDgoGcmVzdW1lGAUgASgIIk8KElJldHJ5QmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZ1c2lsbGFkZS52MS5CYXRjaBIVCg1yZXRyaWVkX2NvdW50GAIgASgDIo8BChhMaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSKgoGc3RhdGVzGAQgAygOMhouZnVzaWxsYWRlLnYxLlJlcXVlc3RTdGF0ZRIOCgZtb2RlbHMYBSADKAkiYgoZTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRIsCghyZXF1ZXN0cxgBIAMoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKGlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIqCgZzdGF0ZXMYAyADKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIqACChtTdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2USPAoEa2luZBgBIAEoDjIuLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2UuS2luZBIrCgdyZXF1ZXN0GAIgASgLMhouZnVzaWxsYWRlLnYxLkJhdGNoUmVxdWVzdBIOCgZjdXJzb3IYAyABKAkSLQoLYmF0Y2hfc3RhdGUYBCABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZSJXCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIRCg1LSU5EX1NOQVBTSE9UEAESFQoRS0lORF9TTkFQU0hPVF9FTkQQAhIPCgtLSU5EX0NIQU5HRRADIlYKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI4ChJXYXRjaEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gisQEKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0LktpbmQiTAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDAoIS0lORF9BTEwQARIPCgtLSU5EX09VVFBVVBACEg8KC0tJTkRfRVJST1JTEAMiswEKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEjgKBGtpbmQYASABKA4yKi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UuS2luZBIMCgRsaW5lGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSI9CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX09VVFBVVBABEg4KCktJTkRfRVJST1IQAiJMChFHZXRSZXF1ZXN0UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSJxChJHZXRSZXF1ZXN0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSLgoIYXR0ZW1wdHMYAiADKAsyHC5mdXNpbGxhZGUudjEuUmVxdWVzdEF0dGVtcHQirAEKDlJlcXVlc3RBdHRlbXB0Eg8KB2F0dGVtcHQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB291dGNvbWUYBCABKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIkAKGEdldEJhdGNoQnJlYWtkb3duUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCRISCgptYXhfZXJyb3JzGAIgASgFInMKGUdldEJhdGNoQnJlYWtkb3duUmVzcG9uc2USLAoGbW9kZWxzGAEgAygLMhwuZnVzaWxsYWRlLnYxLk1vZGVsQnJlYWtkb3duEigKBmVycm9ycxgCIAMoCzIYLmZ1c2lsbGFkZS52MS5FcnJvckNvdW50IoEBCg5Nb2RlbEJyZWFrZG93bhINCgVtb2RlbBgBIAEoCRIrCgZjb3VudHMYAiABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cxIzCg9ob2xkX3VudGlsX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKCkVycm9yQ291bnQSDAoEY29kZRgBIAEoCRITCgtzdGF0dXNfY29kZRgCIAEoBRIOCgZmYWlsZWQYAyABKAMSEAoIcmV0cnlpbmcYBCABKAMSFwoPZXhhbXBsZV9tZXNzYWdlGAUgASgJMs4LCgxCYXRjaFNlcnZpY2USTwoKQ3JlYXRlRmlsZRIfLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVzcG9uc2USUQoKVXBsb2FkRmlsZRIfLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVzcG9uc2UoARJGCgdHZXRGaWxlEhwuZnVzaWxsYWRlLnYxLkdldEZpbGVSZXF1ZXN0Gh0uZnVzaWxsYWRlLnYxLkdldEZpbGVSZXNwb25zZRJMCglMaXN0RmlsZXMSHi5mdXNpbGxhZGUudjEuTGlzdEZpbGVzUmVxdWVzdBofLmZ1c2lsbGFkZS52MS5MaXN0RmlsZXNSZXNwb25zZRJPCgpEZWxldGVGaWxlEh8uZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJSCgtDcmVhdGVCYXRjaBIgLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ3JlYXRlQmF0Y2hSZXNwb25zZRJJCghHZXRCYXRjaBIdLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlcXVlc3QaHi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXNwb25zZRJbCg5HZXRCYXRjaFN0YXR1cxIjLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFN0YXR1c1JlcXVlc3QaJC5mdXNpbGxhZGUudjEuR2V0QmF0Y2hTdGF0dXNSZXNwb25zZRJSCgtMaXN0QmF0Y2hlcxIgLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hlc1JlcXVlc3QaIS5mdXNpbGxhZGUudjEuTGlzdEJhdGNoZXNSZXNwb25zZRJSCgtDYW5jZWxCYXRjaBIgLmZ1c2lsbGFkZS52MS5DYW5jZWxCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ2FuY2VsQmF0Y2hSZXNwb25zZRJPCgpSZXRyeUJhdGNoEh8uZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXNwb25zZRJkChFMaXN0QmF0Y2hSZXF1ZXN0cxImLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QaJy5mdXNpbGxhZGUudjEuTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRJsChNTdHJlYW1CYXRjaFJlcXVlc3RzEiguZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0GikuZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXNwb25zZTABElEKCldhdGNoQmF0Y2gSHy5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlcXVlc3QaIC5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlc3BvbnNlMAESYAoPR2V0QmF0Y2hSZXN1bHRzEiQuZnVzaWxsYWRlLnYxLkdldEJhdGNoUmVzdWx0c1JlcXVlc3QaJS5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwARJPCgpHZXRSZXF1ZXN0Eh8uZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXNwb25zZRJkChFHZXRCYXRjaEJyZWFrZG93bhImLmZ1c2lsbGFkZS52MS5HZXRCYXRjaEJyZWFrZG93blJlcXVlc3QaJy5mdXNpbGxhZGUudjEuR2V0QmF0Y2hCcmVha2Rvd25SZXNwb25zZWIGcHJvdG8z", [file_fusillade_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiBmdXNpbGxhZGUvdjEvYmF0Y2hfc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIqIBChFDcmVhdGVGaWxlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEjUKCXRlbXBsYXRlcxgDIAMoCzIiLmZ1c2lsbGFkZS52MS5SZXF1ZXN0VGVtcGxhdGVJbnB1dBINCgVqc29ubBgEIAEoDBIQCghlbmRwb2ludBgFIAEoCRIPCgdhcGlfa2V5GAYgASgJIjYKEkNyZWF0ZUZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiXgoRVXBsb2FkRmlsZVJlcXVlc3QSMAoGaGVhZGVyGAEgASgLMh4uZnVzaWxsYWRlLnYxLlVwbG9hZEZpbGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiWwoQVXBsb2FkRmlsZUhlYWRlchISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhAKCGVuZHBvaW50GAMgASgJEg8KB2FwaV9rZXkYBCABKAkiNgoSVXBsb2FkRmlsZVJlc3BvbnNlEiAKBGZpbGUYASABKAsyEi5mdXNpbGxhZGUudjEuRmlsZSIhCg5HZXRGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIjMKD0dldEZpbGVSZXNwb25zZRIgCgRmaWxlGAEgASgLMhIuZnVzaWxsYWRlLnYxLkZpbGUiOQoQTGlzdEZpbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJPChFMaXN0RmlsZXNSZXNwb25zZRIhCgVmaWxlcxgBIAMoCzISLmZ1c2lsbGFkZS52MS5GaWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFEZWxldGVGaWxlUmVxdWVzdBIPCgdmaWxlX2lkGAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSImChJEZWxldGVCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiFQoTRGVsZXRlQmF0Y2hSZXNwb25zZSL4AQoSQ3JlYXRlQmF0Y2hSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDwoHZmlsZV9pZBgCIAEoCRIZChFjb21wbGV0aW9uX3dpbmRvdxgDIAEoCRJACghtZXRhZGF0YRgEIAMoCzIuLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxyZXRyeV9wb2xpY3kYBSABKAsyGS5mdXNpbGxhZGUudjEuUmV0cnlQb2xpY3kaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjkKE0NyZWF0ZUJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjYKEEdldEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2giKQoVR2V0QmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIpcBChZHZXRCYXRjaFN0YXR1c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgJEicKBXN0YXRlGAIgASgOMhguZnVzaWxsYWRlLnYxLkJhdGNoU3RhdGUSFQoNb3BlbmFpX3N0YXR1cxgDIAEoCRIrCgZjb3VudHMYBCABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cyJMChJMaXN0QmF0Y2hlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHZmlsZV9pZBgDIAEoCSJUChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEiQKB2JhdGNoZXMYASADKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZnVzaWxsYWRlLnYxLkJhdGNoInkKEVJldHJ5QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEhMKC3JlcXVlc3RfaWRzGAIgAygJEhIKCmN1c3RvbV9pZHMYAyADKAkSGQoRY29tcGxldGlvbl93aW5kb3cYBCABKAkSDgoGcmVzdW1lGAUgASgIIk8KElJldHJ5QmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZ1c2lsbGFkZS52MS5CYXRjaBIVCg1yZXRyaWVkX2NvdW50GAIgASgDIo8BChhMaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSKgoGc3RhdGVzGAQgAygOMhouZnVzaWxsYWRlLnYxLlJlcXVlc3RTdGF0ZRIOCgZtb2RlbHMYBSADKAkiYgoZTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRIsCghyZXF1ZXN0cxgBIAMoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKGlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIqCgZzdGF0ZXMYAyADKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIqACChtTdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2USPAoEa2luZBgBIAEoDjIuLmZ1c2lsbGFkZS52MS5TdHJlYW1CYXRjaFJlcXVlc3RzUmVzcG9uc2UuS2luZBIrCgdyZXF1ZXN0GAIgASgLMhouZnVzaWxsYWRlLnYxLkJhdGNoUmVxdWVzdBIOCgZjdXJzb3IYAyABKAkSLQoLYmF0Y2hfc3RhdGUYBCABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZSJXCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIRCg1LSU5EX1NOQVBTSE9UEAESFQoRS0lORF9TTkFQU0hPVF9FTkQQAhIPCgtLSU5EX0NIQU5HRRADIlYKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI4ChJXYXRjaEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mdXNpbGxhZGUudjEuQmF0Y2gisQEKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0LktpbmQiTAoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASDAoIS0lORF9BTEwQARIPCgtLSU5EX09VVFBVVBACEg8KC0tJTkRfRVJST1JTEAMiswEKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEjgKBGtpbmQYASABKA4yKi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UuS2luZBIMCgRsaW5lGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSI9CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX09VVFBVVBABEg4KCktJTkRfRVJST1IQAiJMChFHZXRSZXF1ZXN0UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhAKCGJhdGNoX2lkGAIgASgJEhEKCWN1c3RvbV9pZBgDIAEoCSJxChJHZXRSZXF1ZXN0UmVzcG9uc2USKwoHcmVxdWVzdBgBIAEoCzIaLmZ1c2lsbGFkZS52MS5CYXRjaFJlcXVlc3QSLgoIYXR0ZW1wdHMYAiADKAsyHC5mdXNpbGxhZGUudjEuUmVxdWVzdEF0dGVtcHQirAEKDlJlcXVlc3RBdHRlbXB0Eg8KB2F0dGVtcHQYASABKAUSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB291dGNvbWUYBCABKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlIkAKGEdldEJhdGNoQnJlYWtkb3duUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCRISCgptYXhfZXJyb3JzGAIgASgFInMKGUdldEJhdGNoQnJlYWtkb3duUmVzcG9uc2USLAoGbW9kZWxzGAEgAygLMhwuZnVzaWxsYWRlLnYxLk1vZGVsQnJlYWtkb3duEigKBmVycm9ycxgCIAMoCzIYLmZ1c2lsbGFkZS52MS5FcnJvckNvdW50IoEBCg5Nb2RlbEJyZWFrZG93bhINCgVtb2RlbBgBIAEoCRIrCgZjb3VudHMYAiABKAsyGy5mdXNpbGxhZGUudjEuUmVxdWVzdENvdW50cxIzCg9ob2xkX3VudGlsX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImoKCkVycm9yQ291bnQSDAoEY29kZRgBIAEoCRITCgtzdGF0dXNfY29kZRgCIAEoBRIOCgZmYWlsZWQYAyABKAMSEAoIcmV0cnlpbmcYBCABKAMSFwoPZXhhbXBsZV9tZXNzYWdlGAUgASgJMqIMCgxCYXRjaFNlcnZpY2USTwoKQ3JlYXRlRmlsZRIfLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5DcmVhdGVGaWxlUmVzcG9uc2USUQoKVXBsb2FkRmlsZRIfLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5VcGxvYWRGaWxlUmVzcG9uc2UoARJGCgdHZXRGaWxlEhwuZnVzaWxsYWRlLnYxLkdldEZpbGVSZXF1ZXN0Gh0uZnVzaWxsYWRlLnYxLkdldEZpbGVSZXNwb25zZRJMCglMaXN0RmlsZXMSHi5mdXNpbGxhZGUudjEuTGlzdEZpbGVzUmVxdWVzdBofLmZ1c2lsbGFkZS52MS5MaXN0RmlsZXNSZXNwb25zZRJPCgpEZWxldGVGaWxlEh8uZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkRlbGV0ZUZpbGVSZXNwb25zZRJSCgtEZWxldGVCYXRjaBIgLmZ1c2lsbGFkZS52MS5EZWxldGVCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuRGVsZXRlQmF0Y2hSZXNwb25zZRJSCgtDcmVhdGVCYXRjaBIgLmZ1c2lsbGFkZS52MS5DcmVhdGVCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ3JlYXRlQmF0Y2hSZXNwb25zZRJJCghHZXRCYXRjaBIdLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFJlcXVlc3QaHi5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXNwb25zZRJbCg5HZXRCYXRjaFN0YXR1cxIjLmZ1c2lsbGFkZS52MS5HZXRCYXRjaFN0YXR1c1JlcXVlc3QaJC5mdXNpbGxhZGUudjEuR2V0QmF0Y2hTdGF0dXNSZXNwb25zZRJSCgtMaXN0QmF0Y2hlcxIgLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hlc1JlcXVlc3QaIS5mdXNpbGxhZGUudjEuTGlzdEJhdGNoZXNSZXNwb25zZRJSCgtDYW5jZWxCYXRjaBIgLmZ1c2lsbGFkZS52MS5DYW5jZWxCYXRjaFJlcXVlc3QaIS5mdXNpbGxhZGUudjEuQ2FuY2VsQmF0Y2hSZXNwb25zZRJPCgpSZXRyeUJhdGNoEh8uZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLlJldHJ5QmF0Y2hSZXNwb25zZRJkChFMaXN0QmF0Y2hSZXF1ZXN0cxImLmZ1c2lsbGFkZS52MS5MaXN0QmF0Y2hSZXF1ZXN0c1JlcXVlc3QaJy5mdXNpbGxhZGUudjEuTGlzdEJhdGNoUmVxdWVzdHNSZXNwb25zZRJsChNTdHJlYW1CYXRjaFJlcXVlc3RzEiguZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXF1ZXN0GikuZnVzaWxsYWRlLnYxLlN0cmVhbUJhdGNoUmVxdWVzdHNSZXNwb25zZTABElEKCldhdGNoQmF0Y2gSHy5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlcXVlc3QaIC5mdXNpbGxhZGUudjEuV2F0Y2hCYXRjaFJlc3BvbnNlMAESYAoPR2V0QmF0Y2hSZXN1bHRzEiQuZnVzaWxsYWRlLnYxLkdldEJhdGNoUmVzdWx0c1JlcXVlc3QaJS5mdXNpbGxhZGUudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwARJPCgpHZXRSZXF1ZXN0Eh8uZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXF1ZXN0GiAuZnVzaWxsYWRlLnYxLkdldFJlcXVlc3RSZXNwb25zZRJkChFHZXRCYXRjaEJyZWFrZG93bhImLmZ1c2lsbGFkZS52MS5HZXRCYXRjaEJyZWFrZG93blJlcXVlc3QaJy5mdXNpbGxhZGUudjEuR2V0QmF0Y2hCcmVha2Rvd25SZXNwb25zZWIGcHJvdG8z", [file_fusillade_v1_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message fusillade.v1.CreateFileRequest
@@ -280,6 +280,36 @@ export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PUR
   messageDesc(file_fusillade_v1_batch_service, 10);
 
 /**
+ * @generated from message fusillade.v1.DeleteBatchRequest
+ */
+export type DeleteBatchRequest = Message<"fusillade.v1.DeleteBatchRequest"> & {
+  /**
+   * @generated from field: string batch_id = 1;
+   */
+  batchId: string;
+};
+
+/**
+ * Describes the message fusillade.v1.DeleteBatchRequest.
+ * Use `create(DeleteBatchRequestSchema)` to create a new message.
+ */
+export const DeleteBatchRequestSchema: GenMessage<DeleteBatchRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 11);
+
+/**
+ * @generated from message fusillade.v1.DeleteBatchResponse
+ */
+export type DeleteBatchResponse = Message<"fusillade.v1.DeleteBatchResponse"> & {
+};
+
+/**
+ * Describes the message fusillade.v1.DeleteBatchResponse.
+ * Use `create(DeleteBatchResponseSchema)` to create a new message.
+ */
+export const DeleteBatchResponseSchema: GenMessage<DeleteBatchResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_batch_service, 12);
+
+/**
  * @generated from message fusillade.v1.CreateBatchRequest
  */
 export type CreateBatchRequest = Message<"fusillade.v1.CreateBatchRequest"> & {
@@ -318,7 +348,7 @@ export type CreateBatchRequest = Message<"fusillade.v1.CreateBatchRequest"> & {
  * Use `create(CreateBatchRequestSchema)` to create a new message.
  */
 export const CreateBatchRequestSchema: GenMessage<CreateBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 11);
+  messageDesc(file_fusillade_v1_batch_service, 13);
 
 /**
  * @generated from message fusillade.v1.CreateBatchResponse
@@ -335,7 +365,7 @@ export type CreateBatchResponse = Message<"fusillade.v1.CreateBatchResponse"> & 
  * Use `create(CreateBatchResponseSchema)` to create a new message.
  */
 export const CreateBatchResponseSchema: GenMessage<CreateBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 12);
+  messageDesc(file_fusillade_v1_batch_service, 14);
 
 /**
  * @generated from message fusillade.v1.GetBatchRequest
@@ -352,7 +382,7 @@ export type GetBatchRequest = Message<"fusillade.v1.GetBatchRequest"> & {
  * Use `create(GetBatchRequestSchema)` to create a new message.
  */
 export const GetBatchRequestSchema: GenMessage<GetBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 13);
+  messageDesc(file_fusillade_v1_batch_service, 15);
 
 /**
  * @generated from message fusillade.v1.GetBatchResponse
@@ -369,7 +399,7 @@ export type GetBatchResponse = Message<"fusillade.v1.GetBatchResponse"> & {
  * Use `create(GetBatchResponseSchema)` to create a new message.
  */
 export const GetBatchResponseSchema: GenMessage<GetBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 14);
+  messageDesc(file_fusillade_v1_batch_service, 16);
 
 /**
  * @generated from message fusillade.v1.GetBatchStatusRequest
@@ -386,7 +416,7 @@ export type GetBatchStatusRequest = Message<"fusillade.v1.GetBatchStatusRequest"
  * Use `create(GetBatchStatusRequestSchema)` to create a new message.
  */
 export const GetBatchStatusRequestSchema: GenMessage<GetBatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 15);
+  messageDesc(file_fusillade_v1_batch_service, 17);
 
 /**
  * @generated from message fusillade.v1.GetBatchStatusResponse
@@ -418,7 +448,7 @@ export type GetBatchStatusResponse = Message<"fusillade.v1.GetBatchStatusRespons
  * Use `create(GetBatchStatusResponseSchema)` to create a new message.
  */
 export const GetBatchStatusResponseSchema: GenMessage<GetBatchStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 16);
+  messageDesc(file_fusillade_v1_batch_service, 18);
 
 /**
  * @generated from message fusillade.v1.ListBatchesRequest
@@ -447,7 +477,7 @@ export type ListBatchesRequest = Message<"fusillade.v1.ListBatchesRequest"> & {
  * Use `create(ListBatchesRequestSchema)` to create a new message.
  */
 export const ListBatchesRequestSchema: GenMessage<ListBatchesRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 17);
+  messageDesc(file_fusillade_v1_batch_service, 19);
 
 /**
  * @generated from message fusillade.v1.ListBatchesResponse
@@ -469,7 +499,7 @@ export type ListBatchesResponse = Message<"fusillade.v1.ListBatchesResponse"> & 
  * Use `create(ListBatchesResponseSchema)` to create a new message.
  */
 export const ListBatchesResponseSchema: GenMessage<ListBatchesResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 18);
+  messageDesc(file_fusillade_v1_batch_service, 20);
 
 /**
  * @generated from message fusillade.v1.CancelBatchRequest
@@ -486,7 +516,7 @@ export type CancelBatchRequest = Message<"fusillade.v1.CancelBatchRequest"> & {
  * Use `create(CancelBatchRequestSchema)` to create a new message.
  */
 export const CancelBatchRequestSchema: GenMessage<CancelBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 19);
+  messageDesc(file_fusillade_v1_batch_service, 21);
 
 /**
  * @generated from message fusillade.v1.CancelBatchResponse
@@ -503,7 +533,7 @@ export type CancelBatchResponse = Message<"fusillade.v1.CancelBatchResponse"> & 
  * Use `create(CancelBatchResponseSchema)` to create a new message.
  */
 export const CancelBatchResponseSchema: GenMessage<CancelBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 20);
+  messageDesc(file_fusillade_v1_batch_service, 22);
 
 /**
  * @generated from message fusillade.v1.RetryBatchRequest
@@ -552,7 +582,7 @@ export type RetryBatchRequest = Message<"fusillade.v1.RetryBatchRequest"> & {
  * Use `create(RetryBatchRequestSchema)` to create a new message.
  */
 export const RetryBatchRequestSchema: GenMessage<RetryBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 21);
+  messageDesc(file_fusillade_v1_batch_service, 23);
 
 /**
  * @generated from message fusillade.v1.RetryBatchResponse
@@ -576,7 +606,7 @@ export type RetryBatchResponse = Message<"fusillade.v1.RetryBatchResponse"> & {
  * Use `create(RetryBatchResponseSchema)` to create a new message.
  */
 export const RetryBatchResponseSchema: GenMessage<RetryBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 22);
+  messageDesc(file_fusillade_v1_batch_service, 24);
 
 /**
  * @generated from message fusillade.v1.ListBatchRequestsRequest
@@ -617,7 +647,7 @@ export type ListBatchRequestsRequest = Message<"fusillade.v1.ListBatchRequestsRe
  * Use `create(ListBatchRequestsRequestSchema)` to create a new message.
  */
 export const ListBatchRequestsRequestSchema: GenMessage<ListBatchRequestsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 23);
+  messageDesc(file_fusillade_v1_batch_service, 25);
 
 /**
  * @generated from message fusillade.v1.ListBatchRequestsResponse
@@ -639,7 +669,7 @@ export type ListBatchRequestsResponse = Message<"fusillade.v1.ListBatchRequestsR
  * Use `create(ListBatchRequestsResponseSchema)` to create a new message.
  */
 export const ListBatchRequestsResponseSchema: GenMessage<ListBatchRequestsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 24);
+  messageDesc(file_fusillade_v1_batch_service, 26);
 
 /**
  * @generated from message fusillade.v1.StreamBatchRequestsRequest
@@ -670,7 +700,7 @@ export type StreamBatchRequestsRequest = Message<"fusillade.v1.StreamBatchReques
  * Use `create(StreamBatchRequestsRequestSchema)` to create a new message.
  */
 export const StreamBatchRequestsRequestSchema: GenMessage<StreamBatchRequestsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 25);
+  messageDesc(file_fusillade_v1_batch_service, 27);
 
 /**
  * @generated from message fusillade.v1.StreamBatchRequestsResponse
@@ -706,7 +736,7 @@ export type StreamBatchRequestsResponse = Message<"fusillade.v1.StreamBatchReque
  * Use `create(StreamBatchRequestsResponseSchema)` to create a new message.
  */
 export const StreamBatchRequestsResponseSchema: GenMessage<StreamBatchRequestsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 26);
+  messageDesc(file_fusillade_v1_batch_service, 28);
 
 /**
  * @generated from enum fusillade.v1.StreamBatchRequestsResponse.Kind
@@ -745,7 +775,7 @@ export enum StreamBatchRequestsResponse_Kind {
  * Describes the enum fusillade.v1.StreamBatchRequestsResponse.Kind.
  */
 export const StreamBatchRequestsResponse_KindSchema: GenEnum<StreamBatchRequestsResponse_Kind> = /*@__PURE__*/
-  enumDesc(file_fusillade_v1_batch_service, 26, 0);
+  enumDesc(file_fusillade_v1_batch_service, 28, 0);
 
 /**
  * @generated from message fusillade.v1.WatchBatchRequest
@@ -769,7 +799,7 @@ export type WatchBatchRequest = Message<"fusillade.v1.WatchBatchRequest"> & {
  * Use `create(WatchBatchRequestSchema)` to create a new message.
  */
 export const WatchBatchRequestSchema: GenMessage<WatchBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 27);
+  messageDesc(file_fusillade_v1_batch_service, 29);
 
 /**
  * @generated from message fusillade.v1.WatchBatchResponse
@@ -786,7 +816,7 @@ export type WatchBatchResponse = Message<"fusillade.v1.WatchBatchResponse"> & {
  * Use `create(WatchBatchResponseSchema)` to create a new message.
  */
 export const WatchBatchResponseSchema: GenMessage<WatchBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 28);
+  messageDesc(file_fusillade_v1_batch_service, 30);
 
 /**
  * @generated from message fusillade.v1.GetBatchResultsRequest
@@ -808,7 +838,7 @@ export type GetBatchResultsRequest = Message<"fusillade.v1.GetBatchResultsReques
  * Use `create(GetBatchResultsRequestSchema)` to create a new message.
  */
 export const GetBatchResultsRequestSchema: GenMessage<GetBatchResultsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 29);
+  messageDesc(file_fusillade_v1_batch_service, 31);
 
 /**
  * @generated from enum fusillade.v1.GetBatchResultsRequest.Kind
@@ -841,7 +871,7 @@ export enum GetBatchResultsRequest_Kind {
  * Describes the enum fusillade.v1.GetBatchResultsRequest.Kind.
  */
 export const GetBatchResultsRequest_KindSchema: GenEnum<GetBatchResultsRequest_Kind> = /*@__PURE__*/
-  enumDesc(file_fusillade_v1_batch_service, 29, 0);
+  enumDesc(file_fusillade_v1_batch_service, 31, 0);
 
 /**
  * @generated from message fusillade.v1.GetBatchResultsResponse
@@ -870,7 +900,7 @@ export type GetBatchResultsResponse = Message<"fusillade.v1.GetBatchResultsRespo
  * Use `create(GetBatchResultsResponseSchema)` to create a new message.
  */
 export const GetBatchResultsResponseSchema: GenMessage<GetBatchResultsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 30);
+  messageDesc(file_fusillade_v1_batch_service, 32);
 
 /**
  * @generated from enum fusillade.v1.GetBatchResultsResponse.Kind
@@ -900,7 +930,7 @@ export enum GetBatchResultsResponse_Kind {
  * Describes the enum fusillade.v1.GetBatchResultsResponse.Kind.
  */
 export const GetBatchResultsResponse_KindSchema: GenEnum<GetBatchResultsResponse_Kind> = /*@__PURE__*/
-  enumDesc(file_fusillade_v1_batch_service, 30, 0);
+  enumDesc(file_fusillade_v1_batch_service, 32, 0);
 
 /**
  * @generated from message fusillade.v1.GetRequestRequest
@@ -929,7 +959,7 @@ export type GetRequestRequest = Message<"fusillade.v1.GetRequestRequest"> & {
  * Use `create(GetRequestRequestSchema)` to create a new message.
  */
 export const GetRequestRequestSchema: GenMessage<GetRequestRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 31);
+  messageDesc(file_fusillade_v1_batch_service, 33);
 
 /**
  * @generated from message fusillade.v1.GetRequestResponse
@@ -953,7 +983,7 @@ export type GetRequestResponse = Message<"fusillade.v1.GetRequestResponse"> & {
  * Use `create(GetRequestResponseSchema)` to create a new message.
  */
 export const GetRequestResponseSchema: GenMessage<GetRequestResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 32);
+  messageDesc(file_fusillade_v1_batch_service, 34);
 
 /**
  * One attempt of a request: from the claim that started it to the state
@@ -995,7 +1025,7 @@ export type RequestAttempt = Message<"fusillade.v1.RequestAttempt"> & {
  * Use `create(RequestAttemptSchema)` to create a new message.
  */
 export const RequestAttemptSchema: GenMessage<RequestAttempt> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 33);
+  messageDesc(file_fusillade_v1_batch_service, 35);
 
 /**
  * @generated from message fusillade.v1.GetBatchBreakdownRequest
@@ -1019,7 +1049,7 @@ export type GetBatchBreakdownRequest = Message<"fusillade.v1.GetBatchBreakdownRe
  * Use `create(GetBatchBreakdownRequestSchema)` to create a new message.
  */
 export const GetBatchBreakdownRequestSchema: GenMessage<GetBatchBreakdownRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 34);
+  messageDesc(file_fusillade_v1_batch_service, 36);
 
 /**
  * @generated from message fusillade.v1.GetBatchBreakdownResponse
@@ -1041,7 +1071,7 @@ export type GetBatchBreakdownResponse = Message<"fusillade.v1.GetBatchBreakdownR
  * Use `create(GetBatchBreakdownResponseSchema)` to create a new message.
  */
 export const GetBatchBreakdownResponseSchema: GenMessage<GetBatchBreakdownResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 35);
+  messageDesc(file_fusillade_v1_batch_service, 37);
 
 /**
  * One model's share of a batch.
@@ -1073,7 +1103,7 @@ export type ModelBreakdown = Message<"fusillade.v1.ModelBreakdown"> & {
  * Use `create(ModelBreakdownSchema)` to create a new message.
  */
 export const ModelBreakdownSchema: GenMessage<ModelBreakdown> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 36);
+  messageDesc(file_fusillade_v1_batch_service, 38);
 
 /**
  * Requests of a batch that ended with, or are waiting to retry after, one
@@ -1123,7 +1153,7 @@ export type ErrorCount = Message<"fusillade.v1.ErrorCount"> & {
  * Use `create(ErrorCountSchema)` to create a new message.
  */
 export const ErrorCountSchema: GenMessage<ErrorCount> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_batch_service, 37);
+  messageDesc(file_fusillade_v1_batch_service, 39);
 
 /**
  * The public API: files, batches, progress and results.
@@ -1179,6 +1209,18 @@ export const BatchService: GenService<{
     methodKind: "unary";
     input: typeof DeleteFileRequestSchema;
     output: typeof DeleteFileResponseSchema;
+  },
+  /**
+   * Deletes a finished batch (completed, cancelled or expired) with its
+   * requests, their responses and events, and the API keys nothing else uses.
+   * A batch still running is FAILED_PRECONDITION: cancel it first.
+   *
+   * @generated from rpc fusillade.v1.BatchService.DeleteBatch
+   */
+  deleteBatch: {
+    methodKind: "unary";
+    input: typeof DeleteBatchRequestSchema;
+    output: typeof DeleteBatchResponseSchema;
   },
   /**
    * Starts a batch: one request for every template of the file.
