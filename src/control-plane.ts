@@ -152,7 +152,7 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
-      plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute()],
+      plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute(config.webDir)],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
     let metricsUrl: string | undefined;

@@ -77,6 +77,11 @@ export interface ControlPlaneConfig {
    */
   metricsListen?: { host: string; port: number } | undefined;
   /**
+   * The built dashboard's folder (FUSILLADE_WEB_DIR; tests and development).
+   * @default dist/web of this package
+   */
+  webDir?: string | undefined;
+  /**
    * Where the key that encrypts upstream API keys comes from (docs/trust.md):
    * FUSILLADE_SECRET_KEY, or --secret-key-file / FUSILLADE_SECRET_KEY_FILE;
    * neither: `secret.key` in the data directory, made on first start. Older
@@ -278,6 +283,7 @@ export function controlPlaneConfig(
     c.port = port;
   }
   c.metricsListen = metricsListenOf(flags, env);
+  c.webDir = env.FUSILLADE_WEB_DIR || undefined;
   c.dataDir = flags.dataDir ?? env.FUSILLADE_DATA_DIR ?? c.dataDir;
   const url = flags.databaseUrl ?? env.DATABASE_URL;
   c.databaseUrl = url === "" ? undefined : url;

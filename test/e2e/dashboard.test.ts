@@ -45,17 +45,22 @@ if (CHROMIUM === undefined) {
 }
 
 let dataDir: string;
+let webDir: string;
 let upstream: Upstream;
 let serve: FusilladeProcess | undefined;
 let browser: Browser | undefined;
 
 beforeAll(async () => {
   if (CHROMIUM === undefined) return;
-  // npm ci builds the page (prepare); a checkout that never built it builds it now.
-  if (!existsSync(path.join(ROOT, "dist/web/index.html"))) {
-    execFileSync("npx", ["vite", "build", "--config", "web/vite.config.ts"], { cwd: ROOT });
-  }
   dataDir = await mkdtemp(path.join(os.tmpdir(), "fusillade-test-dashboard-"));
+  // The page from the current sources, into a folder of this test's own: dist/web is
+  // rebuilt by `prepare` whenever a parallel test installs the package.
+  webDir = path.join(dataDir, "web");
+  execFileSync(
+    "npx",
+    ["vite", "build", "--config", "web/vite.config.ts", "--outDir", webDir, "--emptyOutDir"],
+    { cwd: ROOT },
+  );
   // As root, Postgres runs as `nobody`, which must get through mkdtemp's 0700.
   await chmod(dataDir, 0o755);
   upstream = await startUpstream();
@@ -86,7 +91,7 @@ test.skipIf(CHROMIUM === undefined)(
   async () => {
     serve = spawnFusillade(
       ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--default-limit", "4"],
-      { FUSILLADE_LOG_LEVEL: "warn", DATABASE_URL: "" },
+      { FUSILLADE_LOG_LEVEL: "warn", DATABASE_URL: "", FUSILLADE_WEB_DIR: webDir },
     );
     const [, url] = await serve.waitFor(/serving on (http:\/\/\S+)/, 60_000);
     const page = await browser!.newPage({ viewport: { width: 1280, height: 800 } });
@@ -165,7 +170,7 @@ test.skipIf(CHROMIUM === undefined)(
   "with tokens, the page asks for one, keeps it in memory only, and works with it",
   async () => {
     const adminToken = "dashboard-test-admin-token-0123456789";
-    const cp = await startTestControlPlane({ adminToken });
+    const cp = await startTestControlPlane({ adminToken, webDir });
     try {
       const page = await browser!.newPage();
       await page.goto(cp.url);
