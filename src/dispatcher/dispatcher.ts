@@ -448,7 +448,11 @@ export function startDispatcher(
       metrics.hold(m.model);
       if (performance.now() >= m.heldUntil) {
         log.info(
-          { model: m.model, retryAfterMs: outcome.retryAfterMs },
+          {
+            model: m.model,
+            retryAfterMs: outcome.retryAfterMs,
+            until: new Date(Date.now() + outcome.retryAfterMs).toISOString(),
+          },
           "model held back by a 429 until its Retry-After has passed",
         );
       }

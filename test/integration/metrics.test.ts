@@ -7,6 +7,7 @@
  * 429 hold and its end. And who may read /metrics.
  */
 import http from "node:http";
+import http2 from "node:http2";
 import { Writable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -212,10 +213,13 @@ test("scraped during and after a batch, the counters move as they should", async
   );
 
   // Lifecycle logs: created, held by a 429, finished; never a key or a body.
-  const msgs = lines.map((l) => String(l.msg));
   const created = lines.find((l) => l.msg === "batch created");
   expect(created).toMatchObject({ batchId, requests: 30, traceId: callerTrace });
-  expect(msgs).toContain("model held back by a 429 until its Retry-After has passed");
+  const hold = lines.find(
+    (l) => l.msg === "model held back by a 429 until its Retry-After has passed",
+  );
+  expect(hold).toMatchObject({ model: "M", retryAfterMs: 1000 });
+  expect(Date.parse(String(hold!.until))).toBeGreaterThan(0);
   const finished = lines.find((l) => l.msg === "batch finished");
   expect(finished).toMatchObject({ batchId, state: "completed" });
   expect(finished!.durationMs).toBeGreaterThan(0);
@@ -259,7 +263,7 @@ test("/metrics on the API port needs an admin's credential; --metrics-listen is 
   }
 });
 
-test("local mode: /metrics answers a loopback Host only", async () => {
+test("local mode: /metrics answers a loopback Host only, over HTTP/1.1 and h2c", async () => {
   // fetch() may not set Host: a plain node:http request does.
   const status = (host: string) =>
     new Promise<number>((resolve, reject) => {
@@ -271,6 +275,21 @@ test("local mode: /metrics answers a loopback Host only", async () => {
     });
   expect(await status("evil.example:80")).toBe(403);
   expect(await status("localhost:1")).toBe(200);
+  // Over h2c too (the port routes HTTP/2 by its preface): :authority is the Host.
+  const session = http2.connect(cp.url);
+  try {
+    const h2status = (authority: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = session.request({ ":path": "/metrics", ":authority": authority });
+        req.on("response", (h) => resolve(Number(h[":status"])));
+        req.on("error", reject);
+        req.resume();
+      });
+    expect(await h2status("127.0.0.1")).toBe(200);
+    expect(await h2status("evil.example")).toBe(403);
+  } finally {
+    session.close();
+  }
 });
 
 test("a standalone dispatcher serves its metrics on --metrics-listen", async () => {
