@@ -310,3 +310,19 @@ test("a standalone dispatcher serves its metrics on --metrics-listen", async () 
     await p.stop();
   }
 });
+
+test("an endpoint that answers only errors 20 times in a row is a warning, once", async () => {
+  const { batch } = clients(cp.url);
+  upstream.respond = (d) => (d.model === "E" ? { status: 400 } : {});
+  const batchId = await createTestBatch(batch, upstream.url, items("E", 25));
+  await waitForBatch(batch, batchId);
+  const warnings = lines.filter((l) => String(l.msg).startsWith("endpoint answered only errors"));
+  expect(warnings).toHaveLength(1);
+  expect(warnings[0]).toMatchObject({
+    level: 40,
+    endpoint: new URL(upstream.url).origin,
+    model: "E",
+    failures: 20,
+    last: { status: 400, code: "http_error" },
+  });
+});
