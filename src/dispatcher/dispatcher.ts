@@ -26,6 +26,7 @@ import { HttpExecutor } from "../http/executor.js";
 import { traceHeaders } from "../http/trace-context.js";
 import type { Logger } from "../logger.js";
 import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
+import { ErrorStreaks } from "./error-streaks.js";
 import { fenceMarginMs, renewIntervalMs } from "./fencing.js";
 import {
   connectLeaseClient,
@@ -104,18 +105,6 @@ export function zeroCounts() {
   };
 }
 
-/** An endpoint that answered only errors this many times in a row is worth a warning. */
-export const ERROR_STREAK_WARN = 20;
-
-/** The origin of a URL (scheme, host, port: no credentials, no path), for logs. */
-function originOf(url: string): string {
-  try {
-    return new URL(url).origin;
-  } catch {
-    return "(invalid url)";
-  }
-}
-
 /** TTL assumed until the first grant tells us (only the renewal period depends on it). */
 const TTL_UNKNOWN_MS = 30_000;
 
@@ -146,8 +135,7 @@ export function startDispatcher(
       allowedHosts: config.allowedHosts,
     });
   const counts = zeroCounts();
-  /** Per endpoint origin: failures since its last success. */
-  const errorStreaks = new Map<string, number>();
+  const errorStreaks = new ErrorStreaks(log);
   const metrics = deps.metrics ?? new DispatcherMetrics();
   let ttlMs = TTL_UNKNOWN_MS;
   const margin = (ttl: number) => fenceMarginMs(ttl, config.fenceMarginMs);
@@ -384,31 +372,6 @@ export function startDispatcher(
     table.remove(entry);
   }
 
-  /** Warns once when an endpoint has answered only errors ERROR_STREAK_WARN times in a row. */
-  function noteEndpoint(url: string, model: string, outcome: AttemptOutcome): void {
-    const origin = originOf(url);
-    if (outcome.kind === "completion") {
-      const streak = errorStreaks.get(origin) ?? 0;
-      errorStreaks.delete(origin);
-      if (streak >= ERROR_STREAK_WARN)
-        log.info({ endpoint: origin, failures: streak }, "endpoint answers again");
-      return;
-    }
-    const streak = (errorStreaks.get(origin) ?? 0) + 1;
-    errorStreaks.set(origin, streak);
-    if (streak === ERROR_STREAK_WARN) {
-      log.warn(
-        {
-          endpoint: origin,
-          model,
-          failures: streak,
-          last: { status: outcome.statusCode, code: outcome.code },
-        },
-        `endpoint answered only errors for ${streak} requests in a row`,
-      );
-    }
-  }
-
   /** Runs one claim: send; the slot starts the next buffered claim at once; then report. */
   async function run(entry: HeldLease, m: ModelSlots): Promise<void> {
     let outcome: AttemptOutcome;
@@ -437,7 +400,7 @@ export function startDispatcher(
     }
     m.running--;
     metrics.attempt(m.model, outcome, (performance.now() - started) / 1000);
-    if (entry.gaveUp === undefined) noteEndpoint(entry.lease.request.url, m.model, outcome);
+    if (entry.gaveUp === undefined) errorStreaks.note(entry.lease.request.url, m.model, outcome);
     if (
       outcome.kind === "failure" &&
       outcome.statusCode === 429 &&
