@@ -15,6 +15,7 @@ import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
 import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
 import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
+import { Fleet } from "./metrics/fleet.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { reencrypt } from "./storage/api-keys.js";
 import { migrate } from "./storage/data-source.js";
@@ -116,6 +117,10 @@ export async function startControlPlane(
     const metrics = new ControlPlaneMetrics(db, config.defaultLimit);
     const metricsSources: MetricsSource[] = [() => metrics.text()];
     const lifecycle = new BatchLifecycle(db, log, metrics);
+    // Gone after two lease lifetimes without a call (a minute at least: long polls).
+    const fleet = new Fleet(log, Math.max(2 * config.leaseTtlMs, 60_000));
+    cleanup.push(async () => fleet.close());
+    metrics.countDispatchers(() => fleet.size);
     lifecycle.start(notifications);
     cleanup.push(async () => lifecycle.close());
     const auth = new Authenticator(db, notifications, {
@@ -134,6 +139,7 @@ export async function startControlPlane(
       endpointPolicy: () => policy,
       lifecycle,
       metrics,
+      fleet,
     };
     // Known once the port is: the control plane's own origins are refused as endpoints.
     let policy: EndpointPolicy = {

@@ -6,6 +6,7 @@ import type { EndpointPolicy } from "../domain/endpoints.js";
 import type { Logger } from "../logger.js";
 import type { BatchLifecycle } from "../metrics/batch-lifecycle.js";
 import type { ControlPlaneMetrics } from "../metrics/control-plane-metrics.js";
+import type { Fleet } from "../metrics/fleet.js";
 import type { Db } from "../storage/db.js";
 import type { Notifications } from "../storage/notifications.js";
 
@@ -26,4 +27,6 @@ export interface ApiDeps {
   lifecycle?: BatchLifecycle;
   /** Stream subscriber gauges. */
   metrics?: ControlPlaneMetrics;
+  /** The dispatchers calling this control plane (joined/left logs). */
+  fleet?: Fleet;
 }

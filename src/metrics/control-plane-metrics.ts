@@ -49,6 +49,7 @@ export class ControlPlaneMetrics {
   readonly #batchesCreated: Counter;
   readonly #batchesFinished: Counter<"state">;
   readonly #subscribers: Gauge<"kind">;
+  #dispatchers: () => number = () => 0;
 
   /**
    * `db`: read at scrape time; `defaultLimit`: a model's limit when none is
@@ -104,6 +105,14 @@ export class ControlPlaneMetrics {
     this.#subscribers.set({ kind: "watch" }, 0);
     this.#subscribers.set({ kind: "requests" }, 0);
     const self = this;
+    new Gauge({
+      name: "fusillade_dispatchers",
+      help: "Dispatchers that called this control plane recently (joined and not yet left).",
+      registers,
+      collect() {
+        this.set(self.#dispatchers());
+      },
+    });
     // One query feeds the model gauges and one the batch gauges: the registry
     // collects every metric at once, so each gauge awaits the shared read.
     type ModelRow = { model: string; lim: number; slots: number; hold_s: number };
@@ -217,6 +226,11 @@ export class ControlPlaneMetrics {
 
   batchFinished(state: string): void {
     this.#batchesFinished.inc({ state });
+  }
+
+  /** Where fusillade_dispatchers reads its count. */
+  countDispatchers(count: () => number): void {
+    this.#dispatchers = count;
   }
 
   /** A stream opened; call the result when it closes. */

@@ -187,6 +187,7 @@ test("scraped during and after a batch, the counters move as they should", async
   expect(s.has('fusillade_db_pool_connections{pool="general",state="total"}')).toBe(true);
   expect(s.has('fusillade_stream_subscribers{kind="watch"}')).toBe(true);
   expect(s.has("process_cpu_user_seconds_total")).toBe(true);
+  expect(v(s, "fusillade_dispatchers")).toBe(1);
   console.log(`metrics: ${scrapes} scrapes while the batch ran, in flight peaked at ${peak}`);
 
   // Bounded labels: no batch or request id anywhere in the text.
@@ -220,6 +221,7 @@ test("scraped during and after a batch, the counters move as they should", async
   );
   expect(hold).toMatchObject({ model: "M", retryAfterMs: 1000 });
   expect(Date.parse(String(hold!.until))).toBeGreaterThan(0);
+  expect(lines.filter((l) => l.msg === "dispatcher joined")).toHaveLength(1);
   const finished = lines.find((l) => l.msg === "batch finished");
   expect(finished).toMatchObject({ batchId, state: "completed" });
   expect(finished!.durationMs).toBeGreaterThan(0);
