@@ -149,7 +149,7 @@ export async function startControlPlane(
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
     const leases = new LeaseService(db.dispatch, notifications, config, keyring, metrics);
-    const reaper = startReaper(db, config.reapIntervalMs, log);
+    const reaper = startReaper(db, config.reapIntervalMs, log, (c) => metrics.reaped(c));
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
       auth,

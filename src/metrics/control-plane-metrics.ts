@@ -43,6 +43,8 @@ const REQUEST_STATES = ["pending", "leased", "completed", "failed", "canceled", 
 export class ControlPlaneMetrics {
   readonly registry = new Registry();
   readonly #slotGrants: Counter<"event">;
+  readonly #claimsExpired: Counter;
+  readonly #endedWithBatch: Counter;
   readonly #claims: Counter;
   readonly #reports: Counter<"kind" | "disposition">;
   readonly #reportSize: Histogram;
@@ -64,8 +66,18 @@ export class ControlPlaneMetrics {
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.#slotGrants = new Counter({
       name: "fusillade_slot_grants_total",
-      help: "Slot grant decisions by event: granted (a new grant), renewed, lost (a stale or expired token).",
+      help: "Slot grants by event: granted (a new grant), renewed, lost (a stale or expired token), expired (deleted by the reaper, not renewed).",
       labelNames: ["event"],
+      registers,
+    });
+    this.#claimsExpired = new Counter({
+      name: "fusillade_claims_expired_total",
+      help: "Request claims that expired unrenewed (their dispatcher died or fell silent): put back by the reaper.",
+      registers,
+    });
+    this.#endedWithBatch = new Counter({
+      name: "fusillade_requests_ended_with_batch_total",
+      help: "Pending requests ended by the reaper because their batch was cancelled or expired.",
       registers,
     });
     this.#claims = new Counter({
@@ -206,6 +218,13 @@ export class ControlPlaneMetrics {
 
   slotGrant(event: "granted" | "renewed" | "lost", n = 1): void {
     if (n > 0) this.#slotGrants.inc({ event }, n);
+  }
+
+  /** What a reaper pass did. */
+  reaped(c: { reaped: number; ended: number; grantsExpired: number }): void {
+    if (c.reaped > 0) this.#claimsExpired.inc(c.reaped);
+    if (c.ended > 0) this.#endedWithBatch.inc(c.ended);
+    if (c.grantsExpired > 0) this.#slotGrants.inc({ event: "expired" }, c.grantsExpired);
   }
 
   claimsGranted(n: number): void {

@@ -328,3 +328,47 @@ test("an endpoint that answers only errors 20 times in a row is a warning, once"
     last: { status: 400, code: "http_error" },
   });
 });
+
+test("claims and grants that expire unrenewed are counted when the reaper takes them back", async () => {
+  // A database of its own: no other reaper or dispatcher may take these claims.
+  const own = await createTestDatabase();
+  const short = await startControlPlane(
+    {
+      ...CONTROL_PLANE_DEFAULTS,
+      port: 0,
+      logLevel: "silent",
+      databaseUrl: own.url,
+      leaseTtlMs: 1000,
+      reapIntervalMs: 100,
+    },
+    pino({ level: "silent" }),
+  );
+  try {
+    const { batch, dispatch } = clients(short.url);
+    await createTestBatch(batch, upstream.url, items("X", 2));
+    // A dispatcher that takes a grant and two claims, then is never heard from again.
+    const res = await dispatch.sync({
+      dispatcherId: "ghost",
+      slots: [{ model: "X", token: 0n, keep: 0, want: 2, room: 2 }],
+    });
+    expect(res.claims).toHaveLength(2);
+    let s = await scrape(`${short.url}/metrics`);
+    expect(v(s, 'fusillade_slot_grants_total{event="granted"}')).toBe(1);
+    expect(v(s, "fusillade_claims_granted_total")).toBe(2);
+    const deadline = Date.now() + 15_000;
+    while (
+      (v(s, "fusillade_claims_expired_total") < 2 ||
+        v(s, 'fusillade_slot_grants_total{event="expired"}') < 1) &&
+      Date.now() < deadline
+    ) {
+      await new Promise((r) => setTimeout(r, 100));
+      s = await scrape(`${short.url}/metrics`);
+    }
+    expect(v(s, "fusillade_claims_expired_total")).toBe(2);
+    expect(v(s, 'fusillade_slot_grants_total{event="expired"}')).toBe(1);
+    expect(v(s, "fusillade_dispatchers")).toBe(1);
+  } finally {
+    await short.close();
+    await own.drop();
+  }
+});
