@@ -97,11 +97,12 @@ export function describeRpcError(e: unknown, server: string): unknown {
     return notFusillade(server, e, `it does not answer Connect/gRPC over HTTP/2: ${e.rawMessage}`);
   }
   if (e.code === Code.Unauthenticated) {
-    return new CliError(
-      `the server at ${server} refused the call: ${e.rawMessage}. Pass a token with --token or FUSILLADE_TOKEN (docs/trust.md)`,
-      1,
-      { cause: e },
-    );
+    const hint = /FUSILLADE_TOKEN/.test(e.rawMessage)
+      ? ""
+      : "; pass a token with --token or FUSILLADE_TOKEN (docs/trust.md)";
+    return new CliError(`the server at ${server} refused the call: ${e.rawMessage}${hint}`, 1, {
+      cause: e,
+    });
   }
   if (e.code === Code.PermissionDenied) {
     return new CliError(`the server at ${server} does not allow this: ${e.rawMessage}`, 1, {
