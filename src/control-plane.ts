@@ -13,11 +13,16 @@ import type { EndpointPolicy } from "./domain/endpoints.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
+import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
+import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
+import { Fleet } from "./metrics/fleet.js";
+import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { reencrypt } from "./storage/api-keys.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
 import { resolveDatabase } from "./storage/resolve-database.js";
+import { dashboardRoute } from "./web/dashboard-route.js";
 
 export interface ControlPlane {
   /** Base URL of the API. */
@@ -30,6 +35,12 @@ export interface ControlPlane {
   /** The database in use (embedded or not). */
   databaseUrl: string;
   db: Db;
+  /** The control plane's metrics (its registry; serve adds its dispatcher's text). */
+  metrics: ControlPlaneMetrics;
+  /** Adds a source to /metrics (serve: the dispatcher thread's registry). */
+  addMetricsSource(source: MetricsSource): void;
+  /** Where /metrics is served without a token (--metrics-listen), when it is. */
+  metricsUrl: string | undefined;
   /** Stops serving, ends streams and long polls, closes the database. */
   close(): Promise<void>;
 }
@@ -103,6 +114,15 @@ export async function startControlPlane(
     const sealed = await reencrypt(db, keyring, true);
     if (sealed > 0)
       log.info({ keys: sealed }, "encrypted API keys stored before encryption existed");
+    const metrics = new ControlPlaneMetrics(db, config.defaultLimit);
+    const metricsSources: MetricsSource[] = [() => metrics.text()];
+    const lifecycle = new BatchLifecycle(db, log, metrics);
+    // Gone after two lease lifetimes without a call (a minute at least: long polls).
+    const fleet = new Fleet(log, Math.max(2 * config.leaseTtlMs, 60_000));
+    cleanup.push(async () => fleet.close());
+    metrics.countDispatchers(() => fleet.size);
+    lifecycle.start(notifications);
+    cleanup.push(async () => lifecycle.close());
     const auth = new Authenticator(db, notifications, {
       adminToken: config.adminToken,
       localMode,
@@ -117,6 +137,9 @@ export async function startControlPlane(
       keyring,
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
+      lifecycle,
+      metrics,
+      fleet,
     };
     // Known once the port is: the control plane's own origins are refused as endpoints.
     let policy: EndpointPolicy = {
@@ -125,8 +148,8 @@ export async function startControlPlane(
       self: [],
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
-    const leases = new LeaseService(db.dispatch, notifications, config, keyring);
-    const reaper = startReaper(db, config.reapIntervalMs, log);
+    const leases = new LeaseService(db.dispatch, notifications, config, keyring, metrics);
+    const reaper = startReaper(db, config.reapIntervalMs, log, (c) => metrics.reaped(c));
     cleanup.push(() => reaper.stop());
     const server = await buildServer({
       auth,
@@ -135,8 +158,20 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
+      plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute(config.webDir)],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
+    let metricsUrl: string | undefined;
+    if (config.metricsListen !== undefined) {
+      const ms = await startMetricsServer(
+        config.metricsListen.host,
+        config.metricsListen.port,
+        metricsSources,
+      );
+      cleanup.push(() => ms.close());
+      metricsUrl = ms.url;
+      log.info({ url: ms.url }, "metrics listening (no token needed there)");
+    }
     policy = { ...policy, self: selfOrigins(server.url) };
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
@@ -151,6 +186,9 @@ export async function startControlPlane(
       url: server.url,
       databaseUrl: database.url,
       db,
+      metrics,
+      metricsUrl,
+      addMetricsSource: (source) => metricsSources.push(source),
       close: closeAll,
       internalDispatcherToken() {
         if (internal === undefined) {

@@ -28,6 +28,7 @@ import type {
   RequestState as ProtoRequestState,
   RetryPolicy,
 } from "../gen/fusillade/v1/resources_pb.js";
+import { parseTraceparent } from "../http/trace-context.js";
 import { batchBreakdown } from "../storage/batch-breakdown.js";
 import {
   cancelBatch,
@@ -150,7 +151,7 @@ export function batchMethods(
           throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
         validateText(v, `metadata.${k}`);
       }
-      const { batch } = await createBatch(db, {
+      const { batch, created } = await createBatch(db, {
         fileId: req.fileId,
         scope: scopeOf(principalOf(ctx)),
         idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
@@ -159,6 +160,9 @@ export function batchMethods(
         metadata: req.metadata,
         ...retryPolicy(req.retryPolicy, deps),
       });
+      // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
+      const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
+      if (created) deps.lifecycle?.created(batch, trace?.traceId);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 
@@ -197,9 +201,9 @@ export function batchMethods(
     },
 
     async cancelBatch(req, ctx) {
-      return create(CancelBatchResponseSchema, {
-        batch: toProtoBatch(await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId)),
-      });
+      const batch = await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId);
+      deps.lifecycle?.cancelled(batch);
+      return create(CancelBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 
     async retryBatch(req, ctx) {

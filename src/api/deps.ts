@@ -4,6 +4,9 @@ import type { Keyring } from "../auth/secrets.js";
 import type { ControlPlaneConfig } from "../config/config.js";
 import type { EndpointPolicy } from "../domain/endpoints.js";
 import type { Logger } from "../logger.js";
+import type { BatchLifecycle } from "../metrics/batch-lifecycle.js";
+import type { ControlPlaneMetrics } from "../metrics/control-plane-metrics.js";
+import type { Fleet } from "../metrics/fleet.js";
 import type { Db } from "../storage/db.js";
 import type { Notifications } from "../storage/notifications.js";
 
@@ -20,4 +23,10 @@ export interface ApiDeps {
   endpointPolicy: () => EndpointPolicy;
   /** Called after a token was revoked here (other replicas hear NOTIFY fusillade_tokens). */
   tokensChanged?: () => void;
+  /** Lifecycle logs and counters of batches (docs/observability.md). */
+  lifecycle?: BatchLifecycle;
+  /** Stream subscriber gauges. */
+  metrics?: ControlPlaneMetrics;
+  /** The dispatchers calling this control plane (joined/left logs). */
+  fleet?: Fleet;
 }

@@ -96,6 +96,7 @@ export function dispatchMethods(
   return {
     async sync(req, ctx) {
       if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
+      deps.fleet?.seen(req.dispatcherId);
       const demands = req.slots.map((d, i) => {
         if (d.model === "") throw new InvalidArgumentError(`slots[${i}].model`, "is required");
         return {
@@ -141,6 +142,7 @@ export function dispatchMethods(
 
     async waitForWork(req, ctx) {
       if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
+      deps.fleet?.seen(req.dispatcherId);
       const signal = linkedSignal(ctx.signal, deps.shutdownSignal);
       try {
         const models = await leases.waitForWork(

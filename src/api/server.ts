@@ -26,7 +26,29 @@ export interface ServerOptions {
   auth: Authenticator;
   /** PEM certificate chain and key: serve TLS. */
   tls?: { cert: string; key: string };
+  /**
+   * Plain HTTP routes tried before Connect (/metrics, the dashboard): true
+   * when the request was answered.
+   */
+  plainRoutes?: readonly PlainRoute[];
 }
+
+/** What a plain route reads of a request (HTTP/1.1 or HTTP/2). */
+export interface PlainRequest {
+  method?: string | undefined;
+  url?: string | undefined;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+/** What a plain route writes. */
+export interface PlainResponse {
+  readonly headersSent: boolean;
+  writeHead(status: number, headers: Record<string, string | number>): unknown;
+  end(body?: string | Uint8Array): unknown;
+}
+
+/** A plain HTTP route: true when it answered the request. */
+export type PlainRoute = (req: PlainRequest, res: PlainResponse) => boolean;
 
 export interface RunningServer {
   /** Base URL, e.g. http://127.0.0.1:8080 */
@@ -37,13 +59,18 @@ export interface RunningServer {
 
 /** Builds the server; `listen` starts it. */
 export function buildServer(opts: ServerOptions) {
-  const handler = connectNodeAdapter({
+  const connect = connectNodeAdapter({
     routes: opts.routes,
     interceptors: [errorInterceptor(opts.logError), authInterceptor(opts.auth)],
     shutdownSignal: opts.shutdownSignal,
     readMaxBytes: opts.maxMessageBytes,
     jsonOptions: { alwaysEmitImplicit: true },
   });
+  const plainRoutes = opts.plainRoutes ?? [];
+  const handler: typeof connect = (req, res) => {
+    for (const route of plainRoutes) if (route(req, res)) return;
+    connect(req, res);
+  };
   if (opts.tls !== undefined) return buildTlsServer(handler, opts.tls);
   const h1 = http.createServer(handler);
   // Long streams and long polls: no idle timeouts on our side.

@@ -342,6 +342,20 @@ async function* getBatchResults(
 }
 
 /** The streaming methods of BatchService. */
+/** `stream`, counted in the subscriber gauge while it is open. */
+async function* counted<T>(
+  deps: ApiDeps,
+  kind: "watch" | "requests",
+  stream: AsyncGenerator<T>,
+): AsyncGenerator<T> {
+  const done = deps.metrics?.subscribed(kind);
+  try {
+    yield* stream;
+  } finally {
+    done?.();
+  }
+}
+
 export function streamMethods(
   deps: ApiDeps,
 ): Pick<
@@ -350,8 +364,13 @@ export function streamMethods(
 > {
   return {
     streamBatchRequests: (req, ctx) =>
-      streamBatchRequests(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
-    watchBatch: (req, ctx) => watchBatch(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+      counted(
+        deps,
+        "requests",
+        streamBatchRequests(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+      ),
+    watchBatch: (req, ctx) =>
+      counted(deps, "watch", watchBatch(deps, scopeOf(principalOf(ctx)), req, ctx.signal)),
     getBatchResults: (req, ctx) =>
       getBatchResults(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
   };

@@ -1,12 +1,19 @@
 /** Server commands: serve (control plane + dispatcher), control-plane, dispatcher, migrate. */
 import type { Command } from "commander";
 import { loadKeyring } from "../auth/secrets.js";
-import { ConfigError, type ControlPlaneFlags, controlPlaneConfig } from "../config/config.js";
+import {
+  ConfigError,
+  type ControlPlaneFlags,
+  controlPlaneConfig,
+  metricsListenOf,
+} from "../config/config.js";
 import { type DispatcherFlags, dispatcherConfig } from "../config/dispatcher-config.js";
 import { startControlPlane } from "../control-plane.js";
 import { startDispatcher } from "../dispatcher/dispatcher.js";
 import { startDispatcherThread } from "../dispatcher/thread.js";
 import { makeLogger } from "../logger.js";
+import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
+import { startMetricsServer } from "../metrics/metrics-http.js";
 import { keyCounts, reencrypt } from "../storage/api-keys.js";
 import { migrate } from "../storage/data-source.js";
 import { Db } from "../storage/db.js";
@@ -42,6 +49,10 @@ function controlPlaneOptions(cmd: Command): Command {
     .option(
       "--log-level <level>",
       "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)",
+    )
+    .option(
+      "--metrics-listen <host:port>",
+      "serve /metrics here, open, instead of on the API port with an admin credential (env FUSILLADE_METRICS_LISTEN)",
     );
 }
 
@@ -119,14 +130,24 @@ async function runControlPlane(flags: ControlPlaneFlags): Promise<void> {
   await untilSignal(() => cp.close());
 }
 
-async function runDispatcher(flags: DispatcherFlags): Promise<void> {
+async function runDispatcher(flags: DispatcherFlags & { metricsListen?: string }): Promise<void> {
   const config = dispatcherConfig(flags);
+  const metricsAt = metricsListenOf(flags);
   const log = makeLogger(config.logLevel);
-  const dispatcher = startDispatcher(config, log);
+  const metrics = new DispatcherMetrics({ processMetrics: true });
+  const server =
+    metricsAt === undefined
+      ? undefined
+      : await startMetricsServer(metricsAt.host, metricsAt.port, [() => metrics.text()]);
+  if (server !== undefined) log.info({ url: server.url }, "metrics listening");
+  const dispatcher = startDispatcher(config, log, { metrics });
   process.stderr.write(
     `fusillade: dispatcher ${config.id} taking work from ${config.controlPlaneUrl}\n`,
   );
-  await untilSignal(() => dispatcher.stop());
+  await untilSignal(async () => {
+    await dispatcher.stop();
+    await server?.close();
+  });
 }
 
 /** The URL to reach a server listening on every address (0.0.0.0, ::) from this host. */
@@ -170,6 +191,8 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
     await cp.close();
     throw e;
   }
+  // One /metrics for the process: the dispatcher thread's registry after the control plane's.
+  cp.addMetricsSource(() => dispatcher.metrics());
   process.stderr.write(
     `fusillade: serving on ${cp.url} (control plane and dispatcher ${dispatcher.id})\n`,
   );
@@ -221,6 +244,10 @@ export function registerServerCommands(program: Command): void {
       .option(
         "--log-level <level>",
         "trace, debug, info, warn, error, silent (env FUSILLADE_LOG_LEVEL)",
+      )
+      .option(
+        "--metrics-listen <host:port>",
+        "serve this dispatcher's /metrics here (env FUSILLADE_METRICS_LISTEN)",
       ),
   ).action(async (flags: DispatcherFlags) => {
     await runDispatcher(flags);

@@ -72,6 +72,16 @@ export interface ControlPlaneConfig {
   /** Origins files may name (docs/trust.md); undefined: any but the denied ones. */
   allowedEndpoints: OriginPattern[] | undefined;
   /**
+   * A separate address for /metrics, open without a token (docs/observability.md).
+   * @default undefined: /metrics on the API port, with an admin's credential
+   */
+  metricsListen?: { host: string; port: number } | undefined;
+  /**
+   * The built dashboard's folder (FUSILLADE_WEB_DIR; tests and development).
+   * @default dist/web of this package
+   */
+  webDir?: string | undefined;
+  /**
    * Where the key that encrypts upstream API keys comes from (docs/trust.md):
    * FUSILLADE_SECRET_KEY, or --secret-key-file / FUSILLADE_SECRET_KEY_FILE;
    * neither: `secret.key` in the data directory, made on first start. Older
@@ -183,7 +193,21 @@ export interface ControlPlaneFlags {
   tlsCert?: string;
   tlsKey?: string;
   allowedEndpoints?: string;
+  metricsListen?: string;
   secretKeyFile?: string;
+}
+
+/** --metrics-listen HOST:PORT (env FUSILLADE_METRICS_LISTEN), for either kind of process. */
+export function metricsListenOf(
+  flags: { metricsListen?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): { host: string; port: number } | undefined {
+  const v = flags.metricsListen ?? env.FUSILLADE_METRICS_LISTEN;
+  if (v === undefined || (v === "" && flags.metricsListen === undefined)) return undefined;
+  return parseListen(
+    v,
+    flags.metricsListen !== undefined ? "--metrics-listen" : "FUSILLADE_METRICS_LISTEN",
+  );
 }
 
 /** The admin token from --admin-token-file, FUSILLADE_ADMIN_TOKEN_FILE or FUSILLADE_ADMIN_TOKEN. */
@@ -258,6 +282,8 @@ export function controlPlaneConfig(
     c.host = host;
     c.port = port;
   }
+  c.metricsListen = metricsListenOf(flags, env);
+  c.webDir = env.FUSILLADE_WEB_DIR || undefined;
   c.dataDir = flags.dataDir ?? env.FUSILLADE_DATA_DIR ?? c.dataDir;
   const url = flags.databaseUrl ?? env.DATABASE_URL;
   c.databaseUrl = url === "" ? undefined : url;

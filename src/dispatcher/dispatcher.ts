@@ -23,7 +23,10 @@ import { performance } from "node:perf_hooks";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import { HttpExecutor } from "../http/executor.js";
+import { traceHeaders } from "../http/trace-context.js";
 import type { Logger } from "../logger.js";
+import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
+import { ErrorStreaks } from "./error-streaks.js";
 import { fenceMarginMs, renewIntervalMs } from "./fencing.js";
 import {
   connectLeaseClient,
@@ -70,6 +73,8 @@ export interface Dispatcher {
   readonly id: string;
   /** A snapshot of the counters. */
   stats(): DispatcherStats;
+  /** Its Prometheus metrics, text format (docs/observability.md). */
+  metrics(): Promise<string>;
   /**
    * Stops taking leases, lets running requests finish for up to `graceMs`
    * (default: config.shutdownGraceMs), aborts and releases the rest, flushes
@@ -82,6 +87,8 @@ export interface Dispatcher {
 export interface DispatcherDeps {
   client?: LeaseClient;
   executor?: HttpExecutor;
+  /** Where the counters go (a thread's or a process's registry); default: a new one. */
+  metrics?: DispatcherMetrics;
 }
 
 /** The counters of a dispatcher that has done nothing yet. */
@@ -128,6 +135,8 @@ export function startDispatcher(
       allowedHosts: config.allowedHosts,
     });
   const counts = zeroCounts();
+  const errorStreaks = new ErrorStreaks(log);
+  const metrics = deps.metrics ?? new DispatcherMetrics();
   let ttlMs = TTL_UNKNOWN_MS;
   const margin = (ttl: number) => fenceMarginMs(ttl, config.fenceMarginMs);
   const book = new SlotBook(config.capacity, config.prefetch);
@@ -145,6 +154,7 @@ export function startDispatcher(
       return;
     }
     counts.fenced++;
+    metrics.claims("fenced");
     log.warn(
       { requestId: e.ref.requestId, model: e.lease.model },
       "claim not renewed in time: request aborted (self-fenced)",
@@ -179,6 +189,9 @@ export function startDispatcher(
         for (const m of book.all()) pump(m);
         sync.poke();
       },
+      onCall(size) {
+        metrics.reportBatch(size);
+      },
       onRefillFailed(asked) {
         for (const a of asked) book.get(a.model).requested -= a.room;
       },
@@ -201,6 +214,7 @@ export function startDispatcher(
     sentAt: number,
   ): void {
     const got = new Map<string, number>();
+    metrics.claims("acquired", answer.claims.length);
     for (const c of answer.claims) {
       counts.acquired++;
       if (c.ttlMs > 0 && c.ttlMs !== ttlMs) ttlMs = c.ttlMs;
@@ -264,6 +278,7 @@ export function startDispatcher(
   /** The grant of `m` is gone or was not renewed in time: abort its running requests. */
   function fence(m: ModelSlots, why: "fenced" | "lost"): void {
     const wasRunning = m.running;
+    if (m.token !== 0n) metrics.grants(why);
     m.token = 0n;
     m.slots = 0;
     m.target = 0;
@@ -273,6 +288,7 @@ export function startDispatcher(
       if (e.lease.model === m.model && table.giveUp(e, "fenced", `slot grant ${why}`)) aborted++;
     }
     counts.fenced += aborted;
+    metrics.claims("fenced", aborted);
     // Without a grant the buffer cannot run: give it back (unsent) for others
     // to take rather than hold it until a new grant comes, if ever.
     for (const e of m.queue.splice(0)) {
@@ -291,6 +307,7 @@ export function startDispatcher(
     const wasQueued = entry.phase === "queued";
     if (table.giveUp(entry, "lost", `claim lost: ${reason}`)) {
       counts.lost++;
+      metrics.claims("lost");
       if (wasQueued) {
         dequeue(entry);
         void settle(entry, {
@@ -318,6 +335,7 @@ export function startDispatcher(
       fence,
       onLost,
       marginFor: margin,
+      metrics,
       renewIntervalMs: () => renewIntervalMs(ttlMs, margin(ttlMs), config.renewIntervalMs),
       pumpAll: () => {
         for (const m of book.all()) pump(m);
@@ -331,7 +349,10 @@ export function startDispatcher(
   /** Reports `report` for `entry`, then lets go of it. */
   async function settle(entry: HeldLease, report: Report): Promise<void> {
     table.toReporting(entry);
-    if (report.kind === "release") counts.releases++;
+    if (report.kind === "release") {
+      counts.releases++;
+      metrics.claims("released");
+    }
     // Past its real expiry (the fence plus its margin) the report could only be LOST.
     const disposition = await reporter.submit(
       report,
@@ -357,8 +378,15 @@ export function startDispatcher(
   /** Runs one claim: send; the slot starts the next buffered claim at once; then report. */
   async function run(entry: HeldLease, m: ModelSlots): Promise<void> {
     let outcome: AttemptOutcome;
+    const started = performance.now();
     try {
-      outcome = await executor.execute(entry.lease.request, entry.signal);
+      // A new span per attempt in the request's trace (docs/observability.md).
+      const request = entry.lease.request;
+      const headers = [
+        ...request.headers,
+        ...traceHeaders(entry.ref.requestId, entry.lease.batchId),
+      ];
+      outcome = await executor.execute({ ...request, headers }, entry.signal);
     } catch (e) {
       // execute() does not throw; should it ever, give the request back.
       log.error({ err: e, requestId: entry.ref.requestId }, "executor threw");
@@ -374,6 +402,8 @@ export function startDispatcher(
       };
     }
     m.running--;
+    metrics.attempt(m.model, outcome, (performance.now() - started) / 1000);
+    if (entry.gaveUp === undefined) errorStreaks.note(entry.lease.request.url, m.model, outcome);
     if (
       outcome.kind === "failure" &&
       outcome.statusCode === 429 &&
@@ -381,6 +411,17 @@ export function startDispatcher(
       outcome.retryAfterMs > 0
     ) {
       // Our own 429: hold the model here at once; the control plane holds it fleet-wide.
+      metrics.hold(m.model);
+      if (performance.now() >= m.heldUntil) {
+        log.info(
+          {
+            model: m.model,
+            retryAfterMs: outcome.retryAfterMs,
+            until: new Date(Date.now() + outcome.retryAfterMs).toISOString(),
+          },
+          "model held back by a 429 until its Retry-After has passed",
+        );
+      }
       m.heldUntil = Math.max(m.heldUntil, performance.now() + outcome.retryAfterMs);
       scheduleAfterHold(m);
     }
@@ -407,6 +448,22 @@ export function startDispatcher(
     await settled;
   }
 
+  metrics.bind({
+    *models() {
+      const now = performance.now();
+      for (const m of book.all()) {
+        yield {
+          model: m.model,
+          running: m.running,
+          slots: m.token === 0n ? 0 : m.slots,
+          buffered: m.queue.length,
+          held: now < m.heldUntil,
+        };
+      }
+    },
+    reportsPending: () => reporter.pending,
+    reportsFailing: () => reporter.failing,
+  });
   sync.start();
   log.info(
     {
@@ -482,6 +539,7 @@ export function startDispatcher(
   return {
     id: config.id,
     stats,
+    metrics: () => metrics.text(),
     stop(graceMs = config.shutdownGraceMs) {
       stopped ??= shutdown(graceMs);
       return stopped;

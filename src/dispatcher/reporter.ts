@@ -56,6 +56,8 @@ export interface RefillHooks {
   onRefillFailed(asked: Refill[]): void;
   /** The reporter left failing mode without a call (nothing left to report): start buffered work. */
   onHealthy?(): void;
+  /** A call carrying `size` reports is sent (metrics). */
+  onCall?(size: number): void;
 }
 
 const NO_REFILL: RefillHooks = {
@@ -199,6 +201,7 @@ export class Reporter {
     // No refill while stopping or failing: nothing new would be started.
     const asked = this.#stopped || this.#failing ? [] : this.hooks.refill();
     const sentAt = performance.now();
+    this.hooks.onCall?.(batch.length);
     try {
       answer = await this.client.report(
         batch.map((q) => q.report),

@@ -15,6 +15,7 @@
  */
 import { performance } from "node:perf_hooks";
 import type { Logger } from "../logger.js";
+import type { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
 import { Backoff, sleep, Wakeup } from "./backoff.js";
 import type {
   LeaseClient,
@@ -47,6 +48,8 @@ export interface SyncHost {
   renewIntervalMs(): number;
   /** Every model's buffer may start more now (grants changed). */
   pumpAll(): void;
+  /** Grant counters and the wait for a new grant. */
+  readonly metrics?: DispatcherMetrics;
 }
 
 export interface SyncOptions {
@@ -56,6 +59,8 @@ export interface SyncOptions {
 }
 
 export class SyncLoop {
+  /** When each model without a grant was first asked for (grant wait). */
+  readonly #askedSince = new Map<string, number>();
   readonly #wanted = new Wakeup();
   readonly #synced = new Wakeup();
   #syncDue = true;
@@ -151,6 +156,8 @@ export class SyncLoop {
       m.requested += room;
       if (room > 0) asked.set(m.model, room);
       demands.push({ model: m.model, token: m.token, keep, want: book.want(m), room });
+      if (m.token === 0n && !this.#askedSince.has(m.model))
+        this.#askedSince.set(m.model, performance.now());
     }
     // Lost claims are gone for good; every other one must outlive its report.
     const renew: LeaseRef[] = renewing
@@ -193,6 +200,15 @@ export class SyncLoop {
     for (const g of answer.grants) {
       const m = book.get(g.model);
       granted.add(g.model);
+      const metrics = this.host.metrics;
+      if (metrics !== undefined) {
+        const since = this.#askedSince.get(g.model);
+        if (m.token === 0n) {
+          metrics.grants("granted");
+          if (since !== undefined) metrics.grantWait(g.model, (performance.now() - since) / 1000);
+        } else metrics.grants("renewed");
+      }
+      this.#askedSince.delete(g.model);
       m.token = g.token;
       m.slots = g.slots;
       m.target = g.target;
@@ -208,6 +224,7 @@ export class SyncLoop {
       if (d.token === 0n) {
         // Asked for a grant and got none (no such model, or nothing to give): wait to be told.
         m.starved = true;
+        this.#askedSince.delete(d.model);
       } else if (!answer.lostGrants.some((l) => l.model === d.model)) {
         // Kept nothing and wanted nothing: the control plane dropped the grant.
         m.token = 0n;

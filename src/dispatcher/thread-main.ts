@@ -2,15 +2,18 @@
 import { parentPort, workerData } from "node:worker_threads";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import { makeLogger } from "../logger.js";
+import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
 import { startDispatcher } from "./dispatcher.js";
 import { type FromThread, STATS_INTERVAL_MS, type ToThread } from "./thread.js";
 
 const port = parentPort!;
 const data = workerData as { config: DispatcherConfig; readableLogs: boolean };
 const config = Object.freeze(data.config);
+// Process metrics come from the parent (one process): only the dispatcher's own here.
 const dispatcher = startDispatcher(
   config,
   makeLogger(config.logLevel, undefined, data.readableLogs),
+  { metrics: new DispatcherMetrics() },
 );
 const send = (m: FromThread) => port.postMessage(m);
 const timer = setInterval(
@@ -18,6 +21,14 @@ const timer = setInterval(
   STATS_INTERVAL_MS,
 );
 port.on("message", (m: ToThread) => {
+  if (m.type === "metrics") {
+    const id = m.id;
+    dispatcher.metrics().then(
+      (text) => send({ type: "metrics", id, text }),
+      () => send({ type: "metrics", id, text: "" }),
+    );
+    return;
+  }
   if (m.type !== "stop") return;
   clearInterval(timer);
   dispatcher.stop(m.graceMs).then(

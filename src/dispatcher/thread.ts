@@ -17,10 +17,14 @@ import { type Dispatcher, type DispatcherStats, zeroCounts } from "./dispatcher.
 export type FromThread =
   | { type: "stats"; stats: DispatcherStats }
   | { type: "stopped"; stats: DispatcherStats }
-  | { type: "error"; message: string };
+  | { type: "error"; message: string }
+  | { type: "metrics"; id: number; text: string };
 
 /** Messages to it. */
-export type ToThread = { type: "stop"; graceMs?: number };
+export type ToThread = { type: "stop"; graceMs?: number } | { type: "metrics"; id: number };
+
+/** Longest wait for the thread's metrics; a busy or stopped thread adds nothing to a scrape. */
+const METRICS_TIMEOUT_MS = 2000;
 
 /** How often the thread sends its counters (stats() answers the latest). */
 export const STATS_INTERVAL_MS = 250;
@@ -70,11 +74,20 @@ export function startDispatcherThread(
     crashed = true;
     onCrash(e);
   };
+  let nextMetricsId = 0;
+  const metricsWaiters = new Map<number, (text: string) => void>();
   worker.on("message", (m: FromThread) => {
-    if (m.type === "error")
+    if (m.type === "metrics") {
+      metricsWaiters.get(m.id)?.(m.text);
+      metricsWaiters.delete(m.id);
+    } else if (m.type === "error")
       log.error({ dispatcher: config.id, err: m.message }, "dispatcher thread failed");
     else last = m.stats;
-    if (m.type === "stopped") resolveStopped();
+    if (m.type === "stopped") {
+      resolveStopped();
+      for (const w of metricsWaiters.values()) w("");
+      metricsWaiters.clear();
+    }
   });
   worker.on("error", (e) => {
     log.error({ err: e, dispatcher: config.id }, "dispatcher thread crashed");
@@ -87,6 +100,21 @@ export function startDispatcherThread(
   return {
     id: config.id,
     stats: () => last,
+    metrics() {
+      if (stopping !== undefined || crashed) return Promise.resolve("");
+      const id = nextMetricsId++;
+      return new Promise<string>((resolve) => {
+        const timer = setTimeout(() => {
+          metricsWaiters.delete(id);
+          resolve("");
+        }, METRICS_TIMEOUT_MS);
+        metricsWaiters.set(id, (text) => {
+          clearTimeout(timer);
+          resolve(text);
+        });
+        worker.postMessage({ type: "metrics", id } satisfies ToThread);
+      });
+    },
     stop(graceMs?: number) {
       stopping ??= (async () => {
         worker.postMessage({ type: "stop", graceMs } satisfies ToThread);

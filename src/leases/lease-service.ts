@@ -175,12 +175,21 @@ function shuffle<T>(xs: T[]): T[] {
   return xs;
 }
 
+/** What the lease service counts (the control plane's metrics); every hook optional. */
+export interface LeaseMetrics {
+  slotGrant?(event: "granted" | "renewed" | "lost", n?: number): void;
+  claimsGranted?(n: number): void;
+  reported?(kind: string, disposition: string): void;
+  reportBatch?(size: number): void;
+}
+
 export class LeaseService {
   constructor(
     private readonly db: Db,
     private readonly notifications: Notifications,
     private readonly config: LeaseServiceConfig,
     private readonly keyring: Keyring,
+    private readonly metrics: LeaseMetrics = {},
   ) {}
 
   /** Decrypted API keys by api_keys id: claims of one file share one. */
@@ -229,7 +238,17 @@ export class LeaseService {
     const claims = await this.claim(holder, rooms);
     const { renewed, lost } = await this.renew(renew);
     const holds = await this.holds(demands.map((d) => d.model));
+    this.#countSync(demands, grants, lostGrants.length, claims.length);
     return { grants, lostGrants, claims, renewed, lost, holds };
+  }
+
+  #countSync(demands: SlotDemand[], grants: SlotGrant[], lost: number, claims: number): void {
+    const asked = new Map(demands.map((d) => [d.model, d.token]));
+    const fresh = grants.filter((g) => asked.get(g.model) === 0n).length;
+    this.metrics.slotGrant?.("granted", fresh);
+    this.metrics.slotGrant?.("renewed", grants.length - fresh);
+    this.metrics.slotGrant?.("lost", lost);
+    this.metrics.claimsGranted?.(claims);
   }
 
   /** Claims up to `rooms.get(model)` ready requests of each model for `holder`. */
@@ -456,10 +475,21 @@ export class LeaseService {
     holds: ModelHold[];
   }> {
     const dispositions = await this.report(outcomes);
+    this.#countReport(outcomes, dispositions);
     if (rooms.size === 0 || holder === "") return { dispositions, claims: [], holds: [] };
     const claims = await this.claim(holder, rooms);
+    this.metrics.claimsGranted?.(claims.length);
     const holds = await this.holds([...rooms.keys()]);
     return { dispositions, claims, holds };
+  }
+
+  #countReport(outcomes: Outcome[], dispositions: Map<string, Disposition>): void {
+    if (outcomes.length === 0) return;
+    this.metrics.reportBatch?.(outcomes.length);
+    for (const o of outcomes) {
+      const d = dispositions.get(`${o.ref.requestId}/${o.ref.token}`) ?? "lost";
+      this.metrics.reported?.(o.kind, d);
+    }
   }
 
   /** Applies outcomes; each is recorded only if its claim is still current. */

@@ -17,14 +17,23 @@ export interface Reaper {
   stop(): Promise<void>;
 }
 
-/** Starts reaping every `intervalMs`. */
-export function startReaper(db: Db, intervalMs: number, log: Logger): Reaper {
+/** What a pass did, for the metrics: claims that expired, requests ended with their batch, grants that expired. */
+export type ReapCounts = { reaped: number; ended: number; grantsExpired: number };
+
+/** Starts reaping every `intervalMs`; `onPass` hears what each pass did. */
+export function startReaper(
+  db: Db,
+  intervalMs: number,
+  log: Logger,
+  onPass: (counts: ReapCounts) => void = () => undefined,
+): Reaper {
   const stopping = new AbortController();
   const runOnce = async () => {
     const reaped = await db.query(sql.REQUESTS_REAP_EXPIRED, [null]);
     const ended = await db.query(sql.REQUESTS_END_WITH_BATCH);
-    await db.query(sql.SLOT_GRANTS_DELETE_EXPIRED);
+    const grants = await db.query(sql.SLOT_GRANTS_DELETE_EXPIRED);
     const counts = { reaped: reaped.rowCount ?? 0, ended: ended.rowCount ?? 0 };
+    onPass({ ...counts, grantsExpired: grants.rowCount ?? 0 });
     if (counts.reaped + counts.ended > 0) log.debug(counts, "reaper pass");
     return counts;
   };

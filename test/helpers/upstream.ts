@@ -48,6 +48,9 @@ export interface Delivery {
   /** 1 for this request id's first delivery here. */
   attempt: number;
   authorization: string | undefined;
+  /** W3C trace context and the batch id, as sent. */
+  traceparent: string | undefined;
+  batchId: string | undefined;
   /** `Date.now()` at arrival (body read). */
   arrivedAt: number;
   /** The client's port: which process sent it (see test/faults/procfs.ts). */
@@ -250,6 +253,8 @@ export class Upstream extends EventEmitter {
       model,
       attempt,
       authorization: req.headers.authorization,
+      traceparent: req.headers.traceparent as string | undefined,
+      batchId: req.headers["x-fusillade-batch-id"] as string | undefined,
       arrivedAt: Date.now(),
       remotePort: req.socket.remotePort ?? 0,
     };

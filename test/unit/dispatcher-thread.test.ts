@@ -45,6 +45,23 @@ describe("dispatcher thread", () => {
     expect((await firstCrash).message).toContain("exited with code 3");
   });
 
+  test("metrics() asks the thread for its registry's text", async () => {
+    const { d } = start("obey", []);
+    const [a, b] = await Promise.all([d.metrics(), d.metrics()]);
+    expect(a).toBe('fusillade_dispatcher_stand_in{id="obey"} 1\n');
+    expect(b).toBe(a);
+    await d.stop(100);
+    expect(await d.metrics()).toBe("");
+  });
+
+  test("a thread that does not answer adds nothing to a scrape", async () => {
+    const { d } = start("mute", []);
+    const started = Date.now();
+    expect(await d.metrics()).toBe("");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+    await d.stop(100);
+  });
+
   test("a thread told to stop is not reported", async () => {
     const crashes: Error[] = [];
     const { d } = start("obey", crashes);

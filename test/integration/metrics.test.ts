@@ -1,0 +1,374 @@
+/**
+ * Observability of a real run: a control plane and a dispatcher on real
+ * sockets against a loopback upstream. /metrics is scraped while a batch runs
+ * and after it (counters move as they should; in flight never above the
+ * limit); the upstream sees a W3C traceparent whose trace id stays the same
+ * across a request's retries; the lifecycle logs name the batch's start, the
+ * 429 hold and its end. And who may read /metrics.
+ */
+import http from "node:http";
+import http2 from "node:http2";
+import { Writable } from "node:stream";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { pino } from "pino";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
+import { resolveDispatcherConfig } from "../../src/config/dispatcher-config.js";
+import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
+import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { parseTraceparent, traceIdOf } from "../../src/http/trace-context.js";
+import { DispatcherMetrics } from "../../src/metrics/dispatcher-metrics.js";
+import { clients } from "../helpers/control-plane.js";
+import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
+import {
+  createTestBatch,
+  items,
+  startDispatcherProcess,
+  waitForBatch,
+} from "../helpers/dispatcher-process.js";
+import { startUpstream, type Upstream } from "../helpers/upstream.js";
+
+/** Log lines (parsed pino JSON) of everything the control plane and dispatcher said. */
+const lines: Array<Record<string, unknown>> = [];
+const logger = pino(
+  { level: "info" },
+  new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString("utf8").split("\n")) if (l !== "") lines.push(JSON.parse(l));
+      cb();
+    },
+  }),
+);
+
+let db: TestDatabase;
+let upstream: Upstream;
+let cp: ControlPlane;
+let dispatcher: Dispatcher;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  upstream = await startUpstream();
+  cp = await startControlPlane(
+    { ...CONTROL_PLANE_DEFAULTS, port: 0, logLevel: "info", databaseUrl: db.url },
+    logger,
+  );
+  const metrics = new DispatcherMetrics();
+  dispatcher = startDispatcher(
+    resolveDispatcherConfig({
+      controlPlaneUrl: cp.url,
+      capacity: 32,
+      shutdownGraceMs: 5_000,
+      shutdownFlushMs: 5_000,
+      logLevel: "info",
+    }),
+    logger,
+    { metrics },
+  );
+  cp.addMetricsSource(() => dispatcher.metrics());
+});
+
+afterAll(async () => {
+  await dispatcher?.stop();
+  await cp?.close();
+  await upstream?.close();
+  await db?.drop();
+});
+
+/** One sample: labels as a JSON object text, e.g. {"model":"M"}. */
+type Samples = Map<string, number>;
+
+/** Parses the text format into `name{labels}` → value (labels sorted by the exposition). */
+function parse(text: string): Samples {
+  const out: Samples = new Map();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const i = line.lastIndexOf(" ");
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+async function scrape(url = `${cp.url}/metrics`, init: RequestInit = {}): Promise<Samples> {
+  const res = await fetch(url, init);
+  expect(res.status).toBe(200);
+  expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
+  return parse(await res.text());
+}
+
+/** A sample's value, 0 when absent. */
+const v = (s: Samples, key: string) => s.get(key) ?? 0;
+
+test("scraped during and after a batch, the counters move as they should", async () => {
+  const { batch, admin } = clients(cp.url);
+  await admin.setModelLimit({ model: "M", limit: 3 });
+  upstream.respond = () => ({ delayMs: 30 });
+  // One 503 then a 200; one 429 (holding the model back a moment) then a 200.
+  upstream.script("M-0", [{ status: 503 }, { status: 200 }]);
+  upstream.script("M-1", [{ status: 429, headers: { "retry-after": "1" } }, { status: 200 }]);
+  // The caller's trace: CreateBatch with a traceparent (the batch's log line names it).
+  const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const traced = createClient(
+    BatchService,
+    createConnectTransport({
+      baseUrl: cp.url,
+      httpVersion: "1.1",
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("traceparent", `00-${callerTrace}-00f067aa0ba902b7-01`);
+          return next(req);
+        },
+      ],
+    }),
+  );
+  const batchId = await createTestBatch(traced, upstream.url, items("M", 30), { maxRetries: 3 });
+
+  // While it runs: in flight never above the limit, and seen above 0 at least once.
+  let peak = 0;
+  let scrapes = 0;
+  for (;;) {
+    const s = await scrape();
+    scrapes++;
+    const inFlight = v(s, 'fusillade_dispatcher_in_flight{model="M"}');
+    const limit = s.get('fusillade_model_limit{model="M"}');
+    expect(limit).toBe(3);
+    expect(inFlight).toBeLessThanOrEqual(3);
+    expect(v(s, 'fusillade_model_slots_granted{model="M"}')).toBeLessThanOrEqual(3);
+    peak = Math.max(peak, inFlight);
+    const status = await batch.getBatchStatus({ batchId });
+    if (status.counts!.pending === 0n && status.counts!.inProgress === 0n) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  expect(peak).toBeGreaterThan(0);
+  await waitForBatch(batch, batchId);
+
+  // After: every count where it should be (the finish is seen from a notification: wait for it).
+  let s = await scrape();
+  const deadline = Date.now() + 10_000;
+  while (v(s, 'fusillade_batches_finished_total{state="completed"}') < 1 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    s = await scrape();
+  }
+  expect(v(s, "fusillade_batches_created_total")).toBe(1);
+  expect(v(s, 'fusillade_batches_finished_total{state="completed"}')).toBe(1);
+  expect(v(s, 'fusillade_dispatcher_attempts_total{model="M",status_class="2xx",code="ok"}')).toBe(
+    30,
+  );
+  expect(
+    v(s, 'fusillade_dispatcher_attempts_total{model="M",status_class="5xx",code="http_error"}'),
+  ).toBe(1);
+  expect(
+    v(s, 'fusillade_dispatcher_attempts_total{model="M",status_class="4xx",code="http_error"}'),
+  ).toBe(1);
+  expect(
+    v(s, 'fusillade_dispatcher_retriable_failures_total{model="M",cause="server_error"}'),
+  ).toBe(1);
+  expect(
+    v(s, 'fusillade_dispatcher_retriable_failures_total{model="M",cause="rate_limited"}'),
+  ).toBe(1);
+  expect(v(s, 'fusillade_dispatcher_holds_total{model="M"}')).toBe(1);
+  expect(v(s, 'fusillade_dispatcher_upstream_latency_seconds_count{model="M"}')).toBe(32);
+  expect(v(s, 'fusillade_dispatcher_claims_total{event="acquired"}')).toBeGreaterThanOrEqual(32);
+  expect(v(s, 'fusillade_dispatcher_grants_total{event="granted"}')).toBeGreaterThanOrEqual(1);
+  expect(v(s, 'fusillade_dispatcher_grant_wait_seconds_count{model="M"}')).toBeGreaterThanOrEqual(
+    1,
+  );
+  expect(v(s, 'fusillade_reported_outcomes_total{kind="completion",disposition="recorded"}')).toBe(
+    30,
+  );
+  expect(v(s, 'fusillade_reported_outcomes_total{kind="failure",disposition="requeued"}')).toBe(2);
+  expect(v(s, "fusillade_report_batch_size_sum")).toBe(32);
+  expect(v(s, "fusillade_dispatcher_report_batch_size_sum")).toBe(32);
+  expect(v(s, "fusillade_claims_granted_total")).toBeGreaterThanOrEqual(32);
+  expect(v(s, 'fusillade_slot_grants_total{event="granted"}')).toBeGreaterThanOrEqual(1);
+  expect(v(s, 'fusillade_dispatcher_in_flight{model="M"}')).toBe(0);
+  expect(v(s, "fusillade_active_batches")).toBe(0);
+  expect(s.has('fusillade_db_pool_connections{pool="general",state="total"}')).toBe(true);
+  expect(s.has('fusillade_stream_subscribers{kind="watch"}')).toBe(true);
+  expect(s.has("process_cpu_user_seconds_total")).toBe(true);
+  expect(v(s, "fusillade_dispatchers")).toBe(1);
+  console.log(`metrics: ${scrapes} scrapes while the batch ran, in flight peaked at ${peak}`);
+
+  // Bounded labels: no batch or request id anywhere in the text.
+  const text = await (await fetch(`${cp.url}/metrics`)).text();
+  expect(text).not.toContain(batchId);
+  for (const d of upstream.deliveries) expect(text).not.toContain(d.requestId);
+
+  // Trace context: one trace per request across its attempts, a new span per attempt.
+  expect(upstream.deliveries).toHaveLength(32);
+  const spans = new Set<string>();
+  for (const d of upstream.deliveries) {
+    const tp = parseTraceparent(d.traceparent);
+    expect(tp, `traceparent of ${d.customId}: ${d.traceparent}`).toBeDefined();
+    expect(tp!.traceId).toBe(traceIdOf(d.requestId));
+    expect(tp!.traceId).toBe(d.requestId.replaceAll("-", ""));
+    spans.add(tp!.spanId);
+    expect(d.batchId).toBe(batchId);
+  }
+  expect(spans.size).toBe(32);
+  const retried = upstream.deliveries.filter((d) => d.customId === "M-0");
+  expect(retried).toHaveLength(2);
+  expect(parseTraceparent(retried[0]!.traceparent)!.traceId).toBe(
+    parseTraceparent(retried[1]!.traceparent)!.traceId,
+  );
+
+  // Lifecycle logs: created, held by a 429, finished; never a key or a body.
+  const created = lines.find((l) => l.msg === "batch created");
+  expect(created).toMatchObject({ batchId, requests: 30, traceId: callerTrace });
+  const hold = lines.find(
+    (l) => l.msg === "model held back by a 429 until its Retry-After has passed",
+  );
+  expect(hold).toMatchObject({ model: "M", retryAfterMs: 1000 });
+  expect(Date.parse(String(hold!.until))).toBeGreaterThan(0);
+  expect(lines.filter((l) => l.msg === "dispatcher joined")).toHaveLength(1);
+  const finished = lines.find((l) => l.msg === "batch finished");
+  expect(finished).toMatchObject({ batchId, state: "completed" });
+  expect(finished!.durationMs).toBeGreaterThan(0);
+  const all = JSON.stringify(lines);
+  expect(all).not.toContain("sk-dispatch-test");
+  expect(all).not.toContain('"messages"');
+});
+
+test("/metrics on the API port needs an admin's credential; --metrics-listen is open", async () => {
+  const adminToken = "metrics-test-admin-token-0123456789";
+  const other = await startControlPlane(
+    {
+      ...CONTROL_PLANE_DEFAULTS,
+      port: 0,
+      logLevel: "silent",
+      databaseUrl: db.url,
+      adminToken,
+      metricsListen: { host: "127.0.0.1", port: 0 },
+    },
+    pino({ level: "silent" }),
+  );
+  try {
+    expect((await fetch(`${other.url}/metrics`)).status).toBe(401);
+    const wrong = await fetch(`${other.url}/metrics`, {
+      headers: { authorization: "Bearer not-a-token" },
+    });
+    expect(wrong.status).toBe(401);
+    const s = await scrape(`${other.url}/metrics`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    });
+    expect(s.has("fusillade_batches_created_total")).toBe(true);
+    expect(other.metricsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const open = await scrape(other.metricsUrl!);
+    expect(open.has("fusillade_active_batches")).toBe(true);
+    expect((await fetch(other.metricsUrl!.replace("/metrics", "/"))).status).toBe(404);
+    // Connect still answers beside it.
+    const { batch } = clients(other.url, "connect-h1", adminToken);
+    await batch.listBatches({});
+  } finally {
+    await other.close();
+  }
+});
+
+test("local mode: /metrics answers a loopback Host only, over HTTP/1.1 and h2c", async () => {
+  // fetch() may not set Host: a plain node:http request does.
+  const status = (host: string) =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.get(`${cp.url}/metrics`, { headers: { host } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on("error", reject);
+    });
+  expect(await status("evil.example:80")).toBe(403);
+  expect(await status("localhost:1")).toBe(200);
+  // Over h2c too (the port routes HTTP/2 by its preface): :authority is the Host.
+  const session = http2.connect(cp.url);
+  try {
+    const h2status = (authority: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = session.request({ ":path": "/metrics", ":authority": authority });
+        req.on("response", (h) => resolve(Number(h[":status"])));
+        req.on("error", reject);
+        req.resume();
+      });
+    expect(await h2status("127.0.0.1")).toBe(200);
+    expect(await h2status("evil.example")).toBe(403);
+  } finally {
+    session.close();
+  }
+});
+
+test("a standalone dispatcher serves its metrics on --metrics-listen", async () => {
+  const p = await startDispatcherProcess({
+    controlPlane: cp.url,
+    id: "metrics-standalone",
+    args: ["--metrics-listen", "127.0.0.1:0"],
+  });
+  try {
+    const [, url] = await p.waitFor(
+      /"url":"(http:\/\/127\.0\.0\.1:\d+\/metrics)","msg":"metrics listening"/,
+    );
+    const s = await scrape(url!);
+    expect(s.has("fusillade_dispatcher_reports_failing")).toBe(true);
+    expect(s.has("process_cpu_user_seconds_total")).toBe(true);
+    expect([...s.keys()].some((k) => k.startsWith("fusillade_model_limit"))).toBe(false);
+  } finally {
+    await p.stop();
+  }
+});
+
+test("an endpoint that answers only errors 20 times in a row is a warning, once", async () => {
+  const { batch } = clients(cp.url);
+  upstream.respond = (d) => (d.model === "E" ? { status: 400 } : {});
+  const batchId = await createTestBatch(batch, upstream.url, items("E", 25));
+  await waitForBatch(batch, batchId);
+  const warnings = lines.filter((l) => String(l.msg).startsWith("endpoint answered only errors"));
+  expect(warnings).toHaveLength(1);
+  expect(warnings[0]).toMatchObject({
+    level: 40,
+    endpoint: new URL(upstream.url).origin,
+    model: "E",
+    failures: 20,
+    last: { status: 400, code: "http_error" },
+  });
+});
+
+test("claims and grants that expire unrenewed are counted when the reaper takes them back", async () => {
+  // A database of its own: no other reaper or dispatcher may take these claims.
+  const own = await createTestDatabase();
+  const short = await startControlPlane(
+    {
+      ...CONTROL_PLANE_DEFAULTS,
+      port: 0,
+      logLevel: "silent",
+      databaseUrl: own.url,
+      leaseTtlMs: 1000,
+      reapIntervalMs: 100,
+    },
+    pino({ level: "silent" }),
+  );
+  try {
+    const { batch, dispatch } = clients(short.url);
+    await createTestBatch(batch, upstream.url, items("X", 2));
+    // A dispatcher that takes a grant and two claims, then is never heard from again.
+    const res = await dispatch.sync({
+      dispatcherId: "ghost",
+      slots: [{ model: "X", token: 0n, keep: 0, want: 2, room: 2 }],
+    });
+    expect(res.claims).toHaveLength(2);
+    let s = await scrape(`${short.url}/metrics`);
+    expect(v(s, 'fusillade_slot_grants_total{event="granted"}')).toBe(1);
+    expect(v(s, "fusillade_claims_granted_total")).toBe(2);
+    const deadline = Date.now() + 15_000;
+    while (
+      (v(s, "fusillade_claims_expired_total") < 2 ||
+        v(s, 'fusillade_slot_grants_total{event="expired"}') < 1) &&
+      Date.now() < deadline
+    ) {
+      await new Promise((r) => setTimeout(r, 100));
+      s = await scrape(`${short.url}/metrics`);
+    }
+    expect(v(s, "fusillade_claims_expired_total")).toBe(2);
+    expect(v(s, 'fusillade_slot_grants_total{event="expired"}')).toBe(1);
+    expect(v(s, "fusillade_dispatchers")).toBe(1);
+  } finally {
+    await short.close();
+    await own.drop();
+  }
+});

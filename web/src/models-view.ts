@@ -1,0 +1,85 @@
+/** Models: limits (editable by an admin), in flight, slots granted, pending, holds. */
+import { admin, Code, ConnectError, describe } from "./api.js";
+import { conn, date, every, main, n } from "./common.js";
+import { h, put } from "./dom.js";
+
+export function modelsView(): () => void {
+  const body = h("tbody");
+  const note = h("p", { class: "note" });
+  put(
+    main,
+    h("h2", {}, "Models"),
+    note,
+    h(
+      "table",
+      {},
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ...["model", "limit", "in flight", "slots granted", "pending", "hold", ""].map((t) =>
+            h("th", {}, t),
+          ),
+        ),
+      ),
+      body,
+    ),
+  );
+  return every(async () => {
+    // Not while an admin is typing a new limit.
+    if (document.activeElement?.closest("#main input")) return;
+    let res: Awaited<ReturnType<typeof admin.listModelLimits>>;
+    try {
+      res = await admin.listModelLimits({ pageSize: 1000 });
+    } catch (e) {
+      if (ConnectError.from(e).code !== Code.PermissionDenied) throw e;
+      note.textContent = "Model limits are for admins: this token is not one.";
+      put(body);
+      return;
+    }
+    note.textContent = `Models without a limit of their own run at the default, ${res.defaultLimit}.`;
+    put(
+      body,
+      ...res.modelLimits.map((l) => {
+        const input = h("input", { type: "number", min: 0, value: l.limit, class: "limit" });
+        const hold = date(l.holdUntilTime);
+        return h(
+          "tr",
+          { "data-model": l.model },
+          h("td", {}, l.model),
+          h("td", {}, input, l.isDefault ? h("small", {}, " default") : null),
+          h(
+            "td",
+            {},
+            h("meter", { min: 0, max: Math.max(1, l.limit), value: l.inFlight }),
+            ` ${l.inFlight}`,
+          ),
+          h("td", {}, l.slotsGranted),
+          h("td", {}, n(l.pending)),
+          h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
+          h(
+            "td",
+            {},
+            h(
+              "button",
+              {
+                onclick: async () => {
+                  try {
+                    await admin.setModelLimit({ model: l.model, limit: Number(input.value) });
+                    input.blur();
+                    conn.textContent = `${l.model}: limit ${input.value}`;
+                  } catch (e) {
+                    conn.textContent = describe(e);
+                  }
+                },
+              },
+              "Set",
+            ),
+          ),
+        );
+      }),
+    );
+  });
+}
