@@ -82,11 +82,7 @@ export function buildServer(opts: ServerOptions) {
   // every keep-alive client) and headersTimeout is never checked.
   h1.emit("listening");
   const h2 = http2.createServer({}, handler);
-  const sessions = new Set<http2.ServerHttp2Session>();
-  h2.on("session", (s) => {
-    sessions.add(s);
-    s.on("close", () => sessions.delete(s));
-  });
+  const sessions = sessionsOf(h2);
   const sockets = new Set<net.Socket>();
 
   const front = net.createServer((socket) => {
@@ -113,38 +109,81 @@ export function buildServer(opts: ServerOptions) {
   });
 
   return {
-    listen(host: string, port: number): Promise<RunningServer> {
-      return new Promise((resolve, reject) => {
-        front.once("error", reject);
-        front.listen(port, host, () => {
-          front.off("error", reject);
-          const addr = front.address() as net.AddressInfo;
-          const hostPart = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-          resolve({
-            url: `http://${hostPart}:${addr.port}`,
-            port: addr.port,
-            close: () => close(),
-          });
-        });
-      });
-    },
+    listen: (host: string, port: number) =>
+      listenOn(
+        front,
+        "http",
+        host,
+        port,
+        () => {
+          // Closes idle keep-alive connections and stops the timeout checks; h1 has
+          // no listening handle of its own, so its "not running" close error is moot.
+          h1.close(() => undefined);
+        },
+        sessions,
+        sockets,
+      ),
   };
+}
 
-  async function close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => front.close(() => resolve()));
-    // http2Server.close() waits forever on idle sessions: close them ourselves.
-    for (const s of sessions) s.close();
-    // Closes idle keep-alive connections and stops the timeout checks; h1 has
-    // no listening handle of its own, so its "not running" close error is moot.
-    h1.close(() => undefined);
-    // Give in-flight calls (already told by shutdownSignal) a moment, then cut.
-    const deadline = setTimeout(() => {
-      for (const s of sessions) s.destroy();
-      for (const sock of sockets) sock.destroy();
-    }, 2000);
-    await closed;
-    clearTimeout(deadline);
-  }
+/**
+ * Listens with `server` and returns its URL and a close that ends idle h2
+ * sessions (http2Server.close() waits forever on them), runs `beforeClose`,
+ * and cuts whatever is still open after 2 s (in-flight calls were already
+ * told by shutdownSignal).
+ */
+function listenOn(
+  server: net.Server,
+  scheme: "http" | "https",
+  host: string,
+  port: number,
+  beforeClose: () => void,
+  sessions = sessionsOf(server),
+  sockets = socketsOf(server, scheme === "https" ? "secureConnection" : "connection"),
+): Promise<RunningServer> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      const addr = server.address() as net.AddressInfo;
+      const hostPart = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+      resolve({
+        url: `${scheme}://${hostPart}:${addr.port}`,
+        port: addr.port,
+        close: async () => {
+          const closed = new Promise<void>((r) => server.close(() => r()));
+          for (const s of sessions) s.close();
+          beforeClose();
+          const deadline = setTimeout(() => {
+            for (const s of sessions) s.destroy();
+            for (const sock of sockets) sock.destroy();
+          }, 2000);
+          await closed;
+          clearTimeout(deadline);
+        },
+      });
+    });
+  });
+}
+
+/** The live h2 sessions of `server` (none for a plain net.Server). */
+function sessionsOf(server: net.Server): Set<http2.ServerHttp2Session> {
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s: http2.ServerHttp2Session) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  return sessions;
+}
+
+/** The open sockets of `server`, as `event` hands them over. */
+function socketsOf(server: net.Server, event: string): Set<net.Socket> {
+  const sockets = new Set<net.Socket>();
+  server.on(event, (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  return sockets;
 }
 
 /** TLS on the port: h2 or HTTP/1.1 by ALPN. */
@@ -153,42 +192,9 @@ function buildTlsServer(
   tls: { cert: string; key: string },
 ) {
   const server = http2.createSecureServer({ ...tls, allowHTTP1: true }, handler);
-  const sessions = new Set<http2.ServerHttp2Session>();
-  server.on("session", (s) => {
-    sessions.add(s);
-    s.on("close", () => sessions.delete(s));
-  });
-  const sockets = new Set<net.Socket>();
-  server.on("secureConnection", (socket: net.Socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-  });
   // A client that fails the handshake (plain HTTP, a wrong CA) is not our error.
   server.on("tlsClientError", () => undefined);
   return {
-    listen(host: string, port: number): Promise<RunningServer> {
-      return new Promise((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(port, host, () => {
-          server.off("error", reject);
-          const addr = server.address() as net.AddressInfo;
-          const hostPart = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-          resolve({
-            url: `https://${hostPart}:${addr.port}`,
-            port: addr.port,
-            close: async () => {
-              const closed = new Promise<void>((r) => server.close(() => r()));
-              for (const s of sessions) s.close();
-              const deadline = setTimeout(() => {
-                for (const s of sessions) s.destroy();
-                for (const sock of sockets) sock.destroy();
-              }, 2000);
-              await closed;
-              clearTimeout(deadline);
-            },
-          });
-        });
-      });
-    },
+    listen: (host: string, port: number) => listenOn(server, "https", host, port, () => undefined),
   };
 }
