@@ -16,12 +16,14 @@ import path from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
+import { afterAll, beforeAll } from "vitest";
 import { AdminService } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import {
   type EmbeddedPostgres,
   startEmbeddedPostgres,
 } from "../../src/storage/embedded-postgres.js";
+import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
 import {
   createTestBatch,
   type FusilladeProcess,
@@ -235,6 +237,41 @@ export function unexpectedExits(procs: Array<FusilladeProcess | undefined>): str
 }
 
 /** A pool on a database, for the checks that read Postgres directly. */
+/**
+ * A fleet with a split control plane on this test file's own database:
+ * started in beforeAll, closed in afterAll (after `beforeClose`, e.g. waking
+ * a paused process). Read `fleet` and `sql` inside tests.
+ */
+export function useFleetOnTestDatabase(beforeClose: (fleet: Fleet) => void = () => undefined): {
+  readonly fleet: Fleet;
+  readonly sql: pg.Pool;
+} {
+  let db: TestDatabase | undefined;
+  let fleet: Fleet | undefined;
+  let sql: pg.Pool | undefined;
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    sql = pool(db.url);
+    fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } });
+  });
+  afterAll(async () => {
+    if (fleet) beforeClose(fleet);
+    await fleet?.close();
+    await sql?.end();
+    await db?.drop();
+  });
+  return {
+    get fleet() {
+      if (!fleet) throw new Error("the fleet exists only once beforeAll ran");
+      return fleet;
+    },
+    get sql() {
+      if (!sql) throw new Error("the pool exists only once beforeAll ran");
+      return sql;
+    },
+  };
+}
+
 export function pool(url: string): pg.Pool {
   const p = new pg.Pool({ connectionString: url, max: 2 });
   p.on("error", () => {}); // an idle client dropped by a Postgres restart

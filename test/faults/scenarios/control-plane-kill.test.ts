@@ -6,29 +6,15 @@
  * outcomes and report them to the new process; claims they could not renew
  * fence themselves and come back when their leases expire.
  */
-import type pg from "pg";
-import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
-import { batchItems, Fleet, FULL, pool, unexpectedExits } from "../fleet.js";
+import { expect, test } from "vitest";
+import { batchItems, Fleet, FULL, unexpectedExits, useFleetOnTestDatabase } from "../fleet.js";
 import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
-let db: TestDatabase;
-let fleet: Fleet;
-let sql: pg.Pool;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = pool(db.url);
-  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } });
-});
-afterAll(async () => {
-  await fleet?.close();
-  await sql?.end();
-  await db?.drop();
-});
+const ctx = useFleetOnTestDatabase();
 
 test("the control plane SIGKILLed twice mid-batch and started again: nothing lost, nothing recorded twice, limits held", async () => {
+  const { fleet, sql } = ctx;
   const { upstream } = fleet;
   const items = batchItems(N);
   const startedAt = Date.now();

@@ -3,29 +3,21 @@
  * once under the same id (as a supervisor would). Its requests' sockets close
  * with it; its claims and slots come back when their leases expire.
  */
-import type pg from "pg";
-import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
-import { batchItems, Fleet, FULL, pool, signalWhenBusy, unexpectedExits } from "../fleet.js";
+import { expect, test } from "vitest";
+import {
+  batchItems,
+  FULL,
+  signalWhenBusy,
+  unexpectedExits,
+  useFleetOnTestDatabase,
+} from "../fleet.js";
 import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
-let db: TestDatabase;
-let fleet: Fleet;
-let sql: pg.Pool;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = pool(db.url);
-  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } });
-});
-afterAll(async () => {
-  await fleet?.close();
-  await sql?.end();
-  await db?.drop();
-});
+const ctx = useFleetOnTestDatabase();
 
 test("a dispatcher SIGKILLed three times mid-batch: nothing lost, nothing recorded twice, limits held", async () => {
+  const { fleet, sql } = ctx;
   const { upstream } = fleet;
   const items = batchItems(N);
   const startedAt = Date.now();

@@ -8,39 +8,25 @@
  * gone; the requests were sent again, and their later outcome is the one kept).
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import type pg from "pg";
-import { afterAll, beforeAll, expect, test } from "vitest";
-import { createTestDatabase, type TestDatabase } from "../../helpers/db.js";
+import { expect, test } from "vitest";
 import {
   batchItems,
-  Fleet,
   FULL,
   LEASE_TTL_MS,
-  pool,
   signalWhenBusy,
   unexpectedExits,
+  useFleetOnTestDatabase,
 } from "../fleet.js";
 import { verifyBatch } from "../verify.js";
 
 const N = FULL ? 3000 : 300;
-let db: TestDatabase;
-let fleet: Fleet;
-let sql: pg.Pool;
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  sql = pool(db.url);
-  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } });
-});
-afterAll(async () => {
-  const victim = fleet?.dispatchers[1];
+const ctx = useFleetOnTestDatabase((fleet) => {
+  const victim = fleet.dispatchers[1];
   if (victim && victim.child.exitCode === null) victim.child.kill("SIGCONT");
-  await fleet?.close();
-  await sql?.end();
-  await db?.drop();
 });
 
 test("a dispatcher SIGSTOPped longer than its leases, then SIGCONT: its fenced work is not recorded, the limit held", async () => {
+  const { fleet, sql } = ctx;
   const { upstream } = fleet;
   const victim = fleet.dispatchers[1]!;
   const items = batchItems(N);
