@@ -757,6 +757,37 @@ describe("fusillade CLI", () => {
       expect(r.stdout).toMatch(/2 output lines, 1 error lines/);
     },
   );
+
+  it.skipIf(!hasPythonGrpc)(
+    "the Python example sends FUSILLADE_TOKEN to a server with tokens; without it, it is refused",
+    async () => {
+      const admin = "python-admin-token-0123456789abcdef";
+      const guarded = await startTestControlPlane({ adminToken: admin }, t.database);
+      try {
+        const file = await batchFile("py-token.jsonl", 2);
+        const hostPort = guarded.url.replace(/^http:\/\//, "");
+        const args = ["--server", hostPort, "--endpoint", "http://127.0.0.1:9", file];
+        const refused = watchProcess(
+          spawn(PYTHON_EXAMPLE, args, { cwd: dir, stdio: ["ignore", "pipe", "pipe"] }),
+        );
+        const r = await refused.done;
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(/UNAUTHENTICATED|needs a token/);
+        const allowed = watchProcess(
+          spawn(PYTHON_EXAMPLE, args, {
+            cwd: dir,
+            stdio: ["ignore", "pipe", "pipe"],
+            env: { ...process.env, FUSILLADE_TOKEN: admin },
+          }),
+        );
+        const [, batchId] = await allowed.waitFor(/batch ([0-9a-f-]{36}) created: 2 requests/);
+        await finish(batchId!);
+        expect((await allowed.done).code).toBe(0);
+      } finally {
+        await guarded.stop();
+      }
+    },
+  );
 });
 
 /** Collects a child's output; lets a test await patterns in it and its exit. */
