@@ -10,6 +10,7 @@ import {
   timestampDate,
   timestampFromDate,
 } from "@bufbuild/protobuf/wkt";
+import { bodyText } from "../domain/results.js";
 import type {
   BatchState as DomainBatchState,
   RequestState as DomainRequestState,
@@ -142,17 +143,11 @@ export function toProtoBatch(b: BatchRecord): Batch {
   });
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-const utf8Lossy = new TextDecoder("utf-8");
-
 /** A stored body as RequestResponse's `body` text, and its bytes when they are not UTF-8. */
 function protoBody(b: Uint8Array | null): { body: string; bodyBytes?: Uint8Array } {
   if (b === null) return { body: "" };
-  try {
-    return { body: utf8.decode(b) };
-  } catch {
-    return { body: utf8Lossy.decode(b), bodyBytes: b };
-  }
+  const { text, exact } = bodyText(b);
+  return exact ? { body: text } : { body: text, bodyBytes: b };
 }
 
 /** A request record as a proto BatchRequest (never carries the API key). */

@@ -4,10 +4,11 @@
  * token (cached; dropped on NOTIFY fusillade_tokens), or, in local mode, no
  * credential at all from a loopback Host.
  */
+import { timingSafeEqual } from "node:crypto";
 import type { Db } from "../storage/db.js";
 import { type Notifications, TOKENS_CHANNEL } from "../storage/notifications.js";
 import { DEFAULT_TENANT, type Principal } from "./principal.js";
-import { findToken, sameSecret, tokenHash } from "./tokens.js";
+import { findTokenByHash, tokenHash } from "./tokens.js";
 
 /** Cached lookups expire after this, in case a revocation's notification is missed. */
 const CACHE_TTL_MS = 10_000;
@@ -48,8 +49,10 @@ export function isLoopbackListen(host: string): boolean {
 
 export class Authenticator {
   readonly #cache = new Map<string, { p: Principal | undefined; at: number }>();
-  /** In-memory credentials (serve's dispatcher thread): secret → principal. */
-  readonly #extra: Array<{ secret: string; p: Principal }> = [];
+  /** In-memory credentials (serve's dispatcher thread), by the SHA-256 of their secret. */
+  readonly #extra: Array<{ hash: Buffer; p: Principal }> = [];
+  /** The SHA-256 of the bootstrap admin token. */
+  readonly #adminHash: Buffer | undefined;
   readonly #unsubscribe: () => void;
 
   constructor(
@@ -59,6 +62,7 @@ export class Authenticator {
   ) {
     // A revocation anywhere, or a LISTEN reconnect ("*": notifications may have been missed).
     this.#unsubscribe = notifications.on(TOKENS_CHANNEL, () => this.forget());
+    this.#adminHash = options.adminToken === undefined ? undefined : tokenHash(options.adminToken);
   }
 
   get localMode(): boolean {
@@ -72,7 +76,7 @@ export class Authenticator {
 
   /** Accepts `secret` as `p` in this process only (not stored). */
   addCredential(secret: string, p: Principal): void {
-    this.#extra.push({ secret, p });
+    this.#extra.push({ hash: tokenHash(secret), p });
   }
 
   /**
@@ -99,24 +103,24 @@ export class Authenticator {
     if (!m) {
       throw new AuthError("the authorization header must be `Bearer <token>`", "unauthenticated");
     }
-    const token = m[1]!;
-    const admin = this.options.adminToken;
-    if (admin !== undefined && sameSecret(token, admin)) {
+    // One hash per call: compared in constant time, and the key of the stored tokens.
+    const hash = tokenHash(m[1]!);
+    if (this.#adminHash !== undefined && timingSafeEqual(hash, this.#adminHash)) {
       return { role: "admin", tenant: null, source: "admin-token" };
     }
-    for (const e of this.#extra) if (sameSecret(token, e.secret)) return e.p;
-    const p = await this.#lookup(token);
+    for (const e of this.#extra) if (timingSafeEqual(hash, e.hash)) return e.p;
+    const p = await this.#lookup(hash);
     if (p === undefined)
       throw new AuthError("the token is not valid (unknown or revoked)", "unauthenticated");
     return p;
   }
 
-  async #lookup(token: string): Promise<Principal | undefined> {
-    const key = tokenHash(token).toString("base64");
+  async #lookup(hash: Buffer): Promise<Principal | undefined> {
+    const key = hash.toString("base64");
     const now = Date.now();
     const hit = this.#cache.get(key);
     if (hit && now - hit.at < CACHE_TTL_MS) return hit.p;
-    const record = await findToken(this.db, token);
+    const record = await findTokenByHash(this.db, hash);
     const p: Principal | undefined = record && {
       role: record.role,
       tenant: record.tenant,

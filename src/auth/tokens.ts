@@ -2,14 +2,8 @@
  * API tokens (docs/trust.md): `fus_` + 32 random bytes, base64url. Only the
  * SHA-256 is stored; the token is shown once, when it is made.
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import type { QueryResult, QueryResultRow } from "pg";
-
-/** Db or a pooled client: anything that runs one statement. */
-interface Queryable {
-  query<R extends QueryResultRow>(text: string, params?: unknown[]): Promise<QueryResult<R>>;
-}
-
+import { createHash, randomBytes } from "node:crypto";
+import type { Queryable } from "../storage/db.js";
 import type { Role } from "./principal.js";
 
 const PREFIX = "fus_";
@@ -22,11 +16,6 @@ export function newToken(): string {
 /** The stored form of a token. */
 export function tokenHash(token: string): Buffer {
   return createHash("sha256").update(token, "utf8").digest();
-}
-
-/** Whether `a` and `b` are the same secret, in time independent of where they differ. */
-export function sameSecret(a: string, b: string): boolean {
-  return timingSafeEqual(tokenHash(a), tokenHash(b));
 }
 
 export interface TokenRecord {
@@ -73,11 +62,14 @@ export async function createToken(
   return { token, record: toRecord(rows[0]!) };
 }
 
-/** The live (not revoked) token with this secret, if any. */
-export async function findToken(db: Queryable, token: string): Promise<TokenRecord | undefined> {
+/** The live (not revoked) token whose secret hashes to `hash` ({@link tokenHash}), if any. */
+export async function findTokenByHash(
+  db: Queryable,
+  hash: Buffer,
+): Promise<TokenRecord | undefined> {
   const { rows } = await db.query<TokenRow>(
     `SELECT ${COLUMNS} FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL`,
-    [tokenHash(token)],
+    [hash],
   );
   return rows[0] ? toRecord(rows[0]) : undefined;
 }

@@ -92,6 +92,15 @@ export const MAX_RESULT_BODY_DEPTH = 256;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const utf8Lossy = new TextDecoder("utf-8");
 
+/** A body as text: exact when it is UTF-8, else with U+FFFD for the bytes that are not. */
+export function bodyText(body: Uint8Array): { text: string; exact: boolean } {
+  try {
+    return { text: utf8.decode(body), exact: true };
+  } catch {
+    return { text: utf8Lossy.decode(body), exact: false };
+  }
+}
+
 /**
  * A response body as JSON text for a result line: the upstream's JSON with
  * the whitespace between tokens removed (so a pretty-printed body cannot
@@ -101,12 +110,8 @@ const utf8Lossy = new TextDecoder("utf-8");
  * throw.
  */
 export function bodyJson(body: Uint8Array): RawJson {
-  let text: string;
-  try {
-    text = utf8.decode(body);
-  } catch {
-    return { json: JSON.stringify(utf8Lossy.decode(body)) };
-  }
+  const { text, exact } = bodyText(body);
+  if (!exact) return { json: JSON.stringify(text) };
   try {
     JSON.parse(text); // V8's parser does not recurse: any depth is fine here
   } catch {

@@ -20,12 +20,11 @@ import type { Keyring } from "../auth/secrets.js";
 import type { AttemptFailure } from "../domain/outcome.js";
 import { decideRetry } from "../domain/retry-policy.js";
 import { loadKeys } from "../storage/api-keys.js";
-import type { Db } from "../storage/db.js";
+import type { Db, Queryable } from "../storage/db.js";
 import { LIMITS_CHANNEL, type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
 import * as sql from "./sql.js";
 
 /** A connection or the pool: statements run in a transaction or on their own. */
-type Queryable = Pick<Db, "query">;
 
 export interface LeaseServiceConfig {
   defaultLimit: number;

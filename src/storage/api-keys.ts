@@ -1,14 +1,6 @@
 /** Encrypted upstream API keys (api_keys; src/auth/secrets.ts, docs/trust.md). */
-import type { PoolClient, QueryResultRow } from "pg";
 import { type Keyring, PLAIN_KEY_ID, type Sealed, SecretKeyError } from "../auth/secrets.js";
-import type { Db } from "./db.js";
-
-interface Queryable {
-  query<R extends QueryResultRow>(
-    text: string,
-    params?: unknown[],
-  ): Promise<{ rows: R[]; rowCount: number | null }>;
-}
+import type { Db, Queryable } from "./db.js";
 
 interface KeyRow {
   id: string;
@@ -21,7 +13,7 @@ const sealedOf = (r: KeyRow): Sealed => ({ keyId: r.key_id, iv: r.iv, sealed: r.
 
 /** Stores `plaintext` of file `fileId` encrypted under the current key; returns its id. */
 export async function storeKey(
-  q: PoolClient,
+  q: Queryable,
   keyring: Keyring,
   fileId: string,
   plaintext: string,

@@ -14,9 +14,6 @@ import type { DataSource } from "typeorm";
 import { makeDataSource } from "./data-source.js";
 import { type PoolTuning, poolConfig } from "./pool-options.js";
 
-/** Something that runs SQL: the pool, or a client inside a transaction. */
-export type Queryable = Pick<PoolClient, "query">;
-
 export interface DbOptions {
   /** The general pool: API handlers, streams, the reaper. */
   general: PoolTuning;
@@ -116,3 +113,6 @@ export class Db {
     return this.closePool();
   }
 }
+
+/** Something that runs SQL: the pool, or a client inside a transaction. */
+export type Queryable = Pick<Db, "query">;
