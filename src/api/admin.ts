@@ -10,12 +10,16 @@ import {
   ApiTokenSchema,
   CreateTokenResponseSchema,
   ListModelLimitsResponseSchema,
+  ListTenantsResponseSchema,
   ListTokensResponseSchema,
   RevokeTokenResponseSchema,
   SetModelLimitResponseSchema,
+  SetTenantWeightResponseSchema,
+  TenantSchema,
   TokenRole,
 } from "../gen/fusillade/v1/admin_service_pb.js";
 import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
+import { listTenants, setTenantWeight, type TenantRecord } from "../storage/fair-share.js";
 import { listModelLimits, type ModelLimitRecord, setModelLimit } from "../storage/model-limits.js";
 import { pageSize } from "../storage/pages.js";
 import { toTimestamp } from "./convert.js";
@@ -23,6 +27,18 @@ import type { ApiDeps } from "./deps.js";
 
 /** Highest limit accepted. */
 const MAX_LIMIT = 1_000_000;
+/** Highest tenant weight (docs/fair-share.md). */
+const MAX_WEIGHT = 1000;
+
+function toProtoTenant(t: TenantRecord) {
+  return create(TenantSchema, {
+    name: t.name,
+    weight: t.weight,
+    isDefault: t.isDefault,
+    inFlight: t.inFlight,
+    activeBatches: t.activeBatches,
+  });
+}
 
 function toProto(m: ModelLimitRecord, defaultLimit: number) {
   return create(ModelLimitSchema, {
@@ -51,6 +67,15 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Tenant names: what fits a label, a path segment and a log line. */
 const TENANT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
+function validateTenant(tenant: string): void {
+  if (!TENANT.test(tenant)) {
+    throw new InvalidArgumentError(
+      "tenant",
+      "must be 1–100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    );
+  }
+}
+
 function toProtoToken(t: TokenRecord) {
   return create(ApiTokenSchema, {
     id: t.id,
@@ -77,12 +102,7 @@ export function adminMethods(deps: ApiDeps): ServiceImpl<typeof AdminService> {
       if (role !== "client" && req.tenant !== "") {
         throw new InvalidArgumentError("tenant", `applies to client tokens only, not ${role}`);
       }
-      if (req.tenant !== "" && !TENANT.test(req.tenant)) {
-        throw new InvalidArgumentError(
-          "tenant",
-          "must be 1–100 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        );
-      }
+      if (req.tenant !== "") validateTenant(req.tenant);
       const name = validateText(req.name, "name");
       if (Buffer.byteLength(name) > 200)
         throw new InvalidArgumentError("name", "is longer than 200 bytes");
@@ -113,6 +133,21 @@ export function adminMethods(deps: ApiDeps): ServiceImpl<typeof AdminService> {
       const model = validateModel(req.model, "model");
       const m = await setModelLimit(deps.db, model, req.clearLimit ? null : req.limit);
       return create(SetModelLimitResponseSchema, { modelLimit: toProto(m, defaultLimit) });
+    },
+    async setTenantWeight(req) {
+      if (req.tenant === "") throw new InvalidArgumentError("tenant", "is required");
+      validateTenant(req.tenant);
+      if (!req.clearWeight && (req.weight < 1 || req.weight > MAX_WEIGHT)) {
+        throw new InvalidArgumentError("weight", `must be between 1 and ${MAX_WEIGHT}`);
+      }
+      const weight = req.clearWeight ? null : req.weight;
+      const t = await setTenantWeight(deps.db, req.tenant, weight);
+      deps.log.info({ tenant: t.name, weight: t.weight }, "tenant weight set");
+      return create(SetTenantWeightResponseSchema, { tenant: toProtoTenant(t) });
+    },
+    async listTenants() {
+      const tenants = await listTenants(deps.db);
+      return create(ListTenantsResponseSchema, { tenants: tenants.map(toProtoTenant) });
     },
     async listModelLimits(req) {
       const page = await listModelLimits(deps.db, pageSize(req.pageSize), req.pageToken);

@@ -38,6 +38,7 @@ import {
   listBatches,
   retryBatch,
 } from "../storage/batches.js";
+import { sharesOf } from "../storage/fair-share.js";
 import { pageSize } from "../storage/pages.js";
 import { getRequestWithAttempts } from "../storage/request-history.js";
 import { listRequests } from "../storage/requests.js";
@@ -49,6 +50,7 @@ import {
   toProtoCounts,
   toProtoRequest,
   toProtoRequestState,
+  toProtoShare,
   toTimestamp,
 } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
@@ -151,6 +153,9 @@ export function batchMethods(
           throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
         validateText(v, `metadata.${k}`);
       }
+      if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) {
+        throw new InvalidArgumentError("priority", "must be an integer between -100 and 100");
+      }
       const { batch, created } = await createBatch(db, {
         fileId: req.fileId,
         scope: scopeOf(principalOf(ctx)),
@@ -158,6 +163,7 @@ export function batchMethods(
         completionWindow: window,
         completionWindowMs: windowMs,
         metadata: req.metadata,
+        priority: req.priority,
         ...retryPolicy(req.retryPolicy, deps),
       });
       // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
@@ -173,8 +179,9 @@ export function batchMethods(
     },
 
     async getBatch(req, ctx) {
+      const b = await getBatch(db, scopeOf(principalOf(ctx)), req.batchId);
       return create(GetBatchResponseSchema, {
-        batch: toProtoBatch(await getBatch(db, scopeOf(principalOf(ctx)), req.batchId)),
+        batch: toProtoBatch(b, await sharesOf(db, b, deps.config.defaultLimit)),
       });
     },
 
@@ -185,6 +192,8 @@ export function batchMethods(
         state: toProtoBatchState(b.state),
         openaiStatus: openAiStatus(b.state),
         counts: toProtoCounts(b.counts),
+        shares: (await sharesOf(db, b, deps.config.defaultLimit)).map(toProtoShare),
+        priority: b.priority,
       });
     },
 
@@ -195,7 +204,7 @@ export function batchMethods(
         fileId: req.fileId,
       });
       return create(ListBatchesResponseSchema, {
-        batches: page.batches.map(toProtoBatch),
+        batches: page.batches.map((b) => toProtoBatch(b)),
         nextPageToken: page.nextPageToken,
       });
     },

@@ -24,11 +24,14 @@ import {
   BatchState,
   type File,
   FileSchema,
+  type ModelShare,
+  ModelShareSchema,
   type RequestCounts,
   RequestCountsSchema,
   RequestState,
 } from "../gen/fusillade/v1/resources_pb.js";
 import type { BatchCounts, BatchRecord } from "../storage/batches.js";
+import type { ModelShareRecord } from "../storage/fair-share.js";
 import type { FileRecord } from "../storage/files.js";
 import type { RequestRecord } from "../storage/requests.js";
 
@@ -118,7 +121,7 @@ export function toProtoCounts(c: BatchCounts): RequestCounts {
 }
 
 /** A batch record as a proto Batch. */
-export function toProtoBatch(b: BatchRecord): Batch {
+export function toProtoBatch(b: BatchRecord, shares: ModelShareRecord[] = []): Batch {
   const finished = b.finishedAt ?? undefined;
   return create(BatchSchema, {
     id: b.id,
@@ -140,6 +143,20 @@ export function toProtoBatch(b: BatchRecord): Batch {
     cancelTime: b.state === "cancelled" ? toTimestamp(finished) : undefined,
     expiredTime: b.state === "expired" ? toTimestamp(finished) : undefined,
     finishTime: toTimestamp(finished),
+    priority: b.priority,
+    shares: shares.map(toProtoShare),
+  });
+}
+
+/** A batch's share of a model (docs/fair-share.md). */
+export function toProtoShare(s: ModelShareRecord): ModelShare {
+  return create(ModelShareSchema, {
+    model: s.model,
+    inFlight: s.inFlight,
+    modelInFlight: s.modelInFlight,
+    limit: s.limit,
+    activeBatches: s.activeBatches,
+    pending: BigInt(s.pending),
   });
 }
 

@@ -38,6 +38,7 @@ import {
   type StreamCursor,
   snapshotPage,
 } from "../storage/events.js";
+import { sharesOf } from "../storage/fair-share.js";
 import { BATCH_CHANNEL, type Notifications } from "../storage/notifications.js";
 import { isId } from "../storage/pages.js";
 import type { RequestRecord } from "../storage/requests.js";
@@ -282,7 +283,8 @@ async function* watchBatch(
       if (key !== lastKey) {
         lastKey = key;
         lastSent = Date.now();
-        yield create(WatchBatchResponseSchema, { batch: toProtoBatch(b) });
+        const shares = await sharesOf(deps.db, b, deps.config.defaultLimit);
+        yield create(WatchBatchResponseSchema, { batch: toProtoBatch(b, shares) });
       }
       if (isBatchTerminal(b.state)) return;
       await wake.next(RECHECK_MS, signal);

@@ -62,6 +62,13 @@ export interface ControlPlaneConfig {
    */
   maxClaimBytes: number;
   /**
+   * How a model's claims are split among batches (docs/fair-share.md):
+   * "fair" (priority classes, then tenants by weight, then batches) or
+   * "fifo" (oldest batch first, as before fair share). FUSILLADE_FAIR_SHARE=on|off.
+   * @default "fair"
+   */
+  sharePolicy: "fair" | "fifo";
+  /**
    * The bootstrap admin token (docs/trust.md). Unset: local mode, where calls
    * without a token are accepted from loopback only, and listening anywhere
    * else is refused.
@@ -114,6 +121,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
   maxClaimBytes: 8 * 1024 * 1024,
+  sharePolicy: "fair",
   adminToken: undefined,
   tls: undefined,
   allowedEndpoints: undefined,
@@ -311,6 +319,13 @@ export function controlPlaneConfig(
       );
     }
     c.logLevel = level;
+  }
+  const fair = env.FUSILLADE_FAIR_SHARE;
+  if (fair !== undefined && fair !== "") {
+    if (fair !== "on" && fair !== "off") {
+      throw new ConfigError(`FUSILLADE_FAIR_SHARE must be on or off, got ${JSON.stringify(fair)}`);
+    }
+    c.sharePolicy = fair === "on" ? "fair" : "fifo";
   }
   c.adminToken = adminToken(flags, env);
   c.tls = tlsFiles(flags, env);

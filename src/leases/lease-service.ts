@@ -22,6 +22,7 @@ import { decideRetry } from "../domain/retry-policy.js";
 import { loadKeys } from "../storage/api-keys.js";
 import type { Db, Queryable } from "../storage/db.js";
 import { LIMITS_CHANNEL, type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
+import { allocateClaims, type ShareEntry, type SharePolicy } from "./fair-share.js";
 import * as sql from "./sql.js";
 
 /** A connection or the pool: statements run in a transaction or on their own. */
@@ -33,6 +34,8 @@ export interface LeaseServiceConfig {
   maxAcquireWaitMs: number;
   /** Most request-body bytes of the claims in one answer (a claim is always possible). */
   maxClaimBytes: number;
+  /** How claims of a model are split among batches (docs/fair-share.md). @default "fair" */
+  sharePolicy?: SharePolicy;
 }
 
 /** A claimed request, as the dispatcher needs it. */
@@ -134,7 +137,22 @@ interface ClaimRow {
   body: string;
   api_key_id: string | null;
   lease_token: string;
+  len: number;
 }
+
+interface CandidateRow {
+  model: string;
+  batch_id: string;
+  tenant: string;
+  priority: number;
+  weight: number;
+  created_ms: string;
+  claims: number;
+  ready: boolean;
+}
+
+/** Rounds of one claim call: a batch that had fewer ready rows than it was given leaves its rest to the others. */
+const CLAIM_ROUNDS = 3;
 
 /**
  * A header value for `custom_id`: as it is when it is visible ASCII, else
@@ -267,17 +285,11 @@ export class LeaseService {
       budget -= n;
     }
     if (models.length === 0) return [];
-    const res = await q.query<ClaimRow>(sql.REQUESTS_CLAIM, [
-      models,
-      counts,
-      holder,
-      this.config.leaseTtlMs,
-      Math.ceil(this.config.maxClaimBytes / models.length),
-    ]);
-    const keys = await this.#apiKeys(res.rows, q);
+    const rows = await this.#claimRows(holder, models, counts, q);
+    const keys = await this.#apiKeys(rows, q);
     const claims: GrantedClaim[] = [];
     const unreadable: Outcome[] = [];
-    for (const r of res.rows) {
+    for (const r of rows) {
       const key = r.api_key_id === null ? undefined : keys.get(r.api_key_id);
       if (typeof key === "object") {
         // Never sent without its credential: the request fails, saying why.
@@ -295,6 +307,80 @@ export class LeaseService {
     }
     if (unreadable.length > 0) await this.report(unreadable, q);
     return claims;
+  }
+
+  /**
+   * The claim itself (docs/fair-share.md): reads each model's candidate
+   * batches with their current claims, splits the room among them, and takes
+   * each batch's share of its oldest ready requests. A batch that had fewer
+   * than its share leaves the rest to the others in the next round.
+   */
+  async #claimRows(
+    holder: string,
+    models: string[],
+    counts: number[],
+    q: Queryable,
+  ): Promise<ClaimRow[]> {
+    const policy = this.config.sharePolicy ?? "fair";
+    const cand = await q.query<CandidateRow>(sql.CLAIM_CANDIDATES, [models]);
+    const entries = new Map<string, ShareEntry[]>(models.map((m) => [m, []]));
+    for (const c of cand.rows) {
+      entries.get(c.model)?.push({
+        batchId: c.batch_id,
+        tenant: c.tenant,
+        priority: c.priority,
+        weight: c.weight,
+        claims: c.claims,
+        ready: c.ready,
+        createdAt: Number(c.created_ms),
+      });
+    }
+    const room = new Map(models.map((m, i) => [m, counts[i]!]));
+    const perModelBytes = Math.ceil(this.config.maxClaimBytes / models.length);
+    const bytes = new Map(models.map((m) => [m, perModelBytes]));
+    /** Per model, batches that fell short of their share: nothing more from them this call. */
+    const spent = new Map(models.map((m) => [m, new Map<string, number>()]));
+    const rows: ClaimRow[] = [];
+    for (let round = 0; round < CLAIM_ROUNDS; round++) {
+      const asked: Array<{ model: string; batchId: string; n: number; bytes: number }> = [];
+      for (const [model, list] of entries) {
+        const left = room.get(model)!;
+        if (left <= 0 || bytes.get(model)! <= 0) continue;
+        for (const [batchId, n] of allocateClaims(left, list, policy, spent.get(model))) {
+          asked.push({ model, batchId, n, bytes: bytes.get(model)! });
+        }
+      }
+      if (asked.length === 0) break;
+      const res = await q.query<ClaimRow>(sql.REQUESTS_CLAIM, [
+        asked.map((a) => a.model),
+        asked.map((a) => a.batchId),
+        asked.map((a) => a.n),
+        holder,
+        this.config.leaseTtlMs,
+        asked.map((a) => a.bytes),
+      ]);
+      rows.push(...res.rows);
+      const got = new Map<string, number>();
+      for (const r of res.rows) {
+        const k = `${r.model}\n${r.batch_id}`;
+        got.set(k, (got.get(k) ?? 0) + 1);
+        room.set(r.model, room.get(r.model)! - 1);
+        bytes.set(r.model, bytes.get(r.model)! - Number(r.len));
+      }
+      let short = false;
+      for (const a of asked) {
+        const g = got.get(`${a.model}\n${a.batchId}`) ?? 0;
+        const e = entries.get(a.model)!.find((x) => x.batchId === a.batchId)!;
+        e.claims += g;
+        if (g < a.n) {
+          // Fewer ready rows than its share (or the byte cap ended the model's claims).
+          spent.get(a.model)!.set(a.batchId, 0);
+          short = true;
+        }
+      }
+      if (!short) break;
+    }
+    return rows;
   }
 
   /** The API keys of `rows`, decrypted (cached); an `{error}` for one this process cannot read. */

@@ -13,44 +13,80 @@
 export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
- * RequestsClaim: up to n ($2[i]) ready pending requests of each model ($1[i])
- * for holder $3, oldest first, for $4 ms; none of a model on a 429 hold, of a
- * cancelled batch or of one past its window. Claims do not count against the
- * limit (slots do). Uses requests_pending (model, created_at, line).
- * A model's claims stop once their bodies reach $5 bytes (the first is always
- * taken): an answer never grows with the room alone. Rows picked but left
- * over stay pending (their locks end with the statement).
+ * ClaimCandidates: per model ($1), the batches that may get its next claims
+ * (docs/fair-share.md): every running batch (cancel not asked, window open)
+ * with a ready pending request of the model or with claims of it, its tenant,
+ * the tenant's weight (1 without a row), its priority and its current claims.
+ * Reads the unfinished batches (batches_unfinished_expiry), one index probe
+ * per batch and model (requests_pending_batch), and the model's claims
+ * (requests_leased): never the backlog. A model on a 429 hold has none.
+ */
+export const CLAIM_CANDIDATES = `
+  WITH held AS (
+    SELECT r.model, r.batch_id, count(*)::int AS claims
+    FROM requests r WHERE r.model = ANY($1::text[]) AND r.state = 'leased'
+    GROUP BY r.model, r.batch_id
+  ), live AS (
+    SELECT b.id, b.tenant, b.priority, b.created_at, coalesce(t.weight, 1) AS weight
+    FROM batches b LEFT JOIN tenants t ON t.name = b.tenant
+    WHERE b.finished_at IS NULL AND b.cancelling_at IS NULL AND b.expires_at > now()
+  ), c AS (
+    SELECT w.model, l.id AS batch_id, l.tenant, l.priority, l.weight,
+      extract(epoch FROM l.created_at) * 1000 AS created_ms,
+      coalesce(h.claims, 0) AS claims,
+      EXISTS (
+        SELECT 1 FROM requests r
+        WHERE r.model = w.model AND r.batch_id = l.id AND r.state = 'pending'
+          AND (r.not_before IS NULL OR r.not_before <= now())) AS ready
+    FROM unnest($1::text[]) AS w(model) CROSS JOIN live l
+    LEFT JOIN held h ON h.model = w.model AND h.batch_id = l.id
+    WHERE NOT EXISTS (
+      SELECT 1 FROM model_limits m WHERE m.model = w.model AND m.hold_until > now())
+  )
+  SELECT * FROM c WHERE ready OR claims > 0`;
+
+/**
+ * RequestsClaim: for each (model $1[i], batch $2[i]), up to $3[i] of the
+ * batch's ready pending requests of the model, oldest first, claimed by
+ * holder $4 for $5 ms (byte cap $6[i], the same for each row of a model); none of a cancelled batch, of one past its window or
+ * of a model on a 429 hold. Claims do not count against the limit (slots do).
+ * Uses requests_pending_batch (model, batch_id, created_at, line).
+ * A model's claims stop once their bodies reach its byte cap (the first is always
+ * taken), each batch's first claims before any batch's later ones: an answer
+ * never grows with the room alone. Rows picked but left over stay pending
+ * (their locks end with the statement).
  */
 export const REQUESTS_CLAIM = `
   WITH picked AS (
-    SELECT p.id, w.model, p.created_at, p.line, p.len
-    FROM unnest($1::text[], $2::int[]) AS w(model, n)
+    SELECT p.id, a.model, a.batch_id, p.len, a.cap,
+      row_number() OVER (PARTITION BY a.model, a.batch_id ORDER BY p.created_at, p.line) AS k
+    FROM unnest($1::text[], $2::uuid[], $3::int[], $6::bigint[]) AS a(model, batch_id, n, cap)
+    JOIN batches b ON b.id = a.batch_id AND b.cancelling_at IS NULL AND b.expires_at > now()
     CROSS JOIN LATERAL (
       SELECT r.id, r.created_at, r.line, octet_length(r.body) AS len
-      FROM requests r JOIN batches b ON b.id = r.batch_id
-      WHERE r.model = w.model AND r.state = 'pending'
+      FROM requests r
+      WHERE r.model = a.model AND r.batch_id = a.batch_id AND r.state = 'pending'
         AND (r.not_before IS NULL OR r.not_before <= now())
-        AND b.cancelling_at IS NULL AND b.expires_at > now()
-        AND NOT EXISTS (SELECT 1 FROM model_limits m WHERE m.model = w.model AND m.hold_until > now())
       ORDER BY r.created_at, r.line
-      LIMIT w.n
+      LIMIT a.n
       FOR UPDATE OF r SKIP LOCKED
     ) p
-    WHERE w.n > 0
+    WHERE a.n > 0 AND NOT EXISTS (
+      SELECT 1 FROM model_limits m WHERE m.model = a.model AND m.hold_until > now())
   ), capped AS (
     SELECT id FROM (
-      SELECT id, sum(len) OVER (PARTITION BY model ORDER BY created_at, line, id) - len AS before
+      SELECT id, cap, sum(len) OVER (PARTITION BY model ORDER BY k, batch_id, id) - len AS before
       FROM picked
     ) c
-    WHERE before < $5
+    WHERE before < cap
   )
   UPDATE requests r SET
     state = 'leased', attempt = r.attempt + 1, not_before = NULL,
-    lease_token = nextval('lease_token_seq'), lease_holder = $3,
-    lease_expires_at = now() + $4 * interval '1 millisecond', updated_at = now()
+    lease_token = nextval('lease_token_seq'), lease_holder = $4,
+    lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
   FROM capped WHERE r.id = capped.id
   RETURNING r.id, r.batch_id, r.custom_id, r.model, r.attempt, r.method, r.endpoint, r.path,
-    r.body, r.api_key_id, r.lease_token`;
+    r.body, r.api_key_id, r.lease_token, octet_length(r.body) AS len`;
 
 /**
  * WorkCheck: for each model (only $1 when not empty), whether a dispatcher has

@@ -40,6 +40,8 @@ export interface BatchRecord {
   expiresAt: Date;
   cancellingAt: Date | null;
   finishedAt: Date | null;
+  /** Priority class (docs/fair-share.md). */
+  priority: number;
 }
 
 interface BatchRow {
@@ -63,13 +65,14 @@ interface BatchRow {
   expires_at: Date;
   cancelling_at: Date | null;
   finished_at: Date | null;
+  priority: number;
   cursor_ts?: string;
 }
 
 export const BATCH_COLUMNS = `id, file_id, metadata, completion_window, max_retries,
   initial_backoff_ms, max_backoff_ms, total_count, pending_count, leased_count, completed_count,
   failed_count, canceled_count, expired_count, event_seq, created_at, updated_at, expires_at,
-  cancelling_at, finished_at`;
+  cancelling_at, finished_at, priority`;
 
 /** Maps a batches row to a record. */
 export function toBatch(r: BatchRow): BatchRecord {
@@ -102,6 +105,7 @@ export function toBatch(r: BatchRow): BatchRecord {
     expiresAt: r.expires_at,
     cancellingAt: r.cancelling_at,
     finishedAt: r.finished_at,
+    priority: r.priority,
   };
 }
 
@@ -116,6 +120,8 @@ export interface NewBatch {
   maxRetries: number;
   initialBackoffMs: number;
   maxBackoffMs: number;
+  /** Priority class, -100..100 (docs/fair-share.md). */
+  priority: number;
 }
 
 /**
@@ -157,8 +163,8 @@ export async function createBatch(
     if (!f) throw new NotFoundError("file", b.fileId);
     const inserted = await q.query<BatchRow>(
       `INSERT INTO batches (file_id, metadata, completion_window, max_retries, initial_backoff_ms,
-         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at, tenant)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond', $10)
+         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at, tenant, priority)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond', $10, $11)
        ON CONFLICT (tenant, idempotency_key) DO NOTHING
        RETURNING ${BATCH_COLUMNS}`,
       [
@@ -172,6 +178,7 @@ export async function createBatch(
         f.template_count,
         b.completionWindowMs,
         tenant,
+        b.priority,
       ],
     );
     const row = inserted.rows[0];

@@ -6,6 +6,7 @@ import { CapacityLeases1764500000000 } from "../../migrations/1764500000000-capa
 import { ResponseBytes1764600000000 } from "../../migrations/1764600000000-response-bytes.js";
 import { Trust1764700000000 } from "../../migrations/1764700000000-trust.js";
 import { ApiKeys1764800000000 } from "../../migrations/1764800000000-api-keys.js";
+import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-share.js";
 import { ENTITIES } from "./entities.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
@@ -18,6 +19,7 @@ export const MIGRATIONS = [
   ResponseBytes1764600000000,
   Trust1764700000000,
   ApiKeys1764800000000,
+  FairShare1764900000000,
 ];
 
 export interface DataSourceOptions {

@@ -55,6 +55,8 @@ export class BatchEntity {
   @Column({ type: "timestamptz", name: "cancelling_at", nullable: true }) cancellingAt: Date | null;
   @Column({ type: "timestamptz", name: "finished_at", nullable: true }) finishedAt: Date | null;
   @Column({ type: "text" }) tenant: string;
+  /** Priority class: higher classes are served first (docs/fair-share.md). */
+  @Column({ type: "smallint" }) priority: number;
 }
 
 @Entity({ name: "requests" })
@@ -108,6 +110,14 @@ export class ModelLimitEntity {
   @Column({ type: "timestamptz", name: "updated_at" }) updatedAt: Date;
 }
 
+/** A tenant's weight in fair share (docs/fair-share.md); a tenant without a row weighs 1. */
+@Entity({ name: "tenants" })
+export class TenantEntity {
+  @PrimaryColumn({ type: "text" }) name: string;
+  @Column({ type: "integer" }) weight: number;
+  @Column({ type: "timestamptz", name: "updated_at" }) updatedAt: Date;
+}
+
 @Entity({ name: "api_tokens" })
 export class ApiTokenEntity {
   @PrimaryGeneratedColumn("uuid") id: string;
@@ -138,4 +148,5 @@ export const ENTITIES = [
   RequestEntity,
   RequestEventEntity,
   ModelLimitEntity,
+  TenantEntity,
 ];

@@ -258,12 +258,13 @@ describe("claims", () => {
     }
   });
 
-  test("Sync claims up to room, oldest first; a report's refill claims the next ones", async () => {
+  test("Sync claims up to room, shared between the model's batches, each oldest first; a report's refill claims the next ones", async () => {
     await batchOf("c1", 4, undefined, "old");
     await batchOf("c1", 3, undefined, "new"); // a later batch of the same model
     const first = await take("c", "c1", 3);
     expect(first.claims).toHaveLength(3); // room 3, though it holds 1 slot: claims are a buffer
-    expect(ids(first.claims)).toEqual(["old-0", "old-1", "old-2"]);
+    // Fair share (docs/fair-share.md): both batches have none, the older one goes first.
+    expect(ids(first.claims)).toEqual(["new-0", "old-0", "old-1"]);
     const c = first.claims.find((x) => x.customId === "old-0")!;
     const headers = Object.fromEntries(c.headers.map((h) => [h.name, h.value]));
     expect(headers.authorization).toBe("Bearer sk-lease-test");
@@ -277,13 +278,13 @@ describe("claims", () => {
       dispatcherId: "c",
       slots: [{ model: "c1", token: first.token, keep: 1, want: 1, room: 3 }],
     });
-    // The first batch's last request, then the later batch's from its first line.
-    expect(ids(next.claims)).toEqual(["new-0", "new-1", "old-3"]);
+    // The later batch catches up (it held one claim to the other's two), then they alternate.
+    expect(ids(next.claims)).toEqual(["new-1", "new-2", "old-2"]);
     const rows = await Promise.all(next.claims.map((x) => row(x.ref!.requestId)));
     expect(rows.map((r) => [r.state, r.lease_holder])).toEqual(Array(3).fill(["leased", "c"]));
     const refilled = await report(completion(c), [{ model: "c1", room: 5 }]);
     expect(refilled.disposition).toBe(Disposition.RECORDED);
-    expect(ids(refilled.claims)).toEqual(["new-2"]); // the only one left
+    expect(ids(refilled.claims)).toEqual(["old-3"]); // the only one left
   });
 
   test("a 429 hold: no claims while it lasts, the hold is in `holds`, WaitForWork names the model only when it ends", async () => {
@@ -521,12 +522,16 @@ describe("the release race: an old token never frees a newer claim", () => {
           [id],
         );
         expect((await tx.query(leaseSql.REQUESTS_REAP_EXPIRED, [model])).rowCount).toBe(1);
+        const { batch_id } = (
+          await tx.query("SELECT batch_id FROM requests WHERE id = $1", [id])
+        ).rows[0];
         const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [
           [model],
+          [batch_id],
           [1],
           "B",
           60_000,
-          1 << 20,
+          [1 << 20],
         ]);
         expect(claimed.rows).toHaveLength(1);
         await tx.query("COMMIT");

@@ -14,7 +14,130 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fusillade/v1/admin_service.proto.
  */
 export const file_fusillade_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIr0BCghBcGlUb2tlbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBHJvbGUYAyABKA4yFy5mdXNpbGxhZGUudjEuVG9rZW5Sb2xlEg4KBnRlbmFudBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlkKEkNyZWF0ZVRva2VuUmVxdWVzdBIlCgRyb2xlGAEgASgOMhcuZnVzaWxsYWRlLnYxLlRva2VuUm9sZRIOCgZ0ZW5hbnQYAiABKAkSDAoEbmFtZRgDIAEoCSJMChNDcmVhdGVUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSITChFMaXN0VG9rZW5zUmVxdWVzdCI8ChJMaXN0VG9rZW5zUmVzcG9uc2USJgoGdG9rZW5zGAEgAygLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIiAKElJldm9rZVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChNSZXZva2VUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIkkKFFNldE1vZGVsTGltaXRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWxpbWl0GAIgASgFEhMKC2NsZWFyX2xpbWl0GAMgASgIIkYKFVNldE1vZGVsTGltaXRSZXNwb25zZRItCgttb2RlbF9saW1pdBgBIAEoCzIYLmZ1c2lsbGFkZS52MS5Nb2RlbExpbWl0Ij8KFkxpc3RNb2RlbExpbWl0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkieQoXTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USLgoMbW9kZWxfbGltaXRzGAEgAygLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhUKDWRlZmF1bHRfbGltaXQYAyABKAUqbwoJVG9rZW5Sb2xlEhoKFlRPS0VOX1JPTEVfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9ST0xFX0NMSUVOVBABEhkKFVRPS0VOX1JPTEVfRElTUEFUQ0hFUhACEhQKEFRPS0VOX1JPTEVfQURNSU4QAzLBAwoMQWRtaW5TZXJ2aWNlElgKDVNldE1vZGVsTGltaXQSIi5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlcXVlc3QaIy5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlc3BvbnNlEl4KD0xpc3RNb2RlbExpbWl0cxIkLmZ1c2lsbGFkZS52MS5MaXN0TW9kZWxMaW1pdHNSZXF1ZXN0GiUuZnVzaWxsYWRlLnYxLkxpc3RNb2RlbExpbWl0c1Jlc3BvbnNlElIKC0NyZWF0ZVRva2VuEiAuZnVzaWxsYWRlLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5DcmVhdGVUb2tlblJlc3BvbnNlEk8KCkxpc3RUb2tlbnMSHy5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaIC5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElIKC1Jldm9rZVRva2VuEiAuZnVzaWxsYWRlLnYxLlJldm9rZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5SZXZva2VUb2tlblJlc3BvbnNlYgZwcm90bzM", [file_fusillade_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxImUKBlRlbmFudBIMCgRuYW1lGAEgASgJEg4KBndlaWdodBgCIAEoBRISCgppc19kZWZhdWx0GAMgASgIEhEKCWluX2ZsaWdodBgEIAEoBRIWCg5hY3RpdmVfYmF0Y2hlcxgFIAEoBSJOChZTZXRUZW5hbnRXZWlnaHRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAUSFAoMY2xlYXJfd2VpZ2h0GAMgASgIIj8KF1NldFRlbmFudFdlaWdodFJlc3BvbnNlEiQKBnRlbmFudBgBIAEoCzIULmZ1c2lsbGFkZS52MS5UZW5hbnQiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IjwKE0xpc3RUZW5hbnRzUmVzcG9uc2USJQoHdGVuYW50cxgBIAMoCzIULmZ1c2lsbGFkZS52MS5UZW5hbnQivQEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEcm9sZRgDIAEoDjIXLmZ1c2lsbGFkZS52MS5Ub2tlblJvbGUSDgoGdGVuYW50GAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoSQ3JlYXRlVG9rZW5SZXF1ZXN0EiUKBHJvbGUYASABKA4yFy5mdXNpbGxhZGUudjEuVG9rZW5Sb2xlEg4KBnRlbmFudBgCIAEoCRIMCgRuYW1lGAMgASgJIkwKE0NyZWF0ZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4SDgoGc2VjcmV0GAIgASgJIhMKEUxpc3RUb2tlbnNSZXF1ZXN0IjwKEkxpc3RUb2tlbnNSZXNwb25zZRImCgZ0b2tlbnMYASADKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIjwKE1Jldm9rZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4iSQoUU2V0TW9kZWxMaW1pdFJlcXVlc3QSDQoFbW9kZWwYASABKAkSDQoFbGltaXQYAiABKAUSEwoLY2xlYXJfbGltaXQYAyABKAgiRgoVU2V0TW9kZWxMaW1pdFJlc3BvbnNlEi0KC21vZGVsX2xpbWl0GAEgASgLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQiPwoWTGlzdE1vZGVsTGltaXRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJ5ChdMaXN0TW9kZWxMaW1pdHNSZXNwb25zZRIuCgxtb2RlbF9saW1pdHMYASADKAsyGC5mdXNpbGxhZGUudjEuTW9kZWxMaW1pdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFQoNZGVmYXVsdF9saW1pdBgDIAEoBSpvCglUb2tlblJvbGUSGgoWVE9LRU5fUk9MRV9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX1JPTEVfQ0xJRU5UEAESGQoVVE9LRU5fUk9MRV9ESVNQQVRDSEVSEAISFAoQVE9LRU5fUk9MRV9BRE1JThADMvUECgxBZG1pblNlcnZpY2USWAoNU2V0TW9kZWxMaW1pdBIiLmZ1c2lsbGFkZS52MS5TZXRNb2RlbExpbWl0UmVxdWVzdBojLmZ1c2lsbGFkZS52MS5TZXRNb2RlbExpbWl0UmVzcG9uc2USXgoPTGlzdE1vZGVsTGltaXRzEiQuZnVzaWxsYWRlLnYxLkxpc3RNb2RlbExpbWl0c1JlcXVlc3QaJS5mdXNpbGxhZGUudjEuTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USUgoLQ3JlYXRlVG9rZW4SIC5mdXNpbGxhZGUudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USTwoKTGlzdFRva2VucxIfLmZ1c2lsbGFkZS52MS5MaXN0VG9rZW5zUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5MaXN0VG9rZW5zUmVzcG9uc2USUgoLUmV2b2tlVG9rZW4SIC5mdXNpbGxhZGUudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLlJldm9rZVRva2VuUmVzcG9uc2USXgoPU2V0VGVuYW50V2VpZ2h0EiQuZnVzaWxsYWRlLnYxLlNldFRlbmFudFdlaWdodFJlcXVlc3QaJS5mdXNpbGxhZGUudjEuU2V0VGVuYW50V2VpZ2h0UmVzcG9uc2USUgoLTGlzdFRlbmFudHMSIC5mdXNpbGxhZGUudjEuTGlzdFRlbmFudHNSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkxpc3RUZW5hbnRzUmVzcG9uc2ViBnByb3RvMw", [file_fusillade_v1_resources, file_google_protobuf_timestamp]);
+
+/**
+ * A tenant as fair share sees it.
+ *
+ * @generated from message fusillade.v1.Tenant
+ */
+export type Tenant = Message<"fusillade.v1.Tenant"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * 1..1000; a tenant without a weight set weighs 1.
+   *
+   * @generated from field: int32 weight = 2;
+   */
+  weight: number;
+
+  /**
+   * True when no weight was set and 1 applies.
+   *
+   * @generated from field: bool is_default = 3;
+   */
+  isDefault: boolean;
+
+  /**
+   * Its requests claimed by dispatchers now (running or buffered), all models.
+   *
+   * @generated from field: int32 in_flight = 4;
+   */
+  inFlight: number;
+
+  /**
+   * Its batches not yet finished.
+   *
+   * @generated from field: int32 active_batches = 5;
+   */
+  activeBatches: number;
+};
+
+/**
+ * Describes the message fusillade.v1.Tenant.
+ * Use `create(TenantSchema)` to create a new message.
+ */
+export const TenantSchema: GenMessage<Tenant> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 0);
+
+/**
+ * @generated from message fusillade.v1.SetTenantWeightRequest
+ */
+export type SetTenantWeightRequest = Message<"fusillade.v1.SetTenantWeightRequest"> & {
+  /**
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * 1..1000. Set clear_weight to return to the default (1) instead.
+   *
+   * @generated from field: int32 weight = 2;
+   */
+  weight: number;
+
+  /**
+   * @generated from field: bool clear_weight = 3;
+   */
+  clearWeight: boolean;
+};
+
+/**
+ * Describes the message fusillade.v1.SetTenantWeightRequest.
+ * Use `create(SetTenantWeightRequestSchema)` to create a new message.
+ */
+export const SetTenantWeightRequestSchema: GenMessage<SetTenantWeightRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 1);
+
+/**
+ * @generated from message fusillade.v1.SetTenantWeightResponse
+ */
+export type SetTenantWeightResponse = Message<"fusillade.v1.SetTenantWeightResponse"> & {
+  /**
+   * @generated from field: fusillade.v1.Tenant tenant = 1;
+   */
+  tenant?: Tenant | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.SetTenantWeightResponse.
+ * Use `create(SetTenantWeightResponseSchema)` to create a new message.
+ */
+export const SetTenantWeightResponseSchema: GenMessage<SetTenantWeightResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 2);
+
+/**
+ * @generated from message fusillade.v1.ListTenantsRequest
+ */
+export type ListTenantsRequest = Message<"fusillade.v1.ListTenantsRequest"> & {
+};
+
+/**
+ * Describes the message fusillade.v1.ListTenantsRequest.
+ * Use `create(ListTenantsRequestSchema)` to create a new message.
+ */
+export const ListTenantsRequestSchema: GenMessage<ListTenantsRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 3);
+
+/**
+ * @generated from message fusillade.v1.ListTenantsResponse
+ */
+export type ListTenantsResponse = Message<"fusillade.v1.ListTenantsResponse"> & {
+  /**
+   * @generated from field: repeated fusillade.v1.Tenant tenants = 1;
+   */
+  tenants: Tenant[];
+};
+
+/**
+ * Describes the message fusillade.v1.ListTenantsResponse.
+ * Use `create(ListTenantsResponseSchema)` to create a new message.
+ */
+export const ListTenantsResponseSchema: GenMessage<ListTenantsResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 4);
 
 /**
  * An API token, never with its secret.
@@ -62,7 +185,7 @@ export type ApiToken = Message<"fusillade.v1.ApiToken"> & {
  * Use `create(ApiTokenSchema)` to create a new message.
  */
 export const ApiTokenSchema: GenMessage<ApiToken> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 0);
+  messageDesc(file_fusillade_v1_admin_service, 5);
 
 /**
  * @generated from message fusillade.v1.CreateTokenRequest
@@ -93,7 +216,7 @@ export type CreateTokenRequest = Message<"fusillade.v1.CreateTokenRequest"> & {
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 1);
+  messageDesc(file_fusillade_v1_admin_service, 6);
 
 /**
  * @generated from message fusillade.v1.CreateTokenResponse
@@ -117,7 +240,7 @@ export type CreateTokenResponse = Message<"fusillade.v1.CreateTokenResponse"> & 
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 2);
+  messageDesc(file_fusillade_v1_admin_service, 7);
 
 /**
  * @generated from message fusillade.v1.ListTokensRequest
@@ -130,7 +253,7 @@ export type ListTokensRequest = Message<"fusillade.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 3);
+  messageDesc(file_fusillade_v1_admin_service, 8);
 
 /**
  * @generated from message fusillade.v1.ListTokensResponse
@@ -147,7 +270,7 @@ export type ListTokensResponse = Message<"fusillade.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 4);
+  messageDesc(file_fusillade_v1_admin_service, 9);
 
 /**
  * @generated from message fusillade.v1.RevokeTokenRequest
@@ -164,7 +287,7 @@ export type RevokeTokenRequest = Message<"fusillade.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 5);
+  messageDesc(file_fusillade_v1_admin_service, 10);
 
 /**
  * @generated from message fusillade.v1.RevokeTokenResponse
@@ -181,7 +304,7 @@ export type RevokeTokenResponse = Message<"fusillade.v1.RevokeTokenResponse"> & 
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 6);
+  messageDesc(file_fusillade_v1_admin_service, 11);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitRequest
@@ -210,7 +333,7 @@ export type SetModelLimitRequest = Message<"fusillade.v1.SetModelLimitRequest"> 
  * Use `create(SetModelLimitRequestSchema)` to create a new message.
  */
 export const SetModelLimitRequestSchema: GenMessage<SetModelLimitRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 7);
+  messageDesc(file_fusillade_v1_admin_service, 12);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitResponse
@@ -227,7 +350,7 @@ export type SetModelLimitResponse = Message<"fusillade.v1.SetModelLimitResponse"
  * Use `create(SetModelLimitResponseSchema)` to create a new message.
  */
 export const SetModelLimitResponseSchema: GenMessage<SetModelLimitResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 8);
+  messageDesc(file_fusillade_v1_admin_service, 13);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsRequest
@@ -249,7 +372,7 @@ export type ListModelLimitsRequest = Message<"fusillade.v1.ListModelLimitsReques
  * Use `create(ListModelLimitsRequestSchema)` to create a new message.
  */
 export const ListModelLimitsRequestSchema: GenMessage<ListModelLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 9);
+  messageDesc(file_fusillade_v1_admin_service, 14);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsResponse
@@ -278,7 +401,7 @@ export type ListModelLimitsResponse = Message<"fusillade.v1.ListModelLimitsRespo
  * Use `create(ListModelLimitsResponseSchema)` to create a new message.
  */
 export const ListModelLimitsResponseSchema: GenMessage<ListModelLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 10);
+  messageDesc(file_fusillade_v1_admin_service, 15);
 
 /**
  * What a token may do (docs/trust.md).
@@ -374,6 +497,27 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeTokenRequestSchema;
     output: typeof RevokeTokenResponseSchema;
+  },
+  /**
+   * Sets a tenant's weight in fair share (docs/fair-share.md); takes effect
+   * at the next claim on every control plane.
+   *
+   * @generated from rpc fusillade.v1.AdminService.SetTenantWeight
+   */
+  setTenantWeight: {
+    methodKind: "unary";
+    input: typeof SetTenantWeightRequestSchema;
+    output: typeof SetTenantWeightResponseSchema;
+  },
+  /**
+   * Tenants with a weight set, and every tenant with unfinished batches.
+   *
+   * @generated from rpc fusillade.v1.AdminService.ListTenants
+   */
+  listTenants: {
+    methodKind: "unary";
+    input: typeof ListTenantsRequestSchema;
+    output: typeof ListTenantsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fusillade_v1_admin_service, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fusillade/v1/resources.proto.
  */
 export const file_fusillade_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxmdXNpbGxhZGUvdjEvcmVzb3VyY2VzLnByb3RvEgxmdXNpbGxhZGUudjEikQEKBEZpbGUSCgoCaWQYASABKAkSEAoIZmlsZW5hbWUYAiABKAkSFgoOdGVtcGxhdGVfY291bnQYAyABKAMSEgoKc2l6ZV9ieXRlcxgEIAEoAxIOCgZtb2RlbHMYBSADKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChRSZXF1ZXN0VGVtcGxhdGVJbnB1dBIRCgljdXN0b21faWQYASABKAkSEAoIZW5kcG9pbnQYAiABKAkSDgoGbWV0aG9kGAMgASgJEgwKBHBhdGgYBCABKAkSDAoEYm9keRgFIAEoCRINCgVtb2RlbBgGIAEoCRIPCgdhcGlfa2V5GAcgASgJIooBCg1SZXF1ZXN0Q291bnRzEg0KBXRvdGFsGAEgASgDEg8KB3BlbmRpbmcYAiABKAMSEwoLaW5fcHJvZ3Jlc3MYAyABKAMSEQoJY29tcGxldGVkGAQgASgDEg4KBmZhaWxlZBgFIAEoAxIQCghjYW5jZWxlZBgGIAEoAxIPCgdleHBpcmVkGAcgASgDIpsBCgtSZXRyeVBvbGljeRIYCgttYXhfcmV0cmllcxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOCgxfbWF4X3JldHJpZXMioQUKBUJhdGNoEgoKAmlkGAEgASgJEg8KB2ZpbGVfaWQYAiABKAkSJwoFc3RhdGUYAyABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZRIVCg1vcGVuYWlfc3RhdHVzGAQgASgJEjMKCG1ldGFkYXRhGAUgAygLMiEuZnVzaWxsYWRlLnYxLkJhdGNoLk1ldGFkYXRhRW50cnkSGQoRY29tcGxldGlvbl93aW5kb3cYBiABKAkSKwoGY291bnRzGAcgASgLMhsuZnVzaWxsYWRlLnYxLlJlcXVlc3RDb3VudHMSLwoMcmV0cnlfcG9saWN5GAggASgLMhkuZnVzaWxsYWRlLnYxLlJldHJ5UG9saWN5Ei8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNY29tcGxldGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPY2FuY2VsbGluZ190aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjYW5jZWxfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMZXhwaXJlZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIrUBCg9SZXF1ZXN0UmVzcG9uc2USEwoLc3RhdHVzX2NvZGUYASABKAUSDAoEYm9keRgCIAEoCRI7CgdoZWFkZXJzGAMgAygLMiouZnVzaWxsYWRlLnYxLlJlcXVlc3RSZXNwb25zZS5IZWFkZXJzRW50cnkSEgoKYm9keV9ieXRlcxgEIAEoDBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASItCgxSZXF1ZXN0RXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJItkDCgxCYXRjaFJlcXVlc3QSCgoCaWQYASABKAkSEAoIYmF0Y2hfaWQYAiABKAkSEQoJY3VzdG9tX2lkGAMgASgJEgwKBGxpbmUYBCABKAUSDQoFbW9kZWwYBSABKAkSKQoFc3RhdGUYBiABKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlEg8KB2F0dGVtcHQYByABKAUSDgoGbWV0aG9kGAggASgJEgsKA3VybBgJIAEoCRIvCghyZXNwb25zZRgKIAEoCzIdLmZ1c2lsbGFkZS52MS5SZXF1ZXN0UmVzcG9uc2USKQoFZXJyb3IYCyABKAsyGi5mdXNpbGxhZGUudjEuUmVxdWVzdEVycm9yEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbm90X2JlZm9yZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirgEKCk1vZGVsTGltaXQSDQoFbW9kZWwYASABKAkSDQoFbGltaXQYAiABKAUSEgoKaXNfZGVmYXVsdBgDIAEoCBIRCglpbl9mbGlnaHQYBCABKAUSDwoHcGVuZGluZxgFIAEoAxIzCg9ob2xkX3VudGlsX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNsb3RzX2dyYW50ZWQYByABKAUq0AEKDFJlcXVlc3RTdGF0ZRIdChlSRVFVRVNUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUkVRVUVTVF9TVEFURV9QRU5ESU5HEAESGAoUUkVRVUVTVF9TVEFURV9MRUFTRUQQAhIbChdSRVFVRVNUX1NUQVRFX0NPTVBMRVRFRBADEhgKFFJFUVVFU1RfU1RBVEVfRkFJTEVEEAQSGgoWUkVRVUVTVF9TVEFURV9DQU5DRUxFRBAFEhkKFVJFUVVFU1RfU1RBVEVfRVhQSVJFRBAGKrEBCgpCYXRjaFN0YXRlEhsKF0JBVENIX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXQkFUQ0hfU1RBVEVfSU5fUFJPR1JFU1MQARIZChVCQVRDSF9TVEFURV9DT01QTEVURUQQAhIaChZCQVRDSF9TVEFURV9DQU5DRUxMSU5HEAMSGQoVQkFUQ0hfU1RBVEVfQ0FOQ0VMTEVEEAQSFwoTQkFUQ0hfU1RBVEVfRVhQSVJFRBAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChxmdXNpbGxhZGUvdjEvcmVzb3VyY2VzLnByb3RvEgxmdXNpbGxhZGUudjEikQEKBEZpbGUSCgoCaWQYASABKAkSEAoIZmlsZW5hbWUYAiABKAkSFgoOdGVtcGxhdGVfY291bnQYAyABKAMSEgoKc2l6ZV9ieXRlcxgEIAEoAxIOCgZtb2RlbHMYBSADKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChRSZXF1ZXN0VGVtcGxhdGVJbnB1dBIRCgljdXN0b21faWQYASABKAkSEAoIZW5kcG9pbnQYAiABKAkSDgoGbWV0aG9kGAMgASgJEgwKBHBhdGgYBCABKAkSDAoEYm9keRgFIAEoCRINCgVtb2RlbBgGIAEoCRIPCgdhcGlfa2V5GAcgASgJIooBCg1SZXF1ZXN0Q291bnRzEg0KBXRvdGFsGAEgASgDEg8KB3BlbmRpbmcYAiABKAMSEwoLaW5fcHJvZ3Jlc3MYAyABKAMSEQoJY29tcGxldGVkGAQgASgDEg4KBmZhaWxlZBgFIAEoAxIQCghjYW5jZWxlZBgGIAEoAxIPCgdleHBpcmVkGAcgASgDIpsBCgtSZXRyeVBvbGljeRIYCgttYXhfcmV0cmllcxgBIAEoBUgAiAEBEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOCgxfbWF4X3JldHJpZXMi3QUKBUJhdGNoEgoKAmlkGAEgASgJEg8KB2ZpbGVfaWQYAiABKAkSJwoFc3RhdGUYAyABKA4yGC5mdXNpbGxhZGUudjEuQmF0Y2hTdGF0ZRIVCg1vcGVuYWlfc3RhdHVzGAQgASgJEjMKCG1ldGFkYXRhGAUgAygLMiEuZnVzaWxsYWRlLnYxLkJhdGNoLk1ldGFkYXRhRW50cnkSGQoRY29tcGxldGlvbl93aW5kb3cYBiABKAkSKwoGY291bnRzGAcgASgLMhsuZnVzaWxsYWRlLnYxLlJlcXVlc3RDb3VudHMSLwoMcmV0cnlfcG9saWN5GAggASgLMhkuZnVzaWxsYWRlLnYxLlJldHJ5UG9saWN5Ei8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNY29tcGxldGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPY2FuY2VsbGluZ190aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjYW5jZWxfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMZXhwaXJlZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJpb3JpdHkYECABKAUSKAoGc2hhcmVzGBEgAygLMhguZnVzaWxsYWRlLnYxLk1vZGVsU2hhcmUaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn8KCk1vZGVsU2hhcmUSDQoFbW9kZWwYASABKAkSEQoJaW5fZmxpZ2h0GAIgASgFEhcKD21vZGVsX2luX2ZsaWdodBgDIAEoBRINCgVsaW1pdBgEIAEoBRIWCg5hY3RpdmVfYmF0Y2hlcxgFIAEoBRIPCgdwZW5kaW5nGAYgASgDIrUBCg9SZXF1ZXN0UmVzcG9uc2USEwoLc3RhdHVzX2NvZGUYASABKAUSDAoEYm9keRgCIAEoCRI7CgdoZWFkZXJzGAMgAygLMiouZnVzaWxsYWRlLnYxLlJlcXVlc3RSZXNwb25zZS5IZWFkZXJzRW50cnkSEgoKYm9keV9ieXRlcxgEIAEoDBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASItCgxSZXF1ZXN0RXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJItkDCgxCYXRjaFJlcXVlc3QSCgoCaWQYASABKAkSEAoIYmF0Y2hfaWQYAiABKAkSEQoJY3VzdG9tX2lkGAMgASgJEgwKBGxpbmUYBCABKAUSDQoFbW9kZWwYBSABKAkSKQoFc3RhdGUYBiABKA4yGi5mdXNpbGxhZGUudjEuUmVxdWVzdFN0YXRlEg8KB2F0dGVtcHQYByABKAUSDgoGbWV0aG9kGAggASgJEgsKA3VybBgJIAEoCRIvCghyZXNwb25zZRgKIAEoCzIdLmZ1c2lsbGFkZS52MS5SZXF1ZXN0UmVzcG9uc2USKQoFZXJyb3IYCyABKAsyGi5mdXNpbGxhZGUudjEuUmVxdWVzdEVycm9yEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbm90X2JlZm9yZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirgEKCk1vZGVsTGltaXQSDQoFbW9kZWwYASABKAkSDQoFbGltaXQYAiABKAUSEgoKaXNfZGVmYXVsdBgDIAEoCBIRCglpbl9mbGlnaHQYBCABKAUSDwoHcGVuZGluZxgFIAEoAxIzCg9ob2xkX3VudGlsX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNsb3RzX2dyYW50ZWQYByABKAUq0AEKDFJlcXVlc3RTdGF0ZRIdChlSRVFVRVNUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUkVRVUVTVF9TVEFURV9QRU5ESU5HEAESGAoUUkVRVUVTVF9TVEFURV9MRUFTRUQQAhIbChdSRVFVRVNUX1NUQVRFX0NPTVBMRVRFRBADEhgKFFJFUVVFU1RfU1RBVEVfRkFJTEVEEAQSGgoWUkVRVUVTVF9TVEFURV9DQU5DRUxFRBAFEhkKFVJFUVVFU1RfU1RBVEVfRVhQSVJFRBAGKrEBCgpCYXRjaFN0YXRlEhsKF0JBVENIX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXQkFUQ0hfU1RBVEVfSU5fUFJPR1JFU1MQARIZChVCQVRDSF9TVEFURV9DT01QTEVURUQQAhIaChZCQVRDSF9TVEFURV9DQU5DRUxMSU5HEAMSGQoVQkFUQ0hfU1RBVEVfQ0FOQ0VMTEVEEAQSFwoTQkFUQ0hfU1RBVEVfRVhQSVJFRBAFYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A file: an immutable list of request templates, uploaded once, from which
@@ -317,6 +317,22 @@ export type Batch = Message<"fusillade.v1.Batch"> & {
    * @generated from field: google.protobuf.Timestamp finish_time = 15;
    */
   finishTime?: Timestamp | undefined;
+
+  /**
+   * Priority class (-100..100, default 0): a model's free slots go to the
+   * highest class with work first; fair share within a class.
+   *
+   * @generated from field: int32 priority = 16;
+   */
+  priority: number;
+
+  /**
+   * The batch's current share of each model it has work for (only while it
+   * runs; empty in ListBatches). See docs/fair-share.md.
+   *
+   * @generated from field: repeated fusillade.v1.ModelShare shares = 17;
+   */
+  shares: ModelShare[];
 };
 
 /**
@@ -325,6 +341,61 @@ export type Batch = Message<"fusillade.v1.Batch"> & {
  */
 export const BatchSchema: GenMessage<Batch> = /*@__PURE__*/
   messageDesc(file_fusillade_v1_resources, 4);
+
+/**
+ * A running batch's share of one model's slots, now.
+ *
+ * @generated from message fusillade.v1.ModelShare
+ */
+export type ModelShare = Message<"fusillade.v1.ModelShare"> & {
+  /**
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Requests of this batch claimed by dispatchers: running or buffered for a
+   * free slot (docs/fair-share.md: shares are kept on claims).
+   *
+   * @generated from field: int32 in_flight = 2;
+   */
+  inFlight: number;
+
+  /**
+   * Claims of the model across all batches.
+   *
+   * @generated from field: int32 model_in_flight = 3;
+   */
+  modelInFlight: number;
+
+  /**
+   * The model's fleet-wide limit.
+   *
+   * @generated from field: int32 limit = 4;
+   */
+  limit: number;
+
+  /**
+   * Batches (of every tenant) with work for this model now, this one included.
+   *
+   * @generated from field: int32 active_batches = 5;
+   */
+  activeBatches: number;
+
+  /**
+   * Requests of this batch and model waiting for a claim (ready or backing off).
+   *
+   * @generated from field: int64 pending = 6;
+   */
+  pending: bigint;
+};
+
+/**
+ * Describes the message fusillade.v1.ModelShare.
+ * Use `create(ModelShareSchema)` to create a new message.
+ */
+export const ModelShareSchema: GenMessage<ModelShare> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_resources, 5);
 
 /**
  * The upstream's answer to a request.
@@ -367,7 +438,7 @@ export type RequestResponse = Message<"fusillade.v1.RequestResponse"> & {
  * Use `create(RequestResponseSchema)` to create a new message.
  */
 export const RequestResponseSchema: GenMessage<RequestResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_resources, 5);
+  messageDesc(file_fusillade_v1_resources, 6);
 
 /**
  * Why a request failed.
@@ -394,7 +465,7 @@ export type RequestError = Message<"fusillade.v1.RequestError"> & {
  * Use `create(RequestErrorSchema)` to create a new message.
  */
 export const RequestErrorSchema: GenMessage<RequestError> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_resources, 6);
+  messageDesc(file_fusillade_v1_resources, 7);
 
 /**
  * One request of a batch, as seen by clients.
@@ -493,7 +564,7 @@ export type BatchRequest = Message<"fusillade.v1.BatchRequest"> & {
  * Use `create(BatchRequestSchema)` to create a new message.
  */
 export const BatchRequestSchema: GenMessage<BatchRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_resources, 7);
+  messageDesc(file_fusillade_v1_resources, 8);
 
 /**
  * A model's fleet-wide concurrency limit.
@@ -556,7 +627,7 @@ export type ModelLimit = Message<"fusillade.v1.ModelLimit"> & {
  * Use `create(ModelLimitSchema)` to create a new message.
  */
 export const ModelLimitSchema: GenMessage<ModelLimit> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_resources, 8);
+  messageDesc(file_fusillade_v1_resources, 9);
 
 /**
  * The lifecycle of one request. See docs/state-machine.md.
