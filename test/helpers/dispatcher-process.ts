@@ -238,7 +238,13 @@ export async function createTestBatch(
   batch: Client<typeof BatchService>,
   endpoint: string,
   list: TestItem[],
-  policy: { maxRetries?: number; initialBackoffMs?: number; maxBackoffMs?: number } = {},
+  policy: {
+    maxRetries?: number;
+    initialBackoffMs?: number;
+    maxBackoffMs?: number;
+    /** CreateBatch.priority (docs/fair-share.md). */
+    priority?: number;
+  } = {},
 ): Promise<string> {
   const jsonl = list
     .map((it) =>
@@ -257,6 +263,7 @@ export async function createTestBatch(
   });
   const res = await batch.createBatch({
     fileId: file.file!.id,
+    priority: policy.priority ?? 0,
     retryPolicy: {
       maxRetries: policy.maxRetries,
       initialBackoff: ms(policy.initialBackoffMs ?? 50),

@@ -160,6 +160,23 @@ export class Upstream extends EventEmitter {
   }
 
   /**
+   * Time-weighted mean number of the deliveries matching `which` (e.g. one
+   * batch's) in flight between `fromMs` and `toMs`: each counts from its
+   * arrival to its end (or `toMs` while still open).
+   */
+  averageInFlightOf(which: (d: Delivery) => boolean, fromMs: number, toMs: number): number {
+    if (toMs <= fromMs) return 0;
+    let area = 0;
+    for (const d of this.deliveries) {
+      if (!which(d)) continue;
+      const a = Math.max(d.arrivedAt, fromMs);
+      const b = Math.min(d.endedAt ?? toMs, toMs);
+      if (b > a) area += b - a;
+    }
+    return area / (toMs - fromMs);
+  }
+
+  /**
    * For each end of a `model` request, the wait until the next `model` request
    * arrived (ms, sorted): how long a freed slot stayed empty while work was left.
    */

@@ -287,6 +287,38 @@ describe("claims", () => {
     expect(ids(refilled.claims)).toEqual(["old-3"]); // the only one left
   });
 
+  test("a request waiting for its backoff holds no share; once due it competes like the rest", async () => {
+    await batchOf("bk1", 2, { backoffMs: 400 }, "x");
+    await batchOf("bk1", 10, undefined, "y");
+    const first = await take("bk", "bk1", 4);
+    expect(ids(first.claims)).toEqual(["x-0", "x-1", "y-0", "y-1"]);
+    for (const c of first.claims.filter((x) => x.customId!.startsWith("x-"))) {
+      expect((await report(failure(c, {}))).disposition).toBe(Disposition.REQUEUED);
+    }
+    // X's two requests wait for their backoff: every claim goes to Y, though X holds none.
+    const during = await t.dispatch.sync({
+      dispatcherId: "bk",
+      slots: [{ model: "bk1", token: first.token, keep: 4, want: 4, room: 4 }],
+    });
+    expect(ids(during.claims)).toEqual(["y-2", "y-3", "y-4", "y-5"]);
+    // Until both retries are due (the moment is known: their not_before).
+    const due = await sql.query(
+      `SELECT extract(epoch FROM max(not_before) - now()) * 1000 AS ms FROM requests
+       WHERE custom_id LIKE 'x-%' AND model = 'bk1'`,
+    );
+    expect(Number(due.rows[0].ms)).toBeGreaterThan(0);
+    await sleep(Number(due.rows[0].ms) + 20);
+    // Y holds 6 claims and has ready work, X none: X's retries come first, then Y takes the rest.
+    const after = await t.dispatch.sync({
+      dispatcherId: "bk",
+      slots: [{ model: "bk1", token: first.token, keep: 4, want: 4, room: 3 }],
+    });
+    expect(ids(after.claims)).toEqual(["x-0", "x-1", "y-6"]);
+    expect(after.claims.filter((c) => c.customId!.startsWith("x-")).map((c) => c.attempt)).toEqual([
+      2, 2,
+    ]);
+  });
+
   test("a 429 hold: no claims while it lasts, the hold is in `holds`, WaitForWork names the model only when it ends", async () => {
     await batchOf("h1", 4);
     const h = await take("h", "h1", 1);
@@ -522,9 +554,8 @@ describe("the release race: an old token never frees a newer claim", () => {
           [id],
         );
         expect((await tx.query(leaseSql.REQUESTS_REAP_EXPIRED, [model])).rowCount).toBe(1);
-        const { batch_id } = (
-          await tx.query("SELECT batch_id FROM requests WHERE id = $1", [id])
-        ).rows[0];
+        const { batch_id } = (await tx.query("SELECT batch_id FROM requests WHERE id = $1", [id]))
+          .rows[0];
         const claimed = await tx.query(leaseSql.REQUESTS_CLAIM, [
           [model],
           [batch_id],
