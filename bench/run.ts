@@ -12,7 +12,9 @@
  * - memory (./memory.ts): RSS of a control plane and a dispatcher (separate
  *   processes) holding 10,000 requests in flight vs a bare undici process;
  * - reads (./reads.ts): GetBatchStatus and ListBatchRequests on a batch of
- *   1,000,000 requests vs the same answers in plain SQL.
+ *   1,000,000 requests vs the same answers in plain SQL;
+ * - claims (./claims.ts): a Sync claiming 10 with a 1,000,000-request backlog,
+ *   fair share on and off, vs the bare claim statement.
  *
  * Prints a table, writes every figure to bench/results/latest.json, and exits
  * non-zero when a check fails (a model's limit exceeded at the upstream, a
@@ -20,7 +22,7 @@
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
  * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
- * ingest, batch_start, dispatch, memory, reads; batch_start runs ingest too).
+ * ingest, batch_start, dispatch, memory, reads, claims; batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -29,6 +31,7 @@ import { performance } from "node:perf_hooks";
 import { CONTROL_PLANE_DEFAULTS } from "../src/config/config.js";
 import { startControlPlane } from "../src/control-plane.js";
 import { batchStartScenario } from "./batch-start.js";
+import { claimsScenario } from "./claims.js";
 import { type Bench, clients, log, SMOKE, since } from "./common.js";
 import { dispatchScenario } from "./dispatch.js";
 import { ingestScenario } from "./ingest.js";
@@ -89,6 +92,7 @@ async function main(): Promise<number> {
       results.dispatch = await step("dispatch", () => dispatchScenario(bench));
     if (wanted("memory")) results.memory = await step("memory", () => memoryScenario(bench));
     if (wanted("reads")) results.reads = await step("reads", () => readsScenario(bench));
+    if (wanted("claims")) results.claims = await step("claims", () => claimsScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });

@@ -126,6 +126,23 @@ function rows(r: unknown): Row[] {
     `${n(`${l}.sql.p50_ms`)} / ${n(`${l}.sql.p99_ms`)} ms`,
     `p50 × ${n(`${l}.ratio_p50_to_sql`)}`,
   ]);
+  const what: Record<string, string> = {
+    deep: `1 batch of ${n("claims.backlog")}`,
+    shallow: "1 batch of 10,000",
+    many: "50 batches of 200",
+  };
+  for (const [m, label] of Object.entries(what)) {
+    for (const mode of ["on", "off"]) {
+      const c = `claims.${m}.fair_${mode}`;
+      out.push([
+        "claims",
+        `Sync claiming 10, ${label}, fair share ${mode}, p50 / p99 (ceiling: the claim statement)`,
+        `${n(`${c}.p50_ms`)} / ${n(`${c}.p99_ms`)} ms`,
+        `${n(`claims.${m}.sql.p50_ms`)} / ${n(`claims.${m}.sql.p99_ms`)} ms`,
+        `p50 × ${n(`${c}.ratio_p50_to_sql`)}`,
+      ]);
+    }
+  }
   return out;
 }
 

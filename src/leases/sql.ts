@@ -34,10 +34,12 @@ export const CLAIM_CANDIDATES = `
     SELECT w.model, l.id AS batch_id, l.tenant, l.priority, l.weight,
       extract(epoch FROM l.created_at) * 1000 AS created_ms,
       coalesce(h.claims, 0) AS claims,
-      EXISTS (
-        SELECT 1 FROM requests r
+      -- ORDER BY … LIMIT 1 rather than EXISTS: it keeps the planner on the
+      -- index (an EXISTS was planned as a sequential scan expecting an early hit).
+      (SELECT true FROM requests r
         WHERE r.model = w.model AND r.batch_id = l.id AND r.state = 'pending'
-          AND (r.not_before IS NULL OR r.not_before <= now())) AS ready
+          AND (r.not_before IS NULL OR r.not_before <= now())
+        ORDER BY r.created_at, r.line LIMIT 1) IS NOT NULL AS ready
     FROM unnest($1::text[]) AS w(model) CROSS JOIN live l
     LEFT JOIN held h ON h.model = w.model AND h.batch_id = l.id
     WHERE NOT EXISTS (
