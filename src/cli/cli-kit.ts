@@ -52,6 +52,24 @@ export function limitValue(value: string): number | "default" {
   return n;
 }
 
+/** --priority: an integer from -100 to 100 (the server's bounds; docs/fair-share.md). */
+export function priorityValue(value: string): number {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isSafeInteger(n) || n < -100 || n > 100)
+    throw new InvalidArgumentError("must be an integer from -100 to 100 (default 0)");
+  return n;
+}
+
+/** A tenant weight: an integer from 1 to 1000, or "default" (weight 1). */
+export function weightValue(value: string): number | "default" {
+  if (value === "default") return value;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 1 || n > 1000) {
+    throw new InvalidArgumentError('must be an integer from 1 to 1000, or "default" (weight 1)');
+  }
+  return n;
+}
+
 /** --max-retries: 0 to 100 (the server's bounds). */
 export function retriesValue(value: string): number {
   const n = Number(value);

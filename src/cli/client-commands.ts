@@ -1,6 +1,6 @@
 /**
  * Client commands (submit, watch, results, status, cancel, retry, files,
- * batches, limits), registered on the program. This file parses flags;
+ * batches, tokens, limits, tenants), registered on the program. This file parses flags;
  * src/cli/client/ does the work. Exit codes: 0 success (for watch: the
  * batch finished, whatever its requests' outcomes), 1 an error (printed as
  * `fusillade: <message>`), 2 a usage error, 130 interrupted while watching.
@@ -14,6 +14,7 @@ import {
   duration,
   limitValue,
   positiveInt,
+  priorityValue,
   retriesValue,
   run,
 } from "./cli-kit.js";
@@ -34,6 +35,7 @@ import {
 import { DEFAULT_SERVER } from "./client/connection.js";
 import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
 import { registerRequestCommands } from "./request-commands.js";
+import { registerTenantCommands } from "./tenant-commands.js";
 
 const watchIntervalOption = () =>
   new Option("--interval <duration>", "when not on a terminal: least time between progress lines")
@@ -63,6 +65,7 @@ interface SubmitFlags {
   maxRetries?: number;
   initialBackoff?: number;
   maxBackoff?: number;
+  priority?: number;
   strict?: boolean;
 }
 
@@ -119,6 +122,11 @@ export function registerClientCommands(program: Command): void {
     )
     .option("--max-backoff <duration>", "cap on the retry delay (server default 60s)", backoffValue)
     .option(
+      "--priority <n>",
+      "priority class, -100 to 100 (default 0): a busy model's slots go to the highest class first (docs/fair-share.md)",
+      priorityValue,
+    )
+    .option(
       "--strict",
       "refuse to submit when a check finds a likely mistake (endpoint path, API key, endpoint down)",
     )
@@ -150,6 +158,7 @@ export function registerClientCommands(program: Command): void {
               initialBackoffMs: o.initialBackoff,
               maxBackoffMs: o.maxBackoff,
             },
+            priority: o.priority,
             strict: o.strict === true,
             tty: process.stderr.isTTY === true,
           },
@@ -285,4 +294,6 @@ export function registerClientCommands(program: Command): void {
         limitsSetAction(conn, g, model, limit),
       ),
     );
+
+  registerTenantCommands(program);
 }

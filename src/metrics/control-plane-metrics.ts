@@ -2,8 +2,11 @@
  * The control plane's Prometheus metrics (docs/observability.md): Node's
  * process metrics, counters bumped by the lease service and the batch
  * lifecycle watcher, and gauges read at scrape time from small tables (model
- * limits, slot grants, the unfinished batches' counter columns) — never a
- * scan of `requests`. Labels are bounded: no batch, request or tenant.
+ * limits, slot grants, the unfinished batches' counter columns, tenants) and
+ * the claimed requests (the partial index requests_leased: at most the
+ * fleet's slots and buffers) — never a scan of `requests`. Labels are
+ * bounded: no batch or request; tenants (few: one per client team) only on
+ * the fair-share gauges.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Db } from "../storage/db.js";
@@ -37,6 +40,18 @@ const ACTIVE_BATCH_COUNTS = `
          COALESCE(sum(canceled_count), 0)::int AS canceled,
          COALESCE(sum(expired_count), 0)::int AS expired
   FROM batches WHERE finished_at IS NULL`;
+
+/**
+ * ClaimsByTenant: requests claimed by dispatchers now (running or buffered),
+ * per tenant and model. No params. Reads the leased rows only (partial index
+ * requests_leased), which the limits and the dispatchers' buffers bound.
+ */
+const CLAIMS_BY_TENANT = `
+  SELECT tenant, model, count(*)::int AS claims
+  FROM requests WHERE state = 'leased' GROUP BY tenant, model`;
+
+/** TenantWeights: the tenants with a weight set (fair share). No params. Reads `tenants`. */
+const TENANT_WEIGHTS = `SELECT name, weight FROM tenants`;
 
 const REQUEST_STATES = ["pending", "leased", "completed", "failed", "canceled", "expired"] as const;
 
@@ -177,6 +192,31 @@ export class ControlPlaneMetrics {
       async collect() {
         const [r] = await activeNow();
         if (r !== undefined) for (const s of REQUEST_STATES) this.set({ state: s }, r[s]);
+      },
+    });
+    new Gauge({
+      name: "fusillade_claims_in_flight",
+      help: "Requests claimed by dispatchers now (running or buffered for a slot), per tenant and model: fair share's measure (docs/fair-share.md). Only tenants with claims appear.",
+      labelNames: ["tenant", "model"],
+      registers,
+      async collect() {
+        const rows = await self.#query<{ tenant: string; model: string; claims: number }>(
+          CLAIMS_BY_TENANT,
+          [],
+        );
+        this.reset();
+        for (const r of rows) this.set({ tenant: r.tenant, model: r.model }, r.claims);
+      },
+    });
+    new Gauge({
+      name: "fusillade_tenant_weight",
+      help: "A tenant's weight in fair share, for the tenants with one set (the others weigh 1).",
+      labelNames: ["tenant"],
+      registers,
+      async collect() {
+        const rows = await self.#query<{ name: string; weight: number }>(TENANT_WEIGHTS, []);
+        this.reset();
+        for (const r of rows) this.set({ tenant: r.name }, r.weight);
       },
     });
     new Gauge({

@@ -77,13 +77,18 @@ function cli(args: string[], env?: NodeJS.ProcessEnv): Promise<Result> {
 }
 
 /** Writes a JSONL batch file of `n` lines (custom ids c1…cn); returns its path. */
-async function batchFile(name: string, n: number, extra: string[] = []): Promise<string> {
+async function batchFile(
+  name: string,
+  n: number,
+  extra: string[] = [],
+  model = "gpt-test",
+): Promise<string> {
   const lines = Array.from({ length: n }, (_, i) =>
     JSON.stringify({
       custom_id: `c${i + 1}`,
       method: "POST",
       url: "/v1/chat/completions",
-      body: { model: "gpt-test", messages: [{ role: "user", content: `hello ${i + 1}` }] },
+      body: { model, messages: [{ role: "user", content: `hello ${i + 1}` }] },
     }),
   );
   const file = path.join(dir, name);
@@ -122,6 +127,7 @@ describe("fusillade CLI", () => {
       ["files", "list", "--help"],
       ["batches", "--help"],
       ["limits", "set", "--help"],
+      ["tenants", "set-weight", "--help"],
     ]) {
       const r = await cli(args);
       expect(r.code, args.join(" ")).toBe(0);
@@ -141,6 +147,7 @@ describe("fusillade CLI", () => {
       "files",
       "batches",
       "limits",
+      "tenants",
     ]) {
       expect(top.stdout).toContain(`  ${c}`);
     }
@@ -720,6 +727,149 @@ describe("fusillade CLI", () => {
     );
     const json = JSON.parse((await cli(["batches", "list", "--file", fileId, "--json"])).stdout);
     expect(json.batches[0]).toMatchObject({ filename: "listed.jsonl", counts: { canceled: 3 } });
+  });
+
+  it("tenants set-weight and list round trip; a bad weight is refused naming the field", async () => {
+    const set = await cli(["tenants", "set-weight", "acme", "3", "--json"]);
+    expect(set.code, set.stderr).toBe(0);
+    expect(JSON.parse(set.stdout)).toEqual({
+      name: "acme",
+      weight: 3,
+      is_default: false,
+      in_flight: 0,
+      active_batches: 0,
+    });
+    expect((await sql.query(`SELECT weight FROM tenants WHERE name = 'acme'`)).rows).toEqual([
+      { weight: 3 },
+    ]);
+    const human = await cli(["tenants", "set-weight", "beta", "1000"]);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toBe("beta: weight 1000, 0 unfinished batches, 0 claimed\n");
+
+    const list = JSON.parse((await cli(["tenants", "list", "--json"])).stdout);
+    expect(list.tenants).toContainEqual(expect.objectContaining({ name: "acme", weight: 3 }));
+    expect(list.tenants).toContainEqual(expect.objectContaining({ name: "beta", weight: 1000 }));
+    const table = await cli(["tenants", "list"]);
+    expect(table.code, table.stderr).toBe(0);
+    const rows = table.stdout.split("\n");
+    expect(rows[0]).toMatch(/^TENANT\s+WEIGHT\s+IN FLIGHT\s+ACTIVE BATCHES$/);
+    expect(rows).toContainEqual(expect.stringMatching(/^acme\s+3\s+0\s+0$/));
+
+    // "default" clears it, as `limits set` does.
+    const cleared = JSON.parse(
+      (await cli(["tenants", "set-weight", "acme", "default", "--json"])).stdout,
+    );
+    expect(cleared).toMatchObject({ name: "acme", weight: 1, is_default: true });
+    expect((await sql.query(`SELECT 1 FROM tenants WHERE name = 'acme'`)).rows).toEqual([]);
+
+    // Refused by the CLI (usage, exit 2) before any call: the message names the argument.
+    for (const bad of ["0", "1001", "2.5", "heavy", ""]) {
+      const r = await cli(["tenants", "set-weight", "acme", bad]);
+      expect(r.code, bad).toBe(2);
+      expect(r.stderr, bad).toMatch(/argument 'weight'.*integer from 1 to 1000, or "default"/);
+    }
+    expect((await sql.query(`SELECT 1 FROM tenants WHERE name = 'acme'`)).rows).toEqual([]);
+    // Refused by the server: INVALID_ARGUMENT naming the field, exit 1.
+    const badName = await cli(["tenants", "set-weight", "no spaces", "2"]);
+    expect(badName.code).toBe(1);
+    expect(badName.stderr).toMatch(/^fusillade: tenant: must be 1–100 letters/);
+  });
+
+  it("submit --priority reaches the batch; a running batch shows its share of each model", async () => {
+    await cli(["limits", "set", "gpt-share", "4"]);
+    const low = await batchFile("share-low.jsonl", 3, [], "gpt-share");
+    const high = await batchFile("share-high.jsonl", 3, [], "gpt-share");
+    const subLow = await cli(["submit", low, "--endpoint", "http://127.0.0.1:9", "--json"]);
+    expect(subLow.code, subLow.stderr).toBe(0);
+    const lowId = JSON.parse(subLow.stdout).batch_id as string;
+    // A negative class, then the high one (both spellings of the value).
+    const neg = await cli([
+      "submit",
+      low,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--priority",
+      "-5",
+      "--json",
+    ]);
+    expect(neg.code, neg.stderr).toBe(0);
+    expect(JSON.parse(neg.stdout)).toMatchObject({ priority: -5 });
+    const negId = JSON.parse(neg.stdout).batch_id as string;
+    await cli(["cancel", negId]);
+    const subHigh = await cli([
+      "submit",
+      high,
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--priority=7",
+      "--json",
+    ]);
+    expect(subHigh.code, subHigh.stderr).toBe(0);
+    expect(JSON.parse(subHigh.stdout)).toMatchObject({ priority: 7 });
+    const highId = JSON.parse(subHigh.stdout).batch_id as string;
+    expect(
+      (
+        await sql.query(`SELECT id, priority FROM batches WHERE id = ANY($1) ORDER BY priority`, [
+          [lowId, highId, negId],
+        ])
+      ).rows,
+    ).toEqual([
+      { id: negId, priority: -5 },
+      { id: lowId, priority: 0 },
+      { id: highId, priority: 7 },
+    ]);
+
+    // Bad values are usage errors naming --priority; nothing is uploaded.
+    const before = (await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n;
+    for (const bad of ["101", "-101", "1.5", "high"]) {
+      const r = await cli(["submit", high, "--endpoint", "http://127.0.0.1:9", "--priority", bad]);
+      expect(r.code, bad).toBe(2);
+      expect(r.stderr, bad).toMatch(/'--priority <n>'.*integer from -100 to 100/);
+    }
+    expect((await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n).toBe(before);
+
+    // A dispatcher claims 2 of the model's requests: the higher class gets them.
+    const res = await t.dispatch.sync({
+      dispatcherId: "cli-share",
+      slots: [{ model: "gpt-share", token: 0n, keep: 0, want: 2, room: 2 }],
+    });
+    expect(res.claims).toHaveLength(2);
+
+    const got = JSON.parse((await cli(["batches", "get", highId, "--json"])).stdout);
+    expect(got).toMatchObject({ id: highId, priority: 7 });
+    expect(got.shares).toEqual([
+      {
+        model: "gpt-share",
+        in_flight: 2,
+        model_in_flight: 2,
+        limit: 4,
+        active_batches: 2,
+        pending: 1,
+      },
+    ]);
+    const other = JSON.parse((await cli(["status", lowId, "--json"])).stdout);
+    expect(other.priority).toBe(0);
+    expect(other.shares).toEqual([expect.objectContaining({ in_flight: 0, pending: 3 })]);
+
+    const text = await cli(["status", highId]);
+    expect(text.stdout).toMatch(/\n {2}priority {3}7\n/);
+    expect(text.stdout).toContain(
+      "  shares     gpt-share: 2 of 2 in flight (limit 4, 2 batches), 1 pending\n",
+    );
+    // Priority 0 is not worth a line.
+    expect((await cli(["status", lowId])).stdout).not.toContain("priority");
+
+    // The watch line carries the share while the batch runs.
+    const w = start(["watch", highId, "--interval", "1s"]);
+    await w.waitFor(/share gpt-share 2 of 2 \(limit 4, 2 batches\)/);
+    await finish(highId);
+    await finish(lowId);
+    const done = await w.done;
+    expect(done.code, done.stderr).toBe(0);
+    // Finished: no shares in the output.
+    const final = JSON.parse((await cli(["batches", "get", highId, "--json"])).stdout);
+    expect(final).toMatchObject({ state: "completed", priority: 7, shares: [] });
+    expect((await cli(["status", highId])).stdout).not.toContain("shares");
   });
 
   // Debian's protobuf-compiler, protobuf-compiler-grpc, python3-grpcio, python3-protobuf.

@@ -4,7 +4,9 @@
  * playwright-core; nothing downloaded) shows the batch appear and reach 100 %,
  * then the batch's own page (live counters, the model, the failed requests and
  * one request's attempts). serve's /metrics carries its dispatcher thread's
- * metrics beside the control plane's.
+ * metrics beside the control plane's. Then a slow batch of priority 5 beside
+ * another of its model shows its priority and its share while it runs, and
+ * the models page lists the tenants.
  *
  * Skips, loudly, where no Chromium is installed; with FUSILLADE_REQUIRE_BROWSER=1
  * (.ci/run installs it) a missing browser fails instead.
@@ -162,6 +164,71 @@ test.skipIf(CHROMIUM === undefined)(
     );
     expect(text).toMatch(/^process_cpu_user_seconds_total /m);
     expect(text.match(/^# TYPE process_cpu_user_seconds_total /gm)).toHaveLength(1);
+
+    // Fair share: two slow batches of one model (limit 4), the first of priority 5. While it
+    // runs, its page shows the priority and its share: its claims beside the model's, the
+    // limit, the two batches sharing the model; once finished, no share.
+    upstream.respond = (d) => ({ delayMs: d.model === "S" ? 1_000 : 100 });
+    const sBatch = async (prefix: string, priority: number) => {
+      const jsonl = items("S", 8, prefix)
+        .map((it) =>
+          JSON.stringify({
+            custom_id: it.customId,
+            method: "POST",
+            url: "/v1/chat/completions",
+            body: { model: it.model, messages: [] },
+          }),
+        )
+        .join("\n");
+      const { file } = await batch.createFile({
+        jsonl: new TextEncoder().encode(jsonl),
+        endpoint: upstream.url,
+      });
+      return (await batch.createBatch({ fileId: file!.id, priority })).batch!.id;
+    };
+    const urgent = await sBatch("U", 5);
+    await sBatch("L", 0);
+    await page.goto(`${url}/#/batch/${urgent}`);
+    await expect
+      .poll(() => page.locator(".batch-head .priority").textContent(), { timeout: 10_000 })
+      .toBe(" · priority 5");
+    const share = page.locator('tr[data-share="S"]');
+    await share.waitFor({ timeout: 10_000 });
+    // The first message may come before the dispatcher's first claim: wait for one.
+    let cells: string[] = [];
+    await expect
+      .poll(
+        async () => {
+          cells = await share.locator("td").allTextContents();
+          return cells[1];
+        },
+        { timeout: 10_000 },
+      )
+      .toMatch(/^ ?[1-9]\d* of \d+$/);
+    expect(cells[0]).toBe("S");
+    const [, mine, all] = /^ ?(\d+) of (\d+)$/.exec(cells[1]!) ?? [];
+    expect(Number(mine)).toBeGreaterThan(0);
+    expect(Number(mine)).toBeLessThanOrEqual(Number(all));
+    expect(cells[2]).toMatch(new RegExp(`^${all} / 4$`));
+    expect(cells[3]).toBe("2");
+    await expect
+      .poll(() => page.locator('dd[data-count="completed"]').textContent(), { timeout: 30_000 })
+      .toBe("8");
+    await expect.poll(() => page.locator("section.shares").isHidden()).toBe(true);
+
+    // Tenants, on the models page (local mode is admin): the weight set, and the default.
+    const { admin } = clients(url!, "connect-h1");
+    await admin.setTenantWeight({ tenant: "batch-team", weight: 3 });
+    await page.goto(`${url}/#/models`);
+    const tenant = page.locator('tr[data-tenant="batch-team"]');
+    await tenant.waitFor();
+    await expect(tenant.locator("td").allTextContents()).resolves.toEqual([
+      "batch-team",
+      "3",
+      "0",
+      "0",
+    ]);
+    expect(errors).toEqual([]);
   },
   120_000,
 );

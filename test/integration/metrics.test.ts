@@ -17,7 +17,9 @@ import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { resolveDispatcherConfig } from "../../src/config/dispatcher-config.js";
 import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
 import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { ReportResult_Disposition } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
 import { parseTraceparent, traceIdOf } from "../../src/http/trace-context.js";
 import { DispatcherMetrics } from "../../src/metrics/dispatcher-metrics.js";
 import { clients } from "../helpers/control-plane.js";
@@ -369,6 +371,97 @@ test("claims and grants that expire unrenewed are counted when the reaper takes 
     expect(v(s, "fusillade_dispatchers")).toBe(1);
   } finally {
     await short.close();
+    await own.drop();
+  }
+});
+
+test("claims in flight per tenant and model, and tenant weights, read at scrape time", async () => {
+  // A database of its own with tokens: two client tenants, and nothing else claiming.
+  const own = await createTestDatabase();
+  const adminToken = "metrics-fair-admin-token-0123456789";
+  const guarded = await startControlPlane(
+    { ...CONTROL_PLANE_DEFAULTS, port: 0, logLevel: "silent", databaseUrl: own.url, adminToken },
+    pino({ level: "silent" }),
+  );
+  try {
+    const { admin } = clients(guarded.url, "connect-h2", adminToken);
+    const tokenOf = async (role: TokenRole, tenant = "") =>
+      (await admin.createToken({ role, tenant, name: tenant || "fleet" })).secret;
+    const acme = clients(guarded.url, "connect-h2", await tokenOf(TokenRole.CLIENT, "acme"));
+    const beta = clients(guarded.url, "connect-h2", await tokenOf(TokenRole.CLIENT, "beta"));
+    const { dispatch } = clients(guarded.url, "connect-h2", await tokenOf(TokenRole.DISPATCHER));
+    const acmeBatch = await createTestBatch(acme.batch, upstream.url, [
+      ...items("X", 3),
+      ...items("Y", 2),
+    ]);
+    const betaBatch = await createTestBatch(beta.batch, upstream.url, items("X", 3));
+    await admin.setTenantWeight({ tenant: "acme", weight: 3 });
+    const read = () =>
+      scrape(`${guarded.url}/metrics`, { headers: { authorization: `Bearer ${adminToken}` } });
+    const series = (s: Samples, name: string) =>
+      [...s.entries()].filter(([k]) => k.startsWith(`${name}{`)).sort();
+
+    // Nothing claimed yet: no series at all; the weight set is there.
+    let s = await read();
+    expect(series(s, "fusillade_claims_in_flight")).toEqual([]);
+    expect(series(s, "fusillade_tenant_weight")).toEqual([
+      ['fusillade_tenant_weight{tenant="acme"}', 3],
+    ]);
+
+    // A dispatcher claims 4 of X (of 6 pending, both tenants) and 2 of Y (acme's).
+    const res = await dispatch.sync({
+      dispatcherId: "metrics-fair",
+      slots: [
+        { model: "X", token: 0n, keep: 0, want: 4, room: 4 },
+        { model: "Y", token: 0n, keep: 0, want: 2, room: 2 },
+      ],
+    });
+    expect(res.claims).toHaveLength(6);
+    const tenantOf = new Map([
+      [acmeBatch, "acme"],
+      [betaBatch, "beta"],
+    ]);
+    const expected = new Map<string, number>();
+    for (const c of res.claims) {
+      const key = `fusillade_claims_in_flight{tenant="${tenantOf.get(c.batchId)}",model="${c.model}"}`;
+      expected.set(key, (expected.get(key) ?? 0) + 1);
+    }
+    // Both tenants got some of X (fair share), acme all of Y.
+    expect(expected.get('fusillade_claims_in_flight{tenant="acme",model="X"}')).toBeGreaterThan(0);
+    expect(expected.get('fusillade_claims_in_flight{tenant="beta",model="X"}')).toBeGreaterThan(0);
+    expect(expected.get('fusillade_claims_in_flight{tenant="acme",model="Y"}')).toBe(2);
+    s = await read();
+    expect(series(s, "fusillade_claims_in_flight")).toEqual([...expected.entries()].sort());
+
+    // beta's claims end (completed): its series goes at the next scrape; acme's stay.
+    const betaClaims = res.claims.filter((c) => c.batchId === betaBatch);
+    const done = await dispatch.reportResults({
+      dispatcherId: "metrics-fair",
+      outcomes: betaClaims.map((c) => ({
+        ref: c.ref,
+        result: {
+          case: "completion" as const,
+          value: { statusCode: 200, body: new TextEncoder().encode("{}"), headers: {} },
+        },
+      })),
+    });
+    expect(done.results.map((r) => r.disposition)).toEqual(
+      betaClaims.map(() => ReportResult_Disposition.RECORDED),
+    );
+    s = await read();
+    expect(series(s, "fusillade_claims_in_flight")).toEqual(
+      [...expected.entries()].filter(([k]) => !k.includes('tenant="beta"')).sort(),
+    );
+
+    // A weight cleared: its series goes too.
+    await admin.setTenantWeight({ tenant: "acme", clearWeight: true });
+    await admin.setTenantWeight({ tenant: "beta", weight: 7 });
+    s = await read();
+    expect(series(s, "fusillade_tenant_weight")).toEqual([
+      ['fusillade_tenant_weight{tenant="beta"}', 7],
+    ]);
+  } finally {
+    await guarded.close();
     await own.drop();
   }
 });

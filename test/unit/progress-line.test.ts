@@ -6,6 +6,7 @@ import {
   fitLine,
   type LineParts,
   plainParts,
+  sharesText,
 } from "../../src/cli/client/progress-line.js";
 
 const counts = (over: Partial<LineParts["counts"]> = {}): LineParts["counts"] => ({
@@ -89,6 +90,40 @@ describe("fitLine", () => {
     expect(plain).toMatch(
       /ETA 1m35s \| gpt-a held until 12:00:00 \(429\) \| errors: http_error 404/,
     );
+  });
+});
+
+describe("sharesText", () => {
+  const share = (model: string, inFlight: number, batches: number) => ({
+    model,
+    in_flight: inFlight,
+    model_in_flight: 8,
+    limit: 8,
+    active_batches: batches,
+    pending: 100,
+  });
+
+  it("says per model this batch's claims beside the model's, its limit and the batches sharing it", () => {
+    expect(sharesText([share("gpt-a", 4, 2), share("gpt-b", 8, 1)])).toBe(
+      "share gpt-a 4 of 8 (limit 8, 2 batches), share gpt-b 8 of 8 (limit 8, 1 batch)",
+    );
+    expect(sharesText([])).toBe("");
+  });
+
+  it("is the first part a narrow terminal drops, and the last part of a plain line", () => {
+    const parts: LineParts = {
+      counts: counts(),
+      rate: 12.5,
+      eta: 95,
+      errors: "",
+      holds: "",
+      shares: sharesText([share("gpt-a", 4, 2)]),
+    };
+    expect(fitLine(parts, 300, bar)).toMatch(/pending 1200 \| share gpt-a 4 of 8/);
+    const narrower = fitLine(parts, 110, bar);
+    expect(narrower).not.toContain("share");
+    expect(narrower).toContain("ok 780");
+    expect(plainParts(parts).at(-1)).toBe("share gpt-a 4 of 8 (limit 8, 2 batches)");
   });
 });
 

@@ -1,8 +1,9 @@
 /**
- * One batch: counters live from WatchBatch, per-model in flight against the
+ * One batch: counters live from WatchBatch, its priority and share of each
+ * model while it runs (docs/fair-share.md), per-model in flight against the
  * limit, the failed requests and one request's attempts; cancel and retry.
  */
-import type { Batch } from "../../src/gen/fusillade/v1/resources_pb.js";
+import type { Batch, ModelShare } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { RequestState } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { admin, batches, Code, ConnectError, describe } from "./api.js";
 import {
@@ -21,9 +22,54 @@ import {
 } from "./common.js";
 import { duration, h, put, when } from "./dom.js";
 
+/** A running batch's share of a model: its claims beside every batch's, the limit, the batches sharing it. */
+function shareRow(s: ModelShare): HTMLElement {
+  return h(
+    "tr",
+    { "data-share": s.model },
+    h("td", {}, s.model),
+    h(
+      "td",
+      { class: "inflight" },
+      h("meter", { min: 0, max: Math.max(1, s.modelInFlight), value: s.inFlight }),
+      ` ${s.inFlight} of ${s.modelInFlight}`,
+    ),
+    h("td", {}, `${s.modelInFlight} / ${s.limit}`),
+    h("td", {}, s.activeBatches),
+    h("td", {}, n(s.pending)),
+  );
+}
+
 export function batchView(id: string): () => void {
   const head = h("div", { class: "batch-head" });
   const counters = h("div", { class: "counters" });
+  const shares = h("tbody");
+  const sharesSection = h(
+    "section",
+    { class: "shares", hidden: true },
+    h("h3", {}, "Share of each model"),
+    h(
+      "p",
+      { class: "note" },
+      "Claims: requests a dispatcher holds, running or buffered for its next free slot (so a model's may pass its limit).",
+    ),
+    h(
+      "table",
+      {},
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ...["model", "this batch", "model in flight / limit", "batches sharing", "pending"].map(
+            (t) => h("th", {}, t),
+          ),
+        ),
+      ),
+      shares,
+    ),
+  );
   const models = h("tbody");
   const failed = h("tbody");
   const attempts = h("div", { class: "attempts" });
@@ -55,6 +101,7 @@ export function batchView(id: string): () => void {
     head,
     counters,
     actions,
+    sharesSection,
     h("h3", {}, "Models"),
     h(
       "table",
@@ -103,8 +150,12 @@ export function batchView(id: string): () => void {
         b.finishTime
           ? `finished ${when(date(b.finishTime))}`
           : `expires ${when(date(b.expireTime))}`,
+        b.priority === 0 ? null : h("span", { class: "priority" }, ` · priority ${b.priority}`),
       ),
     );
+    // Shares come with the batch while it runs, none once it has finished.
+    sharesSection.hidden = b.shares.length === 0;
+    put(shares, ...b.shares.map(shareRow));
     put(
       counters,
       progress(b),

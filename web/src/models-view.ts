@@ -1,4 +1,7 @@
-/** Models: limits (editable by an admin), in flight, slots granted, pending, holds. */
+/**
+ * Models: limits (editable by an admin), in flight, slots granted, pending,
+ * holds; and the tenants sharing them (weights, claims, unfinished batches).
+ */
 import { admin, Code, ConnectError, describe } from "./api.js";
 import { conn, date, every, main, n } from "./common.js";
 import { h, put } from "./dom.js";
@@ -6,6 +9,7 @@ import { h, put } from "./dom.js";
 export function modelsView(): () => void {
   const body = h("tbody");
   const note = h("p", { class: "note" });
+  const tenants = h("tbody");
   put(
     main,
     h("h2", {}, "Models"),
@@ -26,6 +30,22 @@ export function modelsView(): () => void {
       ),
       body,
     ),
+    h("h3", {}, "Tenants"),
+    h("p", { class: "note" }, "A busy model's slots are shared between tenants by weight."),
+    h(
+      "table",
+      {},
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ...["tenant", "weight", "in flight", "unfinished batches"].map((t) => h("th", {}, t)),
+        ),
+      ),
+      tenants,
+    ),
   );
   return every(async () => {
     // Not while an admin is typing a new limit.
@@ -35,10 +55,27 @@ export function modelsView(): () => void {
       res = await admin.listModelLimits({ pageSize: 1000 });
     } catch (e) {
       if (ConnectError.from(e).code !== Code.PermissionDenied) throw e;
-      note.textContent = "Model limits are for admins: this token is not one.";
+      note.textContent = "Model limits and tenants are for admins: this token is not one.";
       put(body);
+      put(tenants);
       return;
     }
+    const ts = await admin.listTenants({});
+    put(
+      tenants,
+      ...(ts.tenants.length === 0
+        ? [h("tr", {}, h("td", { colspan: 4 }, "none"))]
+        : ts.tenants.map((t) =>
+            h(
+              "tr",
+              { "data-tenant": t.name },
+              h("td", {}, t.name),
+              h("td", {}, t.weight, t.isDefault ? h("small", {}, " default") : null),
+              h("td", {}, t.inFlight),
+              h("td", {}, t.activeBatches),
+            ),
+          )),
+    );
     note.textContent = `Models without a limit of their own run at the default, ${res.defaultLimit}.`;
     put(
       body,

@@ -110,6 +110,7 @@ export async function submitAction(
     models: file.models,
     state: stateName(batch.state),
     openai_status: batch.openaiStatus,
+    priority: batch.priority,
   };
   const createdLine = `batch ${batch.id} created from ${file.filename}: ${file.templateCount} requests, ${formatBytes(Number(file.sizeBytes))} (file ${file.id})`;
   if (!opts.watch) {

@@ -4,7 +4,7 @@
  * why requests fail, which models are held, and a terminal line that fits
  * its width by dropping the least useful parts first.
  */
-import { type CountsView, doneCount, formatDuration } from "./views.js";
+import { type CountsView, doneCount, formatDuration, type ShareView } from "./views.js";
 
 /** Rate is measured over this window, so the ETA follows changes in speed. */
 export const RATE_WINDOW_MS = 30_000;
@@ -88,6 +88,20 @@ export function holdsText(holds: Array<{ model: string; until: Date }>): string 
     .join(", ");
 }
 
+/**
+ * "share gpt-a 5 of 10 (limit 10, 2 batches)": per model, this batch's
+ * claims beside every batch's (docs/fair-share.md); only models with work
+ * left are listed by the server.
+ */
+export function sharesText(shares: ShareView[]): string {
+  return shares
+    .map(
+      (s) =>
+        `share ${s.model} ${s.in_flight} of ${s.model_in_flight} (limit ${s.limit}, ${s.active_batches} ${s.active_batches === 1 ? "batch" : "batches"})`,
+    )
+    .join(", ");
+}
+
 /** Per-state counts: "ok 298 · failed 2 · running 4 · pending 0". */
 export function statesText(c: CountsView): string {
   const parts = [`ok ${c.completed}`];
@@ -116,6 +130,8 @@ export interface LineParts {
   eta: number | undefined;
   errors: string;
   holds: string;
+  /** The batch's share of its models (sharesText); "" or unset for none. */
+  shares?: string;
 }
 
 /** The plain line's tail (logs and CI: no width limit). */
@@ -123,6 +139,7 @@ export function plainParts(p: LineParts): string[] {
   const parts = [statesText(p.counts), rateText(p.rate), etaText(p.eta)];
   if (p.holds !== "") parts.push(p.holds);
   if (p.errors !== "") parts.push(`errors: ${p.errors}`);
+  if (p.shares !== undefined && p.shares !== "") parts.push(p.shares);
   return parts;
 }
 
@@ -131,10 +148,10 @@ const BAR_MIN = 10;
 
 /**
  * A terminal line of at most `width` columns: bar, percent, done/total, ETA,
- * rate, then the holds, errors and per-state counts while they fit. The bar
- * shrinks first (to 10 columns); then parts are dropped whole, least useful
- * first (the per-state counts, the errors, the holds, the rate); then the
- * bar goes. Percent, done/total and the ETA always stay.
+ * rate, then the holds, errors, per-state counts and shares while they fit.
+ * The bar shrinks first (to 10 columns); then parts are dropped whole, least
+ * useful first (the shares, the per-state counts, the errors, the holds, the
+ * rate); then the bar goes. Percent, done/total and the ETA always stay.
  */
 export function fitLine(p: LineParts, width: number, bar: (size: number) => string): string {
   const done = doneCount(p.counts);
@@ -142,6 +159,7 @@ export function fitLine(p: LineParts, width: number, bar: (size: number) => stri
   const head = `${pct}% | ${done}/${p.counts.total}`;
   // In the order they are dropped.
   const optional = [
+    p.shares ?? "",
     statesText(p.counts),
     p.errors === "" ? "" : `errors: ${p.errors}`,
     p.holds,
@@ -150,7 +168,7 @@ export function fitLine(p: LineParts, width: number, bar: (size: number) => stri
   const eta = etaText(p.eta);
   const render = (barSize: number, kept: string[]) =>
     [`${barSize > 0 ? `${bar(barSize)} ` : ""}${head}`, eta, ...kept].join(" | ");
-  // Shown left to right: rate, holds, errors, states.
+  // Shown left to right: rate, holds, errors, states, shares.
   let kept = [...optional].reverse().filter((s) => s !== "");
   const max = Math.max(20, width - 1); // the last column would wrap on some terminals
   for (;;) {

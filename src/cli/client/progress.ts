@@ -24,8 +24,9 @@ import {
   type ModelProgress,
   plainParts,
   RateMeter,
+  sharesText,
 } from "./progress-line.js";
-import { countsView, doneCount, isTerminal, stateName } from "./views.js";
+import { countsView, doneCount, isTerminal, shareView, stateName } from "./views.js";
 
 export interface ProgressOptions {
   /** Draw a live bar (a terminal) rather than plain lines. */
@@ -134,6 +135,7 @@ class Display {
       eta: etaSeconds(c.total - done, r, this.diagnosis.perModel()),
       errors: errorsText(this.diagnosis.errors),
       holds: holdsText(this.diagnosis.holds.filter((h) => h.until.getTime() > now)),
+      shares: sharesText(b.shares.map(shareView)),
     };
     if (!this.opts.tty) {
       if (final || this.lastPlain === 0 || now - this.lastPlain >= this.opts.plainEveryMs) {

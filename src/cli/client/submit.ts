@@ -31,6 +31,8 @@ export interface SubmitInput {
   filename: string | undefined;
   /** Unset fields take the server's defaults. */
   retryPolicy: { maxRetries?: number; initialBackoffMs?: number; maxBackoffMs?: number };
+  /** Priority class (-100..100); unset is the default class, 0. */
+  priority?: number;
   /** Refuse to upload when a preflight check warns. */
   strict: boolean;
   /** Draw an upload bar on stderr. */
@@ -108,7 +110,7 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
 export async function startBatch(
   conn: Connection,
   fileId: string,
-  input: Pick<SubmitInput, "completionWindow" | "metadata" | "retryPolicy">,
+  input: Pick<SubmitInput, "completionWindow" | "metadata" | "retryPolicy" | "priority">,
 ): Promise<Batch> {
   const p = input.retryPolicy;
   const res = await conn.batch.createBatch({
@@ -116,6 +118,7 @@ export async function startBatch(
     fileId,
     completionWindow: input.completionWindow ?? "",
     metadata: input.metadata,
+    priority: input.priority ?? 0,
     retryPolicy: {
       maxRetries: p.maxRetries,
       initialBackoff:

@@ -4,11 +4,12 @@
  * timestamps as ISO 8601 or null), and the human one-liners.
  */
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
-import type { ModelLimit } from "../../gen/fusillade/v1/resources_pb.js";
 import {
   type Batch,
   BatchState,
   type File,
+  type ModelLimit,
+  type ModelShare,
   type RequestCounts,
 } from "../../gen/fusillade/v1/resources_pb.js";
 
@@ -56,6 +57,8 @@ export function batchView(b: Batch) {
     completion_window: b.completionWindow,
     metadata: b.metadata,
     counts: countsView(b.counts),
+    priority: b.priority,
+    shares: b.shares.map(shareView),
     retry_policy: {
       max_retries: b.retryPolicy?.maxRetries ?? null,
       initial_backoff_ms: ms(b.retryPolicy?.initialBackoff),
@@ -69,6 +72,29 @@ export function batchView(b: Batch) {
     expired_time: iso(b.expiredTime),
     finish_time: iso(b.finishTime),
   };
+}
+
+/** A running batch's share of one model, for --json (docs/fair-share.md). */
+export function shareView(s: ModelShare) {
+  return {
+    model: s.model,
+    in_flight: s.inFlight,
+    model_in_flight: s.modelInFlight,
+    limit: s.limit,
+    active_batches: s.activeBatches,
+    pending: Number(s.pending),
+  };
+}
+export type ShareView = ReturnType<typeof shareView>;
+
+/**
+ * "gpt-x: 5 of 10 in flight (limit 10, 2 batches), 120 pending": this
+ * batch's claims of the model beside every batch's, the limit, and how many
+ * batches share the model now.
+ */
+export function shareLine(s: ShareView): string {
+  const batches = s.active_batches === 1 ? "1 batch" : `${s.active_batches} batches`;
+  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} in flight (limit ${s.limit}, ${batches}), ${s.pending} pending`;
 }
 
 /** A file for --json. */
@@ -118,6 +144,9 @@ export function batchText(b: Batch): string {
     ["state", `${v.state} (OpenAI: ${v.openai_status})`],
     ["file", v.file_id || "(deleted)"],
     ["requests", countsLine(v.counts)],
+    ["priority", v.priority === 0 ? null : String(v.priority)],
+    // One line per model while the batch runs.
+    ["shares", v.shares.length === 0 ? null : v.shares.map(shareLine).join(`\n${" ".repeat(13)}`)],
     ["created", v.create_time],
     ["expires", v.expire_time],
     ["cancelling", v.cancelling_time],
