@@ -108,13 +108,15 @@ export const WORK_CHECK = `
     WHERE cardinality($1::text[]) = 0 OR l.model = ANY($1::text[])
   ), f AS (
     SELECT m.*,
-      EXISTS (
-        -- LATERAL-style short scan: the oldest ready request is enough.
-        SELECT 1 FROM requests r JOIN batches b ON b.id = r.batch_id
+      (
+        -- A short scan: one ready request is enough. In the index's order
+        -- (requests_pending_batch): an EXISTS was planned as a sequential scan.
+        SELECT true FROM requests r JOIN batches b ON b.id = r.batch_id
         WHERE r.model = m.model AND r.state = 'pending'
           AND (r.not_before IS NULL OR r.not_before <= now())
           AND b.cancelling_at IS NULL AND b.expires_at > now()
-        LIMIT 1) AS ready,
+        ORDER BY r.model, r.batch_id, r.created_at, r.line
+        LIMIT 1) IS NOT NULL AS ready,
       (SELECT coalesce(sum(s.slots), 0) FROM slot_grants s
         WHERE s.model = m.model AND s.expires_at > now()) AS granted,
       (SELECT min(r.not_before) FROM requests r
