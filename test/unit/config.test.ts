@@ -55,6 +55,15 @@ describe("controlPlaneConfig", () => {
     ).toMatch(/FUSILLADE_DB_STATEMENT_TIMEOUT/);
   });
 
+  it("reads FUSILLADE_FAIR_SHARE as on or off, and refuses anything else", () => {
+    expect(controlPlaneConfig({}, {}).sharePolicy).toBe("fair");
+    expect(controlPlaneConfig({}, { FUSILLADE_FAIR_SHARE: "off" }).sharePolicy).toBe("fifo");
+    expect(controlPlaneConfig({}, { FUSILLADE_FAIR_SHARE: "on" }).sharePolicy).toBe("fair");
+    expect(configError(() => controlPlaneConfig({}, { FUSILLADE_FAIR_SHARE: "yes" })).message).toBe(
+      'FUSILLADE_FAIR_SHARE must be on or off, got "yes"',
+    );
+  });
+
   it("takes --listen and leaves every other default", () => {
     const c = controlPlaneConfig({ listen: "0.0.0.0:9000" }, {});
     expect(c).toEqual({ ...CONTROL_PLANE_DEFAULTS, host: "0.0.0.0", port: 9000 });
