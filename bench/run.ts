@@ -21,6 +21,7 @@
  * custom_id missing or duplicated in the results).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
+ * FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
  * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
  * ingest, batch_start, dispatch, memory, reads, claims; batch_start runs ingest too).
  */
@@ -62,6 +63,8 @@ async function main(): Promise<number> {
       dataDir: tmp,
       databaseUrl: process.env.BENCH_DATABASE_URL,
       logLevel: "warn",
+      // FUSILLADE_FAIR_SHARE=off: the whole bench with claims oldest batch first.
+      sharePolicy: process.env.FUSILLADE_FAIR_SHARE === "off" ? "fifo" : "fair",
     },
     log,
   );

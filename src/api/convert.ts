@@ -156,7 +156,6 @@ export function toProtoShare(s: ModelShareRecord): ModelShare {
     modelInFlight: s.modelInFlight,
     limit: s.limit,
     activeBatches: s.activeBatches,
-    pending: BigInt(s.pending),
   });
 }
 

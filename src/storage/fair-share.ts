@@ -78,36 +78,44 @@ export interface ModelShareRecord {
   limit: number;
   /** Running batches with pending requests of the model or claims of it. */
   activeBatches: number;
-  /** This batch's pending requests of the model. */
-  pending: number;
 }
 
 /**
- * BatchShares: per model the batch has pending or claimed requests of, its
- * claims, the model's claims and limit, and how many running batches share the
- * model. Reads the batch's own unfinished rows (requests_batch_state), the
- * model's claims (requests_leased) and one index probe per running batch
- * (requests_pending_batch). Params: batch id, default limit.
+ * BatchShares: per model of the batch's file it has a pending or claimed
+ * request of, its claims, the model's claims and limit, and how many running
+ * batches share the model. Never counts pending rows, nor (for a batch of
+ * one model, the common case) claimed ones: a batch of one model's claims
+ * are its leased_count. Reads the unfinished batches, one index probe per
+ * batch and model (requests_pending_batch), and the claimed rows of batches
+ * of several models (requests_batch_state). A batch whose file was deleted
+ * shows none. Params: batch id, default limit.
  */
 const BATCH_SHARES = `
-  WITH mine AS (
-    SELECT model,
-      count(*) FILTER (WHERE state = 'leased')::int AS in_flight,
-      count(*) FILTER (WHERE state = 'pending')::int AS pending
-    FROM requests WHERE batch_id = $1 AND state IN ('pending', 'leased')
-    GROUP BY model
+  WITH open AS (
+    SELECT b.id, b.leased_count, b.cancelling_at IS NULL AND b.expires_at > now() AS running,
+      f.models
+    FROM batches b LEFT JOIN files f ON f.id = b.file_id WHERE b.finished_at IS NULL
+  ), claims AS (
+    -- Claims of each open batch of each of its models.
+    SELECT o.id, o.running, m.model,
+      CASE WHEN cardinality(o.models) = 1 THEN o.leased_count
+        ELSE (SELECT count(*)::int FROM requests r
+              WHERE r.batch_id = o.id AND r.state = 'leased' AND r.model = m.model) END AS n
+    FROM open o CROSS JOIN LATERAL unnest(o.models) AS m(model)
+    WHERE m.model IN (SELECT unnest(models) FROM open WHERE id = $1)
+  ), per AS (
+    SELECT c.*,
+      (SELECT true FROM requests r
+        WHERE r.model = c.model AND r.batch_id = c.id AND r.state = 'pending'
+        ORDER BY r.created_at, r.line LIMIT 1) IS NOT NULL AS waiting
+    FROM claims c
   )
-  SELECT m.model, m.in_flight, m.pending,
-    (SELECT count(*)::int FROM requests r WHERE r.model = m.model AND r.state = 'leased')
-      AS model_in_flight,
-    coalesce((SELECT l.max_in_flight FROM model_limits l WHERE l.model = m.model), $2)::int AS lim,
-    (SELECT count(*)::int FROM batches b
-      WHERE b.finished_at IS NULL AND b.cancelling_at IS NULL AND b.expires_at > now()
-        AND (EXISTS (SELECT 1 FROM requests r WHERE r.model = m.model AND r.batch_id = b.id
-              AND r.state = 'pending')
-          OR EXISTS (SELECT 1 FROM requests r WHERE r.model = m.model AND r.batch_id = b.id
-              AND r.state = 'leased'))) AS active_batches
-  FROM mine m ORDER BY m.model`;
+  SELECT p.model, p.n AS in_flight,
+    (SELECT coalesce(sum(x.n), 0)::int FROM per x WHERE x.model = p.model) AS model_in_flight,
+    coalesce((SELECT l.max_in_flight FROM model_limits l WHERE l.model = p.model), $2)::int AS lim,
+    (SELECT count(*)::int FROM per x
+      WHERE x.model = p.model AND x.running AND (x.waiting OR x.n > 0)) AS active_batches
+  FROM per p WHERE p.id = $1 AND (p.n > 0 OR p.waiting) ORDER BY p.model`;
 
 /** The shares of a batch that is still running (an empty list for a finished one). */
 export async function batchShares(
@@ -118,7 +126,6 @@ export async function batchShares(
   const { rows } = await q.query<{
     model: string;
     in_flight: number;
-    pending: number;
     model_in_flight: number;
     lim: number;
     active_batches: number;
@@ -129,7 +136,6 @@ export async function batchShares(
     modelInFlight: r.model_in_flight,
     limit: r.lim,
     activeBatches: r.active_batches,
-    pending: r.pending,
   }));
 }
 

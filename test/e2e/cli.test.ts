@@ -844,17 +844,16 @@ describe("fusillade CLI", () => {
         model_in_flight: 2,
         limit: 4,
         active_batches: 2,
-        pending: 1,
       },
     ]);
     const other = JSON.parse((await cli(["status", lowId, "--json"])).stdout);
     expect(other.priority).toBe(0);
-    expect(other.shares).toEqual([expect.objectContaining({ in_flight: 0, pending: 3 })]);
+    expect(other.shares).toEqual([expect.objectContaining({ in_flight: 0, model_in_flight: 2 })]);
 
     const text = await cli(["status", highId]);
     expect(text.stdout).toMatch(/\n {2}priority {3}7\n/);
     expect(text.stdout).toContain(
-      "  shares     gpt-share: 2 of 2 in flight (limit 4, 2 batches), 1 pending\n",
+      "  shares     gpt-share: 2 of 2 in flight (limit 4, 2 batches)\n",
     );
     // Priority 0 is not worth a line.
     expect((await cli(["status", lowId])).stdout).not.toContain("priority");

@@ -36,7 +36,6 @@ function shareRow(s: ModelShare): HTMLElement {
     ),
     h("td", {}, `${s.modelInFlight} / ${s.limit}`),
     h("td", {}, s.activeBatches),
-    h("td", {}, n(s.pending)),
   );
 }
 
@@ -62,8 +61,8 @@ export function batchView(id: string): () => void {
         h(
           "tr",
           {},
-          ...["model", "this batch", "model in flight / limit", "batches sharing", "pending"].map(
-            (t) => h("th", {}, t),
+          ...["model", "this batch", "model in flight / limit", "batches sharing"].map((t) =>
+            h("th", {}, t),
           ),
         ),
       ),

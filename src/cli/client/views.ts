@@ -82,19 +82,18 @@ export function shareView(s: ModelShare) {
     model_in_flight: s.modelInFlight,
     limit: s.limit,
     active_batches: s.activeBatches,
-    pending: Number(s.pending),
   };
 }
 export type ShareView = ReturnType<typeof shareView>;
 
 /**
- * "gpt-x: 5 of 10 in flight (limit 10, 2 batches), 120 pending": this
+ * "gpt-x: 5 of 10 in flight (limit 10, 2 batches)": this
  * batch's claims of the model beside every batch's, the limit, and how many
  * batches share the model now.
  */
 export function shareLine(s: ShareView): string {
   const batches = s.active_batches === 1 ? "1 batch" : `${s.active_batches} batches`;
-  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} in flight (limit ${s.limit}, ${batches}), ${s.pending} pending`;
+  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} in flight (limit ${s.limit}, ${batches})`;
 }
 
 /** A file for --json. */
