@@ -4,7 +4,7 @@
  */
 import { isBatchTerminal } from "../domain/states.js";
 import type { BatchRecord } from "./batches.js";
-import type { Db, Queryable } from "./db.js";
+import type { Db, Prepared, Queryable } from "./db.js";
 
 export interface TenantRecord {
   name: string;
@@ -88,9 +88,12 @@ export interface ModelShareRecord {
  * are its leased_count. Reads the unfinished batches, one index probe per
  * batch and model (requests_pending_batch), and the claimed rows of batches
  * of several models (requests_batch_state). A batch whose file was deleted
- * shows none. Params: batch id, default limit.
+ * shows none. Prepared: its planning cost more than its execution. Params:
+ * batch id, default limit.
  */
-const BATCH_SHARES = `
+const BATCH_SHARES: Prepared = {
+  name: "fusillade_batch_shares",
+  text: `
   WITH open AS (
     SELECT b.id, b.leased_count, b.cancelling_at IS NULL AND b.expires_at > now() AS running,
       f.models
@@ -115,7 +118,8 @@ const BATCH_SHARES = `
     coalesce((SELECT l.max_in_flight FROM model_limits l WHERE l.model = p.model), $2)::int AS lim,
     (SELECT count(*)::int FROM per x
       WHERE x.model = p.model AND x.running AND (x.waiting OR x.n > 0)) AS active_batches
-  FROM per p WHERE p.id = $1 AND (p.n > 0 OR p.waiting) ORDER BY p.model`;
+  FROM per p WHERE p.id = $1 AND (p.n > 0 OR p.waiting) ORDER BY p.model`,
+};
 
 /** The shares of a batch that is still running (an empty list for a finished one). */
 export async function batchShares(
