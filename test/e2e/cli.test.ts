@@ -852,9 +852,7 @@ describe("fusillade CLI", () => {
 
     const text = await cli(["status", highId]);
     expect(text.stdout).toMatch(/\n {2}priority {3}7\n/);
-    expect(text.stdout).toContain(
-      "  shares     gpt-share: 2 of 2 in flight (limit 4, 2 batches)\n",
-    );
+    expect(text.stdout).toContain("  shares     gpt-share: 2 of 2 claimed (limit 4, 2 batches)\n");
     // Priority 0 is not worth a line.
     expect((await cli(["status", lowId])).stdout).not.toContain("priority");
 

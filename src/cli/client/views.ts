@@ -87,13 +87,13 @@ export function shareView(s: ModelShare) {
 export type ShareView = ReturnType<typeof shareView>;
 
 /**
- * "gpt-x: 5 of 10 in flight (limit 10, 2 batches)": this
+ * "gpt-x: 5 of 10 claimed (limit 10, 2 batches)": this
  * batch's claims of the model beside every batch's, the limit, and how many
  * batches share the model now.
  */
 export function shareLine(s: ShareView): string {
   const batches = s.active_batches === 1 ? "1 batch" : `${s.active_batches} batches`;
-  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} in flight (limit ${s.limit}, ${batches})`;
+  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} claimed (limit ${s.limit}, ${batches})`;
 }
 
 /** A file for --json. */
