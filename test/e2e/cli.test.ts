@@ -763,7 +763,8 @@ describe("fusillade CLI", () => {
     expect((await sql.query(`SELECT 1 FROM tenants WHERE name = 'acme'`)).rows).toEqual([]);
 
     // Refused by the CLI (usage, exit 2) before any call: the message names the argument.
-    for (const bad of ["0", "1001", "2.5", "heavy", ""]) {
+    // Out of range, and not an integer (each spawn costs ~1 s: one of each kind).
+    for (const bad of ["1001", "2.5"]) {
       const r = await cli(["tenants", "set-weight", "acme", bad]);
       expect(r.code, bad).toBe(2);
       expect(r.stderr, bad).toMatch(/argument 'weight'.*integer from 1 to 1000, or "default"/);
@@ -821,7 +822,7 @@ describe("fusillade CLI", () => {
 
     // Bad values are usage errors naming --priority; nothing is uploaded.
     const before = (await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n;
-    for (const bad of ["101", "-101", "1.5", "high"]) {
+    for (const bad of ["-101", "1.5"]) {
       const r = await cli(["submit", high, "--endpoint", "http://127.0.0.1:9", "--priority", bad]);
       expect(r.code, bad).toBe(2);
       expect(r.stderr, bad).toMatch(/'--priority <n>'.*integer from -100 to 100/);

@@ -213,6 +213,9 @@ describe("plain HTTP/1.1 JSON (curl-style)", () => {
         canceled: "0",
         expired: "0",
       },
+      // Its share of its model while it runs (docs/fair-share.md): nothing claimed yet.
+      shares: [{ model: "m-fetch", inFlight: 0, modelInFlight: 0, limit: 10, activeBatches: 1 }],
+      priority: 0,
     });
   });
 
