@@ -39,6 +39,7 @@ import {
   retryBatch,
 } from "../storage/batches.js";
 import { sharesOf } from "../storage/fair-share.js";
+import { WORK_CHANNEL } from "../storage/notifications.js";
 import { pageSize } from "../storage/pages.js";
 import { getRequestWithAttempts } from "../storage/request-history.js";
 import { listRequests } from "../storage/requests.js";
@@ -156,7 +157,7 @@ export function batchMethods(
       if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) {
         throw new InvalidArgumentError("priority", "must be an integer between -100 and 100");
       }
-      const { batch, created } = await createBatch(db, {
+      const { batch, created, models } = await createBatch(db, {
         fileId: req.fileId,
         scope: scopeOf(principalOf(ctx)),
         idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
@@ -169,6 +170,9 @@ export function batchMethods(
       // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
       const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
       if (created) deps.lifecycle?.created(batch, trace?.traceId);
+      // This replica's next claims see the new batch at once (fair share's
+      // lone-batch shortcut is dropped); the others hear it through LISTEN.
+      for (const m of models) deps.notifications.announce(WORK_CHANNEL, m);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 

@@ -151,6 +151,19 @@ interface CandidateRow {
   ready: boolean;
 }
 
+/** How long a model's lone ready batch is trusted without reading the candidates again. */
+const LONE_TTL_MS = 100;
+/** A model's lone ready batch, as an allocation entry (only its id matters). */
+const LONE_ENTRY: ShareEntry = {
+  batchId: "",
+  tenant: "",
+  priority: 0,
+  weight: 1,
+  claims: 0,
+  ready: true,
+  createdAt: 0,
+};
+
 /** Rounds of one claim call: a batch that had fewer ready rows than it was given leaves its rest to the others. */
 const CLAIM_ROUNDS = 3;
 
@@ -207,7 +220,25 @@ export class LeaseService {
     private readonly config: LeaseServiceConfig,
     private readonly keyring: Keyring,
     private readonly metrics: LeaseMetrics = {},
-  ) {}
+  ) {
+    // New work for a model (a batch created, a request back to pending) may
+    // add a candidate batch: forget what was known of it. "*": a reconnect.
+    notifications.on(WORK_CHANNEL, (model) => {
+      if (model === "*") this.#lone.clear();
+      else this.#lone.delete(model);
+      this.#workSeen++;
+    });
+  }
+
+  /**
+   * Models last seen with exactly one batch ready (docs/fair-share.md): while
+   * that holds, all their claims go to it and the candidates need not be read.
+   * Dropped on a work notification for the model, when that batch falls
+   * short, and after LONE_TTL_MS (a retry's backoff ends without a notification).
+   */
+  readonly #lone = new Map<string, { batchId: string; until: number }>();
+  /** Work notifications seen: a candidates read that overlapped one is not remembered. */
+  #workSeen = 0;
 
   /** Decrypted API keys by api_keys id: claims of one file share one. */
   readonly #keys = new Map<string, string>();
@@ -322,18 +353,35 @@ export class LeaseService {
     q: Queryable,
   ): Promise<ClaimRow[]> {
     const policy = this.config.sharePolicy ?? "fair";
-    const cand = await q.query<CandidateRow>(sql.CLAIM_CANDIDATES, [models]);
     const entries = new Map<string, ShareEntry[]>(models.map((m) => [m, []]));
-    for (const c of cand.rows) {
-      entries.get(c.model)?.push({
-        batchId: c.batch_id,
-        tenant: c.tenant,
-        priority: c.priority,
-        weight: c.weight,
-        claims: c.claims,
-        ready: c.ready,
-        createdAt: Number(c.created_ms),
-      });
+    const now = Date.now();
+    const toRead: string[] = [];
+    for (const m of models) {
+      const lone = this.#lone.get(m);
+      if (lone !== undefined && lone.until > now) {
+        entries.get(m)!.push({ ...LONE_ENTRY, batchId: lone.batchId });
+      } else toRead.push(m);
+    }
+    if (toRead.length > 0) {
+      const seen = this.#workSeen;
+      const cand = await q.query<CandidateRow>(sql.CLAIM_CANDIDATES, [toRead]);
+      for (const c of cand.rows) {
+        entries.get(c.model)?.push({
+          batchId: c.batch_id,
+          tenant: c.tenant,
+          priority: c.priority,
+          weight: c.weight,
+          claims: c.claims,
+          ready: c.ready,
+          createdAt: Number(c.created_ms),
+        });
+      }
+      for (const m of toRead) {
+        const ready = entries.get(m)!.filter((e) => e.ready);
+        if (ready.length === 1 && seen === this.#workSeen) {
+          this.#lone.set(m, { batchId: ready[0]!.batchId, until: now + LONE_TTL_MS });
+        } else this.#lone.delete(m);
+      }
     }
     const room = new Map(models.map((m, i) => [m, counts[i]!]));
     const perModelBytes = Math.ceil(this.config.maxClaimBytes / models.length);
@@ -375,6 +423,7 @@ export class LeaseService {
         if (g < a.n) {
           // Fewer ready rows than its share (or the byte cap ended the model's claims).
           spent.get(a.model)!.set(a.batchId, 0);
+          if (this.#lone.get(a.model)?.batchId === a.batchId) this.#lone.delete(a.model);
           short = true;
         }
       }

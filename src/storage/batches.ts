@@ -141,7 +141,7 @@ const REQUESTS_SNAPSHOT_FILE = `
 export async function createBatch(
   db: Db,
   b: NewBatch,
-): Promise<{ batch: BatchRecord; created: boolean }> {
+): Promise<{ batch: BatchRecord; created: boolean; models: string[] }> {
   if (!isId(b.fileId)) throw new NotFoundError("file", b.fileId);
   const owner = await db.query<{ tenant: string }>(
     `SELECT tenant FROM files WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,
@@ -151,7 +151,7 @@ export async function createBatch(
   if (tenant === undefined) throw new NotFoundError("file", b.fileId);
   if (b.idempotencyKey !== null) {
     const existing = await batchByKey(db, tenant, b.idempotencyKey);
-    if (existing) return { batch: existing, created: false };
+    if (existing) return { batch: existing, created: false, models: [] };
   }
   const created = await db.tx(async (q) => {
     // FOR SHARE: a concurrent DeleteFile waits until the snapshot is taken.
@@ -190,13 +190,13 @@ export async function createBatch(
       [f.models],
     );
     await q.query(`SELECT pg_notify('fusillade_work', m) FROM unnest($1::text[]) m`, [f.models]);
-    return toBatch(row);
+    return { batch: toBatch(row), models: f.models };
   });
-  if (created) return { batch: created, created: true };
+  if (created) return { ...created, created: true };
   // A concurrent request with the same key committed first.
   const existing = await batchByKey(db, tenant, b.idempotencyKey!);
   if (!existing) throw new Error("idempotency key conflict without a batch");
-  return { batch: existing, created: false };
+  return { batch: existing, created: false, models: [] };
 }
 
 async function batchByKey(db: Db, tenant: string, key: string): Promise<BatchRecord | undefined> {

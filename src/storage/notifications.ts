@@ -141,6 +141,15 @@ export class Notifications {
   }
 
   /** Calls `fn` with each payload on `channel` ("*" after a reconnect); returns an unsubscribe. */
+  /**
+   * Tells this process's listeners at once of a notification this process
+   * has just committed: they need not wait for it to come back through the
+   * LISTEN connection (it still does, and is harmless twice).
+   */
+  announce(channel: Channel, payload: string): void {
+    this.emitter.emit(channel, payload);
+  }
+
   on(channel: Channel, fn: (payload: string) => void): () => void {
     this.emitter.on(channel, fn);
     return () => this.emitter.off(channel, fn);

@@ -287,6 +287,22 @@ describe("claims", () => {
     expect(ids(refilled.claims)).toEqual(["old-3"]); // the only one left
   });
 
+  test("a batch created while another runs alone gets the next claims at once", async () => {
+    await batchOf("ln1", 10, undefined, "first");
+    const one = await take("ln", "ln1", 2);
+    expect(ids(one.claims)).toEqual(["first-0", "first-1"]);
+    // The model has one ready batch: the control plane remembers it (docs/fair-share.md)…
+    const sync = (room: number) =>
+      t.dispatch.sync({
+        dispatcherId: "ln",
+        slots: [{ model: "ln1", token: one.token, keep: 4, want: 4, room }],
+      });
+    expect(ids((await sync(2)).claims)).toEqual(["first-2", "first-3"]);
+    // …and forgets it when a batch of the model is created: the newcomer, holding none, is next.
+    await batchOf("ln1", 3, undefined, "second");
+    expect(ids((await sync(2)).claims)).toEqual(["second-0", "second-1"]);
+  });
+
   test("a request waiting for its backoff holds no share; once due it competes like the rest", async () => {
     await batchOf("bk1", 2, { backoffMs: 400 }, "x");
     await batchOf("bk1", 10, undefined, "y");
