@@ -9,7 +9,9 @@
  * Modes of a model, for one dispatcher's Sync: held (a 429's Retry-After has
  * not passed) → the grant is renewed and may be cut, never grown, and no
  * claims; otherwise the grant goes to min(keep, slots) and then toward the
- * holder's fair share, and claims fill the room the dispatcher names.
+ * holder's fair share, and claims fill the room the dispatcher names, split
+ * among the model's running batches by priority class, tenant weight and
+ * batch (docs/fair-share.md, ./fair-share.ts).
  */
 import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
 

@@ -1,7 +1,9 @@
 /**
  * Fair share (docs/fair-share.md), measured at the upstream: two dispatcher
- * processes, one control plane with tokens, each model limited to 10, an
- * upstream answering in 100 ms that records every delivery with its batch.
+ * processes, each on its own control-plane replica (tokens on; one database,
+ * so every decision is read from Postgres and batches created on the first
+ * replica reach the second's claims through LISTEN), each model limited to
+ * 10, an upstream answering in 100 ms that records every delivery with its batch.
  * Shares are time-weighted means of each batch's requests in flight there.
  */
 import type { Client } from "@connectrpc/connect";
@@ -23,20 +25,22 @@ const LIMIT = 10;
 const ANSWER_MS = 100;
 
 let t: TestControlPlane;
+let replica: TestControlPlane;
 let upstream: Upstream;
 const children: FusilladeProcess[] = [];
 
 beforeAll(async () => {
   t = await startTestControlPlane({ adminToken: ADMIN });
+  replica = await startTestControlPlane({ adminToken: ADMIN }, t.database);
   upstream = await startUpstream();
   upstream.respond = () => ({ delayMs: ANSWER_MS });
   const { secret } = await t.admin.createToken({ role: TokenRole.DISPATCHER, name: "fleet" });
   children.push(
     ...(await Promise.all(
-      ["d1", "d2"].map((id) =>
+      [t, replica].map((cp, i) =>
         startDispatcherProcess({
-          controlPlane: t.url,
-          id,
+          controlPlane: cp.url,
+          id: `d${i + 1}`,
           capacity: 16,
           env: { FUSILLADE_TOKEN: secret },
         }),
@@ -47,6 +51,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(children.map((c) => c.stop("SIGKILL")));
   await upstream?.close();
+  await replica?.stop();
   await t?.close();
 });
 
