@@ -133,6 +133,11 @@ export interface BatchOptions {
   retryPolicy?: { maxRetries?: number; initialBackoffMs?: number; maxBackoffMs?: number };
   /** Idempotency key: the same key returns the first batch. @default a fresh one */
   requestId?: string;
+  /**
+   * Priority class, -100..100: a busy model's slots go to the highest class
+   * with work first (docs/fair-share.md). @default 0
+   */
+  priority?: number;
 }
 
 /** Request states by name. */
@@ -347,6 +352,7 @@ export function createFusilladeClient(options: FusilladeClientOptions): Fusillad
           fileId,
           completionWindow: o.completionWindow ?? "",
           metadata: o.metadata ?? {},
+          priority: o.priority ?? 0,
           retryPolicy: p && {
             maxRetries: p.maxRetries,
             initialBackoff:

@@ -108,8 +108,9 @@ describe("fusillade/client", () => {
       completionWindow: "2h",
       metadata: { run: "ts" },
       retryPolicy: { maxRetries: 1, initialBackoffMs: 100 },
+      priority: 4,
     });
-    expect(batch).toMatchObject({ completionWindow: "2h", metadata: { run: "ts" } });
+    expect(batch).toMatchObject({ completionWindow: "2h", metadata: { run: "ts" }, priority: 4 });
     expect(batch.retryPolicy?.maxRetries).toBe(1);
 
     const seen = await all(client.watchBatch(batch.id, { minIntervalMs: 50 }));
