@@ -15,6 +15,16 @@ interface RetryFlags {
   resume?: boolean;
 }
 
+/** What `retry` and `resume` ask of RetryBatch. */
+function selectionOf(o: RetryFlags, resume: boolean) {
+  return {
+    customIds: o.customId,
+    requestIds: o.requestId,
+    completionWindow: o.completionWindow,
+    resume,
+  };
+}
+
 function nonNegativeInt(value: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 0) throw new CliError("--limit must be an integer ≥ 0", 2);
@@ -41,12 +51,7 @@ export function registerRequestCommands(program: Command): void {
     )
     .action(
       run(async (conn, g, batch: string, o: RetryFlags) =>
-        retryAction(conn, g, batch, {
-          customIds: o.customId,
-          requestIds: o.requestId,
-          completionWindow: o.completionWindow,
-          resume: o.resume === true,
-        }),
+        retryAction(conn, g, batch, selectionOf(o, o.resume === true)),
       ),
     );
 
@@ -60,12 +65,7 @@ export function registerRequestCommands(program: Command): void {
     .argument("<batch>", "batch id")
     .action(
       run(async (conn, g, batch: string, o: RetryFlags) =>
-        retryAction(conn, g, batch, {
-          customIds: o.customId,
-          requestIds: o.requestId,
-          completionWindow: o.completionWindow,
-          resume: true,
-        }),
+        retryAction(conn, g, batch, selectionOf(o, true)),
       ),
     );
 

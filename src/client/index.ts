@@ -149,7 +149,8 @@ export type RequestStateName =
   | "cancelled"
   | "expired";
 
-const STATE_BY_NAME: Record<RequestStateName, RequestState> = {
+/** Request states by the names users type (the CLI's --state takes the same). */
+export const REQUEST_STATE_BY_NAME: Readonly<Record<RequestStateName, RequestState>> = {
   pending: RequestState.PENDING,
   in_progress: RequestState.LEASED,
   completed: RequestState.COMPLETED,
@@ -386,7 +387,7 @@ export function createFusilladeClient(options: FusilladeClientOptions): Fusillad
             pageToken,
             pageSize: f.pageSize ?? 0,
             states: (f.states ?? []).map((s) => {
-              const v = STATE_BY_NAME[s];
+              const v = REQUEST_STATE_BY_NAME[s];
               if (v === undefined) {
                 throw new FusilladeError(
                   Code.InvalidArgument,

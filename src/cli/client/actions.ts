@@ -20,6 +20,8 @@ import {
   formatDuration,
   isTerminal,
   limitView,
+  print,
+  printJson,
   stateName,
   table,
 } from "./views.js";
@@ -38,14 +40,6 @@ export interface WatchFlags {
   intervalMs: number;
   /** How long to keep reconnecting to a server that went away, in ms. */
   reconnectForMs?: number;
-}
-
-function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
-}
-
-function printJson(value: unknown): void {
-  print(JSON.stringify(value, null, 2));
 }
 
 function note(text: string): void {

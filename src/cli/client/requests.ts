@@ -3,20 +3,14 @@
  * model) and `fusillade request ID` (one request with its attempts).
  */
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { REQUEST_STATE_BY_NAME } from "../../client/index.js";
 import type { RequestAttempt } from "../../gen/fusillade/v1/batch_service_pb.js";
 import { type BatchRequest, RequestState } from "../../gen/fusillade/v1/resources_pb.js";
 import { CliError, type Connection } from "./connection.js";
-import { formatDuration, table } from "./views.js";
+import { formatDuration, print, table } from "./views.js";
 
-/** Request states by the names users type (and the CLI prints). */
-export const REQUEST_STATE_NAMES: Record<string, RequestState> = {
-  pending: RequestState.PENDING,
-  in_progress: RequestState.LEASED,
-  completed: RequestState.COMPLETED,
-  failed: RequestState.FAILED,
-  cancelled: RequestState.CANCELED,
-  expired: RequestState.EXPIRED,
-};
+/** Request states by the names users type (and the CLI prints): the client library's. */
+const REQUEST_STATE_NAMES: Readonly<Record<string, RequestState>> = REQUEST_STATE_BY_NAME;
 
 /** A request state as its CLI name. */
 export function requestStateName(s: RequestState): string {
@@ -186,10 +180,6 @@ export async function* batchRequests(
     yield* page.requests;
     pageToken = page.nextPageToken;
   } while (pageToken !== "");
-}
-
-function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
 }
 
 /** requests BATCH: a table (or --json) of the batch's requests, filtered. */

@@ -1,7 +1,7 @@
 /** `fusillade tenants set-weight|list`: tenant weights in fair share (docs/fair-share.md). Admin only. */
 import type { Tenant } from "../../gen/fusillade/v1/admin_service_pb.js";
 import type { Connection } from "./connection.js";
-import { table } from "./views.js";
+import { print, printJson, table } from "./views.js";
 
 /** A tenant for --json. */
 export function tenantView(t: Tenant) {
@@ -12,10 +12,6 @@ export function tenantView(t: Tenant) {
     in_flight: t.inFlight,
     active_batches: t.activeBatches,
   };
-}
-
-function out(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
 }
 
 /** tenants set-weight TENANT WEIGHT|default. */
@@ -29,8 +25,8 @@ export async function tenantsSetWeightAction(
     weight === "default" ? { tenant, clearWeight: true } : { tenant, weight },
   );
   const v = tenantView(res.tenant!);
-  if (json) return out(JSON.stringify(v, null, 2));
-  out(
+  if (json) return printJson(v);
+  print(
     `${v.name}: weight ${v.weight}${v.is_default ? " (default)" : ""}, ${v.active_batches} unfinished batches, ${v.in_flight} claimed`,
   );
 }
@@ -39,8 +35,8 @@ export async function tenantsSetWeightAction(
 export async function tenantsListAction(conn: Connection, json: boolean): Promise<void> {
   const res = await conn.admin.listTenants({});
   const views = res.tenants.map(tenantView);
-  if (json) return out(JSON.stringify({ tenants: views }, null, 2));
-  out(
+  if (json) return printJson({ tenants: views });
+  print(
     table(
       ["TENANT", "WEIGHT", "IN FLIGHT", "ACTIVE BATCHES"],
       views.map((v) => [
@@ -51,5 +47,5 @@ export async function tenantsListAction(conn: Connection, json: boolean): Promis
       ]),
     ),
   );
-  out("tenants without a weight of their own weigh 1");
+  print("tenants without a weight of their own weigh 1");
 }

@@ -2,7 +2,7 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type ApiToken, TokenRole } from "../../gen/fusillade/v1/admin_service_pb.js";
 import { CliError, type Connection } from "./connection.js";
-import { table } from "./views.js";
+import { print, printJson, table } from "./views.js";
 
 const ROLES: Record<string, TokenRole> = {
   client: TokenRole.CLIENT,
@@ -22,8 +22,6 @@ function tokenView(t: ApiToken) {
   };
 }
 
-const out = (text: string) => process.stdout.write(`${text}\n`);
-
 export async function tokensCreateAction(
   conn: Connection,
   json: boolean,
@@ -39,10 +37,10 @@ export async function tokensCreateAction(
   const r = await conn.admin.createToken({ role, tenant: o.tenant ?? "", name: o.name ?? "" });
   const v = tokenView(r.token!);
   if (json) {
-    out(JSON.stringify({ id: v.id, token: r.secret, role: v.role, tenant: v.tenant }, null, 2));
+    printJson({ id: v.id, token: r.secret, role: v.role, tenant: v.tenant });
     return;
   }
-  out(r.secret);
+  print(r.secret);
   process.stderr.write(
     `token ${v.id} (${v.role}${v.tenant ? `, tenant ${v.tenant}` : ""}): shown once, keep it now. Use it with --token or FUSILLADE_TOKEN.\n`,
   );
@@ -52,10 +50,10 @@ export async function tokensListAction(conn: Connection, json: boolean): Promise
   const r = await conn.admin.listTokens({});
   const views = r.tokens.map(tokenView);
   if (json) {
-    out(JSON.stringify({ tokens: views }, null, 2));
+    printJson({ tokens: views });
     return;
   }
-  out(
+  print(
     table(
       ["ID", "ROLE", "TENANT", "NAME", "CREATED", "REVOKED"],
       views.map((v) => [
@@ -77,6 +75,6 @@ export async function tokensRevokeAction(
 ): Promise<void> {
   const r = await conn.admin.revokeToken({ id });
   const v = tokenView(r.token!);
-  if (json) out(JSON.stringify(v, null, 2));
-  else out(`revoked token ${v.id}`);
+  if (json) printJson(v);
+  else print(`revoked token ${v.id}`);
 }

@@ -195,3 +195,13 @@ export function formatDuration(seconds: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
 }
+
+/** Writes `text` to stdout as one or more whole lines. */
+export function print(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+}
+
+/** Writes `value` as indented JSON (--json output). */
+export function printJson(value: unknown): void {
+  print(JSON.stringify(value, null, 2));
+}
