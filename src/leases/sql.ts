@@ -7,6 +7,7 @@
  */
 
 import type { Prepared } from "../storage/db.js";
+import { batchClaimsOf } from "../storage/fair-share.js";
 
 /**
  * SlotGrantSync: one dispatcher's grant of one model: check the token, cut to
@@ -22,25 +23,23 @@ export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6,
  * with a ready pending request of the model or with claims of it, its tenant,
  * the tenant's weight (1 without a row), its priority and its current claims.
  * Reads the unfinished batches (batches_unfinished_expiry), one index probe
- * per batch and model of its file (requests_pending_batch), and the model's claims
- * (requests_leased): never the backlog. A model on a 429 hold has none.
+ * per batch and model of its file (requests_pending_batch), and the claims
+ * from the batch counters (batchClaimsOf: leased rows only for batches of
+ * several models): never the backlog. A model on a 429 hold has none.
  */
 export const CLAIM_CANDIDATES: Prepared = {
   name: "fusillade_claim_candidates",
   text: `
-  WITH held AS (
-    SELECT r.model, r.batch_id, count(*)::int AS claims
-    FROM requests r WHERE r.model = ANY($1::text[]) AND r.state = 'leased'
-    GROUP BY r.model, r.batch_id
-  ), live AS (
+  WITH live AS (
     -- The file's models (null once the file is deleted: then every model is probed).
-    SELECT b.id, b.tenant, b.priority, b.created_at, coalesce(t.weight, 1) AS weight, f.models
+    SELECT b.id, b.tenant, b.priority, b.created_at, b.leased_count,
+      coalesce(t.weight, 1) AS weight, f.models
     FROM batches b LEFT JOIN tenants t ON t.name = b.tenant LEFT JOIN files f ON f.id = b.file_id
     WHERE b.finished_at IS NULL AND b.cancelling_at IS NULL AND b.expires_at > now()
   ), c AS (
     SELECT w.model, l.id AS batch_id, l.tenant, l.priority, l.weight,
       extract(epoch FROM l.created_at) * 1000 AS created_ms,
-      coalesce(h.claims, 0) AS claims,
+      ${batchClaimsOf("l", "l.models", "w.model")} AS claims,
       -- ORDER BY … LIMIT 1 rather than EXISTS: it keeps the planner on the
       -- index (an EXISTS was planned as a sequential scan expecting an early hit).
       (SELECT true FROM requests r
@@ -48,7 +47,6 @@ export const CLAIM_CANDIDATES: Prepared = {
           AND (r.not_before IS NULL OR r.not_before <= now())
         ORDER BY r.created_at, r.line LIMIT 1) IS NOT NULL AS ready
     FROM unnest($1::text[]) AS w(model) CROSS JOIN live l
-    LEFT JOIN held h ON h.model = w.model AND h.batch_id = l.id
     WHERE (l.models IS NULL OR w.model = ANY(l.models)) AND NOT EXISTS (
       SELECT 1 FROM model_limits m WHERE m.model = w.model AND m.hold_until > now())
   )

@@ -81,6 +81,18 @@ export interface ModelShareRecord {
 }
 
 /**
+ * SQL: the claims of batch `b` (a batches row, with its file's `models`) of
+ * `model`: its leased_count when the file has that one model (no row is read),
+ * else a count of its leased rows of the model (requests_batch_state: at most
+ * its claims). Shared by the claim's candidates and the batch shares.
+ */
+export function batchClaimsOf(b: string, models: string, model: string): string {
+  return `CASE WHEN cardinality(${models}) = 1 THEN ${b}.leased_count
+    ELSE (SELECT count(*)::int FROM requests r
+          WHERE r.batch_id = ${b}.id AND r.state = 'leased' AND r.model = ${model}) END`;
+}
+
+/**
  * BatchShares: per model of the batch's file it has a pending or claimed
  * request of, its claims, the model's claims and limit, and how many running
  * batches share the model. Never counts pending rows, nor (for a batch of
@@ -100,10 +112,7 @@ const BATCH_SHARES: Prepared = {
     FROM batches b LEFT JOIN files f ON f.id = b.file_id WHERE b.finished_at IS NULL
   ), claims AS (
     -- Claims of each open batch of each of its models.
-    SELECT o.id, o.running, m.model,
-      CASE WHEN cardinality(o.models) = 1 THEN o.leased_count
-        ELSE (SELECT count(*)::int FROM requests r
-              WHERE r.batch_id = o.id AND r.state = 'leased' AND r.model = m.model) END AS n
+    SELECT o.id, o.running, m.model, ${batchClaimsOf("o", "o.models", "m.model")} AS n
     FROM open o CROSS JOIN LATERAL unnest(o.models) AS m(model)
     WHERE m.model IN (SELECT unnest(models) FROM open WHERE id = $1)
   ), per AS (
