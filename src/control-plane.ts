@@ -158,6 +158,13 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
+      connections: config.connections,
+      onConnectionClosed: (reason, client) => {
+        // Refusals and evictions mean the caps are reached: worth a line each.
+        if (reason === "refused" || reason === "evicted") {
+          log.warn({ reason, client }, "connection cap reached: a connection was closed");
+        } else log.debug({ reason, client }, "connection closed by the server");
+      },
       plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute(config.webDir)],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
