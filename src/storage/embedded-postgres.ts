@@ -113,8 +113,16 @@ export async function startEmbeddedPostgres(
   await writeFile(path.join(dataDir, OWNER_FILE), `${process.pid}\n`);
   log(`embedded Postgres ready on 127.0.0.1:${port} in ${Date.now() - started} ms (${dataDir})`);
 
+  // Whatever ends this process without stop() (an uncaught exception, process.exit), the
+  // server goes with it: SIGINT is Postgres' fast shutdown, which it finishes on its own.
+  // (kill -9 cannot be caught: the next start on this data dir stops the stale server.)
+  const onExit = () => {
+    if (postmasterPid !== undefined) signal(postmasterPid, "SIGINT");
+  };
+  process.once("exit", onExit);
   let stopping: Promise<void> | undefined;
   const stop = () => {
+    process.off("exit", onExit);
     stopping ??= stopServer(native, dataDir, postmasterPid, runAs, log);
     return stopping;
   };
