@@ -55,6 +55,37 @@ describe("controlPlaneConfig", () => {
     ).toMatch(/FUSILLADE_DB_STATEMENT_TIMEOUT/);
   });
 
+  it("reads the API port's connection caps and timeouts from the environment", () => {
+    expect(controlPlaneConfig({}, {}).connections).toEqual(CONTROL_PLANE_DEFAULTS.connections);
+    const c = controlPlaneConfig(
+      {},
+      {
+        FUSILLADE_MAX_CONNECTIONS: "500",
+        FUSILLADE_MAX_CONNECTIONS_PER_CLIENT: "50",
+        FUSILLADE_HEADERS_TIMEOUT: "5s",
+        FUSILLADE_IDLE_TIMEOUT: "0",
+        FUSILLADE_BODY_TIMEOUT: "2m",
+      },
+    );
+    expect(c.connections).toEqual({
+      maxConnections: 500,
+      maxConnectionsPerClient: 50,
+      headersTimeoutMs: 5000,
+      idleTimeoutMs: 0,
+      bodyTimeoutMs: 120_000,
+    });
+    // A headers timeout of 0 would let a silent socket stay forever: refused.
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_HEADERS_TIMEOUT: "0" })).message,
+    ).toMatch(/FUSILLADE_HEADERS_TIMEOUT/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_MAX_CONNECTIONS: "0x10" })).message,
+    ).toMatch(/FUSILLADE_MAX_CONNECTIONS must be/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_BODY_TIMEOUT: "soon" })).message,
+    ).toMatch(/FUSILLADE_BODY_TIMEOUT/);
+  });
+
   it("reads FUSILLADE_FAIR_SHARE as on or off, and refuses anything else", () => {
     expect(controlPlaneConfig({}, {}).sharePolicy).toBe("fair");
     expect(controlPlaneConfig({}, { FUSILLADE_FAIR_SHARE: "off" }).sharePolicy).toBe("fifo");
