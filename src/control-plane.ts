@@ -18,6 +18,7 @@ import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
 import { Fleet } from "./metrics/fleet.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { reencrypt } from "./storage/api-keys.js";
+import { tokenStore } from "./storage/api-tokens.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -123,7 +124,7 @@ export async function startControlPlane(
     metrics.countDispatchers(() => fleet.size);
     lifecycle.start(notifications);
     cleanup.push(async () => lifecycle.close());
-    const auth = new Authenticator(db, notifications, {
+    const auth = new Authenticator(tokenStore(db, notifications), {
       adminToken: config.adminToken,
       localMode,
     });

@@ -2,7 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ROLES, type Role } from "../auth/principal.js";
-import { createToken, listTokens, revokeToken, type TokenRecord } from "../auth/tokens.js";
+import type { TokenRecord } from "../auth/tokens.js";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import { validateModel, validateText } from "../domain/templates.js";
 import {
@@ -19,6 +19,7 @@ import {
   TokenRole,
 } from "../gen/fusillade/v1/admin_service_pb.js";
 import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
+import { createToken, listTokens, revokeToken } from "../storage/api-tokens.js";
 import { listTenants, setTenantWeight, type TenantRecord } from "../storage/fair-share.js";
 import { listModelLimits, type ModelLimitRecord, setModelLimit } from "../storage/model-limits.js";
 import { pageSize } from "../storage/pages.js";

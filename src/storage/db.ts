@@ -10,7 +10,7 @@
  * renewals, reports), so client traffic cannot starve it.
  */
 import pg, { type Pool, type PoolClient, type QueryResult, type QueryResultRow } from "pg";
-import type { DataSource } from "typeorm";
+import type { DataSource, EntityManager } from "typeorm";
 import { makeDataSource } from "./data-source.js";
 import { type PoolTuning, poolConfig } from "./pool-options.js";
 
@@ -34,6 +34,11 @@ export class Db {
   private constructor(
     /** The pg pool. */
     readonly pool: Pool,
+    /**
+     * TypeORM's entity manager, for the plain CRUD paths (tokens, tenants,
+     * limits, file lookups): always on the general pool, `dispatch`'s too.
+     */
+    readonly orm: EntityManager,
     private readonly closePool: () => Promise<void>,
     dispatch?: Db,
   ) {
@@ -56,12 +61,12 @@ export class Db {
     const closeGeneral = async () => {
       if (ds.isInitialized) await ds.destroy();
     };
-    if (options.dispatch === undefined) return new Db(general, closeGeneral);
+    if (options.dispatch === undefined) return new Db(general, ds.manager, closeGeneral);
     const pool = new pg.Pool({ connectionString: url, ...poolConfig(options.dispatch) });
     // An idle client's error is emitted on the pool: without a listener it would crash the process.
     pool.on("error", onError);
     let ended = false;
-    const dispatch = new Db(pool, async () => {
+    const dispatch = new Db(pool, ds.manager, async () => {
       if (ended) return;
       ended = true;
       await pool.end();
@@ -76,6 +81,7 @@ export class Db {
     }
     return new Db(
       general,
+      ds.manager,
       async () => {
         await dispatch.closePool();
         await closeGeneral();

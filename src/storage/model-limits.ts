@@ -1,5 +1,6 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import type { Db } from "./db.js";
+import { ModelLimitEntity } from "./entities/index.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
 export interface ModelLimitRecord {
@@ -51,13 +52,12 @@ export async function setModelLimit(
   model: string,
   limit: number | null,
 ): Promise<ModelLimitRecord> {
-  await db.tx(async (q) => {
-    await q.query(
-      `INSERT INTO model_limits (model, max_in_flight, updated_at) VALUES ($1, $2, now())
-       ON CONFLICT (model) DO UPDATE SET max_in_flight = excluded.max_in_flight, updated_at = now()`,
-      [model, limit],
-    );
-    await q.query(`SELECT pg_notify('fusillade_work', $1), pg_notify('fusillade_limits', $1)`, [
+  await db.orm.transaction(async (m) => {
+    // The upsert sets only the columns named: a 429 hold (hold_until) stays.
+    await m
+      .getRepository(ModelLimitEntity)
+      .upsert({ model, maxInFlight: limit, updatedAt: () => "now()" }, ["model"]);
+    await m.query(`SELECT pg_notify('fusillade_work', $1), pg_notify('fusillade_limits', $1)`, [
       model,
     ]);
   });
