@@ -8,7 +8,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { PlainRoute } from "../api/server.js";
+import type { PlainRoute } from "../plain-route.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
