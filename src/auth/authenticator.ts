@@ -3,6 +3,12 @@
  * admin token, the credential `serve` gives its own dispatcher, a stored
  * token (cached; dropped on NOTIFY fusillade_tokens), or, in local mode, no
  * credential at all from a loopback Host.
+ *
+ * src/auth/ owns who a call runs as: principals and roles, tokens (pure:
+ * making and hashing them), the keyring that seals upstream keys, and this
+ * authenticator. It imports nothing of ours: what it needs of stored tokens
+ * it declares ({@link TokenStore}), src/storage implements it, and the
+ * control plane wires the two.
  */
 import { timingSafeEqual } from "node:crypto";
 import { DEFAULT_TENANT, type Principal } from "./principal.js";

@@ -1,6 +1,9 @@
 /**
  * Configuration: defaults → environment → flags → validated, frozen
  * objects. The only reader of process.env.
+ *
+ * src/config/ owns configuration and is the only reader of process.env. It
+ * may import src/domain only.
  */
 import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";

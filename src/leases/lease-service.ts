@@ -12,6 +12,10 @@
  * holder's fair share, and claims fill the room the dispatcher names, split
  * among the model's running batches by priority class, tenant weight and
  * batch (docs/fair-share.md, ./fair-share.ts).
+ *
+ * src/leases/ owns slot grants, claims, renewals, reports and the reaper,
+ * with their named SQL (./sql.ts). It may import src/storage, src/auth,
+ * src/domain and the logger.
  */
 import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
 

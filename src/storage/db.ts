@@ -8,6 +8,13 @@
  * behind them past a lease's fence makes dispatchers abort paid-for requests
  * fleet-wide. `db.dispatch` is only for the DispatchService (grants,
  * renewals, reports), so client traffic cannot starve it.
+ *
+ * src/storage/ is the only door to Postgres (pg and typeorm are its alone):
+ * this handle, the data source and migrations list, the entities
+ * (./entities/), named SQL for files, batches, requests, events and results,
+ * LISTEN/NOTIFY, embedded Postgres. It may import src/domain, src/auth
+ * (principal scopes, the keyring, token hashing, the TokenStore it
+ * implements) and migrations/.
  */
 import pg, { type Pool, type PoolClient, type QueryResult, type QueryResultRow } from "pg";
 import type { DataSource, EntityManager } from "typeorm";
