@@ -41,8 +41,10 @@ export function makeDataSource(options: DataSourceOptions): DataSource {
     entities: ENTITIES,
     migrations: MIGRATIONS,
     synchronize: false,
-    // gen_random_uuid() is built in since Postgres 13: no extension to create at each connect.
+    // gen_random_uuid() is built in since Postgres 13: no extension to create at each connect,
+    // and the uuid keys' default the entities describe is that one (the migrations' own).
     installExtensions: false,
+    uuidExtension: "pgcrypto",
     migrationsRun: false,
     logging: false,
     poolSize: options.poolSize ?? 10,

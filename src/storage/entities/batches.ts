@@ -33,7 +33,7 @@ const COUNTERS = [
 )
 @Check("batches_priority_check", "priority BETWEEN -100 AND 100")
 export class BatchEntity {
-  @PrimaryGeneratedColumn("uuid") id: string;
+  @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "batches_pkey" }) id: string;
   /** No foreign key: a batch outlives its file (its requests are a snapshot). */
   @Column({ type: "uuid", name: "file_id", nullable: true }) fileId: string | null;
   @Column({ type: "jsonb", default: () => "'{}'" }) metadata: Record<string, string>;

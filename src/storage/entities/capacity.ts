@@ -9,7 +9,7 @@ import { Check, Column, Entity, PrimaryColumn } from "typeorm";
 @Entity({ name: "model_limits" })
 @Check("model_limits_max_in_flight_check", "max_in_flight >= 0")
 export class ModelLimitEntity {
-  @PrimaryColumn({ type: "text" }) model: string;
+  @PrimaryColumn({ type: "text", primaryKeyConstraintName: "model_limits_pkey" }) model: string;
   /** null: the server's default limit applies. */
   @Column({ type: "integer", name: "max_in_flight", nullable: true }) maxInFlight: number | null;
   /** A 429 hold: no slots are granted for the model before this. */
@@ -22,8 +22,8 @@ export class ModelLimitEntity {
 @Check("slot_grants_slots_check", "slots >= 0")
 @Check("slot_grants_want_check", "want >= 0")
 export class SlotGrantEntity {
-  @PrimaryColumn({ type: "text" }) model: string;
-  @PrimaryColumn({ type: "text" }) holder: string;
+  @PrimaryColumn({ type: "text", primaryKeyConstraintName: "slot_grants_pkey" }) model: string;
+  @PrimaryColumn({ type: "text", primaryKeyConstraintName: "slot_grants_pkey" }) holder: string;
   @Column({ type: "bigint" }) token: string;
   @Column({ type: "integer" }) slots: number;
   @Column({ type: "integer" }) want: number;
@@ -36,7 +36,7 @@ export class SlotGrantEntity {
 @Entity({ name: "tenants" })
 @Check("tenants_weight_check", "weight BETWEEN 1 AND 1000")
 export class TenantEntity {
-  @PrimaryColumn({ type: "text" }) name: string;
+  @PrimaryColumn({ type: "text", primaryKeyConstraintName: "tenants_pkey" }) name: string;
   @Column({ type: "integer", default: 1 }) weight: number;
   @Column({ type: "timestamptz", name: "updated_at", default: () => "now()" }) updatedAt: Date;
 }

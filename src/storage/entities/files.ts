@@ -17,7 +17,7 @@ import {
 @Check("files_template_count_check", "template_count >= 0")
 @Check("files_size_bytes_check", "size_bytes >= 0")
 export class FileEntity {
-  @PrimaryGeneratedColumn("uuid") id: string;
+  @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "files_pkey" }) id: string;
   @Column({ type: "text", default: "" }) filename: string;
   @Column({ type: "integer", name: "template_count" }) templateCount: number;
   @Column({ type: "bigint", name: "size_bytes" }) sizeBytes: string;
@@ -37,10 +37,15 @@ export class FileEntity {
 @Check("request_templates_method_check", "method <> ''")
 @Check("request_templates_model_check", "model <> ''")
 export class RequestTemplateEntity {
-  @PrimaryColumn({ type: "uuid", name: "file_id" })
+  @PrimaryColumn({
+    type: "uuid",
+    name: "file_id",
+    primaryKeyConstraintName: "request_templates_pkey",
+  })
   @ForeignKey(() => FileEntity, { name: "request_templates_file_id_fkey", onDelete: "CASCADE" })
   fileId: string;
-  @PrimaryColumn({ type: "integer" }) line: number;
+  @PrimaryColumn({ type: "integer", primaryKeyConstraintName: "request_templates_pkey" })
+  line: number;
   @Column({ type: "text", name: "custom_id", nullable: true }) customId: string | null;
   @Column({ type: "text" }) endpoint: string;
   @Column({ type: "text" }) method: string;

@@ -53,7 +53,7 @@ import { BatchEntity } from "./batches.js";
 )
 @Check("requests_not_before_only_pending", "state = 'pending' OR not_before IS NULL")
 export class RequestEntity {
-  @PrimaryGeneratedColumn("uuid") id: string;
+  @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "requests_pkey" }) id: string;
   @Column({ type: "uuid", name: "batch_id" })
   @ForeignKey(() => BatchEntity, { name: "requests_batch_id_fkey", onDelete: "CASCADE" })
   batchId: string;
@@ -90,10 +90,14 @@ export class RequestEntity {
 /** The append-only change log streams resume from; `seq` is allocated per batch by the trigger. */
 @Entity({ name: "request_events" })
 export class RequestEventEntity {
-  @PrimaryColumn({ type: "uuid", name: "batch_id" })
+  @PrimaryColumn({
+    type: "uuid",
+    name: "batch_id",
+    primaryKeyConstraintName: "request_events_pkey",
+  })
   @ForeignKey(() => BatchEntity, { name: "request_events_batch_id_fkey", onDelete: "CASCADE" })
   batchId: string;
-  @PrimaryColumn({ type: "bigint" }) seq: string;
+  @PrimaryColumn({ type: "bigint", primaryKeyConstraintName: "request_events_pkey" }) seq: string;
   @Column({ type: "uuid", name: "request_id" }) requestId: string;
   @Column({ type: "text" }) state: string;
   @Column({ type: "integer" }) attempt: number;

@@ -9,7 +9,7 @@ import { Check, Column, Entity, Index, PrimaryGeneratedColumn, Unique } from "ty
 @Check("api_tokens_tenant_check", "octet_length(tenant) BETWEEN 1 AND 200")
 @Check("api_tokens_client_has_tenant", "(role = 'client') = (tenant IS NOT NULL)")
 export class ApiTokenEntity {
-  @PrimaryGeneratedColumn("uuid") id: string;
+  @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "api_tokens_pkey" }) id: string;
   @Column({ type: "text", default: "" }) name: string;
   @Column({ type: "text" }) role: string;
   /** A client's tenant; null for dispatchers and admins. */
@@ -24,7 +24,7 @@ export class ApiTokenEntity {
 @Index("api_keys_key_id", ["keyId"])
 @Index("api_keys_file", ["fileId"])
 export class ApiKeyEntity {
-  @PrimaryGeneratedColumn("uuid") id: string;
+  @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "api_keys_pkey" }) id: string;
   /** The file whose templates use it; no foreign key (requests keep it after the file goes). */
   @Column({ type: "uuid", name: "file_id", nullable: true }) fileId: string | null;
   @Column({ type: "text", name: "key_id" }) keyId: string;
