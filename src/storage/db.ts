@@ -42,8 +42,8 @@ export class Db {
     /** The pg pool. */
     readonly pool: Pool,
     /**
-     * TypeORM's entity manager, for the plain CRUD paths (tokens, tenants,
-     * limits, file lookups): always on the general pool, `dispatch`'s too.
+     * TypeORM's entity manager, for the plain CRUD paths (tokens, tenant
+     * weights, model limits): always on the general pool, `dispatch`'s too.
      */
     readonly orm: EntityManager,
     private readonly closePool: () => Promise<void>,
