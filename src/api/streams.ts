@@ -315,7 +315,15 @@ async function* getBatchResults(
   if (states === undefined) throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
   let after = 0;
   for (;;) {
-    const rows = await terminalRequestsPage(deps.db, req.batchId, states, after, RESULTS_PAGE);
+    // Capped by bytes as well as rows: memory in proportion to one page, whatever the bodies.
+    const { rows, more } = await terminalRequestsPage(
+      deps.db,
+      req.batchId,
+      states,
+      after,
+      RESULTS_PAGE,
+      deps.config.maxPageBytes,
+    );
     for (const r of rows) {
       const res = resultLine({
         id: r.id,
@@ -337,8 +345,10 @@ async function* getBatchResults(
         customId: r.custom_id ?? "",
       });
     }
-    if (rows.length < RESULTS_PAGE) return;
-    after = rows[rows.length - 1]!.line;
+    // A page cut short by bytes is not the end: only `more` says so.
+    const last = rows[rows.length - 1];
+    if (!more || last === undefined) return;
+    after = last.line;
     if (stopIfAborted(signal, deps.shutdownSignal)) return;
   }
 }

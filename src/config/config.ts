@@ -54,7 +54,7 @@ export interface ControlPlaneConfig {
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
   maxUploadLines: number;
-  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
+  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests / GetBatchResults (a page holds at least one row). @default 3 MiB */
   maxPageBytes: number;
   /**
    * Most request-body bytes of the claims in one Sync or ReportResults answer,
