@@ -50,6 +50,14 @@ export interface ControlPlaneConfig {
   dbStatementTimeoutMs: number;
   /** How often the LISTEN connection is checked with `SELECT 1` (and re-established). @default 5s */
   listenCheckIntervalMs: number;
+  /**
+   * How often an open stream (WatchBatch, StreamBatchRequests,
+   * GetBatchResults) checks its credential again, besides at once on a
+   * revocation's NOTIFY: a revoked token's streams end within this (plus
+   * the authenticator's 10 s cache) even when that notification is missed.
+   * @default 5s
+   */
+  streamReauthIntervalMs: number;
   /** Largest UploadFile content, in bytes. @default 256 MiB */
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
@@ -117,6 +125,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   dbAcquireTimeoutMs: 10 * SECOND,
   dbStatementTimeoutMs: 60 * SECOND,
   listenCheckIntervalMs: 5 * SECOND,
+  streamReauthIntervalMs: 5 * SECOND,
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
@@ -145,6 +154,7 @@ const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, b
   ["FUSILLADE_DB_ACQUIRE_TIMEOUT", "dbAcquireTimeoutMs", true],
   ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
   ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
+  ["FUSILLADE_STREAM_REAUTH_INTERVAL", "streamReauthIntervalMs", false],
 ];
 
 /** Parses "HOST:PORT" (IPv6 in brackets). */
