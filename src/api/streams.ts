@@ -9,7 +9,8 @@
  * Nothing is buffered per subscriber: each page is read when the previous
  * one was consumed (Connect writes honour HTTP/2 flow control), so a slow
  * client lags behind, costs no memory, and catches up from the database.
- * docs/streaming.md gives the cursor design and the argument for it.
+ * docs/streaming.md gives the cursor design and the argument for it. A
+ * stream also ends when its credential is revoked (./stream-auth.ts).
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
