@@ -136,6 +136,8 @@ export async function startControlPlane(
       notifications,
       shutdownSignal: shutdown.signal,
       keyring,
+      authenticate: (authorization: string | null, host: string | null) =>
+        auth.authenticate(authorization, host),
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
       lifecycle,

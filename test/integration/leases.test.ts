@@ -422,6 +422,7 @@ describe("claims", () => {
         shutdownSignal,
         endpointPolicy: () => OPEN_POLICY,
         keyring,
+        authenticate: undefined as never, // no streams here
       };
       return await dispatchMethods(deps, leases).sync(
         create(SyncRequestSchema, {
