@@ -74,6 +74,7 @@ export class RequestEntity {
   apiKeyId: string | null;
   @Column({ type: "text" }) state: string;
   @Column({ type: "integer" }) attempt: number;
+  @Column({ type: "integer", name: "throttled_attempts" }) throttledAttempts: number;
   @Column({ type: "timestamptz", name: "not_before", nullable: true }) notBefore: Date | null;
   @Column({ type: "bigint", name: "lease_token", nullable: true }) leaseToken: string | null;
   @Column({ type: "text", name: "lease_holder", nullable: true }) leaseHolder: string | null;
@@ -107,6 +108,8 @@ export class ModelLimitEntity {
   @PrimaryColumn({ type: "text" }) model: string;
   @Column({ type: "integer", name: "max_in_flight", nullable: true }) maxInFlight: number | null;
   @Column({ type: "timestamptz", name: "hold_until", nullable: true }) holdUntil: Date | null;
+  @Column({ type: "integer", nullable: true }) rpm: number | null;
+  @Column({ type: "integer", nullable: true }) tpm: number | null;
   @Column({ type: "timestamptz", name: "updated_at" }) updatedAt: Date;
 }
 

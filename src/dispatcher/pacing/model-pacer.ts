@@ -4,7 +4,7 @@
  * - the effective concurrency (./aimd.ts), at most the slots held;
  * - the rate grant, when the model has one: a bucket of requests and one of
  *   tokens (./token-bucket.ts), spent locally with no round trip;
- * - what the upstream's rate-limit headers say (./rate-limit-headers.ts): a
+ * - what the upstream's rate-limit headers say (src/domain/rate-limit-headers.ts): a
  *   meter read as empty holds the model until its reset; a meter read as
  *   nearly empty lets only what is left through before its reset.
  * A 429 without such evidence cuts the concurrency and nothing else: the
@@ -16,9 +16,14 @@
  * until a known moment). Pure: times come in as arguments (monotonic ms),
  * and the wall clock (for RFC 3339 resets) is injectable.
  */
+
+import {
+  type MeterReading,
+  meterEmptyForMs,
+  parseRateLimitHeaders,
+} from "../../domain/rate-limit-headers.js";
 import { AimdLimit, type AimdOptions } from "./aimd.js";
 import type { Admission, AttemptEnd, GateLimits, PacingGate } from "./gate.js";
-import { type MeterReading, parseRateLimitHeaders } from "./rate-limit-headers.js";
 import { TokenBucket } from "./token-bucket.js";
 
 /** How long a remaining-count without a reset time is trusted. */
@@ -155,11 +160,11 @@ export class ModelPacer implements PacingGate {
     }
     // Hold the model only on evidence that the meter is empty: a dimension
     // read at zero, until its reset (or the Retry-After when it gave none).
-    const empty = [meter.requests, meter.tokens].filter((r) => r !== undefined && r.remaining <= 0);
-    if (empty.length > 0) {
-      const resets = empty.map((r) => r!.resetMs ?? e.retryAfterMs ?? READING_TTL_MS);
-      this.#heldUntil = Math.max(this.#heldUntil, e.nowMs + Math.max(...resets));
-    }
+    const emptyMs = meterEmptyForMs(
+      { ...meter, retryAfterMs: meter.retryAfterMs ?? e.retryAfterMs },
+      READING_TTL_MS,
+    );
+    if (emptyMs !== undefined) this.#heldUntil = Math.max(this.#heldUntil, e.nowMs + emptyMs);
   }
 
   /**

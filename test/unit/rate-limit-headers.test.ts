@@ -5,7 +5,7 @@ import {
   parseRateLimitHeaders,
   parseResetDuration,
   parseResetTime,
-} from "../../../src/dispatcher/pacing/rate-limit-headers.js";
+} from "../../src/domain/rate-limit-headers.js";
 
 const NOW = Date.parse("2026-12-04T12:00:00Z");
 

@@ -6,7 +6,7 @@
  * (resets as RFC 3339 times), and `retry-after` / `retry-after-ms`. Pure:
  * the wall-clock "now" (for dates) comes in as an argument.
  */
-import { parseRetryAfter } from "../../domain/retry-policy.js";
+import { parseRetryAfter } from "./retry-policy.js";
 
 /** One dimension of a meter: how much is left, and in how many ms it is full again. */
 export interface MeterReading {
@@ -121,4 +121,16 @@ export function parseRateLimitHeaders(
       : parseRetryAfter(h("retry-after"), new Date(nowEpochMs));
   if (retryAfter !== undefined) state.retryAfterMs = retryAfter;
   return state;
+}
+
+/**
+ * How long the meter stays empty, when a dimension reads nothing left: the
+ * longest such reset (a reading without one: the Retry-After, else
+ * `fallbackMs`). Undefined when no dimension reads empty: then there is no
+ * evidence that anything but the request that got a 429 should wait.
+ */
+export function meterEmptyForMs(state: RateLimitState, fallbackMs: number): number | undefined {
+  const empty = [state.requests, state.tokens].filter((r) => r !== undefined && r.remaining <= 0);
+  if (empty.length === 0) return undefined;
+  return Math.max(...empty.map((r) => r!.resetMs ?? state.retryAfterMs ?? fallbackMs));
 }
