@@ -86,8 +86,8 @@ function openAiDuration(ms: number): string {
   return s < 60 ? `${Number(s.toFixed(3))}s` : `${Math.floor(s / 60)}m${Math.round(s % 60)}s`;
 }
 
-/** A deterministic random source (mulberry32). */
-function rng(seed: number): () => number {
+/** A deterministic random source in [0, 1) (mulberry32): the same seed, the same run. */
+export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

@@ -7,6 +7,7 @@
 import { describe, expect, test } from "vitest";
 import type { AttemptEnd } from "../../../src/dispatcher/pacing/gate.js";
 import { ModelPacer } from "../../../src/dispatcher/pacing/model-pacer.js";
+import { rng } from "../../helpers/metered-upstream.js";
 
 const end = (nowMs: number, status: number, more: Partial<AttemptEnd> = {}): AttemptEnd => ({
   nowMs,
@@ -133,18 +134,6 @@ interface SimOptions {
   /** The rate grant given to the pacer. */
   grantRpm?: number;
   seed?: number;
-}
-
-/** A deterministic random source (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

@@ -1,6 +1,7 @@
 /** The rate bucket: burst of one second, exact minute, debts and corrections. */
 import { describe, expect, test } from "vitest";
 import { TokenBucket } from "../../../src/dispatcher/pacing/token-bucket.js";
+import { maxIn } from "../../helpers/metered-upstream.js";
 
 /** Takes one token whenever the bucket allows, stepping the clock 1 ms, for `ms`; returns the take times. */
 function drain(b: TokenBucket, fromMs: number, ms: number): number[] {
@@ -9,17 +10,6 @@ function drain(b: TokenBucket, fromMs: number, ms: number): number[] {
     while (b.take(t, 1) === 0) at.push(t);
   }
   return at;
-}
-
-/** Most takes in any window of `w` ms (half-open: [t, t + w)). */
-function maxIn(times: number[], w: number): number {
-  let best = 0;
-  let lo = 0;
-  for (let hi = 0; hi < times.length; hi++) {
-    while (times[hi]! - times[lo]! >= w) lo++;
-    best = Math.max(best, hi - lo + 1);
-  }
-  return best;
 }
 
 describe("TokenBucket", () => {
