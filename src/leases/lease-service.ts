@@ -6,12 +6,13 @@
  * only by a guarded UPDATE on (id, token, state = 'leased'). A zero-row
  * answer is a lost race, answered as such, changing nothing.
  *
- * Modes of a model, for one dispatcher's Sync: held (a 429's Retry-After has
- * not passed) → the grant is renewed and may be cut, never grown, and no
- * claims; otherwise the grant goes to min(keep, slots) and then toward the
- * holder's fair share, and claims fill the room the dispatcher names, split
- * among the model's running batches by priority class, tenant weight and
- * batch (docs/fair-share.md, ./fair-share.ts).
+ * Modes of a model, for one dispatcher's Sync: held (a 429 read the meter
+ * empty, until its reset) → the grant is renewed and may be cut, never
+ * grown, and no claims; otherwise the grant goes to min(keep, slots) and then
+ * toward the holder's fair share, and claims fill the room the dispatcher
+ * names, split among the model's running batches by priority class, tenant
+ * weight and batch (docs/fair-share.md, ./fair-share.ts). A model with a
+ * rate also gives the holder a share of it (fusillade_rates; docs/pacing.md).
  */
 import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
 
@@ -277,12 +278,22 @@ export class LeaseService {
         lostGrants.push({ model: d.model, token: d.token });
         continue;
       }
+      const rate = await this.db.query<{ rpm: number | null; tpm: number | null }>(sql.RATES_SYNC, [
+        d.model,
+        holder,
+        Math.max(0, d.want),
+        Math.max(0, d.rateWant ?? 0),
+        (d.tokenWant ?? 0n) > 0n ? d.tokenWant!.toString() : "0",
+        this.config.leaseTtlMs,
+      ]);
       grants.push({
         model: d.model,
         token: BigInt(row.token),
         slots: row.slots,
         target: row.target,
         ttlMs: this.config.leaseTtlMs,
+        rpm: rate.rows[0]?.rpm ?? undefined,
+        tpm: rate.rows[0]?.tpm ?? undefined,
       });
       if (d.room > 0 && row.slots > 0) rooms.set(d.model, d.room);
     }

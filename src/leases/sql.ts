@@ -18,6 +18,20 @@ import { batchClaimsOf } from "../storage/fair-share.js";
 export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
+ * RateShareSync: one dispatcher's share of one model's rates, renewed with
+ * its grant (see fusillade_rates in the pacing migration). Params: model,
+ * holder, slot want, rate want, token want, ttl ms. Result: rpm, tpm (null:
+ * no such rate). Locks the model's limit row.
+ */
+export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6)`;
+
+/** RateSharesDeleteSpent: shares neither live nor counted any more (this only tidies). */
+export const RATE_SHARES_DELETE_SPENT = `
+  DELETE FROM rate_shares WHERE expires_at < now() - interval '1 minute'
+    AND (rpm_counted_until IS NULL OR rpm_counted_until < now())
+    AND (tpm_counted_until IS NULL OR tpm_counted_until < now())`;
+
+/**
  * ClaimCandidates: per model ($1), the batches that may get its next claims
  * (docs/fair-share.md): every running batch (cancel not asked, window open)
  * with a ready pending request of the model or with claims of it, its tenant,
