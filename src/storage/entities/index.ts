@@ -8,7 +8,7 @@
  * functions, `lease_token_seq`) lives in the migrations only.
  */
 import { BatchEntity } from "./batches.js";
-import { ModelLimitEntity, SlotGrantEntity, TenantEntity } from "./capacity.js";
+import { ModelLimitEntity, RateShareEntity, SlotGrantEntity, TenantEntity } from "./capacity.js";
 import { FileEntity, RequestTemplateEntity } from "./files.js";
 import { RequestEntity, RequestEventEntity } from "./requests.js";
 import { ApiKeyEntity, ApiTokenEntity } from "./trust.js";
@@ -19,6 +19,7 @@ export {
   BatchEntity,
   FileEntity,
   ModelLimitEntity,
+  RateShareEntity,
   RequestEntity,
   RequestEventEntity,
   RequestTemplateEntity,
@@ -37,5 +38,6 @@ export const ENTITIES = [
   RequestEventEntity,
   ModelLimitEntity,
   SlotGrantEntity,
+  RateShareEntity,
   TenantEntity,
 ];

@@ -69,6 +69,8 @@ export class RequestEntity {
   apiKeyId: string | null;
   @Column({ type: "text", default: "pending" }) state: string;
   @Column({ type: "integer", default: 0 }) attempt: number;
+  /** Attempts that ended in backpressure (429, 503 with Retry-After): not counted against max_retries. */
+  @Column({ type: "integer", name: "throttled_attempts", default: 0 }) throttledAttempts: number;
   @Column({ type: "timestamptz", name: "not_before", nullable: true }) notBefore: Date | null;
   @Column({ type: "bigint", name: "lease_token", nullable: true }) leaseToken: string | null;
   @Column({ type: "text", name: "lease_holder", nullable: true }) leaseHolder: string | null;
