@@ -1,6 +1,5 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import type { Db } from "./db.js";
-import { ModelLimitEntity } from "./entities/index.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
 export interface ModelLimitRecord {
