@@ -4,7 +4,7 @@
  * start the next one in the same tick (no round trip between them), then hand
  * the outcome to the settler for reporting.
  *
- * Per model it owns one wake-up timer: a 429 hold's end, or the moment the
+ * Per model it owns one wake-up timer: a hold's end, or the moment the
  * model's gate (./model-gate.ts) asked to be asked again, whichever is first.
  * It also owns the endpoints' error streaks and the counts of completions and
  * failures.
@@ -74,7 +74,10 @@ export class AttemptRunner {
     for (const m of this.shared.book.all()) this.pump(m);
   }
 
-  /** Nothing of `m` starts for `ms` (a 429 hold); it restarts on its own when the hold ends. */
+  /**
+   * Nothing of `m` starts for `ms` (a hold the control plane sent: the model's meter read
+   * empty fleet-wide); it restarts on its own when the hold ends.
+   */
   hold(m: ModelSlots, ms: number): void {
     m.heldUntil = Math.max(m.heldUntil, performance.now() + ms);
     this.#wakeAt(m, m.heldUntil);
@@ -118,26 +121,9 @@ export class AttemptRunner {
     m.gate.done(entry.lease, { outcome, aborted, elapsedMs });
     if (entry.gaveUp === undefined)
       this.#errorStreaks.note(entry.lease.request.url, m.model, outcome);
-    if (
-      outcome.kind === "failure" &&
-      outcome.statusCode === 429 &&
-      outcome.retryAfterMs !== undefined &&
-      outcome.retryAfterMs > 0
-    ) {
-      // Our own 429: hold the model here at once; the control plane holds it fleet-wide.
-      this.shared.metrics.hold(m.model);
-      if (performance.now() >= m.heldUntil) {
-        this.shared.log.info(
-          {
-            model: m.model,
-            retryAfterMs: outcome.retryAfterMs,
-            until: new Date(Date.now() + outcome.retryAfterMs).toISOString(),
-          },
-          "model held back by a 429 until its Retry-After has passed",
-        );
-      }
-      this.hold(m, outcome.retryAfterMs);
-    }
+    // A 429 holds nothing here by itself: the model's gate (its pacer) cuts the concurrency,
+    // and holds the model only when the upstream's headers read its meter empty; the
+    // request that got it waits its own Retry-After (the control plane's not_before).
     let report: Report;
     if (aborted) {
       const gaveUp = entry.gaveUp!;

@@ -13,6 +13,7 @@
  * Owns the count of claims received.
  */
 
+import { performance } from "node:perf_hooks";
 import type { AttemptRunner } from "./attempt-runner.js";
 import type { FencePolicy } from "./fencing.js";
 import type { DispatchLease, ModelHold } from "./lease-client.js";
@@ -67,7 +68,22 @@ export class ClaimIntake implements ClaimSink, RefillHooks {
       // Fewer than asked: no backlog now; WaitForWork tells us when there is.
       m.starved = (got.get(model) ?? 0) < n;
     }
-    for (const h of answer.holds) this.runner.hold(this.shared.book.get(h.model), h.remainingMs);
+    for (const h of answer.holds) {
+      const m = this.shared.book.get(h.model);
+      // Counted and logged once per hold: every answer while it lasts repeats it.
+      if (performance.now() >= m.heldUntil) {
+        this.shared.metrics.hold(m.model);
+        this.shared.log.info(
+          {
+            model: m.model,
+            holdMs: h.remainingMs,
+            until: new Date(Date.now() + h.remainingMs).toISOString(),
+          },
+          "model held back: a 429 read its meter empty, nothing starts until the reset",
+        );
+      }
+      this.runner.hold(m, h.remainingMs);
+    }
     for (const model of got.keys()) this.runner.pump(this.shared.book.get(model));
   }
 

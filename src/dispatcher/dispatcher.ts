@@ -35,6 +35,7 @@ import { connectLeaseClient, type Disposition, type LeaseClient } from "./lease-
 import { LeaseTable } from "./lease-table.js";
 import type { GateFactory } from "./model-gate.js";
 import { SlotBook } from "./model-slots.js";
+import { pacedGates } from "./pacing/paced-gate.js";
 import { Reporter } from "./reporter.js";
 import { Settler } from "./settler.js";
 import { Shutdown } from "./shutdown.js";
@@ -87,7 +88,7 @@ export interface DispatcherDeps {
   executor?: HttpExecutor;
   /** Where the counters go (a thread's or a process's registry); default: a new one. */
   metrics?: DispatcherMetrics;
-  /** Each model's gate (pacing, ./model-gate.ts); default: admit every attempt. */
+  /** Each model's gate (./model-gate.ts); default: a pacer per model (./pacing/, docs/pacing.md). */
   gateFor?: GateFactory;
 }
 
@@ -117,7 +118,7 @@ export function startDispatcher(
   const metrics = deps.metrics ?? new DispatcherMetrics();
   const stopping = new AbortController();
   const fencing = new FencePolicy(config.fenceMarginMs, config.renewIntervalMs);
-  const book = new SlotBook(config.capacity, config.prefetch, deps.gateFor);
+  const book = new SlotBook(config.capacity, config.prefetch, deps.gateFor ?? pacedGates);
   // Declared in dependency order; the callbacks that point forward (to the
   // fencer, the reporter, the sync loop) run only once sync.start() has run.
   const table = new LeaseTable(fencing.margin, (e) => fencer.claimFenced(e));

@@ -45,8 +45,17 @@ export interface ModelGate {
   done(lease: DispatchLease, result: AttemptResult): void;
 }
 
+/** What a gate may read of its model's grant, live (the model's ModelSlots). */
+export interface GrantView {
+  /** Requests of the model that may run at once now (the slots held). */
+  readonly usable: number;
+  /** This dispatcher's share of the model's requests / tokens per minute; undefined: none. */
+  readonly rpm: number | undefined;
+  readonly tpm: number | undefined;
+}
+
 /** Makes the gate of a model the dispatcher meets for the first time. */
-export type GateFactory = (model: string) => ModelGate;
+export type GateFactory = (model: string, grant: GrantView) => ModelGate;
 
 /** The default: every attempt the slots allow starts; nothing is kept. */
 export const ADMIT_ALL: ModelGate = Object.freeze({

@@ -20,10 +20,10 @@
 import { performance } from "node:perf_hooks";
 import type { WorkInterest } from "./lease-client.js";
 import type { HeldLease } from "./lease-table.js";
-import { ADMIT_ALL, admitAll, type GateFactory, type ModelGate } from "./model-gate.js";
+import { admitAll, type GateFactory, type GrantView, type ModelGate } from "./model-gate.js";
 
 /** One model's grant, buffer and running count. */
-export class ModelSlots {
+export class ModelSlots implements GrantView {
   /** The grant's token; 0n: no grant. */
   token = 0n;
   slots = 0;
@@ -40,12 +40,18 @@ export class ModelSlots {
   requested = 0;
   /** The last claim answer gave fewer than asked: the model has no backlog for us now. */
   starved = false;
+  /** This dispatcher's share of the model's rates, from its grant (docs/pacing.md). */
+  rpm: number | undefined;
+  tpm: number | undefined;
+  /** Asked before each attempt of the model starts; told how it ended. */
+  readonly gate: ModelGate;
 
   constructor(
     readonly model: string,
-    /** Asked before each attempt of the model starts; told how it ended. */
-    readonly gate: ModelGate = ADMIT_ALL,
-  ) {}
+    gateFor: GateFactory = admitAll,
+  ) {
+    this.gate = gateFor(model, this);
+  }
 
   /** Requests of the model that may run at once now. */
   get usable(): number {
@@ -67,6 +73,8 @@ export class ModelSlots {
     this.token = 0n;
     this.slots = 0;
     this.target = 0;
+    this.rpm = undefined;
+    this.tpm = undefined;
     clearTimeout(this.fenceTimer);
   }
 
@@ -104,7 +112,7 @@ export class SlotBook {
   get(model: string): ModelSlots {
     let m = this.#models.get(model);
     if (!m) {
-      m = new ModelSlots(model, this.gateFor(model));
+      m = new ModelSlots(model, this.gateFor);
       this.#models.set(model, m);
     }
     return m;

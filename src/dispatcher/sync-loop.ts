@@ -205,6 +205,8 @@ export class SyncLoop {
       m.token = g.token;
       m.slots = g.slots;
       m.target = g.target;
+      m.rpm = g.rpm;
+      m.tpm = g.tpm;
       this.#arm(m, sentAt + g.ttlMs - this.host.fencing.margin(g.ttlMs));
     }
     for (const l of answer.lostGrants) {

@@ -72,7 +72,7 @@ export class DispatcherMetrics {
     });
     this.#holds = new Counter({
       name: "fusillade_dispatcher_holds_total",
-      help: "429 answers with a Retry-After that held a model back.",
+      help: "Holds the control plane sent: a model's meter read empty fleet-wide, nothing of it starts until its reset.",
       labelNames: ["model"],
       registers,
     });

@@ -108,7 +108,19 @@ test("scraped during and after a batch, the counters move as they should", async
   upstream.respond = () => ({ delayMs: 30 });
   // One 503 then a 200; one 429 (holding the model back a moment) then a 200.
   upstream.script("M-0", [{ status: 503 }, { status: 200 }]);
-  upstream.script("M-1", [{ status: 429, headers: { "retry-after": "1" } }, { status: 200 }]);
+  // A 429 that reads the meter empty: the control plane holds the model fleet-wide and
+  // sends the hold to the dispatcher (one counted hold); a bare 429 would hold nothing.
+  upstream.script("M-1", [
+    {
+      status: 429,
+      headers: {
+        "retry-after": "1",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+      },
+    },
+    { status: 200 },
+  ]);
   // The caller's trace: CreateBatch with a traceparent (the batch's log line names it).
   const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
   const traced = createClient(
@@ -219,9 +231,11 @@ test("scraped during and after a batch, the counters move as they should", async
   const created = lines.find((l) => l.msg === "batch created");
   expect(created).toMatchObject({ batchId, requests: 30, traceId: callerTrace });
   const hold = lines.find(
-    (l) => l.msg === "model held back by a 429 until its Retry-After has passed",
+    (l) => l.msg === "model held back: a 429 read its meter empty, nothing starts until the reset",
   );
-  expect(hold).toMatchObject({ model: "M", retryAfterMs: 1000 });
+  expect(hold).toMatchObject({ model: "M" });
+  expect(Number(hold!.holdMs)).toBeGreaterThan(0);
+  expect(Number(hold!.holdMs)).toBeLessThanOrEqual(1000);
   expect(Date.parse(String(hold!.until))).toBeGreaterThan(0);
   expect(lines.filter((l) => l.msg === "dispatcher joined")).toHaveLength(1);
   const finished = lines.find((l) => l.msg === "batch finished");

@@ -149,17 +149,15 @@ describe("AttemptRunner", () => {
     expect(runner.counts).toEqual({ completions: 0, failures: 1 });
   });
 
-  test("a 429 with Retry-After holds the model: nothing of it starts before the hold ends, then it restarts on its own", async () => {
+  test("a 429 holds nothing in the runner: the next claim starts at once (the gate paces, the request waits its own Retry-After)", async () => {
     const { s, executor, runner } = setup();
     const m = granted(s, "a", 1);
     const [first, second] = buffer(s, claim("a"), claim("a"));
     runner.pump(m);
-    const RETRY_AFTER_MS = 200;
-    const answeredAt = performance.now();
+    const RETRY_AFTER_MS = 60_000;
     executor.answer(first!.ref.requestId, failure(429, { retryAfterMs: RETRY_AFTER_MS }));
     await executor.until(2);
     expect(executor.started[1]).toBe(second!.ref.requestId);
-    expect(executor.calls[1]!.at - answeredAt).toBeGreaterThanOrEqual(RETRY_AFTER_MS);
-    expect(m.heldUntil).toBeGreaterThanOrEqual(answeredAt + RETRY_AFTER_MS);
+    expect(m.heldUntil).toBe(0);
   });
 });

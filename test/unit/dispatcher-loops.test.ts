@@ -389,21 +389,36 @@ describe("stop(grace)", () => {
 describe("429 holds", () => {
   // Renewals every 250 ms in these tests: they are about the hold, not about
   // the hold timer (tested alone below).
-  test("a 429 with Retry-After holds the model here: nothing of it starts before the hold ends", async () => {
+  test("a 429 with only a Retry-After holds that request, not the model: the next starts at once", async () => {
     start({ renewIntervalMs: 250 });
     cp.model("h4").limit = 1;
     cp.offer("h4", "h4-a", "h4-b");
     await upstream.until(arrived("h4-a"), "a");
     await cp.until(() => dispatcher!.stats().held === 2, "b buffered");
-    const a = await upstream.answer("h4-a", 429, { "retry-after": "1" });
-    await upstream.until(arrived("h4-b"), "b after the hold", 5_000);
-    const b = upstream.hit("h4-b");
-    expect(b.arrivedAt - a.endedAt!).toBeGreaterThanOrEqual(1_000);
-    expect(b.arrivedAt - a.endedAt!).toBeLessThan(2_000);
+    const RETRY_AFTER_S = 30;
+    const a = await upstream.answer("h4-a", 429, { "retry-after": String(RETRY_AFTER_S) });
+    await upstream.until(arrived("h4-b"), "b without waiting a's Retry-After", 5_000);
+    expect(upstream.hit("h4-b").arrivedAt - a.endedAt!).toBeLessThan(RETRY_AFTER_S * 1000);
     expect(cp.reportOf("h4-a")).toMatchObject({
       kind: "outcome",
-      outcome: { kind: "failure", statusCode: 429, retryAfterMs: 1_000 },
+      outcome: { kind: "failure", statusCode: 429, retryAfterMs: RETRY_AFTER_S * 1000 },
     });
+  });
+
+  test("a 429 whose headers read the meter empty holds the model here until the meter's reset", async () => {
+    start({ renewIntervalMs: 250 });
+    cp.model("h5").limit = 1;
+    cp.offer("h5", "h5-a", "h5-b");
+    await upstream.until(arrived("h5-a"), "a");
+    await cp.until(() => dispatcher!.stats().held === 2, "b buffered");
+    const RESET_MS = 1_000;
+    const a = await upstream.answer("h5-a", 429, {
+      "x-ratelimit-remaining-requests": "0",
+      "x-ratelimit-reset-requests": `${RESET_MS}ms`,
+    });
+    await upstream.until(arrived("h5-b"), "b after the reset", 5_000);
+    const b = upstream.hit("h5-b");
+    expect(b.arrivedAt - a.endedAt!).toBeGreaterThanOrEqual(RESET_MS - 20);
   });
 
   test("a hold in a Sync answer: the claims it brings wait for its end", async () => {
