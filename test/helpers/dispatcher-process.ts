@@ -21,10 +21,12 @@ import {
   resolveDispatcherConfig,
 } from "../../src/config/dispatcher-config.js";
 import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import type { AttemptOutcome } from "../../src/domain/outcome.js";
 import type {
   BatchService,
   GetBatchStatusResponse,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { HttpExecutor, type OutboundRequest } from "../../src/http/executor.js";
 import { makeLogger } from "../../src/logger.js";
 import { TEST_SECRET_KEY } from "./control-plane.js";
 
@@ -208,6 +210,7 @@ export async function startDispatcherProcess(
 export function startTestDispatcher(
   controlPlaneUrl: string,
   options: Partial<DispatcherConfig> = {},
+  sender?: string,
 ): Dispatcher {
   const config = resolveDispatcherConfig({
     controlPlaneUrl,
@@ -217,7 +220,30 @@ export function startTestDispatcher(
     logLevel: process.env.FUSILLADE_TEST_LOG ?? "silent",
     ...options,
   });
-  return startDispatcher(config, makeLogger(config.logLevel));
+  const deps = sender === undefined ? {} : { executor: new SenderTaggingExecutor(sender, config) };
+  return startDispatcher(config, makeLogger(config.logLevel), deps);
+}
+
+/**
+ * An executor that adds `x-test-sender: <sender>` to every request, so that the test
+ * upstream can tell in-process dispatchers apart (Delivery.sender): they share a process,
+ * so their sockets' ports cannot.
+ */
+class SenderTaggingExecutor extends HttpExecutor {
+  readonly #sender: string;
+
+  constructor(sender: string, config: DispatcherConfig) {
+    // The executor's defaults, with a connection per request as the dispatcher's own.
+    super({ connectionsPerOrigin: Math.max(256, config.capacity) });
+    this.#sender = sender;
+  }
+
+  override execute(req: OutboundRequest, signal?: AbortSignal): Promise<AttemptOutcome> {
+    return super.execute(
+      { ...req, headers: [...req.headers, ["x-test-sender", this.#sender]] },
+      signal,
+    );
+  }
 }
 
 /** One request of a test batch. */
