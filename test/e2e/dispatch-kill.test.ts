@@ -9,6 +9,7 @@ import { afterAll, beforeAll, expect, test } from "vitest";
 import type { Dispatcher } from "../../src/dispatcher/dispatcher.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import {
+  bufferedClaims,
   createTestBatch,
   type FusilladeProcess,
   items,
@@ -20,8 +21,11 @@ import {
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const LIMIT = 6;
-/** Claims the victim buffers beyond its slots (prefetch 0.5 × 6 slots): claimed, never sent. */
-const BUFFERED = 3;
+/**
+ * Claims the victim buffers beyond its slots (the default prefetch's share of them, at
+ * least one): claimed, never sent.
+ */
+const BUFFERED = bufferedClaims(LIMIT);
 let t: TestControlPlane;
 let sql: pg.Pool;
 let upstream: Upstream;

@@ -17,6 +17,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import type pg from "pg";
 import {
+  DISPATCHER_DEFAULTS,
   type DispatcherConfig,
   resolveDispatcherConfig,
 } from "../../src/config/dispatcher-config.js";
@@ -185,6 +186,14 @@ export interface DispatcherProcessOptions {
   /** Extra flags, e.g. ["--shutdown-grace", "2s"]. */
   args?: string[];
   env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Claims a dispatcher holding `slots` of a model buffers beyond them (at least one): the
+ * prefetch's share of its slots, the default one unless given.
+ */
+export function bufferedClaims(slots: number, prefetch = DISPATCHER_DEFAULTS.prefetch): number {
+  return Math.max(1, Math.ceil(slots * prefetch));
 }
 
 /** Starts `fusillade dispatcher` and waits until it has started its loops. */
