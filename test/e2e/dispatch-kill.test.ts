@@ -22,6 +22,14 @@ import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const LIMIT = 6;
 /**
+ * Leases of 10 s: renewed every 3.3 s and fenced 8 s after the last renewal
+ * (src/dispatcher/fencing.ts), the survivor (which shares this process with the control
+ * plane and the upstream) has 4.7 s of stall to spare before it fences itself; 4 s leases
+ * left it 1 s, and a loaded 2-core machine (load average 17) took more. The price: the
+ * victim's work comes back after 10 s.
+ */
+const LEASE_TTL_MS = 10_000;
+/**
  * Claims the victim buffers beyond its slots (the default prefetch's share of them, at
  * least one): claimed, never sent.
  */
@@ -33,7 +41,7 @@ let victim: FusilladeProcess | undefined;
 let survivor: Dispatcher | undefined;
 
 beforeAll(async () => {
-  t = await startTestControlPlane({ leaseTtlMs: 4000, reapIntervalMs: 200 });
+  t = await startTestControlPlane({ leaseTtlMs: LEASE_TTL_MS, reapIntervalMs: 200 });
   sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
   upstream = await startUpstream();
 });
@@ -94,12 +102,8 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
     expect(again[1]!.arrivedAt).toBeGreaterThanOrEqual(expiresAt.get(d.requestId)! - 1);
     expect(again[1]!.arrivedAt).toBeGreaterThan(killedAt);
   }
-  // The counts below assume the survivor never fenced itself. It shares this
-  // process with the control plane and the upstream; with 2 s leases (renewed
-  // every 500 ms, fenced 1 s after the last renewal) a loaded 2-core machine
-  // made it miss two renewals and abort its 6 running requests, correctly,
-  // which these exact counts did not allow. Hence 4 s leases, and this check
-  // first, so that a slow machine fails with its reason.
+  // The counts below assume the survivor never fenced itself (see LEASE_TTL_MS); this
+  // check first, so that a slow machine fails with its reason.
   expect(survivor.stats().fenced, "the survivor fenced itself (renewals too late)").toBe(0);
   const attempts = await sql.query<{ attempt: number; n: number }>(
     "SELECT attempt, count(*)::int AS n FROM requests WHERE batch_id = $1 GROUP BY attempt ORDER BY attempt",
