@@ -13,6 +13,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { isAlive } from "./pid.js";
 
 const run = promisify(execFile);
 
@@ -59,14 +60,5 @@ async function takeLock(): Promise<void> {
     const pid = Number(await readFile(path.join(LOCK, "pid"), "utf8").catch(() => ""));
     if (pid && !isAlive(pid)) await rm(LOCK, { recursive: true, force: true });
     else await sleep(LOCK_POLL_MS);
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
