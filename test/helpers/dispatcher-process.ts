@@ -207,7 +207,13 @@ export async function startDispatcherProcess(
     FUSILLADE_LOG_LEVEL: process.env.FUSILLADE_TEST_CHILD_LOG_LEVEL ?? "info",
     ...opts.env,
   });
-  await p.waitFor(/"msg":"dispatcher started"/, PROCESS_START_MS);
+  try {
+    await p.waitFor(/"msg":"dispatcher started"/, PROCESS_START_MS);
+  } catch (err) {
+    // The caller never gets it to stop: do not leave it running.
+    await p.stop("SIGKILL");
+    throw err;
+  }
   return p;
 }
 
