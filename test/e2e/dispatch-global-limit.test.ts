@@ -31,10 +31,11 @@ beforeAll(async () => {
   t = await startTestControlPlane();
   sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
   upstream = await startUpstream();
-  // 20–50 ms per answer: 1,000 requests take seconds, and an answer takes
-  // longer than a slot's turnover (report → grant → next request: ~30 ms on
-  // a loaded 2-core machine), so the limits are reached, not just approached.
-  upstream.respond = () => ({ delayMs: 20 + Math.floor(Math.random() * 30) });
+  // 100–150 ms per answer: 1,000 requests take seconds, and an answer takes
+  // much longer than a slot's turnover (report → grant → next request: ~30 ms
+  // on a 2-core machine, more under load: with 20–50 ms answers B peaked at 18
+  // of 20 at load average 15), so the limits are reached, not just approached.
+  upstream.respond = () => ({ delayMs: 100 + Math.floor(Math.random() * 50) });
   children.push(
     ...(await Promise.all(
       ["d1", "d2", "d3"].map((id) =>
