@@ -21,6 +21,7 @@ import {
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const LIMIT = 6;
+const N = 60;
 /**
  * Leases of 10 s: renewed every 3.3 s and fenced 8 s after the last renewal
  * (src/dispatcher/fencing.ts), the survivor (which shares this process with the control
@@ -44,6 +45,9 @@ beforeAll(async () => {
   t = await startTestControlPlane({ leaseTtlMs: LEASE_TTL_MS, reapIntervalMs: 200 });
   sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
   upstream = await startUpstream();
+  // Started here, idle until the batch exists: a process start takes seconds under load,
+  // and need not count against the test's own time.
+  victim = await startDispatcherProcess({ controlPlane: t.url, id: "victim", capacity: LIMIT });
 });
 afterAll(async () => {
   await victim?.stop("SIGKILL");
@@ -61,9 +65,8 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
     d.attempt === 1 && d.seq <= LIMIT
       ? { hang: true }
       : { delayMs: 50 + Math.floor(Math.random() * 50) };
-  const batchId = await createTestBatch(t.batch, upstream.url, items("K", 60));
+  const batchId = await createTestBatch(t.batch, upstream.url, items("K", N));
 
-  victim = await startDispatcherProcess({ controlPlane: t.url, id: "victim", capacity: LIMIT });
   await upstream.until(
     () => upstream.gauge("K").current === LIMIT,
     20_000,
@@ -91,8 +94,8 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
   for (const d of held) expect(expiresAt.has(d.requestId)).toBe(true);
 
   const status = await waitForBatch(t.batch, batchId);
-  expect(Number(status.counts!.completed)).toBe(60);
-  expect(await stateCounts(sql, batchId)).toEqual({ completed: 60 });
+  expect(Number(status.counts!.completed)).toBe(N);
+  expect(await stateCounts(sql, batchId)).toEqual({ completed: N });
 
   // The victim's requests were sent again, each only after its lease expired.
   for (const d of held) {
@@ -112,15 +115,15 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
   // A claim counts an attempt: the victim's buffered claims, reaped unsent,
   // count one too (the control plane cannot tell that they never left).
   expect(attempts.rows).toEqual([
-    { attempt: 1, n: 60 - LIMIT - BUFFERED },
+    { attempt: 1, n: N - LIMIT - BUFFERED },
     { attempt: 2, n: LIMIT + BUFFERED },
   ]);
   // Everything else was delivered exactly once: recorded once, executed once.
   const perRequest = new Map<string, number>();
   for (const d of upstream.deliveries)
     perRequest.set(d.requestId, (perRequest.get(d.requestId) ?? 0) + 1);
-  expect(perRequest.size).toBe(60);
+  expect(perRequest.size).toBe(N);
   expect([...perRequest.values()].filter((n) => n === 2)).toHaveLength(LIMIT);
   expect(upstream.gauge("K").peak).toBe(LIMIT);
-  expect(survivor.stats().dispositions).toMatchObject({ recorded: 60, lost: 0 });
+  expect(survivor.stats().dispositions).toMatchObject({ recorded: N, lost: 0 });
 });
