@@ -12,7 +12,7 @@ import {
   createTestBatch,
   type FusilladeProcess,
   items,
-  startDispatcherProcess,
+  startDispatcherProcesses,
   stateCounts,
   waitForBatch,
 } from "../helpers/dispatcher-process.js";
@@ -37,10 +37,8 @@ beforeAll(async () => {
   // of 20 at load average 15), so the limits are reached, not just approached.
   upstream.respond = () => ({ delayMs: 100 + Math.floor(Math.random() * 50) });
   children.push(
-    ...(await Promise.all(
-      ["d1", "d2", "d3"].map((id) =>
-        startDispatcherProcess({ controlPlane: t.url, id, capacity: 16 }),
-      ),
+    ...(await startDispatcherProcesses(
+      ["d1", "d2", "d3"].map((id) => ({ controlPlane: t.url, id, capacity: 16 })),
     )),
   );
 });

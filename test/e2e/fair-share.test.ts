@@ -15,7 +15,7 @@ import {
   createTestBatch,
   type FusilladeProcess,
   items,
-  startDispatcherProcess,
+  startDispatcherProcesses,
   waitForBatch,
 } from "../helpers/dispatcher-process.js";
 import { type Delivery, startUpstream, type Upstream } from "../helpers/upstream.js";
@@ -36,15 +36,13 @@ beforeAll(async () => {
   upstream.respond = () => ({ delayMs: ANSWER_MS });
   const { secret } = await t.admin.createToken({ role: TokenRole.DISPATCHER, name: "fleet" });
   children.push(
-    ...(await Promise.all(
-      [t, replica].map((cp, i) =>
-        startDispatcherProcess({
-          controlPlane: cp.url,
-          id: `d${i + 1}`,
-          capacity: 16,
-          env: { FUSILLADE_TOKEN: secret },
-        }),
-      ),
+    ...(await startDispatcherProcesses(
+      [t, replica].map((cp, i) => ({
+        controlPlane: cp.url,
+        id: `d${i + 1}`,
+        capacity: 16,
+        env: { FUSILLADE_TOKEN: secret },
+      })),
     )),
   );
 });

@@ -218,6 +218,23 @@ export async function startDispatcherProcess(
 }
 
 /**
+ * Starts several dispatcher processes at once; if one does not start, stops the others
+ * before throwing (the caller gets none of them to stop).
+ */
+export async function startDispatcherProcesses(
+  opts: DispatcherProcessOptions[],
+): Promise<FusilladeProcess[]> {
+  const started = await Promise.allSettled(opts.map((o) => startDispatcherProcess(o)));
+  const failed = started.find((s) => s.status === "rejected");
+  if (failed === undefined)
+    return started.map((s) => (s as PromiseFulfilledResult<FusilladeProcess>).value);
+  await Promise.all(
+    started.flatMap((s) => (s.status === "fulfilled" ? [s.value.stop("SIGKILL")] : [])),
+  );
+  throw failed.reason;
+}
+
+/**
  * How long a dispatcher process may take to start before the test gives up on it. The
  * wait ends on its "dispatcher started" line; this only bounds a process that will never
  * start. A start transpiles the TypeScript first: over 20 s was seen with the load average
