@@ -76,9 +76,9 @@ test("SIGKILL mid-batch: leases re-granted only after they expire; every request
   survivor = startTestDispatcher(t.url, { id: "survivor", capacity: 16 });
   const held = upstream.deliveries.slice(0, LIMIT);
 
-  victim.child.kill("SIGKILL");
+  victim!.child.kill("SIGKILL");
   const killedAt = Date.now();
-  await victim.exited;
+  await victim!.exited;
   await upstream.until(
     () => held.every((d) => d.end === "closed"),
     5_000,
