@@ -330,9 +330,9 @@ describe("claims", () => {
   });
 
   test("a request waiting for its backoff holds no share; once due it competes like the rest", async () => {
-    // The window in which X's retries wait: longer than the reports and the Sync below take
-    // on a loaded 2-core machine (400 ms did not suffice at load average 20); the test then
-    // waits for it to pass.
+    // The window in which X's retries wait (1–2 s: equal jitter): longer than the reports
+    // and the Sync below take on a loaded 2-core machine (a 400 ms backoff did not suffice
+    // at load average 20); the test then waits for it to pass.
     const BACKOFF_MS = 2000;
     await batchOf("bk1", 2, { backoffMs: BACKOFF_MS }, "x");
     await batchOf("bk1", 10, undefined, "y");
