@@ -18,6 +18,7 @@ import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
 import { Fleet } from "./metrics/fleet.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { reencrypt } from "./storage/api-keys.js";
+import { tokenStore } from "./storage/api-tokens.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -123,7 +124,7 @@ export async function startControlPlane(
     metrics.countDispatchers(() => fleet.size);
     lifecycle.start(notifications);
     cleanup.push(async () => lifecycle.close());
-    const auth = new Authenticator(db, notifications, {
+    const auth = new Authenticator(tokenStore(db, notifications), {
       adminToken: config.adminToken,
       localMode,
     });
@@ -135,6 +136,8 @@ export async function startControlPlane(
       notifications,
       shutdownSignal: shutdown.signal,
       keyring,
+      authenticate: (authorization: string | null, host: string | null) =>
+        auth.authenticate(authorization, host),
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
       lifecycle,
@@ -158,6 +161,13 @@ export async function startControlPlane(
       shutdownSignal: shutdown.signal,
       maxMessageBytes: config.maxMessageBytes,
       logError: (e) => log.error({ err: e }, "request failed"),
+      connections: config.connections,
+      onConnectionClosed: (reason, client) => {
+        // Refusals and evictions mean the caps are reached: worth a line each.
+        if (reason === "refused" || reason === "evicted") {
+          log.warn({ reason, client }, "connection cap reached: a connection was closed");
+        } else log.debug({ reason, client }, "connection closed by the server");
+      },
       plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute(config.webDir)],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());

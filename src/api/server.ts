@@ -11,7 +11,10 @@ import net from "node:net";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Authenticator } from "../auth/authenticator.js";
+import { CONNECTION_DEFAULTS, type ConnectionLimits } from "../config/config.js";
+import type { PlainRoute } from "../plain-route.js";
 import { authInterceptor } from "./auth-interceptor.js";
+import { type CloseReason, ConnectionGuard } from "./connection-guard.js";
 import { errorInterceptor } from "./errors-interceptor.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -31,24 +34,11 @@ export interface ServerOptions {
    * when the request was answered.
    */
   plainRoutes?: readonly PlainRoute[];
+  /** Connection caps and timeouts (docs/trust.md). @default CONNECTION_DEFAULTS */
+  connections?: Readonly<ConnectionLimits>;
+  /** A connection the guard closed or refused. @default ignored */
+  onConnectionClosed?: (reason: CloseReason, client: string) => void;
 }
-
-/** What a plain route reads of a request (HTTP/1.1 or HTTP/2). */
-export interface PlainRequest {
-  method?: string | undefined;
-  url?: string | undefined;
-  headers: Record<string, string | string[] | undefined>;
-}
-
-/** What a plain route writes. */
-export interface PlainResponse {
-  readonly headersSent: boolean;
-  writeHead(status: number, headers: Record<string, string | number>): unknown;
-  end(body?: string | Uint8Array): unknown;
-}
-
-/** A plain HTTP route: true when it answered the request. */
-export type PlainRoute = (req: PlainRequest, res: PlainResponse) => boolean;
 
 export interface RunningServer {
   /** Base URL, e.g. http://127.0.0.1:8080 */
@@ -66,26 +56,29 @@ export function buildServer(opts: ServerOptions) {
     readMaxBytes: opts.maxMessageBytes,
     jsonOptions: { alwaysEmitImplicit: true },
   });
-  const plainRoutes = opts.plainRoutes ?? [];
-  const handler: typeof connect = (req, res) => {
-    for (const route of plainRoutes) if (route(req, res)) return;
-    connect(req, res);
-  };
-  if (opts.tls !== undefined) return buildTlsServer(handler, opts.tls);
+  const limits = opts.connections ?? CONNECTION_DEFAULTS;
+  const guard = new ConnectionGuard(limits, opts.onConnectionClosed);
+  const handler = guardedHandler(connect, opts.plainRoutes ?? [], guard, opts.logError);
+  if (opts.tls !== undefined) return buildTlsServer(handler, opts.tls, guard, limits);
   const h1 = http.createServer(handler);
-  // Long streams and long polls: no idle timeouts on our side.
+  // Long streams and long polls: no request timeout; the guard bounds the rest.
   h1.requestTimeout = 0;
-  h1.headersTimeout = 60_000;
+  h1.headersTimeout = limits.headersTimeoutMs;
+  h1.keepAliveTimeout = limits.idleTimeoutMs;
   // h1 never listens (the front server hands it sockets), and Node starts an
   // http.Server's connection tracking on "listening": without it
   // closeIdleConnections() is a no-op (close waited the full 2 s deadline for
   // every keep-alive client) and headersTimeout is never checked.
   h1.emit("listening");
   const h2 = http2.createServer({}, handler);
+  h2.on("session", (s: http2.ServerHttp2Session) => guard.adoptSession(s));
   const sessions = sessionsOf(h2);
   const sockets = new Set<net.Socket>();
 
   const front = net.createServer((socket) => {
+    // Errors (resets) on a socket refused or closed by the guard are expected.
+    socket.on("error", () => socket.destroy());
+    if (!guard.accept(socket)) return;
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
     // Read in paused mode and unshift: the http2 session reads from the
@@ -105,7 +98,6 @@ export function buildServer(opts: ServerOptions) {
       (isH2 ? h2 : h1).emit("connection", socket);
     };
     socket.on("readable", onReadable);
-    socket.on("error", () => socket.destroy());
   });
 
   return {
@@ -124,6 +116,51 @@ export function buildServer(opts: ServerOptions) {
         sockets,
       ),
   };
+}
+
+type Handler = ReturnType<typeof connectNodeAdapter>;
+
+/**
+ * Every request's way in: tracked by the guard, tried against the plain routes, then
+ * Connect. Nothing a request carries can throw out of here: a request without an
+ * authority (HTTP/1.0 without Host, HTTP/2 without :authority), which Connect's adapter
+ * throws on outside any promise, gets a 400; anything else unexpected a 500 and a log line.
+ */
+function guardedHandler(
+  connect: Handler,
+  plainRoutes: readonly PlainRoute[],
+  guard: ConnectionGuard,
+  logError: (e: unknown) => void,
+): Handler {
+  return (req, res) => {
+    try {
+      guard.track(req, res);
+      const authority = "authority" in req ? req.authority : req.headers.host;
+      if (authority === undefined || authority === "") {
+        answer(res, 400, "the request names no host (a Host header or :authority is required)");
+        return;
+      }
+      for (const route of plainRoutes) if (route(req, res)) return;
+      connect(req, res);
+    } catch (e) {
+      logError(e);
+      answer(res, 500, "internal error");
+    }
+  };
+}
+
+/** A plain-text answer, unless one was started already (then the stream is cut). */
+function answer(res: Parameters<Handler>[1], status: number, text: string): void {
+  try {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    res.writeHead(status, { "content-type": "text/plain; charset=utf-8", connection: "close" });
+    res.end(`${text}\n`);
+  } catch {
+    res.destroy();
+  }
 }
 
 /**
@@ -188,10 +225,22 @@ function socketsOf(server: net.Server, event: string): Set<net.Socket> {
 
 /** TLS on the port: h2 or HTTP/1.1 by ALPN. */
 function buildTlsServer(
-  handler: ReturnType<typeof connectNodeAdapter>,
+  handler: Handler,
   tls: { cert: string; key: string },
+  guard: ConnectionGuard,
+  limits: Readonly<ConnectionLimits>,
 ) {
-  const server = http2.createSecureServer({ ...tls, allowHTTP1: true }, handler);
+  const server = http2.createSecureServer(
+    { ...tls, allowHTTP1: true, handshakeTimeout: limits.headersTimeoutMs },
+    handler,
+  );
+  // Before any listener of Node's own: a refused socket is destroyed before its handshake.
+  server.prependListener("connection", (socket: net.Socket) => {
+    socket.on("error", () => socket.destroy());
+    guard.accept(socket);
+  });
+  server.on("secureConnection", (t: net.Socket) => guard.adoptTls(t));
+  server.on("session", (s: http2.ServerHttp2Session) => guard.adoptSession(s));
   // A client that fails the handshake (plain HTTP, a wrong CA) is not our error.
   server.on("tlsClientError", () => undefined);
   return {

@@ -11,7 +11,7 @@ import { type DispatcherFlags, dispatcherConfig } from "../config/dispatcher-con
 import { startControlPlane } from "../control-plane.js";
 import { startDispatcher } from "../dispatcher/dispatcher.js";
 import { startDispatcherThread } from "../dispatcher/thread.js";
-import { makeLogger } from "../logger.js";
+import { type Logger, makeLogger } from "../logger.js";
 import { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
 import { startMetricsServer } from "../metrics/metrics-http.js";
 import { keyCounts, reencrypt } from "../storage/api-keys.js";
@@ -122,10 +122,40 @@ export function untilSignal(stop: () => Promise<void>): Promise<void> {
   });
 }
 
+/** How long a clean stop after an unexpected error may take before the process exits anyway. */
+const FATAL_STOP_GRACE_MS = 10_000;
+
+/**
+ * An error nothing caught (outside any request: those are answered, src/api/server.ts) is
+ * logged and ends the process through `stop()` — the embedded Postgres and the dispatcher's
+ * claims with it — rather than with a bare stack trace. Returns a setter for `stop`, known
+ * only once the services run (before that, process.exit's hook stops the embedded Postgres).
+ */
+function stopOnUnexpectedError(log: Logger): (stop: () => Promise<void>) => void {
+  let stop: () => Promise<void> = async () => {};
+  let stopping = false;
+  const onError = (err: unknown) => {
+    log.fatal({ err }, "unexpected error: stopping");
+    if (stopping) return;
+    stopping = true;
+    setTimeout(() => process.exit(1), FATAL_STOP_GRACE_MS).unref();
+    void stop()
+      .catch((e: unknown) => log.error({ err: e }, "stopping after an unexpected error failed"))
+      .finally(() => process.exit(1));
+  };
+  process.on("uncaughtException", onError);
+  process.on("unhandledRejection", onError);
+  return (s) => {
+    stop = s;
+  };
+}
+
 async function runControlPlane(flags: ControlPlaneFlags): Promise<void> {
   const config = controlPlaneConfig(flags);
   const log = makeLogger(config.logLevel);
+  const onFatalStop = stopOnUnexpectedError(log);
   const cp = await startControlPlane(config, log);
+  onFatalStop(() => cp.close());
   process.stderr.write(`fusillade: control plane listening on ${cp.url}\n`);
   await untilSignal(() => cp.close());
 }
@@ -134,6 +164,7 @@ async function runDispatcher(flags: DispatcherFlags & { metricsListen?: string }
   const config = dispatcherConfig(flags);
   const metricsAt = metricsListenOf(flags);
   const log = makeLogger(config.logLevel);
+  const onFatalStop = stopOnUnexpectedError(log);
   const metrics = new DispatcherMetrics({ processMetrics: true });
   const server =
     metricsAt === undefined
@@ -144,10 +175,12 @@ async function runDispatcher(flags: DispatcherFlags & { metricsListen?: string }
   process.stderr.write(
     `fusillade: dispatcher ${config.id} taking work from ${config.controlPlaneUrl}\n`,
   );
-  await untilSignal(async () => {
+  const stop = async () => {
     await dispatcher.stop();
     await server?.close();
-  });
+  };
+  onFatalStop(stop);
+  await untilSignal(stop);
 }
 
 /** The URL to reach a server listening on every address (0.0.0.0, ::) from this host. */
@@ -166,7 +199,9 @@ function loopback(url: string): string {
 async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<void> {
   const cpConfig = controlPlaneConfig(flags);
   const log = makeLogger(cpConfig.logLevel);
+  const onFatalStop = stopOnUnexpectedError(log);
   const cp = await startControlPlane(cpConfig, log);
+  onFatalStop(() => cp.close());
   let dispatcher: ReturnType<typeof startDispatcher>;
   try {
     const config = {
@@ -197,10 +232,12 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
     `fusillade: serving on ${cp.url} (control plane and dispatcher ${dispatcher.id})\n`,
   );
   // Dispatcher first: its last reports need the control plane.
-  await untilSignal(async () => {
+  const stop = async () => {
     await dispatcher.stop();
     await cp.close();
-  });
+  };
+  onFatalStop(stop);
+  await untilSignal(stop);
 }
 
 /** Registers serve, control-plane, dispatcher and migrate on `program`. */

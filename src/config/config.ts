@@ -1,12 +1,46 @@
 /**
  * Configuration: defaults → environment → flags → validated, frozen
  * objects. The only reader of process.env.
+ *
+ * src/config/ owns configuration and is the only reader of process.env. It
+ * may import src/domain only.
  */
 import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";
 import { type OriginPattern, parseAllowList } from "../domain/endpoints.js";
 
 export class ConfigError extends Error {}
+
+/**
+ * The API port's connection caps and timeouts (docs/trust.md, "Timeouts and connection
+ * caps"); every duration in ms.
+ */
+export interface ConnectionLimits {
+  /** Most connections open at once (FUSILLADE_MAX_CONNECTIONS). @default 10,000 */
+  maxConnections: number;
+  /** Most connections from one client address (FUSILLADE_MAX_CONNECTIONS_PER_CLIENT). @default 1,000 */
+  maxConnectionsPerClient: number;
+  /** From accept to a request's headers (FUSILLADE_HEADERS_TIMEOUT). @default 20s */
+  headersTimeoutMs: number;
+  /** A connection with no request in progress is closed (FUSILLADE_IDLE_TIMEOUT; 0 = never). @default 5m */
+  idleTimeoutMs: number;
+  /** A request body that stalls this long is cut (FUSILLADE_BODY_TIMEOUT; 0 = never). @default 30s */
+  bodyTimeoutMs: number;
+}
+
+/**
+ * A mesh operator's defaults: room for far more clients than a fleet has (a sidecar, or
+ * many dispatchers, comes from few addresses), headers within 20 s (slow clients on a bad
+ * link still make it; a socket that says nothing does not stay), keep-alive longer than
+ * the usual proxy pool's idle time, and 30 s for a body to move at all.
+ */
+export const CONNECTION_DEFAULTS: Readonly<ConnectionLimits> = Object.freeze({
+  maxConnections: 10_000,
+  maxConnectionsPerClient: 1_000,
+  headersTimeoutMs: 20 * SECOND,
+  idleTimeoutMs: 300 * SECOND,
+  bodyTimeoutMs: 30 * SECOND,
+});
 
 /** Settings of the control plane. */
 export interface ControlPlaneConfig {
@@ -50,11 +84,19 @@ export interface ControlPlaneConfig {
   dbStatementTimeoutMs: number;
   /** How often the LISTEN connection is checked with `SELECT 1` (and re-established). @default 5s */
   listenCheckIntervalMs: number;
+  /**
+   * How often an open stream (WatchBatch, StreamBatchRequests,
+   * GetBatchResults) checks its credential again, besides at once on a
+   * revocation's NOTIFY: a revoked token's streams end within this (plus
+   * the authenticator's 10 s cache) even when that notification is missed.
+   * @default 5s
+   */
+  streamReauthIntervalMs: number;
   /** Largest UploadFile content, in bytes. @default 256 MiB */
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
   maxUploadLines: number;
-  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
+  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests / GetBatchResults (a page holds at least one row). @default 3 MiB */
   maxPageBytes: number;
   /**
    * Most request-body bytes of the claims in one Sync or ReportResults answer,
@@ -95,6 +137,8 @@ export interface ControlPlaneConfig {
    * keys (decrypt only): FUSILLADE_PREVIOUS_SECRET_KEYS.
    */
   secretKey: { key?: string; keyFile?: string; previous?: string };
+  /** Connection caps and timeouts of the API port. */
+  connections: Readonly<ConnectionLimits>;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -117,6 +161,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   dbAcquireTimeoutMs: 10 * SECOND,
   dbStatementTimeoutMs: 60 * SECOND,
   listenCheckIntervalMs: 5 * SECOND,
+  streamReauthIntervalMs: 5 * SECOND,
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
@@ -126,6 +171,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   tls: undefined,
   allowedEndpoints: undefined,
   secretKey: {},
+  connections: CONNECTION_DEFAULTS,
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -145,7 +191,19 @@ const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, b
   ["FUSILLADE_DB_ACQUIRE_TIMEOUT", "dbAcquireTimeoutMs", true],
   ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
   ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
+  ["FUSILLADE_STREAM_REAUTH_INTERVAL", "streamReauthIntervalMs", false],
 ];
+/** The connection settings, from the environment only: variable → key, and whether 0 is allowed. */
+const ENV_CONNECTION_COUNTS: ReadonlyArray<readonly [string, keyof ConnectionLimits]> = [
+  ["FUSILLADE_MAX_CONNECTIONS", "maxConnections"],
+  ["FUSILLADE_MAX_CONNECTIONS_PER_CLIENT", "maxConnectionsPerClient"],
+];
+const ENV_CONNECTION_DURATIONS: ReadonlyArray<readonly [string, keyof ConnectionLimits, boolean]> =
+  [
+    ["FUSILLADE_HEADERS_TIMEOUT", "headersTimeoutMs", false],
+    ["FUSILLADE_IDLE_TIMEOUT", "idleTimeoutMs", true],
+    ["FUSILLADE_BODY_TIMEOUT", "bodyTimeoutMs", true],
+  ];
 
 /** Parses "HOST:PORT" (IPv6 in brackets). */
 export function parseListen(value: string, name: string): { host: string; port: number } {
@@ -274,6 +332,15 @@ function tlsFiles(
   return { cert: read(cert), key: read(key) };
 }
 
+/** A duration variable's value in ms ("0" = none, where allowed); undefined when unset or empty. */
+function envDuration(env: NodeJS.ProcessEnv, name: string, allowZero: boolean): number | undefined {
+  const v = env[name];
+  if (v === undefined || v === "") return undefined;
+  const ms = v.trim() === "0" ? 0 : parseDurationSetting(v, name);
+  if (ms === 0 && !allowZero) throw new ConfigError(`${name} must be above 0, got "0"`);
+  return ms;
+}
+
 /** Builds the control plane's config from defaults, `env` and `flags` (flags win). */
 export function controlPlaneConfig(
   flags: ControlPlaneFlags,
@@ -350,11 +417,18 @@ export function controlPlaneConfig(
     if (v !== undefined && v !== "") settings[key] = parseCount(v, name, allowZero);
   }
   for (const [name, key, allowZero] of ENV_DURATIONS) {
-    const v = env[name];
-    if (v === undefined || v === "") continue;
-    const ms = v.trim() === "0" ? 0 : parseDurationSetting(v, name);
-    if (ms === 0 && !allowZero) throw new ConfigError(`${name} must be above 0, got "0"`);
-    settings[key] = ms;
+    const ms = envDuration(env, name, allowZero);
+    if (ms !== undefined) settings[key] = ms;
   }
+  const connections: ConnectionLimits = { ...CONNECTION_DEFAULTS };
+  for (const [name, key] of ENV_CONNECTION_COUNTS) {
+    const v = env[name];
+    if (v !== undefined && v !== "") connections[key] = parseCount(v, name);
+  }
+  for (const [name, key, allowZero] of ENV_CONNECTION_DURATIONS) {
+    const ms = envDuration(env, name, allowZero);
+    if (ms !== undefined) connections[key] = ms;
+  }
+  c.connections = Object.freeze(connections);
   return Object.freeze(c);
 }

@@ -292,6 +292,8 @@ export function connectLeaseClient(
             slots: g.slots,
             target: g.target,
             ttlMs: g.ttl ? durationMs(g.ttl) : 0,
+            rpm: g.rpm,
+            tpm: g.tpm,
           })),
           lostGrants: res.lostGrants.map((g) => ({ model: g.model, token: g.token })),
           claims: res.claims.map(fromProtoClaim),

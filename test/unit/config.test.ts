@@ -32,6 +32,7 @@ describe("controlPlaneConfig", () => {
         FUSILLADE_MAX_UPLOAD_BYTES: "1000",
         FUSILLADE_MAX_UPLOAD_LINES: "10",
         FUSILLADE_MAX_PAGE_BYTES: "4096",
+        FUSILLADE_STREAM_REAUTH_INTERVAL: "2s",
       },
     );
     expect(c).toMatchObject({
@@ -43,7 +44,9 @@ describe("controlPlaneConfig", () => {
       maxUploadBytes: 1000,
       maxUploadLines: 10,
       maxPageBytes: 4096,
+      streamReauthIntervalMs: 2000,
     });
+    expect(controlPlaneConfig({}, {}).streamReauthIntervalMs).toBe(5000);
     expect(
       configError(() => controlPlaneConfig({}, { FUSILLADE_DB_POOL_SIZE: "0" })).message,
     ).toMatch(/FUSILLADE_DB_POOL_SIZE/);
@@ -51,8 +54,42 @@ describe("controlPlaneConfig", () => {
       configError(() => controlPlaneConfig({}, { FUSILLADE_LISTEN_CHECK_INTERVAL: "0" })).message,
     ).toMatch(/FUSILLADE_LISTEN_CHECK_INTERVAL/);
     expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_STREAM_REAUTH_INTERVAL: "0" })).message,
+    ).toMatch(/FUSILLADE_STREAM_REAUTH_INTERVAL/);
+    expect(
       configError(() => controlPlaneConfig({}, { FUSILLADE_DB_STATEMENT_TIMEOUT: "soon" })).message,
     ).toMatch(/FUSILLADE_DB_STATEMENT_TIMEOUT/);
+  });
+
+  it("reads the API port's connection caps and timeouts from the environment", () => {
+    expect(controlPlaneConfig({}, {}).connections).toEqual(CONTROL_PLANE_DEFAULTS.connections);
+    const c = controlPlaneConfig(
+      {},
+      {
+        FUSILLADE_MAX_CONNECTIONS: "500",
+        FUSILLADE_MAX_CONNECTIONS_PER_CLIENT: "50",
+        FUSILLADE_HEADERS_TIMEOUT: "5s",
+        FUSILLADE_IDLE_TIMEOUT: "0",
+        FUSILLADE_BODY_TIMEOUT: "2m",
+      },
+    );
+    expect(c.connections).toEqual({
+      maxConnections: 500,
+      maxConnectionsPerClient: 50,
+      headersTimeoutMs: 5000,
+      idleTimeoutMs: 0,
+      bodyTimeoutMs: 120_000,
+    });
+    // A headers timeout of 0 would let a silent socket stay forever: refused.
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_HEADERS_TIMEOUT: "0" })).message,
+    ).toMatch(/FUSILLADE_HEADERS_TIMEOUT/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_MAX_CONNECTIONS: "0x10" })).message,
+    ).toMatch(/FUSILLADE_MAX_CONNECTIONS must be/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_BODY_TIMEOUT: "soon" })).message,
+    ).toMatch(/FUSILLADE_BODY_TIMEOUT/);
   });
 
   it("reads FUSILLADE_FAIR_SHARE as on or off, and refuses anything else", () => {
