@@ -60,7 +60,9 @@ test("control plane unreachable: requests aborted before their leases expire, th
   expect(granted.size).toBe(LIMIT);
   for (;;) {
     const now = (await expiries()).rows;
-    if (now.length === LIMIT && now.every((r) => Number(r.expires) > granted.get(r.id)!)) break;
+    // Still the same claims (a dispatcher that fenced itself meanwhile would fail here).
+    expect(now.map((r) => r.id).sort()).toEqual([...granted.keys()].sort());
+    if (now.every((r) => Number(r.expires) > granted.get(r.id)!)) break;
     await new Promise((r) => setTimeout(r, 50));
   }
 
