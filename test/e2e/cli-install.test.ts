@@ -6,24 +6,21 @@
  * from a directory that is not the clone, against a control plane.
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDist, ROOT } from "../helpers/build.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const run = promisify(execFile);
 
 let t: TestControlPlane;
 let dir: string;
 
 beforeAll(async () => {
-  await run("npx", ["tsc", "-p", "tsconfig.build.json"], { cwd: ROOT }).catch(() => undefined);
-  if (!existsSync(path.join(ROOT, "dist/src/cli/main.js"))) throw new Error("the build failed");
+  await buildDist();
   t = await startTestControlPlane();
   dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-install-"));
 }, 180_000);

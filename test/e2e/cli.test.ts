@@ -6,7 +6,7 @@
  * dispatcher and a loopback upstream. Also runs the Python example when
  * Debian's python3-grpcio is installed.
  */
-import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -14,29 +14,24 @@ import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDist, ROOT } from "../helpers/build.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import { startUpstream } from "../helpers/upstream.js";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const BIN = path.join(ROOT, "bin/fusillade.js");
 const PYTHON_EXAMPLE = path.join(ROOT, "examples/python/run.sh");
-const run = promisify(execFile);
 
 let t: TestControlPlane;
 let sql: pg.Pool;
 let dir: string;
 
 beforeAll(async () => {
-  // One incremental build of dist/ (what bin/fusillade.js runs). tsc emits
-  // even when some other file has a type error; the CLI is all we need here.
-  await run("npx", ["tsc", "-p", "tsconfig.build.json"], { cwd: ROOT }).catch(() => undefined);
-  if (!existsSync(path.join(ROOT, "dist/src/cli/main.js"))) throw new Error("the build failed");
+  // dist/ is what bin/fusillade.js runs: a failed build fails here.
+  await buildDist();
   t = await startTestControlPlane();
   sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
   dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-cli-"));
@@ -656,10 +651,10 @@ describe("fusillade CLI", () => {
       FUSILLADE_SERVER: proxy.via(t.url),
     });
     await p.waitFor(/in_progress: 0\/2 done/);
-    const closedAt = Date.now();
     await proxy.close();
+    // Noticed while it still tries: the line comes before it gives up (waitFor fails if the
+    // process exits first).
     await p.waitFor(/lost the connection to http:\/\/127\.0\.0\.1:\d+ .*; reconnecting…/);
-    expect(Date.now() - closedAt).toBeLessThan(2_000);
     const r = await p.done;
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(

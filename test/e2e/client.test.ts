@@ -9,7 +9,6 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -21,11 +20,11 @@ import {
   RequestState,
 } from "../../src/client/index.js";
 import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
+import { buildDist, ROOT, tsc } from "../helpers/build.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
 import { type FusilladeProcess, spawnFusillade } from "../helpers/dispatcher-process.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const EXAMPLE = path.join(ROOT, "examples/typescript/dist/basic.js");
 const run = promisify(execFile);
 
@@ -38,8 +37,8 @@ let dir: string;
 
 beforeAll(async () => {
   // The example imports "fusillade/client": the package's export, from dist/.
-  await run("npx", ["tsc", "-p", "tsconfig.build.json"], { cwd: ROOT }).catch(() => undefined);
-  await run("npx", ["tsc", "-p", "examples/typescript"], { cwd: ROOT });
+  await buildDist();
+  await tsc("examples/typescript");
   if (!existsSync(EXAMPLE)) throw new Error("the example did not build");
   db = await createTestDatabase();
   upstream = await startUpstream();

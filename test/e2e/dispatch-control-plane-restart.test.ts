@@ -17,7 +17,19 @@ import {
 } from "../helpers/dispatcher-process.js";
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
-const CONFIG = { leaseTtlMs: 5000, reapIntervalMs: 200 };
+/**
+ * Leases that outlast the outage and the restart whatever the load (a restart was seen to
+ * take over 5 s on a loaded 2-core machine), so that every outcome held through the outage
+ * is still current when the control plane is back: nothing may run twice.
+ */
+const CONFIG = { leaseTtlMs: 30_000, reapIntervalMs: 200 };
+const LIMIT = 10;
+const N = 200;
+/**
+ * How long the control plane stays down at least (the fault itself): several of the
+ * dispatchers' report and poll retries (backoff from 100 ms).
+ */
+const OUTAGE_MS = 1500;
 let first: TestControlPlane;
 let second: TestControlPlane | undefined;
 let sql: pg.Pool;
@@ -38,9 +50,9 @@ afterAll(async () => {
 });
 
 test("stopped and restarted mid-batch: the batch completes, nothing lost", async () => {
-  await first.admin.setModelLimit({ model: "R", limit: 10 });
+  await first.admin.setModelLimit({ model: "R", limit: LIMIT });
   upstream.respond = () => ({ delayMs: 30 + Math.floor(Math.random() * 40) });
-  const batchId = await createTestBatch(first.batch, upstream.url, items("R", 200));
+  const batchId = await createTestBatch(first.batch, upstream.url, items("R", N));
   dispatchers.push(
     startTestDispatcher(first.url, { id: "r1", capacity: 8 }),
     startTestDispatcher(first.url, { id: "r2", capacity: 8 }),
@@ -53,11 +65,15 @@ test("stopped and restarted mid-batch: the batch completes, nothing lost", async
   // Requests in flight finish; their reports wait. Nothing new is taken.
   await upstream.until(() => upstream.inFlight === 0, 5_000, "in-flight requests to finish");
   const deliveredWhileDown = upstream.deliveries.length;
-  // Downtime: long enough for reports and polls to fail and back off.
-  await new Promise((r) => setTimeout(r, 1500));
+  // Their reports fail (polling the dispatchers' own state: it has no event).
+  while (!dispatchers.some((d) => d.stats().reportsFailing)) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const left = downAt + OUTAGE_MS - Date.now();
+  if (left > 0) await new Promise((r) => setTimeout(r, left));
   expect(upstream.deliveries.length).toBe(deliveredWhileDown);
-  expect(dispatchers.some((d) => d.stats().reportsFailing)).toBe(true);
   const queued = dispatchers.reduce((n, d) => n + d.stats().reportsPending, 0);
+  expect(queued).toBeGreaterThan(0);
 
   second = await startTestControlPlane({ ...CONFIG, port }, first.database);
   const upAt = Date.now();
@@ -67,15 +83,15 @@ test("stopped and restarted mid-batch: the batch completes, nothing lost", async
       `delivered before); batch done ${Date.now() - upAt} ms after the restart`,
   );
 
-  expect(Number(status.counts!.completed)).toBe(200);
-  expect(await stateCounts(sql, batchId)).toEqual({ completed: 200 });
+  expect(Number(status.counts!.completed)).toBe(N);
+  expect(await stateCounts(sql, batchId)).toEqual({ completed: N });
   const perRequest = new Map<string, number>();
   for (const d of upstream.deliveries)
     perRequest.set(d.requestId, (perRequest.get(d.requestId) ?? 0) + 1);
-  expect(perRequest.size).toBe(200);
+  expect(perRequest.size).toBe(N);
   // Outcomes held through the outage were recorded (the leases had not expired): nothing ran twice.
   expect([...perRequest.values()].every((n) => n === 1)).toBe(true);
-  expect(upstream.gauge("R").peak).toBeLessThanOrEqual(10);
+  expect(upstream.gauge("R").peak).toBeLessThanOrEqual(LIMIT);
   const lost = dispatchers.reduce((n, d) => n + d.stats().dispositions.lost, 0);
   expect(lost).toBe(0);
 });

@@ -19,6 +19,7 @@ import {
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const TTL_MS = 3000;
+const LIMIT = 4;
 const CONFIG = { leaseTtlMs: TTL_MS, reapIntervalMs: 200 };
 let first: TestControlPlane;
 let second: TestControlPlane | undefined;
@@ -42,23 +43,34 @@ afterAll(async () => {
 });
 
 test("control plane unreachable: requests aborted before their leases expire, then given back and sent again", async () => {
-  await first.admin.setModelLimit({ model: "F", limit: 4 });
+  await first.admin.setModelLimit({ model: "F", limit: LIMIT });
   // First deliveries hang; later ones answer.
   upstream.respond = (d) => (d.attempt === 1 ? { hang: true } : { delayMs: 10 });
-  const batchId = await createTestBatch(first.batch, upstream.url, items("F", 4));
-  await upstream.until(() => upstream.gauge("F").current === 4, 10_000, "4 hanging requests");
-  // Let a renewal or two happen, so the fence is set by a renewal, not the grant.
-  await new Promise((r) => setTimeout(r, 1000));
+  const batchId = await createTestBatch(first.batch, upstream.url, items("F", LIMIT));
+  await upstream.until(() => upstream.gauge("F").current === LIMIT, 10_000, "hanging requests");
+  // Wait for a renewal of every claim (its expiry in Postgres moves later), so the fence
+  // is set by a renewal, not the grant.
+  const expiries = () =>
+    sql.query<{ id: string; expires: number }>(
+      `SELECT id, extract(epoch FROM lease_expires_at) * 1000 AS expires FROM requests
+       WHERE batch_id = $1 AND state = 'leased'`,
+      [batchId],
+    );
+  const granted = new Map((await expiries()).rows.map((r) => [r.id, Number(r.expires)]));
+  expect(granted.size).toBe(LIMIT);
+  for (;;) {
+    const now = (await expiries()).rows;
+    // Still the same claims (a dispatcher that fenced itself meanwhile would fail here).
+    expect(now.map((r) => r.id).sort()).toEqual([...granted.keys()].sort());
+    if (now.every((r) => Number(r.expires) > granted.get(r.id)!)) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 
   const port = Number(new URL(first.url).port);
   await first.stop();
   const stoppedAt = Date.now();
-  const leases = await sql.query<{ id: string; expires: number }>(
-    `SELECT id, extract(epoch FROM lease_expires_at) * 1000 AS expires FROM requests
-     WHERE batch_id = $1 AND state = 'leased'`,
-    [batchId],
-  );
-  expect(leases.rows).toHaveLength(4);
+  const leases = await expiries();
+  expect(leases.rows).toHaveLength(LIMIT);
   const expiresAt = new Map(leases.rows.map((r) => [r.id, Number(r.expires)]));
 
   await upstream.until(
@@ -66,7 +78,7 @@ test("control plane unreachable: requests aborted before their leases expire, th
     TTL_MS + 2000,
     "the requests to be aborted",
   );
-  const first4 = upstream.deliveries.slice(0, 4);
+  const first4 = upstream.deliveries.slice(0, LIMIT);
   for (const d of first4) {
     expect(d.end).toBe("closed");
     const early = expiresAt.get(d.requestId)! - d.endedAt!;
@@ -75,20 +87,20 @@ test("control plane unreachable: requests aborted before their leases expire, th
     );
     expect(early).toBeGreaterThan(0);
   }
-  expect(dispatcher.stats().fenced).toBe(4);
+  expect(dispatcher.stats().fenced).toBe(LIMIT);
 
   // Back up on the same port: the releases land (or are LOST, if the reaper
   // got there first) and the requests are granted again. A release may land
   // before the old lease's expiry: that is fine, the request was aborted first.
   second = await startTestControlPlane({ ...CONFIG, port }, first.database);
   await waitForBatch(second.batch, batchId, 20_000);
-  expect(await stateCounts(sql, batchId)).toEqual({ completed: 4 });
+  expect(await stateCounts(sql, batchId)).toEqual({ completed: LIMIT });
   for (const d of first4) {
     const again = upstream.deliveries.filter((x) => x.requestId === d.requestId);
     expect(again.map((x) => x.attempt)).toEqual([1, 2]);
     expect(again[1]!.arrivedAt).toBeGreaterThanOrEqual(d.endedAt!);
   }
   // Fenced requests come back as releases: never recorded as failures.
-  expect(dispatcher.stats().releases).toBe(4);
-  expect(upstream.gauge("F").peak).toBe(4);
+  expect(dispatcher.stats().releases).toBe(LIMIT);
+  expect(upstream.gauge("F").peak).toBe(LIMIT);
 });

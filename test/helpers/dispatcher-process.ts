@@ -17,14 +17,17 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import type pg from "pg";
 import {
+  DISPATCHER_DEFAULTS,
   type DispatcherConfig,
   resolveDispatcherConfig,
 } from "../../src/config/dispatcher-config.js";
 import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import type { AttemptOutcome } from "../../src/domain/outcome.js";
 import type {
   BatchService,
   GetBatchStatusResponse,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import { HttpExecutor, type OutboundRequest } from "../../src/http/executor.js";
 import { makeLogger } from "../../src/logger.js";
 import { TEST_SECRET_KEY } from "./control-plane.js";
 
@@ -185,6 +188,14 @@ export interface DispatcherProcessOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/**
+ * Claims a dispatcher holding `slots` of a model buffers beyond them (at least one): the
+ * prefetch's share of its slots, the default one unless given.
+ */
+export function bufferedClaims(slots: number, prefetch = DISPATCHER_DEFAULTS.prefetch): number {
+  return Math.max(1, Math.ceil(slots * prefetch));
+}
+
 /** Starts `fusillade dispatcher` and waits until it has started its loops. */
 export async function startDispatcherProcess(
   opts: DispatcherProcessOptions,
@@ -196,9 +207,40 @@ export async function startDispatcherProcess(
     FUSILLADE_LOG_LEVEL: process.env.FUSILLADE_TEST_CHILD_LOG_LEVEL ?? "info",
     ...opts.env,
   });
-  await p.waitFor(/"msg":"dispatcher started"/);
+  try {
+    await p.waitFor(/"msg":"dispatcher started"/, PROCESS_START_MS);
+  } catch (err) {
+    // The caller never gets it to stop: do not leave it running.
+    await p.stop("SIGKILL");
+    throw err;
+  }
   return p;
 }
+
+/**
+ * Starts several dispatcher processes at once; if one does not start, stops the others
+ * before throwing (the caller gets none of them to stop).
+ */
+export async function startDispatcherProcesses(
+  opts: DispatcherProcessOptions[],
+): Promise<FusilladeProcess[]> {
+  const started = await Promise.allSettled(opts.map((o) => startDispatcherProcess(o)));
+  const failed = started.find((s) => s.status === "rejected");
+  if (failed === undefined)
+    return started.map((s) => (s as PromiseFulfilledResult<FusilladeProcess>).value);
+  await Promise.all(
+    started.flatMap((s) => (s.status === "fulfilled" ? [s.value.stop("SIGKILL")] : [])),
+  );
+  throw failed.reason;
+}
+
+/**
+ * How long a dispatcher process may take to start before the test gives up on it. The
+ * wait ends on its "dispatcher started" line; this only bounds a process that will never
+ * start. A start transpiles the TypeScript first: over 20 s was seen with the load average
+ * at 21 on the 2-core machine. Below the hooks' 120 s timeout.
+ */
+const PROCESS_START_MS = 90_000;
 
 // ---------------------------------------------------------------------------
 // Dispatchers in the test process, and batch fixtures for dispatch tests.
@@ -208,6 +250,7 @@ export async function startDispatcherProcess(
 export function startTestDispatcher(
   controlPlaneUrl: string,
   options: Partial<DispatcherConfig> = {},
+  sender?: string,
 ): Dispatcher {
   const config = resolveDispatcherConfig({
     controlPlaneUrl,
@@ -217,7 +260,30 @@ export function startTestDispatcher(
     logLevel: process.env.FUSILLADE_TEST_LOG ?? "silent",
     ...options,
   });
-  return startDispatcher(config, makeLogger(config.logLevel));
+  const deps = sender === undefined ? {} : { executor: new SenderTaggingExecutor(sender, config) };
+  return startDispatcher(config, makeLogger(config.logLevel), deps);
+}
+
+/**
+ * An executor that adds `x-test-sender: <sender>` to every request, so that the test
+ * upstream can tell in-process dispatchers apart (Delivery.sender): they share a process,
+ * so their sockets' ports cannot.
+ */
+class SenderTaggingExecutor extends HttpExecutor {
+  readonly #sender: string;
+
+  constructor(sender: string, config: DispatcherConfig) {
+    // The executor's defaults, with a connection per request as the dispatcher's own.
+    super({ connectionsPerOrigin: Math.max(256, config.capacity) });
+    this.#sender = sender;
+  }
+
+  override execute(req: OutboundRequest, signal?: AbortSignal): Promise<AttemptOutcome> {
+    return super.execute(
+      { ...req, headers: [...req.headers, ["x-test-sender", this.#sender]] },
+      signal,
+    );
+  }
 }
 
 /** One request of a test batch. */

@@ -18,6 +18,7 @@ import type { TestProject } from "vitest/node";
 import { migrate } from "../../src/storage/data-source.js";
 import { startEmbeddedPostgres, stopStaleServer } from "../../src/storage/embedded-postgres.js";
 import { admin, withDatabase } from "./pg-admin.js";
+import { isAlive } from "./pid.js";
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -144,15 +145,6 @@ async function clusterDirs(dir: string, depth: number): Promise<string[]> {
     if (e.isDirectory()) found.push(...(await clusterDirs(path.join(dir, e.name), depth - 1)));
   }
   return found;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 /** Drops the template and every database of this run, connections or not. */

@@ -55,6 +55,8 @@ export interface Delivery {
   arrivedAt: number;
   /** The client's port: which process sent it (see test/faults/procfs.ts). */
   remotePort: number;
+  /** `x-test-sender` as sent: which in-process dispatcher sent it (startTestDispatcher's `sender`). */
+  sender: string | undefined;
   /** `Date.now()` when the response finished or the socket closed. */
   endedAt?: number;
   /** answered: the response finished; closed: the client went away first. */
@@ -274,6 +276,7 @@ export class Upstream extends EventEmitter {
       batchId: req.headers["x-fusillade-batch-id"] as string | undefined,
       arrivedAt: Date.now(),
       remotePort: req.socket.remotePort ?? 0,
+      sender: req.headers["x-test-sender"] as string | undefined,
     };
     this.deliveries.push(d);
     const g = this.#gauges.get(model) ?? { current: 0, peak: 0 };

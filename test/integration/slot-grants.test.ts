@@ -23,6 +23,19 @@ afterAll(async () => {
   await t?.close();
 });
 
+/**
+ * A WaitForWork that is to be woken by a change: long, so that an answer well before it
+ * (POLL_MS / 2) can only be the wake-up, however slow the machine.
+ */
+const POLL_MS = 20_000;
+/**
+ * How long a waiting call is watched to see that nothing wakes it: a wrong wake-up comes
+ * within milliseconds (the call looks at once, and on every notification), so this only
+ * needs to outlast a few round trips; a slow machine makes it miss a wrong wake-up, never
+ * report a wrong one.
+ */
+const QUIET_MS = 300;
+
 const ms = (n: number) =>
   create(DurationSchema, { seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
 
@@ -161,17 +174,17 @@ describe("fair shares", () => {
       dispatcherId: "fs-b",
       grow: ["fs"],
       known: ["fs"],
-      wait: ms(10_000),
+      wait: ms(POLL_MS),
     });
     // A still runs 10: its target drops to 5, but its slots are not cut below keep.
     const a1 = grantOf(await sync("fs-a", "fs", { token: a0.token, keep: 10, want: 100 }), "fs");
     expect(a1).toMatchObject({ slots: 10, target: 5 });
-    expect(await settledWithin(woken, 300)).toBe("waiting");
+    expect(await settledWithin(woken, QUIET_MS)).toBe("waiting");
     // A hands back: keep = its target.
     const a2 = grantOf(await sync("fs-a", "fs", { token: a0.token, keep: 5, want: 100 }), "fs");
     expect(a2).toMatchObject({ slots: 5, target: 5 });
     expect((await woken).models).toEqual(["fs"]);
-    expect(Date.now() - started).toBeLessThan(5000);
+    expect(Date.now() - started).toBeLessThan(POLL_MS / 2);
     const b1 = grantOf(await sync("fs-b", "fs", { token: b0.token, keep: 0, want: 100 }), "fs");
     expect(b1).toMatchObject({ token: b0.token, slots: 5, target: 5 });
     expect(await slotsHeld("fs")).toBe(10);
@@ -314,12 +327,12 @@ describe("limit changes", () => {
       dispatcherId: "hi-a",
       grow: ["hi"],
       known: ["hi"],
-      wait: ms(10_000),
+      wait: ms(POLL_MS),
     });
-    expect(await settledWithin(woken, 300)).toBe("waiting"); // 2 of 2 slots held
+    expect(await settledWithin(woken, QUIET_MS)).toBe("waiting"); // 2 of 2 slots held
     await t.admin.setModelLimit({ model: "hi", limit: 4 });
     expect((await woken).models).toEqual(["hi"]);
-    expect(Date.now() - started).toBeLessThan(3000);
+    expect(Date.now() - started).toBeLessThan(POLL_MS / 2);
     const a1 = grantOf(await sync("hi-a", "hi", { token: a.token, want: 2 }), "hi");
     expect(a1).toMatchObject({ slots: 2, target: 2 });
     expect(await slotsHeld("hi")).toBe(4);
@@ -338,13 +351,13 @@ describe("limit changes", () => {
         wait: ms(w),
       });
     // Ready work, and the holder wants more, but nothing changed: no wake (no busy loop).
-    expect((await wait(300)).models).toEqual([]);
-    const woken = wait(10_000);
-    expect(await settledWithin(woken, 300)).toBe("waiting");
+    expect((await wait(QUIET_MS)).models).toEqual([]);
+    const woken = wait(POLL_MS);
+    expect(await settledWithin(woken, QUIET_MS)).toBe("waiting");
     const started = Date.now();
     await t.admin.setModelLimit({ model: "mo", limit: 5 });
     expect((await woken).models).toEqual(["mo"]);
-    expect(Date.now() - started).toBeLessThan(3000);
+    expect(Date.now() - started).toBeLessThan(POLL_MS / 2);
     const a1 = grantOf(await sync("mo-a", "mo", { token: a.token, keep: 2, want: 5 }), "mo");
     expect(a1).toMatchObject({ slots: 5, target: 5 });
   });
@@ -353,12 +366,16 @@ describe("limit changes", () => {
     await t.admin.setModelLimit({ model: "lc", limit: 4 });
     const a = grantOf(await sync("lc-a", "lc", { want: 4 }), "lc");
     expect(a).toMatchObject({ slots: 4, target: 4 });
-    const woken = t.dispatch.waitForWork({ dispatcherId: "lc-a", known: ["lc"], wait: ms(10_000) });
-    expect(await settledWithin(woken, 300)).toBe("waiting");
+    const woken = t.dispatch.waitForWork({
+      dispatcherId: "lc-a",
+      known: ["lc"],
+      wait: ms(POLL_MS),
+    });
+    expect(await settledWithin(woken, QUIET_MS)).toBe("waiting");
     const started = Date.now();
     await t.admin.setModelLimit({ model: "lc", limit: 1 });
     expect((await woken).models).toEqual(["lc"]);
-    expect(Date.now() - started).toBeLessThan(3000);
+    expect(Date.now() - started).toBeLessThan(POLL_MS / 2);
     // Its next Sync reads the lowered share; its slots come back through keep.
     const a1 = grantOf(await sync("lc-a", "lc", { token: a.token, keep: 4, want: 4 }), "lc");
     expect(a1).toMatchObject({ slots: 4, target: 1 });

@@ -118,12 +118,14 @@ describe("WatchBatch", () => {
     expect(last.openaiStatus).toBe("completed");
     expect(last.counts).toMatchObject({ total: BigInt(n), completed: BigInt(n), pending: 0n });
     expect(last.completeTime).toBeDefined();
-    // Coalesced: fewer messages than changes, spaced by the interval (less timer slack).
+    // Coalesced: fewer messages than changes, at most one per interval. Counted over the
+    // whole run rather than gap by gap: arrival times are this process's, and a stall here
+    // delivers two messages back to back however far apart the server sent them (one
+    // interval of slack covers a first message that arrived late).
     expect(msgs.length).toBeLessThan(n + 1);
     expect(msgs.length).toBeGreaterThanOrEqual(4);
-    for (let i = 1; i < w.got.length; i++) {
-      expect(w.got[i]!.at - w.got[i - 1]!.at).toBeGreaterThanOrEqual(interval - 100);
-    }
+    const span = w.got[w.got.length - 1]!.at - w.got[0]!.at;
+    expect(w.got.length - 1).toBeLessThanOrEqual(Math.floor(span / interval) + 1);
     // Counts only grow, and every message is a consistent snapshot.
     for (const b of msgs) {
       const c = b.counts!;
