@@ -38,7 +38,7 @@ export interface SyncHost extends Pick<Shared, "book" | "table"> {
   /** Grants fenced or lost, claims lost. */
   readonly losses: LossHandler;
   /** The fence margin for a TTL, and the renewal period now. */
-  readonly fencing: Pick<FencePolicy, "margin" | "renewIntervalMs">;
+  readonly fencing: Pick<FencePolicy, "margin" | "renewIntervalMs" | "observeTtl">;
   /** Every model's buffer may start more now (grants changed). */
   readonly runner: Pick<AttemptRunner, "pumpAll">;
   /** Grant counters and the wait for a new grant. */
@@ -58,6 +58,8 @@ export class SyncLoop {
   readonly #synced = new Wakeup();
   #syncDue = true;
   #renewAt = 0;
+  /** When the last renewing Sync was sent: the next is due a renewal period after it. */
+  #renewedAt = 0;
   readonly #stopping = new AbortController();
   #loops: Promise<unknown> = Promise.resolve();
   #waitAbort: AbortController | undefined;
@@ -88,6 +90,7 @@ export class SyncLoop {
   /** Something changed: Sync soon if a model wants it; re-send WaitForWork if our interest changed. */
   poke(): void {
     if (this.#stopping.signal.aborted) return;
+    this.#followTtl();
     if (!this.#syncDue && this.host.book.all().some((m) => this.host.book.wantsSync(m))) {
       this.#syncDue = true;
       this.#wanted.notify();
@@ -177,7 +180,10 @@ export class SyncLoop {
     } finally {
       this.#syncing = false;
     }
-    if (renewing) this.#renewAt = sentAt + this.host.fencing.renewIntervalMs();
+    if (renewing) {
+      this.#renewedAt = sentAt;
+      this.#renewAt = sentAt + this.host.fencing.renewIntervalMs();
+    }
     if (this.log.isLevelEnabled("debug")) {
       this.log.debug(
         {
@@ -202,6 +208,7 @@ export class SyncLoop {
         } else metrics.grants("renewed");
       }
       this.#askedSince.delete(g.model);
+      this.host.fencing.observeTtl(g.ttlMs);
       m.token = g.token;
       m.slots = g.slots;
       m.target = g.target;
@@ -232,7 +239,21 @@ export class SyncLoop {
     }
     this.host.claims.take(answer, asked, sentAt);
     this.host.runner.pumpAll();
+    this.#followTtl();
     return true;
+  }
+
+  /**
+   * The renewal period follows the lease TTL the claims just told (FencePolicy.observeTtl):
+   * the first renewal was timed with a TTL assumed before any claim came, and with a
+   * shorter real TTL the claims would fence themselves before it.
+   */
+  #followTtl(): void {
+    const due = this.#renewedAt + this.host.fencing.renewIntervalMs();
+    if (due < this.#renewAt) {
+      this.#renewAt = due;
+      this.#wanted.notify();
+    }
   }
 
   #arm(m: ModelSlots, fenceAt: number): void {
