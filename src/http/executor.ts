@@ -17,16 +17,9 @@ import {
   parseRetryAfter,
 } from "../domain/retry-policy.js";
 import { type AbortCause, AttemptSignal } from "./attempt-signal.js";
-import {
-  bodyScrubber,
-  classifyError,
-  describeError,
-  headerScrubber,
-  keepHeaders,
-  parseTarget,
-  type Target,
-} from "./classify.js";
+import { classifyError, describeError, keepHeaders, parseTarget, type Target } from "./classify.js";
 import { readBounded } from "./read-body.js";
+import { bodyScrubber, headerScrubber } from "./redact.js";
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -142,11 +135,10 @@ export interface OutboundRequest {
 const EMPTY = new Uint8Array(0);
 
 /**
- * An upstream that echoes our request headers (a debugging proxy, an echo
- * endpoint) would put the API key into a stored body, a result line and
- * every API response showing it: secrets of the request are replaced by
- * "[redacted]" in the body and the kept headers before anything leaves
- * the executor.
+ * An upstream that echoes our request headers would put the API key into a
+ * stored body, a result line and every API response showing it: secrets of
+ * the request are replaced by "[redacted]" in the body and the kept headers
+ * before anything leaves the executor (./redact.ts).
  */
 function redactOutcome(
   o: AttemptOutcome,
