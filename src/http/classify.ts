@@ -58,7 +58,7 @@ export const ERROR_CODE_TABLE: Readonly<Record<string, ErrorClass>> = Object.fre
   SELF_SIGNED_CERT_IN_CHAIN: NETWORK_FATAL,
   UNABLE_TO_VERIFY_LEAF_SIGNATURE: NETWORK_FATAL,
   ERR_TLS_CERT_ALTNAME_INVALID: NETWORK_FATAL,
-  // ours: the endpoint resolves to an address the outbound allow-list refuses
+  // ours: the outbound policy refuses the address (./outbound-guard.ts)
   FUSILLADE_ENDPOINT_DENIED: NETWORK_FATAL,
 });
 

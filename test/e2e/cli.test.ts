@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
@@ -910,7 +911,10 @@ describe("fusillade CLI", () => {
     "the Python example sends FUSILLADE_TOKEN to a server with tokens; without it, it is refused",
     async () => {
       const admin = "python-admin-token-0123456789abcdef";
-      const guarded = await startTestControlPlane({ adminToken: admin }, t.database);
+      const guarded = await startTestControlPlane(
+        { adminToken: admin, allowedEndpoints: parseAllowList("http://127.0.0.1:*", "test") },
+        t.database,
+      );
       try {
         const file = await batchFile("py-token.jsonl", 2);
         const hostPort = guarded.url.replace(/^http:\/\//, "");
