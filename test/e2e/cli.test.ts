@@ -291,7 +291,7 @@ describe("fusillade CLI", () => {
           "live-err.jsonl",
           "--json",
         ],
-        { OPENAI_API_KEY: "sk-test" }, // the fallback when neither --api-key nor FUSILLADE_API_KEY
+        { OPENAI_API_KEY: "sk-test-key" }, // the fallback when neither --api-key nor FUSILLADE_API_KEY
       );
       expect(r.code, r.stderr).toBe(0);
       expect(JSON.parse(r.stdout)).toMatchObject({
@@ -310,7 +310,7 @@ describe("fusillade CLI", () => {
         custom_id: "c2",
         response: { status_code: 400, body: { error: { message: "no" } } },
       });
-      expect(upstream.of("c1")[0]!.authorization).toBe("Bearer sk-test");
+      expect(upstream.of("c1")[0]!.authorization).toBe("Bearer sk-test-key");
     } finally {
       await dispatcher.stop(1_000);
       await upstream.close();
@@ -552,7 +552,7 @@ describe("fusillade CLI", () => {
         "--endpoint",
         upstream.url,
         "--api-key",
-        "sk-1",
+        "sk-strict-1",
         "--strict",
       ]);
       expect(ok.code, ok.stderr).toBe(0);
