@@ -5,9 +5,11 @@
  * loopback upstream.
  */
 import type dns from "node:dns";
+import dnsPromises from "node:dns/promises";
 import { once } from "node:events";
 import { createServer, type Server } from "node:http";
 import { type AddressInfo, isIP } from "node:net";
+import os from "node:os";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { ForbiddenAddresses } from "../../src/domain/forbidden-addresses.js";
 import { HttpExecutor } from "../../src/http/executor.js";
@@ -138,6 +140,14 @@ describe("after DNS: the addresses a name resolves to", () => {
     const { err } = await resolveWith(new OutboundGuard([]), undefined, "localhost");
     expect(err?.code).toBe(ENDPOINT_DENIED);
     expect(err?.message).toMatch(/localhost resolves to (127\.0\.0\.1|::1), which is a loopback/);
+  });
+
+  test("this host's own name is refused after DNS (loopback or an interface's address)", async (ctx) => {
+    const resolvable = await dnsPromises.lookup(os.hostname()).catch(() => undefined);
+    if (resolvable === undefined) ctx.skip();
+    const { err } = await resolveWith(new OutboundGuard([]), undefined, os.hostname());
+    expect(err?.code).toBe(ENDPOINT_DENIED);
+    expect(err?.message).toMatch(/which is (a loopback address|an address of this host|a private)/);
   });
 
   test("this host's own addresses are refused, public or not", async () => {
