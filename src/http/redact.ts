@@ -69,6 +69,21 @@ function spellings(ch: string, plain: (ch: string) => string): string {
   return `(?:${alternatives.join("|")})`;
 }
 
+/** How a searched text holds a character as written: itself, or its UTF-8 bytes in a latin1 view. */
+type Plain = "string" | "latin1";
+const PLAIN: Record<Plain, (ch: string) => string> = {
+  string: (ch) => ch,
+  latin1: (ch) => Buffer.from(ch).toString("latin1"),
+};
+
+/**
+ * Compiled patterns by secrets, least recently used first. A request's key is
+ * its file's, shared by all of the file's requests: nearly every attempt
+ * finds its two patterns here instead of building and compiling them again.
+ */
+const PATTERNS = new Map<string, RegExp>();
+const MAX_PATTERNS = 256;
+
 /**
  * One case-insensitive pattern for all `secrets` (longest first), or undefined
  * for none. Cost, measured on 32 MiB of printable text holding no secret, one
@@ -76,10 +91,19 @@ function spellings(ch: string, plain: (ch: string) => string): string {
  * on 24 MiB of JSON text: 60 ms). Bodies are usually kilobytes, and a 32 MiB
  * one took far longer than that to arrive.
  */
-function secretsPattern(secrets: string[], plain: (ch: string) => string): RegExp | undefined {
+function secretsPattern(secrets: string[], plain: Plain): RegExp | undefined {
   if (secrets.length === 0) return undefined;
-  const each = secrets.map((s) => [...s].map((ch) => spellings(ch, plain)).join(""));
-  return new RegExp(each.join("|"), "gi");
+  const key = `${plain}\0${secrets.join("\0")}`;
+  let re = PATTERNS.get(key);
+  if (re !== undefined) {
+    PATTERNS.delete(key);
+  } else {
+    const each = secrets.map((s) => [...s].map((ch) => spellings(ch, PLAIN[plain])).join(""));
+    re = new RegExp(each.join("|"), "gi");
+    if (PATTERNS.size >= MAX_PATTERNS) PATTERNS.delete(PATTERNS.keys().next().value!);
+  }
+  PATTERNS.set(key, re);
+  return re;
 }
 
 /** Replaces every match of `re` in `s`; undefined when there was none. */
@@ -102,7 +126,7 @@ function replaceAll(re: RegExp, s: string): string | undefined {
 export function headerScrubber(
   headers: ReadonlyArray<readonly [string, string]>,
 ): (s: string) => string {
-  const re = secretsPattern(secretsOf(headers), (ch) => ch);
+  const re = secretsPattern(secretsOf(headers), "string");
   return re === undefined ? (s) => s : (s) => replaceAll(re, s) ?? s;
 }
 
@@ -112,7 +136,7 @@ export function bodyScrubber(
 ): (b: Uint8Array) => Uint8Array {
   // Searched as latin1: one character per byte, so any body (UTF-8 or not)
   // comes back byte for byte, and a secret's characters match as their UTF-8 bytes.
-  const re = secretsPattern(secretsOf(headers), (ch) => Buffer.from(ch).toString("latin1"));
+  const re = secretsPattern(secretsOf(headers), "latin1");
   if (re === undefined) return (b) => b;
   return (b) => {
     const text = Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("latin1");
