@@ -10,6 +10,8 @@ import { loadKeyring } from "./auth/secrets.js";
 import { newToken } from "./auth/tokens.js";
 import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
 import type { EndpointPolicy } from "./domain/endpoints.js";
+import { ForbiddenAddresses } from "./domain/forbidden-addresses.js";
+import { hostAddresses } from "./http/outbound-guard.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
 import type { Logger } from "./logger.js";
@@ -44,13 +46,6 @@ export interface ControlPlane {
   metricsUrl: string | undefined;
   /** Stops serving, ends streams and long polls, closes the database. */
   close(): Promise<void>;
-}
-
-/** The origins that reach this server from its own host: its URL and the loopback names. */
-function selfOrigins(url: string): string[] {
-  const u = new URL(url);
-  const names = [u.hostname, "localhost", "127.0.0.1", "[::1]"];
-  return [...new Set(names.map((h) => `${u.protocol}//${h}:${u.port}`))];
 }
 
 /** Starts a control plane with `config`. */
@@ -144,11 +139,12 @@ export async function startControlPlane(
       metrics,
       fleet,
     };
-    // Known once the port is: the control plane's own origins are refused as endpoints.
-    let policy: EndpointPolicy = {
+    // With tokens, files name public addresses only (its own are loopback,
+    // private or on its interfaces), unless listed.
+    const policy: EndpointPolicy = {
       allow: config.allowedEndpoints,
       denyPrivate: !localMode,
-      self: [],
+      forbidden: new ForbiddenAddresses(hostAddresses()),
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
     const leases = new LeaseService(db.dispatch, notifications, config, keyring, metrics);
@@ -182,7 +178,6 @@ export async function startControlPlane(
       metricsUrl = ms.url;
       log.info({ url: ms.url }, "metrics listening (no token needed there)");
     }
-    policy = { ...policy, self: selfOrigins(server.url) };
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
     log.info({ url: server.url, embeddedDatabase: database.embedded }, "control plane listening");

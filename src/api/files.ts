@@ -8,6 +8,7 @@ import {
   parseJsonlLine,
   splitLines,
   type TemplateRow,
+  validateApiKey,
   validateEndpoint,
   validateTemplate,
   validateText,
@@ -36,7 +37,7 @@ async function* jsonlTemplates(
   apiKey: string,
 ): AsyncGenerator<TemplateRow> {
   const base = validateEndpoint(endpoint, "endpoint");
-  const key = apiKey === "" ? null : validateText(apiKey, "api_key");
+  const key = validateApiKey(apiKey, "api_key");
   for await (const { line, text } of splitLines(chunks)) {
     yield parseJsonlLine(text, line, base, key);
   }
@@ -172,7 +173,7 @@ export function fileMethods(
       const header: UploadFileHeader = first.value.part.value;
       const total = { bytes: 0 };
       const meta = newFile(header.filename, header.requestId, tenantOf(principalOf(ctx)));
-      const apiKey = header.apiKey === "" ? null : validateText(header.apiKey, "api_key");
+      const apiKey = validateApiKey(header.apiKey, "api_key");
       const { maxUploadBytes, maxUploadLines } = deps.config;
       const spooled = await spool(
         allowedRows(

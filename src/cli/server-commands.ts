@@ -34,7 +34,7 @@ function controlPlaneOptions(cmd: Command): Command {
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
     .option(
       "--allowed-endpoints <origins>",
-      "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token never link-local/metadata addresses or this server)",
+      "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com:* (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token public addresses only: never loopback, private, link-local or metadata ones, at upload and after DNS; docs/trust.md)",
     )
     .option(
       "--secret-key-file <file>",
@@ -215,7 +215,7 @@ async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<voi
       // Over loopback to its own port: the certificate names the public host.
       insecureLoopbackTls: cpConfig.tls !== undefined,
       // Its token is internal: what matters is whether the server is shared.
-      denyLinkLocal: cpConfig.adminToken !== undefined,
+      denyPrivateNetworks: cpConfig.adminToken !== undefined,
     };
     dispatcher = startDispatcherThread(config, log, (e) => {
       // Serving without a dispatcher would accept batches and never run them.
@@ -277,6 +277,10 @@ export function registerServerCommands(program: Command): void {
       .option(
         "--ca <file>",
         "PEM CA certificates to trust for an https:// control plane (env FUSILLADE_CA)",
+      )
+      .option(
+        "--allowed-endpoints <origins>",
+        "hosts of these origins may resolve to any address; with a token, others must be public, never loopback, private, link-local or metadata (env FUSILLADE_ALLOWED_ENDPOINTS; give it the control plane's list; docs/trust.md)",
       )
       .option(
         "--log-level <level>",

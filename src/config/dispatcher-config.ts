@@ -82,11 +82,16 @@ export interface DispatcherConfig {
    */
   insecureLoopbackTls: boolean;
   /**
-   * Refuse upstream addresses that are link-local (cloud metadata), after
-   * DNS, unless allowed (docs/trust.md). @default true when a token is set
+   * The outbound policy of a server with tokens (docs/trust.md): refuse, after
+   * DNS, every upstream address that is not public unicast (loopback,
+   * private, link-local, metadata, this host's own…) unless its host is
+   * listed. No flag of its own: a dispatcher with a token (its control plane
+   * requires one) refuses, one without (local mode) does not; `serve`
+   * follows its control plane's admin token.
+   * @default true when a token is set
    */
-  denyLinkLocal: boolean;
-  /** Host patterns (from FUSILLADE_ALLOWED_ENDPOINTS) exempt from denyLinkLocal. */
+  denyPrivateNetworks: boolean;
+  /** Host patterns (--allowed-endpoints, FUSILLADE_ALLOWED_ENDPOINTS) exempt from denyPrivateNetworks. */
   allowedHosts: readonly string[];
 }
 
@@ -114,7 +119,7 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   token: undefined,
   ca: undefined,
   insecureLoopbackTls: false,
-  denyLinkLocal: false,
+  denyPrivateNetworks: false,
   allowedHosts: Object.freeze([]) as readonly string[],
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);
 
@@ -326,8 +331,8 @@ export function dispatcherConfig(
     logLevel: level?.[0],
     token,
     ca: readCa(get("ca")),
-    // With credentials, the fleet is shared: metadata addresses are off limits.
-    denyLinkLocal: token !== undefined,
+    // With credentials, the fleet is shared: only public addresses, unless listed.
+    denyPrivateNetworks: token !== undefined,
     allowedHosts: allowedHosts(get("allowedEndpoints")),
   });
 }

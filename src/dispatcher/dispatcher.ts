@@ -191,7 +191,7 @@ function defaultExecutor(config: Readonly<DispatcherConfig>): HttpExecutor {
     // undici queues requests beyond the pool size, and that wait eats into
     // the first-byte timeout: never fewer connections than requests running.
     connectionsPerOrigin: Math.max(256, config.capacity),
-    denyLinkLocal: config.denyLinkLocal,
+    denyPrivateNetworks: config.denyPrivateNetworks,
     allowedHosts: config.allowedHosts,
   });
 }

@@ -1,26 +1,28 @@
 /**
- * The outbound allow-list (docs/trust.md): which upstream endpoints files may
- * name, and which addresses a dispatcher may connect to. Pure: no I/O.
+ * The outbound policy (docs/trust.md): which upstream endpoints files may
+ * name. Pure: no I/O. The dispatcher applies the same address rules again
+ * after DNS (src/http/outbound-guard.ts).
  *
  * Patterns are origins (`scheme://host[:port]`) where the host may start
- * with `*.` (any subdomain). A listed origin is always allowed; otherwise,
- * under the "deny private" default (servers with tokens), link-local and
- * cloud metadata addresses and the control plane's own address are refused.
+ * with `*.` (any subdomain). With a list, only listed origins pass (and they
+ * always do). Without one, a server with tokens ("deny private") refuses
+ * every address that is not public unicast ({@link ForbiddenAddresses}) and
+ * the names that always mean one (`localhost`, the metadata names).
  */
-import { isIP } from "node:net";
+import { ForbiddenAddresses } from "./forbidden-addresses.js";
 
 export interface EndpointPolicy {
   /** Allowed origins; undefined: any origin not denied below. */
   allow: readonly OriginPattern[] | undefined;
-  /** Refuse link-local and metadata addresses, and `self`, unless listed. */
+  /** Refuse non-public addresses and the names of loopback and metadata services. */
   denyPrivate: boolean;
-  /** The control plane's own origins (refused under denyPrivate unless listed). */
-  self: readonly string[];
+  /** The address rules (with this host's own addresses). */
+  forbidden: ForbiddenAddresses;
 }
 
 export interface OriginPattern {
   scheme: string;
-  /** Lowercased; a leading "*." matches any subdomain. */
+  /** Lowercased, canonical; a leading "*." matches any subdomain. */
   host: string;
   /** "" = the scheme's default port; "*" = any. */
   port: string;
@@ -30,10 +32,33 @@ export interface OriginPattern {
 export const OPEN_POLICY: EndpointPolicy = Object.freeze({
   allow: undefined,
   denyPrivate: false,
-  self: [],
+  forbidden: new ForbiddenAddresses(),
 });
 
-const METADATA_HOSTS = new Set(["metadata.google.internal", "metadata", "instance-data"]);
+/** Names that reach a cloud metadata service wherever they are resolved. */
+const METADATA_NAMES = new Set([
+  "metadata.google.internal",
+  "metadata.goog",
+  "metadata",
+  "instance-data",
+  "instance-data.ec2.internal",
+  "metadata.tencentyun.com",
+]);
+
+/**
+ * Why the host of a URL (`URL.hostname`: the WHATWG parser has already made
+ * `2130706433`, `0x7f.1` and `[0:0:0:0:0:ffff:127.0.0.1]` canonical) is
+ * refused under "deny private", as "is …"; undefined when it is not.
+ */
+export function hostRefusal(forbidden: ForbiddenAddresses, hostname: string): string | undefined {
+  const byAddress = forbidden.refusal(hostname);
+  if (byAddress !== undefined) return byAddress;
+  const name = hostname.toLowerCase().replace(/\.+$/, "");
+  // RFC 6761: localhost and its subdomains are loopback, whatever DNS says.
+  if (name === "localhost" || name.endsWith(".localhost")) return "is a loopback name";
+  if (METADATA_NAMES.has(name)) return "is a cloud metadata name";
+  return undefined;
+}
 
 /** Parses `--allowed-endpoints` ("https://api.openai.com,https://*.example.com:8443"). */
 export function parseAllowList(text: string, name: string): OriginPattern[] {
@@ -45,12 +70,22 @@ export function parseAllowList(text: string, name: string): OriginPattern[] {
       const m = /^(https?):\/\/(\*\.)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d+|\*))?\/?$/.exec(
         s,
       );
-      if (!m) {
-        throw new Error(
+      const notAnOrigin = () =>
+        new Error(
           `${name}: ${JSON.stringify(s)} is not an origin such as https://api.example.com or https://*.example.com:8443`,
         );
+      if (!m) throw notAnOrigin();
+      // Canonical, as URL.hostname is when patterns are matched: an address
+      // listed as http://2130706433 or [0::1] matches what files name.
+      let host = m[3]!;
+      if (m[2] === undefined) {
+        try {
+          host = new URL(`${m[1]}://${host}`).hostname;
+        } catch {
+          throw notAnOrigin();
+        }
       }
-      return { scheme: m[1]!, host: `${m[2] ?? ""}${m[3]!.toLowerCase()}`, port: m[4] ?? "" };
+      return { scheme: m[1]!, host: `${m[2] ?? ""}${host.toLowerCase()}`, port: m[4] ?? "" };
     });
 }
 
@@ -73,24 +108,10 @@ export function isListed(policy: EndpointPolicy, url: URL): boolean {
   return policy.allow?.some((p) => matches(p, url)) ?? false;
 }
 
-/** Link-local (169.254.0.0/16, fe80::/10, IPv4-mapped too) addresses: cloud metadata lives there. */
-export function isLinkLocalAddress(ip: string): boolean {
-  // ::ffff:a9fe:101 is how a URL writes ::ffff:169.254.1.1
-  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(ip);
-  if (hex) {
-    const hi = Number.parseInt(hex[1]!, 16);
-    return hi >> 8 === 169 && (hi & 0xff) === 254;
-  }
-  const v4 = ip.toLowerCase().startsWith("::ffff:") ? ip.slice(7) : ip;
-  if (isIP(v4) === 4) return v4.startsWith("169.254.");
-  if (isIP(ip) === 6) return /^fe[89ab][0-9a-f]:/i.test(ip);
-  return false;
-}
-
 /**
  * Why `endpoint` (a validated base URL) is refused by `policy`, or undefined
- * when it is allowed. Names only (addresses are checked again at dispatch,
- * after DNS).
+ * when it is allowed. Literal addresses and reserved names only: names are
+ * resolved, and their addresses checked, by the dispatcher.
  */
 export function endpointRefusal(policy: EndpointPolicy, endpoint: string): string | undefined {
   const url = new URL(endpoint);
@@ -99,12 +120,8 @@ export function endpointRefusal(policy: EndpointPolicy, endpoint: string): strin
     return `${url.origin} is not in the server's allowed endpoints (--allowed-endpoints / FUSILLADE_ALLOWED_ENDPOINTS)`;
   }
   if (!policy.denyPrivate) return undefined;
-  const host = url.hostname.replace(/^\[|\]$/g, "").toLowerCase();
-  if (METADATA_HOSTS.has(host) || isLinkLocalAddress(host)) {
-    return `${url.origin} is a link-local or cloud metadata address; list it in --allowed-endpoints to allow it`;
-  }
-  if (policy.self.includes(url.origin)) {
-    return `${url.origin} is this control plane's own address; list it in --allowed-endpoints to allow it`;
-  }
-  return undefined;
+  const why = hostRefusal(policy.forbidden, url.hostname);
+  return why === undefined
+    ? undefined
+    : `${url.origin}: ${url.hostname} ${why}; a server with tokens sends only to public addresses unless --allowed-endpoints lists the origin`;
 }

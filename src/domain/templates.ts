@@ -71,6 +71,44 @@ export function validateEndpoint(endpoint: string, field: string, line?: number)
   return endpoint.replace(/\/+$/, "");
 }
 
+/**
+ * Shortest API key accepted. An upstream that echoes request headers writes
+ * the key into its response, and the dispatcher redacts it there: a shorter
+ * key cannot be told apart from ordinary text (redacting "abc" would mangle
+ * every body that says "abc"), and is no credential anyway.
+ */
+export const MIN_API_KEY_LENGTH = 8;
+
+/**
+ * Checks an API key (sent as `authorization: Bearer <key>`); "" is none.
+ * Refused here rather than at dispatch: control characters (CR/LF would split
+ * the header), spaces, anything beyond ASCII, and keys too short to redact.
+ * Messages never quote the key.
+ */
+export function validateApiKey(value: string, field: string, line?: number): string | null {
+  if (value === "") return null;
+  if (/^bearer\s/i.test(value)) {
+    throw new InvalidArgumentError(field, 'must be the key alone, without "Bearer "', line);
+  }
+  const bad = /[^\x21-\x7e]/.exec(value);
+  if (bad !== null) {
+    const code = bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+    throw new InvalidArgumentError(
+      field,
+      `must be printable ASCII without spaces or control characters (it is sent in an HTTP header): character ${bad.index + 1} is U+${code}`,
+      line,
+    );
+  }
+  if (value.length < MIN_API_KEY_LENGTH) {
+    throw new InvalidArgumentError(
+      field,
+      `is ${value.length} characters long; an API key needs at least ${MIN_API_KEY_LENGTH}, or it could not be redacted from responses that echo it`,
+      line,
+    );
+  }
+  return value;
+}
+
 function validateCustomId(value: unknown, field: string, line: number): string | null {
   if (value === undefined || value === null || value === "") return null;
   if (typeof value !== "string") throw new InvalidArgumentError(field, "must be a string", line);
@@ -136,6 +174,11 @@ function modelOf(body: unknown, explicit: string, field: string, line: number): 
   return validateModel(model, field, line);
 }
 
+/** Deepest nesting of a JSONL line (the line's object is level 1, its body level 2). */
+export const MAX_LINE_DEPTH = 513;
+/** Deepest nesting of a request body, in a JSONL line or a template. */
+export const MAX_BODY_DEPTH = MAX_LINE_DEPTH - 1;
+
 /** Validates one template of a template list; `line` is its 1-based index. */
 export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
   const at = `templates[${line - 1}]`;
@@ -146,6 +189,14 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
     } catch {
       throw new InvalidArgumentError(`${at}.body`, "is not valid JSON", line);
     }
+    // The same bound as a JSONL line's body (one level less: no line object around it).
+    if (nestsDeeperThan(t.body, MAX_BODY_DEPTH)) {
+      throw new InvalidArgumentError(
+        `${at}.body`,
+        `nests deeper than ${MAX_BODY_DEPTH} levels`,
+        line,
+      );
+    }
   }
   return {
     line,
@@ -155,12 +206,9 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
     path: validatePath(t.path, `${at}.path`, line),
     body: t.body,
     model: modelOf(parsedBody, t.model, `${at}.model`, line),
-    apiKey: t.apiKey === "" ? null : validateText(t.apiKey, `${at}.api_key`, line),
+    apiKey: validateApiKey(t.apiKey, `${at}.api_key`, line),
   };
 }
-
-/** Deepest nesting of a JSONL line (the line's object is level 1, its body level 2). */
-export const MAX_LINE_DEPTH = 513;
 
 /**
  * Parses one OpenAI batch line: {"custom_id","method","url","body"}, all
@@ -181,7 +229,7 @@ export function parseJsonlLine(
   }
   // The body is serialised again below, which recurses per level.
   if (nestsDeeperThan(text, MAX_LINE_DEPTH)) {
-    throw new InvalidArgumentError("body", `nests deeper than ${MAX_LINE_DEPTH - 1} levels`, line);
+    throw new InvalidArgumentError("body", `nests deeper than ${MAX_BODY_DEPTH} levels`, line);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new InvalidArgumentError("jsonl", "must be a JSON object", line);

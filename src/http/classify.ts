@@ -1,7 +1,7 @@
 /**
  * Response and error classification for the executor: which thrown errors mean
  * what (a table, per STYLE §4), which response headers we keep, and how a
- * request is named in messages without leaking its secrets.
+ * request is named in messages (without its query string; secrets: ./redact.ts).
  */
 
 import type { FailureCode } from "../domain/outcome.js";
@@ -58,7 +58,7 @@ export const ERROR_CODE_TABLE: Readonly<Record<string, ErrorClass>> = Object.fre
   SELF_SIGNED_CERT_IN_CHAIN: NETWORK_FATAL,
   UNABLE_TO_VERIFY_LEAF_SIGNATURE: NETWORK_FATAL,
   ERR_TLS_CERT_ALTNAME_INVALID: NETWORK_FATAL,
-  // ours: the endpoint resolves to an address the outbound allow-list refuses
+  // ours: the outbound policy refuses the address (./outbound-guard.ts)
   FUSILLADE_ENDPOINT_DENIED: NETWORK_FATAL,
 });
 
@@ -142,72 +142,4 @@ export function parseTarget(method: string, url: string): Target | undefined {
     path: `${parsed.pathname}${parsed.search}`,
     label: `${method} ${parsed.origin}${parsed.pathname}`,
   };
-}
-
-/** Shortest secret-looking fragment we scrub; shorter values are not credentials. */
-const MIN_SCRUB_LENGTH = 8;
-/** Request headers whose values are never secret (and common in messages). */
-const NON_SECRET_HEADERS: ReadonlySet<string> = new Set([
-  "accept",
-  "content-length",
-  "content-type",
-  "user-agent",
-  // ours: ids the upstream may echo back on purpose
-  "x-fusillade-request-id",
-  "x-fusillade-custom-id",
-  "x-fusillade-batch-id",
-  "traceparent",
-]);
-
-/**
- * Returns a function that removes request header values (and their
- * whitespace-separated parts, e.g. the token of `Bearer <token>`) from a
- * message. Error texts from lower layers should never contain them; this makes
- * sure an API key cannot reach a stored error or a log line even if one did.
- */
-export function headerScrubber(
-  headers: ReadonlyArray<readonly [string, string]>,
-): (s: string) => string {
-  const ordered = secretsOf(headers);
-  return (s) => ordered.reduce((acc, secret) => acc.split(secret).join("[redacted]"), s);
-}
-
-const REDACTED = Buffer.from("[redacted]");
-
-/** {@link headerScrubber} for bytes (bodies); returns `b` itself when it holds no secret. */
-export function bodyScrubber(
-  headers: ReadonlyArray<readonly [string, string]>,
-): (b: Uint8Array) => Uint8Array {
-  const secrets = secretsOf(headers).map((s) => Buffer.from(s));
-  return (b) => {
-    let buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-    let changed = false;
-    for (const secret of secrets) {
-      let at = buf.indexOf(secret);
-      if (at < 0) continue;
-      const parts: Buffer[] = [];
-      let from = 0;
-      while (at >= 0) {
-        parts.push(buf.subarray(from, at), REDACTED);
-        from = at + secret.length;
-        at = buf.indexOf(secret, from);
-      }
-      parts.push(buf.subarray(from));
-      buf = Buffer.concat(parts);
-      changed = true;
-    }
-    return changed ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : b;
-  };
-}
-
-/** Header values (and their words) worth hiding, longest first. */
-function secretsOf(headers: ReadonlyArray<readonly [string, string]>): string[] {
-  const secrets = new Set<string>();
-  for (const [name, value] of headers) {
-    if (NON_SECRET_HEADERS.has(name.toLowerCase())) continue;
-    for (const part of [value, ...value.split(/\s+/)]) {
-      if (part.length >= MIN_SCRUB_LENGTH) secrets.add(part);
-    }
-  }
-  return [...secrets].sort((a, b) => b.length - a.length);
 }

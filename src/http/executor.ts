@@ -8,11 +8,9 @@
 
 import dns from "node:dns";
 import { STATUS_CODES } from "node:http";
-import { isIP } from "node:net";
 import { setImmediate as nextMacrotask } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
 import { MINUTE, SECOND } from "../domain/duration.js";
-import { isLinkLocalAddress } from "../domain/endpoints.js";
 import type { AttemptFailure, AttemptOutcome, FailureCode } from "../domain/outcome.js";
 import {
   DEFAULT_RETRIABLE_STATUSES,
@@ -20,16 +18,10 @@ import {
   parseRetryAfter,
 } from "../domain/retry-policy.js";
 import { type AbortCause, AttemptSignal } from "./attempt-signal.js";
-import {
-  bodyScrubber,
-  classifyError,
-  describeError,
-  headerScrubber,
-  keepHeaders,
-  parseTarget,
-  type Target,
-} from "./classify.js";
+import { classifyError, describeError, keepHeaders, parseTarget, type Target } from "./classify.js";
+import { ENDPOINT_DENIED, OutboundGuard } from "./outbound-guard.js";
 import { readBounded } from "./read-body.js";
+import { bodyScrubber, headerScrubber } from "./redact.js";
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -83,13 +75,17 @@ export interface ExecutorOptions {
    */
   connectionsPerOrigin?: number;
   /**
-   * Refuse to connect to link-local addresses (cloud metadata), checked after
-   * DNS, unless the host is in `allowedHosts` (docs/trust.md).
+   * The outbound policy of a server with tokens (docs/trust.md): refuse to
+   * connect to any address that is not public unicast (loopback, private,
+   * link-local, metadata, this host's own…), checked after DNS, unless the
+   * host is in `allowedHosts`.
    * @default false
    */
-  denyLinkLocal?: boolean;
-  /** Host names (or "*.suffix" patterns) exempt from `denyLinkLocal`. @default [] */
+  denyPrivateNetworks?: boolean;
+  /** Host names (or "*.suffix" patterns) exempt from `denyPrivateNetworks`. @default [] */
   allowedHosts?: readonly string[];
+  /** The resolver under the policy's check (tests answer as a hostile DNS server would). @default dns.lookup */
+  lookup?: typeof dns.lookup;
 }
 
 /** Resolved, validated, frozen options. */
@@ -104,8 +100,9 @@ export const DEFAULT_EXECUTOR_OPTIONS: ExecutorConfig = Object.freeze({
   bodyExcerptBytes: 4 * KIB,
   retriableStatuses: DEFAULT_RETRIABLE_STATUSES,
   connectionsPerOrigin: 256,
-  denyLinkLocal: false,
+  denyPrivateNetworks: false,
   allowedHosts: [],
+  lookup: dns.lookup,
 });
 
 const POSITIVE_INTEGER_FIELDS = [
@@ -145,11 +142,10 @@ export interface OutboundRequest {
 const EMPTY = new Uint8Array(0);
 
 /**
- * An upstream that echoes our request headers (a debugging proxy, an echo
- * endpoint) would put the API key into a stored body, a result line and
- * every API response showing it: secrets of the request are replaced by
- * "[redacted]" in the body and the kept headers before anything leaves
- * the executor.
+ * An upstream that echoes our request headers would put the API key into a
+ * stored body, a result line and every API response showing it: secrets of
+ * the request are replaced by "[redacted]" in the body and the kept headers
+ * before anything leaves the executor (./redact.ts).
  */
 function redactOutcome(
   o: AttemptOutcome,
@@ -163,44 +159,6 @@ function redactOutcome(
     : { ...o, headers: kept, bodyExcerpt: redact(o.bodyExcerpt) };
 }
 
-function hostAllowed(host: string, allowed: readonly string[]): boolean {
-  const h = host.toLowerCase();
-  return allowed.some((p) => (p.startsWith("*.") ? h.endsWith(p.slice(1)) : h === p));
-}
-
-function isDeniedLiteral(origin: string, allowed: readonly string[]): boolean {
-  const host = new URL(origin).hostname.replace(/^\[|\]$/g, "");
-  return isIP(host) !== 0 && isLinkLocalAddress(host) && !hostAllowed(host, allowed);
-}
-
-/**
- * A `lookup` for net.connect that refuses names resolving to a link-local
- * address (169.254.169.254 and friends), unless the name is allowed.
- */
-export function guardedLookup(
-  allowed: readonly string[],
-  base: typeof dns.lookup = dns.lookup,
-): typeof dns.lookup {
-  return ((hostname: string, options: dns.LookupOptions, callback: (...a: unknown[]) => void) => {
-    base(hostname, { ...options, all: true }, (err, addresses) => {
-      if (err) return callback(err);
-      const bad = hostAllowed(hostname, allowed)
-        ? undefined
-        : addresses.find((a) => isLinkLocalAddress(a.address));
-      if (bad !== undefined) {
-        const e = new Error(
-          `${hostname} resolves to ${bad.address}, a link-local (cloud metadata) address: refused by the outbound allow-list`,
-        ) as NodeJS.ErrnoException;
-        e.code = "FUSILLADE_ENDPOINT_DENIED";
-        return callback(e);
-      }
-      if (options.all) return callback(null, addresses);
-      const first = addresses[0]!;
-      return callback(null, first.address, first.family);
-    });
-  }) as typeof dns.lookup;
-}
-
 /**
  * Sends attempts over a keep-alive undici `Agent` (one pool per origin).
  *
@@ -211,9 +169,14 @@ export function guardedLookup(
 export class HttpExecutor {
   readonly config: ExecutorConfig;
   readonly #agent: Agent;
+  readonly #guard: OutboundGuard | undefined;
 
   constructor(options: Partial<ExecutorOptions> = {}) {
     this.config = resolveExecutorOptions(options);
+    const guard = this.config.denyPrivateNetworks
+      ? new OutboundGuard(this.config.allowedHosts)
+      : undefined;
+    this.#guard = guard;
     this.#agent = new Agent({
       connections: this.config.connectionsPerOrigin,
       connectTimeout: this.config.connectTimeoutMs,
@@ -221,9 +184,7 @@ export class HttpExecutor {
       // deadlines with ms precision; undici's have ~1 s granularity (DESIGN §8).
       headersTimeout: 0,
       bodyTimeout: 0,
-      ...(this.config.denyLinkLocal
-        ? { connect: { lookup: guardedLookup(this.config.allowedHosts) } }
-        : {}),
+      ...(guard !== undefined ? { connect: { lookup: guard.lookup(this.config.lookup) } } : {}),
     });
   }
 
@@ -234,13 +195,9 @@ export class HttpExecutor {
       return failure("network_error", false, 0, "invalid request URL: not an absolute http(s) URL");
     }
     // An address literal is never looked up: check it here.
-    if (this.config.denyLinkLocal && isDeniedLiteral(target.origin, this.config.allowedHosts)) {
-      return failure(
-        "network_error",
-        false,
-        0,
-        `${target.label}: a link-local (cloud metadata) address is refused [FUSILLADE_ENDPOINT_DENIED]`,
-      );
+    const refused = this.#guard?.literalRefusal(new URL(target.origin).hostname);
+    if (refused !== undefined) {
+      return failure("network_error", false, 0, `${target.label}: ${refused} [${ENDPOINT_DENIED}]`);
     }
     const scrub = headerScrubber(req.headers);
     const attempt = new AttemptSignal(

@@ -16,6 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { buildDist, ROOT } from "../helpers/build.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
@@ -285,7 +286,7 @@ describe("fusillade CLI", () => {
           "live-err.jsonl",
           "--json",
         ],
-        { OPENAI_API_KEY: "sk-test" }, // the fallback when neither --api-key nor FUSILLADE_API_KEY
+        { OPENAI_API_KEY: "sk-test-key" }, // the fallback when neither --api-key nor FUSILLADE_API_KEY
       );
       expect(r.code, r.stderr).toBe(0);
       expect(JSON.parse(r.stdout)).toMatchObject({
@@ -304,7 +305,7 @@ describe("fusillade CLI", () => {
         custom_id: "c2",
         response: { status_code: 400, body: { error: { message: "no" } } },
       });
-      expect(upstream.of("c1")[0]!.authorization).toBe("Bearer sk-test");
+      expect(upstream.of("c1")[0]!.authorization).toBe("Bearer sk-test-key");
     } finally {
       await dispatcher.stop(1_000);
       await upstream.close();
@@ -562,7 +563,7 @@ describe("fusillade CLI", () => {
         "--endpoint",
         upstream.url,
         "--api-key",
-        "sk-1",
+        "sk-strict-1",
         "--strict",
       ]);
       expect(ok.code, ok.stderr).toBe(0);
@@ -921,7 +922,10 @@ describe("fusillade CLI", () => {
     "the Python example sends FUSILLADE_TOKEN to a server with tokens; without it, it is refused",
     async () => {
       const admin = "python-admin-token-0123456789abcdef";
-      const guarded = await startTestControlPlane({ adminToken: admin }, t.database);
+      const guarded = await startTestControlPlane(
+        { adminToken: admin, allowedEndpoints: parseAllowList("http://127.0.0.1:*", "test") },
+        t.database,
+      );
       try {
         const file = await batchFile("py-token.jsonl", 2);
         const hostPort = guarded.url.replace(/^http:\/\//, "");

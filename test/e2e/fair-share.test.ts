@@ -8,6 +8,7 @@
  */
 import type { Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import type { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
@@ -23,6 +24,7 @@ import { type Delivery, startUpstream, type Upstream } from "../helpers/upstream
 const ADMIN = "fair-share-test-admin-token";
 const LIMIT = 10;
 const ANSWER_MS = 100;
+const LOOPBACK = "http://127.0.0.1:*";
 
 let t: TestControlPlane;
 let replica: TestControlPlane;
@@ -30,8 +32,10 @@ let upstream: Upstream;
 const children: FusilladeProcess[] = [];
 
 beforeAll(async () => {
-  t = await startTestControlPlane({ adminToken: ADMIN });
-  replica = await startTestControlPlane({ adminToken: ADMIN }, t.database);
+  // With tokens, a loopback upstream must be listed (docs/trust.md, "Outbound policy").
+  const allowedEndpoints = parseAllowList(LOOPBACK, "test");
+  t = await startTestControlPlane({ adminToken: ADMIN, allowedEndpoints });
+  replica = await startTestControlPlane({ adminToken: ADMIN, allowedEndpoints }, t.database);
   upstream = await startUpstream();
   upstream.respond = () => ({ delayMs: ANSWER_MS });
   const { secret } = await t.admin.createToken({ role: TokenRole.DISPATCHER, name: "fleet" });
@@ -41,6 +45,7 @@ beforeAll(async () => {
         controlPlane: cp.url,
         id: `d${i + 1}`,
         capacity: 16,
+        args: ["--allowed-endpoints", LOOPBACK],
         env: { FUSILLADE_TOKEN: secret },
       })),
     )),

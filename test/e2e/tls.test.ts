@@ -12,6 +12,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { generate } from "selfsigned";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import type { Dispatcher } from "../../src/dispatcher/dispatcher.js";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { clients, startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
 import {
@@ -25,6 +26,7 @@ import {
 import { startUpstream, type Upstream } from "../helpers/upstream.js";
 
 const ADMIN = "tls-admin-token-0123456789abcdef";
+const LOOPBACK = "http://127.0.0.1:*";
 let dir: string;
 let cert: string;
 let key: string;
@@ -52,7 +54,12 @@ beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-tls-"));
   await writeFile(path.join(dir, "cert.pem"), cert);
   await writeFile(path.join(dir, "key.pem"), key, { mode: 0o600 });
-  t = await startTestControlPlane({ tls: { cert, key }, adminToken: ADMIN });
+  // With tokens, a loopback upstream must be listed (docs/trust.md, "Outbound policy").
+  t = await startTestControlPlane({
+    tls: { cert, key },
+    adminToken: ADMIN,
+    allowedEndpoints: parseAllowList(LOOPBACK, "test"),
+  });
   upstream = await startUpstream();
 });
 afterAll(async () => {
@@ -120,6 +127,9 @@ test("serve with TLS and an admin token runs a batch through its own dispatcher"
       path.join(dir, "cert.pem"),
       "--tls-key",
       path.join(dir, "key.pem"),
+      // Its control plane and its dispatcher thread both take the list.
+      "--allowed-endpoints",
+      LOOPBACK,
     ],
     { FUSILLADE_LOG_LEVEL: "warn", DATABASE_URL: serveDb.url, FUSILLADE_ADMIN_TOKEN: ADMIN },
   );

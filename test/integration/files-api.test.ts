@@ -281,6 +281,65 @@ describe("a rejected file leaves no rows", () => {
     expect(ok.file!.templateCount).toBe(1n);
   });
 
+  test.each([
+    ["a carriage return", "sk-live-0123\r\nX-Injected: 1", "character 13 is U+000D"],
+    ["a line feed", "sk-live-0123\n", "character 13 is U+000A"],
+    ["a tab", "sk-live-\t0123", "character 9 is U+0009"],
+    ["DEL", "sk-live-0123\x7f", "character 13 is U+007F"],
+    ["a C1 control", "sk-live-0123\u0085", "character 13 is U+0085"],
+    ["a line separator", "sk-live-0123\u2028", "character 13 is U+2028"],
+    ["a space", "sk-live 0123", "character 8 is U+0020"],
+    ["a letter beyond ASCII", "sk-live-0123é", "character 13 is U+00E9"],
+    ["a Bearer prefix", "Bearer sk-live-0123", 'without "Bearer "'],
+    ["7 characters", "sk-0123", "is 7 characters long; an API key needs at least 8"],
+  ])(
+    "an api_key with %s is INVALID_ARGUMENT at upload, in every form, never quoting the key",
+    async (_what, key, reason) => {
+      const req = { jsonl: enc.encode(line(1)), endpoint: ENDPOINT, apiKey: key };
+      const rejected = [
+        await expectRejected(() => t.batch.createFile(req), "api_key: ", reason),
+        await expectRejected(() => upload(req.jsonl, { apiKey: key }), "api_key: ", reason),
+        await expectRejected(
+          () => t.batch.createFile({ templates: [good, { ...good, apiKey: key }] }),
+          "line 2: templates[1].api_key: ",
+          reason,
+        ),
+      ];
+      for (const e of rejected) expect(e.rawMessage).not.toContain("0123");
+    },
+  );
+
+  test("an api_key of 8 printable ASCII characters is stored", async () => {
+    const jsonl = enc.encode(line(1));
+    const { file } = await t.batch.createFile({ jsonl, endpoint: ENDPOINT, apiKey: "sk-~!/+=" });
+    expect(file!.templateCount).toBe(1n);
+  });
+
+  test("a template body gets the JSONL body's depth limit: 513 levels refused naming its line, 512 stored", async () => {
+    const nested = (levels: number) => `${"[".repeat(levels)}${"]".repeat(levels)}`;
+    const tpl = (levels: number) => ({ ...good, body: `{"model":"m","x":${nested(levels - 1)}}` });
+    await expectRejected(
+      () => t.batch.createFile({ templates: [good, tpl(513)] }),
+      "line 2: templates[1].body: nests deeper than 512 levels",
+    );
+    await expectRejected(
+      () => t.batch.createFile({ templates: [tpl(20_000)] }),
+      "line 1: templates[0].body: nests deeper than 512 levels",
+    );
+    const { file } = await t.batch.createFile({ templates: [tpl(512)] });
+    expect(file!.templateCount).toBe(1n);
+    // A JSONL line holding the same 512-level body is accepted, one level more is not.
+    const jsonlOf = (levels: number) =>
+      enc.encode(`{"custom_id":"d","method":"POST","url":"/v1/x","body":${tpl(levels).body}}`);
+    expect(
+      (await t.batch.createFile({ jsonl: jsonlOf(512), endpoint: ENDPOINT })).file,
+    ).toBeDefined();
+    await expectRejected(
+      () => t.batch.createFile({ jsonl: jsonlOf(513), endpoint: ENDPOINT }),
+      "line 1: body: nests deeper than 512 levels",
+    );
+  });
+
   test("a NUL character in a template field is INVALID_ARGUMENT naming it", async () => {
     const tpl = { endpoint: ENDPOINT, path: "/v1/x", body: '{"model":"m"}' };
     await expectRejected(
@@ -440,7 +499,7 @@ describe("storing files", () => {
 
     const started = performance.now();
     const { file } = await t.batch.uploadFile(
-      uploadMessages({ filename: "big.jsonl", apiKey: "sk-big" }, chunks),
+      uploadMessages({ filename: "big.jsonl", apiKey: "sk-big-file" }, chunks),
     );
     const ms = performance.now() - started;
     console.info(

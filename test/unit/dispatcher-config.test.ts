@@ -77,6 +77,31 @@ describe("dispatcherConfig", () => {
   });
 });
 
+describe("the outbound policy's settings (docs/trust.md)", () => {
+  test("a token turns it on, none leaves it off", () => {
+    const env = { FUSILLADE_CONTROL_PLANE: URL_ };
+    expect(dispatcherConfig({}, env).denyPrivateNetworks).toBe(false);
+    expect(dispatcherConfig({ token: "fus_x" }, env).denyPrivateNetworks).toBe(true);
+    expect(dispatcherConfig({}, { ...env, FUSILLADE_TOKEN: "fus_x" }).denyPrivateNetworks).toBe(
+      true,
+    );
+  });
+
+  test("--allowed-endpoints (over FUSILLADE_ALLOWED_ENDPOINTS) gives the exempt hosts, canonical", () => {
+    const env = {
+      FUSILLADE_CONTROL_PLANE: URL_,
+      FUSILLADE_ALLOWED_ENDPOINTS: "https://*.internal.example, http://[0:0::1]:8000",
+    };
+    expect(dispatcherConfig({}, env).allowedHosts).toEqual(["*.internal.example", "::1"]);
+    expect(dispatcherConfig({ allowedEndpoints: "http://2130706433:*" }, env).allowedHosts).toEqual(
+      ["127.0.0.1"],
+    );
+    expect(() => dispatcherConfig({ allowedEndpoints: "ftp://x" }, env)).toThrow(
+      /--allowed-endpoints: "ftp:\/\/x" is not an origin/,
+    );
+  });
+});
+
 describe("resolveDispatcherConfig", () => {
   test("validates every field", () => {
     expect(() => resolveDispatcherConfig({ controlPlaneUrl: URL_, capacity: 1.5 })).toThrow(

@@ -214,9 +214,12 @@ describe("validateTemplate", () => {
   });
 
   it("prefers an explicit model and keeps the api key", () => {
-    const row = validateTemplate({ ...good, model: "explicit", apiKey: "sk-x", body: "" }, 4);
+    const row = validateTemplate(
+      { ...good, model: "explicit", apiKey: "sk-explicit", body: "" },
+      4,
+    );
     expect(row.model).toBe("explicit");
-    expect(row.apiKey).toBe("sk-x");
+    expect(row.apiKey).toBe("sk-explicit");
   });
 
   it.each([
