@@ -7,6 +7,7 @@ import { ResponseBytes1764600000000 } from "../../migrations/1764600000000-respo
 import { Trust1764700000000 } from "../../migrations/1764700000000-trust.js";
 import { ApiKeys1764800000000 } from "../../migrations/1764800000000-api-keys.js";
 import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-share.js";
+import { ModelRoutes1765100000000 } from "../../migrations/1765100000000-model-routes.js";
 import { ENTITIES } from "./entities.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
@@ -20,6 +21,7 @@ export const MIGRATIONS = [
   Trust1764700000000,
   ApiKeys1764800000000,
   FairShare1764900000000,
+  ModelRoutes1765100000000,
 ];
 
 export interface DataSourceOptions {
