@@ -18,7 +18,8 @@ let upstream: Upstream;
 let dispatcher: Dispatcher;
 
 beforeAll(async () => {
-  local = await startTestControlPlane({ reapIntervalMs: 200 });
+  // A small upload cap: the 413 test passes it with 70 kB.
+  local = await startTestControlPlane({ reapIntervalMs: 200, maxUploadBytes: 64 * 1024 });
   upstream = await startUpstream();
   dispatcher = startTestDispatcher(local.url, { id: "openai-sdk" });
   await local.admin.setRoute({ model: "*", endpoint: upstream.url, apiKey: "sk-upstream" });
@@ -181,6 +182,9 @@ describe("the OpenAI SDK's batch flow", () => {
       }),
     ).rejects.toMatchObject({ status: 400, param: "endpoint" });
     await expect(upload(client, "{not json")).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    const big = jsonl(Array.from({ length: 1000 }, (_, i) => `big-${i}`));
+    expect(big.length).toBeGreaterThan(64 * 1024);
+    await expect(upload(client, big)).rejects.toMatchObject({ status: 413 });
     await expect(
       client.files.create({
         file: await toFile(Buffer.from(jsonl(["x"])), "x.jsonl"),
@@ -227,6 +231,9 @@ describe("token mode", () => {
     await expect(b.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     await expect(b.files.content(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     await expect(b.batches.retrieve(batch.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(b.files.content(`errors-${batch.id}`)).rejects.toBeInstanceOf(
+      OpenAI.NotFoundError,
+    );
     await expect(b.batches.cancel(batch.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     await expect(
       b.batches.create({
