@@ -5,9 +5,10 @@ import { scopeOf } from "../auth/principal.js";
 import { CreateBatchRequestSchema } from "../gen/fusillade/v1/batch_service_pb.js";
 import { type BatchRecord, cancelBatch, getBatch, listBatches } from "../storage/batches.js";
 import { getFile } from "../storage/files.js";
-import { batchEndpoints, firstOtherUrl, pageTokenAfter } from "../storage/openai-views.js";
+import { batchEndpoints, firstOtherUrl } from "../storage/openai-views.js";
 import type { Call } from "./call.js";
 import { badParam, readJson, sendJson } from "./http.js";
+import { afterToken, listObject } from "./lists.js";
 import { batchObject } from "./objects.js";
 
 /** Batch objects of `batches`, each with its endpoint. */
@@ -91,22 +92,12 @@ export async function cancelBatchRoute(call: Call, id: string): Promise<void> {
 
 /** GET /v1/batches (newest first; `after` a batch id, `limit` 1..100, default 20). */
 export async function listBatchesRoute(call: Call): Promise<void> {
-  const scope = scopeOf(call.principal);
   const limit = call.intParam("limit", 20, 1, 100);
-  const after = call.query.get("after");
-  let pageToken = "";
-  if (after !== null && after !== "") {
-    const t = await pageTokenAfter(call.deps.db, "batches", scope, after);
-    if (t === undefined) throw badParam("after", `no batch ${JSON.stringify(after)}`);
-    pageToken = t;
-  }
-  const page = await listBatches(call.deps.db, scope, { limit, pageToken, fileId: "" });
-  const data = await objects(call, page.batches);
-  sendJson(call.res, 200, {
-    object: "list",
-    data,
-    first_id: data[0]?.id ?? null,
-    last_id: data[data.length - 1]?.id ?? null,
-    has_more: page.nextPageToken !== "",
+  const pageToken = await afterToken(call, "batches");
+  const page = await listBatches(call.deps.db, scopeOf(call.principal), {
+    limit,
+    pageToken,
+    fileId: "",
   });
+  sendJson(call.res, 200, listObject(await objects(call, page.batches), page.nextPageToken !== ""));
 }

@@ -15,10 +15,11 @@ import { scopeOf, tenantOf } from "../auth/principal.js";
 import { ResourceExhaustedError } from "../domain/errors.js";
 import { getBatch } from "../storage/batches.js";
 import { deleteFile, getFile, listFiles } from "../storage/files.js";
-import { pageTokenAfter, templatesPage } from "../storage/openai-views.js";
+import { templatesPage } from "../storage/openai-views.js";
 import { pageSize } from "../storage/pages.js";
 import type { Call } from "./call.js";
 import { badParam, OpenAiError, sendJson } from "./http.js";
+import { afterToken, listObject } from "./lists.js";
 import { fileObject, parseResultFileId, resultFileObject } from "./objects.js";
 
 /** Form fields besides the file (purpose): few and short. */
@@ -92,24 +93,10 @@ export async function createFile(call: Call): Promise<void> {
 
 /** GET /v1/files (input files, newest first). */
 export async function listFilesRoute(call: Call): Promise<void> {
-  const scope = scopeOf(call.principal);
   const limit = call.intParam("limit", 10_000, 1, 10_000);
-  const after = call.query.get("after");
-  let token = "";
-  if (after !== null && after !== "") {
-    const t = await pageTokenAfter(call.deps.db, "files", scope, after);
-    if (t === undefined) throw badParam("after", `no file ${JSON.stringify(after)}`);
-    token = t;
-  }
-  const page = await listFiles(call.deps.db, scope, pageSize(limit), token);
-  const data = page.files.map(fileObject);
-  sendJson(call.res, 200, {
-    object: "list",
-    data,
-    first_id: data[0]?.id ?? null,
-    last_id: data[data.length - 1]?.id ?? null,
-    has_more: page.nextPageToken !== "",
-  });
+  const token = await afterToken(call, "files");
+  const page = await listFiles(call.deps.db, scopeOf(call.principal), pageSize(limit), token);
+  sendJson(call.res, 200, listObject(page.files.map(fileObject), page.nextPageToken !== ""));
 }
 
 /** GET /v1/files/{id} */
