@@ -19,6 +19,7 @@ import { Fleet } from "./metrics/fleet.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
 import { openaiRoute } from "./openai/route.js";
 import { reencrypt } from "./storage/api-keys.js";
+import { tokenStore } from "./storage/api-tokens.js";
 import { migrate } from "./storage/data-source.js";
 import { Db } from "./storage/db.js";
 import { Notifications } from "./storage/notifications.js";
@@ -124,7 +125,7 @@ export async function startControlPlane(
     metrics.countDispatchers(() => fleet.size);
     lifecycle.start(notifications);
     cleanup.push(async () => lifecycle.close());
-    const auth = new Authenticator(db, notifications, {
+    const auth = new Authenticator(tokenStore(db, notifications), {
       adminToken: config.adminToken,
       localMode,
     });
@@ -136,6 +137,8 @@ export async function startControlPlane(
       notifications,
       shutdownSignal: shutdown.signal,
       keyring,
+      authenticate: (authorization: string | null, host: string | null) =>
+        auth.authenticate(authorization, host),
       tokensChanged: () => auth.forget(),
       endpointPolicy: () => policy,
       lifecycle,

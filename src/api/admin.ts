@@ -1,8 +1,8 @@
-/** AdminService: model limits and API tokens. */
+/** AdminService: model limits (concurrency and rates), tenants and API tokens. */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ROLES, type Role } from "../auth/principal.js";
-import { createToken, listTokens, revokeToken, type TokenRecord } from "../auth/tokens.js";
+import type { TokenRecord } from "../auth/tokens.js";
 import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
 import { validateModel, validateText } from "../domain/templates.js";
 import {
@@ -13,20 +13,29 @@ import {
   ListTenantsResponseSchema,
   ListTokensResponseSchema,
   RevokeTokenResponseSchema,
+  type SetModelLimitRequest,
   SetModelLimitResponseSchema,
   SetTenantWeightResponseSchema,
   TenantSchema,
   TokenRole,
 } from "../gen/fusillade/v1/admin_service_pb.js";
 import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
+import { createToken, listTokens, revokeToken } from "../storage/api-tokens.js";
 import { listTenants, setTenantWeight, type TenantRecord } from "../storage/fair-share.js";
-import { listModelLimits, type ModelLimitRecord, setModelLimit } from "../storage/model-limits.js";
+import {
+  listModelLimits,
+  type ModelLimitChange,
+  type ModelLimitRecord,
+  setModelLimit,
+} from "../storage/model-limits.js";
 import { pageSize } from "../storage/pages.js";
 import { toTimestamp } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 
 /** Highest limit accepted. */
 const MAX_LIMIT = 1_000_000;
+/** Highest rate accepted, per minute (requests or tokens; the columns are `integer`). */
+const MAX_RATE = 1_000_000_000;
 /** Highest tenant weight (docs/fair-share.md). */
 const MAX_WEIGHT = 1000;
 
@@ -49,7 +58,42 @@ function toProto(m: ModelLimitRecord, defaultLimit: number) {
     slotsGranted: m.slotsGranted,
     pending: BigInt(m.pending),
     holdUntilTime: toTimestamp(m.holdUntil),
+    rpm: m.rpm ?? undefined,
+    tpm: m.tpm ?? undefined,
   });
+}
+
+/** A rate (`rpm`, `tpm`) from a request: set, cleared, or (unset) unchanged. */
+function rateChange(
+  field: "rpm" | "tpm",
+  value: number | undefined,
+  clear: boolean,
+): number | null | undefined {
+  if (clear) {
+    if (value !== undefined) {
+      throw new InvalidArgumentError(field, `is set together with clear_${field}`);
+    }
+    return null;
+  }
+  if (value !== undefined && (value < 1 || value > MAX_RATE)) {
+    throw new InvalidArgumentError(field, `must be between 1 and ${MAX_RATE} per minute`);
+  }
+  return value;
+}
+
+/** The change a SetModelLimitRequest asks for; InvalidArgumentError names the field at fault. */
+function toLimitChange(req: SetModelLimitRequest): ModelLimitChange {
+  const change: ModelLimitChange = {
+    rpm: rateChange("rpm", req.rpm, req.clearRpm),
+    tpm: rateChange("tpm", req.tpm, req.clearTpm),
+  };
+  if (!req.keepLimit) {
+    if (!req.clearLimit && (req.limit < 0 || req.limit > MAX_LIMIT)) {
+      throw new InvalidArgumentError("limit", `must be between 0 and ${MAX_LIMIT}`);
+    }
+    change.limit = req.clearLimit ? null : req.limit;
+  }
+  return change;
 }
 
 const TO_ROLE: Partial<Record<TokenRole, Role>> = {
@@ -130,11 +174,9 @@ export function adminMethods(
     },
     async setModelLimit(req) {
       if (req.model === "") throw new InvalidArgumentError("model", "is required");
-      if (!req.clearLimit && (req.limit < 0 || req.limit > MAX_LIMIT)) {
-        throw new InvalidArgumentError("limit", `must be between 0 and ${MAX_LIMIT}`);
-      }
       const model = validateModel(req.model, "model");
-      const m = await setModelLimit(deps.db, model, req.clearLimit ? null : req.limit);
+      const m = await setModelLimit(deps.db, model, toLimitChange(req));
+      deps.log.info({ model, limit: m.limit, rpm: m.rpm, tpm: m.tpm }, "model limits set");
       return create(SetModelLimitResponseSchema, { modelLimit: toProto(m, defaultLimit) });
     },
     async setTenantWeight(req) {

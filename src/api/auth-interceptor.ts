@@ -8,7 +8,7 @@ import { AuthError, type Authenticator } from "../auth/authenticator.js";
 import { mayCall, OPEN_SERVICES, PRINCIPAL } from "../auth/principal.js";
 
 /** The Host a call was addressed to (HTTP/1.1 Host, HTTP/2 :authority). */
-function hostOf(header: Headers, url: string): string | null {
+export function hostOf(header: Headers, url: string): string | null {
   const h = header.get("host");
   if (h !== null) return h;
   try {

@@ -1,5 +1,6 @@
 /** What API handlers are given: the database, the config, the logger, notifications. */
 
+import type { Principal } from "../auth/principal.js";
 import type { Keyring } from "../auth/secrets.js";
 import type { ControlPlaneConfig } from "../config/config.js";
 import type { EndpointPolicy } from "../domain/endpoints.js";
@@ -21,6 +22,11 @@ export interface ApiDeps {
   keyring: Keyring;
   /** The outbound allow-list files are checked against (docs/trust.md). */
   endpointPolicy: () => EndpointPolicy;
+  /**
+   * The auth interceptor's check of a credential (authorization header,
+   * Host), asked again while a stream runs (./stream-auth.ts).
+   */
+  authenticate: (authorization: string | null, host: string | null) => Promise<Principal>;
   /** Called after a token was revoked here (other replicas hear NOTIFY fusillade_tokens). */
   tokensChanged?: () => void;
   /** Lifecycle logs and counters of batches (docs/observability.md). */

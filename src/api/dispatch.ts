@@ -83,7 +83,7 @@ function toProtoHolds(holds: ModelHold[]): ProtoModelHold[] {
 }
 
 /** Throws unless `n` is a non-negative count; names `field`. */
-function count(n: number, field: string): number {
+function count<N extends number | bigint>(n: N, field: string): N {
   if (n < 0) throw new InvalidArgumentError(field, "must not be negative");
   return n;
 }
@@ -105,6 +105,8 @@ export function dispatchMethods(
           keep: count(d.keep, `slots[${i}].keep`),
           want: count(d.want, `slots[${i}].want`),
           room: count(d.room, `slots[${i}].room`),
+          rateWant: count(d.rateWant, `slots[${i}].rate_want`),
+          tokenWant: count(d.tokenWant, `slots[${i}].token_want`),
         };
       });
       const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));
@@ -124,6 +126,8 @@ export function dispatchMethods(
           slots: g.slots,
           target: g.target,
           ttl: toDuration(g.ttlMs),
+          rpm: g.rpm,
+          tpm: g.tpm,
         })),
         lostGrants: res.lostGrants,
         claims: res.claims.map(toProtoClaim),

@@ -1,4 +1,12 @@
-/** Every service the control plane serves, as one routes function. */
+/**
+ * Every service the control plane serves, as one routes function.
+ *
+ * src/api/ owns the edge: thin Connect handlers, proto <-> domain converters,
+ * the one error mapping, the HTTP/1.1 + h2c server. Proto types stop here. It
+ * may import every lower layer (src/leases, src/metrics, src/storage,
+ * src/auth, src/config, src/http, src/domain, src/gen, the logger, the
+ * plain-route types), never src/dispatcher, src/web or src/cli.
+ */
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AdminService } from "../gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";

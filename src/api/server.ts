@@ -12,6 +12,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Authenticator } from "../auth/authenticator.js";
 import { CONNECTION_DEFAULTS, type ConnectionLimits } from "../config/config.js";
+import type { PlainRoute } from "../plain-route.js";
 import { authInterceptor } from "./auth-interceptor.js";
 import { type CloseReason, ConnectionGuard } from "./connection-guard.js";
 import { errorInterceptor } from "./errors-interceptor.js";
@@ -38,23 +39,6 @@ export interface ServerOptions {
   /** A connection the guard closed or refused. @default ignored */
   onConnectionClosed?: (reason: CloseReason, client: string) => void;
 }
-
-/** What a plain route reads of a request (HTTP/1.1 or HTTP/2). */
-export interface PlainRequest {
-  method?: string | undefined;
-  url?: string | undefined;
-  headers: Record<string, string | string[] | undefined>;
-}
-
-/** What a plain route writes. */
-export interface PlainResponse {
-  readonly headersSent: boolean;
-  writeHead(status: number, headers: Record<string, string | number>): unknown;
-  end(body?: string | Uint8Array): unknown;
-}
-
-/** A plain HTTP route: true when it answered the request. */
-export type PlainRoute = (req: PlainRequest, res: PlainResponse) => boolean;
 
 export interface RunningServer {
   /** Base URL, e.g. http://127.0.0.1:8080 */

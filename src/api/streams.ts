@@ -9,11 +9,13 @@
  * Nothing is buffered per subscriber: each page is read when the previous
  * one was consumed (Connect writes honour HTTP/2 flow control), so a slow
  * client lags behind, costs no memory, and catches up from the database.
- * docs/streaming.md gives the cursor design and the argument for it.
+ * docs/streaming.md gives the cursor design and the argument for it. A
+ * stream also ends when its credential is revoked (./stream-auth.ts).
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { AuthError } from "../auth/authenticator.js";
 import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { InvalidArgumentError, NotFoundError, UnavailableError } from "../domain/errors.js";
 import { formatResultLine, type ResultKind, resultLine } from "../domain/results.js";
@@ -46,6 +48,7 @@ import { terminalRequestsPage } from "../storage/results.js";
 import { statesFilter } from "./batches.js";
 import { fromDuration, toProtoBatch, toProtoBatchState, toProtoRequest } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
+import { StreamAuthority } from "./stream-auth.js";
 
 /** Requests per snapshot page: one short transaction each. */
 const SNAPSHOT_PAGE = 500;
@@ -310,7 +313,7 @@ const RESULT_STATES: Record<GetBatchResultsRequest_Kind, readonly RequestState[]
  * may not see.
  */
 export async function* batchResultLines(
-  deps: Pick<ApiDeps, "db" | "shutdownSignal">,
+  deps: Pick<ApiDeps, "db" | "shutdownSignal" | "config">,
   scope: TenantScope,
   batchId: string,
   states: readonly RequestState[],
@@ -319,7 +322,15 @@ export async function* batchResultLines(
   await getBatch(deps.db, scope, batchId); // NOT_FOUND for an unknown batch
   let after = 0;
   for (;;) {
-    const rows = await terminalRequestsPage(deps.db, batchId, states, after, RESULTS_PAGE);
+    // Capped by bytes as well as rows: memory in proportion to one page, whatever the bodies.
+    const { rows, more } = await terminalRequestsPage(
+      deps.db,
+      batchId,
+      states,
+      after,
+      RESULTS_PAGE,
+      deps.config.maxPageBytes,
+    );
     for (const r of rows) {
       const res = resultLine({
         id: r.id,
@@ -333,8 +344,10 @@ export async function* batchResultLines(
       });
       if (res) yield { kind: res.kind, text: formatResultLine(res.line), customId: r.custom_id };
     }
-    if (rows.length < RESULTS_PAGE) return;
-    after = rows[rows.length - 1]!.line;
+    // A page cut short by bytes is not the end: only `more` says so.
+    const last = rows[rows.length - 1];
+    if (!more || last === undefined) return;
+    after = last.line;
     if (stopIfAborted(signal, deps.shutdownSignal)) return;
   }
 }
@@ -363,7 +376,6 @@ async function* getBatchResults(
   }
 }
 
-/** The streaming methods of BatchService. */
 /** `stream`, counted in the subscriber gauge while it is open. */
 async function* counted<T>(
   deps: ApiDeps,
@@ -378,22 +390,65 @@ async function* counted<T>(
   }
 }
 
+/**
+ * The stream `open(signal)` makes, ended with UNAUTHENTICATED (or
+ * PERMISSION_DENIED) once the call's credential stops being valid while it
+ * runs: `signal` aborts then, and the stream stops as it does when the
+ * client goes away.
+ */
+async function* authorized<T>(
+  authority: StreamAuthority,
+  ctx: HandlerContext,
+  open: (signal: AbortSignal) => AsyncGenerator<T>,
+): AsyncGenerator<T> {
+  const grant = authority.open(ctx);
+  try {
+    yield* open(AbortSignal.any([ctx.signal, grant.signal]));
+    const reason: unknown = grant.signal.reason;
+    if (grant.signal.aborted && reason instanceof AuthError) {
+      throw new ConnectError(
+        `this stream's credential is no longer accepted: ${reason.message}`,
+        reason.kind === "unauthenticated" ? Code.Unauthenticated : Code.PermissionDenied,
+      );
+    }
+  } finally {
+    grant.close();
+  }
+}
+
+/** The streaming methods of BatchService. */
 export function streamMethods(
   deps: ApiDeps,
 ): Pick<
   ServiceImpl<typeof BatchService>,
   "streamBatchRequests" | "watchBatch" | "getBatchResults"
 > {
+  const authority = new StreamAuthority(
+    deps.authenticate,
+    deps.notifications,
+    deps.config.streamReauthIntervalMs,
+  );
   return {
     streamBatchRequests: (req, ctx) =>
       counted(
         deps,
         "requests",
-        streamBatchRequests(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+        authorized(authority, ctx, (signal) =>
+          streamBatchRequests(deps, scopeOf(principalOf(ctx)), req, signal),
+        ),
       ),
     watchBatch: (req, ctx) =>
-      counted(deps, "watch", watchBatch(deps, scopeOf(principalOf(ctx)), req, ctx.signal)),
+      counted(
+        deps,
+        "watch",
+        authorized(authority, ctx, (signal) =>
+          watchBatch(deps, scopeOf(principalOf(ctx)), req, signal),
+        ),
+      ),
+    // A slow reader of a large batch can keep this one open for long too.
     getBatchResults: (req, ctx) =>
-      getBatchResults(deps, scopeOf(principalOf(ctx)), req, ctx.signal),
+      authorized(authority, ctx, (signal) =>
+        getBatchResults(deps, scopeOf(principalOf(ctx)), req, signal),
+      ),
   };
 }

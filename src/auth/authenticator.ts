@@ -3,17 +3,36 @@
  * admin token, the credential `serve` gives its own dispatcher, a stored
  * token (cached; dropped on NOTIFY fusillade_tokens), or, in local mode, no
  * credential at all from a loopback Host.
+ *
+ * src/auth/ owns who a call runs as: principals and roles, tokens (pure:
+ * making and hashing them), the keyring that seals upstream keys, and this
+ * authenticator. It imports nothing of ours: what it needs of stored tokens
+ * it declares ({@link TokenStore}), src/storage implements it, and the
+ * control plane wires the two.
  */
 import { timingSafeEqual } from "node:crypto";
-import type { Db } from "../storage/db.js";
-import { type Notifications, TOKENS_CHANNEL } from "../storage/notifications.js";
 import { DEFAULT_TENANT, type Principal } from "./principal.js";
-import { findTokenByHash, tokenHash } from "./tokens.js";
+import { type TokenRecord, tokenHash } from "./tokens.js";
 
 /** Cached lookups expire after this, in case a revocation's notification is missed. */
 const CACHE_TTL_MS = 10_000;
 /** Most cached lookups (unknown tokens are cached too: a flood of bad ones stays cheap). */
 const CACHE_MAX = 10_000;
+
+/**
+ * What the authenticator asks of stored tokens. Declared here, implemented
+ * by storage (src/storage/api-tokens.ts) and wired by the control plane, so
+ * that auth imports nothing above it.
+ */
+export interface TokenStore {
+  /** The live (not revoked) token whose secret hashes to `hash` ({@link tokenHash}), if any. */
+  findByHash(hash: Buffer): Promise<TokenRecord | undefined>;
+  /**
+   * Calls `fn` whenever a token may have been revoked (on any control plane,
+   * or notifications may have been missed); returns the unsubscribe.
+   */
+  onRevoked(fn: () => void): () => void;
+}
 
 export interface AuthenticatorOptions {
   /** The bootstrap admin token; undefined: local mode (when listening on loopback). */
@@ -56,12 +75,10 @@ export class Authenticator {
   readonly #unsubscribe: () => void;
 
   constructor(
-    private readonly db: Db,
-    notifications: Notifications,
+    private readonly tokens: TokenStore,
     private readonly options: AuthenticatorOptions,
   ) {
-    // A revocation anywhere, or a LISTEN reconnect ("*": notifications may have been missed).
-    this.#unsubscribe = notifications.on(TOKENS_CHANNEL, () => this.forget());
+    this.#unsubscribe = tokens.onRevoked(() => this.forget());
     this.#adminHash = options.adminToken === undefined ? undefined : tokenHash(options.adminToken);
   }
 
@@ -120,7 +137,7 @@ export class Authenticator {
     const now = Date.now();
     const hit = this.#cache.get(key);
     if (hit && now - hit.at < CACHE_TTL_MS) return hit.p;
-    const record = await findTokenByHash(this.db, hash);
+    const record = await this.tokens.findByHash(hash);
     const p: Principal | undefined = record && {
       role: record.role,
       tenant: record.tenant,

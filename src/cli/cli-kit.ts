@@ -52,6 +52,16 @@ export function limitValue(value: string): number | "default" {
   return n;
 }
 
+/** --rpm / --tpm: a rate per minute (1..1,000,000,000), or "none" to remove it. */
+export function rateValue(value: string): number | "none" {
+  if (value === "none") return value;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isSafeInteger(n) || n < 1 || n > 1_000_000_000) {
+    throw new InvalidArgumentError('must be an integer from 1 to 1000000000 per minute, or "none"');
+  }
+  return n;
+}
+
 /** --priority: an integer from -100 to 100 (the server's bounds; docs/fair-share.md). */
 export function priorityValue(value: string): number {
   const n = Number(value);

@@ -15,6 +15,7 @@ import {
   limitValue,
   positiveInt,
   priorityValue,
+  rateValue,
   retriesValue,
   run,
 } from "./cli-kit.js";
@@ -283,16 +284,36 @@ export function registerClientCommands(program: Command): void {
     .argument("<id>", "the token's id (from tokens list)")
     .action(run(async (conn, g, id: string) => tokensRevokeAction(conn, g.json, id)));
 
-  const limits = command(program, "limits", "per-model concurrency limits, fleet-wide");
-  listOptions(command(limits, "list", "list models, their limits and current use")).action(
+  const limits = command(
+    program,
+    "limits",
+    "per-model concurrency limits and rates (requests and tokens per minute), fleet-wide",
+  );
+  listOptions(command(limits, "list", "list models, their limits, rates and current use")).action(
     run(async (conn, g, o: { limit: number; pageToken: string }) => limitsListAction(conn, g, o)),
   );
-  command(limits, "set", 'set a model\'s limit (0 pauses it; "default" returns it to the default)')
+  command(
+    limits,
+    "set",
+    'set a model\'s limit (0 pauses it; "default" returns it to the default) and its rates',
+  )
     .argument("<model>", "model name, as in the request bodies")
-    .argument("<limit>", 'requests in flight at most, or "default"', limitValue)
+    .argument(
+      "[limit]",
+      'requests in flight at most, or "default" (omitted: unchanged)',
+      limitValue,
+    )
+    .option("--rpm <n>", 'requests per minute, held fleet-wide; "none" removes it', rateValue)
+    .option("--tpm <n>", 'tokens per minute (docs/pacing.md); "none" removes it', rateValue)
     .action(
-      run(async (conn, g, model: string, limit: number | "default") =>
-        limitsSetAction(conn, g, model, limit),
+      run(
+        async (
+          conn,
+          g,
+          model: string,
+          limit: number | "default" | undefined,
+          o: { rpm?: number | "none"; tpm?: number | "none" },
+        ) => limitsSetAction(conn, g, model, { limit, rpm: o.rpm, tpm: o.tpm }),
       ),
     );
 

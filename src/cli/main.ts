@@ -1,4 +1,10 @@
-/** The `fusillade` command line: servers and the client commands. */
+/**
+ * The `fusillade` command line: servers and the client commands.
+ *
+ * src/cli/ holds the entry points: parse flags, build, listen. The top layer:
+ * it may import anything below it (the control plane, the dispatcher,
+ * storage, the client library).
+ */
 import { Command, CommanderError } from "commander";
 import { registerClientCommands } from "./client-commands.js";
 import { registerServerCommands } from "./server-commands.js";

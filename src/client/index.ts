@@ -13,6 +13,8 @@
  * for await (const line of fusillade.results(batch.id)) console.log(line.custom_id);
  * fusillade.close();
  * ```
+ *
+ * src/client/ is the published client library: it may import src/gen only.
  */
 import { randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";

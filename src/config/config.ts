@@ -1,6 +1,9 @@
 /**
  * Configuration: defaults → environment → flags → validated, frozen
  * objects. The only reader of process.env.
+ *
+ * src/config/ owns configuration and is the only reader of process.env. It
+ * may import src/domain only.
  */
 import { readFileSync } from "node:fs";
 import { parseDuration, SECOND } from "../domain/duration.js";
@@ -81,11 +84,19 @@ export interface ControlPlaneConfig {
   dbStatementTimeoutMs: number;
   /** How often the LISTEN connection is checked with `SELECT 1` (and re-established). @default 5s */
   listenCheckIntervalMs: number;
+  /**
+   * How often an open stream (WatchBatch, StreamBatchRequests,
+   * GetBatchResults) checks its credential again, besides at once on a
+   * revocation's NOTIFY: a revoked token's streams end within this (plus
+   * the authenticator's 10 s cache) even when that notification is missed.
+   * @default 5s
+   */
+  streamReauthIntervalMs: number;
   /** Largest UploadFile content, in bytes. @default 256 MiB */
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
   maxUploadLines: number;
-  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests (a page holds at least one row). @default 3 MiB */
+  /** Most bytes of request and response bodies in one page of ListBatchRequests / StreamBatchRequests / GetBatchResults (a page holds at least one row). @default 3 MiB */
   maxPageBytes: number;
   /**
    * Most request-body bytes of the claims in one Sync or ReportResults answer,
@@ -150,6 +161,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   dbAcquireTimeoutMs: 10 * SECOND,
   dbStatementTimeoutMs: 60 * SECOND,
   listenCheckIntervalMs: 5 * SECOND,
+  streamReauthIntervalMs: 5 * SECOND,
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
@@ -179,6 +191,7 @@ const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, b
   ["FUSILLADE_DB_ACQUIRE_TIMEOUT", "dbAcquireTimeoutMs", true],
   ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
   ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
+  ["FUSILLADE_STREAM_REAUTH_INTERVAL", "streamReauthIntervalMs", false],
 ];
 /** The connection settings, from the environment only: variable → key, and whether 0 is allowed. */
 const ENV_CONNECTION_COUNTS: ReadonlyArray<readonly [string, keyof ConnectionLimits]> = [

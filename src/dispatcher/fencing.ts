@@ -39,3 +39,40 @@ export function renewIntervalMs(ttlMs: number, marginMs: number, configured?: nu
   if (configured !== undefined) return configured;
   return Math.max(50, Math.floor(Math.min(ttlMs / 3, (ttlMs - marginMs) / 2)));
 }
+
+/** TTL assumed until the first claim tells us (only the renewal period depends on it). */
+export const TTL_UNKNOWN_MS = 30 * SECOND;
+
+/**
+ * A dispatcher's fencing settings and the lease TTL the control plane uses,
+ * learnt from the claims it hands out: the margin for any TTL, and the
+ * renewal period for the TTL seen last.
+ */
+export class FencePolicy {
+  #ttlMs = TTL_UNKNOWN_MS;
+
+  constructor(
+    /** `--fence-margin`; undefined: derived from the TTL. */
+    private readonly configuredMarginMs?: number,
+    /** `--renew-interval`; undefined: derived from the TTL. */
+    private readonly configuredRenewMs?: number,
+  ) {}
+
+  /** The fence margin for a lease of `ttlMs` (a bound function: pass it as a callback). */
+  readonly margin = (ttlMs: number): number => fenceMarginMs(ttlMs, this.configuredMarginMs);
+
+  /** A claim came with `ttlMs` (0: unknown, ignored). */
+  observeTtl(ttlMs: number): void {
+    if (ttlMs > 0) this.#ttlMs = ttlMs;
+  }
+
+  /** The lease TTL seen last. */
+  get ttlMs(): number {
+    return this.#ttlMs;
+  }
+
+  /** How often to renew now. */
+  renewIntervalMs(): number {
+    return renewIntervalMs(this.#ttlMs, this.margin(this.#ttlMs), this.configuredRenewMs);
+  }
+}

@@ -228,7 +228,8 @@ export function reportBytes(r: Report): number {
   return 256 + (o.kind === "completion" ? o.body.byteLength : o.bodyExcerpt.byteLength);
 }
 
-function mapError(e: unknown, what: string): ControlPlaneError {
+/** A failed call `what` as a {@link ControlPlaneError}: retriable or not, and the code when the control plane answered. */
+export function controlPlaneError(e: unknown, what: string): ControlPlaneError {
   const err = ConnectError.from(e);
   // An error the client made from a socket or stream failure carries that
   // failure as its cause; one the server sent does not.
@@ -292,6 +293,8 @@ export function connectLeaseClient(
             slots: g.slots,
             target: g.target,
             ttlMs: g.ttl ? durationMs(g.ttl) : 0,
+            rpm: g.rpm,
+            tpm: g.tpm,
           })),
           lostGrants: res.lostGrants.map((g) => ({ model: g.model, token: g.token })),
           claims: res.claims.map(fromProtoClaim),
@@ -304,7 +307,7 @@ export function connectLeaseClient(
           holds: fromProtoHolds(res.holds),
         };
       } catch (e) {
-        throw e instanceof ControlPlaneError ? e : mapError(e, "Sync");
+        throw e instanceof ControlPlaneError ? e : controlPlaneError(e, "Sync");
       }
     },
     async waitForWork(interest, waitMs, signal) {
@@ -316,7 +319,7 @@ export function connectLeaseClient(
         );
         return res.models;
       } catch (e) {
-        throw mapError(e, "WaitForWork");
+        throw controlPlaneError(e, "WaitForWork");
       }
     },
     async report(reports, refill, timeoutMs) {
@@ -335,7 +338,7 @@ export function connectLeaseClient(
           holds: fromProtoHolds(res.holds),
         };
       } catch (e) {
-        throw e instanceof ControlPlaneError ? e : mapError(e, "ReportResults");
+        throw e instanceof ControlPlaneError ? e : controlPlaneError(e, "ReportResults");
       }
     },
     close() {

@@ -13,11 +13,14 @@
  * - fenced: the grant was not renewed in time: every running request was
  *   aborted and the model is back to unknown;
  * - held: a 429 hold: nothing starts until it ends (the grant is kept).
+ * Each model also carries its gate (./model-gate.ts): the home of its pacing
+ * state, asked before each attempt starts.
  * Times are `performance.now()` milliseconds.
  */
 import { performance } from "node:perf_hooks";
 import type { WorkInterest } from "./lease-client.js";
 import type { HeldLease } from "./lease-table.js";
+import { ADMIT_ALL, admitAll, type GateFactory, type ModelGate } from "./model-gate.js";
 
 /** One model's grant, buffer and running count. */
 export class ModelSlots {
@@ -38,7 +41,11 @@ export class ModelSlots {
   /** The last claim answer gave fewer than asked: the model has no backlog for us now. */
   starved = false;
 
-  constructor(readonly model: string) {}
+  constructor(
+    readonly model: string,
+    /** Asked before each attempt of the model starts; told how it ended. */
+    readonly gate: ModelGate = ADMIT_ALL,
+  ) {}
 
   /** Requests of the model that may run at once now. */
   get usable(): number {
@@ -50,10 +57,35 @@ export class ModelSlots {
     return this.running + this.queue.length;
   }
 
-  /** Whether the next buffered claim may start now. */
+  /** Whether the next buffered claim may start now (the gate not asked yet). */
   canStart(now = performance.now()): boolean {
     return this.running < this.usable && now >= this.heldUntil && now < this.fenceAt;
   }
+
+  /** The grant is gone (fenced, lost, or dropped by the control plane): nothing may run. */
+  dropGrant(): void {
+    this.token = 0n;
+    this.slots = 0;
+    this.target = 0;
+    clearTimeout(this.fenceTimer);
+  }
+
+  /** Takes `entry` out of the buffer (it will never start here); false when it was not in it. */
+  unqueue(entry: HeldLease): boolean {
+    const i = this.queue.indexOf(entry);
+    if (i < 0) return false;
+    this.queue.splice(i, 1);
+    return true;
+  }
+}
+
+/** One model's gauges. */
+export interface ModelGauges {
+  model: string;
+  running: number;
+  slots: number;
+  buffered: number;
+  held: boolean;
 }
 
 /** Every model the dispatcher holds or has heard of; see the file header. */
@@ -65,12 +97,14 @@ export class SlotBook {
     private readonly capacity: number,
     /** Buffered claims beyond the slots, as a share of them (at least one). */
     private readonly prefetch: number,
+    /** Each model's gate, made when the model is first met. */
+    private readonly gateFor: GateFactory = admitAll,
   ) {}
 
   get(model: string): ModelSlots {
     let m = this.#models.get(model);
     if (!m) {
-      m = new ModelSlots(model);
+      m = new ModelSlots(model, this.gateFor(model));
       this.#models.set(model, m);
     }
     return m;
@@ -89,6 +123,27 @@ export class SlotBook {
     let n = 0;
     for (const m of this.#models.values()) n += m.token === 0n ? 0 : m.slots;
     return n;
+  }
+
+  /** Slots held now, per granted model (the stats' view). */
+  grantedSlots(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const m of this.#models.values()) if (m.token !== 0n) out[m.model] = m.slots;
+    return out;
+  }
+
+  /** Each model's gauges now (the metrics' view). */
+  *gauges(): Generator<ModelGauges> {
+    const now = performance.now();
+    for (const m of this.#models.values()) {
+      yield {
+        model: m.model,
+        running: m.running,
+        slots: m.token === 0n ? 0 : m.slots,
+        buffered: m.queue.length,
+        held: now < m.heldUntil,
+      };
+    }
   }
 
   /** Claims `m` holds when its buffer is full: its usable slots plus the prefetch. */

@@ -16,38 +16,31 @@
 import { performance } from "node:perf_hooks";
 import type { Logger } from "../logger.js";
 import type { DispatcherMetrics } from "../metrics/dispatcher-metrics.js";
+import type { AttemptRunner } from "./attempt-runner.js";
 import { Backoff, sleep, Wakeup } from "./backoff.js";
+import type { ClaimSink } from "./claim-intake.js";
+import type { LossHandler } from "./fencer.js";
+import type { FencePolicy } from "./fencing.js";
 import type {
   LeaseClient,
   LeaseRef,
-  LossReason,
   SlotDemand,
   SyncAnswer,
   WorkInterest,
 } from "./lease-client.js";
-import type { HeldLease, LeaseTable } from "./lease-table.js";
-import type { ModelSlots, SlotBook } from "./model-slots.js";
+import type { ModelSlots } from "./model-slots.js";
+import type { Shared } from "./parts.js";
 
-/** What the sync loop needs from the dispatcher. */
-export interface SyncHost {
-  readonly book: SlotBook;
-  readonly table: LeaseTable;
-  /** Claims arrived (from a call sent at `sentAt`): buffer them and start what may start. */
-  intake(
-    answer: Pick<SyncAnswer, "claims" | "holds">,
-    asked: Map<string, number>,
-    sentAt: number,
-  ): void;
-  /** A grant's renewal came too late or it was lost: abort the model's running requests. */
-  fence(m: ModelSlots, why: "fenced" | "lost"): void;
-  /** A claim is gone (the control plane said so). */
-  onLost(entry: HeldLease, reason: LossReason): void;
-  /** The fence margin for a TTL. */
-  marginFor(ttlMs: number): number;
-  /** The renewal period now. */
-  renewIntervalMs(): number;
+/** The parts the sync loop talks to. */
+export interface SyncHost extends Pick<Shared, "book" | "table"> {
+  /** Where a Sync answer's claims and holds go. */
+  readonly claims: ClaimSink;
+  /** Grants fenced or lost, claims lost. */
+  readonly losses: LossHandler;
+  /** The fence margin for a TTL, and the renewal period now. */
+  readonly fencing: Pick<FencePolicy, "margin" | "renewIntervalMs">;
   /** Every model's buffer may start more now (grants changed). */
-  pumpAll(): void;
+  readonly runner: Pick<AttemptRunner, "pumpAll">;
   /** Grant counters and the wait for a new grant. */
   readonly metrics?: DispatcherMetrics;
 }
@@ -167,7 +160,7 @@ export class SyncLoop {
           .map((e) => e.ref)
       : [];
     if (demands.length === 0 && renew.length === 0) {
-      if (renewing) this.#renewAt = performance.now() + this.host.renewIntervalMs();
+      if (renewing) this.#renewAt = performance.now() + this.host.fencing.renewIntervalMs();
       return true;
     }
     const sentAt = performance.now();
@@ -184,7 +177,7 @@ export class SyncLoop {
     } finally {
       this.#syncing = false;
     }
-    if (renewing) this.#renewAt = sentAt + this.host.renewIntervalMs();
+    if (renewing) this.#renewAt = sentAt + this.host.fencing.renewIntervalMs();
     if (this.log.isLevelEnabled("debug")) {
       this.log.debug(
         {
@@ -212,11 +205,11 @@ export class SyncLoop {
       m.token = g.token;
       m.slots = g.slots;
       m.target = g.target;
-      this.#arm(m, sentAt + g.ttlMs - this.host.marginFor(g.ttlMs));
+      this.#arm(m, sentAt + g.ttlMs - this.host.fencing.margin(g.ttlMs));
     }
     for (const l of answer.lostGrants) {
       const m = book.find(l.model);
-      if (m && m.token === l.token) this.host.fence(m, "lost");
+      if (m && m.token === l.token) this.host.losses.grantGone(m, "lost");
     }
     for (const d of demands) {
       if (granted.has(d.model)) continue;
@@ -227,19 +220,16 @@ export class SyncLoop {
         this.#askedSince.delete(d.model);
       } else if (!answer.lostGrants.some((l) => l.model === d.model)) {
         // Kept nothing and wanted nothing: the control plane dropped the grant.
-        m.token = 0n;
-        m.slots = 0;
-        m.target = 0;
-        clearTimeout(m.fenceTimer);
+        m.dropGrant();
       }
     }
     for (const r of answer.renewed) table.extend(r.ref, sentAt, r.ttlMs);
     for (const l of answer.lost) {
       const entry = table.get(l.ref);
-      if (entry) this.host.onLost(entry, l.reason);
+      if (entry) this.host.losses.claimLost(entry, l.reason);
     }
-    this.host.intake(answer, asked, sentAt);
-    this.host.pumpAll();
+    this.host.claims.take(answer, asked, sentAt);
+    this.host.runner.pumpAll();
     return true;
   }
 
@@ -254,7 +244,7 @@ export class SyncLoop {
         m.fenceTimer.unref();
         return;
       }
-      this.host.fence(m, "fenced");
+      this.host.losses.grantGone(m, "fenced");
     };
     m.fenceTimer = setTimeout(check, Math.max(0, fenceAt - performance.now()));
     m.fenceTimer.unref();

@@ -15,6 +15,10 @@ export interface SlotDemand {
   want: number;
   /** Claims it has room for. */
   room: number;
+  /** Requests a minute it could send; 0 or unset while it wants slots: as many as it is given. */
+  rateWant?: number;
+  /** Tokens a minute it could use; 0 or unset while it wants slots: as many as it is given. */
+  tokenWant?: bigint;
 }
 
 /** A grant as the control plane answers it. */
@@ -25,6 +29,10 @@ export interface SlotGrant {
   /** The holder's fair share now. */
   target: number;
   ttlMs: number;
+  /** Its share of the model's requests per minute; undefined: the model has no rate. */
+  rpm?: number | undefined;
+  /** Its share of the model's tokens per minute; undefined: no token rate. */
+  tpm?: number | undefined;
 }
 
 /** A model on a 429 hold, and how long it has left. */

@@ -60,7 +60,8 @@ export function isRetriableFailure(
  * windows are seconds to a minute; a larger value usually means a daily quota
  * or a misconfigured proxy, where sleeping for hours would stall the batch with
  * no visible error. Past 10 minutes we retry anyway and let `maxRetries` turn
- * the request into a failure that carries the upstream's message.
+ * the request into a failure that carries the upstream's message (a 429's
+ * retries are bounded by the batch's deadline instead).
  */
 export const MAX_RETRY_AFTER_MS = 10 * MINUTE;
 
@@ -186,10 +187,24 @@ export function backoffMs(
   return Math.round(half + clamp01(random()) * half);
 }
 
+/**
+ * Whether a failure is the upstream saying "slow down" rather than "this
+ * failed" (DESIGN §5): a 429, or a 503 with Retry-After. Such attempts are
+ * backpressure: they do not use up `maxRetries`, only the batch's deadline
+ * bounds them.
+ */
+export function isBackpressure(status: number, retryAfterMs: number | undefined): boolean {
+  return status === 429 || (status === 503 && retryAfterMs !== undefined);
+}
+
 /** Everything {@link decideRetry} needs to know about the attempt that just failed. */
 export interface RetryInput {
   /** 1-based number of the attempt that just failed. */
   attempt: number;
+  /** Earlier attempts of the request that were backpressure: not counted against `maxRetries`. */
+  throttledAttempts?: number;
+  /** This attempt was backpressure ({@link isBackpressure}): only the deadline bounds its retries. */
+  backpressure?: boolean;
   policy: RetryPolicy;
   /** From the outcome (see {@link isRetriableFailure}). */
   retriable: boolean;
@@ -211,14 +226,20 @@ export type RetryDecision =
 
 /**
  * Decides whether a failed attempt is retried and when. Checked in order:
- * retriable at all, attempts left (`attempt > maxRetries` is exhausted), and a
- * retry that would start at or after the batch deadline is not scheduled.
+ * retriable at all, attempts left (the attempts spent, `attempt` less the
+ * throttled ones, above `maxRetries` is exhausted; never for backpressure),
+ * and a retry that would start at or after the batch deadline is not
+ * scheduled. The backoff's exponent counts the attempts spent (a throttled
+ * attempt without Retry-After: all of them).
  */
 export function decideRetry(input: RetryInput): RetryDecision {
   const { attempt, policy, retriable, retryAfterMs, now, deadline } = input;
   if (!retriable) return { retry: false, reason: "not_retriable" };
-  if (attempt > policy.maxRetries) return { retry: false, reason: "retries_exhausted" };
-  const delay = backoffMs(attempt, policy, retryAfterMs, input.random);
+  const spent = attempt - (input.throttledAttempts ?? 0);
+  if (!input.backpressure && spent > policy.maxRetries) {
+    return { retry: false, reason: "retries_exhausted" };
+  }
+  const delay = backoffMs(input.backpressure ? attempt : spent, policy, retryAfterMs, input.random);
   const notBefore = new Date(now.getTime() + delay);
   if (deadline != null && notBefore.getTime() >= deadline.getTime()) {
     return { retry: false, reason: "deadline" };

@@ -2,6 +2,10 @@
  * Request and batch states, and the transitions between them. The same
  * table is enforced by CHECK constraints (migrations/) and drawn in
  * docs/state-machine.md.
+ *
+ * src/domain/ owns the pure core: states and transitions, templates, retry
+ * policy, results, endpoint rules, errors. It imports nothing of ours and
+ * does no I/O (docs/architecture.md, layers).
  */
 
 export const REQUEST_STATES = [

@@ -100,8 +100,9 @@ const KEPT_HEADERS: ReadonlySet<string> = new Set([
   "x-request-id",
   "request-id",
   "retry-after",
+  "retry-after-ms",
 ]);
-const KEPT_HEADER_PREFIXES: readonly string[] = ["openai-", "x-ratelimit-"];
+const KEPT_HEADER_PREFIXES: readonly string[] = ["openai-", "x-ratelimit-", "anthropic-ratelimit-"];
 
 /** Response headers worth storing with an outcome (ids, rate-limit state); names lowercased. */
 export function keepHeaders(

@@ -1,6 +1,9 @@
 /**
  * The outbound HTTP layer: sends one attempt of one request and classifies
  * what happened into an {@link AttemptOutcome}. The only importer of undici.
+ *
+ * src/http/ owns outbound HTTP (undici is its alone). It may import
+ * src/domain only.
  */
 
 import dns from "node:dns";

@@ -6,12 +6,17 @@
  * only by a guarded UPDATE on (id, token, state = 'leased'). A zero-row
  * answer is a lost race, answered as such, changing nothing.
  *
- * Modes of a model, for one dispatcher's Sync: held (a 429's Retry-After has
- * not passed) → the grant is renewed and may be cut, never grown, and no
- * claims; otherwise the grant goes to min(keep, slots) and then toward the
- * holder's fair share, and claims fill the room the dispatcher names, split
- * among the model's running batches by priority class, tenant weight and
- * batch (docs/fair-share.md, ./fair-share.ts).
+ * Modes of a model, for one dispatcher's Sync: held (a 429 read the meter
+ * empty, until its reset) → the grant is renewed and may be cut, never
+ * grown, and no claims; otherwise the grant goes to min(keep, slots) and then
+ * toward the holder's fair share, and claims fill the room the dispatcher
+ * names, split among the model's running batches by priority class, tenant
+ * weight and batch (docs/fair-share.md, ./fair-share.ts). A model with a
+ * rate also gives the holder a share of it (fusillade_rates; docs/pacing.md).
+ *
+ * src/leases/ owns slot grants, claims, renewals, reports and the reaper,
+ * with their named SQL (./sql.ts). It may import src/storage, src/auth,
+ * src/domain and the logger.
  */
 import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
 
@@ -20,7 +25,8 @@ export type { ModelHold, SlotDemand, SlotGrant };
 import { randomInt } from "node:crypto";
 import type { Keyring } from "../auth/secrets.js";
 import type { AttemptFailure } from "../domain/outcome.js";
-import { decideRetry } from "../domain/retry-policy.js";
+import { meterEmptyForMs, parseRateLimitHeaders } from "../domain/rate-limit-headers.js";
+import { decideRetry, isBackpressure, MAX_RETRY_AFTER_MS } from "../domain/retry-policy.js";
 import { loadKeys } from "../storage/api-keys.js";
 import type { Db, Queryable } from "../storage/db.js";
 import { LIMITS_CHANNEL, type Notifications, WORK_CHANNEL } from "../storage/notifications.js";
@@ -276,12 +282,22 @@ export class LeaseService {
         lostGrants.push({ model: d.model, token: d.token });
         continue;
       }
+      const rate = await this.db.query<{ rpm: number | null; tpm: number | null }>(sql.RATES_SYNC, [
+        d.model,
+        holder,
+        Math.max(0, d.want),
+        Math.max(0, d.rateWant ?? 0),
+        (d.tokenWant ?? 0n) > 0n ? d.tokenWant!.toString() : "0",
+        this.config.leaseTtlMs,
+      ]);
       grants.push({
         model: d.model,
         token: BigInt(row.token),
         slots: row.slots,
         target: row.target,
         ttlMs: this.config.leaseTtlMs,
+        rpm: rate.rows[0]?.rpm ?? undefined,
+        tpm: rate.rows[0]?.tpm ?? undefined,
       });
       if (d.room > 0 && row.slots > 0) rooms.set(d.model, d.room);
     }
@@ -724,6 +740,7 @@ export class LeaseService {
       id: string;
       model: string;
       attempt: number;
+      throttled_attempts: number;
       max_retries: number;
       initial_backoff_ms: number;
       max_backoff_ms: number;
@@ -740,12 +757,18 @@ export class LeaseService {
       next: "pending" | "failed";
       notBefore: Date | null;
       message: string;
+      throttled: boolean;
     }> = [];
     for (const o of failures) {
       const c = byId.get(o.ref.requestId);
       if (!c) continue; // lease not current: lost
+      // "Slow down" (429, 503 with Retry-After) is backpressure, not failure
+      // (DESIGN §5): it spends no retry; only the window bounds it.
+      const throttled = o.retriable && isBackpressure(o.statusCode, o.retryAfterMs);
       const decision = decideRetry({
         attempt: c.attempt,
+        throttledAttempts: c.throttled_attempts,
+        backpressure: throttled,
         policy: {
           maxRetries: c.max_retries,
           initialBackoffMs: c.initial_backoff_ms,
@@ -762,12 +785,16 @@ export class LeaseService {
           : decision.reason === "retries_exhausted"
             ? ` (gave up after ${c.attempt} attempts)`
             : " (no time left in the batch's completion window to retry)";
+      // Throttled past the window's end: it waits for the end, and ends with
+      // the batch as expired, this 429 in its message (REQUESTS_END_WITH_BATCH).
+      const waits = decision.retry || throttled;
       rows.push({
         o,
         model: c.model,
-        next: decision.retry ? "pending" : "failed",
-        notBefore: decision.retry ? decision.notBefore : null,
-        message: o.message + suffix,
+        next: waits ? "pending" : "failed",
+        notBefore: decision.retry ? decision.notBefore : throttled ? c.expires_at : null,
+        message: waits ? o.message : o.message + suffix,
+        throttled,
       });
     }
     if (rows.length === 0) return;
@@ -781,17 +808,25 @@ export class LeaseService {
       rows.map((r) => (r.o.statusCode === 0 ? null : asBuffer(r.o.bodyExcerpt))),
       rows.map((r) => r.o.code),
       rows.map((r) => r.message),
+      rows.map((r) => r.throttled),
     ]);
     const states = new Map(res.rows.map((r) => [r.id, r.state]));
     for (const { o } of rows) {
       const s = states.get(o.ref.requestId);
       if (s !== undefined) result.set(key(o.ref), s === "pending" ? "requeued" : "recorded");
     }
-    // A 429 holds the model back fleet-wide until its Retry-After has passed.
+    // A 429 holds the model back fleet-wide only when its headers read the
+    // meter empty, until the meter's reset (capped like a Retry-After). A
+    // 429 without that evidence (a random one, an overloaded upstream) holds
+    // only its own request (not_before above): one 429 must not stop a whole
+    // model (DESIGN §3.7); the dispatchers' pacers slow down on their own.
     const holds = new Map<string, number>();
     for (const { o, model } of rows) {
-      if (o.statusCode === 429 && o.retryAfterMs !== undefined && o.retryAfterMs > 0) {
-        holds.set(model, Math.max(holds.get(model) ?? 0, o.retryAfterMs));
+      if (o.statusCode !== 429) continue;
+      const state = parseRateLimitHeaders(o.headers, Date.now());
+      const ms = meterEmptyForMs({ ...state, retryAfterMs: o.retryAfterMs }, 0);
+      if (ms !== undefined && ms > 0) {
+        holds.set(model, Math.max(holds.get(model) ?? 0, Math.min(ms, MAX_RETRY_AFTER_MS)));
       }
     }
     for (const [model, ms] of holds) await q.query(sql.MODEL_LIMITS_HOLD, [model, ms]);

@@ -1,7 +1,8 @@
 /**
  * The reaper: expired claims go back to pending (or fail, or end with their
  * batch); pending requests of cancelled or timed-out batches end; expired
- * slot grants are deleted (they already count no more). Every replica runs
+ * slot grants are deleted (they already count no more), and rate shares a
+ * minute past counting. Every replica runs
  * one; the statements are guarded and skip locked rows, so replicas never
  * fight over a row. A pass starts `intervalMs` after the last one ended, so
  * a slow pass never has others queued behind it.
@@ -32,6 +33,7 @@ export function startReaper(
     const reaped = await db.query(sql.REQUESTS_REAP_EXPIRED, [null]);
     const ended = await db.query(sql.REQUESTS_END_WITH_BATCH);
     const grants = await db.query(sql.SLOT_GRANTS_DELETE_EXPIRED);
+    await db.query(sql.RATE_SHARES_DELETE_SPENT);
     const counts = { reaped: reaped.rowCount ?? 0, ended: ended.rowCount ?? 0 };
     onPass({ ...counts, grantsExpired: grants.rowCount ?? 0 });
     if (counts.reaped + counts.ended > 0) log.debug(counts, "reaper pass");

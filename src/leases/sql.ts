@@ -18,6 +18,20 @@ import { batchClaimsOf } from "../storage/fair-share.js";
 export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
+ * RateShareSync: one dispatcher's share of one model's rates, renewed with
+ * its grant (see fusillade_rates in the pacing migration). Params: model,
+ * holder, slot want, rate want, token want, ttl ms. Result: rpm, tpm (null:
+ * no such rate). Locks the model's limit row.
+ */
+export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6)`;
+
+/** RateSharesDeleteSpent: shares neither live nor counted any more (this only tidies). */
+export const RATE_SHARES_DELETE_SPENT = `
+  DELETE FROM rate_shares WHERE expires_at < now() - interval '1 minute'
+    AND (rpm_counted_until IS NULL OR rpm_counted_until < now())
+    AND (tpm_counted_until IS NULL OR tpm_counted_until < now())`;
+
+/**
  * ClaimCandidates: per model ($1), the batches that may get its next claims
  * (docs/fair-share.md): every running batch (cancel not asked, window open)
  * with a ready pending request of the model or with claims of it, its tenant,
@@ -159,14 +173,24 @@ const unlessBatchEnded = (fallback: string) => `CASE
     WHEN b.expires_at <= now() THEN 'expired'
     ELSE ${fallback} END`;
 
-/** Error columns for a request that ended with its batch. */
-const endedError = (state: string, fallbackCode: string, fallbackMessage: string) => `
+/**
+ * Error columns for a request that ended with its batch. An expired one
+ * keeps its last attempt's error in the message (`lastError`, null for
+ * none): a request that met 429s until the window closed says so.
+ */
+const endedError = (
+  state: string,
+  fallbackCode: string,
+  fallbackMessage: string,
+  lastError = "NULL",
+) => `
     error_code = CASE ${state}
       WHEN 'canceled' THEN 'batch_cancelled' WHEN 'expired' THEN 'batch_expired'
       ELSE ${fallbackCode} END,
     error_message = CASE ${state}
       WHEN 'canceled' THEN 'the batch was cancelled before this request finished'
       WHEN 'expired' THEN 'the batch''s completion window closed before this request finished'
+        || coalesce(' (last attempt: ' || ${lastError} || ')', '')
       ELSE ${fallbackMessage} END`;
 
 /**
@@ -177,7 +201,7 @@ const endedError = (state: string, fallbackCode: string, fallbackMessage: string
 export const REQUESTS_REAP_EXPIRED = `
   WITH dead AS (
     SELECT r.id,
-      ${unlessBatchEnded("CASE WHEN r.attempt > b.max_retries THEN 'failed' ELSE 'pending' END")} AS next
+      ${unlessBatchEnded("CASE WHEN r.attempt - r.throttled_attempts > b.max_retries THEN 'failed' ELSE 'pending' END")} AS next
     FROM requests r JOIN batches b ON b.id = r.batch_id
     WHERE r.state = 'leased' AND r.lease_expires_at < now()
       AND ($1::text IS NULL OR r.model = $1)
@@ -187,7 +211,7 @@ export const REQUESTS_REAP_EXPIRED = `
     state = dead.next, lease_holder = NULL, lease_expires_at = NULL, updated_at = now(),
     finished_at = CASE WHEN dead.next = 'pending' THEN NULL ELSE now() END,
     response_status = NULL, response_headers = NULL, response_body = NULL,
-    ${endedError("dead.next", "'lease_expired'", "'the dispatcher holding this request stopped renewing its lease (' || r.attempt || ' attempts)'")}
+    ${endedError("dead.next", "'lease_expired'", "'the dispatcher holding this request stopped renewing its lease (' || r.attempt || ' attempts)'", "r.error_message")}
   FROM dead WHERE r.id = dead.id
   RETURNING r.id`;
 
@@ -204,7 +228,7 @@ export const REQUESTS_END_WITH_BATCH = `
     FOR UPDATE OF r SKIP LOCKED
   )
   UPDATE requests r SET state = ended.next, not_before = NULL, finished_at = now(),
-    updated_at = now(), ${endedError("ended.next", "NULL", "NULL")}
+    updated_at = now(), ${endedError("ended.next", "NULL", "NULL", "r.error_message")}
   FROM ended WHERE r.id = ended.id
   RETURNING r.id`;
 
@@ -255,10 +279,11 @@ export const REQUESTS_COMPLETE = `
 
 /**
  * RequestsLeaseContext: what a failure decision needs, for current leases.
- * Params: ids, tokens. Result: attempt, the batch's policy and deadline, db now.
+ * Params: ids, tokens. Result: attempt (and how many were throttled), the
+ * batch's policy and deadline, db now.
  */
 export const REQUESTS_FAILURE_CONTEXT = `
-  SELECT r.id, r.model, r.attempt, b.max_retries, b.initial_backoff_ms, b.max_backoff_ms,
+  SELECT r.id, r.model, r.attempt, r.throttled_attempts, b.max_retries, b.initial_backoff_ms, b.max_backoff_ms,
     b.expires_at, now() AS now
   FROM requests r JOIN batches b ON b.id = r.batch_id
   JOIN unnest($1::uuid[], $2::bigint[]) AS u(id, token) ON u.id = r.id AND u.token = r.lease_token
@@ -266,26 +291,29 @@ export const REQUESTS_FAILURE_CONTEXT = `
 
 /**
  * RequestsRecordFailures: a failed attempt's outcome for current leases:
- * pending again at not_before, failed, or ended with its batch.
- * Params: ids, tokens, next states ('pending'|'failed'), not_before, statuses
- * (null when none), headers (json text), body excerpts, error codes, messages.
+ * pending again at not_before, failed, or ended with its batch (expired
+ * with this attempt's error in its message). A throttled attempt
+ * (backpressure) is counted in throttled_attempts. Params: ids, tokens,
+ * next states ('pending'|'failed'), not_before, statuses (null when none),
+ * headers (json text), body excerpts, error codes, messages, throttled flags.
  */
 export const REQUESTS_FAIL = `
   WITH ${LOCK_IN_ID_ORDER}, u AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[],
-      $6::text[], $7::bytea[], $8::text[], $9::text[])
-      AS u(id, token, next, not_before, status, headers, body, code, message)
+      $6::text[], $7::bytea[], $8::text[], $9::text[], $10::boolean[])
+      AS u(id, token, next, not_before, status, headers, body, code, message, throttled)
   ), decided AS (
     SELECT r.id, u.token, u.not_before, u.status, u.headers, u.body, u.code, u.message,
-      ${unlessBatchEnded("u.next")} AS final
+      u.throttled, ${unlessBatchEnded("u.next")} AS final
     FROM lk JOIN requests r ON r.id = lk.id JOIN u ON u.id = r.id AND u.token = r.lease_token
     JOIN batches b ON b.id = r.batch_id
     WHERE r.state = 'leased'
   )
   UPDATE requests r SET state = d.final,
     not_before = CASE WHEN d.final = 'pending' THEN d.not_before END,
+    throttled_attempts = r.throttled_attempts + CASE WHEN d.throttled THEN 1 ELSE 0 END,
     response_status = d.status, response_headers = d.headers::jsonb, response_body = d.body,
-    ${endedError("d.final", "d.code", "d.message")},
+    ${endedError("d.final", "d.code", "d.message", "d.message")},
     lease_holder = NULL, lease_expires_at = NULL, updated_at = now(),
     finished_at = CASE WHEN d.final = 'pending' THEN NULL ELSE now() END
   FROM decided d WHERE r.id = d.id AND r.lease_token = d.token AND r.state = 'leased'
@@ -311,7 +339,7 @@ export const REQUESTS_RELEASE = `
     not_before = NULL, updated_at = now(),
     attempt = CASE WHEN d.unsent THEN r.attempt - 1 ELSE r.attempt END,
     finished_at = CASE WHEN d.final = 'pending' THEN NULL ELSE now() END,
-    ${endedError("d.final", "r.error_code", "r.error_message")}
+    ${endedError("d.final", "r.error_code", "r.error_message", "r.error_message")}
   FROM decided d WHERE r.id = d.id AND r.lease_token = d.token AND r.state = 'leased'
   RETURNING r.id, r.state`;
 

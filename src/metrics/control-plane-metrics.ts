@@ -7,6 +7,11 @@
  * fleet's slots and buffers) — never a scan of `requests`. Labels are
  * bounded: no batch or request; tenants (few: one per client team) only on
  * the fair-share gauges.
+ *
+ * src/metrics/ owns the Prometheus registries (control plane and dispatcher),
+ * the batch lifecycle watcher, the fleet table and serving /metrics. It may
+ * import src/storage, src/auth, src/domain, the logger and the plain-route
+ * types (src/plain-route.ts), never src/api.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Db } from "../storage/db.js";

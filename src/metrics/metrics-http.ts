@@ -8,8 +8,8 @@
 import http from "node:http";
 import type net from "node:net";
 import { Registry } from "prom-client";
-import type { PlainRequest, PlainResponse, PlainRoute } from "../api/server.js";
 import { AuthError, type Authenticator } from "../auth/authenticator.js";
+import type { PlainRequest, PlainResponse, PlainRoute } from "../plain-route.js";
 
 /** Text of one registry (or "" when it has nothing to say now). */
 export type MetricsSource = () => Promise<string>;

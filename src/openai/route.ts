@@ -5,9 +5,9 @@
  */
 
 import type { ApiDeps } from "../api/deps.js";
-import type { PlainRoute } from "../api/server.js";
 import { AuthError, type Authenticator } from "../auth/authenticator.js";
 import { mayCall, type Principal } from "../auth/principal.js";
+import type { PlainRoute } from "../plain-route.js";
 import { cancelBatchRoute, createBatchRoute, getBatchRoute, listBatchesRoute } from "./batches.js";
 import { Call } from "./call.js";
 import {

@@ -332,7 +332,8 @@ const REQUESTS_NOT_IN_BATCH = `
  * attempt budget. Result: row count.
  */
 const REQUESTS_RETRY = `
-  UPDATE requests SET state = 'pending', attempt = 0, not_before = NULL, finished_at = NULL,
+  UPDATE requests SET state = 'pending', attempt = 0, throttled_attempts = 0, not_before = NULL,
+    finished_at = NULL,
     updated_at = now(), error_code = NULL, error_message = NULL, response_status = NULL,
     response_headers = NULL, response_body = NULL
   WHERE batch_id = $1 AND state = ANY($5::text[])

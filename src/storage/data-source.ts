@@ -7,8 +7,9 @@ import { ResponseBytes1764600000000 } from "../../migrations/1764600000000-respo
 import { Trust1764700000000 } from "../../migrations/1764700000000-trust.js";
 import { ApiKeys1764800000000 } from "../../migrations/1764800000000-api-keys.js";
 import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-share.js";
+import { Pacing1765000000000 } from "../../migrations/1765000000000-pacing.js";
 import { ModelRoutes1765100000000 } from "../../migrations/1765100000000-model-routes.js";
-import { ENTITIES } from "./entities.js";
+import { ENTITIES } from "./entities/index.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
 const MIGRATION_LOCK_KEY = 0x66757369;
@@ -21,6 +22,7 @@ export const MIGRATIONS = [
   Trust1764700000000,
   ApiKeys1764800000000,
   FairShare1764900000000,
+  Pacing1765000000000,
   ModelRoutes1765100000000,
 ];
 
@@ -43,8 +45,10 @@ export function makeDataSource(options: DataSourceOptions): DataSource {
     entities: ENTITIES,
     migrations: MIGRATIONS,
     synchronize: false,
-    // gen_random_uuid() is built in since Postgres 13: no extension to create at each connect.
+    // gen_random_uuid() is built in since Postgres 13: no extension to create at each connect,
+    // and the uuid keys' default the entities describe is that one (the migrations' own).
     installExtensions: false,
+    uuidExtension: "pgcrypto",
     migrationsRun: false,
     logging: false,
     poolSize: options.poolSize ?? 10,

@@ -8,9 +8,16 @@
  * behind them past a lease's fence makes dispatchers abort paid-for requests
  * fleet-wide. `db.dispatch` is only for the DispatchService (grants,
  * renewals, reports), so client traffic cannot starve it.
+ *
+ * src/storage/ is the only door to Postgres (pg and typeorm are its alone):
+ * this handle, the data source and migrations list, the entities
+ * (./entities/), named SQL for files, batches, requests, events and results,
+ * LISTEN/NOTIFY, embedded Postgres. It may import src/domain, src/auth
+ * (principal scopes, the keyring, token hashing, the TokenStore it
+ * implements) and migrations/.
  */
 import pg, { type Pool, type PoolClient, type QueryResult, type QueryResultRow } from "pg";
-import type { DataSource } from "typeorm";
+import type { DataSource, EntityManager } from "typeorm";
 import { makeDataSource } from "./data-source.js";
 import { type PoolTuning, poolConfig } from "./pool-options.js";
 
@@ -34,6 +41,11 @@ export class Db {
   private constructor(
     /** The pg pool. */
     readonly pool: Pool,
+    /**
+     * TypeORM's entity manager, for the plain CRUD paths (tokens, tenant
+     * weights, model limits): always on the general pool, `dispatch`'s too.
+     */
+    readonly orm: EntityManager,
     private readonly closePool: () => Promise<void>,
     dispatch?: Db,
   ) {
@@ -56,12 +68,12 @@ export class Db {
     const closeGeneral = async () => {
       if (ds.isInitialized) await ds.destroy();
     };
-    if (options.dispatch === undefined) return new Db(general, closeGeneral);
+    if (options.dispatch === undefined) return new Db(general, ds.manager, closeGeneral);
     const pool = new pg.Pool({ connectionString: url, ...poolConfig(options.dispatch) });
     // An idle client's error is emitted on the pool: without a listener it would crash the process.
     pool.on("error", onError);
     let ended = false;
-    const dispatch = new Db(pool, async () => {
+    const dispatch = new Db(pool, ds.manager, async () => {
       if (ended) return;
       ended = true;
       await pool.end();
@@ -76,6 +88,7 @@ export class Db {
     }
     return new Db(
       general,
+      ds.manager,
       async () => {
         await dispatch.closePool();
         await closeGeneral();

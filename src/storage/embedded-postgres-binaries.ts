@@ -184,11 +184,11 @@ export interface RunResult {
   output: string;
 }
 
-/** Runs a binary (as `runAs` when set) with PG* variables removed and C messages. */
+/** Runs a binary (as `runAs` when set) with PG* variables removed and C messages; `input` goes to its stdin. */
 export function run(
   file: string,
   args: string[],
-  o: { runAs?: RunAs | undefined; cwd?: string },
+  o: { runAs?: RunAs | undefined; cwd?: string; input?: string },
 ): Promise<RunResult> {
   const env: NodeJS.ProcessEnv = { LC_ALL: "C" };
   for (const [k, v] of Object.entries(process.env))
@@ -198,9 +198,12 @@ export function run(
     const child = spawn(file, args, {
       cwd: o.cwd ?? os.tmpdir(),
       env,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ["pipe", "pipe", "pipe"],
       ...(o.runAs ? { uid: o.runAs.uid, gid: o.runAs.gid } : {}),
     });
+    // A child that exits before reading its input makes the pipe fail (EPIPE): its exit says why.
+    child.stdin.on("error", () => undefined);
+    child.stdin.end(o.input ?? "");
     let output = "";
     child.stdout.on("data", (d: Buffer) => {
       output += d.toString();

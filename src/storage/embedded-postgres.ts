@@ -47,10 +47,12 @@ export interface EmbeddedPostgresOptions {
 
 /** A running embedded server. */
 export interface EmbeddedPostgres {
-  /** `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`: TCP takes the generated password. */
+  /** `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`: every connection takes the generated password. */
   url: string;
   port: number;
   dataDir: string;
+  /** Where the unix socket is (the data dir, or tmpdir when that path is too long for one). */
+  socketDir: string;
   /** Fast shutdown (`pg_ctl stop -m fast`). Idempotent; a no-op if another start took over. */
   stop(): Promise<void>;
 }
@@ -86,9 +88,11 @@ export async function startEmbeddedPostgres(
     await initdb(native, dataDir, runAs, opts.ephemeral ?? false, log);
   }
 
-  // TCP takes a password (never trust); the socket, in the data dir and
-  // open to its owner only, is how the password is set after each start.
+  // Every connection takes the password, the socket's too: as root, the server runs as
+  // `nobody`, and any process of that shared account can reach a socket it owns. The
+  // password is set with the server down (single-user mode), so no start trusts anyone.
   const password = await ensurePassword(dataDir);
+  await setPasswordOffline(native, dataDir, runAs, password);
   await writeFile(path.join(dataDir, "pg_hba.conf"), PG_HBA);
   const settings: Record<string, string | number> = {
     ...(opts.ephemeral ? { fsync: "off", synchronous_commit: "off", full_page_writes: "off" } : {}),
@@ -127,7 +131,6 @@ export async function startEmbeddedPostgres(
     return stopping;
   };
   try {
-    await setPassword(socketDir, port, password);
     await ensureDatabase(port, password, database);
   } catch (cause) {
     await stop().catch(() => {});
@@ -139,6 +142,7 @@ export async function startEmbeddedPostgres(
     url: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${encodeURIComponent(database)}`,
     port,
     dataDir,
+    socketDir,
     stop,
   };
 }
@@ -253,6 +257,8 @@ async function initdb(
   log: (msg: string) => void,
 ): Promise<void> {
   const started = Date.now();
+  // No server runs during initdb, and each start writes its own pg_hba.conf (PG_HBA) first:
+  // initdb's "trust" is never used.
   const args = ["-D", dataDir, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-locale"];
   if (ephemeral) args.push("--no-sync");
   const r = await run(path.join(native.root, "bin", "initdb"), args, { runAs, cwd: dataDir });
@@ -316,11 +322,12 @@ function socketDirOf(dataDir: string): string {
 }
 
 /**
- * Who may connect how: over the socket (mode 0700: its owner only), without
- * a password; over TCP on loopback, with the generated password only.
+ * Who may connect how: with the generated password only, over the socket
+ * (mode 0700, but owned by an account others may share: `nobody`) and over
+ * TCP on loopback alike. Nothing is trusted.
  */
 const PG_HBA = `# Written by Fusillade at each start of its embedded Postgres.
-local all all trust
+local all all scram-sha-256
 host all all 127.0.0.1/32 scram-sha-256
 host all all ::1/128 scram-sha-256
 `;
@@ -335,14 +342,36 @@ async function ensurePassword(dataDir: string): Promise<string> {
   return password;
 }
 
-/** Sets the postgres role's password over the socket (idempotent; TCP needs it). */
-async function setPassword(socketDir: string, port: number, password: string): Promise<void> {
-  const client = new pg.Client({ host: socketDir, port, user: "postgres", database: "postgres" });
-  await client.connect();
-  try {
-    await client.query(`ALTER ROLE postgres PASSWORD ${client.escapeLiteral(password)}`);
-  } finally {
-    await client.end();
+/**
+ * Sets the postgres role's password with the server down: one statement in
+ * single-user mode (about 40 ms), which needs no connection and so no trust.
+ * Every start does it, so the file and the role agree whatever came before
+ * (a cluster made by a version that trusted the socket, a lost file).
+ */
+async function setPasswordOffline(
+  native: Native,
+  dataDir: string,
+  runAs: RunAs | undefined,
+  password: string,
+): Promise<void> {
+  // Single-user mode reads one statement per line.
+  if (/[\r\n\0]/.test(password)) {
+    throw new EmbeddedPostgresError(
+      `${path.join(dataDir, PASSWORD_FILE)} holds a line break or NUL: put one password on its first line`,
+    );
+  }
+  const input =
+    "SET password_encryption = 'scram-sha-256'\n" +
+    `ALTER ROLE postgres PASSWORD '${password.replaceAll("'", "''")}'\n`;
+  const r = await run(
+    path.join(native.root, "bin", "postgres"),
+    ["--single", "-D", dataDir, "postgres"],
+    { runAs, cwd: dataDir, input },
+  );
+  if (r.code !== 0 || /\b(ERROR|FATAL|PANIC):/.test(r.output)) {
+    throw new EmbeddedPostgresError(
+      `could not set the password of the embedded Postgres in ${dataDir} (exit ${r.code}):\n${tail(r.output)}`,
+    );
   }
 }
 

@@ -5,6 +5,7 @@
 import { isBatchTerminal } from "../domain/states.js";
 import type { BatchRecord } from "./batches.js";
 import type { Db, Prepared, Queryable } from "./db.js";
+import { TenantEntity } from "./entities/index.js";
 
 export interface TenantRecord {
   name: string;
@@ -47,14 +48,9 @@ export async function setTenantWeight(
   tenant: string,
   weight: number | null,
 ): Promise<TenantRecord> {
-  if (weight === null) await db.query(`DELETE FROM tenants WHERE name = $1`, [tenant]);
-  else {
-    await db.query(
-      `INSERT INTO tenants (name, weight, updated_at) VALUES ($1, $2, now())
-       ON CONFLICT (name) DO UPDATE SET weight = excluded.weight, updated_at = now()`,
-      [tenant, weight],
-    );
-  }
+  const tenants = db.orm.getRepository(TenantEntity);
+  if (weight === null) await tenants.delete({ name: tenant });
+  else await tenants.upsert({ name: tenant, weight, updatedAt: () => "now()" }, ["name"]);
   const { rows } = await db.query<TenantRow>(
     `SELECT * FROM (${TENANTS_WITH_USAGE}) x WHERE name = $1`,
     [tenant],

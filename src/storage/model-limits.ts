@@ -11,19 +11,35 @@ export interface ModelLimitRecord {
   slotsGranted: number;
   pending: number;
   holdUntil: Date | null;
+  /** Requests per minute held fleet-wide; null: no rate. */
+  rpm: number | null;
+  /** Tokens per minute held fleet-wide; null: no rate. */
+  tpm: number | null;
+}
+
+/**
+ * A change to a model's limits: each field undefined leaves it as it is,
+ * null removes it (the limit: back to the server default).
+ */
+export interface ModelLimitChange {
+  limit?: number | null;
+  rpm?: number | null;
+  tpm?: number | null;
 }
 
 interface Row {
   model: string;
   max_in_flight: number | null;
   hold_until: Date | null;
+  rpm: number | null;
+  tpm: number | null;
   in_flight: number;
   slots_granted: number;
   pending: string;
 }
 
 const SELECT_WITH_USAGE = `
-  SELECT m.model, m.max_in_flight, CASE WHEN m.hold_until > now() THEN m.hold_until END AS hold_until,
+  SELECT m.model, m.max_in_flight, m.rpm, m.tpm, CASE WHEN m.hold_until > now() THEN m.hold_until END AS hold_until,
     (SELECT count(*)::int FROM requests r WHERE r.model = m.model AND r.state = 'leased') AS in_flight,
     (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
       WHERE s.model = m.model AND s.expires_at > now()) AS slots_granted,
@@ -38,25 +54,43 @@ function toRecord(r: Row): ModelLimitRecord {
     slotsGranted: r.slots_granted,
     pending: Number(r.pending),
     holdUntil: r.hold_until,
+    rpm: r.rpm,
+    tpm: r.tpm,
   };
 }
 
 /**
- * Sets (or with null, clears) a model's limit and wakes lease waiters: a
- * raised limit is used at once; a lowered one stops new grants at once
+ * ModelLimitsSet: changes a model's limit and rates ($2, $4, $6: whether to
+ * set each; $3, $5, $7: the values, null removes) and wakes lease waiters:
+ * a raised limit is used at once; a lowered one stops new grants at once
  * (grants read it under the row's lock).
  */
+const MODEL_LIMITS_SET = `
+  INSERT INTO model_limits AS m (model, max_in_flight, rpm, tpm, updated_at)
+  VALUES ($1, CASE WHEN $2 THEN $3::integer END, CASE WHEN $4 THEN $5::integer END,
+    CASE WHEN $6 THEN $7::integer END, now())
+  ON CONFLICT (model) DO UPDATE SET
+    max_in_flight = CASE WHEN $2 THEN excluded.max_in_flight ELSE m.max_in_flight END,
+    rpm = CASE WHEN $4 THEN excluded.rpm ELSE m.rpm END,
+    tpm = CASE WHEN $6 THEN excluded.tpm ELSE m.tpm END,
+    updated_at = now()`;
+
+/** Applies `change` to a model's limits (see {@link ModelLimitChange}); answers them with usage. */
 export async function setModelLimit(
   db: Db,
   model: string,
-  limit: number | null,
+  change: ModelLimitChange,
 ): Promise<ModelLimitRecord> {
   await db.tx(async (q) => {
-    await q.query(
-      `INSERT INTO model_limits (model, max_in_flight, updated_at) VALUES ($1, $2, now())
-       ON CONFLICT (model) DO UPDATE SET max_in_flight = excluded.max_in_flight, updated_at = now()`,
-      [model, limit],
-    );
+    await q.query(MODEL_LIMITS_SET, [
+      model,
+      change.limit !== undefined,
+      change.limit ?? null,
+      change.rpm !== undefined,
+      change.rpm ?? null,
+      change.tpm !== undefined,
+      change.tpm ?? null,
+    ]);
     await q.query(`SELECT pg_notify('fusillade_work', $1), pg_notify('fusillade_limits', $1)`, [
       model,
     ]);

@@ -1,6 +1,7 @@
 /** Reads behind GetBatchResults: a batch's terminal requests, a page at a time. */
 import type { RequestState } from "../domain/states.js";
-import type { Db } from "./db.js";
+import type { Queryable } from "./db.js";
+import { byteCappedPage, type CappedPageColumns, cappedPageRows } from "./pages.js";
 
 /** What a result line needs of a request (never the API key or the request body). */
 export interface ResultRow {
@@ -17,29 +18,47 @@ export interface ResultRow {
 
 /**
  * RequestsTerminalPage: a batch's requests in `states` (terminal ones),
- * after `afterLine`, in line order. Params: batch id, states, after line,
- * limit. Uses requests_batch_state (batch_id, state, line).
+ * after `afterLine`, in line order, capped by bytes (byteCappedPage: the
+ * bodies past the cap are never read out of Postgres). Params: batch id,
+ * states, after line, limit + 1, byte cap. Uses requests_batch_state
+ * (batch_id, state, line).
  */
-const REQUESTS_TERMINAL_PAGE = `
-  SELECT id, line, custom_id, state, response_status, response_headers, response_body,
-    error_code, error_message
-  FROM requests
-  WHERE batch_id = $1 AND state = ANY($2::text[]) AND line > $3
-  ORDER BY line LIMIT $4`;
+const REQUESTS_TERMINAL_PAGE = byteCappedPage(
+  `SELECT id, line, custom_id, state, response_status, response_headers, response_body,
+     error_code, error_message
+   FROM requests
+   WHERE batch_id = $1 AND state = ANY($2::text[]) AND line > $3
+   ORDER BY line LIMIT $4`,
+  "line",
+  "$5",
+);
 
-/** One page of a batch's requests in `states`, after line `afterLine`, in line order. */
+/** One page of terminal requests and whether more follow it. */
+export interface ResultPage {
+  rows: ResultRow[];
+  more: boolean;
+}
+
+/**
+ * One page of a batch's requests in `states`, after line `afterLine`, in
+ * line order: at most `limit` rows whose bodies and error messages add up
+ * to at most `maxBytes` (always at least one row, however large).
+ */
 export async function terminalRequestsPage(
-  db: Db,
+  db: Queryable,
   batchId: string,
   states: readonly RequestState[],
   afterLine: number,
   limit: number,
-): Promise<ResultRow[]> {
-  const { rows } = await db.query<ResultRow>(REQUESTS_TERMINAL_PAGE, [
+  maxBytes: number,
+): Promise<ResultPage> {
+  const { rows } = await db.query<ResultRow & CappedPageColumns>(REQUESTS_TERMINAL_PAGE, [
     batchId,
     states,
     afterLine,
-    limit,
+    limit + 1,
+    maxBytes,
   ]);
-  return rows;
+  const { page, more } = cappedPageRows(rows, limit);
+  return { rows: page, more };
 }

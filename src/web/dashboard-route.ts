@@ -4,11 +4,14 @@
  * Connect routing. The page calls the API from the same origin: local mode's
  * Host check applies to it as to any caller, and with tokens the page asks
  * for one (docs/observability.md). Nothing is fetched at run time.
+ *
+ * src/web/ owns the dashboard's route. It may import the plain-route types
+ * (src/plain-route.ts) only.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { PlainRoute } from "../api/server.js";
+import type { PlainRoute } from "../plain-route.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",

@@ -375,6 +375,22 @@ describe("fusillade CLI", () => {
       (await cli(["limits", "set", "gpt-test", "default", "--json"])).stdout,
     );
     expect(cleared).toMatchObject({ model: "gpt-test", is_default: true });
+
+    // Rates: set without touching the limit, listed, removed; none given is a usage error.
+    const rated = await cli(["limits", "set", "gpt-test", "--rpm", "3000", "--tpm", "60000"]);
+    expect(rated.code, rated.stderr).toBe(0);
+    expect(rated.stdout).toMatch(
+      /gpt-test: limit \d+ \(default\), 3000 requests\/min, 60000 tokens\/min/,
+    );
+    const listed = await cli(["limits", "list"]);
+    expect(listed.stdout).toMatch(/RPM\s+TPM/);
+    expect(listed.stdout).toMatch(/gpt-test\s+\d+ \(default\)\s+3,000\/min\s+60,000\/min/);
+    const unrated = JSON.parse(
+      (await cli(["limits", "set", "gpt-test", "--rpm", "none", "--json"])).stdout,
+    );
+    expect(unrated).toMatchObject({ rpm: null, tpm: 60000 });
+    expect((await cli(["limits", "set", "gpt-test"])).code).toBe(2);
+    expect((await cli(["limits", "set", "gpt-test", "--rpm", "0"])).stderr).toMatch(/--rpm/);
   });
 
   it("fails with a message and a non-zero exit on bad input", async () => {

@@ -52,6 +52,7 @@ describe("health Watch", () => {
       shutdownSignal: new AbortController().signal,
       endpointPolicy: () => OPEN_POLICY,
       keyring: new Keyring(randomBytes(32)),
+      authenticate: undefined as never, // no streams here
     };
     const call = new AbortController();
     const ctx = createHandlerContext({

@@ -335,10 +335,11 @@ describe("claims", () => {
     ]);
   });
 
-  test("a 429 hold: no claims while it lasts, the hold is in `holds`, WaitForWork names the model only when it ends", async () => {
+  test("a 429 hold (the meter read empty): no claims while it lasts, the hold is in `holds`, WaitForWork names the model only when it ends", async () => {
     await batchOf("h1", 4);
     const h = await take("h", "h1", 1);
-    const held = await report(failure(h.claims[0]!, { statusCode: 429, retryAfter: ms(1200) }), [
+    const empty = { "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.2s" };
+    const held = await report(failure(h.claims[0]!, { statusCode: 429, headers: empty }), [
       { model: "h1", room: 3 },
     ]);
     expect(held.disposition).toBe(Disposition.REQUEUED);
@@ -422,6 +423,7 @@ describe("claims", () => {
         shutdownSignal,
         endpointPolicy: () => OPEN_POLICY,
         keyring,
+        authenticate: undefined as never, // no streams here
       };
       return await dispatchMethods(deps, leases).sync(
         create(SyncRequestSchema, {

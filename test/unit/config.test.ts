@@ -32,6 +32,7 @@ describe("controlPlaneConfig", () => {
         FUSILLADE_MAX_UPLOAD_BYTES: "1000",
         FUSILLADE_MAX_UPLOAD_LINES: "10",
         FUSILLADE_MAX_PAGE_BYTES: "4096",
+        FUSILLADE_STREAM_REAUTH_INTERVAL: "2s",
       },
     );
     expect(c).toMatchObject({
@@ -43,13 +44,18 @@ describe("controlPlaneConfig", () => {
       maxUploadBytes: 1000,
       maxUploadLines: 10,
       maxPageBytes: 4096,
+      streamReauthIntervalMs: 2000,
     });
+    expect(controlPlaneConfig({}, {}).streamReauthIntervalMs).toBe(5000);
     expect(
       configError(() => controlPlaneConfig({}, { FUSILLADE_DB_POOL_SIZE: "0" })).message,
     ).toMatch(/FUSILLADE_DB_POOL_SIZE/);
     expect(
       configError(() => controlPlaneConfig({}, { FUSILLADE_LISTEN_CHECK_INTERVAL: "0" })).message,
     ).toMatch(/FUSILLADE_LISTEN_CHECK_INTERVAL/);
+    expect(
+      configError(() => controlPlaneConfig({}, { FUSILLADE_STREAM_REAUTH_INTERVAL: "0" })).message,
+    ).toMatch(/FUSILLADE_STREAM_REAUTH_INTERVAL/);
     expect(
       configError(() => controlPlaneConfig({}, { FUSILLADE_DB_STATEMENT_TIMEOUT: "soon" })).message,
     ).toMatch(/FUSILLADE_DB_STATEMENT_TIMEOUT/);

@@ -3,12 +3,15 @@
  * mode, rejected calls, and the refill each call carries.
  */
 import { performance } from "node:perf_hooks";
-import { Code } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, test } from "vitest";
 import {
   ControlPlaneError,
+  controlPlaneError,
   type DispatchLease,
   type Disposition,
+  fromProtoClaim,
   type LeaseClient,
   type ModelHold,
   type Report,
@@ -21,7 +24,38 @@ import {
   type RefillHooks,
   Reporter,
 } from "../../src/dispatcher/reporter.js";
+import { ClaimSchema } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
 import { makeLogger } from "../../src/logger.js";
+
+/*
+ * Errors as the lease client builds them (src/dispatcher/lease-client.ts),
+ * never by hand: a status the control plane answered carries its code; a
+ * transport failure (the error has a cause) carries none.
+ */
+/** The control plane answered ReportResults with `code`. */
+const answered = (code: Code, message = "scripted") =>
+  controlPlaneError(new ConnectError(message, code), "ReportResults");
+/** The call never got an answer (connection refused). */
+const unreachable = () =>
+  controlPlaneError(
+    new ConnectError(
+      "connect ECONNREFUSED",
+      Code.Unavailable,
+      undefined,
+      undefined,
+      new Error("ECONNREFUSED"),
+    ),
+    "ReportResults",
+  );
+/** The answer came but the client cannot read it (a claim without its ref). */
+function unreadable(): ControlPlaneError {
+  try {
+    fromProtoClaim(create(ClaimSchema, {}));
+  } catch (e) {
+    if (e instanceof ControlPlaneError) return e;
+  }
+  throw new Error("a claim without a ref was read");
+}
 
 /** A report client whose calls the test answers one by one. */
 function fakeClient() {
@@ -172,13 +206,13 @@ describe("Reporter", () => {
     const { client, call } = fakeClient();
     const r = new Reporter(client, options, log);
     const answers = [1, 2].map((i) => r.submit(release(i)));
-    (await call(1)).fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    (await call(1)).fail(unreachable());
     await r.changed();
     expect(r.failing).toBe(true);
     expect(r.pending).toBe(2);
     const c2 = await call(2);
     expect(c2.reports.map((x) => x.ref.requestId)).toEqual(["r1", "r2"]);
-    c2.fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    c2.fail(unreachable());
     const c3 = await call(3);
     c3.answer();
     expect(await Promise.all(answers)).toEqual(["recorded", "recorded"]);
@@ -188,13 +222,7 @@ describe("Reporter", () => {
   test("a call the control plane rejects is split; a report rejected alone again becomes a report_rejected failure; the others are recorded", async () => {
     const { client, call } = fakeClient();
     const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log);
-    const tooBig = (m: string) =>
-      new ControlPlaneError(
-        `ReportResults: ResourceExhausted: ${m}`,
-        true,
-        undefined,
-        Code.ResourceExhausted,
-      );
+    const tooBig = (m: string) => answered(Code.ResourceExhausted, m);
     const poison: Report = {
       ref: { requestId: "big", token: 7n },
       kind: "outcome",
@@ -254,8 +282,7 @@ describe("Reporter", () => {
   test("a stand-in that is rejected too is dropped: its lease expires, nothing is retried forever", async () => {
     const { client, call } = fakeClient();
     const r = new Reporter(client, options, log);
-    const bad = () =>
-      new ControlPlaneError("ReportResults: Internal", true, undefined, Code.Internal);
+    const bad = () => answered(Code.Internal);
     const p = r.submit({
       ref: { requestId: "x", token: 1n },
       kind: "outcome",
@@ -283,7 +310,7 @@ describe("Reporter", () => {
     const c1 = await call(1);
     expect(c1.reports).toHaveLength(1);
     expiry = performance.now() - 1; // its claim was not renewed in time
-    c1.fail(new ControlPlaneError("ReportResults: Unavailable", true)); // transport: no code
+    c1.fail(unreachable()); // transport: no code
     expect(await expiring).toBe("lost");
     const c2 = await call(2);
     expect(c2.reports.map((x) => x.ref.requestId)).toEqual(["r2"]);
@@ -291,11 +318,29 @@ describe("Reporter", () => {
     expect(await lasting).toBe("recorded");
   });
 
-  test("a rejected call drops its reports (their leases expire); stop() drops the queue", async () => {
+  test("a call answered InvalidArgument is split like any rejected call: its reports go one by one, none is dropped", async () => {
+    const { client, call } = fakeClient();
+    const r = new Reporter(client, { ...options, lingerMs: 60_000 }, log);
+    const first = r.submit(release(1)); // goes at once, alone
+    const rest = [r.submit(release(2)), r.submit(release(3))];
+    (await call(1)).answer();
+    await first;
+    const c2 = await call(2);
+    expect(c2.reports).toHaveLength(2);
+    c2.fail(answered(Code.InvalidArgument, "outcomes[1].ref: missing"));
+    for (const n of [3, 4]) {
+      const alone = await call(n);
+      expect(alone.reports).toHaveLength(1);
+      alone.answer();
+    }
+    expect(await Promise.all(rest)).toEqual(["recorded", "recorded"]);
+  });
+
+  test("an answer the client cannot read drops its reports (their leases expire); stop() drops the queue", async () => {
     const { client, call } = fakeClient();
     const r = new Reporter(client, options, log);
     const rejected = r.submit(release(1));
-    (await call(1)).fail(new ControlPlaneError("ReportResults: InvalidArgument", false));
+    (await call(1)).fail(unreadable());
     expect(await rejected).toBeUndefined();
     expect(r.failing).toBe(false);
     const inFlight = r.submit(release(2));
@@ -355,7 +400,7 @@ describe("Reporter", () => {
     const { h, heard, asks } = hooks([[{ model: "a", room: 2 }], [{ model: "a", room: 5 }]]);
     const r = new Reporter(client, options, log, h);
     const answered = r.submit(release(1));
-    (await call(1)).fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    (await call(1)).fail(unreachable());
     await r.changed();
     expect(heard).toEqual([{ kind: "failed", asked: [{ model: "a", room: 2 }] }]);
     // The retry (failing) carries no refill and does not consult the hook.
@@ -373,12 +418,12 @@ describe("Reporter", () => {
     await next;
   });
 
-  test("a rejected call also tells onRefillFailed", async () => {
+  test("an unreadable answer also tells onRefillFailed", async () => {
     const { client, call } = fakeClient();
     const { h, heard } = hooks([[{ model: "a", room: 4 }]]);
     const r = new Reporter(client, options, log, h);
     const dropped = r.submit(release(1));
-    (await call(1)).fail(new ControlPlaneError("ReportResults: InvalidArgument", false));
+    (await call(1)).fail(unreadable());
     expect(await dropped).toBeUndefined();
     expect(heard).toEqual([{ kind: "failed", asked: [{ model: "a", room: 4 }] }]);
   });
@@ -411,7 +456,7 @@ describe("failing mode ends when nothing is left to report", () => {
     let expiry = performance.now() + 60_000;
     const only = r.submit(release(1), () => expiry);
     const c1 = await call(1);
-    c1.fail(new ControlPlaneError("ReportResults: Unavailable", true));
+    c1.fail(unreachable());
     await r.changed();
     expect(r.failing).toBe(true);
     expiry = performance.now() - 1; // the claim expires while we wait to retry

@@ -1,9 +1,11 @@
 /**
  * SlotBook's arithmetic (src/dispatcher/model-slots.ts): room, want, keep,
- * when to Sync, and what to tell WaitForWork. Pure: no timers, no sockets.
+ * when to Sync, and what to tell WaitForWork; each model's gate, buffer and
+ * grant. Pure: no sockets.
  */
 import { describe, expect, test } from "vitest";
 import type { HeldLease } from "../../src/dispatcher/lease-table.js";
+import { ADMIT_ALL } from "../../src/dispatcher/model-gate.js";
 import { type ModelSlots, SlotBook } from "../../src/dispatcher/model-slots.js";
 
 /** A model of `book` in the given state (queue filled with `queued` placeholders). */
@@ -150,5 +152,56 @@ describe("SlotBook.interest", () => {
     });
     model(book, "big", { slots: 4, target: 4, running: 4, queued: 2 });
     expect(book.interest([]).newModels).toBe(false); // 10 of 10
+  });
+});
+
+describe("ModelSlots: the gate, the buffer, the grant", () => {
+  test("each model gets its own gate, made once when first met; the default admits everything", () => {
+    const made: string[] = [];
+    const book = new SlotBook(100, 0.5, (model) => {
+      made.push(model);
+      return { admit: () => 7, done: () => undefined };
+    });
+    const a = book.get("a");
+    expect(book.get("a").gate).toBe(a.gate);
+    expect(book.get("b").gate).not.toBe(a.gate);
+    expect(made).toEqual(["a", "b"]);
+    expect(new SlotBook(100, 0.5).get("a").gate).toBe(ADMIT_ALL);
+  });
+
+  test("unqueue takes one claim out of the buffer, and says whether it was there", () => {
+    const book = new SlotBook(100, 0.5);
+    const m = model(book, "a", { slots: 2, target: 2, queued: 3 });
+    const [x, y, z] = m.queue;
+    expect(m.unqueue(y!)).toBe(true);
+    expect(m.queue).toEqual([x, z]);
+    expect(m.unqueue(y!)).toBe(false);
+  });
+
+  test("dropGrant: no token, no slots, no target; its fence timer cleared; grantedSlots and gauges see it", () => {
+    const book = new SlotBook(100, 0.5);
+    const a = model(book, "a", { slots: 4, target: 4, running: 1, queued: 2 });
+    model(book, "b", { slots: 3, target: 3 });
+    let fired = false;
+    a.fenceTimer = setTimeout(() => {
+      fired = true;
+    }, 0);
+    expect(book.grantedSlots()).toEqual({ a: 4, b: 3 });
+    a.dropGrant();
+    expect([a.token, a.slots, a.target, a.usable]).toEqual([0n, 0, 0, 0]);
+    expect(book.grantedSlots()).toEqual({ b: 3 });
+    expect([...book.gauges()].find((g) => g.model === "a")).toEqual({
+      model: "a",
+      running: 1,
+      slots: 0,
+      buffered: 2,
+      held: false,
+    });
+    return new Promise<void>((resolve) =>
+      setImmediate(() => {
+        expect(fired).toBe(false);
+        resolve();
+      }),
+    );
   });
 });

@@ -4,6 +4,7 @@ import {
   DEFAULT_RETRIABLE_STATUSES,
   DEFAULT_RETRY_POLICY,
   decideRetry,
+  isBackpressure,
   isRetriableFailure,
   isRetriableStatus,
   MAX_RETRY_AFTER_MS,
@@ -167,6 +168,33 @@ describe("decideRetry", () => {
       decideRetry({ ...base, attempt: 1, retryAfterMs: 30_000, deadline: at(10_000) }),
     ).toEqual({ retry: false, reason: "deadline" });
     expect(decideRetry({ ...base, attempt: 1, deadline: null }).retry).toBe(true);
+  });
+
+  it("backpressure (429, 503 + Retry-After) never exhausts the retries; only the deadline stops it", () => {
+    expect(isBackpressure(429, undefined)).toBe(true);
+    expect(isBackpressure(503, 1000)).toBe(true);
+    expect(isBackpressure(503, undefined)).toBe(false);
+    expect(isBackpressure(500, 1000)).toBe(false);
+    const throttled = { ...base, backpressure: true, retryAfterMs: 1000 };
+    expect(decideRetry({ ...throttled, attempt: 50, throttledAttempts: 49 })).toEqual({
+      retry: true,
+      notBefore: new Date(NOW.getTime() + 1000),
+    });
+    expect(
+      decideRetry({ ...throttled, attempt: 50, deadline: new Date(NOW.getTime() + 999) }),
+    ).toEqual({ retry: false, reason: "deadline" });
+  });
+
+  it("throttled attempts do not count against maxRetries, nor in the backoff's exponent", () => {
+    // Attempt 8, 5 of the 7 before it throttled: 3 spent of 5.
+    expect(decideRetry({ ...base, attempt: 8, throttledAttempts: 5 })).toEqual({
+      retry: true,
+      notBefore: new Date(NOW.getTime() + 2000), // the exponent of attempt 3
+    });
+    expect(decideRetry({ ...base, attempt: 11, throttledAttempts: 5 })).toEqual({
+      retry: false,
+      reason: "retries_exhausted",
+    });
   });
 
   it("checks exhaustion before the deadline", () => {

@@ -6,7 +6,7 @@
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Batch } from "../../gen/fusillade/v1/resources_pb.js";
-import type { Connection } from "./connection.js";
+import { CliError, type Connection } from "./connection.js";
 import { followBatch } from "./progress.js";
 import { downloadResults, type ResultTargets } from "./results.js";
 import { type SubmitInput, startBatch, uploadFile } from "./submit.js";
@@ -400,32 +400,57 @@ export async function limitsListAction(
       model_limits: items.map(limitView),
       next_page_token: next,
     });
+  const rate = (n: number | null) => (n === null ? "" : `${n.toLocaleString("en-US")}/min`);
   const rows = items
     .map(limitView)
     .map((l) => [
       l.model,
       `${l.limit}${l.is_default ? " (default)" : ""}`,
+      rate(l.rpm),
+      rate(l.tpm),
       String(l.in_flight),
       String(l.pending),
       l.hold_until_time ?? "",
     ]);
-  print(table(["MODEL", "LIMIT", "IN FLIGHT", "PENDING", "HELD UNTIL"], rows));
+  print(table(["MODEL", "LIMIT", "RPM", "TPM", "IN FLIGHT", "PENDING", "HELD UNTIL"], rows));
   print(`default limit: ${defaultLimit}`);
   moreNote(next, "limits list");
+}
+
+/** What `limits set` changes: each field undefined is left as it is. */
+export interface LimitsChange {
+  limit?: number | "default" | undefined;
+  rpm?: number | "none" | undefined;
+  tpm?: number | "none" | undefined;
 }
 
 export async function limitsSetAction(
   conn: Connection,
   g: Globals,
   model: string,
-  limit: number | "default",
+  change: LimitsChange,
 ): Promise<void> {
-  const res = await conn.admin.setModelLimit(
-    limit === "default" ? { model, clearLimit: true } : { model, limit },
-  );
+  const { limit, rpm, tpm } = change;
+  if (limit === undefined && rpm === undefined && tpm === undefined) {
+    throw new CliError("limits set: give a limit, --rpm or --tpm", 2);
+  }
+  const res = await conn.admin.setModelLimit({
+    model,
+    keepLimit: limit === undefined,
+    clearLimit: limit === "default",
+    limit: typeof limit === "number" ? limit : 0,
+    clearRpm: rpm === "none",
+    rpm: typeof rpm === "number" ? rpm : undefined,
+    clearTpm: tpm === "none",
+    tpm: typeof tpm === "number" ? tpm : undefined,
+  });
   const l = limitView(res.modelLimit!);
   if (g.json) return printJson(l);
+  const rates = [
+    l.rpm === null ? "" : `, ${l.rpm} requests/min`,
+    l.tpm === null ? "" : `, ${l.tpm} tokens/min`,
+  ].join("");
   print(
-    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}, ${l.slots_granted} slots granted, ${l.in_flight} claimed, ${l.pending} pending`,
+    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}${rates}, ${l.slots_granted} slots granted, ${l.in_flight} claimed, ${l.pending} pending`,
   );
 }

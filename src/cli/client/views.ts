@@ -118,6 +118,8 @@ export function limitView(l: ModelLimit) {
     slots_granted: l.slotsGranted,
     pending: Number(l.pending),
     hold_until_time: iso(l.holdUntilTime),
+    rpm: l.rpm ?? null,
+    tpm: l.tpm ?? null,
   };
 }
 

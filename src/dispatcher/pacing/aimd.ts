@@ -1,0 +1,200 @@
+/**
+ * A model's effective concurrency when its meter is unknown (docs/pacing.md,
+ * "The control law"): additive increase, multiplicative decrease, on the
+ * upstream's "slow down" answers (429, or 503 with Retry-After).
+ *
+ * - Decrease at once: a throttle of an attempt sent since the last cut cuts
+ *   by `backoff` (0.9). Throttles of attempts sent before it were sent under
+ *   the old limit and say nothing new: a burst of 429s from one moment
+ *   counts once.
+ * - Decrease on evidence: attempts are grouped in cohorts by when they were
+ *   sent (about a round trip each, and at least MIN_COHORT of them). When a
+ *   cohort has all been answered and fewer than METER_EVIDENCE of its
+ *   answers were accepted, a meter is in evidence: the limit is cut to the
+ *   cohort's limit times the share accepted (a meter refusing half means
+ *   half the concurrency), and for `meterMemoryMs` the probe is slow (below)
+ *   and starts are spaced (startIntervalMs). 3 % random 429s (overload of a
+ *   shared upstream, not a meter) almost never refuse a quarter of a cohort:
+ *   they cost only the request that got it and a 10 % cut now and then.
+ * - Increase, per success of an attempt sent since the last cut while at
+ *   least half the limit runs: +1 before the first cut (the limit doubles per
+ *   round trip: slow start), then +1/limit (one per round trip); while a
+ *   meter is in evidence, at most `probePerSecond` (10 %) of the limit a
+ *   second: at a small limit one per round trip overshoots the meter every
+ *   round trip.
+ * Figures (simulated, test/unit/pacing/model-pacer.test.ts; 500 slots on a
+ * 3,000/min meter at 50 ms, no headers): one per round trip throughout,
+ * 11.5 % of calls answered 429; with the slow probe, 5.4 %, at 103 % of the
+ * meter's rate. The limit stays within [min, max] (max: the slots held).
+ * Pure: "now" (monotonic ms) comes in as an argument.
+ */
+
+export interface AimdOptions {
+  /** @default 1 */
+  min?: number;
+  /** The ceiling (the slots held). */
+  max: number;
+  /** Where slow start begins. @default 4 */
+  initial?: number;
+  /** The cut on a throttle, as a multiplier. @default 0.9 */
+  backoff?: number;
+  /** Shortest cohort. @default 50 */
+  minWindowMs?: number;
+  /** How long a meter stays in evidence after a cohort showed one. @default 10_000 */
+  meterMemoryMs?: number;
+  /** The slow probe: most growth a second, as a share of the limit. @default 0.1 */
+  probePerSecond?: number;
+}
+
+/** Weight of a new latency sample in the smoothed latency. */
+const LATENCY_GAIN = 0.125;
+/**
+ * Fewest attempts in a cohort, and the share accepted below which it shows
+ * a meter: 3 % random 429s refuse a quarter of 20 once in ~3,000 cohorts;
+ * of 8 (two refused) once in ~50, which in the simulation held a 10-slot
+ * model near 2 for good.
+ */
+const MIN_COHORT = 20;
+const METER_EVIDENCE = 0.75;
+
+interface Cohort {
+  start: number;
+  /** When its last attempt was admitted. */
+  last: number;
+  /** The limit when it began. */
+  limit: number;
+  sent: number;
+  ok: number;
+  throttled: number;
+  /** Ended without an answer (network error, timeout, abort). */
+  none: number;
+}
+
+export class AimdLimit {
+  readonly #min: number;
+  #max: number;
+  readonly #backoff: number;
+  readonly #minWindowMs: number;
+  readonly #meterMemoryMs: number;
+  readonly #probePerSecond: number;
+  #limit: number;
+  /** Slow start ends at the first cut. */
+  #slowStart = true;
+  #lastCutAt = Number.NEGATIVE_INFINITY;
+  #meterUntil = Number.NEGATIVE_INFINITY;
+  #latencyMs: number | undefined;
+  /** Cohorts not fully answered yet, oldest first; the last one takes new attempts. */
+  readonly #cohorts: Cohort[] = [];
+
+  constructor(o: AimdOptions) {
+    this.#min = Math.max(1, o.min ?? 1);
+    this.#max = Math.max(this.#min, o.max);
+    this.#backoff = o.backoff ?? 0.9;
+    this.#minWindowMs = o.minWindowMs ?? 50;
+    this.#meterMemoryMs = o.meterMemoryMs ?? 10_000;
+    this.#probePerSecond = o.probePerSecond ?? 0.1;
+    this.#limit = Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
+  }
+
+  /** Attempts that may run at once now. */
+  get limit(): number {
+    return Math.max(this.#min, Math.floor(this.#limit));
+  }
+
+  /** The smoothed latency of successes (undefined before the first). */
+  get latencyMs(): number | undefined {
+    return this.#latencyMs;
+  }
+
+  /** Whether a cut was not grown back from (for status: "backing off"). */
+  get backingOff(): boolean {
+    return !this.#slowStart && this.#limit < this.#max;
+  }
+
+  /**
+   * Ms between starts while a meter is in evidence (0 otherwise): a round
+   * trip / the limit with its fraction, so 2.5 at 50 ms is 50/s where a
+   * whole number of slots swings between 40 and 60.
+   */
+  startIntervalMs(nowMs: number): number {
+    if (nowMs >= this.#meterUntil || this.#latencyMs === undefined) return 0;
+    return this.#latencyMs / Math.max(this.#min, this.#limit);
+  }
+
+  /** A new ceiling (slots held); the limit is kept within it. */
+  setMax(max: number): void {
+    this.#max = Math.max(this.#min, max);
+    this.#limit = Math.min(this.#limit, this.#max);
+  }
+
+  /** An attempt was admitted at `nowMs` (the `admittedAtMs` of its outcome). */
+  onAdmit(nowMs: number): void {
+    let c = this.#cohorts[this.#cohorts.length - 1];
+    const length = Math.max(this.#minWindowMs, this.#latencyMs ?? 0);
+    // A new cohort starts after the last one's last attempt: an outcome finds
+    // its cohort by its admission time.
+    if (c === undefined || (nowMs - c.start >= length && c.sent >= MIN_COHORT && nowMs > c.last)) {
+      c = { start: nowMs, last: nowMs, limit: this.#limit, sent: 0, ok: 0, throttled: 0, none: 0 };
+      this.#cohorts.push(c);
+    }
+    c.sent++;
+    c.last = nowMs;
+  }
+
+  /** An attempt admitted at `admittedAtMs` was answered, not throttled, with `inFlight` running (itself included). */
+  onSuccess(nowMs: number, admittedAtMs: number, inFlight: number): void {
+    const sample = Math.max(0, nowMs - admittedAtMs);
+    this.#latencyMs =
+      this.#latencyMs === undefined
+        ? sample
+        : this.#latencyMs + LATENCY_GAIN * (sample - this.#latencyMs);
+    this.#answer(nowMs, admittedAtMs, "ok");
+    if (admittedAtMs < this.#lastCutAt) return;
+    if (inFlight * 2 < this.#limit) return; // the limit is not what holds us back
+    let step = this.#slowStart ? 1 : 1 / this.#limit;
+    if (nowMs < this.#meterUntil) {
+      // Per success, latency/1000 of a second passes per slot in use.
+      step = Math.min(step, (this.#probePerSecond * this.#latencyMs) / 1000);
+    }
+    this.#limit = Math.min(this.#max, this.#limit + step);
+  }
+
+  /** An attempt admitted at `admittedAtMs` was throttled; answers whether that cut the limit. */
+  onThrottle(nowMs: number, admittedAtMs: number): boolean {
+    this.#answer(nowMs, admittedAtMs, "throttled");
+    if (admittedAtMs < this.#lastCutAt) return false;
+    this.#cut(nowMs, this.#limit * this.#backoff);
+    return true;
+  }
+
+  /** An attempt admitted at `admittedAtMs` ended with no answer. */
+  onNoAnswer(nowMs: number, admittedAtMs: number): void {
+    this.#answer(nowMs, admittedAtMs, "none");
+  }
+
+  #cut(nowMs: number, to: number): void {
+    this.#limit = Math.max(this.#min, Math.min(this.#limit, to));
+    this.#slowStart = false;
+    this.#lastCutAt = nowMs;
+  }
+
+  /** Counts an answer in its cohort; judges the cohorts fully answered. */
+  #answer(nowMs: number, admittedAtMs: number, kind: "ok" | "throttled" | "none"): void {
+    let i = this.#cohorts.length - 1;
+    while (i > 0 && this.#cohorts[i]!.start > admittedAtMs) i--;
+    const c = this.#cohorts[i];
+    if (c === undefined) return;
+    c[kind]++;
+    // The last cohort still takes attempts: only those before it are judged.
+    while (this.#cohorts.length > 1) {
+      const first = this.#cohorts[0]!;
+      if (first.ok + first.throttled + first.none < first.sent) break;
+      this.#cohorts.shift();
+      const answered = first.ok + first.throttled;
+      if (answered >= MIN_COHORT && first.ok < answered * METER_EVIDENCE) {
+        this.#cut(nowMs, first.limit * (first.ok / answered));
+        this.#meterUntil = nowMs + this.#meterMemoryMs;
+      }
+    }
+  }
+}

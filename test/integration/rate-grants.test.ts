@@ -1,0 +1,121 @@
+/**
+ * Rate grants (docs/pacing.md, "Rate grants") through Sync: each dispatcher's
+ * share of a model's requests and tokens per minute, by demand, never adding
+ * up past the rate counted over the last minute (a cut or expired share
+ * keeps counting for a minute).
+ */
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+
+let t: TestControlPlane;
+let sql: pg.Pool;
+
+beforeAll(async () => {
+  t = await startTestControlPlane({ leaseTtlMs: 60_000, defaultLimit: 10 });
+  sql = new pg.Pool({ connectionString: t.database.url, max: 2 });
+});
+afterAll(async () => {
+  await sql?.end();
+  await t?.close();
+});
+
+const tokens = new Map<string, bigint>();
+
+/** One Sync of `model` as `holder` wanting `want` slots (and `rateWant` requests a minute). */
+async function sync(holder: string, model: string, want = 5, rateWant = 0) {
+  const key = `${holder}/${model}`;
+  const res = await t.dispatch.sync({
+    dispatcherId: holder,
+    slots: [{ model, token: tokens.get(key) ?? 0n, keep: want, want, room: 0, rateWant }],
+  });
+  const g = res.grants[0];
+  if (g) tokens.set(key, g.token);
+  return g;
+}
+
+/** Σ of what every holder counts now (the invariant: never above the rate). */
+async function counted(model: string) {
+  const r = await sql.query(
+    `SELECT coalesce(sum(greatest(
+       CASE WHEN expires_at > now() - interval '1 minute' THEN rpm ELSE 0 END,
+       CASE WHEN rpm_counted_until > now() THEN rpm_counted ELSE 0 END)), 0)::int AS n
+     FROM rate_shares WHERE model = $1`,
+    [model],
+  );
+  return r.rows[0].n as number;
+}
+
+/** Ages the last minute's counting of `holder`'s cut share away (as a minute passing would). */
+async function minutePasses(model: string, holder: string) {
+  await sql.query(
+    `UPDATE rate_shares SET rpm_counted_until = now() - interval '1 ms',
+       tpm_counted_until = now() - interval '1 ms' WHERE model = $1 AND holder = $2`,
+    [model, holder],
+  );
+}
+
+describe("rate grants", () => {
+  test("no rate: the grant carries none", async () => {
+    await t.admin.setModelLimit({ model: "plain", limit: 10 });
+    const g = await sync("a", "plain");
+    expect(g?.rpm).toBeUndefined();
+    expect(g?.tpm).toBeUndefined();
+  });
+
+  test("a lone dispatcher gets all of the rate; a second gets what is not counted, a minute after the cut", async () => {
+    await t.admin.setModelLimit({ model: "r", limit: 10, rpm: 3000, tpm: 90_000 });
+    expect(await sync("a", "r")).toMatchObject({ rpm: 3000, tpm: 90_000 });
+    // B arrives: A holds (and counts) all of it: B gets nothing yet.
+    expect(await sync("b", "r")).toMatchObject({ rpm: 0, tpm: 0 });
+    expect(await counted("r")).toBe(3000);
+    // A's next Sync cuts it to its fair share at once; its old share counts for a minute.
+    expect(await sync("a", "r")).toMatchObject({ rpm: 1500, tpm: 45_000 });
+    expect(await sync("b", "r")).toMatchObject({ rpm: 0, tpm: 0 });
+    expect(await counted("r")).toBe(3000);
+    await minutePasses("r", "a");
+    expect(await sync("b", "r")).toMatchObject({ rpm: 1500, tpm: 45_000 });
+    expect(await counted("r")).toBe(3000);
+  });
+
+  test("shares follow demand (water filling), and never add up past the rate", async () => {
+    await t.admin.setModelLimit({ model: "d", limit: 10, rpm: 1000 });
+    // Small first: each of three arrives while the others hold what they were given.
+    expect((await sync("x", "d", 5, 100))?.rpm).toBe(100);
+    expect((await sync("y", "d", 5, 5000))?.rpm).toBe(900);
+    expect((await sync("z", "d", 5, 5000))?.rpm).toBe(0);
+    expect(await counted("d")).toBe(1000);
+    // y is cut to its share of what x leaves (450); z gets it a minute later.
+    expect((await sync("y", "d", 5, 5000))?.rpm).toBe(450);
+    await minutePasses("d", "y");
+    expect((await sync("z", "d", 5, 5000))?.rpm).toBe(450);
+    expect(await counted("d")).toBe(1000);
+  });
+
+  test("a lowered rate cuts at the next Sync; an expired grant counts a minute past its expiry", async () => {
+    await t.admin.setModelLimit({ model: "e", limit: 10, rpm: 600 });
+    expect((await sync("p", "e"))?.rpm).toBe(600);
+    await t.admin.setModelLimit({ model: "e", keepLimit: true, rpm: 120 });
+    expect((await sync("p", "e"))?.rpm).toBe(120);
+    await t.admin.setModelLimit({ model: "e", keepLimit: true, rpm: 600 });
+    // p stops (dies): its share expired 30 s ago still counts; a newcomer waits.
+    await sql.query(
+      `UPDATE rate_shares SET expires_at = now() - interval '30 seconds',
+         rpm_counted_until = NULL WHERE model = 'e' AND holder = 'p'`,
+    );
+    expect((await sync("q", "e"))?.rpm).toBe(480);
+    await sql.query(
+      `UPDATE rate_shares SET expires_at = now() - interval '61 seconds' WHERE model = 'e' AND holder = 'p'`,
+    );
+    expect((await sync("q", "e"))?.rpm).toBe(600);
+  });
+
+  test("a negative rate_want is INVALID_ARGUMENT naming the field", async () => {
+    await expect(
+      t.dispatch.sync({
+        dispatcherId: "n",
+        slots: [{ model: "r", token: 0n, keep: 0, want: 1, room: 0, rateWant: -1 }],
+      }),
+    ).rejects.toThrow(/slots\[0\]\.rate_want/);
+  });
+});

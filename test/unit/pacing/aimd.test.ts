@@ -1,0 +1,93 @@
+/** The effective-concurrency controller: slow start, cuts by the evidence, one cut per moment. */
+import { describe, expect, test } from "vitest";
+import { AimdLimit } from "../../../src/dispatcher/pacing/aimd.js";
+
+/** `n` attempts admitted at `t`, answered at `t + rtt` (`thr` of them throttled), the limit in use. */
+function round(a: AimdLimit, t: number, n: number, thr = 0, rtt = 50) {
+  for (let i = 0; i < n; i++) a.onAdmit(t);
+  for (let i = 0; i < n; i++) {
+    if (i < thr) a.onThrottle(t + rtt, t);
+    else a.onSuccess(t + rtt, t, n);
+  }
+}
+
+describe("AimdLimit", () => {
+  test("slow start doubles the limit per round trip while it is in use, up to the max", () => {
+    const a = new AimdLimit({ max: 50, initial: 4 });
+    const seen = [a.limit];
+    for (let t = 0; t < 300; t += 50) {
+      round(a, t, a.limit);
+      seen.push(a.limit);
+    }
+    expect(seen).toEqual([4, 8, 16, 32, 50, 50, 50]);
+  });
+
+  test("no growth while less than half the limit runs", () => {
+    const a = new AimdLimit({ max: 50, initial: 10 });
+    for (let t = 0; t < 1000; t += 50) {
+      a.onAdmit(t);
+      a.onSuccess(t + 50, t, 4);
+    }
+    expect(a.limit).toBe(10);
+  });
+
+  test("a throttle cuts by 10 % at once; the other throttles of that moment do not cut again", () => {
+    const a = new AimdLimit({ max: 100, initial: 100 });
+    for (let i = 0; i < 100; i++) a.onAdmit(0);
+    expect(a.onThrottle(10, 0)).toBe(true);
+    expect(a.limit).toBe(90);
+    for (let i = 0; i < 5; i++) expect(a.onThrottle(11, 0)).toBe(false);
+    expect(a.limit).toBe(90);
+    // An attempt sent after the cut and throttled: a new moment.
+    a.onAdmit(12);
+    expect(a.onThrottle(20, 12)).toBe(true);
+    expect(a.limit).toBe(81);
+  });
+
+  test("after a cut, growth is one per round trip (+1/limit a success)", () => {
+    const a = new AimdLimit({ max: 100, initial: 20 });
+    a.onAdmit(0);
+    a.onThrottle(1, 0); // 18
+    for (let t = 100; t < 400; t += 100) round(a, t, a.limit, 0, 30);
+    expect(a.limit).toBe(20); // 18 → ~19 → ~19.9 → ~20.9
+  });
+
+  test("a cohort refusing a quarter or more shows a meter: cut to the share accepted, then a slow probe", () => {
+    const a = new AimdLimit({ max: 500, initial: 64 });
+    // 64 sent at 0, then one more cohort begun at 60 (so the first is judged once answered).
+    for (let i = 0; i < 64; i++) a.onAdmit(0);
+    a.onAdmit(60);
+    // Answered at 70: 32 accepted, 32 refused (the refusals first, as a meter answers at once).
+    for (let i = 0; i < 32; i++) a.onThrottle(70, 0);
+    expect(a.limit).toBe(57); // the first throttle: × 0.9 at once, once
+    for (let i = 0; i < 32; i++) a.onSuccess(70, 0, 64);
+    expect(a.limit).toBe(32); // the cohort judged: half accepted
+    expect(a.startIntervalMs(70)).toBeCloseTo(70 / 32);
+    // The probe: ~10 % of the limit a second, not one per round trip.
+    for (let t = 100; t < 1100; t += 50) round(a, t, 32, 0, 50);
+    expect(a.limit).toBeGreaterThanOrEqual(34);
+    expect(a.limit).toBeLessThanOrEqual(36);
+    // Ten seconds on, the meter is forgotten: no spacing.
+    expect(a.startIntervalMs(11_000)).toBe(0);
+  });
+
+  test("3 % random 429s show no meter: a cohort of 20 with one refused cuts by 10 % only", () => {
+    const a = new AimdLimit({ max: 10, initial: 10 });
+    for (let t = 0; t < 3000; t += 30) round(a, t, 20, t % 300 === 0 ? 1 : 0, 30);
+    expect(a.startIntervalMs(3000)).toBe(0);
+    expect(a.limit).toBe(10);
+  });
+
+  test("never below 1; a smaller max (fewer slots) lowers the limit at once", () => {
+    const a = new AimdLimit({ max: 100, initial: 80 });
+    round(a, 0, 40, 40);
+    a.onAdmit(100);
+    a.onThrottle(150, 100); // judges the first cohort: nothing accepted
+    expect(a.limit).toBe(1);
+    a.setMax(0);
+    expect(a.limit).toBe(1);
+    const b = new AimdLimit({ max: 100, initial: 80 });
+    b.setMax(20);
+    expect(b.limit).toBe(20);
+  });
+});
