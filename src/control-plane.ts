@@ -19,6 +19,7 @@ import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
 import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
 import { Fleet } from "./metrics/fleet.js";
 import { apiMetricsRoute, type MetricsSource, startMetricsServer } from "./metrics/metrics-http.js";
+import { openaiRoute } from "./openai/route.js";
 import { reencrypt } from "./storage/api-keys.js";
 import { tokenStore } from "./storage/api-tokens.js";
 import { migrate } from "./storage/data-source.js";
@@ -164,7 +165,11 @@ export async function startControlPlane(
           log.warn({ reason, client }, "connection cap reached: a connection was closed");
         } else log.debug({ reason, client }, "connection closed by the server");
       },
-      plainRoutes: [apiMetricsRoute(metricsSources, auth), dashboardRoute(config.webDir)],
+      plainRoutes: [
+        apiMetricsRoute(metricsSources, auth),
+        dashboardRoute(config.webDir),
+        openaiRoute(deps, auth),
+      ],
     }).listen(config.host, config.port);
     cleanup.push(() => server.close());
     let metricsUrl: string | undefined;

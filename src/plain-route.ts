@@ -1,8 +1,8 @@
 /**
  * Plain HTTP routes on the API port, tried before Connect routing (/metrics,
- * the dashboard). Types only, below both the server that runs the routes
- * (src/api/server.ts) and the modules that make them (src/metrics,
- * src/web); imports nothing.
+ * the dashboard, the OpenAI-compatible /v1 API). Types only, below both the
+ * server that runs the routes (src/api/server.ts) and the modules that make
+ * them (src/metrics, src/web, src/openai); imports nothing.
  */
 
 /** What a plain route reads of a request (HTTP/1.1 or HTTP/2). */

@@ -111,7 +111,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Tenant names: what fits a label, a path segment and a log line. */
 const TENANT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
-function validateTenant(tenant: string): void {
+/** Checks a tenant name (InvalidArgument on `tenant`). */
+export function validateTenant(tenant: string): void {
   if (!TENANT.test(tenant)) {
     throw new InvalidArgumentError(
       "tenant",
@@ -131,8 +132,10 @@ function toProtoToken(t: TokenRecord) {
   });
 }
 
-/** The AdminService methods. */
-export function adminMethods(deps: ApiDeps): ServiceImpl<typeof AdminService> {
+/** The AdminService methods (routes: ./route-methods.ts). */
+export function adminMethods(
+  deps: ApiDeps,
+): Omit<ServiceImpl<typeof AdminService>, "setRoute" | "listRoutes" | "deleteRoute"> {
   const defaultLimit = deps.config.defaultLimit;
   return {
     async createToken(req) {

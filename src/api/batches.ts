@@ -4,7 +4,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { principalOf, scopeOf } from "../auth/principal.js";
+import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import { MAX_BACKOFF_MS } from "../domain/retry-policy.js";
@@ -13,6 +13,7 @@ import { validateText } from "../domain/templates.js";
 import {
   type BatchService,
   CancelBatchResponseSchema,
+  type CreateBatchRequest,
   CreateBatchResponseSchema,
   DeleteBatchResponseSchema,
   GetBatchBreakdownResponseSchema,
@@ -31,6 +32,7 @@ import type {
 import { parseTraceparent } from "../http/trace-context.js";
 import { batchBreakdown } from "../storage/batch-breakdown.js";
 import {
+  type BatchRecord,
   cancelBatch,
   createBatch,
   deleteBatch,
@@ -119,6 +121,56 @@ function retryPolicy(p: RetryPolicy | undefined, deps: ApiDeps) {
   return { maxRetries, initialBackoffMs: initial, maxBackoffMs: max };
 }
 
+/**
+ * Starts a batch from a file (CreateBatch, and POST /v1/batches): checks the
+ * window, metadata, priority and retry policy, creates it, logs it, and
+ * wakes this replica's claims for its models.
+ */
+export async function startBatch(
+  deps: ApiDeps,
+  scope: TenantScope,
+  req: Pick<
+    CreateBatchRequest,
+    "fileId" | "requestId" | "completionWindow" | "metadata" | "priority" | "retryPolicy"
+  >,
+  traceId?: string,
+): Promise<BatchRecord> {
+  if (req.fileId === "") throw new InvalidArgumentError("file_id", "is required");
+  const window =
+    req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
+  const windowMs = completionWindowMs(window, "completion_window");
+  const entries = Object.entries(req.metadata);
+  if (entries.length > MAX_METADATA_PAIRS) {
+    throw new InvalidArgumentError("metadata", `must have at most ${MAX_METADATA_PAIRS} keys`);
+  }
+  for (const [k, v] of entries) {
+    if (k === "" || k.length > 64)
+      throw new InvalidArgumentError("metadata", "keys must be 1 to 64 characters");
+    validateText(k, "metadata");
+    if (v.length > 512)
+      throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
+    validateText(v, `metadata.${k}`);
+  }
+  if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) {
+    throw new InvalidArgumentError("priority", "must be an integer between -100 and 100");
+  }
+  const { batch, created, models } = await createBatch(deps.db, {
+    fileId: req.fileId,
+    scope,
+    idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
+    completionWindow: window,
+    completionWindowMs: windowMs,
+    metadata: req.metadata,
+    priority: req.priority,
+    ...retryPolicy(req.retryPolicy, deps),
+  });
+  if (created) deps.lifecycle?.created(batch, traceId);
+  // This replica's next claims see the new batch at once (fair share's
+  // lone-batch shortcut is dropped); the others hear it through LISTEN.
+  for (const m of models) deps.notifications.announce(WORK_CHANNEL, m);
+  return batch;
+}
+
 /** The batch methods of BatchService (the streaming ones are in streams.ts). */
 export function batchMethods(
   deps: ApiDeps,
@@ -138,41 +190,9 @@ export function batchMethods(
   const { db } = deps;
   return {
     async createBatch(req, ctx) {
-      if (req.fileId === "") throw new InvalidArgumentError("file_id", "is required");
-      const window =
-        req.completionWindow === "" ? deps.config.defaultCompletionWindow : req.completionWindow;
-      const windowMs = completionWindowMs(window, "completion_window");
-      const entries = Object.entries(req.metadata);
-      if (entries.length > MAX_METADATA_PAIRS) {
-        throw new InvalidArgumentError("metadata", `must have at most ${MAX_METADATA_PAIRS} keys`);
-      }
-      for (const [k, v] of entries) {
-        if (k === "" || k.length > 64)
-          throw new InvalidArgumentError("metadata", "keys must be 1 to 64 characters");
-        validateText(k, "metadata");
-        if (v.length > 512)
-          throw new InvalidArgumentError(`metadata.${k}`, "must be at most 512 characters");
-        validateText(v, `metadata.${k}`);
-      }
-      if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) {
-        throw new InvalidArgumentError("priority", "must be an integer between -100 and 100");
-      }
-      const { batch, created, models } = await createBatch(db, {
-        fileId: req.fileId,
-        scope: scopeOf(principalOf(ctx)),
-        idempotencyKey: req.requestId === "" ? null : validateText(req.requestId, "request_id"),
-        completionWindow: window,
-        completionWindowMs: windowMs,
-        metadata: req.metadata,
-        priority: req.priority,
-        ...retryPolicy(req.retryPolicy, deps),
-      });
       // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
       const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
-      if (created) deps.lifecycle?.created(batch, trace?.traceId);
-      // This replica's next claims see the new batch at once (fair share's
-      // lone-batch shortcut is dropped); the others hear it through LISTEN.
-      for (const m of models) deps.notifications.announce(WORK_CHANNEL, m);
+      const batch = await startBatch(deps, scopeOf(principalOf(ctx)), req, trace?.traceId);
       return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
     },
 

@@ -23,20 +23,35 @@ import {
   type UploadFileRequest,
   UploadFileResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
-import { createFile, deleteFile, getFile, listFiles, type NewFile } from "../storage/files.js";
+import {
+  createFile,
+  deleteFile,
+  type FileRecord,
+  getFile,
+  listFiles,
+  type NewFile,
+} from "../storage/files.js";
 import { pageSize } from "../storage/pages.js";
 import { toProtoFile } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 import { cappedBytes, cappedRows } from "./upload-caps.js";
+import { UploadRoutes } from "./upload-routes.js";
 import { spool } from "./upload-spool.js";
 
-/** Validated templates from JSONL byte chunks; counts the bytes read. */
+/** Validated templates from JSONL byte chunks (endpoint "": to be routed). */
 async function* jsonlTemplates(
   chunks: AsyncIterable<Uint8Array>,
   endpoint: string,
   apiKey: string,
 ): AsyncGenerator<TemplateRow> {
-  const base = validateEndpoint(endpoint, "endpoint");
+  // No endpoint: the model routes fill it in (./upload-routes.ts).
+  const base = endpoint === "" ? "" : validateEndpoint(endpoint, "endpoint");
+  if (endpoint === "" && apiKey !== "") {
+    throw new InvalidArgumentError(
+      "api_key",
+      "applies with an endpoint only; without one, each model's route gives the key",
+    );
+  }
   const key = validateApiKey(apiKey, "api_key");
   for await (const { line, text } of splitLines(chunks)) {
     yield parseJsonlLine(text, line, base, key);
@@ -94,6 +109,40 @@ async function* chunksAfterHeader(
   }
 }
 
+/**
+ * Stores a streamed JSONL upload (UploadFile, and POST /v1/files): validated
+ * and capped while it streams, spooled, then inserted in one transaction.
+ * An empty `endpoint` takes each model's route (./upload-routes.ts).
+ */
+export async function uploadJsonl(
+  deps: ApiDeps,
+  tenant: string,
+  header: Pick<UploadFileHeader, "filename" | "requestId" | "endpoint" | "apiKey">,
+  chunks: AsyncIterable<Uint8Array>,
+): Promise<FileRecord> {
+  const total = { bytes: 0 };
+  const meta = newFile(header.filename, header.requestId, tenant);
+  const apiKey = validateApiKey(header.apiKey, "api_key");
+  const { maxUploadBytes, maxUploadLines } = deps.config;
+  const routes =
+    header.endpoint === "" ? new UploadRoutes(deps.db, deps.keyring, tenant) : undefined;
+  const rows = cappedRows(
+    jsonlTemplates(cappedBytes(chunks, total, maxUploadBytes), header.endpoint, header.apiKey),
+    maxUploadLines,
+  );
+  const spooled = await spool(
+    routes === undefined ? allowedRows(rows, deps.endpointPolicy(), false) : routes.check(rows),
+  );
+  const stored =
+    routes === undefined
+      ? spooled.read(apiKey)
+      : allowedRows(routes.fill(spooled.read(null)), deps.endpointPolicy(), false);
+  const { file } = await createFile(deps.db, deps.keyring, meta, stored, () => total.bytes).finally(
+    () => spooled.dispose(),
+  );
+  return file;
+}
+
 /** The file methods of BatchService. */
 export function fileMethods(
   deps: ApiDeps,
@@ -118,6 +167,10 @@ export function fileMethods(
       if (hasJsonl) {
         size = req.jsonl.byteLength;
         rows = jsonlTemplates(once(req.jsonl), req.endpoint, req.apiKey);
+        if (req.endpoint === "") {
+          const routes = new UploadRoutes(db, deps.keyring, tenant);
+          rows = routes.fill(routes.check(rows));
+        }
       } else {
         if (req.endpoint !== "") {
           throw new InvalidArgumentError(
@@ -170,32 +223,12 @@ export function fileMethods(
       if (first.done || first.value.part.case !== "header") {
         throw new InvalidArgumentError("header", "the first message must carry the header");
       }
-      const header: UploadFileHeader = first.value.part.value;
-      const total = { bytes: 0 };
-      const meta = newFile(header.filename, header.requestId, tenantOf(principalOf(ctx)));
-      const apiKey = validateApiKey(header.apiKey, "api_key");
-      const { maxUploadBytes, maxUploadLines } = deps.config;
-      const spooled = await spool(
-        allowedRows(
-          cappedRows(
-            jsonlTemplates(
-              cappedBytes(chunksAfterHeader(it), total, maxUploadBytes),
-              header.endpoint,
-              header.apiKey,
-            ),
-            maxUploadLines,
-          ),
-          deps.endpointPolicy(),
-          false,
-        ),
+      const file = await uploadJsonl(
+        deps,
+        tenantOf(principalOf(ctx)),
+        first.value.part.value,
+        chunksAfterHeader(it),
       );
-      const { file } = await createFile(
-        db,
-        deps.keyring,
-        meta,
-        spooled.read(apiKey),
-        () => total.bytes,
-      ).finally(() => spooled.dispose());
       return create(UploadFileResponseSchema, { file: toProtoFile(file) });
     },
 

@@ -19,6 +19,7 @@ import type { ApiDeps } from "./deps.js";
 import { dispatchMethods } from "./dispatch.js";
 import { fileMethods } from "./files.js";
 import { healthMethods } from "./health.js";
+import { routeMethods } from "./route-methods.js";
 import { streamMethods } from "./streams.js";
 
 /** Registers every service on `router`. */
@@ -30,7 +31,7 @@ export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRou
       ...streamMethods(deps),
     });
     router.service(DispatchService, dispatchMethods(deps, leases));
-    router.service(AdminService, adminMethods(deps));
+    router.service(AdminService, { ...adminMethods(deps), ...routeMethods(deps) });
     router.service(Health, healthMethods(deps));
   };
 }

@@ -18,7 +18,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import { AuthError } from "../auth/authenticator.js";
 import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { InvalidArgumentError, NotFoundError, UnavailableError } from "../domain/errors.js";
-import { formatResultLine, resultLine } from "../domain/results.js";
+import { formatResultLine, type ResultKind, resultLine } from "../domain/results.js";
 import { type BatchState, isBatchTerminal, type RequestState } from "../domain/states.js";
 import {
   type BatchService,
@@ -306,22 +306,26 @@ const RESULT_STATES: Record<GetBatchResultsRequest_Kind, readonly RequestState[]
   [GetBatchResultsRequest_Kind.ERRORS]: ["failed", "canceled", "expired"],
 };
 
-/** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
-async function* getBatchResults(
-  deps: ApiDeps,
+/**
+ * The result lines of a batch's requests in `states` (terminal ones) so far,
+ * in line order, read a page at a time: GetBatchResults, and the output and
+ * error files of the OpenAI-compatible API. NOT_FOUND for a batch `scope`
+ * may not see.
+ */
+export async function* batchResultLines(
+  deps: Pick<ApiDeps, "db" | "shutdownSignal" | "config">,
   scope: TenantScope,
-  req: { batchId: string; kind: GetBatchResultsRequest_Kind },
+  batchId: string,
+  states: readonly RequestState[],
   signal: AbortSignal,
-) {
-  await getBatch(deps.db, scope, req.batchId); // NOT_FOUND for an unknown batch
-  const states = RESULT_STATES[req.kind];
-  if (states === undefined) throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
+): AsyncGenerator<{ kind: ResultKind; text: string; customId: string | null }> {
+  await getBatch(deps.db, scope, batchId); // NOT_FOUND for an unknown batch
   let after = 0;
   for (;;) {
     // Capped by bytes as well as rows: memory in proportion to one page, whatever the bodies.
     const { rows, more } = await terminalRequestsPage(
       deps.db,
-      req.batchId,
+      batchId,
       states,
       after,
       RESULTS_PAGE,
@@ -338,21 +342,37 @@ async function* getBatchResults(
         errorCode: r.error_code,
         errorMessage: r.error_message,
       });
-      if (!res) continue;
-      yield create(GetBatchResultsResponseSchema, {
-        kind:
-          res.kind === "output"
-            ? GetBatchResultsResponse_Kind.OUTPUT
-            : GetBatchResultsResponse_Kind.ERROR,
-        line: formatResultLine(res.line),
-        customId: r.custom_id ?? "",
-      });
+      if (res) yield { kind: res.kind, text: formatResultLine(res.line), customId: r.custom_id };
     }
     // A page cut short by bytes is not the end: only `more` says so.
     const last = rows[rows.length - 1];
     if (!more || last === undefined) return;
     after = last.line;
     if (stopIfAborted(signal, deps.shutdownSignal)) return;
+  }
+}
+
+/** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
+async function* getBatchResults(
+  deps: ApiDeps,
+  scope: TenantScope,
+  req: { batchId: string; kind: GetBatchResultsRequest_Kind },
+  signal: AbortSignal,
+) {
+  const states = RESULT_STATES[req.kind];
+  if (states === undefined) {
+    await getBatch(deps.db, scope, req.batchId); // NOT_FOUND first, as before
+    throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
+  }
+  for await (const r of batchResultLines(deps, scope, req.batchId, states, signal)) {
+    yield create(GetBatchResultsResponseSchema, {
+      kind:
+        r.kind === "output"
+          ? GetBatchResultsResponse_Kind.OUTPUT
+          : GetBatchResultsResponse_Kind.ERROR,
+      line: r.text,
+      customId: r.customId ?? "",
+    });
   }
 }
 

@@ -36,6 +36,7 @@ import {
 import { DEFAULT_SERVER } from "./client/connection.js";
 import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
 import { registerRequestCommands } from "./request-commands.js";
+import { registerRouteCommands } from "./route-commands.js";
 import { registerTenantCommands } from "./tenant-commands.js";
 
 const watchIntervalOption = () =>
@@ -52,7 +53,7 @@ const reconnectOption = () =>
     .argParser(duration);
 
 interface SubmitFlags {
-  endpoint: string;
+  endpoint?: string;
   apiKey?: string;
   openaiApiKey?: string;
   completionWindow?: string;
@@ -94,9 +95,9 @@ export function registerClientCommands(program: Command): void {
 
   command(program, "submit", "upload a JSONL batch file and start a batch from it")
     .argument("<file>", "OpenAI batch input: one {custom_id, method, url, body} object per line")
-    .requiredOption(
+    .option(
       "--endpoint <url>",
-      "base URL each line's url is appended to, e.g. https://api.openai.com",
+      "base URL each line's url is appended to, e.g. https://api.openai.com (default: the server's model routes, `fusillade routes`)",
     )
     .addOption(
       new Option(
@@ -149,7 +150,7 @@ export function registerClientCommands(program: Command): void {
           g,
           {
             path: file,
-            endpoint: o.endpoint,
+            endpoint: o.endpoint ?? "",
             apiKey: o.apiKey ?? o.openaiApiKey,
             completionWindow: o.completionWindow,
             metadata: o.metadata,
@@ -317,4 +318,5 @@ export function registerClientCommands(program: Command): void {
     );
 
   registerTenantCommands(program);
+  registerRouteCommands(program);
 }

@@ -11,11 +11,14 @@ interface KeyRow {
 
 const sealedOf = (r: KeyRow): Sealed => ({ keyId: r.key_id, iv: r.iv, sealed: r.sealed });
 
-/** Stores `plaintext` of file `fileId` encrypted under the current key; returns its id. */
+/**
+ * Stores `plaintext` of file `fileId` (null: of a model route) encrypted under
+ * the current key; returns its id.
+ */
 export async function storeKey(
   q: Queryable,
   keyring: Keyring,
-  fileId: string,
+  fileId: string | null,
   plaintext: string,
 ): Promise<string> {
   const s = keyring.encrypt(plaintext);

@@ -419,9 +419,12 @@ describe("fusillade CLI", () => {
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/^fusillade: batch .* not found/);
 
+    // Without --endpoint the server's model routes decide; there are none here.
     const noEndpoint = await cli(["submit", bad]);
-    expect(noEndpoint.code).toBe(2);
-    expect(noEndpoint.stderr).toMatch(/required option '--endpoint <url>'/);
+    expect(noEndpoint.code).toBe(1);
+    expect(noEndpoint.stderr).toMatch(
+      /no --endpoint and no route for model gpt-test: give --endpoint/,
+    );
 
     const badMeta = await cli(["submit", bad, "--endpoint", "http://x", "--metadata", "novalue"]);
     expect(badMeta.code).toBe(2);
@@ -739,6 +742,59 @@ describe("fusillade CLI", () => {
     );
     const json = JSON.parse((await cli(["batches", "list", "--file", fileId, "--json"])).stdout);
     expect(json.batches[0]).toMatchObject({ filename: "listed.jsonl", counts: { canceled: 3 } });
+  });
+
+  it("routes set, list and delete; submit without --endpoint says which route each model takes", async () => {
+    const keyFile = path.join(dir, "route.key");
+    await writeFile(keyFile, "sk-cli-route\n", { mode: 0o600 });
+    const set = await cli([
+      "routes",
+      "set",
+      "route-m",
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--api-key-file",
+      keyFile,
+    ]);
+    expect(set.stderr).toBe("");
+    expect(set.stdout).toBe("route-m → http://127.0.0.1:9 (with an API key)\n");
+    expect((await cli(["routes", "set", "*", "--endpoint", "http://127.0.0.1:8"])).code).toBe(0);
+    const list = await cli(["--json", "routes", "list"]);
+    expect(list.stdout).not.toContain("sk-cli-route");
+    expect(JSON.parse(list.stdout)).toEqual({
+      routes: [
+        { tenant: null, model: "*", endpoint: "http://127.0.0.1:8", has_api_key: false },
+        { tenant: null, model: "route-m", endpoint: "http://127.0.0.1:9", has_api_key: true },
+      ],
+    });
+    const mixed = path.join(dir, "routed.jsonl");
+    await writeFile(
+      mixed,
+      ["route-m", "other-m"]
+        .map((model, i) =>
+          JSON.stringify({ custom_id: `r${i}`, method: "POST", url: "/v1/x", body: { model } }),
+        )
+        .join("\n"),
+    );
+    const submitted = await cli(["--json", "submit", mixed]);
+    expect(submitted.code).toBe(0);
+    expect(submitted.stderr).toBe(
+      "other-m → http://127.0.0.1:8 (route '*')\nroute-m → http://127.0.0.1:9 (route route-m)\n",
+    );
+    const { file_id } = JSON.parse(submitted.stdout) as { file_id: string };
+    const { rows } = await sql.query(
+      `SELECT endpoint, api_key_id IS NOT NULL AS keyed FROM request_templates WHERE file_id = $1 ORDER BY line`,
+      [file_id],
+    );
+    expect(rows).toEqual([
+      { endpoint: "http://127.0.0.1:9", keyed: true },
+      { endpoint: "http://127.0.0.1:8", keyed: false },
+    ]);
+    expect((await cli(["routes", "delete", "*"])).stdout).toBe("route of * deleted\n");
+    const unrouted = await cli(["submit", mixed]);
+    expect(unrouted.code).toBe(1);
+    expect(unrouted.stderr).toMatch(/no route for model other-m/);
+    expect((await cli(["routes", "delete", "route-m"])).code).toBe(0);
   });
 
   it("tenants set-weight and list round trip; a bad weight is refused naming the field", async () => {

@@ -17,6 +17,7 @@ import {
 import type { Batch, File } from "../../gen/fusillade/v1/resources_pb.js";
 import { CliError, type Connection } from "./connection.js";
 import { preflight } from "./preflight.js";
+import { routesForSubmit } from "./routes.js";
 import { formatBytes } from "./views.js";
 
 /** Bytes per UploadFile chunk message: well under any message limit. */
@@ -24,6 +25,7 @@ const CHUNK_BYTES = 1024 * 1024;
 
 export interface SubmitInput {
   path: string;
+  /** "": the server's model routes decide (docs/openai-api.md). */
   endpoint: string;
   apiKey: string | undefined;
   completionWindow: string | undefined;
@@ -51,7 +53,8 @@ async function* uploadMessages(
         requestId: randomUUID(),
         filename: input.filename ?? basename(input.path),
         endpoint: input.endpoint,
-        apiKey: input.apiKey ?? "",
+        // Routes carry their own keys.
+        apiKey: input.endpoint === "" ? "" : (input.apiKey ?? ""),
       },
     },
   });
@@ -71,7 +74,10 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
   });
   if (!info.isFile()) throw new CliError(`${input.path} is not a file`);
   if (info.size === 0) throw new CliError(`${input.path} is empty`);
-  const warnings = await preflight(input);
+  let warnings: string[] = [];
+  if (input.endpoint === "") {
+    for (const line of await routesForSubmit(conn, input.path)) process.stderr.write(`${line}\n`);
+  } else warnings = await preflight(input);
   if (warnings.length > 0 && input.strict) {
     throw new CliError(`not submitted (--strict):\n${warnings.map((w) => `  - ${w}`).join("\n")}`);
   }

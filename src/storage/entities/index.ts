@@ -11,6 +11,7 @@ import { BatchEntity } from "./batches.js";
 import { ModelLimitEntity, RateShareEntity, SlotGrantEntity, TenantEntity } from "./capacity.js";
 import { FileEntity, RequestTemplateEntity } from "./files.js";
 import { RequestEntity, RequestEventEntity } from "./requests.js";
+import { ModelRouteEntity } from "./routes.js";
 import { ApiKeyEntity, ApiTokenEntity } from "./trust.js";
 
 export {
@@ -19,6 +20,7 @@ export {
   BatchEntity,
   FileEntity,
   ModelLimitEntity,
+  ModelRouteEntity,
   RateShareEntity,
   RequestEntity,
   RequestEventEntity,
@@ -40,4 +42,5 @@ export const ENTITIES = [
   SlotGrantEntity,
   RateShareEntity,
   TenantEntity,
+  ModelRouteEntity,
 ];

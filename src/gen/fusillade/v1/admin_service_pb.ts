@@ -14,7 +14,180 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fusillade/v1/admin_service.proto.
  */
 export const file_fusillade_v1_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxImUKBlRlbmFudBIMCgRuYW1lGAEgASgJEg4KBndlaWdodBgCIAEoBRISCgppc19kZWZhdWx0GAMgASgIEhEKCWluX2ZsaWdodBgEIAEoBRIWCg5hY3RpdmVfYmF0Y2hlcxgFIAEoBSJOChZTZXRUZW5hbnRXZWlnaHRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAUSFAoMY2xlYXJfd2VpZ2h0GAMgASgIIj8KF1NldFRlbmFudFdlaWdodFJlc3BvbnNlEiQKBnRlbmFudBgBIAEoCzIULmZ1c2lsbGFkZS52MS5UZW5hbnQiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IjwKE0xpc3RUZW5hbnRzUmVzcG9uc2USJQoHdGVuYW50cxgBIAMoCzIULmZ1c2lsbGFkZS52MS5UZW5hbnQivQEKCEFwaVRva2VuEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSJQoEcm9sZRgDIAEoDjIXLmZ1c2lsbGFkZS52MS5Ub2tlblJvbGUSDgoGdGVuYW50GAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWQoSQ3JlYXRlVG9rZW5SZXF1ZXN0EiUKBHJvbGUYASABKA4yFy5mdXNpbGxhZGUudjEuVG9rZW5Sb2xlEg4KBnRlbmFudBgCIAEoCRIMCgRuYW1lGAMgASgJIkwKE0NyZWF0ZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4SDgoGc2VjcmV0GAIgASgJIhMKEUxpc3RUb2tlbnNSZXF1ZXN0IjwKEkxpc3RUb2tlbnNSZXNwb25zZRImCgZ0b2tlbnMYASADKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4iIAoSUmV2b2tlVG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJIjwKE1Jldm9rZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5mdXNpbGxhZGUudjEuQXBpVG9rZW4itwEKFFNldE1vZGVsTGltaXRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg0KBWxpbWl0GAIgASgFEhMKC2NsZWFyX2xpbWl0GAMgASgIEhIKCmtlZXBfbGltaXQYBCABKAgSEAoDcnBtGAUgASgFSACIAQESEQoJY2xlYXJfcnBtGAYgASgIEhAKA3RwbRgHIAEoBUgBiAEBEhEKCWNsZWFyX3RwbRgIIAEoCEIGCgRfcnBtQgYKBF90cG0iRgoVU2V0TW9kZWxMaW1pdFJlc3BvbnNlEi0KC21vZGVsX2xpbWl0GAEgASgLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQiPwoWTGlzdE1vZGVsTGltaXRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJ5ChdMaXN0TW9kZWxMaW1pdHNSZXNwb25zZRIuCgxtb2RlbF9saW1pdHMYASADKAsyGC5mdXNpbGxhZGUudjEuTW9kZWxMaW1pdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFQoNZGVmYXVsdF9saW1pdBgDIAEoBSpvCglUb2tlblJvbGUSGgoWVE9LRU5fUk9MRV9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX1JPTEVfQ0xJRU5UEAESGQoVVE9LRU5fUk9MRV9ESVNQQVRDSEVSEAISFAoQVE9LRU5fUk9MRV9BRE1JThADMvUECgxBZG1pblNlcnZpY2USWAoNU2V0TW9kZWxMaW1pdBIiLmZ1c2lsbGFkZS52MS5TZXRNb2RlbExpbWl0UmVxdWVzdBojLmZ1c2lsbGFkZS52MS5TZXRNb2RlbExpbWl0UmVzcG9uc2USXgoPTGlzdE1vZGVsTGltaXRzEiQuZnVzaWxsYWRlLnYxLkxpc3RNb2RlbExpbWl0c1JlcXVlc3QaJS5mdXNpbGxhZGUudjEuTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USUgoLQ3JlYXRlVG9rZW4SIC5mdXNpbGxhZGUudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USTwoKTGlzdFRva2VucxIfLmZ1c2lsbGFkZS52MS5MaXN0VG9rZW5zUmVxdWVzdBogLmZ1c2lsbGFkZS52MS5MaXN0VG9rZW5zUmVzcG9uc2USUgoLUmV2b2tlVG9rZW4SIC5mdXNpbGxhZGUudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLlJldm9rZVRva2VuUmVzcG9uc2USXgoPU2V0VGVuYW50V2VpZ2h0EiQuZnVzaWxsYWRlLnYxLlNldFRlbmFudFdlaWdodFJlcXVlc3QaJS5mdXNpbGxhZGUudjEuU2V0VGVuYW50V2VpZ2h0UmVzcG9uc2USUgoLTGlzdFRlbmFudHMSIC5mdXNpbGxhZGUudjEuTGlzdFRlbmFudHNSZXF1ZXN0GiEuZnVzaWxsYWRlLnYxLkxpc3RUZW5hbnRzUmVzcG9uc2ViBnByb3RvMw", [file_fusillade_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("CiBmdXNpbGxhZGUvdjEvYWRtaW5fc2VydmljZS5wcm90bxIMZnVzaWxsYWRlLnYxIoMBCgpNb2RlbFJvdXRlEg4KBnRlbmFudBgBIAEoCRINCgVtb2RlbBgCIAEoCRIQCghlbmRwb2ludBgDIAEoCRITCgtoYXNfYXBpX2tleRgEIAEoCBIvCgt1cGRhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUwoPU2V0Um91dGVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRINCgVtb2RlbBgCIAEoCRIQCghlbmRwb2ludBgDIAEoCRIPCgdhcGlfa2V5GAQgASgJIjsKEFNldFJvdXRlUmVzcG9uc2USJwoFcm91dGUYASABKAsyGC5mdXNpbGxhZGUudjEuTW9kZWxSb3V0ZSIjChFMaXN0Um91dGVzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkiPgoSTGlzdFJvdXRlc1Jlc3BvbnNlEigKBnJvdXRlcxgBIAMoCzIYLmZ1c2lsbGFkZS52MS5Nb2RlbFJvdXRlIjMKEkRlbGV0ZVJvdXRlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDQoFbW9kZWwYAiABKAkiFQoTRGVsZXRlUm91dGVSZXNwb25zZSJlCgZUZW5hbnQSDAoEbmFtZRgBIAEoCRIOCgZ3ZWlnaHQYAiABKAUSEgoKaXNfZGVmYXVsdBgDIAEoCBIRCglpbl9mbGlnaHQYBCABKAUSFgoOYWN0aXZlX2JhdGNoZXMYBSABKAUiTgoWU2V0VGVuYW50V2VpZ2h0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGd2VpZ2h0GAIgASgFEhQKDGNsZWFyX3dlaWdodBgDIAEoCCI/ChdTZXRUZW5hbnRXZWlnaHRSZXNwb25zZRIkCgZ0ZW5hbnQYASABKAsyFC5mdXNpbGxhZGUudjEuVGVuYW50IhQKEkxpc3RUZW5hbnRzUmVxdWVzdCI8ChNMaXN0VGVuYW50c1Jlc3BvbnNlEiUKB3RlbmFudHMYASADKAsyFC5mdXNpbGxhZGUudjEuVGVuYW50Ir0BCghBcGlUb2tlbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiUKBHJvbGUYAyABKA4yFy5mdXNpbGxhZGUudjEuVG9rZW5Sb2xlEg4KBnRlbmFudBgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlkKEkNyZWF0ZVRva2VuUmVxdWVzdBIlCgRyb2xlGAEgASgOMhcuZnVzaWxsYWRlLnYxLlRva2VuUm9sZRIOCgZ0ZW5hbnQYAiABKAkSDAoEbmFtZRgDIAEoCSJMChNDcmVhdGVUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSITChFMaXN0VG9rZW5zUmVxdWVzdCI8ChJMaXN0VG9rZW5zUmVzcG9uc2USJgoGdG9rZW5zGAEgAygLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIiAKElJldm9rZVRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSI8ChNSZXZva2VUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuZnVzaWxsYWRlLnYxLkFwaVRva2VuIrcBChRTZXRNb2RlbExpbWl0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRINCgVsaW1pdBgCIAEoBRITCgtjbGVhcl9saW1pdBgDIAEoCBISCgprZWVwX2xpbWl0GAQgASgIEhAKA3JwbRgFIAEoBUgAiAEBEhEKCWNsZWFyX3JwbRgGIAEoCBIQCgN0cG0YByABKAVIAYgBARIRCgljbGVhcl90cG0YCCABKAhCBgoEX3JwbUIGCgRfdHBtIkYKFVNldE1vZGVsTGltaXRSZXNwb25zZRItCgttb2RlbF9saW1pdBgBIAEoCzIYLmZ1c2lsbGFkZS52MS5Nb2RlbExpbWl0Ij8KFkxpc3RNb2RlbExpbWl0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkieQoXTGlzdE1vZGVsTGltaXRzUmVzcG9uc2USLgoMbW9kZWxfbGltaXRzGAEgAygLMhguZnVzaWxsYWRlLnYxLk1vZGVsTGltaXQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhUKDWRlZmF1bHRfbGltaXQYAyABKAUqbwoJVG9rZW5Sb2xlEhoKFlRPS0VOX1JPTEVfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9ST0xFX0NMSUVOVBABEhkKFVRPS0VOX1JPTEVfRElTUEFUQ0hFUhACEhQKEFRPS0VOX1JPTEVfQURNSU4QAzLlBgoMQWRtaW5TZXJ2aWNlElgKDVNldE1vZGVsTGltaXQSIi5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlcXVlc3QaIy5mdXNpbGxhZGUudjEuU2V0TW9kZWxMaW1pdFJlc3BvbnNlEl4KD0xpc3RNb2RlbExpbWl0cxIkLmZ1c2lsbGFkZS52MS5MaXN0TW9kZWxMaW1pdHNSZXF1ZXN0GiUuZnVzaWxsYWRlLnYxLkxpc3RNb2RlbExpbWl0c1Jlc3BvbnNlElIKC0NyZWF0ZVRva2VuEiAuZnVzaWxsYWRlLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5DcmVhdGVUb2tlblJlc3BvbnNlEk8KCkxpc3RUb2tlbnMSHy5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1JlcXVlc3QaIC5mdXNpbGxhZGUudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElIKC1Jldm9rZVRva2VuEiAuZnVzaWxsYWRlLnYxLlJldm9rZVRva2VuUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5SZXZva2VUb2tlblJlc3BvbnNlEl4KD1NldFRlbmFudFdlaWdodBIkLmZ1c2lsbGFkZS52MS5TZXRUZW5hbnRXZWlnaHRSZXF1ZXN0GiUuZnVzaWxsYWRlLnYxLlNldFRlbmFudFdlaWdodFJlc3BvbnNlElIKC0xpc3RUZW5hbnRzEiAuZnVzaWxsYWRlLnYxLkxpc3RUZW5hbnRzUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5MaXN0VGVuYW50c1Jlc3BvbnNlEkkKCFNldFJvdXRlEh0uZnVzaWxsYWRlLnYxLlNldFJvdXRlUmVxdWVzdBoeLmZ1c2lsbGFkZS52MS5TZXRSb3V0ZVJlc3BvbnNlEk8KCkxpc3RSb3V0ZXMSHy5mdXNpbGxhZGUudjEuTGlzdFJvdXRlc1JlcXVlc3QaIC5mdXNpbGxhZGUudjEuTGlzdFJvdXRlc1Jlc3BvbnNlElIKC0RlbGV0ZVJvdXRlEiAuZnVzaWxsYWRlLnYxLkRlbGV0ZVJvdXRlUmVxdWVzdBohLmZ1c2lsbGFkZS52MS5EZWxldGVSb3V0ZVJlc3BvbnNlYgZwcm90bzM", [file_fusillade_v1_resources, file_google_protobuf_timestamp]);
+
+/**
+ * Where one model's requests go (docs/openai-api.md). Its key is never returned.
+ *
+ * @generated from message fusillade.v1.ModelRoute
+ */
+export type ModelRoute = Message<"fusillade.v1.ModelRoute"> & {
+  /**
+   * Empty: the operator's route, used by every tenant without its own.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The model name in request bodies, or "*" for every model without a route.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * Base URL; each line's url is appended.
+   *
+   * @generated from field: string endpoint = 3;
+   */
+  endpoint: string;
+
+  /**
+   * Whether the route sends an API key upstream.
+   *
+   * @generated from field: bool has_api_key = 4;
+   */
+  hasApiKey: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 5;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.ModelRoute.
+ * Use `create(ModelRouteSchema)` to create a new message.
+ */
+export const ModelRouteSchema: GenMessage<ModelRoute> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 0);
+
+/**
+ * @generated from message fusillade.v1.SetRouteRequest
+ */
+export type SetRouteRequest = Message<"fusillade.v1.SetRouteRequest"> & {
+  /**
+   * Empty: the operator's route.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * @generated from field: string endpoint = 3;
+   */
+  endpoint: string;
+
+  /**
+   * Sent upstream as a bearer token; empty: none. Stored encrypted.
+   *
+   * @generated from field: string api_key = 4;
+   */
+  apiKey: string;
+};
+
+/**
+ * Describes the message fusillade.v1.SetRouteRequest.
+ * Use `create(SetRouteRequestSchema)` to create a new message.
+ */
+export const SetRouteRequestSchema: GenMessage<SetRouteRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 1);
+
+/**
+ * @generated from message fusillade.v1.SetRouteResponse
+ */
+export type SetRouteResponse = Message<"fusillade.v1.SetRouteResponse"> & {
+  /**
+   * @generated from field: fusillade.v1.ModelRoute route = 1;
+   */
+  route?: ModelRoute | undefined;
+};
+
+/**
+ * Describes the message fusillade.v1.SetRouteResponse.
+ * Use `create(SetRouteResponseSchema)` to create a new message.
+ */
+export const SetRouteResponseSchema: GenMessage<SetRouteResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 2);
+
+/**
+ * @generated from message fusillade.v1.ListRoutesRequest
+ */
+export type ListRoutesRequest = Message<"fusillade.v1.ListRoutesRequest"> & {
+  /**
+   * Only this tenant's routes; empty: every route.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message fusillade.v1.ListRoutesRequest.
+ * Use `create(ListRoutesRequestSchema)` to create a new message.
+ */
+export const ListRoutesRequestSchema: GenMessage<ListRoutesRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 3);
+
+/**
+ * @generated from message fusillade.v1.ListRoutesResponse
+ */
+export type ListRoutesResponse = Message<"fusillade.v1.ListRoutesResponse"> & {
+  /**
+   * @generated from field: repeated fusillade.v1.ModelRoute routes = 1;
+   */
+  routes: ModelRoute[];
+};
+
+/**
+ * Describes the message fusillade.v1.ListRoutesResponse.
+ * Use `create(ListRoutesResponseSchema)` to create a new message.
+ */
+export const ListRoutesResponseSchema: GenMessage<ListRoutesResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 4);
+
+/**
+ * @generated from message fusillade.v1.DeleteRouteRequest
+ */
+export type DeleteRouteRequest = Message<"fusillade.v1.DeleteRouteRequest"> & {
+  /**
+   * Empty: the operator's route.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string model = 2;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message fusillade.v1.DeleteRouteRequest.
+ * Use `create(DeleteRouteRequestSchema)` to create a new message.
+ */
+export const DeleteRouteRequestSchema: GenMessage<DeleteRouteRequest> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 5);
+
+/**
+ * @generated from message fusillade.v1.DeleteRouteResponse
+ */
+export type DeleteRouteResponse = Message<"fusillade.v1.DeleteRouteResponse"> & {
+};
+
+/**
+ * Describes the message fusillade.v1.DeleteRouteResponse.
+ * Use `create(DeleteRouteResponseSchema)` to create a new message.
+ */
+export const DeleteRouteResponseSchema: GenMessage<DeleteRouteResponse> = /*@__PURE__*/
+  messageDesc(file_fusillade_v1_admin_service, 6);
 
 /**
  * A tenant as fair share sees it.
@@ -61,7 +234,7 @@ export type Tenant = Message<"fusillade.v1.Tenant"> & {
  * Use `create(TenantSchema)` to create a new message.
  */
 export const TenantSchema: GenMessage<Tenant> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 0);
+  messageDesc(file_fusillade_v1_admin_service, 7);
 
 /**
  * @generated from message fusillade.v1.SetTenantWeightRequest
@@ -90,7 +263,7 @@ export type SetTenantWeightRequest = Message<"fusillade.v1.SetTenantWeightReques
  * Use `create(SetTenantWeightRequestSchema)` to create a new message.
  */
 export const SetTenantWeightRequestSchema: GenMessage<SetTenantWeightRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 1);
+  messageDesc(file_fusillade_v1_admin_service, 8);
 
 /**
  * @generated from message fusillade.v1.SetTenantWeightResponse
@@ -107,7 +280,7 @@ export type SetTenantWeightResponse = Message<"fusillade.v1.SetTenantWeightRespo
  * Use `create(SetTenantWeightResponseSchema)` to create a new message.
  */
 export const SetTenantWeightResponseSchema: GenMessage<SetTenantWeightResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 2);
+  messageDesc(file_fusillade_v1_admin_service, 9);
 
 /**
  * @generated from message fusillade.v1.ListTenantsRequest
@@ -120,7 +293,7 @@ export type ListTenantsRequest = Message<"fusillade.v1.ListTenantsRequest"> & {
  * Use `create(ListTenantsRequestSchema)` to create a new message.
  */
 export const ListTenantsRequestSchema: GenMessage<ListTenantsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 3);
+  messageDesc(file_fusillade_v1_admin_service, 10);
 
 /**
  * @generated from message fusillade.v1.ListTenantsResponse
@@ -137,7 +310,7 @@ export type ListTenantsResponse = Message<"fusillade.v1.ListTenantsResponse"> & 
  * Use `create(ListTenantsResponseSchema)` to create a new message.
  */
 export const ListTenantsResponseSchema: GenMessage<ListTenantsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 4);
+  messageDesc(file_fusillade_v1_admin_service, 11);
 
 /**
  * An API token, never with its secret.
@@ -185,7 +358,7 @@ export type ApiToken = Message<"fusillade.v1.ApiToken"> & {
  * Use `create(ApiTokenSchema)` to create a new message.
  */
 export const ApiTokenSchema: GenMessage<ApiToken> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 5);
+  messageDesc(file_fusillade_v1_admin_service, 12);
 
 /**
  * @generated from message fusillade.v1.CreateTokenRequest
@@ -216,7 +389,7 @@ export type CreateTokenRequest = Message<"fusillade.v1.CreateTokenRequest"> & {
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 6);
+  messageDesc(file_fusillade_v1_admin_service, 13);
 
 /**
  * @generated from message fusillade.v1.CreateTokenResponse
@@ -240,7 +413,7 @@ export type CreateTokenResponse = Message<"fusillade.v1.CreateTokenResponse"> & 
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 7);
+  messageDesc(file_fusillade_v1_admin_service, 14);
 
 /**
  * @generated from message fusillade.v1.ListTokensRequest
@@ -253,7 +426,7 @@ export type ListTokensRequest = Message<"fusillade.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 8);
+  messageDesc(file_fusillade_v1_admin_service, 15);
 
 /**
  * @generated from message fusillade.v1.ListTokensResponse
@@ -270,7 +443,7 @@ export type ListTokensResponse = Message<"fusillade.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 9);
+  messageDesc(file_fusillade_v1_admin_service, 16);
 
 /**
  * @generated from message fusillade.v1.RevokeTokenRequest
@@ -287,7 +460,7 @@ export type RevokeTokenRequest = Message<"fusillade.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 10);
+  messageDesc(file_fusillade_v1_admin_service, 17);
 
 /**
  * @generated from message fusillade.v1.RevokeTokenResponse
@@ -304,7 +477,7 @@ export type RevokeTokenResponse = Message<"fusillade.v1.RevokeTokenResponse"> & 
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 11);
+  messageDesc(file_fusillade_v1_admin_service, 18);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitRequest
@@ -367,7 +540,7 @@ export type SetModelLimitRequest = Message<"fusillade.v1.SetModelLimitRequest"> 
  * Use `create(SetModelLimitRequestSchema)` to create a new message.
  */
 export const SetModelLimitRequestSchema: GenMessage<SetModelLimitRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 12);
+  messageDesc(file_fusillade_v1_admin_service, 19);
 
 /**
  * @generated from message fusillade.v1.SetModelLimitResponse
@@ -384,7 +557,7 @@ export type SetModelLimitResponse = Message<"fusillade.v1.SetModelLimitResponse"
  * Use `create(SetModelLimitResponseSchema)` to create a new message.
  */
 export const SetModelLimitResponseSchema: GenMessage<SetModelLimitResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 13);
+  messageDesc(file_fusillade_v1_admin_service, 20);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsRequest
@@ -406,7 +579,7 @@ export type ListModelLimitsRequest = Message<"fusillade.v1.ListModelLimitsReques
  * Use `create(ListModelLimitsRequestSchema)` to create a new message.
  */
 export const ListModelLimitsRequestSchema: GenMessage<ListModelLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 14);
+  messageDesc(file_fusillade_v1_admin_service, 21);
 
 /**
  * @generated from message fusillade.v1.ListModelLimitsResponse
@@ -435,7 +608,7 @@ export type ListModelLimitsResponse = Message<"fusillade.v1.ListModelLimitsRespo
  * Use `create(ListModelLimitsResponseSchema)` to create a new message.
  */
 export const ListModelLimitsResponseSchema: GenMessage<ListModelLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_fusillade_v1_admin_service, 15);
+  messageDesc(file_fusillade_v1_admin_service, 22);
 
 /**
  * What a token may do (docs/trust.md).
@@ -553,6 +726,37 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListTenantsRequestSchema;
     output: typeof ListTenantsResponseSchema;
+  },
+  /**
+   * Sets where a model's requests go when a file is uploaded without an
+   * endpoint (docs/openai-api.md); replaces the route and its key.
+   *
+   * @generated from rpc fusillade.v1.AdminService.SetRoute
+   */
+  setRoute: {
+    methodKind: "unary";
+    input: typeof SetRouteRequestSchema;
+    output: typeof SetRouteResponseSchema;
+  },
+  /**
+   * Every route, without keys.
+   *
+   * @generated from rpc fusillade.v1.AdminService.ListRoutes
+   */
+  listRoutes: {
+    methodKind: "unary";
+    input: typeof ListRoutesRequestSchema;
+    output: typeof ListRoutesResponseSchema;
+  },
+  /**
+   * Deletes a route and its stored key.
+   *
+   * @generated from rpc fusillade.v1.AdminService.DeleteRoute
+   */
+  deleteRoute: {
+    methodKind: "unary";
+    input: typeof DeleteRouteRequestSchema;
+    output: typeof DeleteRouteResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fusillade_v1_admin_service, 0);
