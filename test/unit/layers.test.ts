@@ -29,6 +29,8 @@ const LAYERS: readonly (readonly string[])[] = [
   ["leases", "metrics"],
   // The Connect handlers and the server; the dispatcher; the dashboard's route.
   ["api", "dispatcher", "web"],
+  // The OpenAI-compatible REST surface: plain routes over the Connect handlers' functions.
+  ["openai"],
   // Builds a control plane from the parts.
   ["control-plane"],
   // Entry points.
