@@ -1,0 +1,82 @@
+/**
+ * Pacing end to end (docs/pacing.md): a control plane, two dispatchers and a metered upstream
+ * (test/helpers/metered-upstream.ts) on real sockets. Measured at the upstream, as the
+ * invariant is about what it sees:
+ * - a known meter (`rpm` set to the upstream's): two dispatchers share the rate; every
+ *   request completes, almost no call is answered 429, and no one-second window holds more
+ *   than the meter's own one-second bucket accepts;
+ * - an unknown meter and a generous limit: the adaptive law finds the meter; every request
+ *   completes (a 429 is backpressure, never a spent attempt) with few 429s.
+ */
+import { afterAll, beforeAll, expect, test } from "vitest";
+import type { Dispatcher } from "../../src/dispatcher/dispatcher.js";
+import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import {
+  createTestBatch,
+  items,
+  startTestDispatcher,
+  waitForBatch,
+} from "../helpers/dispatcher-process.js";
+import { type MeteredUpstream, startMeteredUpstream } from "../helpers/metered-upstream.js";
+
+/** Requests per minute of each metered model: 20 a second, so a run takes seconds. */
+const RPM = 1_200;
+const REQUESTS = 160;
+/** A limit far above what the meter lets run (what a user with a big tier sets). */
+const GENEROUS_LIMIT = 200;
+
+let cp: TestControlPlane;
+let upstream: MeteredUpstream;
+const dispatchers: Dispatcher[] = [];
+
+beforeAll(async () => {
+  cp = await startTestControlPlane();
+  upstream = await startMeteredUpstream({
+    meters: { known: { rpm: RPM }, unknown: { rpm: RPM } },
+    latencyMs: 20,
+  });
+  for (const id of ["pace-1", "pace-2"]) {
+    dispatchers.push(startTestDispatcher(cp.url, { id, capacity: 256 }));
+  }
+});
+afterAll(async () => {
+  await Promise.all(dispatchers.map((d) => d.stop(0)));
+  await upstream?.close();
+  await cp?.close();
+});
+
+test("a known meter: two dispatchers share its rate, every request completes, next to no 429s", async () => {
+  await cp.admin.setModelLimit({ model: "known", limit: GENEROUS_LIMIT, rpm: RPM });
+  const batchId = await createTestBatch(cp.batch, upstream.url, items("known", REQUESTS), {
+    maxRetries: 0,
+  });
+  const status = await waitForBatch(cp.batch, batchId, 120_000);
+  expect(Number(status.counts!.completed)).toBe(REQUESTS);
+  const r = upstream.record("known");
+  expect(r.accepted).toHaveLength(REQUESTS);
+  // Each dispatcher's share keeps to its bucket: one second's burst plus one second's
+  // refill at most, which is what the meter's own one-second bucket accepts.
+  expect(upstream.maxInWindow("known", 1_000)).toBeLessThanOrEqual(2 * (RPM / 60));
+  const throttled = r.metered + r.random;
+  console.log(
+    `known meter: ${r.calls} calls, ${throttled} answered 429, at most ${upstream.maxInWindow("known", 1_000)} in a second`,
+  );
+  expect(throttled / r.calls).toBeLessThanOrEqual(0.05);
+}, 180_000);
+
+test("an unknown meter, a generous limit: every request completes with max_retries 0; few 429s", async () => {
+  await cp.admin.setModelLimit({ model: "unknown", limit: GENEROUS_LIMIT });
+  const batchId = await createTestBatch(cp.batch, upstream.url, items("unknown", REQUESTS), {
+    maxRetries: 0,
+    initialBackoffMs: 50,
+  });
+  const status = await waitForBatch(cp.batch, batchId, 120_000);
+  // 429s do not spend attempts: with no retries at all, nothing failed.
+  expect(Number(status.counts!.completed)).toBe(REQUESTS);
+  expect(Number(status.counts!.failed)).toBe(0);
+  const r = upstream.record("unknown");
+  const throttled = r.metered + r.random;
+  console.log(`unknown meter: ${r.calls} calls, ${throttled} answered 429`);
+  // Before pacing, a third of such a batch failed and most calls were 429s.
+  expect(throttled).toBeLessThan(r.calls / 2);
+}, 180_000);
