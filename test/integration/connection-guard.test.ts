@@ -46,6 +46,19 @@ async function rawSocket(): Promise<{ socket: net.Socket; closed: Promise<number
   return { socket, closed };
 }
 
+/** Sends raw bytes on a new connection; what the server answered before it closed. */
+async function exchange(bytes: string): Promise<string> {
+  const c = await rawSocket();
+  let text = "";
+  c.socket.setEncoding("utf8");
+  c.socket.on("data", (d: string) => {
+    text += d;
+  });
+  c.socket.write(bytes);
+  await within(c.closed, "an answer and a close");
+  return text;
+}
+
 /** Resolves to the ms until `p`, or rejects when it takes longer than WELL_PAST_MS. */
 function within<T>(p: Promise<T>, what: string): Promise<T> {
   return Promise.race([
@@ -146,30 +159,16 @@ describe("timeouts", () => {
 
 describe("requests the adapter cannot read", () => {
   it("answers 400 to a request with no Host, and keeps serving", async () => {
-    const c = await rawSocket();
-    let text = "";
-    c.socket.setEncoding("utf8");
-    c.socket.on("data", (d: string) => {
-      text += d;
-    });
     // HTTP/1.0 lets a request omit Host; Connect's adapter threw on it, outside any promise.
-    c.socket.write(
+    const noHost = await exchange(
       "POST /grpc.health.v1.Health/Check HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
     );
-    await within(c.closed, "no-Host answer");
-    expect(text).toMatch(/^HTTP\/1\.1 400 /);
-    expect(text).toContain("names no host");
-    const empty = await rawSocket();
-    let emptyText = "";
-    empty.socket.setEncoding("utf8");
-    empty.socket.on("data", (d: string) => {
-      emptyText += d;
-    });
-    empty.socket.write(
+    expect(noHost).toMatch(/^HTTP\/1\.1 400 /);
+    expect(noHost).toContain("names no host");
+    const emptyHost = await exchange(
       "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: \r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
     );
-    await within(empty.closed, "empty-Host answer");
-    expect(emptyText).toMatch(/^HTTP\/1\.1 400 /);
+    expect(emptyHost).toMatch(/^HTTP\/1\.1 400 /);
     expect(await healthOverH1()).toBe(200);
   });
 });
