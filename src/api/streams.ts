@@ -57,10 +57,10 @@ const CHANGES_PAGE = 500;
 /** Terminal requests per results page. */
 const RESULTS_PAGE = 500;
 /**
- * A stream re-reads its batch this often even without a NOTIFY. NOTIFYs are
- * not lost (a LISTEN reconnect wakes everyone with "*"), but CancelBatch
- * sets `cancelling_at` without touching a request when all are in flight,
- * and that sends none; this bounds how stale WatchBatch can be then.
+ * A stream re-reads its batch this often even without a NOTIFY. Every change
+ * a stream shows sends one (the requests trigger; CancelBatch and RetryBatch
+ * send their own), and NOTIFYs are not lost (a LISTEN reconnect wakes
+ * everyone with "*"): this is the backstop should a future change forget.
  */
 const RECHECK_MS = 5_000;
 /** Default and bounds of WatchBatch's min_interval. */
