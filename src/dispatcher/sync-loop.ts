@@ -163,7 +163,7 @@ export class SyncLoop {
           .map((e) => e.ref)
       : [];
     if (demands.length === 0 && renew.length === 0) {
-      if (renewing) this.#renewAt = performance.now() + this.host.fencing.renewIntervalMs();
+      if (renewing) this.#renewedFrom(performance.now());
       return true;
     }
     const sentAt = performance.now();
@@ -180,10 +180,7 @@ export class SyncLoop {
     } finally {
       this.#syncing = false;
     }
-    if (renewing) {
-      this.#renewedAt = sentAt;
-      this.#renewAt = sentAt + this.host.fencing.renewIntervalMs();
-    }
+    if (renewing) this.#renewedFrom(sentAt);
     if (this.log.isLevelEnabled("debug")) {
       this.log.debug(
         {
@@ -241,6 +238,12 @@ export class SyncLoop {
     this.host.runner.pumpAll();
     this.#followTtl();
     return true;
+  }
+
+  /** A renewal went out at `at` (or was not needed): the next is due a period later. */
+  #renewedFrom(at: number): void {
+    this.#renewedAt = at;
+    this.#renewAt = at + this.host.fencing.renewIntervalMs();
   }
 
   /**
