@@ -17,6 +17,7 @@ import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { resolveDispatcherConfig } from "../../src/config/dispatcher-config.js";
 import { type ControlPlane, startControlPlane } from "../../src/control-plane.js";
 import { type Dispatcher, startDispatcher } from "../../src/dispatcher/dispatcher.js";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { ReportResult_Disposition } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
@@ -404,7 +405,15 @@ test("claims in flight per tenant and model, and tenant weights, read at scrape 
   const own = await createTestDatabase();
   const adminToken = "metrics-fair-admin-token-0123456789";
   const guarded = await startControlPlane(
-    { ...CONTROL_PLANE_DEFAULTS, port: 0, logLevel: "silent", databaseUrl: own.url, adminToken },
+    {
+      ...CONTROL_PLANE_DEFAULTS,
+      port: 0,
+      logLevel: "silent",
+      databaseUrl: own.url,
+      adminToken,
+      // With tokens, loopback is refused unless listed: the test upstream is on loopback.
+      allowedEndpoints: parseAllowList("http://127.0.0.1:*", "test"),
+    },
     pino({ level: "silent" }),
   );
   try {
