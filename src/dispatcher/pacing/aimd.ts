@@ -44,6 +44,12 @@ export interface AimdOptions {
   meterMemoryMs?: number;
   /** The slow probe: most growth a second, as a share of the limit. @default 0.1 */
   probePerSecond?: number;
+  /**
+   * Until the first cut, the limit is the ceiling (and follows it up): an upstream that never
+   * says "slow down" gets every slot at once, as before pacing (DESIGN §3.4, the limit is
+   * used). Off, the limit slow-starts from `initial`. @default false
+   */
+  startAtMax?: boolean;
 }
 
 /** Weight of a new latency sample in the smoothed latency. */
@@ -85,15 +91,19 @@ export class AimdLimit {
   #latencyMs: number | undefined;
   /** Cohorts not fully answered yet, oldest first; the last one takes new attempts. */
   readonly #cohorts: Cohort[] = [];
+  readonly #startAtMax: boolean;
 
   constructor(o: AimdOptions) {
+    this.#startAtMax = o.startAtMax ?? false;
     this.#min = Math.max(1, o.min ?? 1);
     this.#max = Math.max(this.#min, o.max);
     this.#backoff = o.backoff ?? 0.9;
     this.#minWindowMs = o.minWindowMs ?? 50;
     this.#meterMemoryMs = o.meterMemoryMs ?? 10_000;
     this.#probePerSecond = o.probePerSecond ?? 0.1;
-    this.#limit = Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
+    this.#limit = this.#startAtMax
+      ? this.#max
+      : Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
   }
 
   /** Attempts that may run at once now. */
@@ -124,7 +134,8 @@ export class AimdLimit {
   /** A new ceiling (slots held); the limit is kept within it. */
   setMax(max: number): void {
     this.#max = Math.max(this.#min, max);
-    this.#limit = Math.min(this.#limit, this.#max);
+    this.#limit =
+      this.#startAtMax && this.#slowStart ? this.#max : Math.min(this.#limit, this.#max);
   }
 
   /** An attempt was admitted at `nowMs` (the `admittedAtMs` of its outcome). */

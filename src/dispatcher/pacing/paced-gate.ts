@@ -87,7 +87,12 @@ export class PacedGate implements ModelGate {
       this.#concurrency = concurrency;
       this.#rpm = g.rpm;
       this.#tpm = g.tpm;
-      this.#pacer = new ModelPacer(now, { concurrency, rpm: g.rpm, tpm: g.tpm });
+      // Every slot at once until the upstream first says "slow down" (AimdOptions.startAtMax).
+      this.#pacer = new ModelPacer(
+        now,
+        { concurrency, rpm: g.rpm, tpm: g.tpm },
+        { startAtMax: true },
+      );
       return this.#pacer;
     }
     if (concurrency !== this.#concurrency || g.rpm !== this.#rpm || g.tpm !== this.#tpm) {
