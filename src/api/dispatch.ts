@@ -107,6 +107,8 @@ export function dispatchMethods(
           room: count(d.room, `slots[${i}].room`),
           rateWant: count(d.rateWant, `slots[${i}].rate_want`),
           tokenWant: count(d.tokenWant, `slots[${i}].token_want`),
+          rpmHeld: d.rpmHeld === undefined ? undefined : count(d.rpmHeld, `slots[${i}].rpm_held`),
+          tpmHeld: d.tpmHeld === undefined ? undefined : count(d.tpmHeld, `slots[${i}].tpm_held`),
         };
       });
       const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));

@@ -53,9 +53,16 @@ export class ModelSlots implements GrantView {
     this.gate = gateFor(model, this);
   }
 
-  /** Requests of the model that may run at once now. */
-  get usable(): number {
+  /** The slots this dispatcher may use of its grant: within the fair share target. */
+  get granted(): number {
     return this.token === 0n ? 0 : Math.min(this.slots, this.target);
+  }
+
+  /** Requests of the model that may run at once now: the granted slots, within what its gate can use. */
+  get usable(): number {
+    const granted = this.granted;
+    if (granted === 0 || this.gate.useful === undefined) return granted;
+    return Math.min(granted, this.gate.useful(performance.now()));
   }
 
   /** Claims held: running and buffered. */
@@ -172,7 +179,8 @@ export class SlotBook {
   want(m: ModelSlots): number {
     if (m.starved) return m.held;
     const others = this.slotsHeld - (m.token === 0n ? 0 : m.slots);
-    return Math.max(m.held, this.capacity - others);
+    const useful = m.gate.useful?.(performance.now()) ?? Number.POSITIVE_INFINITY;
+    return Math.max(m.held, Math.min(useful, this.capacity - others));
   }
 
   /** Slots to keep: never below what runs; otherwise the usable slots, down to the demand. */

@@ -19,6 +19,9 @@ export interface SlotDemand {
   rateWant?: number;
   /** Tokens a minute it could use; 0 or unset while it wants slots: as many as it is given. */
   tokenWant?: bigint;
+  /** The rate shares it spends now (its last answer's); it keeps to them until this call's answer. */
+  rpmHeld?: number | undefined;
+  tpmHeld?: number | undefined;
 }
 
 /** A grant as the control plane answers it. */

@@ -289,6 +289,8 @@ export class LeaseService {
         Math.max(0, d.rateWant ?? 0),
         (d.tokenWant ?? 0n) > 0n ? d.tokenWant!.toString() : "0",
         this.config.leaseTtlMs,
+        d.rpmHeld ?? null,
+        d.tpmHeld ?? null,
       ]);
       grants.push({
         model: d.model,

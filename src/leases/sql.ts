@@ -19,11 +19,11 @@ export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6,
 
 /**
  * RateShareSync: one dispatcher's share of one model's rates, renewed with
- * its grant (see fusillade_rates in the pacing migration). Params: model,
- * holder, slot want, rate want, token want, ttl ms. Result: rpm, tpm (null:
- * no such rate). Locks the model's limit row.
+ * its grant (see fusillade_rates in the rate-acks migration). Params: model,
+ * holder, slot want, rate want, token want, ttl ms, rpm held, tpm held (null:
+ * not said). Result: rpm, tpm (null: no such rate). Locks the model's limit row.
  */
-export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6)`;
+export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6, $7, $8)`;
 
 /** RateSharesDeleteSpent: shares neither live nor counted any more (this only tidies). */
 export const RATE_SHARES_DELETE_SPENT = `

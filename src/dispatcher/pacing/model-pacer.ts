@@ -28,6 +28,16 @@ import { TokenBucket } from "./token-bucket.js";
 
 /** How long a remaining-count without a reset time is trusted. */
 const READING_TTL_MS = 1000;
+/**
+ * Claims worth holding beyond a round trip's: this many seconds of the rate share. Enough to
+ * keep the bucket fed while a refill is on its way; not so much that one dispatcher sits on
+ * the work another could send with its own share.
+ */
+const HOLD_SECONDS = 1;
+/** Latency assumed before the first answer (for what to hold and to ask for). */
+const UNKNOWN_LATENCY_MS = 1000;
+/** Weight of a new estimate in the mean tokens per request. */
+const TOKENS_GAIN = 0.1;
 
 export interface ModelPacerOptions extends Partial<Omit<AimdOptions, "max">> {
   /** Wall-clock ms, for resets given as times. @default Date.now */
@@ -79,6 +89,8 @@ export class ModelPacer implements PacingGate {
   #tokenBudget: Budget | undefined;
   #answered = 0;
   #throttled = 0;
+  /** Mean estimated tokens per request (for what a token share lets start). */
+  #meanTokens: number | undefined;
 
   constructor(nowMs: number, limits: GateLimits, o: ModelPacerOptions = {}) {
     this.#aimd = new AimdLimit({ ...o, max: limits.concurrency });
@@ -106,7 +118,10 @@ export class ModelPacer implements PacingGate {
       return { ok: false, retryAtMs: Math.max(...empty), reason: "meter_empty" };
     }
     if (this.#inFlight >= this.#aimd.limit) {
-      return { ok: false, retryAtMs: Number.POSITIVE_INFINITY, reason: "concurrency" };
+      const growAt = this.#aimd.growIdle(nowMs, this.#inFlight);
+      if (this.#inFlight >= this.#aimd.limit) {
+        return { ok: false, retryAtMs: growAt, reason: "concurrency" };
+      }
     }
     while (this.#parked.length > 0 && this.#parked[0]! <= nowMs) this.#parked.shift();
     if (nowMs < this.#nextStartAt) {
@@ -125,6 +140,12 @@ export class ModelPacer implements PacingGate {
       return { ok: false, retryAtMs: nowMs + waitTokens, reason: "tokens" };
     }
     this.#inFlight++;
+    if (estimatedTokens > 0) {
+      this.#meanTokens =
+        this.#meanTokens === undefined
+          ? estimatedTokens
+          : this.#meanTokens + TOKENS_GAIN * (estimatedTokens - this.#meanTokens);
+    }
     if (this.#requestBudget) this.#requestBudget.left -= 1;
     if (this.#tokenBudget) this.#tokenBudget.left -= estimatedTokens;
     this.#aimd.onAdmit(nowMs);
@@ -165,6 +186,34 @@ export class ModelPacer implements PacingGate {
       READING_TTL_MS,
     );
     if (emptyMs !== undefined) this.#heldUntil = Math.max(this.#heldUntil, e.nowMs + emptyMs);
+  }
+
+  /**
+   * Claims worth holding now (ModelGate.useful): a round trip and HOLD_SECONDS of the rate
+   * share (requests, and tokens at the mean estimate), and after a cut twice the limit (room
+   * to grow). Infinity before any of these bounds it (slow start, no rate).
+   */
+  useful(_nowMs: number): number {
+    const seconds = (this.#aimd.latencyMs ?? UNKNOWN_LATENCY_MS) / 1000 + HOLD_SECONDS;
+    let n = Number.POSITIVE_INFINITY;
+    if (this.#rpm !== undefined) n = Math.min(n, (this.#rpm / 60) * seconds);
+    if (this.#tpm !== undefined) {
+      n = Math.min(n, (this.#tpm / 60 / Math.max(1, this.#meanTokens ?? 1)) * seconds);
+    }
+    if (!this.#aimd.slowStart) n = Math.min(n, 2 * this.#aimd.rawLimit);
+    return Number.isFinite(n) ? Math.max(1, Math.ceil(n)) : n;
+  }
+
+  /**
+   * The rate `held` claims need with no backlog behind them (Little's law: held per round
+   * trip), and its tokens at the mean estimate; undefined before a round trip is known.
+   */
+  demand(held: number): { rateWant: number; tokenWant: bigint } | undefined {
+    const latency = this.#aimd.latencyMs;
+    if (latency === undefined || held <= 0) return undefined;
+    const rateWant = Math.max(1, Math.ceil((held * 60_000) / Math.max(1, latency)));
+    const tokenWant = BigInt(Math.ceil(rateWant * (this.#meanTokens ?? 0)));
+    return { rateWant: Math.min(rateWant, 2 ** 31 - 1), tokenWant };
   }
 
   /**

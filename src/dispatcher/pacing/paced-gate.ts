@@ -74,6 +74,17 @@ export class PacedGate implements ModelGate {
     });
   }
 
+  useful(now: number): number {
+    // Asked before the first admission too: the first claims of a rated model must already
+    // be kept to what its share can send.
+    if (this.#pacer === undefined && this.#grant.granted === 0) return Number.POSITIVE_INFINITY;
+    return this.#follow(now).useful(now);
+  }
+
+  demand(held: number): { rateWant: number; tokenWant: bigint } | undefined {
+    return this.#pacer?.demand(held);
+  }
+
   /** What status and /metrics show of the model's pacing; undefined before its first attempt. */
   snapshot(now = performance.now()): PacerSnapshot | undefined {
     return this.#pacer?.snapshot(now);
@@ -82,17 +93,12 @@ export class PacedGate implements ModelGate {
   /** The pacer, made or handed a grant that changed since the last admission. */
   #follow(now: number): ModelPacer {
     const g = this.#grant;
-    const concurrency = Math.max(this.#concurrency, g.usable);
+    const concurrency = Math.max(this.#concurrency, g.granted);
     if (this.#pacer === undefined) {
       this.#concurrency = concurrency;
       this.#rpm = g.rpm;
       this.#tpm = g.tpm;
-      // Every slot at once until the upstream first says "slow down" (AimdOptions.startAtMax).
-      this.#pacer = new ModelPacer(
-        now,
-        { concurrency, rpm: g.rpm, tpm: g.tpm },
-        { startAtMax: true },
-      );
+      this.#pacer = new ModelPacer(now, { concurrency, rpm: g.rpm, tpm: g.tpm });
       return this.#pacer;
     }
     if (concurrency !== this.#concurrency || g.rpm !== this.#rpm || g.tpm !== this.#tpm) {
