@@ -72,6 +72,13 @@ export class ModelPacer implements PacingGate {
   readonly #wallNow: () => number;
   #requests: TokenBucket | undefined;
   #tokens: TokenBucket | undefined;
+  /**
+   * With no request rate granted: a bucket at the rate the upstream's headers name
+   * (`x-ratelimit-limit-requests`), so one dispatcher paces to the meter before any 429.
+   * Several sharing the meter each pace to all of it; their 429s cut the concurrency.
+   */
+  #heard: TokenBucket | undefined;
+  #heardRpm: number | undefined;
   #rpm: number | undefined;
   #tpm: number | undefined;
   #inFlight = 0;
@@ -132,11 +139,12 @@ export class ModelPacer implements PacingGate {
       const retryAtMs = this.#inFlight >= this.#aimd.limit || at === undefined ? Infinity : at;
       return { ok: false, retryAtMs, reason: "concurrency" };
     }
-    const waitRequests = this.#requests?.take(nowMs, 1) ?? 0;
+    const requests = this.#requests ?? this.#heard;
+    const waitRequests = requests?.take(nowMs, 1) ?? 0;
     if (waitRequests > 0) return { ok: false, retryAtMs: nowMs + waitRequests, reason: "requests" };
     const waitTokens = this.#tokens?.take(nowMs, estimatedTokens) ?? 0;
     if (waitTokens > 0) {
-      this.#requests?.adjust(nowMs, 1);
+      requests?.adjust(nowMs, 1);
       return { ok: false, retryAtMs: nowMs + waitTokens, reason: "tokens" };
     }
     this.#inFlight++;
@@ -165,6 +173,10 @@ export class ModelPacer implements PacingGate {
     }
     this.#answered++;
     const meter = parseRateLimitHeaders(e.headers, this.#wallNow());
+    if (meter.requestsPerMinute !== undefined && meter.requestsPerMinute !== this.#heardRpm) {
+      this.#heardRpm = meter.requestsPerMinute;
+      this.#heard = bucket(this.#heard, meter.requestsPerMinute, e.nowMs);
+    }
     this.#requestBudget = this.#budget(meter.requests, e.nowMs) ?? this.#requestBudget;
     this.#tokenBudget = this.#budget(meter.tokens, e.nowMs) ?? this.#tokenBudget;
     const throttled = e.status === 429 || (e.status === 503 && e.retryAfterMs !== undefined);
@@ -196,7 +208,8 @@ export class ModelPacer implements PacingGate {
   useful(_nowMs: number): number {
     const seconds = (this.#aimd.latencyMs ?? UNKNOWN_LATENCY_MS) / 1000 + HOLD_SECONDS;
     let n = Number.POSITIVE_INFINITY;
-    if (this.#rpm !== undefined) n = Math.min(n, (this.#rpm / 60) * seconds);
+    const rpm = this.#rpm ?? this.#heardRpm;
+    if (rpm !== undefined) n = Math.min(n, (rpm / 60) * seconds);
     if (this.#tpm !== undefined) {
       n = Math.min(n, (this.#tpm / 60 / Math.max(1, this.#meanTokens ?? 1)) * seconds);
     }
@@ -237,7 +250,7 @@ export class ModelPacer implements PacingGate {
         ? "held"
         : this.#aimd.backingOff
           ? "backing_off"
-          : this.#rpm !== undefined || this.#tpm !== undefined
+          : this.#rpm !== undefined || this.#tpm !== undefined || this.#heardRpm !== undefined
             ? "paced"
             : "free";
     return {

@@ -66,6 +66,19 @@ describe("ModelPacer gate", () => {
     expect(p.demand(5)).toEqual({ rateWant: 3000, tokenWant: 900_000n });
   });
 
+  test("no rate set: the rate a response's headers name paces the model before any 429", () => {
+    const p = new ModelPacer(0, { concurrency: 100 }, { initial: 100 });
+    expect(p.tryAdmit(0, 1).ok).toBe(true);
+    p.onOutcome(end(10, 200, { headers: { "x-ratelimit-limit-requests": "600" } }));
+    // 600 a minute: a bucket of one second's 10 (the first is spent by the next ten).
+    let admitted = 0;
+    while (p.tryAdmit(10, 1).ok) admitted++;
+    expect(admitted).toBe(10);
+    expect(p.tryAdmit(10, 1)).toMatchObject({ ok: false, reason: "requests" });
+    expect(p.snapshot(10).mode).toBe("paced");
+    expect(p.useful(10)).toBe(Math.ceil(10 * 1.01));
+  });
+
   test("a token grant refuses a request its bucket cannot hold, and usage corrects it", () => {
     const p = new ModelPacer(0, { concurrency: 100, tpm: 60_000 }, { initial: 100 }); // 1,000 a second
     expect(p.tryAdmit(0, 900).ok).toBe(true);
@@ -250,4 +263,3 @@ describe("ModelPacer against a simulated upstream (the issue's cases)", () => {
     expect(clean.elapsedMs / noisy.elapsedMs).toBeGreaterThanOrEqual(0.7);
   });
 });
-
