@@ -60,6 +60,7 @@ function toProto(m: ModelLimitRecord, defaultLimit: number) {
     holdUntilTime: toTimestamp(m.holdUntil),
     rpm: m.rpm ?? undefined,
     tpm: m.tpm ?? undefined,
+    pacing: m.pacing ?? undefined,
   });
 }
 

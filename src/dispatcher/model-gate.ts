@@ -21,6 +21,7 @@
  * - `done` is called once per admitted attempt, after the attempt ended and
  *   before its report is queued, with how it ended (see {@link attemptVerdict}).
  */
+import type { PacingView } from "../domain/capacity.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import type { DispatchLease } from "./lease-client.js";
 
@@ -56,6 +57,8 @@ export interface ModelGate {
    * as it is given.
    */
   demand?(held: number): { rateWant: number; tokenWant: bigint } | undefined;
+  /** How the model is paced now (for the control plane's views); undefined: nothing to say. */
+  view?(now: number): PacingView | undefined;
 }
 
 /** What a gate may read of its model's grant, live (the model's ModelSlots). */

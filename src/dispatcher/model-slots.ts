@@ -18,6 +18,7 @@
  * Times are `performance.now()` milliseconds.
  */
 import { performance } from "node:perf_hooks";
+import type { PacingView } from "../domain/capacity.js";
 import type { WorkInterest } from "./lease-client.js";
 import type { HeldLease } from "./lease-table.js";
 import { admitAll, type GateFactory, type GrantView, type ModelGate } from "./model-gate.js";
@@ -101,6 +102,9 @@ export interface ModelGauges {
   slots: number;
   buffered: number;
   held: boolean;
+  rpm: number | undefined;
+  tpm: number | undefined;
+  pacing: PacingView | undefined;
 }
 
 /** Every model the dispatcher holds or has heard of; see the file header. */
@@ -157,6 +161,9 @@ export class SlotBook {
         slots: m.token === 0n ? 0 : m.slots,
         buffered: m.queue.length,
         held: now < m.heldUntil,
+        rpm: m.token === 0n ? undefined : m.rpm,
+        tpm: m.token === 0n ? undefined : m.tpm,
+        pacing: m.gate.view?.(now),
       };
     }
   }

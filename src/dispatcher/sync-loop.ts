@@ -173,6 +173,7 @@ export class SyncLoop {
         ...rate,
         rpmHeld: m.token === 0n ? undefined : m.rpm,
         tpmHeld: m.token === 0n ? undefined : m.tpm,
+        pacing: m.token === 0n ? undefined : m.gate.view?.(performance.now()),
       });
       if (m.token === 0n && !this.#askedSince.has(m.model))
         this.#askedSince.set(m.model, performance.now());

@@ -282,6 +282,9 @@ export class LeaseService {
         lostGrants.push({ model: d.model, token: d.token });
         continue;
       }
+      if (d.pacing !== undefined) {
+        await this.db.query(sql.PACING_VIEW_SET, [d.model, holder, JSON.stringify(d.pacing)]);
+      }
       const rate = await this.db.query<{ rpm: number | null; tpm: number | null }>(sql.RATES_SYNC, [
         d.model,
         holder,

@@ -18,6 +18,13 @@ import { batchClaimsOf } from "../storage/fair-share.js";
 export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
+ * PacingViewSet: what a grant's holder says of its pacing (docs/pacing.md,
+ * "What is visible where"). Params: model, holder, view (json text).
+ */
+export const PACING_VIEW_SET = `
+  UPDATE slot_grants SET pacing = $3::jsonb WHERE model = $1 AND holder = $2`;
+
+/**
  * RateShareSync: one dispatcher's share of one model's rates, renewed with
  * its grant (see fusillade_rates in the rate-acks migration). Params: model,
  * holder, slot want, rate want, token want, ttl ms, rpm held, tpm held (null:

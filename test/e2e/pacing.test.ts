@@ -51,6 +51,15 @@ test("a known meter: two dispatchers share its rate and its work, every request 
   const batchId = await createTestBatch(cp.batch, upstream.url, items("known", REQUESTS), {
     maxRetries: 0,
   });
+  // What an operator reads in `limits list` while it runs: paced by both dispatchers (they
+  // say so at their Syncs, every second while they hold a rate), calls being answered.
+  await expect
+    .poll(
+      async () =>
+        (await cp.admin.listModelLimits({})).modelLimits.find((m) => m.model === "known")?.pacing,
+      { timeout: 20_000, interval: 200 },
+    )
+    .toMatchObject({ mode: "paced", dispatchers: 2, callsLastMinute: expect.any(Number) });
   const status = await waitForBatch(cp.batch, batchId, 120_000);
   expect(Number(status.counts!.completed)).toBe(REQUESTS);
   const r = upstream.record("known");

@@ -144,6 +144,54 @@ describe("rate grants", () => {
     expect((await sync("q", "e", 5, 0, 480))?.rpm).toBe(600);
   });
 
+  test("pacing views: what each holder says, summed in ListModelLimits with the slowest mode", async () => {
+    await t.admin.setModelLimit({ model: "v", limit: 10, rpm: 600 });
+    const view = async (
+      holder: string,
+      mode: string,
+      concurrency: number,
+      calls: number,
+      thr: number,
+    ) => {
+      const key = `${holder}/v`;
+      const res = await t.dispatch.sync({
+        dispatcherId: holder,
+        slots: [
+          {
+            model: "v",
+            token: tokens.get(key) ?? 0n,
+            keep: 5,
+            want: 5,
+            room: 0,
+            pacing: { mode, concurrency, callsLastMinute: calls, throttledLastMinute: thr },
+          },
+        ],
+      });
+      tokens.set(key, res.grants[0]!.token);
+    };
+    const listed = async () =>
+      (await t.admin.listModelLimits({})).modelLimits.find((m) => m.model === "v")?.pacing;
+    // A first Sync makes the grant; the view is kept from the next on.
+    await view("v1", "paced", 3, 290, 0);
+    await view("v1", "paced", 3, 290, 0);
+    expect(await listed()).toMatchObject({ mode: "paced", concurrency: 3, dispatchers: 1 });
+    await view("v2", "backing_off", 2, 310, 31);
+    await view("v2", "backing_off", 2, 310, 31);
+    expect(await listed()).toMatchObject({
+      mode: "backing_off",
+      concurrency: 5,
+      callsLastMinute: 600,
+      throttledLastMinute: 31,
+      dispatchers: 2,
+    });
+    // A dead holder's view goes with its grant.
+    await sql.query(
+      `UPDATE slot_grants SET expires_at = now() - interval '1 ms' WHERE model = 'v' AND holder = 'v2'`,
+    );
+    expect(await listed()).toMatchObject({ mode: "paced", concurrency: 3, dispatchers: 1 });
+    await expect(view("v1", "sleepy", 1, 0, 0)).rejects.toThrow(/slots\[0\]\.pacing\.mode/);
+  });
+
   test("a negative rate_want is INVALID_ARGUMENT naming the field", async () => {
     await expect(
       t.dispatch.sync({

@@ -20,6 +20,7 @@ import {
   formatDuration,
   isTerminal,
   limitView,
+  pacingLine,
   print,
   printJson,
   stateName,
@@ -411,8 +412,11 @@ export async function limitsListAction(
       String(l.in_flight),
       String(l.pending),
       l.hold_until_time ?? "",
+      pacingLine(l.pacing),
     ]);
-  print(table(["MODEL", "LIMIT", "RPM", "TPM", "IN FLIGHT", "PENDING", "HELD UNTIL"], rows));
+  print(
+    table(["MODEL", "LIMIT", "RPM", "TPM", "IN FLIGHT", "PENDING", "HELD UNTIL", "PACING"], rows),
+  );
   print(`default limit: ${defaultLimit}`);
   moreNote(next, "limits list");
 }

@@ -59,6 +59,33 @@ export interface PacerSnapshot {
   /** Answers counted, and how many were throttles (429, or 503 with Retry-After). */
   answered: number;
   throttled: number;
+  /** The same over the last minute. */
+  answeredLastMinute: number;
+  throttledLastMinute: number;
+}
+
+/** Counts per second over the last minute (a ring of 60). */
+class MinuteCounts {
+  readonly #second = new Float64Array(60).fill(-1);
+  readonly #counts = new Float64Array(60);
+
+  add(nowMs: number): void {
+    const s = Math.floor(nowMs / 1000);
+    const i = s % 60;
+    if (this.#second[i] !== s) {
+      this.#second[i] = s;
+      this.#counts[i] = 0;
+    }
+    this.#counts[i]!++;
+  }
+
+  /** Counted in the 60 seconds up to `nowMs`. */
+  total(nowMs: number): number {
+    const s = Math.floor(nowMs / 1000);
+    let n = 0;
+    for (let i = 0; i < 60; i++) if (this.#second[i]! > s - 60) n += this.#counts[i]!;
+    return n;
+  }
 }
 
 /** What is left of the meter until a moment, as the last response said. */
@@ -96,6 +123,8 @@ export class ModelPacer implements PacingGate {
   #tokenBudget: Budget | undefined;
   #answered = 0;
   #throttled = 0;
+  readonly #answeredRecent = new MinuteCounts();
+  readonly #throttledRecent = new MinuteCounts();
   /** Mean estimated tokens per request (for what a token share lets start). */
   #meanTokens: number | undefined;
 
@@ -172,6 +201,7 @@ export class ModelPacer implements PacingGate {
       return;
     }
     this.#answered++;
+    this.#answeredRecent.add(e.nowMs);
     const meter = parseRateLimitHeaders(e.headers, this.#wallNow());
     if (meter.requestsPerMinute !== undefined && meter.requestsPerMinute !== this.#heardRpm) {
       this.#heardRpm = meter.requestsPerMinute;
@@ -185,6 +215,7 @@ export class ModelPacer implements PacingGate {
       return;
     }
     this.#throttled++;
+    this.#throttledRecent.add(e.nowMs);
     this.#aimd.onThrottle(e.nowMs, e.admittedAtMs);
     const roundTripEnd = e.admittedAtMs + (this.#aimd.latencyMs ?? 0);
     if (roundTripEnd > e.nowMs) {
@@ -262,6 +293,8 @@ export class ModelPacer implements PacingGate {
       heldUntilMs: held,
       answered: this.#answered,
       throttled: this.#throttled,
+      answeredLastMinute: this.#answeredRecent.total(nowMs),
+      throttledLastMinute: this.#throttledRecent.total(nowMs),
     };
   }
 }

@@ -14,6 +14,7 @@
  * Token estimates cost a JSON parse of the body: only a model with a token rate pays it.
  */
 import { performance } from "node:perf_hooks";
+import type { PacingView } from "../../domain/capacity.js";
 import type { DispatchLease } from "../lease-client.js";
 import type { AttemptResult, GateFactory, GrantView, ModelGate } from "../model-gate.js";
 import { ModelPacer, type PacerSnapshot } from "./model-pacer.js";
@@ -83,6 +84,17 @@ export class PacedGate implements ModelGate {
 
   demand(held: number): { rateWant: number; tokenWant: bigint } | undefined {
     return this.#pacer?.demand(held);
+  }
+
+  view(now: number): PacingView | undefined {
+    const s = this.#pacer?.snapshot(now);
+    if (s === undefined) return undefined;
+    return {
+      mode: s.mode,
+      concurrency: s.concurrency,
+      callsLastMinute: s.answeredLastMinute,
+      throttledLastMinute: s.throttledLastMinute,
+    };
   }
 
   /** What status and /metrics show of the model's pacing; undefined before its first attempt. */

@@ -36,6 +36,8 @@ export class SlotGrantEntity {
   @Column({ type: "timestamptz", name: "expires_at" }) expiresAt: Date;
   @Column({ type: "timestamptz", name: "created_at", default: () => "now()" }) createdAt: Date;
   @Column({ type: "timestamptz", name: "updated_at", default: () => "now()" }) updatedAt: Date;
+  /** How the holder paces the model, as its last Sync said (PacingView); null before its first attempt. */
+  @Column({ type: "jsonb", nullable: true }) pacing: unknown;
 }
 
 /** A tenant's weight in fair share (docs/fair-share.md); a tenant without a row weighs 1. */
