@@ -51,8 +51,8 @@ export class TenantEntity {
 
 /**
  * One dispatcher's share of one model's rates (docs/pacing.md, "Rate grants"). Changed
- * only by the plpgsql function `fusillade_rates()`; a cut or expired share stays counted
- * for a minute (the `*_counted` columns).
+ * only by the plpgsql function `fusillade_rates()`; a cut share stays counted until its
+ * holder says it spends the new one, or its grant expires (the `*_counted` columns).
  */
 @Entity({ name: "rate_shares" })
 @Check("rate_shares_want_check", "want >= 0")
