@@ -35,7 +35,7 @@ export interface RetentionWorker {
  */
 export function retentionIntervalMs(s: Readonly<RetentionSettings>): number {
   const set = [s.retentionMs, s.eventRetentionMs].filter((ms) => ms > 0);
-  return Math.min(MINUTE, Math.max(SECOND, Math.min(MINUTE, ...set) / 10));
+  return Math.min(MINUTE, Math.max(SECOND, Math.min(...set) / 10));
 }
 
 /** Starts the worker; `onPass` hears what each pass did. */
