@@ -177,9 +177,13 @@ async function* streamBatchRequests(
   const token = (c: StreamCursor) => encodeStreamCursor(c, batchId, states);
   const wake = new BatchWakeups(deps.notifications, batchId);
   try {
+    // The lowest seq after which changes were read: retention may have dropped
+    // events above it meanwhile (checked once the batch is terminal).
+    let readAfter = Number.POSITIVE_INFINITY;
     // Changes with afterSeq < seq ≤ upTo (of lines ≤ maxLine), page by page.
     const changes = async function* (upTo: number, maxLine: number | null, batch: BatchRecord) {
       let after = cur.seq;
+      if (after < upTo) readAfter = Math.min(readAfter, after);
       while (after < upTo) {
         const page = await changesPage(db, {
           batchId,
@@ -204,55 +208,72 @@ async function* streamBatchRequests(
         after = page.more && last ? last.seq : upTo;
       }
     };
-
-    while (cur.phase === "snapshot") {
-      if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      const from: { seq: number; line: number } = cur;
-      const page = await snapshotPage(
-        db,
-        batchId,
-        from.line,
-        states,
-        SNAPSHOT_PAGE,
-        deps.config.maxPageBytes,
-      );
-      if (!page) throw new NotFoundError("batch", batchId);
-      const base = Number(page.batch.eventSeq);
-      // Bring the requests already sent up to this page's snapshot.
-      if (from.line > 0) yield* changes(base, from.line, page.batch);
-      if (signal.aborted) continue; // stopIfAborted above decides how to end
-      for (const r of page.requests) {
-        cur = { phase: "snapshot", seq: base, line: r.line };
-        yield streamMessage(
-          StreamBatchRequestsResponse_Kind.SNAPSHOT,
-          r,
-          token(cur),
-          page.batch.state,
-        );
-        if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      }
-      // A page cut by rows or bytes leaves cur at its last line; the next page continues there.
-      if (!page.more) {
-        cur = { phase: "changes", seq: base };
-        yield streamMessage(
-          StreamBatchRequestsResponse_Kind.SNAPSHOT_END,
-          undefined,
-          token(cur),
-          page.batch.state,
-        );
-      }
-    }
+    // Changes the cursor needs were dropped by retention (docs/streaming.md,
+    // "Resuming after the change log is gone"): start again from the snapshot,
+    // which holds every request's final state.
+    const restartIfPruned = (batch: BatchRecord, readFrom: number) => {
+      if (readFrom >= Number(batch.eventsPrunedThrough)) return false;
+      cur = STREAM_START;
+      readAfter = Number.POSITIVE_INFINITY;
+      return true;
+    };
 
     for (;;) {
-      if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      wake.clear();
-      const batch = await getBatch(db, scope, batchId);
-      const latest = Number(batch.eventSeq);
-      yield* changes(latest, null, batch);
-      if (signal.aborted) continue;
-      cur = { phase: "changes", seq: Math.max(cur.seq, latest) };
-      if (isBatchTerminal(batch.state)) return;
-      await wake.next(RECHECK_MS, signal);
+      while (cur.phase === "snapshot") {
+        if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        const from: { seq: number; line: number } = cur;
+        const page = await snapshotPage(
+          db,
+          batchId,
+          from.line,
+          states,
+          SNAPSHOT_PAGE,
+          deps.config.maxPageBytes,
+        );
+        if (!page) throw new NotFoundError("batch", batchId);
+        const base = Number(page.batch.eventSeq);
+        if (from.line > 0 && from.seq < base && restartIfPruned(page.batch, from.seq)) continue;
+        // Bring the requests already sent up to this page's snapshot.
+        if (from.line > 0) yield* changes(base, from.line, page.batch);
+        if (signal.aborted) continue; // stopIfAborted above decides how to end
+        for (const r of page.requests) {
+          cur = { phase: "snapshot", seq: base, line: r.line };
+          yield streamMessage(
+            StreamBatchRequestsResponse_Kind.SNAPSHOT,
+            r,
+            token(cur),
+            page.batch.state,
+          );
+          if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        }
+        // A page cut by rows or bytes leaves cur at its last line; the next page continues there.
+        if (!page.more) {
+          cur = { phase: "changes", seq: base };
+          yield streamMessage(
+            StreamBatchRequestsResponse_Kind.SNAPSHOT_END,
+            undefined,
+            token(cur),
+            page.batch.state,
+          );
+        }
+      }
+
+      for (;;) {
+        if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        wake.clear();
+        const batch = await getBatch(db, scope, batchId);
+        const latest = Number(batch.eventSeq);
+        if (cur.seq < latest && restartIfPruned(batch, cur.seq)) break;
+        yield* changes(latest, null, batch);
+        if (signal.aborted) continue;
+        cur = { phase: "changes", seq: Math.max(cur.seq, latest) };
+        if (isBatchTerminal(batch.state)) {
+          // Events read may have been dropped while they were read: then send it all again.
+          if (restartIfPruned(await getBatch(db, scope, batchId), readAfter)) break;
+          return;
+        }
+        await wake.next(RECHECK_MS, signal);
+      }
     }
   } finally {
     wake.close();
@@ -287,7 +308,9 @@ async function* watchBatch(
         lastKey = key;
         lastSent = Date.now();
         const shares = await sharesOf(deps.db, b, deps.config.defaultLimit);
-        yield create(WatchBatchResponseSchema, { batch: toProtoBatch(b, shares) });
+        yield create(WatchBatchResponseSchema, {
+          batch: toProtoBatch(b, deps.config.retentionMs, shares),
+        });
       }
       if (isBatchTerminal(b.state)) return;
       await wake.next(RECHECK_MS, signal);
