@@ -63,6 +63,19 @@ const RESULTS_PAGE = 500;
  * everyone with "*"): this is the backstop should a future change forget.
  */
 const RECHECK_MS = 5_000;
+/** Whether a stream that last sent at `sentAt` (epoch ms) owes a heartbeat. */
+function heartbeatDue(deps: ApiDeps, sentAt: number): boolean {
+  const every = deps.config.streamHeartbeatMs;
+  return every > 0 && Date.now() - sentAt >= every;
+}
+
+/** How long a stream waits for a change: the recheck, or less when a heartbeat comes first. */
+function nextCheckMs(deps: ApiDeps, sentAt: number): number {
+  const every = deps.config.streamHeartbeatMs;
+  if (every <= 0) return RECHECK_MS;
+  return Math.max(1, Math.min(RECHECK_MS, sentAt + every - Date.now()));
+}
+
 /** Default and bounds of WatchBatch's min_interval. */
 const WATCH_MIN_INTERVAL_DEFAULT_MS = 250;
 const WATCH_MIN_INTERVAL_MAX_MS = 3_600_000;
@@ -180,6 +193,8 @@ async function* streamBatchRequests(
     // The lowest seq after which changes were read: retention may have dropped
     // events above it meanwhile (checked once the batch is terminal).
     let readAfter = Number.POSITIVE_INFINITY;
+    // When the last message went out (a quiet stream owes a heartbeat).
+    let sentAt = Date.now();
     // Changes with afterSeq < seq ≤ upTo (of lines ≤ maxLine), page by page.
     const changes = async function* (upTo: number, maxLine: number | null, batch: BatchRecord) {
       let after = cur.seq;
@@ -202,6 +217,7 @@ async function* streamBatchRequests(
             token(cur),
             stateAfter(batch, ch),
           );
+          sentAt = Date.now();
           if (stopIfAborted(signal, deps.shutdownSignal)) return;
         }
         const last = page.changes[page.changes.length - 1];
@@ -258,6 +274,7 @@ async function* streamBatchRequests(
         }
       }
 
+      sentAt = Date.now();
       for (;;) {
         if (stopIfAborted(signal, deps.shutdownSignal)) return;
         wake.clear();
@@ -272,7 +289,12 @@ async function* streamBatchRequests(
           if (restartIfPruned(await getBatch(db, scope, batchId), readAfter)) break;
           return;
         }
-        await wake.next(RECHECK_MS, signal);
+        if (heartbeatDue(deps, sentAt)) {
+          sentAt = Date.now();
+          const kind = StreamBatchRequestsResponse_Kind.HEARTBEAT;
+          yield streamMessage(kind, undefined, token(cur), batch.state);
+        }
+        await wake.next(nextCheckMs(deps, sentAt), signal);
       }
     }
   } finally {
@@ -304,7 +326,7 @@ async function* watchBatch(
       const b = await getBatch(deps.db, scope, req.batchId);
       // updated_at moves with every counter change, cancel and retry.
       const key = `${b.eventSeq}/${b.updatedAt.getTime()}/${b.state}`;
-      if (key !== lastKey) {
+      if (key !== lastKey || heartbeatDue(deps, lastSent)) {
         lastKey = key;
         lastSent = Date.now();
         const shares = await sharesOf(deps.db, b, deps.config.defaultLimit);
@@ -313,7 +335,7 @@ async function* watchBatch(
         });
       }
       if (isBatchTerminal(b.state)) return;
-      await wake.next(RECHECK_MS, signal);
+      await wake.next(nextCheckMs(deps, lastSent), signal);
       // Coalesce: changes during the pause are read as one.
       await pause(lastSent + minInterval - Date.now(), signal);
     }

@@ -92,6 +92,13 @@ export interface ControlPlaneConfig {
    * @default 5s
    */
   streamReauthIntervalMs: number;
+  /**
+   * A server stream (WatchBatch, StreamBatchRequests) that has sent nothing for this long
+   * sends a heartbeat (the batch again; a HEARTBEAT message), so proxies and meshes that
+   * close idle streams (Envoy's stream idle timeout, a load balancer's 60 s) keep a quiet
+   * batch's watchers. FUSILLADE_STREAM_HEARTBEAT; 0: never. @default 30s
+   */
+  streamHeartbeatMs: number;
   /** Largest UploadFile content, in bytes. @default 256 MiB */
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
@@ -176,6 +183,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   dbStatementTimeoutMs: 60 * SECOND,
   listenCheckIntervalMs: 5 * SECOND,
   streamReauthIntervalMs: 5 * SECOND,
+  streamHeartbeatMs: 30 * SECOND,
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
@@ -208,6 +216,7 @@ const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, b
   ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
   ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
   ["FUSILLADE_STREAM_REAUTH_INTERVAL", "streamReauthIntervalMs", false],
+  ["FUSILLADE_STREAM_HEARTBEAT", "streamHeartbeatMs", true],
   ["FUSILLADE_EVENT_RETENTION", "eventRetentionMs", true],
 ];
 /** The connection settings, from the environment only: variable → key, and whether 0 is allowed. */
