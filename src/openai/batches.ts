@@ -47,6 +47,42 @@ function metadataField(body: Record<string, unknown>): Record<string, string> {
   return v as Record<string, string>;
 }
 
+/** OpenAI's bounds of `output_expires_after.seconds`: an hour to 30 days. */
+const OUTPUT_EXPIRY_S = { min: 3_600, max: 2_592_000 };
+
+/**
+ * The batch's retention from OpenAI's `output_expires_after` ({anchor: "created_at",
+ * seconds}: the output and error files go that long after they are made, which is when the
+ * batch finishes, as Fusillade's retention counts), or from the `retention` extension;
+ * "" when neither is given (the server's).
+ */
+function retentionField(body: Record<string, unknown>): string {
+  const own = stringField(body, "retention", false);
+  const v = body.output_expires_after;
+  if (v === undefined || v === null) return own;
+  if (own !== "") throw badParam("retention", "give either retention or output_expires_after");
+  if (typeof v !== "object" || Array.isArray(v)) {
+    throw badParam("output_expires_after", "must be an object");
+  }
+  const o = v as Record<string, unknown>;
+  if (o.anchor !== "created_at") {
+    throw badParam("output_expires_after.anchor", 'must be "created_at"');
+  }
+  const s = o.seconds;
+  if (
+    typeof s !== "number" ||
+    !Number.isInteger(s) ||
+    s < OUTPUT_EXPIRY_S.min ||
+    s > OUTPUT_EXPIRY_S.max
+  ) {
+    throw badParam(
+      "output_expires_after.seconds",
+      `must be an integer from ${OUTPUT_EXPIRY_S.min} to ${OUTPUT_EXPIRY_S.max}`,
+    );
+  }
+  return `${s}s`;
+}
+
 /** POST /v1/batches */
 export async function createBatchRoute(call: Call): Promise<void> {
   const body = await readJson(call.req);
@@ -72,7 +108,7 @@ export async function createBatchRoute(call: Call): Promise<void> {
       completionWindow: stringField(body, "completion_window", false),
       metadata: metadataField(body),
       priority: intField(body, "priority") ?? 0,
-      retention: stringField(body, "retention", false),
+      retention: retentionField(body),
       retryPolicy: maxRetries === undefined ? undefined : { maxRetries },
     }),
   );

@@ -105,7 +105,7 @@ export async function getFileRoute(call: Call, id: string): Promise<void> {
   const result = parseResultFileId(id);
   if (result !== undefined) {
     const b = await getBatch(call.deps.db, scope, result.batchId);
-    sendJson(call.res, 200, resultFileObject(result.kind, b));
+    sendJson(call.res, 200, resultFileObject(result.kind, b, call.deps.config.retentionMs));
     return;
   }
   sendJson(call.res, 200, fileObject(await getFile(call.deps.db, scope, id)));

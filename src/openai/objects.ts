@@ -1,4 +1,5 @@
 /** Fusillade records as OpenAI's file and batch objects (docs/openai-api.md). */
+import { deleteTime } from "../domain/retention.js";
 import type { BatchRecord } from "../storage/batches.js";
 import type { FileRecord } from "../storage/files.js";
 import { unixSeconds } from "./http.js";
@@ -34,18 +35,22 @@ export function fileObject(f: FileRecord) {
   };
 }
 
-/** A batch's output or error file as a file object (read on demand: no size). */
-export function resultFileObject(kind: ResultFile, b: BatchRecord) {
+/**
+ * A batch's output or error file as a file object (read on demand: no size). Made when the
+ * batch finishes (its lines so far until then); it expires with the batch, at its
+ * retention after that (`serverRetentionMs` when the batch has none of its own).
+ */
+export function resultFileObject(kind: ResultFile, b: BatchRecord, serverRetentionMs: number) {
   return {
     id: resultFileId(kind, b.id),
     object: "file",
     bytes: null,
-    created_at: unixSeconds(b.createdAt),
+    created_at: unixSeconds(b.finishedAt ?? b.createdAt),
     filename: `batch_${b.id}_${kind === "output" ? "output" : "error"}.jsonl`,
     purpose: "batch_output",
     status: "processed",
     status_details: null,
-    expires_at: null,
+    expires_at: unixSeconds(deleteTime(b.finishedAt, b.retentionMs, serverRetentionMs) ?? null),
   };
 }
 

@@ -200,6 +200,53 @@ describe("the OpenAI SDK's batch flow", () => {
     await poll(client, done.id);
     await expect(client.batches.cancel(done.id)).rejects.toBeInstanceOf(OpenAI.ConflictError);
   });
+
+  test("output_expires_after: the output file expires that long after the batch finished; bad values are 400", async () => {
+    const client = sdk(local.url);
+    const file = await upload(client, jsonl(["exp-1", "exp-2"]));
+    const b = await client.batches.create({
+      input_file_id: file.id,
+      endpoint: "/v1/chat/completions",
+      completion_window: "24h",
+      output_expires_after: { anchor: "created_at", seconds: 7_200 },
+    });
+    const done = await poll(client, b.id);
+    expect(done.status).toBe("completed");
+    const out = await client.files.retrieve(done.output_file_id!);
+    // Made when the batch finished; gone two hours later, with the batch.
+    expect(out.created_at).toBe(done.completed_at);
+    expect(out.expires_at).toBe(done.completed_at! + 7_200);
+    // The server's retention (30 days) when the batch names none.
+    const plain = await poll(
+      client,
+      (
+        await client.batches.create({
+          input_file_id: file.id,
+          endpoint: "/v1/chat/completions",
+          completion_window: "24h",
+        })
+      ).id,
+    );
+    const plainOut = await client.files.retrieve(plain.output_file_id!);
+    expect(plainOut.expires_at).toBe(plain.completed_at! + 30 * 86_400);
+
+    const create = (extra: Record<string, unknown>) =>
+      client.batches.create({
+        input_file_id: file.id,
+        endpoint: "/v1/chat/completions",
+        completion_window: "24h",
+        ...extra,
+      } as unknown as OpenAI.Batches.BatchCreateParams);
+    await expect(
+      create({ output_expires_after: { anchor: "created_at", seconds: 60 } }),
+    ).rejects.toMatchObject({ status: 400, param: "output_expires_after.seconds" });
+    await expect(
+      create({ output_expires_after: { anchor: "completed_at", seconds: 7_200 } }),
+    ).rejects.toMatchObject({ status: 400, param: "output_expires_after.anchor" });
+    await expect(
+      create({ output_expires_after: { anchor: "created_at", seconds: 7_200 }, retention: "1d" }),
+    ).rejects.toMatchObject({ status: 400, param: "retention" });
+  });
 });
 
 describe("token mode", () => {
