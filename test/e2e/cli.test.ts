@@ -6,7 +6,7 @@
  * dispatcher and a loopback upstream. Also runs the Python example when
  * Debian's python3-grpcio is installed.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -18,12 +18,12 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllowList } from "../../src/domain/endpoints.js";
 import { buildDist, ROOT } from "../helpers/build.js";
+import { cliRunner, jsonl, watchProcess } from "../helpers/cli-process.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import { startUpstream } from "../helpers/upstream.js";
 
-const BIN = path.join(ROOT, "bin/fusillade.js");
 const PYTHON_EXAMPLE = path.join(ROOT, "examples/python/run.sh");
 
 let t: TestControlPlane;
@@ -44,53 +44,10 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** A running process: a wait for a pattern in its output, and its end. */
-interface Running {
-  /** Resolves with the first match of `re` on stdout or stderr (rejects if the process exits first). */
-  waitFor(re: RegExp): Promise<RegExpMatchArray>;
-  done: Promise<Result>;
-  child: ChildProcess;
-}
-
-/** Starts the CLI with `args`, FUSILLADE_SERVER pointing at the test control plane. */
-function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, FUSILLADE_SERVER: t.url, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  return watchProcess(child);
-}
-
-function cli(args: string[], env?: NodeJS.ProcessEnv): Promise<Result> {
-  return start(args, env).done;
-}
-
-/** Writes a JSONL batch file of `n` lines (custom ids c1…cn); returns its path. */
-async function batchFile(
-  name: string,
-  n: number,
-  extra: string[] = [],
-  model = "gpt-test",
-): Promise<string> {
-  const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({
-      custom_id: `c${i + 1}`,
-      method: "POST",
-      url: "/v1/chat/completions",
-      body: { model, messages: [{ role: "user", content: `hello ${i + 1}` }] },
-    }),
-  );
-  const file = path.join(dir, name);
-  await writeFile(file, `${[...lines, ...extra].join("\n")}\n`);
-  return file;
-}
+const { start, cli, batchFile } = cliRunner(
+  () => t.url,
+  () => dir,
+);
 
 /** Moves every non-terminal request of the batch to a terminal state: line 2 fails, the rest complete. */
 async function finish(batchId: string): Promise<void> {
@@ -105,12 +62,6 @@ async function finish(batchId: string): Promise<void> {
     [batchId],
   );
 }
-
-const jsonl = (text: string) =>
-  text
-    .split("\n")
-    .filter((l) => l !== "")
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe("fusillade CLI", () => {
   it("has --help at every level", async () => {
@@ -1008,42 +959,3 @@ describe("fusillade CLI", () => {
     },
   );
 });
-
-/** Collects a child's output; lets a test await patterns in it and its exit. */
-function watchProcess(child: ChildProcess): Running {
-  const out = { stdout: "", stderr: "" };
-  const listeners = new Set<() => void>();
-  let exited = false;
-  const onData = (k: "stdout" | "stderr") => (d: Buffer) => {
-    out[k] += d.toString();
-    for (const l of listeners) l();
-  };
-  child.stdout!.on("data", onData("stdout"));
-  child.stderr!.on("data", onData("stderr"));
-  const done = new Promise<Result>((resolve) =>
-    child.on("close", (code) => {
-      exited = true;
-      for (const l of listeners) l();
-      resolve({ code, ...out });
-    }),
-  );
-  return {
-    done,
-    child,
-    waitFor: (re) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const m = re.exec(out.stdout) ?? re.exec(out.stderr);
-          if (m) {
-            listeners.delete(check);
-            resolve(m);
-          } else if (exited) {
-            listeners.delete(check);
-            reject(new Error(`exited before ${re}: ${out.stderr}`));
-          }
-        };
-        listeners.add(check);
-        check();
-      }),
-  };
-}

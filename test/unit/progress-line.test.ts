@@ -57,7 +57,7 @@ describe("fitLine", () => {
     errors: errorsText([
       { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
       { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
-    ]),
+    ], 10),
     holds: "",
   };
 
@@ -90,6 +90,23 @@ describe("fitLine", () => {
     expect(plain).toMatch(
       /ETA 1m35s \| gpt-a held until 12:00:00 \(429\) \| errors: http_error 404/,
     );
+  });
+});
+
+describe("errorsText", () => {
+  it("adds up to the failed count: kinds left out are \"other\"", () => {
+    const errors = [
+      { code: "http_error", statusCode: 429, failed: 8, retrying: 0 },
+      { code: "http_error", statusCode: 500, failed: 3, retrying: 1 },
+      { code: "timeout", statusCode: 0, failed: 2, retrying: 0 },
+    ];
+    expect(errorsText(errors, 13)).toBe(
+      "http_error 429 ×8, http_error 500 ×3 failed, ×1 retrying, timeout ×2",
+    );
+    expect(errorsText(errors, 14, 2)).toBe(
+      "http_error 429 ×8, http_error 500 ×3 failed, ×1 retrying, other ×3",
+    );
+    expect(errorsText([], 0)).toBe("");
   });
 });
 

@@ -64,21 +64,26 @@ export interface ErrorSummary {
   retrying: number;
 }
 
-/** "http_error 404 ×120, network_error ×3 (retrying)": the commonest first. */
-export function errorsText(errors: ErrorSummary[], max = 3): string {
-  return errors
-    .slice(0, max)
-    .map((e) => {
-      const what = `${e.code}${e.statusCode ? ` ${e.statusCode}` : ""}`;
-      const counts =
-        e.failed > 0 && e.retrying > 0
-          ? `×${e.failed} failed, ×${e.retrying} retrying`
-          : e.failed > 0
-            ? `×${e.failed}`
-            : `×${e.retrying} retrying`;
-      return `${what} ${counts}`;
-    })
-    .join(", ");
+/**
+ * "http_error 404 ×120, network_error ×3 retrying": the commonest first, at
+ * most `max` kinds; the failed requests of the kinds left out (or not yet in
+ * the breakdown) as "other ×N", so the failures shown add up to `failed`.
+ */
+export function errorsText(errors: ErrorSummary[], failed: number, max = 3): string {
+  const shown = errors.slice(0, max);
+  const parts = shown.map((e) => {
+    const what = `${e.code}${e.statusCode ? ` ${e.statusCode}` : ""}`;
+    const counts =
+      e.failed > 0 && e.retrying > 0
+        ? `×${e.failed} failed, ×${e.retrying} retrying`
+        : e.failed > 0
+          ? `×${e.failed}`
+          : `×${e.retrying} retrying`;
+    return `${what} ${counts}`;
+  });
+  const other = failed - shown.reduce((n, e) => n + e.failed, 0);
+  if (other > 0) parts.push(`other ×${other}`);
+  return parts.join(", ");
 }
 
 /** "gpt-a held until 12:03:05 (429)". */

@@ -115,7 +115,7 @@ class Display {
 
   /** Draws the last batch again when the diagnosis changed (no watch message comes for that). */
   redraw(): void {
-    const text = errorsText(this.diagnosis.errors) + holdsText(this.diagnosis.holds);
+    const text = errorsText(this.diagnosis.errors, 0) + holdsText(this.diagnosis.holds);
     if (text === this.lastDiagnosis || this.last === undefined) return;
     this.lastDiagnosis = text;
     if (!this.opts.tty) this.lastPlain = 0; // news: a line now, not at the next interval
@@ -133,7 +133,7 @@ class Display {
       counts: c,
       rate: r,
       eta: etaSeconds(c.total - done, r, this.diagnosis.perModel()),
-      errors: errorsText(this.diagnosis.errors),
+      errors: errorsText(this.diagnosis.errors, c.failed),
       holds: holdsText(this.diagnosis.holds.filter((h) => h.until.getTime() > now)),
       shares: sharesText(b.shares.map(shareView)),
     };
@@ -254,6 +254,9 @@ export async function followBatch(
           connected = true;
           const b = m.batch!;
           const final = isTerminal(b.state);
+          // The last line is the final breakdown, not the one asked for up to
+          // BREAKDOWN_EVERY_MS ago (it showed errors still retrying, or too few).
+          if (final) await diagnosis.refresh(conn, batchId, opts.signal);
           display.update(b, final);
           if (final) return b;
         }
