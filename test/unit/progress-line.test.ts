@@ -54,10 +54,13 @@ describe("fitLine", () => {
     counts: counts(),
     rate: 12.5,
     eta: 95,
-    errors: errorsText([
-      { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
-      { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
-    ], 10),
+    errors: errorsText(
+      [
+        { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
+        { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
+      ],
+      10,
+    ),
     holds: "",
   };
 
@@ -94,7 +97,7 @@ describe("fitLine", () => {
 });
 
 describe("errorsText", () => {
-  it("adds up to the failed count: kinds left out are \"other\"", () => {
+  it('adds up to the failed count: kinds left out are "other"', () => {
     const errors = [
       { code: "http_error", statusCode: 429, failed: 8, retrying: 0 },
       { code: "http_error", statusCode: 500, failed: 3, retrying: 1 },
