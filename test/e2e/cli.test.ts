@@ -138,7 +138,7 @@ describe("fusillade CLI", () => {
     });
     const human = await cli(["status", batchId]);
     expect(human.stdout).toContain(`batch ${batchId}`);
-    expect(human.stdout).toMatch(/requests\s+3 total: 3 pending/);
+    expect(human.stdout).toMatch(/requests\s+3 total: 3 queued/);
 
     await finish(batchId);
     const res = await cli(["results", batchId]);
@@ -331,7 +331,9 @@ describe("fusillade CLI", () => {
     );
     const listed = await cli(["limits", "list"]);
     expect(listed.stdout).toMatch(/RPM\s+TPM/);
-    expect(listed.stdout).toMatch(/gpt-test\s+\d+ \(default\)\s+3,000\/min\s+60,000\/min/);
+    expect(listed.stdout).toMatch(
+      /gpt-test\s+\d+ \(default\)\s+\d+\s+\d+\s+3,000\/min\s+60,000\/min/,
+    );
     const unrated = JSON.parse(
       (await cli(["limits", "set", "gpt-test", "--rpm", "none", "--json"])).stdout,
     );
@@ -848,37 +850,48 @@ describe("fusillade CLI", () => {
     }
     expect((await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n).toBe(before);
 
-    // A dispatcher claims 2 of the model's requests: the higher class gets them.
+    // A dispatcher holds 1 slot and claims 2 of the model's requests (one
+    // buffered for the slot): the higher class gets them.
     const res = await t.dispatch.sync({
       dispatcherId: "cli-share",
-      slots: [{ model: "gpt-share", token: 0n, keep: 0, want: 2, room: 2 }],
+      slots: [{ model: "gpt-share", token: 0n, keep: 0, want: 1, room: 2 }],
     });
     expect(res.claims).toHaveLength(2);
+    expect(res.grants).toEqual([expect.objectContaining({ slots: 1 })]);
 
     const got = JSON.parse((await cli(["batches", "get", highId, "--json"])).stdout);
     expect(got).toMatchObject({ id: highId, priority: 7 });
     expect(got.shares).toEqual([
       {
         model: "gpt-share",
+        running: 1,
+        model_running: 1,
+        limit: 4,
         in_flight: 2,
         model_in_flight: 2,
-        limit: 4,
         active_batches: 2,
       },
     ]);
     const other = JSON.parse((await cli(["status", lowId, "--json"])).stdout);
     expect(other.priority).toBe(0);
-    expect(other.shares).toEqual([expect.objectContaining({ in_flight: 0, model_in_flight: 2 })]);
+    expect(other.shares).toEqual([
+      expect.objectContaining({ running: 0, model_running: 1, in_flight: 0 }),
+    ]);
 
+    // What runs against the limit; the buffered claim is queued with the pending request.
     const text = await cli(["status", highId]);
     expect(text.stdout).toMatch(/\n {2}priority {3}7\n/);
-    expect(text.stdout).toContain("  shares     gpt-share: 2 of 2 claimed (limit 4, 2 batches)\n");
+    expect(text.stdout).toMatch(/requests\s+3 total: 1 running, 2 queued\n/);
+    expect(text.stdout).toContain("  shares     gpt-share 1/4 running (this batch 1, 2 batches)\n");
     // Priority 0 is not worth a line.
     expect((await cli(["status", lowId])).stdout).not.toContain("priority");
+    const limits = await cli(["limits", "list"]);
+    expect(limits.stdout).toMatch(/^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL\n/);
+    expect(limits.stdout).toMatch(/\ngpt-share\s+4\s+1\s+5\s*\n/);
 
-    // The watch line carries the share while the batch runs.
+    // The watch line carries the same figures while the batch runs.
     const w = start(["watch", highId, "--interval", "1s"]);
-    await w.waitFor(/share gpt-share 2 of 2 \(limit 4, 2 batches\)/);
+    await w.waitFor(/running 1 · queued 2 \| .*gpt-share 1\/4 running \(this batch 1, 2 batches\)/);
     await finish(highId);
     await finish(lowId);
     const done = await w.done;

@@ -26,7 +26,7 @@ import {
   RateMeter,
   sharesText,
 } from "./progress-line.js";
-import { countsView, doneCount, isTerminal, shareView, stateName } from "./views.js";
+import { countsView, doneCount, isTerminal, runView, shareView, stateName } from "./views.js";
 
 export interface ProgressOptions {
   /** Draw a live bar (a terminal) rather than plain lines. */
@@ -129,13 +129,15 @@ class Display {
     const now = Date.now();
     this.rate.add(now, done);
     const r = this.rate.rate();
+    const shares = b.shares.map(shareView);
     this.parts = {
       counts: c,
+      run: runView(c, shares),
       rate: r,
       eta: etaSeconds(c.total - done, r, this.diagnosis.perModel()),
       errors: errorsText(this.diagnosis.errors, c.failed),
       holds: holdsText(this.diagnosis.holds.filter((h) => h.until.getTime() > now)),
-      shares: sharesText(b.shares.map(shareView)),
+      shares: sharesText(shares),
     };
     if (!this.opts.tty) {
       if (final || this.lastPlain === 0 || now - this.lastPlain >= this.opts.plainEveryMs) {
