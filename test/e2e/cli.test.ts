@@ -440,7 +440,9 @@ describe("fusillade CLI", () => {
 
     const table = await cli(["requests", batchId]);
     expect(table.code, table.stderr).toBe(0);
-    expect(table.stdout).toMatch(/^LINE\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/);
+    expect(table.stdout).toMatch(
+      /^LINE\s+ID\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/,
+    );
     expect(table.stdout.trim().split("\n")).toHaveLength(5);
     const failed = await cli(["requests", batchId, "--state", "failed", "--json"]);
     const failedRows = JSON.parse(failed.stdout).requests;
@@ -458,7 +460,9 @@ describe("fusillade CLI", () => {
     expect(one.code, one.stderr).toBe(0);
     expect(one.stdout).toMatch(/state\s+failed/);
     expect(one.stdout).toMatch(/error\s+http_error: upstream answered 500/);
-    expect(one.stdout).toMatch(/ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\n1\s+\S+\s+\d+ ms\s+failed/);
+    expect(one.stdout).toMatch(
+      /ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\s+STATUS\s+ERROR\n1\s+\S+\s+\d+ ms\s+failed\s+200\s+http_error/,
+    );
     const id = failedRows[0].id as string;
     const json = JSON.parse((await cli(["request", id, "--json"])).stdout);
     expect(json).toMatchObject({
