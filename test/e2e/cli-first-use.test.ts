@@ -90,4 +90,77 @@ describe("the CLI a new user meets", () => {
     expect(last).toContain("errors: http_error 429 ×4, http_error 500 ×2");
     expect(last).not.toContain("retrying");
   });
+
+  it("a result line's id finds its request; requests lists ids; errors keep their status", async () => {
+    const batchId = await submit(await batchFile("ids.jsonl", 3));
+    // Line 1: answered 429 and retried, then 500 for good, through the states the lease code uses.
+    const step = (set: string) =>
+      sql.query(`UPDATE requests SET ${set}, updated_at = now() WHERE batch_id = $1 AND line = 1`, [
+        batchId,
+      ]);
+    const target = "POST http://127.0.0.1:9/v1/chat/completions";
+    await step(`state = 'leased', attempt = 1, lease_holder = 'd', lease_token = 1,
+      lease_expires_at = now() + interval '1 hour'`);
+    await step(`state = 'pending', lease_holder = NULL, lease_expires_at = NULL,
+      response_status = 429, error_code = 'http_error',
+      error_message = '${target} answered 429 Too Many Requests'`);
+    await step(`state = 'leased', attempt = 2, lease_holder = 'd', lease_token = 2,
+      lease_expires_at = now() + interval '1 hour'`);
+    await step(`state = 'failed', finished_at = now(), lease_holder = NULL, lease_expires_at = NULL,
+      response_status = 500, error_code = 'http_error',
+      error_message = '${target} answered 500 Internal Server Error'`);
+
+    const failed = await cli(["requests", batchId, "--state", "failed"]);
+    expect(failed.code, failed.stderr).toBe(0);
+    const [header, row] = failed.stdout.split("\n");
+    expect(header).toMatch(/^LINE\s+ID\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR$/);
+    expect(row).toMatch(
+      /^1\s+[0-9a-f-]{36}\s+c1\s+gpt-test\s+failed\s+2\s+500\s+http_error: answered 500 Internal Server Error$/,
+    );
+    const id = /^1\s+([0-9a-f-]{36})/.exec(row!)![1]!;
+
+    // The id of its error line (what `results` prints) names the same request.
+    const errs = await cli(["results", batchId, "--errors-only"]);
+    const line = JSON.parse(errs.stdout.split("\n")[0]!) as { id: string; custom_id: string };
+    expect(line.custom_id).toBe("c1");
+    expect(line.id).toMatch(/^batch_req_[0-9a-f]{32}$/);
+    const byLineId = await cli(["request", line.id, "--json"]);
+    expect(byLineId.code, byLineId.stderr).toBe(0);
+    const shown = JSON.parse(byLineId.stdout);
+    expect(shown).toMatchObject({ id, custom_id: "c1" });
+    // Every attempt says how it ended.
+    expect(shown.attempt_history).toMatchObject([
+      { attempt: 1, outcome: "retried", status_code: 429, error_code: "http_error" },
+      { attempt: 2, outcome: "failed", status_code: 500, error_code: "http_error" },
+    ]);
+    const text = await cli(["request", id]);
+    expect(text.stdout).toMatch(/\n1\s+\S+\s+\d+ ms\s+retried\s+429\s+http_error\n/);
+    expect(text.stdout).toMatch(/\n2\s+\S+\s+\d+ ms\s+failed\s+500\s+http_error\n/);
+    // And retry takes it too.
+    const retried = await cli(["retry", batchId, "--request-id", line.id]);
+    expect(retried.code, retried.stderr).toBe(0);
+    expect(retried.stdout).toMatch(/retried 1 request\b/);
+  });
+
+  it("says so when there is nothing to show or nothing to retry", async () => {
+    const batchId = await submit(await batchFile("quiet.jsonl", 2));
+    await sql.query(
+      `UPDATE requests SET state = 'completed', finished_at = now(), updated_at = now(),
+         response_status = 200, response_body = convert_to('{}', 'UTF8')
+       WHERE batch_id = $1`,
+      [batchId],
+    );
+    const none = await cli(["results", batchId, "--errors-only"]);
+    expect(none.code, none.stderr).toBe(0);
+    expect(none.stdout).toBe("");
+    expect(none.stderr).toBe(
+      `no error lines: no request of batch ${batchId} failed, expired or was cancelled\n`,
+    );
+    // A completed request named to retry: an error that says its state.
+    const again = await cli(["retry", batchId, "--custom-id", "c2"]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toBe(
+      "fusillade: nothing to run again: c2 is completed (only failed or expired requests run again)\n",
+    );
+  });
 });

@@ -6,8 +6,9 @@
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Batch } from "../../gen/fusillade/v1/resources_pb.js";
-import type { Connection } from "./connection.js";
+import { CliError, type Connection } from "./connection.js";
 import { followBatch } from "./progress.js";
+import { requestStateName } from "./requests.js";
 import { downloadResults, type ResultTargets } from "./results.js";
 import { type SubmitInput, startBatch, uploadFile } from "./submit.js";
 import {
@@ -19,6 +20,7 @@ import {
   formatBytes,
   formatDuration,
   isTerminal,
+  plural,
   print,
   printJson,
   stateName,
@@ -191,6 +193,10 @@ export async function resultsAction(
     });
   } else if (anyFile) {
     note(writtenLine(written, targets));
+  } else if (targets.errorsOnly === true && written.errors === 0) {
+    note(`no error lines: no request of batch ${batchId} failed, expired or was cancelled`);
+  } else if (written.output + written.errors === 0) {
+    note(`no result lines: no request of batch ${batchId} has finished yet`);
   }
 }
 
@@ -208,17 +214,20 @@ export async function cancelAction(conn: Connection, g: Globals, batchId: string
   else print(`batch ${batch!.id} ${stateName(batch!.state)}: ${batchCountsLine(batch!)}`);
 }
 
+/** What `retry` and `resume` ask to run again. */
+export interface RetrySelection {
+  customIds: string[];
+  requestIds: string[];
+  completionWindow: string | undefined;
+  resume: boolean;
+}
+
 /** retry BATCH (and resume BATCH): requests back to pending, and the window change. */
 export async function retryAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  sel: {
-    customIds: string[];
-    requestIds: string[];
-    completionWindow: string | undefined;
-    resume: boolean;
-  },
+  sel: RetrySelection,
 ): Promise<void> {
   const res = await conn.batch.retryBatch({
     batchId,
@@ -228,19 +237,47 @@ export async function retryAction(
     resume: sel.resume,
   });
   const b = res.batch!;
+  const named = sel.customIds.length + sel.requestIds.length > 0;
+  if (res.retriedCount === 0n && named) await explainNothingRetried(conn, b.id, sel);
   if (g.json) return printJson({ retried_count: Number(res.retriedCount), batch: batchView(b) });
   const expires = b.expireTime ? timestampDate(b.expireTime).toISOString() : "?";
   const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
-  const named = sel.customIds.length + sel.requestIds.length > 0;
   const head =
     res.retriedCount === 0n
-      ? `nothing to run again: ${named ? "none of the requests named is" : "no request is"} ${what}`
-      : `${sel.resume ? "resumed" : "retried"} ${res.retriedCount} requests`;
+      ? `nothing to run again: no request is ${what}`
+      : `${sel.resume ? "resumed" : "retried"} ${plural(res.retriedCount, "request")}`;
   const window =
     sel.completionWindow === undefined ? "" : ` (completion window ${sel.completionWindow})`;
   print(`${head}; batch ${b.id} is ${stateName(b.state)}, expires ${expires}${window}`);
   if (res.retriedCount > 0n && !isTerminal(b.state))
     print(`follow it with: fusillade watch ${b.id}`);
+}
+
+/**
+ * Named requests of which none could run again: an error (exit 1) that
+ * says the state of each, like `gh run rerun` of a run that succeeded.
+ */
+async function explainNothingRetried(
+  conn: Connection,
+  batchId: string,
+  sel: RetrySelection,
+): Promise<never> {
+  const keys = [
+    ...sel.customIds.map((customId) => ({ name: customId, key: { batchId, customId } })),
+    ...sel.requestIds.map((requestId) => ({ name: requestId, key: { requestId } })),
+  ];
+  const states = await Promise.all(
+    keys.slice(0, 10).map(async ({ name, key }) => {
+      const r = await conn.batch.getRequest(key);
+      return `${name} is ${requestStateName(r.request!.state)}`;
+    }),
+  );
+  const more = keys.length > 10 ? `, and ${keys.length - 10} more` : "";
+  const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
+  throw new CliError(
+    `nothing to run again: ${states.join(", ")}${more} (only ${what} requests run again)`,
+    1,
+  );
 }
 
 /** Pages through a list until `limit` items; returns them and the token for more. */

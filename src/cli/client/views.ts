@@ -218,6 +218,11 @@ export function formatBytes(n: number): string {
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+/** "1 request", "2 requests". */
+export function plural(n: number | bigint, word: string): string {
+  return `${n} ${word}${n === 1 || n === 1n ? "" : "s"}`;
+}
+
 /** Seconds as "1h02m", "3m05s", "42s". */
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "?";
