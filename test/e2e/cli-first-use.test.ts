@@ -10,6 +10,8 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllowList } from "../../src/domain/endpoints.js";
+import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { buildDist } from "../helpers/build.js";
 import { cliRunner } from "../helpers/cli-process.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
@@ -162,5 +164,44 @@ describe("the CLI a new user meets", () => {
     expect(again.stderr).toBe(
       "fusillade: nothing to run again: c2 is completed (only failed or expired requests run again)\n",
     );
+  });
+
+  it("limits list with a client token shows the models its batches use, read-only", async () => {
+    const admin = "first-use-admin-token-0123456789abcdef";
+    const guarded = await startTestControlPlane(
+      { adminToken: admin, allowedEndpoints: parseAllowList("http://127.0.0.1:*", "test") },
+      t.database,
+    );
+    try {
+      const { secret } = await guarded.admin.createToken({
+        role: TokenRole.CLIENT,
+        tenant: "first-use",
+      });
+      const env = { FUSILLADE_SERVER: guarded.url, FUSILLADE_TOKEN: secret };
+      await guarded.admin.setModelLimit({ model: "gpt-mine", limit: 7, rpm: 1200 });
+      const file = await batchFile("mine.jsonl", 2, [], "gpt-mine");
+      const sub = await cli(["submit", file, "--endpoint", "http://127.0.0.1:9", "--json"], env);
+      expect(sub.code, sub.stderr).toBe(0);
+      const batchId = JSON.parse(sub.stdout).batch_id as string;
+
+      const list = await cli(["limits", "list"], env);
+      expect(list.code, list.stderr).toBe(0);
+      expect(list.stderr).toContain("the models of your unfinished batches");
+      const [header, row, ...more] = list.stdout.split("\n");
+      expect(header).toMatch(/^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL$/);
+      expect(row).toMatch(/^gpt-mine\s+7\s+0\s+2\s+1,200\/min$/);
+      // Only its own batches' models: not gpt-test of the other tenant's batches.
+      expect(more.join("\n")).not.toContain("gpt-test");
+      const one = await cli(["limits", "list", "--batch", batchId, "--json"], env);
+      expect(JSON.parse(one.stdout).model_limits).toEqual([
+        expect.objectContaining({ model: "gpt-mine", limit: 7, rpm: 1200, running: 0, queued: 2 }),
+      ]);
+      // Setting stays the admin's.
+      const set = await cli(["limits", "set", "gpt-mine", "9"], env);
+      expect(set.code).toBe(1);
+      expect(set.stderr).toMatch(/does not allow this/);
+    } finally {
+      await guarded.stop();
+    }
   });
 });

@@ -3,8 +3,10 @@
  * runs now. A line or a column is a small function of a model's view, so a
  * figure is added in one place.
  */
+
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { ModelLimit } from "../../gen/fusillade/v1/resources_pb.js";
-import { collect, type Globals, moreNote } from "./actions.js";
+import { collect, type Globals, moreNote, note } from "./actions.js";
 import { CliError, type Connection } from "./connection.js";
 import { limitView, print, printJson, table } from "./views.js";
 
@@ -47,26 +49,60 @@ export function limitLine(l: LimitView): string {
   return `${l.model}: ${parts.filter((p) => p !== "").join(", ")}`;
 }
 
+/**
+ * limits list: every model's (admin), or with a client token (which may not
+ * call AdminService) or --batch, the models its batches use (ListBatchModels).
+ */
 export async function limitsListAction(
   conn: Connection,
   g: Globals,
-  o: { limit: number; pageToken: string },
+  o: { limit: number; pageToken: string; batch?: string },
 ): Promise<void> {
-  let defaultLimit = 0;
-  const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
-    const r = await conn.admin.listModelLimits({ pageSize, pageToken });
-    defaultLimit = r.defaultLimit;
-    return { items: r.modelLimits, next: r.nextPageToken };
-  });
+  const page = o.batch === undefined ? await everyModel(conn, o) : undefined;
+  const { items, next, defaultLimit } = page ?? (await batchModels(conn, o.batch));
   if (g.json)
     return printJson({
       default_limit: defaultLimit,
       model_limits: items.map(limitView),
       next_page_token: next,
     });
-  print(limitsTable(items));
+  if (page === undefined && o.batch === undefined) {
+    note("the models of your unfinished batches (limits are set by an admin)");
+  }
+  print(items.length === 0 ? "no models" : limitsTable(items));
   print(`default limit: ${defaultLimit}`);
   moreNote(next, "limits list");
+}
+
+interface LimitsPage {
+  items: ModelLimit[];
+  next: string;
+  defaultLimit: number;
+}
+
+/** Every model's limits (AdminService); undefined for a caller that may not list them. */
+async function everyModel(
+  conn: Connection,
+  o: { limit: number; pageToken: string },
+): Promise<LimitsPage | undefined> {
+  let defaultLimit = 0;
+  try {
+    const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
+      const r = await conn.admin.listModelLimits({ pageSize, pageToken });
+      defaultLimit = r.defaultLimit;
+      return { items: r.modelLimits, next: r.nextPageToken };
+    });
+    return { items, next, defaultLimit };
+  } catch (e) {
+    if (e instanceof ConnectError && e.code === Code.PermissionDenied) return undefined;
+    throw e;
+  }
+}
+
+/** The models of one batch, or of the caller's unfinished batches (BatchService). */
+async function batchModels(conn: Connection, batchId = ""): Promise<LimitsPage> {
+  const r = await conn.batch.listBatchModels({ batchId });
+  return { items: r.modelLimits, next: "", defaultLimit: r.defaultLimit };
 }
 
 /** What `limits set` changes: each field undefined is left as it is. */
