@@ -415,7 +415,7 @@ describe("fusillade CLI", () => {
     );
     const one = await cli(["retry", batchId, "--custom-id", "c2"]);
     expect(one.code, one.stderr).toBe(0);
-    expect(one.stdout).toMatch(/^retried 1 requests; batch .* is in_progress/);
+    expect(one.stdout).toMatch(/^retried 1 request; batch .* is in_progress/);
   });
 
   it("requests lists a batch's requests by state and model; request shows one with its attempts", async () => {
