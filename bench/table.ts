@@ -143,6 +143,34 @@ function rows(r: unknown): Row[] {
       ]);
     }
   }
+  out.push(...pacingRows(r, n));
+  return out;
+}
+
+/** The pacing scenario's rows: each metered case against its meter, the random case against its clean run. */
+function pacingRows(r: unknown, n: (p: string) => string): Row[] {
+  const out: Row[] = [];
+  const cases = (at(r, "pacing") as Array<{ case: string }> | undefined) ?? [];
+  cases.forEach((c, i) => {
+    const p = `pacing.${i}`;
+    if (c.case === "random") {
+      out.push([
+        "pacing random",
+        `${n(`${p}.requests`)} req, 2 × limit 10, 30 ms, 3 % of calls 429 (ceiling: the same without)`,
+        `${n(`${p}.random_seconds`)} s (${n(`${p}.random_throttled`)} answered 429)`,
+        `${n(`${p}.clean_seconds`)} s`,
+        `${n(`${p}.throughput_ratio`)} of the throughput`,
+      ]);
+      return;
+    }
+    out.push([
+      `pacing ${c.case}`,
+      `${n(`${p}.requests`)} req, 2 models × limit ${n(`${p}.limit`)}, rate set: ${at(r, `${p}.rate_set`)}; rate achieved, 429s (ceiling: the meter)`,
+      `${n(`${p}.rate_achieved_per_min`)}/min, ${n(`${p}.throttled`)} of ${n(`${p}.calls`)} calls 429 (${n(`${p}.throttled_share`)})`,
+      `${at(r, `${p}.meter`)}`,
+      `${n(`${p}.ratio_to_meter`)} of the meter`,
+    ]);
+  });
   return out;
 }
 

@@ -16,68 +16,8 @@ import type { MigrationInterface, QueryRunner } from "typeorm";
  *   grants"). Kept apart from `slot_grants`, whose rows go when their slots
  *   do: a share must keep counting for a minute after it was cut or expired.
  */
-export class Pacing1765000000000 implements MigrationInterface {
-  name = "Pacing1765000000000";
-
-  async up(q: QueryRunner): Promise<void> {
-    await q.query(`
-      ALTER TABLE model_limits
-        ADD COLUMN rpm integer CHECK (rpm > 0),
-        ADD COLUMN tpm integer CHECK (tpm > 0)`);
-    await q.query(`ALTER TABLE requests ADD COLUMN throttled_attempts integer NOT NULL DEFAULT 0`);
-    await q.query(`
-      CREATE TABLE rate_shares (
-        model text NOT NULL,
-        holder text NOT NULL,
-        -- Demand at the last Sync: requests and tokens a minute it could use.
-        want integer NOT NULL CHECK (want >= 0),
-        token_want bigint NOT NULL CHECK (token_want >= 0),
-        -- The share now.
-        rpm integer NOT NULL CHECK (rpm >= 0),
-        tpm integer NOT NULL CHECK (tpm >= 0),
-        -- A larger share it held within the last minute, counted until then.
-        rpm_counted integer NOT NULL DEFAULT 0,
-        rpm_counted_until timestamptz,
-        tpm_counted integer NOT NULL DEFAULT 0,
-        tpm_counted_until timestamptz,
-        expires_at timestamptz NOT NULL,
-        PRIMARY KEY (model, holder)
-      )`);
-
-    // The max-min fair share of p_total for a holder wanting p_mine among
-    // others wanting p_others (water filling; shares rounded down).
-    await q.query(`
-      CREATE FUNCTION fusillade_fill(p_total bigint, p_mine bigint, p_others bigint[])
-      RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $fn$
-      DECLARE
-        v_left integer := coalesce(cardinality(p_others), 0) + 1;
-        v_remaining bigint := p_total;
-        v_level bigint;
-        w bigint;
-      BEGIN
-        IF p_mine <= 0 THEN RETURN 0; END IF;
-        FOR w IN SELECT x FROM unnest(coalesce(p_others, '{}') || p_mine) AS x ORDER BY x LOOP
-          v_level := v_remaining / v_left;
-          IF w > v_level THEN RETURN least(p_mine, v_level); END IF;
-          v_remaining := v_remaining - w;
-          v_left := v_left - 1;
-        END LOOP;
-        RETURN p_mine;
-      END
-      $fn$`);
-
-    // RateShareSync: one dispatcher's share of one model's rates, under the
-    // model's limit-row lock (serialized with its slot grants fleet-wide):
-    // - demand: p_rate_want / p_token_want; 0 while it wants slots: all of it;
-    // - target: the max-min fair share over the live holders' demands;
-    // - a share grows only out of what no holder counts, where a holder
-    //   counts the largest share it held in the last minute, and an expired
-    //   share for a minute past its expiry: the counted shares add up to at
-    //   most the rate, so the shares whose sends can fall in one minute never
-    //   exceed it;
-    // - a cut is at once; the old share stays counted for a minute.
-    // Result: one row (rpm, tpm), each null when the model has no such rate.
-    await q.query(`
+/** fusillade_rates as this migration made it (RateAcks1765500000000 replaces it, and puts it back on revert). */
+export const RATES_FUNCTION_V1 = `
       CREATE FUNCTION fusillade_rates(p_model text, p_holder text, p_slot_want integer,
         p_rate_want integer, p_token_want bigint, p_ttl_ms integer)
       RETURNS TABLE (rpm integer, tpm integer)
@@ -151,7 +91,70 @@ export class Pacing1765000000000 implements MigrationInterface {
         RETURN QUERY SELECT CASE WHEN v_rpm IS NULL THEN NULL ELSE v_new_r END,
           CASE WHEN v_tpm IS NULL THEN NULL ELSE v_new_t END;
       END
+      $fn$`;
+
+export class Pacing1765000000000 implements MigrationInterface {
+  name = "Pacing1765000000000";
+
+  async up(q: QueryRunner): Promise<void> {
+    await q.query(`
+      ALTER TABLE model_limits
+        ADD COLUMN rpm integer CHECK (rpm > 0),
+        ADD COLUMN tpm integer CHECK (tpm > 0)`);
+    await q.query(`ALTER TABLE requests ADD COLUMN throttled_attempts integer NOT NULL DEFAULT 0`);
+    await q.query(`
+      CREATE TABLE rate_shares (
+        model text NOT NULL,
+        holder text NOT NULL,
+        -- Demand at the last Sync: requests and tokens a minute it could use.
+        want integer NOT NULL CHECK (want >= 0),
+        token_want bigint NOT NULL CHECK (token_want >= 0),
+        -- The share now.
+        rpm integer NOT NULL CHECK (rpm >= 0),
+        tpm integer NOT NULL CHECK (tpm >= 0),
+        -- A larger share it held within the last minute, counted until then.
+        rpm_counted integer NOT NULL DEFAULT 0,
+        rpm_counted_until timestamptz,
+        tpm_counted integer NOT NULL DEFAULT 0,
+        tpm_counted_until timestamptz,
+        expires_at timestamptz NOT NULL,
+        PRIMARY KEY (model, holder)
+      )`);
+
+    // The max-min fair share of p_total for a holder wanting p_mine among
+    // others wanting p_others (water filling; shares rounded down).
+    await q.query(`
+      CREATE FUNCTION fusillade_fill(p_total bigint, p_mine bigint, p_others bigint[])
+      RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $fn$
+      DECLARE
+        v_left integer := coalesce(cardinality(p_others), 0) + 1;
+        v_remaining bigint := p_total;
+        v_level bigint;
+        w bigint;
+      BEGIN
+        IF p_mine <= 0 THEN RETURN 0; END IF;
+        FOR w IN SELECT x FROM unnest(coalesce(p_others, '{}') || p_mine) AS x ORDER BY x LOOP
+          v_level := v_remaining / v_left;
+          IF w > v_level THEN RETURN least(p_mine, v_level); END IF;
+          v_remaining := v_remaining - w;
+          v_left := v_left - 1;
+        END LOOP;
+        RETURN p_mine;
+      END
       $fn$`);
+
+    // RateShareSync: one dispatcher's share of one model's rates, under the
+    // model's limit-row lock (serialized with its slot grants fleet-wide):
+    // - demand: p_rate_want / p_token_want; 0 while it wants slots: all of it;
+    // - target: the max-min fair share over the live holders' demands;
+    // - a share grows only out of what no holder counts, where a holder
+    //   counts the largest share it held in the last minute, and an expired
+    //   share for a minute past its expiry: the counted shares add up to at
+    //   most the rate, so the shares whose sends can fall in one minute never
+    //   exceed it;
+    // - a cut is at once; the old share stays counted for a minute.
+    // Result: one row (rpm, tpm), each null when the model has no such rate.
+    await q.query(RATES_FUNCTION_V1);
   }
 
   async down(q: QueryRunner): Promise<void> {

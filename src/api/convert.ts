@@ -165,6 +165,7 @@ export function toProtoModelLimit(m: ModelLimitRecord, defaultLimit: number): Mo
     holdUntilTime: toTimestamp(m.holdUntil),
     rpm: m.rpm ?? undefined,
     tpm: m.tpm ?? undefined,
+    pacing: m.pacing ?? undefined,
   });
 }
 

@@ -2,6 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { PACING_MODES, type PacingMode, type PacingView } from "../domain/capacity.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import type { FailureCode } from "../domain/outcome.js";
 import {
@@ -17,6 +18,7 @@ import {
   SyncResponseSchema,
   WaitForWorkResponseSchema,
 } from "../gen/fusillade/v1/dispatch_service_pb.js";
+import type { ModelPacing } from "../gen/fusillade/v1/resources_pb.js";
 import type {
   Disposition,
   GrantedClaim,
@@ -88,6 +90,19 @@ function count<N extends number | bigint>(n: N, field: string): N {
   return n;
 }
 
+/** A dispatcher's pacing view from the wire; a mode we do not know is INVALID_ARGUMENT. */
+function pacingView(p: ModelPacing, field: string): PacingView {
+  if (!(PACING_MODES as readonly string[]).includes(p.mode)) {
+    throw new InvalidArgumentError(`${field}.mode`, `must be one of ${PACING_MODES.join(", ")}`);
+  }
+  return {
+    mode: p.mode as PacingMode,
+    concurrency: count(p.concurrency, `${field}.concurrency`),
+    callsLastMinute: count(p.callsLastMinute, `${field}.calls_last_minute`),
+    throttledLastMinute: count(p.throttledLastMinute, `${field}.throttled_last_minute`),
+  };
+}
+
 /** The DispatchService methods. */
 export function dispatchMethods(
   deps: ApiDeps,
@@ -107,6 +122,9 @@ export function dispatchMethods(
           room: count(d.room, `slots[${i}].room`),
           rateWant: count(d.rateWant, `slots[${i}].rate_want`),
           tokenWant: count(d.tokenWant, `slots[${i}].token_want`),
+          rpmHeld: d.rpmHeld === undefined ? undefined : count(d.rpmHeld, `slots[${i}].rpm_held`),
+          tpmHeld: d.tpmHeld === undefined ? undefined : count(d.tpmHeld, `slots[${i}].tpm_held`),
+          pacing: d.pacing && pacingView(d.pacing, `slots[${i}].pacing`),
         };
       });
       const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));

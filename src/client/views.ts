@@ -304,6 +304,15 @@ export interface ModelLimit {
   holdUntil: Date | null;
   rpm: number | null;
   tpm: number | null;
+  /** How the dispatchers pace it now, summed (docs/pacing.md); null before any call. */
+  pacing: {
+    /** "held", "backing_off", "paced" or "free": the slowest reason. */
+    mode: string;
+    concurrency: number;
+    callsLastMinute: number;
+    throttledLastMinute: number;
+    dispatchers: number;
+  } | null;
 }
 
 export function modelLimitOf(l: ModelLimitMessage): ModelLimit {
@@ -319,6 +328,15 @@ export function modelLimitOf(l: ModelLimitMessage): ModelLimit {
     holdUntil: date(l.holdUntilTime),
     rpm: l.rpm ?? null,
     tpm: l.tpm ?? null,
+    pacing: l.pacing
+      ? {
+          mode: l.pacing.mode,
+          concurrency: l.pacing.concurrency,
+          callsLastMinute: l.pacing.callsLastMinute,
+          throttledLastMinute: l.pacing.throttledLastMinute,
+          dispatchers: l.pacing.dispatchers,
+        }
+      : null,
   };
 }
 

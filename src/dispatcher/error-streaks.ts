@@ -1,9 +1,14 @@
 /**
  * Per endpoint origin, the failures since its last success: an endpoint that
  * answered only errors ERROR_STREAK_WARN times in a row is one warning (and
- * its recovery one info line), not one line per request.
+ * its recovery one info line), not one line per request. "Slow down" (429, or
+ * 503 with Retry-After) is not an error here: it is backpressure, paced by the
+ * model's gate (docs/pacing.md), and a paced batch against a busy meter meets
+ * it by the dozen; it neither counts nor ends a streak.
  */
+
 import type { AttemptOutcome } from "../domain/outcome.js";
+import { isBackpressure } from "../domain/retry-policy.js";
 import type { Logger } from "../logger.js";
 
 /** Failures in a row that make a warning. */
@@ -34,6 +39,7 @@ export class ErrorStreaks {
         this.log.info({ endpoint: origin, failures: streak }, "endpoint answers again");
       return;
     }
+    if (isBackpressure(outcome.statusCode, outcome.retryAfterMs)) return;
     const streak = (this.#streaks.get(origin) ?? 0) + 1;
     this.#streaks.set(origin, streak);
     if (streak === ERROR_STREAK_WARN) {

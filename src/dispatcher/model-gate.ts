@@ -21,6 +21,7 @@
  * - `done` is called once per admitted attempt, after the attempt ended and
  *   before its report is queued, with how it ended (see {@link attemptVerdict}).
  */
+import type { PacingView } from "../domain/capacity.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import type { DispatchLease } from "./lease-client.js";
 
@@ -43,12 +44,27 @@ export interface ModelGate {
   admit(lease: DispatchLease, running: number, now: number): number;
   /** An attempt that `admit` let start has ended. */
   done(lease: DispatchLease, result: AttemptResult): void;
+  /**
+   * Claims worth holding now: about what the gate would let start within a round trip and a
+   * second (a rate share, a cut concurrency). The model's usable slots, and with them its
+   * buffer and its slot demand, are kept to it, so a paced dispatcher does not sit on work
+   * that another one could send. Infinity (or absent): no bound of the gate's.
+   */
+  useful?(now: number): number;
+  /**
+   * What the model's holder would send with `held` claims and no backlog (a starved model):
+   * requests and tokens a minute, the Sync's `rate_want` / `token_want`. Undefined: as much
+   * as it is given.
+   */
+  demand?(held: number): { rateWant: number; tokenWant: bigint } | undefined;
+  /** How the model is paced now (for the control plane's views); undefined: nothing to say. */
+  view?(now: number): PacingView | undefined;
 }
 
 /** What a gate may read of its model's grant, live (the model's ModelSlots). */
 export interface GrantView {
-  /** Requests of the model that may run at once now (the slots held). */
-  readonly usable: number;
+  /** The slots held (and within the fair share target); 0 without a grant. */
+  readonly granted: number;
   /** This dispatcher's share of the model's requests / tokens per minute; undefined: none. */
   readonly rpm: number | undefined;
   readonly tpm: number | undefined;

@@ -18,6 +18,7 @@
  * Times are `performance.now()` milliseconds.
  */
 import { performance } from "node:perf_hooks";
+import type { PacingView } from "../domain/capacity.js";
 import type { WorkInterest } from "./lease-client.js";
 import type { HeldLease } from "./lease-table.js";
 import { admitAll, type GateFactory, type GrantView, type ModelGate } from "./model-gate.js";
@@ -53,9 +54,16 @@ export class ModelSlots implements GrantView {
     this.gate = gateFor(model, this);
   }
 
-  /** Requests of the model that may run at once now. */
-  get usable(): number {
+  /** The slots this dispatcher may use of its grant: within the fair share target. */
+  get granted(): number {
     return this.token === 0n ? 0 : Math.min(this.slots, this.target);
+  }
+
+  /** Requests of the model that may run at once now: the granted slots, within what its gate can use. */
+  get usable(): number {
+    const granted = this.granted;
+    if (granted === 0 || this.gate.useful === undefined) return granted;
+    return Math.min(granted, this.gate.useful(performance.now()));
   }
 
   /** Claims held: running and buffered. */
@@ -94,6 +102,9 @@ export interface ModelGauges {
   slots: number;
   buffered: number;
   held: boolean;
+  rpm: number | undefined;
+  tpm: number | undefined;
+  pacing: PacingView | undefined;
 }
 
 /** Every model the dispatcher holds or has heard of; see the file header. */
@@ -150,6 +161,9 @@ export class SlotBook {
         slots: m.token === 0n ? 0 : m.slots,
         buffered: m.queue.length,
         held: now < m.heldUntil,
+        rpm: m.token === 0n ? undefined : m.rpm,
+        tpm: m.token === 0n ? undefined : m.tpm,
+        pacing: m.gate.view?.(now),
       };
     }
   }
@@ -172,7 +186,8 @@ export class SlotBook {
   want(m: ModelSlots): number {
     if (m.starved) return m.held;
     const others = this.slotsHeld - (m.token === 0n ? 0 : m.slots);
-    return Math.max(m.held, this.capacity - others);
+    const useful = m.gate.useful?.(performance.now()) ?? Number.POSITIVE_INFINITY;
+    return Math.max(m.held, Math.min(useful, this.capacity - others));
   }
 
   /** Slots to keep: never below what runs; otherwise the usable slots, down to the demand. */

@@ -45,6 +45,14 @@ export interface SyncHost extends Pick<Shared, "book" | "table"> {
   readonly metrics?: DispatcherMetrics;
 }
 
+/**
+ * While the dispatcher holds a rate share, it Syncs at least this often: a share cut here
+ * stops counting against the model's rate at the next Sync (it says what it holds), and a
+ * share another dispatcher gave up reaches this one at its next; so shares move between
+ * dispatchers within a second or two (docs/pacing.md, "Rate grants").
+ */
+const RATE_SYNC_MS = 1000;
+
 export interface SyncOptions {
   models: readonly string[];
   waitMs: number;
@@ -66,6 +74,8 @@ export class SyncLoop {
   #waitKey = "";
   #syncing = false;
   #failures = 0;
+  /** When the last Sync was sent. */
+  #sentAt = 0;
 
   constructor(
     private readonly host: SyncHost,
@@ -118,8 +128,9 @@ export class SyncLoop {
     const signal = this.#stopping.signal;
     while (!signal.aborted) {
       const now = performance.now();
-      if (!this.#syncDue && now < this.#renewAt) {
-        await this.#wanted.wait(signal, this.#renewAt - now);
+      const due = Math.min(this.#renewAt, this.#rateSyncAt());
+      if (!this.#syncDue && now < due) {
+        await this.#wanted.wait(signal, due - now);
         continue;
       }
       this.#syncDue = false;
@@ -151,7 +162,19 @@ export class SyncLoop {
       const room = book.room(m);
       m.requested += room;
       if (room > 0) asked.set(m.model, room);
-      demands.push({ model: m.model, token: m.token, keep, want: book.want(m), room });
+      // A starved model asks for the rate its held claims need; one with a backlog, for all.
+      const rate = m.starved ? m.gate.demand?.(m.held) : undefined;
+      demands.push({
+        model: m.model,
+        token: m.token,
+        keep,
+        want: book.want(m),
+        room,
+        ...rate,
+        rpmHeld: m.token === 0n ? undefined : m.rpm,
+        tpmHeld: m.token === 0n ? undefined : m.tpm,
+        pacing: m.token === 0n ? undefined : m.gate.view?.(performance.now()),
+      });
       if (m.token === 0n && !this.#askedSince.has(m.model))
         this.#askedSince.set(m.model, performance.now());
     }
@@ -167,6 +190,7 @@ export class SyncLoop {
       return true;
     }
     const sentAt = performance.now();
+    this.#sentAt = sentAt;
     this.#syncing = true;
     let answer: SyncAnswer;
     try {
@@ -238,6 +262,16 @@ export class SyncLoop {
     this.host.runner.pumpAll();
     this.#followTtl();
     return true;
+  }
+
+  /** When a Sync is due for the rate shares held (Infinity: none held). */
+  #rateSyncAt(): number {
+    for (const m of this.host.book.all()) {
+      if (m.token !== 0n && (m.rpm !== undefined || m.tpm !== undefined)) {
+        return this.#sentAt + RATE_SYNC_MS;
+      }
+    }
+    return Number.POSITIVE_INFINITY;
   }
 
   /** A renewal went out at `at` (or was not needed): the next is due a period later. */

@@ -19,7 +19,26 @@ export interface SlotDemand {
   rateWant?: number;
   /** Tokens a minute it could use; 0 or unset while it wants slots: as many as it is given. */
   tokenWant?: bigint;
+  /** The rate shares it spends now (its last answer's); it keeps to them until this call's answer. */
+  rpmHeld?: number | undefined;
+  tpmHeld?: number | undefined;
+  /** How it paces the model now (docs/pacing.md); undefined before its first attempt. */
+  pacing?: PacingView | undefined;
 }
+
+/** How a model is paced: one dispatcher's view, or the fleet's sum (`dispatchers` of them). */
+export interface PacingView {
+  /** The slowest reason, one of {@link PACING_MODES}. */
+  mode: PacingMode;
+  /** Attempts that may run at once now. */
+  concurrency: number;
+  callsLastMinute: number;
+  throttledLastMinute: number;
+}
+
+/** Pacing modes, slowest first (a fleet shows the slowest of its dispatchers'). */
+export const PACING_MODES = ["held", "backing_off", "paced", "free"] as const;
+export type PacingMode = (typeof PACING_MODES)[number];
 
 /** A grant as the control plane answers it. */
 export interface SlotGrant {

@@ -19,6 +19,11 @@ export interface MeterReading {
 export interface RateLimitState {
   requests?: MeterReading;
   tokens?: MeterReading;
+  /**
+   * The meter's requests a minute (OpenAI's `x-ratelimit-limit-requests`, Anthropic's
+   * `anthropic-ratelimit-requests-limit`): what a dispatcher with no rate set paces to.
+   */
+  requestsPerMinute?: number;
   retryAfterMs?: number;
 }
 
@@ -112,6 +117,10 @@ export function parseRateLimitHeaders(
     );
     tokens = tighter(tokens, r);
   }
+  const limits = [h("x-ratelimit-limit-requests"), h("anthropic-ratelimit-requests-limit")]
+    .map(count)
+    .filter((n): n is number => n !== undefined && n > 0);
+  if (limits.length > 0) state.requestsPerMinute = Math.min(...limits);
   if (requests) state.requests = requests;
   if (tokens) state.tokens = tokens;
   const ms = h("retry-after-ms");

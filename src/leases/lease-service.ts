@@ -282,6 +282,9 @@ export class LeaseService {
         lostGrants.push({ model: d.model, token: d.token });
         continue;
       }
+      if (d.pacing !== undefined) {
+        await this.db.query(sql.PACING_VIEW_SET, [d.model, holder, JSON.stringify(d.pacing)]);
+      }
       const rate = await this.db.query<{ rpm: number | null; tpm: number | null }>(sql.RATES_SYNC, [
         d.model,
         holder,
@@ -289,6 +292,8 @@ export class LeaseService {
         Math.max(0, d.rateWant ?? 0),
         (d.tokenWant ?? 0n) > 0n ? d.tokenWant!.toString() : "0",
         this.config.leaseTtlMs,
+        d.rpmHeld ?? null,
+        d.tpmHeld ?? null,
       ]);
       grants.push({
         model: d.model,

@@ -18,12 +18,19 @@ import { batchClaimsOf } from "../storage/fair-share.js";
 export const SLOTS_SYNC = `SELECT * FROM fusillade_slots($1, $2, $3, $4, $5, $6, $7)`;
 
 /**
- * RateShareSync: one dispatcher's share of one model's rates, renewed with
- * its grant (see fusillade_rates in the pacing migration). Params: model,
- * holder, slot want, rate want, token want, ttl ms. Result: rpm, tpm (null:
- * no such rate). Locks the model's limit row.
+ * PacingViewSet: what a grant's holder says of its pacing (docs/pacing.md,
+ * "What is visible where"). Params: model, holder, view (json text).
  */
-export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6)`;
+export const PACING_VIEW_SET = `
+  UPDATE slot_grants SET pacing = $3::jsonb WHERE model = $1 AND holder = $2`;
+
+/**
+ * RateShareSync: one dispatcher's share of one model's rates, renewed with
+ * its grant (see fusillade_rates in the rate-acks migration). Params: model,
+ * holder, slot want, rate want, token want, ttl ms, rpm held, tpm held (null:
+ * not said). Result: rpm, tpm (null: no such rate). Locks the model's limit row.
+ */
+export const RATES_SYNC = `SELECT * FROM fusillade_rates($1, $2, $3, $4, $5, $6, $7, $8)`;
 
 /** RateSharesDeleteSpent: shares neither live nor counted any more (this only tidies). */
 export const RATE_SHARES_DELETE_SPENT = `

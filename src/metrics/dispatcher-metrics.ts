@@ -8,6 +8,7 @@
  * batch, request or tenant.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { PACING_MODES, type PacingView } from "../domain/capacity.js";
 import type { AttemptOutcome } from "../domain/outcome.js";
 
 /** What the gauges read at scrape time: per model, the dispatcher's book. */
@@ -18,6 +19,11 @@ export interface DispatcherGaugeSource {
     slots: number;
     buffered: number;
     held: boolean;
+    /** This dispatcher's rate shares (undefined: no such rate). */
+    rpm?: number | undefined;
+    tpm?: number | undefined;
+    /** How it paces the model (undefined before its first attempt). */
+    pacing?: PacingView | undefined;
   }>;
   reportsPending(): number;
   reportsFailing(): boolean;
@@ -147,6 +153,60 @@ export class DispatcherMetrics {
       collect() {
         this.reset();
         for (const m of self.#source?.models() ?? []) this.set({ model: m.model }, m.held ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "fusillade_dispatcher_effective_concurrency",
+      help: "Attempts of a model that may run at once here now: the adaptive limit within the slots (docs/pacing.md).",
+      labelNames: ["model"],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#source?.models() ?? []) {
+          if (m.pacing) this.set({ model: m.model }, m.pacing.concurrency);
+        }
+      },
+    });
+    new Gauge({
+      name: "fusillade_dispatcher_rate_share",
+      help: "This dispatcher's share of a model's rate, per minute (unit: requests or tokens).",
+      labelNames: ["model", "unit"],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#source?.models() ?? []) {
+          if (m.rpm !== undefined) this.set({ model: m.model, unit: "requests" }, m.rpm);
+          if (m.tpm !== undefined) this.set({ model: m.model, unit: "tokens" }, m.tpm);
+        }
+      },
+    });
+    new Gauge({
+      name: "fusillade_dispatcher_pacing_mode",
+      help: "1 for how a model is paced here now: held, backing_off, paced or free.",
+      labelNames: ["model", "mode"],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#source?.models() ?? []) {
+          if (!m.pacing) continue;
+          for (const mode of PACING_MODES) {
+            this.set({ model: m.model, mode }, m.pacing.mode === mode ? 1 : 0);
+          }
+        }
+      },
+    });
+    new Gauge({
+      name: "fusillade_dispatcher_answers_last_minute",
+      help: "Calls of a model answered in the last minute (answer: all, or throttled: 429, or 503 with Retry-After).",
+      labelNames: ["model", "answer"],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#source?.models() ?? []) {
+          if (!m.pacing) continue;
+          this.set({ model: m.model, answer: "all" }, m.pacing.callsLastMinute);
+          this.set({ model: m.model, answer: "throttled" }, m.pacing.throttledLastMinute);
+        }
       },
     });
     new Gauge({

@@ -10,6 +10,8 @@ import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-shar
 import { Pacing1765000000000 } from "../../migrations/1765000000000-pacing.js";
 import { ModelRoutes1765100000000 } from "../../migrations/1765100000000-model-routes.js";
 import { AttemptStatus1765400000000 } from "../../migrations/1765400000000-attempt-status.js";
+import { RateAcks1765500000000 } from "../../migrations/1765500000000-rate-acks.js";
+import { PacingViews1765500000001 } from "../../migrations/1765500000001-pacing-views.js";
 import { ENTITIES } from "./entities/index.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
@@ -26,6 +28,8 @@ export const MIGRATIONS = [
   Pacing1765000000000,
   ModelRoutes1765100000000,
   AttemptStatus1765400000000,
+  RateAcks1765500000000,
+  PacingViews1765500000001,
 ];
 
 export interface DataSourceOptions {

@@ -1,5 +1,6 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import { type TenantScope, tenantParam } from "../auth/principal.js";
+import { PACING_MODES, type PacingView } from "../domain/capacity.js";
 import type { Db } from "./db.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
@@ -21,6 +22,8 @@ export interface ModelLimitRecord {
   rpm: number | null;
   /** Tokens per minute held fleet-wide; null: no rate. */
   tpm: number | null;
+  /** How the dispatchers holding grants pace it, summed; null: none has said. */
+  pacing: (PacingView & { dispatchers: number }) | null;
 }
 
 /**
@@ -52,6 +55,13 @@ interface Row {
   in_flight: number;
   slots_granted: number;
   pending: string;
+  pacing: {
+    modes: string[];
+    concurrency: number;
+    calls: number;
+    throttled: number;
+    dispatchers: number;
+  } | null;
 }
 
 const SELECT_WITH_USAGE = `
@@ -59,7 +69,15 @@ const SELECT_WITH_USAGE = `
     (SELECT count(*)::int FROM requests r WHERE r.model = m.model AND r.state = 'leased') AS in_flight,
     (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
       WHERE s.model = m.model AND s.expires_at > now()) AS slots_granted,
-    (SELECT count(*) FROM requests r WHERE r.model = m.model AND r.state = 'pending') AS pending
+    (SELECT count(*) FROM requests r WHERE r.model = m.model AND r.state = 'pending') AS pending,
+    (SELECT CASE WHEN count(*) > 0 THEN jsonb_build_object(
+        'modes', jsonb_agg(s.pacing->>'mode'),
+        'concurrency', sum((s.pacing->>'concurrency')::int),
+        'calls', sum((s.pacing->>'callsLastMinute')::int),
+        'throttled', sum((s.pacing->>'throttledLastMinute')::int),
+        'dispatchers', count(*)) END
+      FROM slot_grants s
+      WHERE s.model = m.model AND s.expires_at > now() AND s.pacing IS NOT NULL) AS pacing
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
@@ -75,6 +93,14 @@ function toRecord(r: Row): ModelLimitRecord {
     holdUntil: r.hold_until,
     rpm: r.rpm,
     tpm: r.tpm,
+    pacing: r.pacing && {
+      // The slowest reason of any dispatcher.
+      mode: PACING_MODES.find((m) => r.pacing!.modes.includes(m)) ?? "free",
+      concurrency: r.pacing.concurrency,
+      callsLastMinute: r.pacing.calls,
+      throttledLastMinute: r.pacing.throttled,
+      dispatchers: r.pacing.dispatchers,
+    },
   };
 }
 

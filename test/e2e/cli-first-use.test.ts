@@ -188,7 +188,9 @@ describe("the CLI a new user meets", () => {
       expect(list.code, list.stderr).toBe(0);
       expect(list.stderr).toContain("the models of your unfinished batches");
       const [header, row, ...more] = list.stdout.split("\n");
-      expect(header).toMatch(/^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL$/);
+      expect(header).toMatch(
+        /^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL\s+PACING$/,
+      );
       expect(row).toMatch(/^gpt-mine\s+7\s+0\s+2\s+1,200\/min$/);
       // Only its own batches' models: not gpt-test of the other tenant's batches.
       expect(more.join("\n")).not.toContain("gpt-test");

@@ -890,7 +890,9 @@ describe("fusillade CLI", () => {
     // Priority 0 is not worth a line.
     expect((await cli(["status", lowId])).stdout).not.toContain("priority");
     const limits = await cli(["limits", "list"]);
-    expect(limits.stdout).toMatch(/^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL\n/);
+    expect(limits.stdout).toMatch(
+      /^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL\s+PACING\n/,
+    );
     expect(limits.stdout).toMatch(/\ngpt-share\s+4\s+1\s+5\s*\n/);
 
     // The watch line carries the same figures while the batch runs.

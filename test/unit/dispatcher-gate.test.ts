@@ -9,7 +9,7 @@ import { abortedOutcome, claim, completion, failure } from "./dispatcher-parts.j
 
 describe("model gate", () => {
   test("the default admits every attempt at once, whatever runs", () => {
-    const gate = admitAll("any-model", { usable: 1, rpm: undefined, tpm: undefined });
+    const gate = admitAll("any-model", { granted: 1, rpm: undefined, tpm: undefined });
     expect(gate).toBe(ADMIT_ALL);
     expect(gate.admit(claim("m"), 0, 0)).toBe(0);
     expect(gate.admit(claim("m"), 1_000_000, 1e9)).toBe(0);

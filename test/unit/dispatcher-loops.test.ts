@@ -386,6 +386,43 @@ describe("stop(grace)", () => {
   });
 });
 
+describe("the Sync loop's pace", () => {
+  test("holding nothing, it waits for the renewal period: no Sync storm, no spin", async () => {
+    start({ renewIntervalMs: 200 });
+    cp.offer("idle", "idle-a");
+    await upstream.until(arrived("idle-a"), "the request");
+    await upstream.answer("idle-a");
+    await cp.until(() => cp.reportOf("idle-a") !== undefined, "its report");
+    const mark = cp.syncs.length;
+    // Three renewal periods. A loop that spun (it did once: a renewal with nothing to renew
+    // moved its due time into the past) would never let this timer fire.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(cp.syncs.length - mark).toBeLessThanOrEqual(5);
+  });
+
+  test("holding a rate share, it Syncs every second, saying the share it spends and how it paces", async () => {
+    start(); // renewals every 60 s: only the rate share makes these Syncs
+    cp.editSync = (a) => {
+      for (const g of a.grants) if (g.model === "rated") g.rpm = 600;
+    };
+    cp.offer("rated", "rated-a"); // held at the upstream: the grant stays
+    await upstream.until(arrived("rated-a"), "the request");
+    const mark = cp.syncs.length;
+    await cp.until(
+      () =>
+        cp.syncs
+          .slice(mark)
+          .filter((e) => demandOf(e, "rated")?.rpmHeld === 600 && demandOf(e, "rated")?.pacing)
+          .length >= 2,
+      "two Syncs saying rpm_held 600 with a pacing view",
+      5_000,
+    );
+    const last = demandOf(cp.syncs[cp.syncs.length - 1]!, "rated")!;
+    expect(last.pacing).toMatchObject({ mode: "paced", callsLastMinute: 0 });
+    await upstream.answer("rated-a");
+  });
+});
+
 describe("429 holds", () => {
   // Renewals every 250 ms in these tests: they are about the hold, not about
   // the hold timer (tested alone below).

@@ -58,12 +58,14 @@ describe("parseRateLimitHeaders", () => {
     expect(s).toEqual({
       requests: { remaining: 2999, resetMs: 20 },
       tokens: { remaining: 0, resetMs: 360_000 },
+      requestsPerMinute: 3000,
     });
   });
 
   test("Anthropic's headers: the tightest of tokens, input and output tokens", () => {
     const s = parseRateLimitHeaders(
       {
+        "anthropic-ratelimit-requests-limit": "50",
         "anthropic-ratelimit-requests-remaining": "49",
         "anthropic-ratelimit-requests-reset": "2026-12-04T12:00:01Z",
         "anthropic-ratelimit-input-tokens-remaining": "1200",
@@ -77,6 +79,7 @@ describe("parseRateLimitHeaders", () => {
     expect(s).toEqual({
       requests: { remaining: 49, resetMs: 1000 },
       tokens: { remaining: 1200, resetMs: 3000 },
+      requestsPerMinute: 50,
       retryAfterMs: 3000,
     });
   });

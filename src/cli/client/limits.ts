@@ -8,7 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { ModelLimit } from "../../gen/fusillade/v1/resources_pb.js";
 import { collect, type Globals, moreNote, note } from "./actions.js";
 import { CliError, type Connection } from "./connection.js";
-import { limitView, print, printJson, table } from "./views.js";
+import { limitView, pacingLine, print, printJson, table } from "./views.js";
 
 type LimitView = ReturnType<typeof limitView>;
 
@@ -26,6 +26,7 @@ const LIMIT_COLUMNS: ReadonlyArray<[string, (l: LimitView) => string]> = [
   ["RPM", (l) => perMinute(l.rpm)],
   ["TPM", (l) => perMinute(l.tpm)],
   ["HELD UNTIL", (l) => l.hold_until_time ?? ""],
+  ["PACING", (l) => pacingLine(l.pacing)],
 ];
 
 /** The `limits list` table. */

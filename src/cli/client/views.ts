@@ -143,7 +143,29 @@ export function limitView(l: ModelLimit) {
     hold_until_time: iso(l.holdUntilTime),
     rpm: l.rpm ?? null,
     tpm: l.tpm ?? null,
+    pacing: l.pacing
+      ? {
+          mode: l.pacing.mode,
+          concurrency: l.pacing.concurrency,
+          calls_last_minute: l.pacing.callsLastMinute,
+          throttled_last_minute: l.pacing.throttledLastMinute,
+          dispatchers: l.pacing.dispatchers,
+        }
+      : null,
   };
+}
+
+/**
+ * Why a model runs as it does (docs/pacing.md): "paced: 2,950/min, 0 % 429, 3 at once",
+ * "backing off: 1,180/min, 12 % 429, 8 at once", "held (meter empty)"; "" before any call.
+ */
+export function pacingLine(p: ReturnType<typeof limitView>["pacing"]): string {
+  if (p === null) return "";
+  if (p.mode === "held") return "held (meter empty)";
+  const calls = p.calls_last_minute;
+  const share = calls > 0 ? Math.round((100 * p.throttled_last_minute) / calls) : 0;
+  const mode = p.mode.replace("_", " ");
+  return `${mode}: ${calls.toLocaleString("en-US")}/min, ${share} % 429, ${p.concurrency} at once`;
 }
 
 /** "500 total: 490 completed, 2 failed, 4 running, 4 queued" — only the non-zero states after the total. */

@@ -45,11 +45,10 @@ export interface AimdOptions {
   /** The slow probe: most growth a second, as a share of the limit. @default 0.1 */
   probePerSecond?: number;
   /**
-   * Until the first cut, the limit is the ceiling (and follows it up): an upstream that never
-   * says "slow down" gets every slot at once, as before pacing (DESIGN §3.4, the limit is
-   * used). Off, the limit slow-starts from `initial`. @default false
+   * Slow start's clock while no answer comes: a limit all in use that heard nothing for this
+   * long (or a round trip, once one is known) doubles. @default 100
    */
-  startAtMax?: boolean;
+  idleGrowthMs?: number;
 }
 
 /** Weight of a new latency sample in the smoothed latency. */
@@ -62,6 +61,12 @@ const LATENCY_GAIN = 0.125;
  */
 const MIN_COHORT = 20;
 const METER_EVIDENCE = 0.75;
+/**
+ * The lowest limit: below 1, the limit is a share of one slot's round trips (0.4 at 20 ms
+ * starts one attempt every 50 ms, 20 a second), which is how one dispatcher keeps to a
+ * meter that accepts fewer than one request per round trip.
+ */
+const MIN_FRACTION = 0.05;
 
 interface Cohort {
   start: number;
@@ -91,19 +96,19 @@ export class AimdLimit {
   #latencyMs: number | undefined;
   /** Cohorts not fully answered yet, oldest first; the last one takes new attempts. */
   readonly #cohorts: Cohort[] = [];
-  readonly #startAtMax: boolean;
+  readonly #idleGrowthMs: number;
+  /** When slow start last grew (or began): its clock while no answer comes. */
+  #grownAt: number | undefined;
 
   constructor(o: AimdOptions) {
-    this.#startAtMax = o.startAtMax ?? false;
+    this.#idleGrowthMs = o.idleGrowthMs ?? 100;
     this.#min = Math.max(1, o.min ?? 1);
     this.#max = Math.max(this.#min, o.max);
     this.#backoff = o.backoff ?? 0.9;
     this.#minWindowMs = o.minWindowMs ?? 50;
     this.#meterMemoryMs = o.meterMemoryMs ?? 10_000;
     this.#probePerSecond = o.probePerSecond ?? 0.1;
-    this.#limit = this.#startAtMax
-      ? this.#max
-      : Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
+    this.#limit = Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
   }
 
   /** Attempts that may run at once now. */
@@ -116,30 +121,60 @@ export class AimdLimit {
     return this.#latencyMs;
   }
 
+  /** The limit with its fraction (below 1: a share of one slot's round trips). */
+  get rawLimit(): number {
+    return this.#limit;
+  }
+
   /** Whether a cut was not grown back from (for status: "backing off"). */
   get backingOff(): boolean {
     return !this.#slowStart && this.#limit < this.#max;
   }
 
+  /** Before the first cut: nothing has said "slow down" yet. */
+  get slowStart(): boolean {
+    return this.#slowStart;
+  }
+
   /**
-   * Ms between starts while a meter is in evidence (0 otherwise): a round
-   * trip / the limit with its fraction, so 2.5 at 50 ms is 50/s where a
-   * whole number of slots swings between 40 and 60.
+   * Ms between starts while a meter is in evidence, or the limit is below 1 (0 otherwise):
+   * a round trip / the limit with its fraction, so 2.5 at 50 ms is 50/s where a whole number
+   * of slots swings between 40 and 60, and 0.4 at 20 ms is 20/s.
    */
   startIntervalMs(nowMs: number): number {
-    if (nowMs >= this.#meterUntil || this.#latencyMs === undefined) return 0;
-    return this.#latencyMs / Math.max(this.#min, this.#limit);
+    if (this.#latencyMs === undefined) return 0;
+    if (nowMs >= this.#meterUntil && this.#limit >= 1) return 0;
+    return this.#latencyMs / Math.max(MIN_FRACTION, Math.min(this.#limit, this.#max));
+  }
+
+  /**
+   * Slow start without answers: a limit all in use (`inFlight`) that heard nothing for a
+   * round trip (`idleGrowthMs` before the first) doubles; an upstream that holds its answers
+   * (a slow model, a test that hangs them) must not keep the limit at its start. Meters
+   * answer at once, so their 429s cut before this grows. Answers when to ask again
+   * (Infinity: no growth is due, an answer will move the limit).
+   */
+  growIdle(nowMs: number, inFlight: number): number {
+    if (!this.#slowStart || this.#limit >= this.#max || inFlight < this.limit) {
+      return Number.POSITIVE_INFINITY;
+    }
+    const period = Math.max(this.#minWindowMs, this.#latencyMs ?? this.#idleGrowthMs);
+    this.#grownAt ??= nowMs;
+    if (nowMs - this.#grownAt < period) return this.#grownAt + period;
+    this.#limit = Math.min(this.#max, this.#limit * 2);
+    this.#grownAt = nowMs;
+    return nowMs;
   }
 
   /** A new ceiling (slots held); the limit is kept within it. */
   setMax(max: number): void {
     this.#max = Math.max(this.#min, max);
-    this.#limit =
-      this.#startAtMax && this.#slowStart ? this.#max : Math.min(this.#limit, this.#max);
+    this.#limit = Math.min(this.#limit, this.#max);
   }
 
   /** An attempt was admitted at `nowMs` (the `admittedAtMs` of its outcome). */
   onAdmit(nowMs: number): void {
+    this.#grownAt ??= nowMs;
     let c = this.#cohorts[this.#cohorts.length - 1];
     const length = Math.max(this.#minWindowMs, this.#latencyMs ?? 0);
     // A new cohort starts after the last one's last attempt: an outcome finds
@@ -162,8 +197,9 @@ export class AimdLimit {
     this.#answer(nowMs, admittedAtMs, "ok");
     if (admittedAtMs < this.#lastCutAt) return;
     if (inFlight * 2 < this.#limit) return; // the limit is not what holds us back
-    let step = this.#slowStart ? 1 : 1 / this.#limit;
-    if (nowMs < this.#meterUntil) {
+    if (this.#slowStart) this.#grownAt = nowMs;
+    let step = this.#slowStart ? 1 : 1 / Math.max(1, this.#limit);
+    if (nowMs < this.#meterUntil || this.#limit < 1) {
       // Per success, latency/1000 of a second passes per slot in use.
       step = Math.min(step, (this.#probePerSecond * this.#latencyMs) / 1000);
     }
@@ -184,7 +220,7 @@ export class AimdLimit {
   }
 
   #cut(nowMs: number, to: number): void {
-    this.#limit = Math.max(this.#min, Math.min(this.#limit, to));
+    this.#limit = Math.max(this.#min > 1 ? this.#min : MIN_FRACTION, Math.min(this.#limit, to));
     this.#slowStart = false;
     this.#lastCutAt = nowMs;
   }

@@ -28,6 +28,16 @@ import { TokenBucket } from "./token-bucket.js";
 
 /** How long a remaining-count without a reset time is trusted. */
 const READING_TTL_MS = 1000;
+/**
+ * Claims worth holding beyond a round trip's: this many seconds of the rate share. Enough to
+ * keep the bucket fed while a refill is on its way; not so much that one dispatcher sits on
+ * the work another could send with its own share.
+ */
+const HOLD_SECONDS = 1;
+/** Latency assumed before the first answer (for what to hold and to ask for). */
+const UNKNOWN_LATENCY_MS = 1000;
+/** Weight of a new estimate in the mean tokens per request. */
+const TOKENS_GAIN = 0.1;
 
 export interface ModelPacerOptions extends Partial<Omit<AimdOptions, "max">> {
   /** Wall-clock ms, for resets given as times. @default Date.now */
@@ -49,6 +59,33 @@ export interface PacerSnapshot {
   /** Answers counted, and how many were throttles (429, or 503 with Retry-After). */
   answered: number;
   throttled: number;
+  /** The same over the last minute. */
+  answeredLastMinute: number;
+  throttledLastMinute: number;
+}
+
+/** Counts per second over the last minute (a ring of 60). */
+class MinuteCounts {
+  readonly #second = new Float64Array(60).fill(-1);
+  readonly #counts = new Float64Array(60);
+
+  add(nowMs: number): void {
+    const s = Math.floor(nowMs / 1000);
+    const i = s % 60;
+    if (this.#second[i] !== s) {
+      this.#second[i] = s;
+      this.#counts[i] = 0;
+    }
+    this.#counts[i]!++;
+  }
+
+  /** Counted in the 60 seconds up to `nowMs`. */
+  total(nowMs: number): number {
+    const s = Math.floor(nowMs / 1000);
+    let n = 0;
+    for (let i = 0; i < 60; i++) if (this.#second[i]! > s - 60) n += this.#counts[i]!;
+    return n;
+  }
 }
 
 /** What is left of the meter until a moment, as the last response said. */
@@ -62,6 +99,13 @@ export class ModelPacer implements PacingGate {
   readonly #wallNow: () => number;
   #requests: TokenBucket | undefined;
   #tokens: TokenBucket | undefined;
+  /**
+   * With no request rate granted: a bucket at the rate the upstream's headers name
+   * (`x-ratelimit-limit-requests`), so one dispatcher paces to the meter before any 429.
+   * Several sharing the meter each pace to all of it; their 429s cut the concurrency.
+   */
+  #heard: TokenBucket | undefined;
+  #heardRpm: number | undefined;
   #rpm: number | undefined;
   #tpm: number | undefined;
   #inFlight = 0;
@@ -79,6 +123,10 @@ export class ModelPacer implements PacingGate {
   #tokenBudget: Budget | undefined;
   #answered = 0;
   #throttled = 0;
+  readonly #answeredRecent = new MinuteCounts();
+  readonly #throttledRecent = new MinuteCounts();
+  /** Mean estimated tokens per request (for what a token share lets start). */
+  #meanTokens: number | undefined;
 
   constructor(nowMs: number, limits: GateLimits, o: ModelPacerOptions = {}) {
     this.#aimd = new AimdLimit({ ...o, max: limits.concurrency });
@@ -106,7 +154,10 @@ export class ModelPacer implements PacingGate {
       return { ok: false, retryAtMs: Math.max(...empty), reason: "meter_empty" };
     }
     if (this.#inFlight >= this.#aimd.limit) {
-      return { ok: false, retryAtMs: Number.POSITIVE_INFINITY, reason: "concurrency" };
+      const growAt = this.#aimd.growIdle(nowMs, this.#inFlight);
+      if (this.#inFlight >= this.#aimd.limit) {
+        return { ok: false, retryAtMs: growAt, reason: "concurrency" };
+      }
     }
     while (this.#parked.length > 0 && this.#parked[0]! <= nowMs) this.#parked.shift();
     if (nowMs < this.#nextStartAt) {
@@ -117,14 +168,21 @@ export class ModelPacer implements PacingGate {
       const retryAtMs = this.#inFlight >= this.#aimd.limit || at === undefined ? Infinity : at;
       return { ok: false, retryAtMs, reason: "concurrency" };
     }
-    const waitRequests = this.#requests?.take(nowMs, 1) ?? 0;
+    const requests = this.#requests ?? this.#heard;
+    const waitRequests = requests?.take(nowMs, 1) ?? 0;
     if (waitRequests > 0) return { ok: false, retryAtMs: nowMs + waitRequests, reason: "requests" };
     const waitTokens = this.#tokens?.take(nowMs, estimatedTokens) ?? 0;
     if (waitTokens > 0) {
-      this.#requests?.adjust(nowMs, 1);
+      requests?.adjust(nowMs, 1);
       return { ok: false, retryAtMs: nowMs + waitTokens, reason: "tokens" };
     }
     this.#inFlight++;
+    if (estimatedTokens > 0) {
+      this.#meanTokens =
+        this.#meanTokens === undefined
+          ? estimatedTokens
+          : this.#meanTokens + TOKENS_GAIN * (estimatedTokens - this.#meanTokens);
+    }
     if (this.#requestBudget) this.#requestBudget.left -= 1;
     if (this.#tokenBudget) this.#tokenBudget.left -= estimatedTokens;
     this.#aimd.onAdmit(nowMs);
@@ -143,7 +201,12 @@ export class ModelPacer implements PacingGate {
       return;
     }
     this.#answered++;
+    this.#answeredRecent.add(e.nowMs);
     const meter = parseRateLimitHeaders(e.headers, this.#wallNow());
+    if (meter.requestsPerMinute !== undefined && meter.requestsPerMinute !== this.#heardRpm) {
+      this.#heardRpm = meter.requestsPerMinute;
+      this.#heard = bucket(this.#heard, meter.requestsPerMinute, e.nowMs);
+    }
     this.#requestBudget = this.#budget(meter.requests, e.nowMs) ?? this.#requestBudget;
     this.#tokenBudget = this.#budget(meter.tokens, e.nowMs) ?? this.#tokenBudget;
     const throttled = e.status === 429 || (e.status === 503 && e.retryAfterMs !== undefined);
@@ -152,6 +215,7 @@ export class ModelPacer implements PacingGate {
       return;
     }
     this.#throttled++;
+    this.#throttledRecent.add(e.nowMs);
     this.#aimd.onThrottle(e.nowMs, e.admittedAtMs);
     const roundTripEnd = e.admittedAtMs + (this.#aimd.latencyMs ?? 0);
     if (roundTripEnd > e.nowMs) {
@@ -165,6 +229,35 @@ export class ModelPacer implements PacingGate {
       READING_TTL_MS,
     );
     if (emptyMs !== undefined) this.#heldUntil = Math.max(this.#heldUntil, e.nowMs + emptyMs);
+  }
+
+  /**
+   * Claims worth holding now (ModelGate.useful): a round trip and HOLD_SECONDS of the rate
+   * share (requests, and tokens at the mean estimate), and after a cut twice the limit (room
+   * to grow). Infinity before any of these bounds it (slow start, no rate).
+   */
+  useful(_nowMs: number): number {
+    const seconds = (this.#aimd.latencyMs ?? UNKNOWN_LATENCY_MS) / 1000 + HOLD_SECONDS;
+    let n = Number.POSITIVE_INFINITY;
+    const rpm = this.#rpm ?? this.#heardRpm;
+    if (rpm !== undefined) n = Math.min(n, (rpm / 60) * seconds);
+    if (this.#tpm !== undefined) {
+      n = Math.min(n, (this.#tpm / 60 / Math.max(1, this.#meanTokens ?? 1)) * seconds);
+    }
+    if (!this.#aimd.slowStart) n = Math.min(n, 2 * this.#aimd.rawLimit);
+    return Number.isFinite(n) ? Math.max(1, Math.ceil(n)) : n;
+  }
+
+  /**
+   * The rate `held` claims need with no backlog behind them (Little's law: held per round
+   * trip), and its tokens at the mean estimate; undefined before a round trip is known.
+   */
+  demand(held: number): { rateWant: number; tokenWant: bigint } | undefined {
+    const latency = this.#aimd.latencyMs;
+    if (latency === undefined || held <= 0) return undefined;
+    const rateWant = Math.max(1, Math.ceil((held * 60_000) / Math.max(1, latency)));
+    const tokenWant = BigInt(Math.ceil(rateWant * (this.#meanTokens ?? 0)));
+    return { rateWant: Math.min(rateWant, 2 ** 31 - 1), tokenWant };
   }
 
   /**
@@ -188,7 +281,7 @@ export class ModelPacer implements PacingGate {
         ? "held"
         : this.#aimd.backingOff
           ? "backing_off"
-          : this.#rpm !== undefined || this.#tpm !== undefined
+          : this.#rpm !== undefined || this.#tpm !== undefined || this.#heardRpm !== undefined
             ? "paced"
             : "free";
     return {
@@ -200,6 +293,8 @@ export class ModelPacer implements PacingGate {
       heldUntilMs: held,
       answered: this.#answered,
       throttled: this.#throttled,
+      answeredLastMinute: this.#answeredRecent.total(nowMs),
+      throttledLastMinute: this.#throttledRecent.total(nowMs),
     };
   }
 }

@@ -14,6 +14,7 @@
  * Token estimates cost a JSON parse of the body: only a model with a token rate pays it.
  */
 import { performance } from "node:perf_hooks";
+import type { PacingView } from "../../domain/capacity.js";
 import type { DispatchLease } from "../lease-client.js";
 import type { AttemptResult, GateFactory, GrantView, ModelGate } from "../model-gate.js";
 import { ModelPacer, type PacerSnapshot } from "./model-pacer.js";
@@ -74,6 +75,28 @@ export class PacedGate implements ModelGate {
     });
   }
 
+  useful(now: number): number {
+    // Asked before the first admission too: the first claims of a rated model must already
+    // be kept to what its share can send.
+    if (this.#pacer === undefined && this.#grant.granted === 0) return Number.POSITIVE_INFINITY;
+    return this.#follow(now).useful(now);
+  }
+
+  demand(held: number): { rateWant: number; tokenWant: bigint } | undefined {
+    return this.#pacer?.demand(held);
+  }
+
+  view(now: number): PacingView | undefined {
+    const s = this.#pacer?.snapshot(now);
+    if (s === undefined) return undefined;
+    return {
+      mode: s.mode,
+      concurrency: s.concurrency,
+      callsLastMinute: s.answeredLastMinute,
+      throttledLastMinute: s.throttledLastMinute,
+    };
+  }
+
   /** What status and /metrics show of the model's pacing; undefined before its first attempt. */
   snapshot(now = performance.now()): PacerSnapshot | undefined {
     return this.#pacer?.snapshot(now);
@@ -82,17 +105,12 @@ export class PacedGate implements ModelGate {
   /** The pacer, made or handed a grant that changed since the last admission. */
   #follow(now: number): ModelPacer {
     const g = this.#grant;
-    const concurrency = Math.max(this.#concurrency, g.usable);
+    const concurrency = Math.max(this.#concurrency, g.granted);
     if (this.#pacer === undefined) {
       this.#concurrency = concurrency;
       this.#rpm = g.rpm;
       this.#tpm = g.tpm;
-      // Every slot at once until the upstream first says "slow down" (AimdOptions.startAtMax).
-      this.#pacer = new ModelPacer(
-        now,
-        { concurrency, rpm: g.rpm, tpm: g.tpm },
-        { startAtMax: true },
-      );
+      this.#pacer = new ModelPacer(now, { concurrency, rpm: g.rpm, tpm: g.tpm });
       return this.#pacer;
     }
     if (concurrency !== this.#concurrency || g.rpm !== this.#rpm || g.tpm !== this.#tpm) {

@@ -36,6 +36,8 @@ export class SlotGrantEntity {
   @Column({ type: "timestamptz", name: "expires_at" }) expiresAt: Date;
   @Column({ type: "timestamptz", name: "created_at", default: () => "now()" }) createdAt: Date;
   @Column({ type: "timestamptz", name: "updated_at", default: () => "now()" }) updatedAt: Date;
+  /** How the holder paces the model, as its last Sync said (PacingView); null before its first attempt. */
+  @Column({ type: "jsonb", nullable: true }) pacing: unknown;
 }
 
 /** A tenant's weight in fair share (docs/fair-share.md); a tenant without a row weighs 1. */
@@ -49,8 +51,8 @@ export class TenantEntity {
 
 /**
  * One dispatcher's share of one model's rates (docs/pacing.md, "Rate grants"). Changed
- * only by the plpgsql function `fusillade_rates()`; a cut or expired share stays counted
- * for a minute (the `*_counted` columns).
+ * only by the plpgsql function `fusillade_rates()`; a cut share stays counted until its
+ * holder says it spends the new one, or its grant expires (the `*_counted` columns).
  */
 @Entity({ name: "rate_shares" })
 @Check("rate_shares_want_check", "want >= 0")

@@ -22,6 +22,45 @@ describe("AimdLimit", () => {
     expect(seen).toEqual([4, 8, 16, 32, 50, 50, 50]);
   });
 
+  test("slow start without answers: a limit all in use doubles each idle period, not otherwise", () => {
+    const a = new AimdLimit({ max: 40, initial: 4, idleGrowthMs: 100 });
+    for (let i = 0; i < 4; i++) a.onAdmit(0);
+    // Not due yet: answers when to ask again.
+    expect(a.growIdle(50, 4)).toBe(100);
+    expect(a.limit).toBe(4);
+    // Less than the limit in use: nothing to grow for.
+    expect(a.growIdle(100, 3)).toBe(Number.POSITIVE_INFINITY);
+    expect(a.growIdle(100, 4)).toBe(100);
+    expect(a.limit).toBe(8);
+    expect(a.growIdle(150, 8)).toBe(200);
+    a.growIdle(200, 8);
+    a.growIdle(300, 16);
+    a.growIdle(400, 32);
+    expect(a.limit).toBe(40);
+    // After a cut, only answers move the limit.
+    a.onAdmit(401);
+    a.onThrottle(402, 401);
+    expect(a.growIdle(10_000, a.limit)).toBe(Number.POSITIVE_INFINITY);
+  });
+
+  test("a meter below one request per round trip takes the limit below 1: starts spaced by round trip / limit", () => {
+    const a = new AimdLimit({ max: 1, initial: 1 });
+    round(a, 0, 20, 0, 20); // 20 answered in 20 ms: the round trip is known
+    a.setMax(100);
+    // 40 sent one at a time, 8 accepted: a meter taking 0.2 of what one slot sends.
+    for (let i = 0; i < 40; i++) a.onAdmit(100 + i);
+    a.onAdmit(200); // the next cohort begins, so the first is judged once answered
+    for (let i = 0; i < 40; i++) {
+      if (i < 8) a.onSuccess(121 + i, 100 + i, 1);
+      else a.onThrottle(101 + i, 100 + i);
+    }
+    expect(a.limit).toBe(1);
+    expect(a.rawLimit).toBeLessThan(1);
+    expect(a.rawLimit).toBeGreaterThan(0.1);
+    // One start every round trip / limit: a fifth of what one slot would send.
+    expect(a.startIntervalMs(300)).toBeGreaterThan(20 / 0.3);
+  });
+
   test("no growth while less than half the limit runs", () => {
     const a = new AimdLimit({ max: 50, initial: 10 });
     for (let t = 0; t < 1000; t += 50) {

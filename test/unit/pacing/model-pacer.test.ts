@@ -43,6 +43,42 @@ describe("ModelPacer gate", () => {
     expect(p.snapshot(at).mode).toBe("paced");
   });
 
+  test("claims worth holding: a round trip and a second of the rate share; after a cut, twice the limit", () => {
+    const p = new ModelPacer(0, { concurrency: 500, rpm: 600 });
+    // 10 a second; no round trip known yet (a second assumed): 2 s of the share.
+    expect(p.useful(0)).toBe(20);
+    expect(p.tryAdmit(0, 1).ok).toBe(true);
+    p.onOutcome(end(100, 200));
+    expect(p.useful(100)).toBe(11);
+    const free = new ModelPacer(0, { concurrency: 500 }, { initial: 10 });
+    expect(free.useful(0)).toBe(Number.POSITIVE_INFINITY);
+    for (let i = 0; i < 10; i++) free.tryAdmit(0, 1);
+    free.onOutcome(end(5, 429));
+    expect(free.useful(5)).toBe(2 * 9);
+  });
+
+  test("demand with no backlog: what the held claims send per round trip, and their tokens", () => {
+    const p = new ModelPacer(0, { concurrency: 50, tpm: 600_000 });
+    expect(p.demand(5)).toBeUndefined(); // no round trip known
+    expect(p.tryAdmit(0, 300).ok).toBe(true);
+    p.onOutcome(end(100, 200, { estimatedTokens: 300 }));
+    // 5 held, 100 ms each: 50 a second, 3,000 a minute, at 300 tokens each.
+    expect(p.demand(5)).toEqual({ rateWant: 3000, tokenWant: 900_000n });
+  });
+
+  test("no rate set: the rate a response's headers name paces the model before any 429", () => {
+    const p = new ModelPacer(0, { concurrency: 100 }, { initial: 100 });
+    expect(p.tryAdmit(0, 1).ok).toBe(true);
+    p.onOutcome(end(10, 200, { headers: { "x-ratelimit-limit-requests": "600" } }));
+    // 600 a minute: a bucket of one second's 10 (the first is spent by the next ten).
+    let admitted = 0;
+    while (p.tryAdmit(10, 1).ok) admitted++;
+    expect(admitted).toBe(10);
+    expect(p.tryAdmit(10, 1)).toMatchObject({ ok: false, reason: "requests" });
+    expect(p.snapshot(10).mode).toBe("paced");
+    expect(p.useful(10)).toBe(Math.ceil(10 * 1.01));
+  });
+
   test("a token grant refuses a request its bucket cannot hold, and usage corrects it", () => {
     const p = new ModelPacer(0, { concurrency: 100, tpm: 60_000 }, { initial: 100 }); // 1,000 a second
     expect(p.tryAdmit(0, 900).ok).toBe(true);
@@ -210,6 +246,14 @@ describe("ModelPacer against a simulated upstream (the issue's cases)", () => {
     expect(r.done).toBe(1200);
     expect(r.rpm).toBeGreaterThanOrEqual(0.85 * 3000);
     expect(r.throttled / r.calls).toBeLessThanOrEqual(0.1);
+  });
+
+  test("a meter below one request per round trip (600/min at 20 ms): ≥ 85 % of the rate, ≤ 15 % 429s", () => {
+    // One slot sends 50 a second; the meter takes 10: the limit must go below 1.
+    const r = simulate({ requests: 600, slots: 200, latencyMs: 20, meterRpm: 600 });
+    expect(r.done).toBe(600);
+    expect(r.rpm).toBeGreaterThanOrEqual(0.85 * 600);
+    expect(r.throttled / r.calls).toBeLessThanOrEqual(0.15);
   });
 
   test("3 % random 429s, 10 slots, 30 ms: ≥ 70 % of the throughput without them", () => {
