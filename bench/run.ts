@@ -16,7 +16,9 @@
  * - claims (./claims.ts): a Sync claiming 10 with a 1,000,000-request backlog,
  *   fair share on and off, vs the bare claim statement;
  * - pacing (./pacing.ts): batches against a metered upstream (rate known, unknown,
- *   tokens) and one answering 3 % of calls 429, vs the meter's own rate.
+ *   tokens) and one answering 3 % of calls 429, vs the meter's own rate;
+ * - soak (./soak.ts): 200,000 requests in 100 batches with a retention of a
+ *   minute, table sizes, dead rows and claim/report latency at intervals.
  *
  * Prints a table, writes every figure to bench/results/latest.json, and exits
  * non-zero when a check fails (a model's limit exceeded at the upstream, a
@@ -24,8 +26,10 @@
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
  * FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
- * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
- * ingest, batch_start, dispatch, memory, reads, claims, pacing; batch_start runs ingest too).
+ * BENCH_SCALE=smoke, BENCH_SOAK_BATCHES (the soak's batch count, default 100),
+ * BENCH_PACING=known,random (the pacing cases: known, unknown, bare, tokens, random),
+ * BENCH_ONLY=dispatch,memory (a comma list of scenarios: ingest, batch_start, dispatch,
+ * memory, reads, claims, pacing, soak; batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -41,6 +45,7 @@ import { ingestScenario } from "./ingest.js";
 import { memoryScenario } from "./memory.js";
 import { pacingScenario } from "./pacing.js";
 import { readsScenario } from "./reads.js";
+import { soakScenario } from "./soak.js";
 import { printTable } from "./table.js";
 
 /** Templates of the ingest scenario point here; nothing ever sends them. */
@@ -100,6 +105,7 @@ async function main(): Promise<number> {
     if (wanted("reads")) results.reads = await step("reads", () => readsScenario(bench));
     if (wanted("claims")) results.claims = await step("claims", () => claimsScenario(bench));
     if (wanted("pacing")) results.pacing = await step("pacing", () => pacingScenario(bench));
+    if (wanted("soak")) results.soak = await step("soak", () => soakScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });

@@ -143,6 +143,16 @@ function rows(r: unknown): Row[] {
       ]);
     }
   }
+  if (at(r, "soak") !== undefined) {
+    const flat = "soak.after_warm_up.max_over_min";
+    out.push([
+      "soak",
+      `${n("soak.requests")} requests in ${n("soak.batches")} batches, retention ${n("soak.retention_s")} s: max ÷ min after warm-up (from ${n("soak.after_warm_up.from_s")} s, ${n("soak.after_warm_up.samples")} samples)`,
+      `requests ${n(`${flat}.requests_total_mib`)}, events ${n(`${flat}.request_events_total_mib`)}; claim p50 ${n(`${flat}.claim_p50_ms`)}, report p50 ${n(`${flat}.report_p50_ms`)}`,
+      "target ≤ 1.2",
+      `${n("soak.batches_left")} batches left`,
+    ]);
+  }
   out.push(...pacingRows(r, n));
   return out;
 }

@@ -1,6 +1,6 @@
 /**
  * Builds and starts a control plane: database (external or embedded),
- * migrations, LISTEN connection, reaper, and the API server.
+ * migrations, LISTEN connection, reaper, retention, and the API server.
  */
 import { setMaxListeners } from "node:events";
 import { routes } from "./api/routes.js";
@@ -14,6 +14,7 @@ import { ForbiddenAddresses } from "./domain/forbidden-addresses.js";
 import { hostAddresses } from "./http/outbound-guard.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
+import { startRetention } from "./leases/retention-worker.js";
 import type { Logger } from "./logger.js";
 import { BatchLifecycle } from "./metrics/batch-lifecycle.js";
 import { ControlPlaneMetrics } from "./metrics/control-plane-metrics.js";
@@ -47,6 +48,26 @@ export interface ControlPlane {
   metricsUrl: string | undefined;
   /** Stops serving, ends streams and long polls, closes the database. */
   close(): Promise<void>;
+}
+
+/**
+ * Starts the reaper (expired claims, ended batches' pending requests) and the
+ * retention worker (finished batches, old files, change logs past their
+ * time); the result stops both.
+ */
+function startHousekeeping(
+  db: Db,
+  config: Readonly<ControlPlaneConfig>,
+  log: Logger,
+  metrics: ControlPlaneMetrics,
+): () => Promise<void> {
+  const reaper = startReaper(db, config.reapIntervalMs, log, (c) => metrics.reaped(c));
+  const retention = startRetention(db, config, log, (outcome, seconds, counts) =>
+    metrics.retentionPass(outcome, seconds, counts ? { ...counts } : undefined),
+  );
+  return async () => {
+    await Promise.all([reaper.stop(), retention.stop()]);
+  };
 }
 
 /** Starts a control plane with `config`. */
@@ -149,8 +170,7 @@ export async function startControlPlane(
     };
     // The lease path gets its own pool: client traffic on `db` cannot starve renewals.
     const leases = new LeaseService(db.dispatch, notifications, config, keyring, metrics);
-    const reaper = startReaper(db, config.reapIntervalMs, log, (c) => metrics.reaped(c));
-    cleanup.push(() => reaper.stop());
+    cleanup.push(startHousekeeping(db, config, log, metrics));
     const server = await buildServer({
       auth,
       tls: config.tls,

@@ -8,6 +8,7 @@ import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import { requestIdOf } from "../domain/results.js";
+import { parseRetention } from "../domain/retention.js";
 import { MAX_BACKOFF_MS } from "../domain/retry-policy.js";
 import { openAiStatus, type RequestState } from "../domain/states.js";
 import { validateText } from "../domain/templates.js";
@@ -124,7 +125,7 @@ function retryPolicy(p: RetryPolicy | undefined, deps: ApiDeps) {
 
 /**
  * Starts a batch from a file (CreateBatch, and POST /v1/batches): checks the
- * window, metadata, priority and retry policy, creates it, logs it, and
+ * window, metadata, priority, retention and retry policy, creates it, logs it, and
  * wakes this replica's claims for its models.
  */
 export async function startBatch(
@@ -132,7 +133,13 @@ export async function startBatch(
   scope: TenantScope,
   req: Pick<
     CreateBatchRequest,
-    "fileId" | "requestId" | "completionWindow" | "metadata" | "priority" | "retryPolicy"
+    | "fileId"
+    | "requestId"
+    | "completionWindow"
+    | "metadata"
+    | "priority"
+    | "retryPolicy"
+    | "retention"
   >,
   traceId?: string,
 ): Promise<BatchRecord> {
@@ -155,6 +162,13 @@ export async function startBatch(
   if (!Number.isInteger(req.priority) || req.priority < -100 || req.priority > 100) {
     throw new InvalidArgumentError("priority", "must be an integer between -100 and 100");
   }
+  const retentionMs = req.retention === "" ? null : parseRetention(req.retention);
+  if (retentionMs === undefined) {
+    throw new InvalidArgumentError(
+      "retention",
+      "must be a duration such as 7d or 12h, or 0 to keep the batch until it is deleted",
+    );
+  }
   const { batch, created, models } = await createBatch(deps.db, {
     fileId: req.fileId,
     scope,
@@ -163,6 +177,7 @@ export async function startBatch(
     completionWindowMs: windowMs,
     metadata: req.metadata,
     priority: req.priority,
+    retentionMs,
     ...retryPolicy(req.retryPolicy, deps),
   });
   if (created) deps.lifecycle?.created(batch, traceId);
@@ -194,7 +209,9 @@ export function batchMethods(
       // The caller's trace (W3C traceparent), when it sent one, goes into the log line.
       const trace = parseTraceparent(ctx.requestHeader.get("traceparent"));
       const batch = await startBatch(deps, scopeOf(principalOf(ctx)), req, trace?.traceId);
-      return create(CreateBatchResponseSchema, { batch: toProtoBatch(batch) });
+      return create(CreateBatchResponseSchema, {
+        batch: toProtoBatch(batch, deps.config.retentionMs),
+      });
     },
 
     async deleteBatch(req, ctx) {
@@ -206,7 +223,11 @@ export function batchMethods(
     async getBatch(req, ctx) {
       const b = await getBatch(db, scopeOf(principalOf(ctx)), req.batchId);
       return create(GetBatchResponseSchema, {
-        batch: toProtoBatch(b, await sharesOf(db, b, deps.config.defaultLimit)),
+        batch: toProtoBatch(
+          b,
+          deps.config.retentionMs,
+          await sharesOf(db, b, deps.config.defaultLimit),
+        ),
       });
     },
 
@@ -229,7 +250,7 @@ export function batchMethods(
         fileId: req.fileId,
       });
       return create(ListBatchesResponseSchema, {
-        batches: page.batches.map((b) => toProtoBatch(b)),
+        batches: page.batches.map((b) => toProtoBatch(b, deps.config.retentionMs)),
         nextPageToken: page.nextPageToken,
       });
     },
@@ -237,7 +258,9 @@ export function batchMethods(
     async cancelBatch(req, ctx) {
       const batch = await cancelBatch(db, scopeOf(principalOf(ctx)), req.batchId);
       deps.lifecycle?.cancelled(batch);
-      return create(CancelBatchResponseSchema, { batch: toProtoBatch(batch) });
+      return create(CancelBatchResponseSchema, {
+        batch: toProtoBatch(batch, deps.config.retentionMs),
+      });
     },
 
     async retryBatch(req, ctx) {
@@ -256,7 +279,7 @@ export function batchMethods(
         resume: req.resume,
       });
       return create(RetryBatchResponseSchema, {
-        batch: toProtoBatch(batch),
+        batch: toProtoBatch(batch, deps.config.retentionMs),
         retriedCount: BigInt(retried),
       });
     },

@@ -11,6 +11,7 @@ import {
   timestampFromDate,
 } from "@bufbuild/protobuf/wkt";
 import { bodyText } from "../domain/results.js";
+import { deleteTime } from "../domain/retention.js";
 import type {
   BatchState as DomainBatchState,
   RequestState as DomainRequestState,
@@ -123,8 +124,12 @@ export function toProtoCounts(c: BatchCounts): RequestCounts {
   });
 }
 
-/** A batch record as a proto Batch. */
-export function toProtoBatch(b: BatchRecord, shares: ModelShareRecord[] = []): Batch {
+/** A batch record as a proto Batch; `retentionMs` is the server's (for delete_time). */
+export function toProtoBatch(
+  b: BatchRecord,
+  retentionMs: number,
+  shares: ModelShareRecord[] = [],
+): Batch {
   const finished = b.finishedAt ?? undefined;
   return create(BatchSchema, {
     id: b.id,
@@ -148,6 +153,7 @@ export function toProtoBatch(b: BatchRecord, shares: ModelShareRecord[] = []): B
     finishTime: toTimestamp(finished),
     priority: b.priority,
     shares: shares.map(toProtoShare),
+    deleteTime: toTimestamp(deleteTime(b.finishedAt, b.retentionMs, retentionMs)),
   });
 }
 

@@ -63,6 +63,19 @@ const RESULTS_PAGE = 500;
  * everyone with "*"): this is the backstop should a future change forget.
  */
 const RECHECK_MS = 5_000;
+/** Whether a stream that last sent at `sentAt` (epoch ms) owes a heartbeat. */
+function heartbeatDue(deps: ApiDeps, sentAt: number): boolean {
+  const every = deps.config.streamHeartbeatMs;
+  return every > 0 && Date.now() - sentAt >= every;
+}
+
+/** How long a stream waits for a change: the recheck, or less when a heartbeat comes first. */
+function nextCheckMs(deps: ApiDeps, sentAt: number): number {
+  const every = deps.config.streamHeartbeatMs;
+  if (every <= 0) return RECHECK_MS;
+  return Math.max(1, Math.min(RECHECK_MS, sentAt + every - Date.now()));
+}
+
 /** Default and bounds of WatchBatch's min_interval. */
 const WATCH_MIN_INTERVAL_DEFAULT_MS = 250;
 const WATCH_MIN_INTERVAL_MAX_MS = 3_600_000;
@@ -177,9 +190,15 @@ async function* streamBatchRequests(
   const token = (c: StreamCursor) => encodeStreamCursor(c, batchId, states);
   const wake = new BatchWakeups(deps.notifications, batchId);
   try {
+    // The lowest seq after which changes were read: retention may have dropped
+    // events above it meanwhile (checked once the batch is terminal).
+    let readAfter = Number.POSITIVE_INFINITY;
+    // When the last message went out (a quiet stream owes a heartbeat).
+    let sentAt = Date.now();
     // Changes with afterSeq < seq ≤ upTo (of lines ≤ maxLine), page by page.
     const changes = async function* (upTo: number, maxLine: number | null, batch: BatchRecord) {
       let after = cur.seq;
+      if (after < upTo) readAfter = Math.min(readAfter, after);
       while (after < upTo) {
         const page = await changesPage(db, {
           batchId,
@@ -198,61 +217,85 @@ async function* streamBatchRequests(
             token(cur),
             stateAfter(batch, ch),
           );
+          sentAt = Date.now();
           if (stopIfAborted(signal, deps.shutdownSignal)) return;
         }
         const last = page.changes[page.changes.length - 1];
         after = page.more && last ? last.seq : upTo;
       }
     };
-
-    while (cur.phase === "snapshot") {
-      if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      const from: { seq: number; line: number } = cur;
-      const page = await snapshotPage(
-        db,
-        batchId,
-        from.line,
-        states,
-        SNAPSHOT_PAGE,
-        deps.config.maxPageBytes,
-      );
-      if (!page) throw new NotFoundError("batch", batchId);
-      const base = Number(page.batch.eventSeq);
-      // Bring the requests already sent up to this page's snapshot.
-      if (from.line > 0) yield* changes(base, from.line, page.batch);
-      if (signal.aborted) continue; // stopIfAborted above decides how to end
-      for (const r of page.requests) {
-        cur = { phase: "snapshot", seq: base, line: r.line };
-        yield streamMessage(
-          StreamBatchRequestsResponse_Kind.SNAPSHOT,
-          r,
-          token(cur),
-          page.batch.state,
-        );
-        if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      }
-      // A page cut by rows or bytes leaves cur at its last line; the next page continues there.
-      if (!page.more) {
-        cur = { phase: "changes", seq: base };
-        yield streamMessage(
-          StreamBatchRequestsResponse_Kind.SNAPSHOT_END,
-          undefined,
-          token(cur),
-          page.batch.state,
-        );
-      }
-    }
+    // Changes the cursor needs were dropped by retention (docs/streaming.md,
+    // "Resuming after the change log is gone"): start again from the snapshot,
+    // which holds every request's final state.
+    const restartIfPruned = (batch: BatchRecord, readFrom: number) => {
+      if (readFrom >= Number(batch.eventsPrunedThrough)) return false;
+      cur = STREAM_START;
+      readAfter = Number.POSITIVE_INFINITY;
+      return true;
+    };
 
     for (;;) {
-      if (stopIfAborted(signal, deps.shutdownSignal)) return;
-      wake.clear();
-      const batch = await getBatch(db, scope, batchId);
-      const latest = Number(batch.eventSeq);
-      yield* changes(latest, null, batch);
-      if (signal.aborted) continue;
-      cur = { phase: "changes", seq: Math.max(cur.seq, latest) };
-      if (isBatchTerminal(batch.state)) return;
-      await wake.next(RECHECK_MS, signal);
+      while (cur.phase === "snapshot") {
+        if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        const from: { seq: number; line: number } = cur;
+        const page = await snapshotPage(
+          db,
+          batchId,
+          from.line,
+          states,
+          SNAPSHOT_PAGE,
+          deps.config.maxPageBytes,
+        );
+        if (!page) throw new NotFoundError("batch", batchId);
+        const base = Number(page.batch.eventSeq);
+        if (from.line > 0 && from.seq < base && restartIfPruned(page.batch, from.seq)) continue;
+        // Bring the requests already sent up to this page's snapshot.
+        if (from.line > 0) yield* changes(base, from.line, page.batch);
+        if (signal.aborted) continue; // stopIfAborted above decides how to end
+        for (const r of page.requests) {
+          cur = { phase: "snapshot", seq: base, line: r.line };
+          yield streamMessage(
+            StreamBatchRequestsResponse_Kind.SNAPSHOT,
+            r,
+            token(cur),
+            page.batch.state,
+          );
+          if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        }
+        // A page cut by rows or bytes leaves cur at its last line; the next page continues there.
+        if (!page.more) {
+          cur = { phase: "changes", seq: base };
+          yield streamMessage(
+            StreamBatchRequestsResponse_Kind.SNAPSHOT_END,
+            undefined,
+            token(cur),
+            page.batch.state,
+          );
+        }
+      }
+
+      sentAt = Date.now();
+      for (;;) {
+        if (stopIfAborted(signal, deps.shutdownSignal)) return;
+        wake.clear();
+        const batch = await getBatch(db, scope, batchId);
+        const latest = Number(batch.eventSeq);
+        if (cur.seq < latest && restartIfPruned(batch, cur.seq)) break;
+        yield* changes(latest, null, batch);
+        if (signal.aborted) continue;
+        cur = { phase: "changes", seq: Math.max(cur.seq, latest) };
+        if (isBatchTerminal(batch.state)) {
+          // Events read may have been dropped while they were read: then send it all again.
+          if (restartIfPruned(await getBatch(db, scope, batchId), readAfter)) break;
+          return;
+        }
+        if (heartbeatDue(deps, sentAt)) {
+          sentAt = Date.now();
+          const kind = StreamBatchRequestsResponse_Kind.HEARTBEAT;
+          yield streamMessage(kind, undefined, token(cur), batch.state);
+        }
+        await wake.next(nextCheckMs(deps, sentAt), signal);
+      }
     }
   } finally {
     wake.close();
@@ -283,14 +326,16 @@ async function* watchBatch(
       const b = await getBatch(deps.db, scope, req.batchId);
       // updated_at moves with every counter change, cancel and retry.
       const key = `${b.eventSeq}/${b.updatedAt.getTime()}/${b.state}`;
-      if (key !== lastKey) {
+      if (key !== lastKey || heartbeatDue(deps, lastSent)) {
         lastKey = key;
         lastSent = Date.now();
         const shares = await sharesOf(deps.db, b, deps.config.defaultLimit);
-        yield create(WatchBatchResponseSchema, { batch: toProtoBatch(b, shares) });
+        yield create(WatchBatchResponseSchema, {
+          batch: toProtoBatch(b, deps.config.retentionMs, shares),
+        });
       }
       if (isBatchTerminal(b.state)) return;
-      await wake.next(RECHECK_MS, signal);
+      await wake.next(nextCheckMs(deps, lastSent), signal);
       // Coalesce: changes during the pause are read as one.
       await pause(lastSent + minInterval - Date.now(), signal);
     }

@@ -60,6 +60,7 @@ interface SubmitFlags {
   initialBackoff?: number;
   maxBackoff?: number;
   priority?: number;
+  retain?: string;
   strict?: boolean;
 }
 
@@ -134,6 +135,10 @@ function registerSubmitCommand(program: Command): void {
       priorityValue,
     )
     .option(
+      "--retain <duration>",
+      "keep the batch, its requests and results this long after it finishes, e.g. 7d, 12h; 0 keeps it until deleted (default: the server's --retention, 30d unless set)",
+    )
+    .option(
       "--strict",
       "refuse to submit when a check finds a likely mistake (endpoint path, API key, endpoint down)",
     )
@@ -166,6 +171,7 @@ function registerSubmitCommand(program: Command): void {
               maxBackoffMs: o.maxBackoff,
             },
             priority: o.priority,
+            retain: o.retain,
             strict: o.strict === true,
             tty: process.stderr.isTTY === true,
           },

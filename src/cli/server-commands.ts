@@ -33,6 +33,10 @@ function controlPlaneOptions(cmd: Command): Command {
     )
     .option("--lease-ttl <duration>", "lease lifetime, e.g. 30s (env FUSILLADE_LEASE_TTL)")
     .option(
+      "--retention <duration>",
+      "how long a finished batch (unless created with its own) and a file no batch came from are kept, e.g. 30d, 12h, 10s; 0 keeps them until deleted (env FUSILLADE_RETENTION; default 30d; docs/operations.md)",
+    )
+    .option(
       "--allowed-endpoints <origins>",
       "comma-separated origins files may name, * for subdomains, e.g. https://api.openai.com,https://*.example.com:* (env FUSILLADE_ALLOWED_ENDPOINTS; default any, but with an admin token public addresses only: never loopback, private, link-local or metadata ones, at upload and after DNS; docs/trust.md)",
     )

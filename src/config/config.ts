@@ -6,7 +6,7 @@
  * may import src/domain only.
  */
 import { readFileSync } from "node:fs";
-import { parseDuration, SECOND } from "../domain/duration.js";
+import { DAY, HOUR, parseDuration, SECOND } from "../domain/duration.js";
 import { type OriginPattern, parseAllowList } from "../domain/endpoints.js";
 
 export class ConfigError extends Error {}
@@ -92,6 +92,13 @@ export interface ControlPlaneConfig {
    * @default 5s
    */
   streamReauthIntervalMs: number;
+  /**
+   * A server stream (WatchBatch, StreamBatchRequests) that has sent nothing for this long
+   * sends a heartbeat (the batch again; a HEARTBEAT message), so proxies and meshes that
+   * close idle streams (Envoy's stream idle timeout, a load balancer's 60 s) keep a quiet
+   * batch's watchers. FUSILLADE_STREAM_HEARTBEAT; 0: never. @default 30s
+   */
+  streamHeartbeatMs: number;
   /** Largest UploadFile content, in bytes. @default 256 MiB */
   maxUploadBytes: number;
   /** Most lines (templates) in one UploadFile. @default 100,000 */
@@ -139,6 +146,20 @@ export interface ControlPlaneConfig {
   secretKey: { key?: string; keyFile?: string; previous?: string };
   /** Connection caps and timeouts of the API port. */
   connections: Readonly<ConnectionLimits>;
+  /**
+   * How long a finished batch (with its requests and results) is kept, unless
+   * it was created with its own retention, and how long a file no batch came
+   * from is kept after its upload; 0 = until deleted (--retention,
+   * FUSILLADE_RETENTION; docs/operations.md). @default 30d
+   */
+  retentionMs: number;
+  /**
+   * How long a finished batch's change log (request_events) is kept: a
+   * stream resuming later gets the final state again instead of the changes,
+   * and a request's attempts are no longer listed; 0 = until the batch goes
+   * (FUSILLADE_EVENT_RETENTION; docs/streaming.md). @default 1h
+   */
+  eventRetentionMs: number;
 }
 
 export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freeze({
@@ -162,6 +183,7 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   dbStatementTimeoutMs: 60 * SECOND,
   listenCheckIntervalMs: 5 * SECOND,
   streamReauthIntervalMs: 5 * SECOND,
+  streamHeartbeatMs: 30 * SECOND,
   maxUploadBytes: 256 * 1024 * 1024,
   maxUploadLines: 100_000,
   maxPageBytes: 3 * 1024 * 1024,
@@ -172,6 +194,8 @@ export const CONTROL_PLANE_DEFAULTS: Readonly<ControlPlaneConfig> = Object.freez
   allowedEndpoints: undefined,
   secretKey: {},
   connections: CONNECTION_DEFAULTS,
+  retentionMs: 30 * DAY,
+  eventRetentionMs: HOUR,
 });
 
 /** Shortest admin token accepted: anything shorter is guessable. */
@@ -192,6 +216,8 @@ const ENV_DURATIONS: ReadonlyArray<readonly [string, keyof ControlPlaneConfig, b
   ["FUSILLADE_DB_STATEMENT_TIMEOUT", "dbStatementTimeoutMs", true],
   ["FUSILLADE_LISTEN_CHECK_INTERVAL", "listenCheckIntervalMs", false],
   ["FUSILLADE_STREAM_REAUTH_INTERVAL", "streamReauthIntervalMs", false],
+  ["FUSILLADE_STREAM_HEARTBEAT", "streamHeartbeatMs", true],
+  ["FUSILLADE_EVENT_RETENTION", "eventRetentionMs", true],
 ];
 /** The connection settings, from the environment only: variable → key, and whether 0 is allowed. */
 const ENV_CONNECTION_COUNTS: ReadonlyArray<readonly [string, keyof ConnectionLimits]> = [
@@ -261,6 +287,7 @@ export interface ControlPlaneFlags {
   allowedEndpoints?: string;
   metricsListen?: string;
   secretKeyFile?: string;
+  retention?: string;
 }
 
 /** --metrics-listen HOST:PORT (env FUSILLADE_METRICS_LISTEN), for either kind of process. */
@@ -376,6 +403,11 @@ export function controlPlaneConfig(
     if (c.leaseTtlMs < SECOND) {
       throw new ConfigError(`${name} must be at least 1s, got ${JSON.stringify(ttl)}`);
     }
+  }
+  const retention = flags.retention ?? env.FUSILLADE_RETENTION;
+  if (retention !== undefined && retention !== "") {
+    const name = flags.retention !== undefined ? "--retention" : "FUSILLADE_RETENTION";
+    c.retentionMs = retention.trim() === "0" ? 0 : parseDurationSetting(retention, name);
   }
   const level = flags.logLevel ?? env.FUSILLADE_LOG_LEVEL;
   if (level !== undefined) {

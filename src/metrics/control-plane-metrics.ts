@@ -101,6 +101,9 @@ export class ControlPlaneMetrics {
   readonly #batchesFinished: Counter<"state">;
   readonly #requestsFinished: Counter<"model" | "outcome">;
   readonly #subscribers: Gauge<"kind">;
+  readonly #retentionDeleted: Counter<"kind">;
+  readonly #retentionPasses: Counter<"outcome">;
+  readonly #retentionPassSeconds: Histogram;
   #dispatchers: () => number = () => 0;
 
   /**
@@ -118,6 +121,24 @@ export class ControlPlaneMetrics {
       name: "fusillade_slot_grants_total",
       help: "Slot grants by event: granted (a new grant), renewed, lost (a stale or expired token), expired (deleted by the reaper, not renewed).",
       labelNames: ["event"],
+      registers,
+    });
+    this.#retentionDeleted = new Counter({
+      name: "fusillade_retention_deleted_rows_total",
+      help: "Rows deleted by retention (docs/operations.md), by kind: batches, requests, events (request_events), files, templates (request_templates).",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.#retentionPasses = new Counter({
+      name: "fusillade_retention_passes_total",
+      help: "Retention passes by outcome: done, skipped (another replica held the lock), failed.",
+      labelNames: ["outcome"],
+      registers,
+    });
+    this.#retentionPassSeconds = new Histogram({
+      name: "fusillade_retention_pass_seconds",
+      help: "How long a retention pass that ran took, pauses between chunks included.",
+      buckets: [0.01, 0.1, 1, 10, 60, 600],
       registers,
     });
     this.#claimsExpired = new Counter({
@@ -323,6 +344,19 @@ export class ControlPlaneMetrics {
     if (c.reaped > 0) this.#claimsExpired.inc(c.reaped);
     if (c.ended > 0) this.#endedWithBatch.inc(c.ended);
     if (c.grantsExpired > 0) this.#slotGrants.inc({ event: "expired" }, c.grantsExpired);
+  }
+
+  /** What a retention pass did (counts undefined: skipped or failed). */
+  retentionPass(
+    outcome: "done" | "skipped" | "failed",
+    seconds: number,
+    deleted?: Readonly<Record<string, number>>,
+  ): void {
+    this.#retentionPasses.inc({ outcome });
+    if (outcome !== "skipped") this.#retentionPassSeconds.observe(seconds);
+    for (const [kind, n] of Object.entries(deleted ?? {})) {
+      if (n > 0) this.#retentionDeleted.inc({ kind }, n);
+    }
   }
 
   claimsGranted(n: number): void {

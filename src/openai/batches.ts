@@ -72,6 +72,7 @@ export async function createBatchRoute(call: Call): Promise<void> {
       completionWindow: stringField(body, "completion_window", false),
       metadata: metadataField(body),
       priority: intField(body, "priority") ?? 0,
+      retention: stringField(body, "retention", false),
       retryPolicy: maxRetries === undefined ? undefined : { maxRetries },
     }),
   );

@@ -42,6 +42,10 @@ export interface BatchRecord {
   finishedAt: Date | null;
   /** Priority class (docs/fair-share.md). */
   priority: number;
+  /** Its own retention after it finishes (null: the server's; 0: kept until deleted). */
+  retentionMs: number | null;
+  /** Events with seq ≤ this may have been dropped (src/storage/retention.ts). */
+  eventsPrunedThrough: bigint;
 }
 
 interface BatchRow {
@@ -66,13 +70,15 @@ interface BatchRow {
   cancelling_at: Date | null;
   finished_at: Date | null;
   priority: number;
+  retention_ms: string | null;
+  events_pruned_through: string;
   cursor_ts?: string;
 }
 
 export const BATCH_COLUMNS = `id, file_id, metadata, completion_window, max_retries,
   initial_backoff_ms, max_backoff_ms, total_count, pending_count, leased_count, completed_count,
   failed_count, canceled_count, expired_count, event_seq, created_at, updated_at, expires_at,
-  cancelling_at, finished_at, priority`;
+  cancelling_at, finished_at, priority, retention_ms, events_pruned_through`;
 
 /** Maps a batches row to a record. */
 export function toBatch(r: BatchRow): BatchRecord {
@@ -106,6 +112,8 @@ export function toBatch(r: BatchRow): BatchRecord {
     cancellingAt: r.cancelling_at,
     finishedAt: r.finished_at,
     priority: r.priority,
+    retentionMs: r.retention_ms === null ? null : Number(r.retention_ms),
+    eventsPrunedThrough: BigInt(r.events_pruned_through),
   };
 }
 
@@ -122,6 +130,8 @@ export interface NewBatch {
   maxBackoffMs: number;
   /** Priority class, -100..100 (docs/fair-share.md). */
   priority: number;
+  /** Retention after it finishes (null: the server's; 0: kept until deleted). */
+  retentionMs: number | null;
 }
 
 /**
@@ -154,17 +164,21 @@ export async function createBatch(
     if (existing) return { batch: existing, created: false, models: [] };
   }
   const created = await db.tx(async (q) => {
-    // FOR SHARE: a concurrent DeleteFile waits until the snapshot is taken.
+    // FOR SHARE: a concurrent DeleteFile waits until the snapshot is taken. A file
+    // that retention has begun to delete is gone already (src/storage/retention.ts).
     const file = await q.query<{ template_count: number; models: string[] }>(
-      `SELECT template_count, models FROM files WHERE id = $1 AND tenant = $2 FOR SHARE`,
+      `SELECT template_count, models FROM files
+       WHERE id = $1 AND tenant = $2 AND purging_at IS NULL FOR SHARE`,
       [b.fileId, tenant],
     );
     const f = file.rows[0];
     if (!f) throw new NotFoundError("file", b.fileId);
     const inserted = await q.query<BatchRow>(
       `INSERT INTO batches (file_id, metadata, completion_window, max_retries, initial_backoff_ms,
-         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at, tenant, priority)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond', $10, $11)
+         max_backoff_ms, idempotency_key, total_count, pending_count, expires_at, tenant, priority,
+         retention_ms)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, now() + $9 * interval '1 millisecond', $10, $11,
+         $12)
        ON CONFLICT (tenant, idempotency_key) DO NOTHING
        RETURNING ${BATCH_COLUMNS}`,
       [
@@ -179,6 +193,7 @@ export async function createBatch(
         b.completionWindowMs,
         tenant,
         b.priority,
+        b.retentionMs,
       ],
     );
     const row = inserted.rows[0];
@@ -377,6 +392,15 @@ export async function retryBatch(
     before.expiresAt.getTime() - before.createdAt.getTime();
   // The requests trigger notifies lease waiters of the new pending work.
   const result = await db.tx(async (q) => {
+    // The batch row first (the lock its trigger takes anyway): a batch that
+    // retention has begun to delete stays finished (src/storage/retention.ts).
+    const lock = await q.query<{ purging: boolean }>(
+      `SELECT purging_at IS NOT NULL AS purging FROM batches WHERE id = $1 FOR NO KEY UPDATE`,
+      [id],
+    );
+    if (lock.rows[0]?.purging !== false) {
+      throw new FailedPreconditionError(`batch ${id} is past its retention and is being deleted`);
+    }
     const all = sel.requestIds.length === 0 && sel.customIds.length === 0;
     const retried = await q.query(REQUESTS_RETRY, [
       id,

@@ -655,7 +655,7 @@ describe("fusillade CLI", () => {
     }
   });
 
-  it("batches list shows cancelled and expired counts, the file name and metadata; submit takes a retry policy", async () => {
+  it("batches list shows cancelled and expired counts, the file name, metadata and when a finished batch goes; submit takes a retry policy and a retention", async () => {
     const file = await batchFile("listed.jsonl", 3);
     const sub = await cli([
       "submit",
@@ -672,6 +672,8 @@ describe("fusillade CLI", () => {
       "2s",
       "--completion-window",
       "2h",
+      "--retain",
+      "7d",
       "--json",
     ]);
     expect(sub.code, sub.stderr).toBe(0);
@@ -690,7 +692,7 @@ describe("fusillade CLI", () => {
     expect(list.code, list.stderr).toBe(0);
     const [header, row] = list.stdout.split("\n");
     expect(header).toMatch(
-      /^ID\s+STATE\s+TOTAL\s+OK\s+FAILED\s+CANCELLED\s+EXPIRED\s+FILE\s+METADATA\s+CREATED$/,
+      /^ID\s+STATE\s+TOTAL\s+OK\s+FAILED\s+CANCELLED\s+EXPIRED\s+FILE\s+METADATA\s+CREATED\s+DELETED AT$/,
     );
     expect(row).toMatch(
       new RegExp(
@@ -699,6 +701,10 @@ describe("fusillade CLI", () => {
     );
     const json = JSON.parse((await cli(["batches", "list", "--file", fileId, "--json"])).stdout);
     expect(json.batches[0]).toMatchObject({ filename: "listed.jsonl", counts: { canceled: 3 } });
+    // Finished: it goes 7 days (--retain) after it finished, and the table says when.
+    const { finish_time: finished, delete_time: deletes } = json.batches[0];
+    expect(Date.parse(deletes) - Date.parse(finished)).toBe(7 * 24 * 3600_000);
+    expect(row?.trimEnd().endsWith(` ${deletes}`), row).toBe(true);
   });
 
   it("routes set, list and delete; submit without --endpoint says which route each model takes", async () => {

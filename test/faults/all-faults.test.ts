@@ -33,10 +33,15 @@ let sql: pg.Pool;
 beforeAll(async () => {
   postgres = await OwnPostgres.start();
   sql = pool(postgres.url);
-  fleet = await Fleet.start({
-    controlPlane: { kind: "control-plane", databaseUrl: postgres.url },
-    dispatcherArgs: ["--first-byte-timeout", "3s", "--total-timeout", "4s"],
-  });
+  await Fleet.start(
+    {
+      controlPlane: { kind: "control-plane", databaseUrl: postgres.url },
+      dispatcherArgs: ["--first-byte-timeout", "3s", "--total-timeout", "4s"],
+    },
+    (f) => {
+      fleet = f; // at once: afterAll closes it even if this hook times out
+    },
+  );
 });
 afterAll(async () => {
   for (const d of fleet?.dispatchers ?? []) d?.child.kill("SIGCONT");

@@ -113,9 +113,14 @@ export class Fleet {
     this.api = apiClients(this.url);
   }
 
-  /** Starts the upstream, the control plane and the dispatchers; sets the two models' limits. */
-  static async start(opts: FleetOptions): Promise<Fleet> {
+  /**
+   * Starts the upstream, the control plane and the dispatchers; sets the two models' limits.
+   * `created` is told of the fleet before its processes start, so a caller whose hook times
+   * out while they start can still close it (see {@link useFleetOnTestDatabase}).
+   */
+  static async start(opts: FleetOptions, created?: (f: Fleet) => void): Promise<Fleet> {
     const f = new Fleet(opts, await startUpstream(), await freePort());
+    created?.(f);
     f.upstream.settleArrivals = true;
     f.upstream.on("arrive", (d: Delivery) => {
       if (!f.portOwners.has(d.remotePort)) void f.#lookUpOwner(d.remotePort);
@@ -131,6 +136,7 @@ export class Fleet {
 
   /** Starts (again) the control plane on the fleet's port; resolves once it serves. */
   async startControlPlane(): Promise<void> {
+    this.#refuseIfClosed();
     const cp = this.#opts.controlPlane;
     const common = ["--listen", `127.0.0.1:${this.port}`, "--lease-ttl", `${LEASE_TTL_MS}ms`];
     const env = { FUSILLADE_LOG_LEVEL: "warn" };
@@ -151,13 +157,20 @@ export class Fleet {
 
   /** Starts dispatcher `i` (again: the same id, as a supervisor would restart it). */
   async startDispatcher(i: number): Promise<void> {
+    this.#refuseIfClosed();
     const old = this.dispatchers[i];
     if (old) this.#retired.push(old);
-    this.dispatchers[i] = await startDispatcherProcess({
+    const p = await startDispatcherProcess({
       controlPlane: this.url,
       id: `d${i}`,
       args: [...DISPATCHER_ARGS, ...(this.#opts.dispatcherArgs ?? [])],
     });
+    if (this.#closed) {
+      // Closed while it started (a timed-out beforeAll): nobody else will stop it.
+      await Fleet.kill(p);
+      throw new Error(`dispatcher d${i} started after the fleet was closed`);
+    }
+    this.dispatchers[i] = p;
   }
 
   async #lookUpOwner(port: number): Promise<void> {
@@ -220,8 +233,15 @@ export class Fleet {
     });
   }
 
-  /** SIGKILLs everything still running; closes the upstream. */
+  #closed = false;
+
+  #refuseIfClosed(): void {
+    if (this.#closed) throw new Error("the fleet is closed");
+  }
+
+  /** SIGKILLs everything still running (and whatever starts later); closes the upstream. */
   async close(): Promise<void> {
+    this.#closed = true;
     await Promise.all([...this.dispatchers, this.controlPlane].map((p) => Fleet.kill(p)));
     await this.upstream.close();
   }
@@ -252,7 +272,11 @@ export function useFleetOnTestDatabase(beforeClose: (fleet: Fleet) => void = () 
   beforeAll(async () => {
     db = await createTestDatabase();
     sql = pool(db.url);
-    fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } });
+    // `fleet` is set as soon as it exists: afterAll closes it even when this hook timed out
+    // while its processes started.
+    await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: db.url } }, (f) => {
+      fleet = f;
+    });
   });
   afterAll(async () => {
     if (fleet) beforeClose(fleet);

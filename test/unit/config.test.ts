@@ -174,9 +174,25 @@ describe("controlPlaneConfig", () => {
     [{ leaseTtl: "999ms" }, {}, "--lease-ttl"],
     [{ logLevel: "verbose" }, {}, "--log-level"],
     [{}, { FUSILLADE_LOG_LEVEL: "INFO" }, "FUSILLADE_LOG_LEVEL"],
+    [{ retention: "a month" }, {}, "--retention"],
+    [{}, { FUSILLADE_RETENTION: "30" }, "FUSILLADE_RETENTION"],
+    [{}, { FUSILLADE_EVENT_RETENTION: "1 hour" }, "FUSILLADE_EVENT_RETENTION"],
   ])("rejects %j / %j naming %s", (flags, env, name) => {
     const e = configError(() => controlPlaneConfig(flags, env));
     expect(e.message).toContain(name);
+  });
+
+  it("keeps finished batches 30 days and their change log an hour unless told otherwise", () => {
+    expect(controlPlaneConfig({}, {})).toMatchObject({
+      retentionMs: 30 * 24 * 3600_000,
+      eventRetentionMs: 3600_000,
+    });
+    const env = { FUSILLADE_RETENTION: "7d", FUSILLADE_EVENT_RETENTION: "0" };
+    expect(controlPlaneConfig({}, env)).toMatchObject({ retentionMs: 7 * 24 * 3600_000 });
+    expect(controlPlaneConfig({}, env).eventRetentionMs).toBe(0);
+    // The flag wins; "10s" works (retention can be tried in seconds); "0" keeps everything.
+    expect(controlPlaneConfig({ retention: "10s" }, env).retentionMs).toBe(10_000);
+    expect(controlPlaneConfig({ retention: "0" }, env).retentionMs).toBe(0);
   });
 });
 

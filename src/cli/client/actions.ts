@@ -387,6 +387,8 @@ export async function batchesListAction(
       .map(([k, v]) => `${k}=${v}`)
       .join(" "),
     b.create_time ?? "",
+    // A finished batch goes at delete_time; without one it is kept until deleted.
+    b.finish_time === null ? "" : (b.delete_time ?? "never"),
   ]);
   print(
     table(
@@ -401,6 +403,7 @@ export async function batchesListAction(
         "FILE",
         "METADATA",
         "CREATED",
+        "DELETED AT",
       ],
       rows,
     ),

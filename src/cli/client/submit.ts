@@ -35,6 +35,8 @@ export interface SubmitInput {
   retryPolicy: { maxRetries?: number; initialBackoffMs?: number; maxBackoffMs?: number };
   /** Priority class (-100..100); unset is the default class, 0. */
   priority?: number;
+  /** Kept this long after it finishes ("7d"; "0" = until deleted); unset: the server's retention. */
+  retain?: string;
   /** Refuse to upload when a preflight check warns. */
   strict: boolean;
   /** Draw an upload bar on stderr. */
@@ -116,7 +118,7 @@ export async function uploadFile(conn: Connection, input: SubmitInput): Promise<
 export async function startBatch(
   conn: Connection,
   fileId: string,
-  input: Pick<SubmitInput, "completionWindow" | "metadata" | "retryPolicy" | "priority">,
+  input: Pick<SubmitInput, "completionWindow" | "metadata" | "retryPolicy" | "priority" | "retain">,
 ): Promise<Batch> {
   const p = input.retryPolicy;
   const res = await conn.batch.createBatch({
@@ -125,6 +127,7 @@ export async function startBatch(
     completionWindow: input.completionWindow ?? "",
     metadata: input.metadata,
     priority: input.priority ?? 0,
+    retention: input.retain ?? "",
     retryPolicy: {
       maxRetries: p.maxRetries,
       initialBackoff:

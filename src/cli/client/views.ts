@@ -71,6 +71,8 @@ export function batchView(b: Batch) {
     cancel_time: iso(b.cancelTime),
     expired_time: iso(b.expiredTime),
     finish_time: iso(b.finishTime),
+    // When retention deletes it; null while it runs or when it is kept.
+    delete_time: iso(b.deleteTime),
   };
 }
 
@@ -203,6 +205,7 @@ export function batchText(b: Batch): string {
     ["expires", v.expire_time],
     ["cancelling", v.cancelling_time],
     ["finished", v.finish_time],
+    ["deleted at", v.delete_time],
     [
       "metadata",
       Object.keys(v.metadata).length === 0

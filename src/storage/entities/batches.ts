@@ -1,4 +1,4 @@
-/** Batches: counters kept by the requests trigger (migrations 1764400000000, 1764700000000, 1764900000000). */
+/** Batches: counters kept by the requests trigger (migrations 1764400000000, 1764700000000, 1764900000000, 1765200000000). */
 import { Check, Column, Entity, Index, PrimaryGeneratedColumn, Unique } from "typeorm";
 
 const COUNTERS = [
@@ -14,6 +14,7 @@ const COUNTERS = [
 @Index("batches_created", ["createdAt", "id"])
 @Index("batches_file", ["fileId", "createdAt", "id"])
 @Index("batches_tenant", ["tenant", "createdAt", "id"])
+@Index("batches_finished", ["finishedAt"], { where: "finished_at IS NOT NULL" })
 @Index("batches_unfinished_expiry", ["expiresAt"], { where: "finished_at IS NULL" })
 @Unique("batches_tenant_idempotency_key_key", ["tenant", "idempotencyKey"])
 @Check("batches_max_retries_check", "max_retries >= 0")
@@ -32,6 +33,7 @@ const COUNTERS = [
   "(finished_at IS NOT NULL) = (pending_count + leased_count = 0)",
 )
 @Check("batches_priority_check", "priority BETWEEN -100 AND 100")
+@Check("batches_retention_ms_check", "retention_ms >= 0")
 export class BatchEntity {
   @PrimaryGeneratedColumn("uuid", { primaryKeyConstraintName: "batches_pkey" }) id: string;
   /** No foreign key: a batch outlives its file (its requests are a snapshot). */
@@ -58,4 +60,11 @@ export class BatchEntity {
   @Column({ type: "text", default: "default" }) tenant: string;
   /** Priority class: higher classes are served first (docs/fair-share.md). */
   @Column({ type: "smallint", default: 0 }) priority: number;
+  /** The batch's own retention after it finishes (null: the server's; 0: kept until deleted). */
+  @Column({ type: "bigint", name: "retention_ms", nullable: true }) retentionMs: string | null;
+  /** Retention has started deleting it (src/storage/retention.ts). */
+  @Column({ type: "timestamptz", name: "purging_at", nullable: true }) purgingAt: Date | null;
+  /** Events with seq ≤ this may have been dropped (docs/streaming.md). */
+  @Column({ type: "bigint", name: "events_pruned_through", default: 0 })
+  eventsPrunedThrough: string;
 }

@@ -1,4 +1,4 @@
-/** Uploaded files and their request templates (migrations 1764400000000, 1764700000000, 1764800000000). */
+/** Uploaded files and their request templates (migrations 1764400000000, 1764700000000, 1764800000000, 1765200000000). */
 import {
   Check,
   Column,
@@ -25,6 +25,8 @@ export class FileEntity {
   @Column({ type: "text", name: "idempotency_key", nullable: true }) idempotencyKey: string | null;
   @Column({ type: "timestamptz", name: "created_at", default: () => "now()" }) createdAt: Date;
   @Column({ type: "text", default: "default" }) tenant: string;
+  /** Retention has started deleting it (src/storage/retention.ts). */
+  @Column({ type: "timestamptz", name: "purging_at", nullable: true }) purgingAt: Date | null;
 }
 
 @Entity({ name: "request_templates" })

@@ -28,7 +28,9 @@ let sql: pg.Pool;
 beforeAll(async () => {
   postgres = await OwnPostgres.start();
   sql = pool(postgres.url);
-  fleet = await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: postgres.url } });
+  await Fleet.start({ controlPlane: { kind: "control-plane", databaseUrl: postgres.url } }, (f) => {
+    fleet = f; // at once: afterAll closes it even if this hook times out
+  });
 });
 afterAll(async () => {
   await fleet?.close();

@@ -20,7 +20,9 @@ beforeAll(async () => {
   // Named like global-setup's dirs: a later run stops a server left here by a killed run.
   dataDir = await mkdtemp(path.join(os.tmpdir(), `fusillade-test-${process.pid}-`));
   await chmod(dataDir, 0o755); // as root, Postgres runs as `nobody`
-  fleet = await Fleet.start({ controlPlane: { kind: "serve", dataDir }, dispatchers: 2 });
+  await Fleet.start({ controlPlane: { kind: "serve", dataDir }, dispatchers: 2 }, (f) => {
+    fleet = f; // at once: afterAll closes it even if this hook times out
+  });
 });
 afterAll(async () => {
   await fleet?.close();

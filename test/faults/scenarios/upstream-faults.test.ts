@@ -47,10 +47,15 @@ let sql: pg.Pool;
 beforeAll(async () => {
   db = await createTestDatabase();
   sql = pool(db.url);
-  fleet = await Fleet.start({
-    controlPlane: { kind: "control-plane", databaseUrl: db.url },
-    dispatcherArgs: ["--first-byte-timeout", "1s", "--total-timeout", "1500ms"],
-  });
+  await Fleet.start(
+    {
+      controlPlane: { kind: "control-plane", databaseUrl: db.url },
+      dispatcherArgs: ["--first-byte-timeout", "1s", "--total-timeout", "1500ms"],
+    },
+    (f) => {
+      fleet = f; // at once: afterAll closes it even if this hook times out
+    },
+  );
 });
 afterAll(async () => {
   await fleet?.close();
