@@ -8,12 +8,7 @@
  * Exit status: 0 when the batch finished, 1 on an error.
  */
 import { parseArgs } from "node:util";
-import {
-  createFusilladeClient,
-  FusilladeError,
-  RequestState,
-  responseText,
-} from "fusillade/client";
+import { createFusilladeClient, FusilladeError, responseText } from "fusillade/client";
 
 const { values } = parseArgs({
   options: {
@@ -49,8 +44,10 @@ try {
 
   // Its status, as it changes, until it is finished.
   for await (const b of fusillade.watchBatch(batch.id)) {
-    const c = b.counts!;
-    console.log(`status: ${c.completed + c.failed}/${c.total} done (${c.failed} failed)`);
+    const c = b.counts;
+    console.log(
+      `status: ${b.state}, ${c.completed + c.failed}/${c.total} done (${c.failed} failed)`,
+    );
   }
   const status = await fusillade.getBatchStatus(batch.id);
   console.log(`batch ${status.batchId} ${status.openaiStatus}`);
@@ -59,7 +56,7 @@ try {
   for await (const page of fusillade.listRequests(batch.id)) {
     for (const r of page) {
       const outcome =
-        r.state === RequestState.COMPLETED
+        r.state === "completed"
           ? `${r.response?.statusCode} ${responseText(r.response)}`
           : `${r.error?.code}: ${r.error?.message}`;
       console.log(`request ${r.customId}: ${outcome}`);

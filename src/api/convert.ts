@@ -25,6 +25,8 @@ import {
   BatchState,
   type File,
   FileSchema,
+  type ModelLimit,
+  ModelLimitSchema,
   type ModelShare,
   ModelShareSchema,
   type RequestCounts,
@@ -34,6 +36,7 @@ import {
 import type { BatchCounts, BatchRecord } from "../storage/batches.js";
 import type { ModelShareRecord } from "../storage/fair-share.js";
 import type { FileRecord } from "../storage/files.js";
+import type { ModelLimitRecord } from "../storage/model-limits.js";
 import type { RequestRecord } from "../storage/requests.js";
 
 /** A Date as a Timestamp; undefined stays unset. */
@@ -154,6 +157,24 @@ export function toProtoBatch(
   });
 }
 
+/** A model's limit, rates and use; `defaultLimit` for a model without its own limit. */
+export function toProtoModelLimit(m: ModelLimitRecord, defaultLimit: number): ModelLimit {
+  return create(ModelLimitSchema, {
+    model: m.model,
+    limit: m.limit ?? defaultLimit,
+    isDefault: m.limit === null,
+    inFlight: m.inFlight,
+    slotsGranted: m.slotsGranted,
+    pending: BigInt(m.pending),
+    running: m.running,
+    queued: BigInt(m.queued),
+    holdUntilTime: toTimestamp(m.holdUntil),
+    rpm: m.rpm ?? undefined,
+    tpm: m.tpm ?? undefined,
+    pacing: m.pacing ?? undefined,
+  });
+}
+
 /** A batch's share of a model (docs/fair-share.md). */
 export function toProtoShare(s: ModelShareRecord): ModelShare {
   return create(ModelShareSchema, {
@@ -162,6 +183,8 @@ export function toProtoShare(s: ModelShareRecord): ModelShare {
     modelInFlight: s.modelInFlight,
     limit: s.limit,
     activeBatches: s.activeBatches,
+    running: s.running,
+    modelRunning: s.modelRunning,
   });
 }
 

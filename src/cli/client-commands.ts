@@ -12,32 +12,24 @@ import {
   command,
   DEFAULT_PLAIN_INTERVAL,
   duration,
-  limitValue,
-  positiveInt,
   priorityValue,
-  rateValue,
   retriesValue,
   run,
 } from "./cli-kit.js";
 import {
-  batchesDeleteAction,
-  batchesListAction,
   cancelAction,
-  filesDeleteAction,
-  filesGetAction,
-  filesListAction,
-  limitsListAction,
-  limitsSetAction,
   resultsAction,
   statusAction,
   submitAction,
   watchAction,
 } from "./client/actions.js";
 import { DEFAULT_SERVER } from "./client/connection.js";
-import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
+import { registerLimitCommands } from "./limit-commands.js";
+import { registerListCommands } from "./list-commands.js";
 import { registerRequestCommands } from "./request-commands.js";
 import { registerRouteCommands } from "./route-commands.js";
 import { registerTenantCommands } from "./tenant-commands.js";
+import { registerTokenCommands } from "./token-commands.js";
 
 const watchIntervalOption = () =>
   new Option("--interval <duration>", "when not on a terminal: least time between progress lines")
@@ -94,6 +86,19 @@ export function registerClientCommands(program: Command): void {
     .option("--json", "print machine-readable JSON on stdout (for scripts)", false)
     .configureHelp({ showGlobalOptions: true });
 
+  registerSubmitCommand(program);
+  registerBatchCommands(program);
+  registerRequestCommands(program);
+
+  registerListCommands(program);
+  registerTokenCommands(program);
+  registerLimitCommands(program);
+  registerTenantCommands(program);
+  registerRouteCommands(program);
+}
+
+/** `submit`: upload, start and (with --watch) follow a batch. */
+function registerSubmitCommand(program: Command): void {
   command(program, "submit", "upload a JSONL batch file and start a batch from it")
     .argument("<file>", "OpenAI batch input: one {custom_id, method, url, body} object per line")
     .option(
@@ -179,7 +184,10 @@ export function registerClientCommands(program: Command): void {
         );
       }),
     );
+}
 
+/** `watch`, `results`, `status` and `cancel`: one batch. */
+function registerBatchCommands(program: Command): void {
   command(program, "watch", "show a batch's progress until it finishes (exit 0 when it does)")
     .argument("<batch>", "batch id")
     .option("--output <file>", "then write its output lines (completed requests) here")
@@ -210,7 +218,10 @@ export function registerClientCommands(program: Command): void {
       "--errors <file>",
       "write error lines (failed, expired, cancelled) here instead of stdout",
     )
-    .option("--errors-only", "only error lines (to --errors, else stdout)")
+    .option(
+      "--errors-only",
+      "only error lines (to --errors, else stdout; says so on stderr when there are none)",
+    )
     .action(
       run(
         async (
@@ -235,94 +246,4 @@ export function registerClientCommands(program: Command): void {
   command(program, "cancel", "cancel a batch: pending requests at once, running ones stopped")
     .argument("<batch>", "batch id")
     .action(run(async (conn, g, batch: string) => cancelAction(conn, g, batch)));
-
-  registerRequestCommands(program);
-
-  const listOptions = (c: Command) =>
-    c
-      .option("--limit <n>", "list at most this many", positiveInt, 50)
-      .option("--page-token <token>", "continue a previous listing", "");
-
-  const files = command(program, "files", "list, show and delete uploaded files");
-  listOptions(command(files, "list", "list files, newest first")).action(
-    run(async (conn, g, o: { limit: number; pageToken: string }) => filesListAction(conn, g, o)),
-  );
-  command(files, "get", "show a file")
-    .argument("<file>", "file id")
-    .action(run(async (conn, g, file: string) => filesGetAction(conn, g, file)));
-  command(files, "delete", "delete a file (batches started from it keep their requests)")
-    .argument("<file>", "file id")
-    .action(run(async (conn, g, file: string) => filesDeleteAction(conn, g, file)));
-
-  const batches = command(program, "batches", "list and show batches");
-  listOptions(command(batches, "list", "list batches, newest first"))
-    .option("--file <id>", "only batches started from this file")
-    .action(
-      run(async (conn, g, o: { limit: number; pageToken: string; file?: string }) =>
-        batchesListAction(conn, g, o),
-      ),
-    );
-  command(batches, "get", "show a batch (same as status)")
-    .argument("<batch>", "batch id")
-    .action(run(async (conn, g, batch: string) => statusAction(conn, g, batch)));
-  command(
-    batches,
-    "delete",
-    "delete a finished batch with its requests, results and stored API keys (cancel a running one first)",
-  )
-    .argument("<batch>", "batch id")
-    .action(run(async (conn, g, batch: string) => batchesDeleteAction(conn, g, batch)));
-
-  const tokens = command(program, "tokens", "API tokens: who may call the API (admin)");
-  command(tokens, "create", "make a token; prints its secret once")
-    .requiredOption("--role <role>", "client, dispatcher or admin")
-    .option("--tenant <name>", "the tenant of a client token (required for clients)")
-    .option("--name <label>", "a label for people")
-    .action(
-      run(async (conn, g, o: { role: string; tenant?: string; name?: string }) =>
-        tokensCreateAction(conn, g.json, o),
-      ),
-    );
-  command(tokens, "list", "list tokens (never their secrets)").action(
-    run(async (conn, g) => tokensListAction(conn, g.json)),
-  );
-  command(tokens, "revoke", "revoke a token at once")
-    .argument("<id>", "the token's id (from tokens list)")
-    .action(run(async (conn, g, id: string) => tokensRevokeAction(conn, g.json, id)));
-
-  const limits = command(
-    program,
-    "limits",
-    "per-model concurrency limits and rates (requests and tokens per minute), fleet-wide",
-  );
-  listOptions(command(limits, "list", "list models, their limits, rates and current use")).action(
-    run(async (conn, g, o: { limit: number; pageToken: string }) => limitsListAction(conn, g, o)),
-  );
-  command(
-    limits,
-    "set",
-    'set a model\'s limit (0 pauses it; "default" returns it to the default) and its rates',
-  )
-    .argument("<model>", "model name, as in the request bodies")
-    .argument(
-      "[limit]",
-      'requests in flight at most, or "default" (omitted: unchanged)',
-      limitValue,
-    )
-    .option("--rpm <n>", 'requests per minute, held fleet-wide; "none" removes it', rateValue)
-    .option("--tpm <n>", 'tokens per minute (docs/pacing.md); "none" removes it', rateValue)
-    .action(
-      run(
-        async (
-          conn,
-          g,
-          model: string,
-          limit: number | "default" | undefined,
-          o: { rpm?: number | "none"; tpm?: number | "none" },
-        ) => limitsSetAction(conn, g, model, { limit, rpm: o.rpm, tpm: o.tpm }),
-      ),
-    );
-
-  registerTenantCommands(program);
-  registerRouteCommands(program);
 }

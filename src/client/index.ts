@@ -1,69 +1,56 @@
 /**
- * `fusillade/client`: the TypeScript client. Typed helpers over the
- * generated Connect clients (no second, hand-written API): files, batches,
- * status, a batch's progress and requests as async iterators, results as
- * OpenAI batch lines, and every failure as one FusilladeError carrying the
- * gRPC code.
+ * `fusillade/client`: the TypeScript client. Helpers over the generated
+ * Connect clients that speak plain values: states as names ("completed"),
+ * counts and sizes as numbers, times as Dates; files, batches, status, a
+ * batch's progress and requests as async iterators, results as OpenAI batch
+ * lines, and every failure as one FusilladeError carrying the gRPC code. The
+ * generated clients are `raw`, the generated types and enums `gen`: one
+ * level down.
  *
  * ```ts
  * const fusillade = createFusilladeClient({ baseUrl: "http://127.0.0.1:8080" });
  * const file = await fusillade.createFile({ templates: [...] });
  * const batch = await fusillade.createBatch(file.id);
- * for await (const b of fusillade.watchBatch(batch.id)) console.log(b.counts);
+ * for await (const b of fusillade.watchBatch(batch.id)) console.log(b.state, b.counts);
  * for await (const line of fusillade.results(batch.id)) console.log(line.custom_id);
  * fusillade.close();
  * ```
  *
  * src/client/ is the published client library: it may import src/gen only.
  */
-import { randomUUID } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { basename } from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import {
-  type Client,
-  Code,
-  ConnectError,
-  createClient,
-  type Interceptor,
-  type Transport,
-} from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AdminService } from "../gen/fusillade/v1/admin_service_pb.js";
-import {
-  BatchService,
-  GetBatchResultsRequest_Kind,
-  GetBatchResultsResponse_Kind,
-  type GetBatchStatusResponse,
-  type GetRequestResponse,
-  type UploadFileRequest,
-  UploadFileRequestSchema,
-} from "../gen/fusillade/v1/batch_service_pb.js";
-import {
-  type Batch,
-  type BatchRequest,
-  BatchState,
-  type File,
-  RequestState,
-} from "../gen/fusillade/v1/resources_pb.js";
+import { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";
+import { batchMethods, fileMethods, requestMethods } from "./methods.js";
+import type {
+  Attempt,
+  Batch,
+  BatchStatus,
+  File,
+  ModelLimit,
+  Request,
+  RequestStateName,
+} from "./views.js";
 
 export { Code } from "@connectrpc/connect";
-export { AdminService } from "../gen/fusillade/v1/admin_service_pb.js";
-export type {
-  GetBatchStatusResponse,
-  GetRequestResponse,
-  RequestAttempt,
-} from "../gen/fusillade/v1/batch_service_pb.js";
-export { BatchService } from "../gen/fusillade/v1/batch_service_pb.js";
-export type {
-  Batch,
-  BatchRequest,
-  File,
-  RequestCounts,
-  RequestResponse,
-} from "../gen/fusillade/v1/resources_pb.js";
-export { BatchState, RequestState } from "../gen/fusillade/v1/resources_pb.js";
+export { FusilladeError } from "./errors.js";
+export * as gen from "./gen.js";
+export {
+  type Attempt,
+  type Batch,
+  type BatchStateName,
+  type BatchStatus,
+  type Counts,
+  type File,
+  isBatchTerminal,
+  type ModelLimit,
+  type ModelShare,
+  REQUEST_STATE_BY_NAME,
+  type Request,
+  type RequestStateName,
+  responseText,
+} from "./views.js";
 
 /** Options of {@link createFusilladeClient}. */
 export interface FusilladeClientOptions {
@@ -75,30 +62,6 @@ export interface FusilladeClientOptions {
   httpVersion?: "1.1" | "2";
   /** Another transport (gRPC, gRPC-Web, in-memory); baseUrl, token and httpVersion are then ignored. */
   transport?: Transport;
-}
-
-/** Every failure of a client call: the gRPC code and the server's message (it names the field, and the JSONL line). */
-export class FusilladeError extends Error {
-  constructor(
-    /** The gRPC code, e.g. Code.NotFound. */
-    readonly code: Code,
-    /** The server's message without the code, e.g. `line 3: custom_id: is required …`. */
-    readonly rawMessage: string,
-    options?: ErrorOptions,
-  ) {
-    super(`[${Code[code] ?? code}] ${rawMessage}`, options);
-    this.name = "FusilladeError";
-  }
-
-  /** The code's name, e.g. "NotFound". */
-  get codeName(): string {
-    return Code[this.code] ?? "Unknown";
-  }
-
-  /** A Connect error as a FusilladeError (its cause). */
-  static from(e: ConnectError): FusilladeError {
-    return new FusilladeError(e.code, e.rawMessage, { cause: e });
-  }
 }
 
 /** One request template (the templates form of a file). */
@@ -142,27 +105,9 @@ export interface BatchOptions {
   priority?: number;
 }
 
-/** Request states by name. */
-export type RequestStateName =
-  | "pending"
-  | "in_progress"
-  | "completed"
-  | "failed"
-  | "cancelled"
-  | "expired";
-
-/** Request states by the names users type (the CLI's --state takes the same). */
-export const REQUEST_STATE_BY_NAME: Readonly<Record<RequestStateName, RequestState>> = {
-  pending: RequestState.PENDING,
-  in_progress: RequestState.LEASED,
-  completed: RequestState.COMPLETED,
-  failed: RequestState.FAILED,
-  cancelled: RequestState.CANCELED,
-  expired: RequestState.EXPIRED,
-};
-
 /** A line of an OpenAI batch output (completed) or error file. */
 export interface ResultLine {
+  /** "batch_req_…": also accepted wherever a request id is (getRequest, retryBatch). */
   id: string;
   custom_id: string | null;
   response: { status_code: number; request_id: string; body: unknown } | null;
@@ -171,9 +116,11 @@ export interface ResultLine {
 
 /** The helpers `createFusilladeClient` returns. */
 export interface FusilladeClient {
-  /** The generated clients, for everything the helpers do not cover. */
-  readonly batchService: Client<typeof BatchService>;
-  readonly adminService: Client<typeof AdminService>;
+  /** The generated Connect clients, for everything the helpers do not cover (types in `gen`). */
+  readonly raw: {
+    readonly batch: Client<typeof BatchService>;
+    readonly admin: Client<typeof AdminService>;
+  };
   /** A file from templates, or from JSONL text sent in one message (small files; see uploadFile). */
   createFile(
     input:
@@ -182,11 +129,12 @@ export interface FusilladeClient {
   ): Promise<File>;
   /** A file from a JSONL file on disk or a byte stream, streamed in chunks (any size). */
   uploadFile(source: string | AsyncIterable<Uint8Array>, options: JsonlOptions): Promise<File>;
+  getFile(fileId: string): Promise<File>;
   /** Starts a batch: one request per template of the file. */
   createBatch(fileId: string, options?: BatchOptions): Promise<Batch>;
   getBatch(batchId: string): Promise<Batch>;
   /** The batch's state and per-state counts. */
-  getBatchStatus(batchId: string): Promise<GetBatchStatusResponse>;
+  getBatchStatus(batchId: string): Promise<BatchStatus>;
   /** The batch now, then at each change (at most every minIntervalMs), ending when it is terminal. */
   watchBatch(
     batchId: string,
@@ -196,11 +144,11 @@ export interface FusilladeClient {
   listRequests(
     batchId: string,
     filter?: { states?: RequestStateName[]; models?: string[]; pageSize?: number },
-  ): AsyncIterable<BatchRequest[]>;
-  /** One request with its attempts, by id or by batch and custom_id. */
+  ): AsyncIterable<Request[]>;
+  /** One request with its attempts: by id (or its result line's "batch_req_…" id), or by batch and custom_id. */
   getRequest(
     key: { requestId: string } | { batchId: string; customId: string },
-  ): Promise<GetRequestResponse>;
+  ): Promise<{ request: Request; attempts: Attempt[] }>;
   /** The batch's result lines (OpenAI format) for the requests finished so far. */
   results(batchId: string, options?: { only?: "output" | "errors" }): AsyncIterable<ResultLine>;
   cancelBatch(batchId: string): Promise<Batch>;
@@ -214,231 +162,47 @@ export interface FusilladeClient {
       resume?: boolean;
     },
   ): Promise<{ batch: Batch; retried: number }>;
+  /**
+   * The limits, rates and use of the models your unfinished batches have work
+   * for (or one batch's): why a batch is slow. Read-only; any token.
+   */
+  listModels(options?: { batchId?: string }): Promise<ModelLimit[]>;
   /** Closes the HTTP/2 connection (the process can then exit). */
   close(): void;
 }
 
-/** Bytes per UploadFile message: well under any message limit. */
-const CHUNK_BYTES = 1024 * 1024;
-
-/** Whether no request of the batch will change again. */
-export function isBatchTerminal(state: BatchState): boolean {
-  return (
-    state === BatchState.COMPLETED || state === BatchState.CANCELLED || state === BatchState.EXPIRED
-  );
-}
-
-/** A request's response body as text, whether it travels as text or as bytes. */
-export function responseText(response: { body: string | Uint8Array } | undefined): string {
-  if (response === undefined) return "";
-  return typeof response.body === "string"
-    ? response.body
-    : new TextDecoder().decode(response.body);
-}
-
-function rethrow(e: unknown): never {
-  throw e instanceof ConnectError ? FusilladeError.from(e) : e;
-}
-
-/** Runs a call; a ConnectError becomes a FusilladeError. */
-async function call<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    rethrow(e);
+/** The transport of `options`, and how to close it. */
+function transportOf(options: FusilladeClientOptions): { transport: Transport; close(): void } {
+  if (options.transport) return { transport: options.transport, close: () => undefined };
+  const interceptors: Interceptor[] = [];
+  const token = options.token;
+  if (token !== undefined && token !== "") {
+    interceptors.push((next) => (req) => {
+      req.header.set("authorization", `Bearer ${token}`);
+      return next(req);
+    });
   }
-}
-
-/** Iterates a server stream; a ConnectError becomes a FusilladeError. */
-async function* stream<T>(iterable: () => AsyncIterable<T>): AsyncGenerator<T> {
-  try {
-    yield* iterable();
-  } catch (e) {
-    rethrow(e);
-  }
-}
-
-function bodyText(body: unknown): string {
-  return typeof body === "string" ? body : JSON.stringify(body);
-}
-
-function bytesOf(text: string | Uint8Array): Uint8Array {
-  return typeof text === "string" ? new TextEncoder().encode(text) : text;
+  const httpVersion = options.httpVersion ?? "2";
+  const sessions = httpVersion === "2" ? new Http2SessionManager(options.baseUrl) : undefined;
+  const transport = createConnectTransport({
+    baseUrl: options.baseUrl,
+    httpVersion,
+    sessionManager: sessions,
+    interceptors,
+  });
+  return { transport, close: () => sessions?.abort() };
 }
 
 /** A client of the control plane at `baseUrl`. */
 export function createFusilladeClient(options: FusilladeClientOptions): FusilladeClient {
-  let sessions: Http2SessionManager | undefined;
-  let transport = options.transport;
-  if (!transport) {
-    const interceptors: Interceptor[] = [];
-    const token = options.token;
-    if (token !== undefined && token !== "") {
-      interceptors.push((next) => (req) => {
-        req.header.set("authorization", `Bearer ${token}`);
-        return next(req);
-      });
-    }
-    const httpVersion = options.httpVersion ?? "2";
-    if (httpVersion === "2") sessions = new Http2SessionManager(options.baseUrl);
-    transport = createConnectTransport({
-      baseUrl: options.baseUrl,
-      httpVersion,
-      sessionManager: sessions,
-      interceptors,
-    });
-  }
+  const { transport, close } = transportOf(options);
   const batch = createClient(BatchService, transport);
   const admin = createClient(AdminService, transport);
-
   return {
-    batchService: batch,
-    adminService: admin,
-
-    createFile: (input) =>
-      call(async () => {
-        const res =
-          "templates" in input
-            ? await batch.createFile({
-                requestId: randomUUID(),
-                filename: input.filename ?? "",
-                templates: input.templates.map((t) => ({
-                  customId: t.customId ?? "",
-                  endpoint: t.endpoint,
-                  method: t.method ?? "",
-                  path: t.path,
-                  body: bodyText(t.body),
-                  model: t.model ?? "",
-                  apiKey: t.apiKey ?? "",
-                })),
-              })
-            : await batch.createFile({
-                requestId: randomUUID(),
-                filename: input.filename ?? "",
-                jsonl: bytesOf(input.jsonl),
-                endpoint: input.endpoint,
-                apiKey: input.apiKey ?? "",
-              });
-        return res.file!;
-      }),
-
-    uploadFile: (source, opts) =>
-      call(async () => {
-        const chunks: AsyncIterable<Uint8Array> =
-          typeof source === "string"
-            ? createReadStream(source, { highWaterMark: CHUNK_BYTES })
-            : source;
-        async function* messages(): AsyncGenerator<UploadFileRequest> {
-          yield create(UploadFileRequestSchema, {
-            part: {
-              case: "header",
-              value: {
-                requestId: randomUUID(),
-                filename: opts.filename ?? (typeof source === "string" ? basename(source) : ""),
-                endpoint: opts.endpoint,
-                apiKey: opts.apiKey ?? "",
-              },
-            },
-          });
-          for await (const chunk of chunks) {
-            yield create(UploadFileRequestSchema, { part: { case: "chunk", value: chunk } });
-          }
-        }
-        return (await batch.uploadFile(messages())).file!;
-      }),
-
-    createBatch: (fileId, o = {}) =>
-      call(async () => {
-        const p = o.retryPolicy;
-        const res = await batch.createBatch({
-          requestId: o.requestId ?? randomUUID(),
-          fileId,
-          completionWindow: o.completionWindow ?? "",
-          metadata: o.metadata ?? {},
-          priority: o.priority ?? 0,
-          retryPolicy: p && {
-            maxRetries: p.maxRetries,
-            initialBackoff:
-              p.initialBackoffMs === undefined ? undefined : durationFromMs(p.initialBackoffMs),
-            maxBackoff: p.maxBackoffMs === undefined ? undefined : durationFromMs(p.maxBackoffMs),
-          },
-        });
-        return res.batch!;
-      }),
-
-    getBatch: (batchId) => call(async () => (await batch.getBatch({ batchId })).batch!),
-
-    getBatchStatus: (batchId) => call(() => batch.getBatchStatus({ batchId })),
-
-    watchBatch: (batchId, o = {}) =>
-      stream(async function* () {
-        const minInterval =
-          o.minIntervalMs === undefined ? undefined : durationFromMs(o.minIntervalMs);
-        for await (const m of batch.watchBatch({ batchId, minInterval }, { signal: o.signal })) {
-          yield m.batch!;
-          if (isBatchTerminal(m.batch!.state)) return;
-        }
-      }),
-
-    listRequests: (batchId, f = {}) =>
-      stream(async function* () {
-        let pageToken = "";
-        do {
-          const page = await batch.listBatchRequests({
-            batchId,
-            pageToken,
-            pageSize: f.pageSize ?? 0,
-            states: (f.states ?? []).map((s) => {
-              const v = REQUEST_STATE_BY_NAME[s];
-              if (v === undefined) {
-                throw new FusilladeError(
-                  Code.InvalidArgument,
-                  `states: unknown request state ${JSON.stringify(s)}`,
-                );
-              }
-              return v;
-            }),
-            models: f.models ?? [],
-          });
-          yield page.requests;
-          pageToken = page.nextPageToken;
-        } while (pageToken !== "");
-      }),
-
-    getRequest: (key) => call(() => batch.getRequest(key)),
-
-    results: (batchId, o = {}) =>
-      stream(async function* () {
-        const kind =
-          o.only === "output"
-            ? GetBatchResultsRequest_Kind.OUTPUT
-            : o.only === "errors"
-              ? GetBatchResultsRequest_Kind.ERRORS
-              : GetBatchResultsRequest_Kind.ALL;
-        for await (const m of batch.getBatchResults({ batchId, kind })) {
-          if (
-            m.kind === GetBatchResultsResponse_Kind.OUTPUT ||
-            m.kind === GetBatchResultsResponse_Kind.ERROR
-          ) {
-            yield JSON.parse(m.line) as ResultLine;
-          }
-        }
-      }),
-
-    cancelBatch: (batchId) => call(async () => (await batch.cancelBatch({ batchId })).batch!),
-
-    retryBatch: (batchId, o = {}) =>
-      call(async () => {
-        const res = await batch.retryBatch({
-          batchId,
-          customIds: o.customIds ?? [],
-          requestIds: o.requestIds ?? [],
-          completionWindow: o.completionWindow ?? "",
-          resume: o.resume ?? false,
-        });
-        return { batch: res.batch!, retried: Number(res.retriedCount) };
-      }),
-
-    close: () => sessions?.abort(),
+    raw: { batch, admin },
+    ...fileMethods(batch),
+    ...batchMethods(batch),
+    ...requestMethods(batch),
+    close,
   };
 }

@@ -5,6 +5,8 @@
  * statement that changes a batch's requests), by reading the named batches'
  * rows (primary-key lookups, a few per second at most).
  *
+ * The same reads feed the requests finished per model (finished-requests.ts).
+ *
  * Every control plane replica hears every notification, so each logs a
  * batch's end (the logs carry the batch id: a pipeline can de-duplicate).
  * Never an API key or a body: ids, counts, durations.
@@ -14,6 +16,7 @@ import { BATCH_COLUMNS, type BatchRecord, toBatch } from "../storage/batches.js"
 import type { Db } from "../storage/db.js";
 import { BATCH_CHANNEL, type Notifications } from "../storage/notifications.js";
 import type { ControlPlaneMetrics } from "./control-plane-metrics.js";
+import { FinishedRequests } from "./finished-requests.js";
 
 /** Notifications are read in groups: at most one lookup per this. */
 const FLUSH_MS = 100;
@@ -30,12 +33,17 @@ export class BatchLifecycle {
   #timer: NodeJS.Timeout | undefined;
   #unsubscribe: () => void = () => undefined;
   #closed = false;
+  readonly #finished: FinishedRequests | undefined;
 
   constructor(
     private readonly db: Db,
     private readonly log: Logger,
     private readonly metrics?: ControlPlaneMetrics,
-  ) {}
+  ) {
+    this.#finished =
+      metrics &&
+      new FinishedRequests(db, (model, outcome, n) => metrics.finished(model, outcome, n));
+  }
 
   /** Starts listening for batch changes. */
   start(notifications: Notifications): void {
@@ -85,6 +93,9 @@ export class BatchLifecycle {
       return;
     }
     for (const r of rows) this.#seen(toBatch(r));
+    await this.#finished?.observe(ids).catch((e: unknown) => {
+      this.log.debug({ err: e }, "finished requests read failed");
+    });
   }
 
   #seen(b: BatchRecord): void {

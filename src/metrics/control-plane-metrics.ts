@@ -55,10 +55,39 @@ const CLAIMS_BY_TENANT = `
   SELECT tenant, model, count(*)::int AS claims
   FROM requests WHERE state = 'leased' GROUP BY tenant, model`;
 
+/**
+ * ModelRequestsNow: per model, the requests of unfinished batches waiting
+ * (pending) and claimed (in_progress). A batch whose file has one model
+ * gives its counter columns (no request read); a batch of several models
+ * (or whose file was deleted) has its unfinished rows counted (index
+ * requests_batch_state). No params.
+ */
+const MODEL_REQUESTS_NOW = `
+  WITH open AS (
+    SELECT b.id, b.pending_count, b.leased_count, f.models
+    FROM batches b LEFT JOIN files f ON f.id = b.file_id WHERE b.finished_at IS NULL
+  )
+  SELECT model, sum(pending)::int AS pending, sum(in_progress)::int AS in_progress FROM (
+    SELECT models[1] AS model, pending_count AS pending, leased_count AS in_progress
+    FROM open WHERE cardinality(models) = 1
+    UNION ALL
+    SELECT r.model, (r.state = 'pending')::int, (r.state = 'leased')::int
+    FROM open o JOIN requests r ON r.batch_id = o.id AND r.state IN ('pending', 'leased')
+    WHERE o.models IS NULL OR cardinality(o.models) <> 1
+  ) x GROUP BY model`;
+
 /** TenantWeights: the tenants with a weight set (fair share). No params. Reads `tenants`. */
 const TENANT_WEIGHTS = `SELECT name, weight FROM tenants`;
 
-const REQUEST_STATES = ["pending", "leased", "completed", "failed", "canceled", "expired"] as const;
+/** Request states by the names the CLI and the API's JSON use (the column names in brackets). */
+const REQUEST_STATES = [
+  ["pending", "pending"],
+  ["in_progress", "leased"],
+  ["completed", "completed"],
+  ["failed", "failed"],
+  ["cancelled", "canceled"],
+  ["expired", "expired"],
+] as const;
 
 export class ControlPlaneMetrics {
   readonly registry = new Registry();
@@ -70,6 +99,7 @@ export class ControlPlaneMetrics {
   readonly #reportSize: Histogram;
   readonly #batchesCreated: Counter;
   readonly #batchesFinished: Counter<"state">;
+  readonly #requestsFinished: Counter<"model" | "outcome">;
   readonly #subscribers: Gauge<"kind">;
   readonly #retentionDeleted: Counter<"kind">;
   readonly #retentionPasses: Counter<"outcome">;
@@ -143,6 +173,12 @@ export class ControlPlaneMetrics {
       help: "Batches created through this control plane.",
       registers,
     });
+    this.#requestsFinished = new Counter({
+      name: "fusillade_requests_finished_total",
+      help: "Requests that reached a terminal state, per model and outcome (completed, failed, cancelled, expired): every replica counts every request (aggregate with max).",
+      labelNames: ["model", "outcome"],
+      registers,
+    });
     this.#batchesFinished = new Counter({
       name: "fusillade_batches_finished_total",
       help: "Batches this control plane saw finish, by final state (completed, failed, cancelled, expired).",
@@ -198,7 +234,7 @@ export class ControlPlaneMetrics {
       "Seconds left on a model's 429 hold (0: not held).",
       (r) => r.hold_s,
     );
-    type ActiveRow = Record<(typeof REQUEST_STATES)[number] | "batches", number>;
+    type ActiveRow = Record<(typeof REQUEST_STATES)[number][1] | "batches", number>;
     const activeNow = () =>
       self.#shared("active", () => self.#query<ActiveRow>(ACTIVE_BATCH_COUNTS, []));
     new Gauge({
@@ -212,12 +248,29 @@ export class ControlPlaneMetrics {
     });
     new Gauge({
       name: "fusillade_active_batch_requests",
-      help: "Requests of the unfinished batches, by state (from the batches' counters).",
+      help: "Requests of the unfinished batches, by state (pending, in_progress, completed, failed, cancelled, expired; from the batches' counters).",
       labelNames: ["state"],
       registers,
       async collect() {
         const [r] = await activeNow();
-        if (r !== undefined) for (const s of REQUEST_STATES) this.set({ state: s }, r[s]);
+        if (r !== undefined) for (const [state, col] of REQUEST_STATES) this.set({ state }, r[col]);
+      },
+    });
+    new Gauge({
+      name: "fusillade_model_requests",
+      help: "Requests of the unfinished batches per model: pending (waiting for a claim) and in_progress (claimed by a dispatcher: running or buffered for a slot).",
+      labelNames: ["model", "state"],
+      registers,
+      async collect() {
+        const rows = await self.#query<{ model: string; pending: number; in_progress: number }>(
+          MODEL_REQUESTS_NOW,
+          [],
+        );
+        this.reset();
+        for (const r of rows) {
+          this.set({ model: r.model, state: "pending" }, r.pending);
+          this.set({ model: r.model, state: "in_progress" }, r.in_progress);
+        }
       },
     });
     new Gauge({
@@ -320,6 +373,11 @@ export class ControlPlaneMetrics {
 
   batchCreated(): void {
     this.#batchesCreated.inc();
+  }
+
+  /** `n` requests of `model` reached `outcome`. */
+  finished(model: string, outcome: string, n: number): void {
+    if (n > 0) this.#requestsFinished.inc({ model, outcome }, n);
   }
 
   batchFinished(state: string): void {

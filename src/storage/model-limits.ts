@@ -1,4 +1,5 @@
 /** Model limits as stored, with current usage, for AdminService. */
+import { type TenantScope, tenantParam } from "../auth/principal.js";
 import { PACING_MODES, type PacingView } from "../domain/capacity.js";
 import type { Db } from "./db.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
@@ -7,10 +8,15 @@ export interface ModelLimitRecord {
   model: string;
   /** null: the server default applies. */
   limit: number | null;
+  /** Claims: running, or buffered at a dispatcher for a free slot. */
   inFlight: number;
   /** Σ slots of unexpired grants. */
   slotsGranted: number;
+  /** Claims that hold a granted slot: min(inFlight, slotsGranted). */
+  running: number;
   pending: number;
+  /** Waiting to run: pending, plus claims buffered for a slot. */
+  queued: number;
   holdUntil: Date | null;
   /** Requests per minute held fleet-wide; null: no rate. */
   rpm: number | null;
@@ -28,6 +34,16 @@ export interface ModelLimitChange {
   limit?: number | null;
   rpm?: number | null;
   tpm?: number | null;
+}
+
+/**
+ * Requests of a model running now, from its claims and the slots granted
+ * for it: a dispatcher runs a claim only in a slot, and fills its slots from
+ * its claims, so the claims beyond the slots are buffered. Fleet-wide this is
+ * an upper bound (a dispatcher's spare slots do not run another's claims).
+ */
+export function runningOf(claims: number, slotsGranted: number): number {
+  return Math.min(claims, slotsGranted);
 }
 
 interface Row {
@@ -65,12 +81,15 @@ const SELECT_WITH_USAGE = `
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
+  const running = runningOf(r.in_flight, r.slots_granted);
   return {
     model: r.model,
     limit: r.max_in_flight,
     inFlight: r.in_flight,
     slotsGranted: r.slots_granted,
+    running,
     pending: Number(r.pending),
+    queued: Number(r.pending) + r.in_flight - running,
     holdUntil: r.hold_until,
     rpm: r.rpm,
     tpm: r.tpm,
@@ -142,4 +161,28 @@ export async function listModelLimits(
     limits: page.map(toRecord),
     nextPageToken: rows.length > limit && last ? encodePageToken([last.model]) : "",
   };
+}
+
+/**
+ * ModelLimitsOfBatches: the limits and use of the models named by the files
+ * of the unfinished batches of a tenant (null: every tenant), or of one
+ * batch ($2, finished or not). Reads the unfinished batches
+ * (batches_unfinished_expiry) and their files; few models. Params: tenant,
+ * batch id.
+ */
+const MODEL_LIMITS_OF_BATCHES = `${SELECT_WITH_USAGE}
+  WHERE m.model IN (
+    SELECT unnest(f.models) FROM batches b JOIN files f ON f.id = b.file_id
+    WHERE ($1::text IS NULL OR b.tenant = $1)
+      AND CASE WHEN $2::uuid IS NULL THEN b.finished_at IS NULL ELSE b.id = $2 END)
+  ORDER BY m.model`;
+
+/** The models the batches of `scope` have work for (or of `batchId`), with usage. */
+export async function modelLimitsOfBatches(
+  db: Db,
+  scope: TenantScope,
+  batchId: string | null,
+): Promise<ModelLimitRecord[]> {
+  const { rows } = await db.query<Row>(MODEL_LIMITS_OF_BATCHES, [tenantParam(scope), batchId]);
+  return rows.map(toRecord);
 }

@@ -9,15 +9,14 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
+import { inspect, promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  BatchState,
   Code,
   createFusilladeClient,
   type FusilladeClient,
   FusilladeError,
-  RequestState,
+  gen,
 } from "../../src/client/index.js";
 import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { buildDist, ROOT, tsc } from "../helpers/build.js";
@@ -101,7 +100,11 @@ describe("fusillade/client", () => {
     const jsonlPath = path.join(dir, "five.jsonl");
     await writeFile(jsonlPath, `${lines.join("\n")}\n`);
     const file = await client.uploadFile(jsonlPath, { endpoint: upstream.url });
-    expect(file).toMatchObject({ filename: "five.jsonl", templateCount: 5n, models: ["ts-model"] });
+    // Plain values: numbers, names, Dates; nothing of the generated messages.
+    expect(file).toMatchObject({ filename: "five.jsonl", templateCount: 5, models: ["ts-model"] });
+    expect(file.createTime).toBeInstanceOf(Date);
+    expect(inspect(file)).not.toContain("$typeName");
+    expect(await client.getFile(file.id)).toEqual(file);
 
     const batch = await client.createBatch(file.id, {
       completionWindow: "2h",
@@ -109,20 +112,47 @@ describe("fusillade/client", () => {
       retryPolicy: { maxRetries: 1, initialBackoffMs: 100 },
       priority: 4,
     });
-    expect(batch).toMatchObject({ completionWindow: "2h", metadata: { run: "ts" }, priority: 4 });
-    expect(batch.retryPolicy?.maxRetries).toBe(1);
+    expect(batch).toMatchObject({
+      state: "in_progress",
+      completionWindow: "2h",
+      metadata: { run: "ts" },
+      priority: 4,
+      retryPolicy: { maxRetries: 1, initialBackoffMs: 100 },
+      counts: { total: 5 },
+    });
+    // What a client of a running batch may see of its model: read-only, plain.
+    const models = await client.listModels({ batchId: batch.id });
+    expect(models).toEqual([
+      expect.objectContaining({ model: "ts-model", isDefault: true, rpm: null, holdUntil: null }),
+    ]);
+    expect(typeof models[0]!.queued).toBe("number");
 
     const seen = await all(client.watchBatch(batch.id, { minIntervalMs: 50 }));
-    expect(seen.at(-1)?.state).toBe(BatchState.COMPLETED);
+    const last = seen.at(-1)!;
+    expect(last.state).toBe("completed");
+    // Counts mix with numbers and serialize (bigints threw in both).
+    expect(last.counts.completed + last.counts.failed + 0.5).toBe(5.5);
+    expect(JSON.parse(JSON.stringify(last))).toMatchObject({
+      state: "completed",
+      counts: { total: 5 },
+    });
+    expect(inspect(last)).not.toContain("$typeName");
     const status = await client.getBatchStatus(batch.id);
-    expect(status.counts).toMatchObject({ total: 5n, completed: 4n, failed: 1n });
+    expect(status).toMatchObject({
+      batchId: batch.id,
+      state: "completed",
+      counts: { total: 5, completed: 4, failed: 1, cancelled: 0 },
+    });
 
     const pages = await all(client.listRequests(batch.id, { pageSize: 2 }));
     expect(pages.map((p) => p.length)).toEqual([2, 2, 1]);
     const failed = (await all(client.listRequests(batch.id, { states: ["failed"] }))).flat();
-    expect(failed.map((r) => [r.customId, r.state])).toEqual([["t-2", RequestState.FAILED]]);
+    expect(failed.map((r) => [r.customId, r.state, r.response?.statusCode])).toEqual([
+      ["t-2", "failed", 400],
+    ]);
     const one = await client.getRequest({ batchId: batch.id, customId: "t-2" });
-    expect(one.attempts.map((a) => a.outcome)).toEqual([RequestState.FAILED]);
+    expect(one.request.state).toBe("failed");
+    expect(one.attempts.map((a) => [a.outcome, a.statusCode])).toEqual([["failed", 400]]);
 
     const results = await all(client.results(batch.id));
     expect(results.map((l) => l.custom_id).sort()).toEqual(["t-1", "t-2", "t-3", "t-4", "t-5"]);
@@ -133,8 +163,24 @@ describe("fusillade/client", () => {
       response: { status_code: 400, body: { error: { message: "bad" } } },
     });
 
+    // A result line's id names its request.
+    const byLineId = await client.getRequest({ requestId: errors[0]!.id });
+    expect(byLineId.request.customId).toBe("t-2");
+
     const retried = await client.retryBatch(batch.id, { customIds: ["t-2"] });
     expect(retried.retried).toBe(1);
+    expect(retried.batch.state).toBe("in_progress");
+  });
+
+  it("keeps the generated clients and types one level down", async () => {
+    const file = await client.createFile({
+      templates: [{ customId: "g", endpoint: upstream.url, path: "/v1/x", body: { model: "g" } }],
+    });
+    const raw = await client.raw.batch.getFile({ fileId: file.id });
+    expect(raw.file?.templateCount).toBe(1n);
+    expect(gen.BatchState.COMPLETED).toBe(2);
+    expect(gen.RequestState.FAILED).toBe(4);
+    expect(gen.BatchService.typeName).toBe("fusillade.v1.BatchService");
   });
 
   it("throws one error type carrying the gRPC code and the server's message", async () => {
@@ -171,7 +217,7 @@ describe("fusillade/client", () => {
       wrong.close();
     }
     // Local mode: the call without a token is an admin's, and may make a client token.
-    const { secret } = await client.adminService.createToken({
+    const { secret } = await client.raw.admin.createToken({
       role: TokenRole.CLIENT,
       tenant: "default",
       name: "ts-client-test",
@@ -184,7 +230,7 @@ describe("fusillade/client", () => {
           { customId: "b", endpoint: upstream.url, path: "/v1/x", body: '{"model":"tpl"}' },
         ],
       });
-      expect(file.templateCount).toBe(2n);
+      expect(file.templateCount).toBe(2);
     } finally {
       withToken.close();
     }

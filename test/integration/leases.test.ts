@@ -566,6 +566,14 @@ describe("reports", () => {
     expect(failed.error_message).toContain("gave up after 2 attempts");
   });
 
+  test('with no retries, one retriable failure fails the request: "gave up after 1 attempt"', async () => {
+    await batchOf("r2b", 1, { maxRetries: 0 });
+    const [a1] = (await take("r2b", "r2b", 1)).claims;
+    expect((await report(failure(a1!, {}))).disposition).toBe(Disposition.RECORDED);
+    const failed = await row(a1!.ref!.requestId);
+    expect(failed.error_message).toMatch(/\(gave up after 1 attempt\)$/);
+  });
+
   test("a release gives the attempt back when unsent, keeps it when sent", async () => {
     await batchOf("r3", 2);
     const { claims } = await take("r3", "r3", 2);

@@ -498,3 +498,41 @@ test("claims in flight per tenant and model, and tenant weights, read at scrape 
     await own.drop();
   }
 });
+
+test("requests finished per model and outcome, and waiting per model, in the CLI's state names", async () => {
+  const { batch, admin } = clients(cp.url);
+  upstream.respond = () => ({ delayMs: 1 });
+  // One model (counted from the batch's counters): one 400 fails for good.
+  upstream.script("F1-0", [{ status: 400 }]);
+  const one = await createTestBatch(batch, upstream.url, items("F1", 3));
+  // Two models (counted from the change log, per model).
+  const two = await createTestBatch(batch, upstream.url, [...items("F2", 2), ...items("F3", 1)]);
+  await waitForBatch(batch, one);
+  await waitForBatch(batch, two);
+  // A paused model: its requests wait, then are cancelled with their batch.
+  await admin.setModelLimit({ model: "F4", limit: 0 });
+  const paused = await createTestBatch(batch, upstream.url, items("F4", 2));
+  let s = await scrape();
+  expect(v(s, 'fusillade_model_requests{model="F4",state="pending"}')).toBe(2);
+  expect(v(s, 'fusillade_model_requests{model="F4",state="in_progress"}')).toBe(0);
+  expect(v(s, 'fusillade_active_batch_requests{state="pending"}')).toBe(2);
+  // One vocabulary: the CLI's state names, not the columns'.
+  expect(s.has('fusillade_active_batch_requests{state="in_progress"}')).toBe(true);
+  expect(s.has('fusillade_active_batch_requests{state="cancelled"}')).toBe(true);
+  expect([...s.keys()].filter((k) => /"(leased|canceled)"/.test(k))).toEqual([]);
+  await batch.cancelBatch({ batchId: paused });
+
+  const finished = (model: string, outcome: string) =>
+    v(s, `fusillade_requests_finished_total{model="${model}",outcome="${outcome}"}`);
+  const deadline = Date.now() + 10_000;
+  while (finished("F4", "cancelled") < 2 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    s = await scrape();
+  }
+  expect(finished("F1", "completed")).toBe(2);
+  expect(finished("F1", "failed")).toBe(1);
+  expect(finished("F2", "completed")).toBe(2);
+  expect(finished("F3", "completed")).toBe(1);
+  expect(finished("F4", "cancelled")).toBe(2);
+  expect(finished("F4", "completed")).toBe(0);
+});
