@@ -30,12 +30,34 @@ export const BATCH_STATES: Record<number, string> = {
   [BatchState.EXPIRED]: "expired",
 };
 export const stateName = (b: Batch) => BATCH_STATES[b.state] ?? "unknown";
+
+/**
+ * What a batch's badge says: its state, except that a completed batch whose
+ * every request failed reads "failed" (red), and one with some failures
+ * "completed" in amber ("partial"), so that green means nothing failed.
+ */
+export function outcome(b: Batch): { label: string; cls: string } {
+  const state = stateName(b);
+  if (b.state !== BatchState.COMPLETED) return { label: state, cls: state };
+  const failed = n(b.counts?.failed) + n(b.counts?.expired);
+  if (failed === 0) return { label: state, cls: state };
+  if (failed === n(b.counts?.total)) return { label: "failed", cls: "failed" };
+  return { label: state, cls: "partial" };
+}
+
+/** The badge of a batch (see {@link outcome}). */
+export function badge(b: Batch): HTMLElement {
+  const o = outcome(b);
+  return h("span", { class: `badge ${o.cls}` }, o.label);
+}
 export const REQUEST_STATES: Record<number, string> = {
   [RequestState.PENDING]: "pending",
-  [RequestState.LEASED]: "running",
+  // Claimed by a dispatcher: running, or queued there for a slot.
+  [RequestState.LEASED]: "in progress",
   [RequestState.COMPLETED]: "completed",
   [RequestState.FAILED]: "failed",
-  [RequestState.CANCELED]: "canceled",
+  // One spelling on every page, the batch state's: the API's request state is CANCELED.
+  [RequestState.CANCELED]: "cancelled",
   [RequestState.EXPIRED]: "expired",
 };
 
@@ -79,8 +101,8 @@ export function progress(b: Batch): HTMLElement {
       { class: "bar" },
       seg("completed", n(c?.completed)),
       seg("failed", n(c?.failed)),
-      seg("canceled", n(c?.canceled) + n(c?.expired)),
-      seg("running", n(c?.inProgress)),
+      seg("cancelled", n(c?.canceled) + n(c?.expired)),
+      seg("in-progress", n(c?.inProgress)),
     ),
     h("span", { class: "pct", "data-pct": pct }, `${pct}%`),
   );
@@ -93,7 +115,7 @@ export function errorExcerpt(r: BatchRequest): string {
 }
 
 export function countsText(c: RequestCounts | undefined): string {
-  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${n(c?.inProgress)} running · ${n(c?.pending)} pending${n(c?.canceled) ? ` · ${n(c?.canceled)} canceled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
+  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${n(c?.inProgress)} in progress · ${n(c?.pending)} pending${n(c?.canceled) ? ` · ${n(c?.canceled)} cancelled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
 }
 
 /** Runs `tick` now and every REFRESH_MS until the view changes. */

@@ -1,15 +1,20 @@
 /**
- * Models: limits (editable by an admin), in flight, slots granted, pending,
- * holds; and the tenants sharing them (weights, claims, unfinished batches).
+ * Models: limits (editable by an admin), running against the limit and
+ * queued, slots granted, pending, holds, charts of the last minutes; and the
+ * tenants sharing them (weights, claims, unfinished batches).
  */
 import { admin, Code, ConnectError, describe } from "./api.js";
+import { chartNotes, modelCharts, wasActive } from "./batch-charts.js";
 import { conn, date, every, main, n } from "./common.js";
 import { h, put } from "./dom.js";
+import { recordLatency, recordModels } from "./history.js";
+import { usageCell, usageOf } from "./usage.js";
 
 export function modelsView(): () => void {
   const body = h("tbody");
   const note = h("p", { class: "note" });
   const tenants = h("tbody");
+  const charts = h("section", { class: "charts" });
   put(
     main,
     h("h2", {}, "Models"),
@@ -23,13 +28,20 @@ export function modelsView(): () => void {
         h(
           "tr",
           {},
-          ...["model", "limit", "in flight", "slots granted", "pending", "hold", ""].map((t) =>
-            h("th", {}, t),
+          ...["model", "limit", "running / limit", "slots granted", "pending", "hold", ""].map(
+            (t) => h("th", {}, t),
           ),
         ),
       ),
       body,
     ),
+    h(
+      "p",
+      { class: "note" },
+      "Running: requests holding one of the slots granted (never more than the limit). Queued: claims buffered at a dispatcher for its next free slot. Pending: waiting in the database.",
+    ),
+    h("h3", {}, "Last minutes"),
+    charts,
     h("h3", {}, "Tenants"),
     h("p", { class: "note" }, "A busy model's slots are shared between tenants by weight."),
     h(
@@ -41,7 +53,9 @@ export function modelsView(): () => void {
         h(
           "tr",
           {},
-          ...["tenant", "weight", "in flight", "unfinished batches"].map((t) => h("th", {}, t)),
+          ...["tenant", "weight", "claims (running or queued)", "unfinished batches"].map((t) =>
+            h("th", {}, t),
+          ),
         ),
       ),
       tenants,
@@ -58,8 +72,11 @@ export function modelsView(): () => void {
       note.textContent = "Model limits and tenants are for admins: this token is not one.";
       put(body);
       put(tenants);
+      put(charts);
       return;
     }
+    recordModels(res.modelLimits);
+    await recordLatency().catch(() => undefined);
     const ts = await admin.listTenants({});
     put(
       tenants,
@@ -76,6 +93,15 @@ export function modelsView(): () => void {
             ),
           )),
     );
+    // Charts of the models that did something while this page was open.
+    const active = res.modelLimits.filter((l) => wasActive(l.model));
+    put(
+      charts,
+      active.length === 0
+        ? h("p", { class: "note" }, "No model has run anything since this page was opened.")
+        : h("div", { class: "chart-row" }, ...active.flatMap((l) => modelCharts(l.model, l.limit))),
+      chartNotes(true),
+    );
     note.textContent = `Models without a limit of their own run at the default, ${res.defaultLimit}.`;
     put(
       body,
@@ -87,12 +113,7 @@ export function modelsView(): () => void {
           { "data-model": l.model },
           h("td", {}, l.model),
           h("td", {}, input, l.isDefault ? h("small", {}, " default") : null),
-          h(
-            "td",
-            {},
-            h("meter", { min: 0, max: Math.max(1, l.limit), value: l.inFlight }),
-            ` ${l.inFlight}`,
-          ),
+          h("td", {}, usageCell(usageOf(l))),
           h("td", {}, l.slotsGranted),
           h("td", {}, n(l.pending)),
           h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
