@@ -186,11 +186,11 @@ export async function startControlPlane(
     // Runs first on close: long polls and streams end before the server waits for them.
     cleanup.push(async () => shutdown.abort());
     log.info({ url: server.url, embeddedDatabase: database.embedded }, "control plane listening");
-    if (localMode) {
-      log.info(
-        "no admin token configured: local mode, calls without a token are accepted from loopback only (docs/trust.md)",
-      );
-    }
+    log.info(
+      localMode
+        ? "no admin token configured: local mode, calls without a token are accepted from loopback only (docs/trust.md)"
+        : "admin token configured: token mode, every call needs a token (admin, client or dispatcher; docs/trust.md)",
+    );
     let internal: string | undefined;
     return {
       url: server.url,

@@ -57,6 +57,8 @@ function toProto(m: ModelLimitRecord, defaultLimit: number) {
     inFlight: m.inFlight,
     slotsGranted: m.slotsGranted,
     pending: BigInt(m.pending),
+    running: m.running,
+    queued: BigInt(m.queued),
     holdUntilTime: toTimestamp(m.holdUntil),
     rpm: m.rpm ?? undefined,
     tpm: m.tpm ?? undefined,

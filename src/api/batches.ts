@@ -7,6 +7,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { principalOf, scopeOf, type TenantScope } from "../auth/principal.js";
 import { parseDuration } from "../domain/duration.js";
 import { InvalidArgumentError } from "../domain/errors.js";
+import { requestIdOf } from "../domain/results.js";
 import { MAX_BACKOFF_MS } from "../domain/retry-policy.js";
 import { openAiStatus, type RequestState } from "../domain/states.js";
 import { validateText } from "../domain/templates.js";
@@ -241,7 +242,9 @@ export function batchMethods(
 
     async retryBatch(req, ctx) {
       const { batch, retried } = await retryBatch(db, scopeOf(principalOf(ctx)), req.batchId, {
-        requestIds: req.requestIds.map((id, i) => validateText(id, `request_ids[${i}]`)),
+        requestIds: req.requestIds.map((id, i) =>
+          requestIdOf(validateText(id, `request_ids[${i}]`)),
+        ),
         customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
         completionWindow:
           req.completionWindow === ""
@@ -277,7 +280,7 @@ export function batchMethods(
     async getRequest(req, ctx) {
       const key =
         req.requestId !== ""
-          ? { requestId: validateText(req.requestId, "request_id") }
+          ? { requestId: requestIdOf(validateText(req.requestId, "request_id")) }
           : {
               batchId: required(req.batchId, "batch_id"),
               customId: validateText(required(req.customId, "custom_id"), "custom_id"),
@@ -295,6 +298,8 @@ export function batchMethods(
             startTime: toTimestamp(a.startedAt),
             endTime: toTimestamp(a.endedAt),
             outcome: a.outcome === null ? undefined : toProtoRequestState(a.outcome),
+            statusCode: a.statusCode ?? 0,
+            errorCode: a.errorCode ?? "",
           }),
         ),
       });

@@ -156,6 +156,8 @@ export function toProtoShare(s: ModelShareRecord): ModelShare {
     modelInFlight: s.modelInFlight,
     limit: s.limit,
     activeBatches: s.activeBatches,
+    running: s.running,
+    modelRunning: s.modelRunning,
   });
 }
 

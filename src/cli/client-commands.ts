@@ -26,14 +26,13 @@ import {
   filesDeleteAction,
   filesGetAction,
   filesListAction,
-  limitsListAction,
-  limitsSetAction,
   resultsAction,
   statusAction,
   submitAction,
   watchAction,
 } from "./client/actions.js";
 import { DEFAULT_SERVER } from "./client/connection.js";
+import { limitsListAction, limitsSetAction } from "./client/limits.js";
 import { tokensCreateAction, tokensListAction, tokensRevokeAction } from "./client/tokens.js";
 import { registerRequestCommands } from "./request-commands.js";
 import { registerRouteCommands } from "./route-commands.js";

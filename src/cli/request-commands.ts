@@ -36,7 +36,12 @@ export function registerRequestCommands(program: Command): void {
   const selection = (c: Command) =>
     c
       .option("--custom-id <id>", "only this request (by custom_id); repeat for more", collect, [])
-      .option("--request-id <id>", "only this request (by id); repeat for more", collect, [])
+      .option(
+        "--request-id <id>",
+        "only this request (by id, or its result line's batch_req_… id); repeat for more",
+        collect,
+        [],
+      )
       .option(
         "--completion-window <duration>",
         "a new completion window from now, e.g. 24h (also moves a running batch's deadline)",
@@ -90,7 +95,10 @@ export function registerRequestCommands(program: Command): void {
     );
 
   command(program, "request", "show one request: its state, response or error, and its attempts")
-    .argument("<id>", "request id (or, with --custom-id, the batch id)")
+    .argument(
+      "<id>",
+      "request id: the ID of `requests`, or the id of its result line (batch_req_…); with --custom-id, the batch id",
+    )
     .option("--custom-id <id>", "the request of batch <id> with this custom_id")
     .action(
       run(async (conn, g, id: string, o: { customId?: string }) =>

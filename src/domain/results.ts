@@ -81,6 +81,17 @@ export function resultLineId(requestId: string): string {
   return `batch_req_${requestId.replaceAll("-", "")}`;
 }
 
+const LINE_ID = /^batch_req_([0-9a-f]{8})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{12})$/i;
+
+/**
+ * A request id as given: a result line's id ("batch_req_…", resultLineId)
+ * becomes the request id it was made from; anything else is returned as is.
+ */
+export function requestIdOf(id: string): string {
+  const m = LINE_ID.exec(id);
+  return m ? m.slice(1).join("-").toLowerCase() : id;
+}
+
 /**
  * Deepest nesting of a JSON body kept as JSON in a result line. Deeper bodies
  * go in as a string: common readers recurse per level (Python's `json` stops

@@ -783,7 +783,7 @@ export class LeaseService {
         decision.retry || decision.reason === "not_retriable"
           ? ""
           : decision.reason === "retries_exhausted"
-            ? ` (gave up after ${c.attempt} attempts)`
+            ? ` (gave up after ${c.attempt} ${c.attempt === 1 ? "attempt" : "attempts"})`
             : " (no time left in the batch's completion window to retry)";
       // Throttled past the window's end: it waits for the end, and ends with
       // the batch as expired, this 429 in its message (REQUESTS_END_WITH_BATCH).

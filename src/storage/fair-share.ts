@@ -6,6 +6,7 @@ import { isBatchTerminal } from "../domain/states.js";
 import type { BatchRecord } from "./batches.js";
 import type { Db, Prepared, Queryable } from "./db.js";
 import { TenantEntity } from "./entities/index.js";
+import { runningOf } from "./model-limits.js";
 
 export interface TenantRecord {
   name: string;
@@ -74,6 +75,10 @@ export interface ModelShareRecord {
   limit: number;
   /** Running batches with pending requests of the model or claims of it. */
   activeBatches: number;
+  /** This batch's part of modelRunning, in proportion to its claims. */
+  running: number;
+  /** The model's claims that hold a granted slot (runningOf). */
+  modelRunning: number;
 }
 
 /**
@@ -96,7 +101,9 @@ export function batchClaimsOf(b: string, models: string, model: string): string 
  * are its leased_count. Reads the unfinished batches, one index probe per
  * batch and model (requests_pending_batch), and the claimed rows of batches
  * of several models (requests_batch_state). A batch whose file was deleted
- * shows none. Prepared: its planning cost more than its execution. Params:
+ * shows none. Also the model's unexpired slots (slot_grants: a row per
+ * dispatcher and model), which bound what of the claims runs (runningOf).
+ * Prepared: its planning cost more than its execution. Params:
  * batch id, default limit.
  */
 const BATCH_SHARES: Prepared = {
@@ -122,7 +129,9 @@ const BATCH_SHARES: Prepared = {
     (SELECT coalesce(sum(x.n), 0)::int FROM per x WHERE x.model = p.model) AS model_in_flight,
     coalesce((SELECT l.max_in_flight FROM model_limits l WHERE l.model = p.model), $2)::int AS lim,
     (SELECT count(*)::int FROM per x
-      WHERE x.model = p.model AND x.running AND (x.waiting OR x.n > 0)) AS active_batches
+      WHERE x.model = p.model AND x.running AND (x.waiting OR x.n > 0)) AS active_batches,
+    (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
+      WHERE s.model = p.model AND s.expires_at > now()) AS slots
   FROM per p WHERE p.id = $1 AND (p.n > 0 OR p.waiting) ORDER BY p.model`,
 };
 
@@ -138,14 +147,23 @@ export async function batchShares(
     model_in_flight: number;
     lim: number;
     active_batches: number;
+    slots: number;
   }>(BATCH_SHARES, [batchId, defaultLimit]);
-  return rows.map((r) => ({
-    model: r.model,
-    inFlight: r.in_flight,
-    modelInFlight: r.model_in_flight,
-    limit: r.lim,
-    activeBatches: r.active_batches,
-  }));
+  return rows.map((r) => {
+    const modelRunning = runningOf(r.model_in_flight, r.slots);
+    return {
+      model: r.model,
+      inFlight: r.in_flight,
+      modelInFlight: r.model_in_flight,
+      limit: r.lim,
+      activeBatches: r.active_batches,
+      modelRunning,
+      running:
+        r.model_in_flight === 0
+          ? 0
+          : Math.min(r.in_flight, Math.round((r.in_flight * modelRunning) / r.model_in_flight)),
+    };
+  });
 }
 
 /** The shares of `b` while it runs; none once it is finished (nothing is read then). */

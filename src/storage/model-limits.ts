@@ -6,10 +6,15 @@ export interface ModelLimitRecord {
   model: string;
   /** null: the server default applies. */
   limit: number | null;
+  /** Claims: running, or buffered at a dispatcher for a free slot. */
   inFlight: number;
   /** Σ slots of unexpired grants. */
   slotsGranted: number;
+  /** Claims that hold a granted slot: min(inFlight, slotsGranted). */
+  running: number;
   pending: number;
+  /** Waiting to run: pending, plus claims buffered for a slot. */
+  queued: number;
   holdUntil: Date | null;
   /** Requests per minute held fleet-wide; null: no rate. */
   rpm: number | null;
@@ -25,6 +30,16 @@ export interface ModelLimitChange {
   limit?: number | null;
   rpm?: number | null;
   tpm?: number | null;
+}
+
+/**
+ * Requests of a model running now, from its claims and the slots granted
+ * for it: a dispatcher runs a claim only in a slot, and fills its slots from
+ * its claims, so the claims beyond the slots are buffered. Fleet-wide this is
+ * an upper bound (a dispatcher's spare slots do not run another's claims).
+ */
+export function runningOf(claims: number, slotsGranted: number): number {
+  return Math.min(claims, slotsGranted);
 }
 
 interface Row {
@@ -47,12 +62,15 @@ const SELECT_WITH_USAGE = `
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
+  const running = runningOf(r.in_flight, r.slots_granted);
   return {
     model: r.model,
     limit: r.max_in_flight,
     inFlight: r.in_flight,
     slotsGranted: r.slots_granted,
+    running,
     pending: Number(r.pending),
+    queued: Number(r.pending) + r.in_flight - running,
     holdUntil: r.hold_until,
     rpm: r.rpm,
     tpm: r.tpm,

@@ -19,6 +19,10 @@ export interface AttemptRecord {
   endedAt: Date | null;
   /** Null while it runs; "pending" for a retriable failure or a claim given back. */
   outcome: RequestState | null;
+  /** The upstream status that ended it; null when none (or while it runs). */
+  statusCode: number | null;
+  /** The error that ended it; null when none (or while it runs). */
+  errorCode: string | null;
 }
 
 /** Which request: by id, or by batch and custom_id. */
@@ -26,13 +30,15 @@ export type RequestKey = { requestId: string } | { batchId: string; customId: st
 
 /**
  * RequestEventsOfRequest: the request's state changes in order, each with
- * the next one's time and state. Params: batch id, request id. Uses the
+ * the next one's time, state, upstream status and error code. Params: batch id, request id. Uses the
  * primary key (batch_id, seq).
  */
 const REQUEST_EVENTS_OF_REQUEST = `
   SELECT state, attempt, created_at,
     lead(created_at) OVER (ORDER BY seq) AS next_at,
-    lead(state) OVER (ORDER BY seq) AS next_state
+    lead(state) OVER (ORDER BY seq) AS next_state,
+    lead(response_status) OVER (ORDER BY seq) AS next_status,
+    lead(error_code) OVER (ORDER BY seq) AS next_error
   FROM request_events WHERE batch_id = $1 AND request_id = $2
   ORDER BY seq`;
 
@@ -68,6 +74,8 @@ export async function getRequestWithAttempts(
     created_at: Date;
     next_at: Date | null;
     next_state: RequestState | null;
+    next_status: number | null;
+    next_error: string | null;
   }>(REQUEST_EVENTS_OF_REQUEST, [request.batchId, request.id]);
   const attempts = events.rows
     .filter((e) => e.state === "leased")
@@ -76,6 +84,9 @@ export async function getRequestWithAttempts(
       startedAt: e.created_at,
       endedAt: e.next_at,
       outcome: e.next_state,
+      // A request that completes keeps no error code of an earlier attempt.
+      statusCode: e.next_state === null ? null : e.next_status,
+      errorCode: e.next_state === null || e.next_state === "completed" ? null : e.next_error,
     }));
   return { request, attempts };
 }

@@ -6,7 +6,7 @@
  * dispatcher and a loopback upstream. Also runs the Python example when
  * Debian's python3-grpcio is installed.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -18,12 +18,12 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllowList } from "../../src/domain/endpoints.js";
 import { buildDist, ROOT } from "../helpers/build.js";
+import { cliRunner, jsonl, watchProcess } from "../helpers/cli-process.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { startTestDispatcher } from "../helpers/dispatcher-process.js";
 import { startTcpProxy } from "../helpers/tcp-proxy.js";
 import { startUpstream } from "../helpers/upstream.js";
 
-const BIN = path.join(ROOT, "bin/fusillade.js");
 const PYTHON_EXAMPLE = path.join(ROOT, "examples/python/run.sh");
 
 let t: TestControlPlane;
@@ -44,53 +44,10 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** A running process: a wait for a pattern in its output, and its end. */
-interface Running {
-  /** Resolves with the first match of `re` on stdout or stderr (rejects if the process exits first). */
-  waitFor(re: RegExp): Promise<RegExpMatchArray>;
-  done: Promise<Result>;
-  child: ChildProcess;
-}
-
-/** Starts the CLI with `args`, FUSILLADE_SERVER pointing at the test control plane. */
-function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, FUSILLADE_SERVER: t.url, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  return watchProcess(child);
-}
-
-function cli(args: string[], env?: NodeJS.ProcessEnv): Promise<Result> {
-  return start(args, env).done;
-}
-
-/** Writes a JSONL batch file of `n` lines (custom ids c1…cn); returns its path. */
-async function batchFile(
-  name: string,
-  n: number,
-  extra: string[] = [],
-  model = "gpt-test",
-): Promise<string> {
-  const lines = Array.from({ length: n }, (_, i) =>
-    JSON.stringify({
-      custom_id: `c${i + 1}`,
-      method: "POST",
-      url: "/v1/chat/completions",
-      body: { model, messages: [{ role: "user", content: `hello ${i + 1}` }] },
-    }),
-  );
-  const file = path.join(dir, name);
-  await writeFile(file, `${[...lines, ...extra].join("\n")}\n`);
-  return file;
-}
+const { start, cli, batchFile } = cliRunner(
+  () => t.url,
+  () => dir,
+);
 
 /** Moves every non-terminal request of the batch to a terminal state: line 2 fails, the rest complete. */
 async function finish(batchId: string): Promise<void> {
@@ -105,12 +62,6 @@ async function finish(batchId: string): Promise<void> {
     [batchId],
   );
 }
-
-const jsonl = (text: string) =>
-  text
-    .split("\n")
-    .filter((l) => l !== "")
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe("fusillade CLI", () => {
   it("has --help at every level", async () => {
@@ -187,7 +138,7 @@ describe("fusillade CLI", () => {
     });
     const human = await cli(["status", batchId]);
     expect(human.stdout).toContain(`batch ${batchId}`);
-    expect(human.stdout).toMatch(/requests\s+3 total: 3 pending/);
+    expect(human.stdout).toMatch(/requests\s+3 total: 3 queued/);
 
     await finish(batchId);
     const res = await cli(["results", batchId]);
@@ -380,7 +331,9 @@ describe("fusillade CLI", () => {
     );
     const listed = await cli(["limits", "list"]);
     expect(listed.stdout).toMatch(/RPM\s+TPM/);
-    expect(listed.stdout).toMatch(/gpt-test\s+\d+ \(default\)\s+3,000\/min\s+60,000\/min/);
+    expect(listed.stdout).toMatch(
+      /gpt-test\s+\d+ \(default\)\s+\d+\s+\d+\s+3,000\/min\s+60,000\/min/,
+    );
     const unrated = JSON.parse(
       (await cli(["limits", "set", "gpt-test", "--rpm", "none", "--json"])).stdout,
     );
@@ -487,7 +440,9 @@ describe("fusillade CLI", () => {
 
     const table = await cli(["requests", batchId]);
     expect(table.code, table.stderr).toBe(0);
-    expect(table.stdout).toMatch(/^LINE\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/);
+    expect(table.stdout).toMatch(
+      /^LINE\s+ID\s+CUSTOM_ID\s+MODEL\s+STATE\s+ATTEMPTS\s+STATUS\s+ERROR/,
+    );
     expect(table.stdout.trim().split("\n")).toHaveLength(5);
     const failed = await cli(["requests", batchId, "--state", "failed", "--json"]);
     const failedRows = JSON.parse(failed.stdout).requests;
@@ -505,7 +460,9 @@ describe("fusillade CLI", () => {
     expect(one.code, one.stderr).toBe(0);
     expect(one.stdout).toMatch(/state\s+failed/);
     expect(one.stdout).toMatch(/error\s+http_error: upstream answered 500/);
-    expect(one.stdout).toMatch(/ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\n1\s+\S+\s+\d+ ms\s+failed/);
+    expect(one.stdout).toMatch(
+      /ATTEMPT\s+STARTED\s+LATENCY\s+OUTCOME\s+STATUS\s+ERROR\n1\s+\S+\s+\d+ ms\s+failed\s+200\s+http_error/,
+    );
     const id = failedRows[0].id as string;
     const json = JSON.parse((await cli(["request", id, "--json"])).stdout);
     expect(json).toMatchObject({
@@ -897,37 +854,48 @@ describe("fusillade CLI", () => {
     }
     expect((await sql.query(`SELECT count(*)::int AS n FROM files`)).rows[0].n).toBe(before);
 
-    // A dispatcher claims 2 of the model's requests: the higher class gets them.
+    // A dispatcher holds 1 slot and claims 2 of the model's requests (one
+    // buffered for the slot): the higher class gets them.
     const res = await t.dispatch.sync({
       dispatcherId: "cli-share",
-      slots: [{ model: "gpt-share", token: 0n, keep: 0, want: 2, room: 2 }],
+      slots: [{ model: "gpt-share", token: 0n, keep: 0, want: 1, room: 2 }],
     });
     expect(res.claims).toHaveLength(2);
+    expect(res.grants).toEqual([expect.objectContaining({ slots: 1 })]);
 
     const got = JSON.parse((await cli(["batches", "get", highId, "--json"])).stdout);
     expect(got).toMatchObject({ id: highId, priority: 7 });
     expect(got.shares).toEqual([
       {
         model: "gpt-share",
+        running: 1,
+        model_running: 1,
+        limit: 4,
         in_flight: 2,
         model_in_flight: 2,
-        limit: 4,
         active_batches: 2,
       },
     ]);
     const other = JSON.parse((await cli(["status", lowId, "--json"])).stdout);
     expect(other.priority).toBe(0);
-    expect(other.shares).toEqual([expect.objectContaining({ in_flight: 0, model_in_flight: 2 })]);
+    expect(other.shares).toEqual([
+      expect.objectContaining({ running: 0, model_running: 1, in_flight: 0 }),
+    ]);
 
+    // What runs against the limit; the buffered claim is queued with the pending request.
     const text = await cli(["status", highId]);
     expect(text.stdout).toMatch(/\n {2}priority {3}7\n/);
-    expect(text.stdout).toContain("  shares     gpt-share: 2 of 2 claimed (limit 4, 2 batches)\n");
+    expect(text.stdout).toMatch(/requests\s+3 total: 1 running, 2 queued\n/);
+    expect(text.stdout).toContain("  shares     gpt-share 1/4 running (this batch 1, 2 batches)\n");
     // Priority 0 is not worth a line.
     expect((await cli(["status", lowId])).stdout).not.toContain("priority");
+    const limits = await cli(["limits", "list"]);
+    expect(limits.stdout).toMatch(/^MODEL\s+LIMIT\s+RUNNING\s+QUEUED\s+RPM\s+TPM\s+HELD UNTIL\n/);
+    expect(limits.stdout).toMatch(/\ngpt-share\s+4\s+1\s+5\s*\n/);
 
-    // The watch line carries the share while the batch runs.
+    // The watch line carries the same figures while the batch runs.
     const w = start(["watch", highId, "--interval", "1s"]);
-    await w.waitFor(/share gpt-share 2 of 2 \(limit 4, 2 batches\)/);
+    await w.waitFor(/running 1 · queued 2 \| .*gpt-share 1\/4 running \(this batch 1, 2 batches\)/);
     await finish(highId);
     await finish(lowId);
     const done = await w.done;
@@ -1008,42 +976,3 @@ describe("fusillade CLI", () => {
     },
   );
 });
-
-/** Collects a child's output; lets a test await patterns in it and its exit. */
-function watchProcess(child: ChildProcess): Running {
-  const out = { stdout: "", stderr: "" };
-  const listeners = new Set<() => void>();
-  let exited = false;
-  const onData = (k: "stdout" | "stderr") => (d: Buffer) => {
-    out[k] += d.toString();
-    for (const l of listeners) l();
-  };
-  child.stdout!.on("data", onData("stdout"));
-  child.stderr!.on("data", onData("stderr"));
-  const done = new Promise<Result>((resolve) =>
-    child.on("close", (code) => {
-      exited = true;
-      for (const l of listeners) l();
-      resolve({ code, ...out });
-    }),
-  );
-  return {
-    done,
-    child,
-    waitFor: (re) =>
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const m = re.exec(out.stdout) ?? re.exec(out.stderr);
-          if (m) {
-            listeners.delete(check);
-            resolve(m);
-          } else if (exited) {
-            listeners.delete(check);
-            reject(new Error(`exited before ${re}: ${out.stderr}`));
-          }
-        };
-        listeners.add(check);
-        check();
-      }),
-  };
-}

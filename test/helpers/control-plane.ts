@@ -10,7 +10,7 @@ import { type ControlPlane, startControlPlane } from "../../src/control-plane.js
 import { AdminService } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { DispatchService } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
-import { makeLogger } from "../../src/logger.js";
+import { type Logger, makeLogger } from "../../src/logger.js";
 import { createTestDatabase, type TestDatabase } from "./db.js";
 
 export interface TestControlPlane {
@@ -79,6 +79,7 @@ export function testSecretKey(_db: TestDatabase): string {
 export async function startTestControlPlane(
   config: Partial<ControlPlaneConfig> = {},
   database?: TestDatabase,
+  log: Logger = makeLogger(process.env.FUSILLADE_TEST_LOG ?? "silent"),
 ): Promise<TestControlPlane> {
   const db = database ?? (await createTestDatabase());
   const cp = await startControlPlane(
@@ -91,7 +92,7 @@ export async function startTestControlPlane(
       ...config,
       databaseUrl: db.url,
     },
-    makeLogger(process.env.FUSILLADE_TEST_LOG ?? "silent"),
+    log,
   );
   let stopped: Promise<void> | undefined;
   const stop = () => {

@@ -4,8 +4,10 @@
  * to listen beyond loopback without an admin token.
  */
 import http from "node:http";
+import { Writable } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import { startControlPlane } from "../../src/control-plane.js";
@@ -250,6 +252,28 @@ function callWithHost(url: string, host: string): Promise<number> {
     req.end("{}");
   });
 }
+
+test("a control plane with an admin token says at start that it runs in token mode", async () => {
+  const lines: string[] = [];
+  const log = pino(
+    { level: "info" },
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    }),
+  );
+  const guarded = await startTestControlPlane(
+    { adminToken: "start-line-admin-token-0123456789" },
+    t.database,
+    log,
+  );
+  await guarded.stop();
+  const messages = lines.map((l) => (JSON.parse(l) as { msg: string }).msg);
+  expect(messages).toContainEqual(expect.stringMatching(/^admin token configured: token mode/));
+  expect(messages.join("\n")).not.toContain("start-line-admin-token");
+});
 
 describe("local mode (no admin token)", () => {
   let local: TestControlPlane;

@@ -53,7 +53,7 @@ async function batchOf(model: string, n: number) {
     jsonl: new TextEncoder().encode(lines),
     endpoint: "http://127.0.0.1:9",
   });
-  await t.batch.createBatch({ fileId: file.file!.id });
+  return (await t.batch.createBatch({ fileId: file.file!.id })).batch!;
 }
 
 interface Ask {
@@ -381,9 +381,9 @@ describe("limit changes", () => {
     expect(a1).toMatchObject({ slots: 4, target: 1 });
   });
 
-  test("ListModelLimits shows the slots granted (≤ the limit) apart from the requests claimed", async () => {
+  test("ListModelLimits and a batch's shares show what runs (≤ the limit) apart from the requests claimed", async () => {
     await t.admin.setModelLimit({ model: "ls", limit: 3 });
-    await batchOf("ls", 10);
+    const batch = await batchOf("ls", 10);
     const a = grantOf(await sync("ls-a", "ls", { want: 3 }), "ls");
     const claimed = await t.dispatch.sync({
       dispatcherId: "ls-a",
@@ -393,5 +393,11 @@ describe("limit changes", () => {
     const { modelLimits } = await t.admin.listModelLimits({ pageSize: 1000 });
     const ls = modelLimits.find((l) => l.model === "ls");
     expect(ls).toMatchObject({ limit: 3, slotsGranted: 3, inFlight: 5, pending: 5n });
+    // Three run in the slots; two are buffered, queued with the five pending.
+    expect(ls).toMatchObject({ running: 3, queued: 7n });
+    const { batch: b } = await t.batch.getBatch({ batchId: batch.id });
+    expect(b?.shares).toEqual([
+      expect.objectContaining({ inFlight: 5, modelInFlight: 5, running: 3, modelRunning: 3 }),
+    ]);
   });
 });

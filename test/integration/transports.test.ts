@@ -214,7 +214,17 @@ describe("plain HTTP/1.1 JSON (curl-style)", () => {
         expired: "0",
       },
       // Its share of its model while it runs (docs/fair-share.md): nothing claimed yet.
-      shares: [{ model: "m-fetch", inFlight: 0, modelInFlight: 0, limit: 10, activeBatches: 1 }],
+      shares: [
+        {
+          model: "m-fetch",
+          inFlight: 0,
+          modelInFlight: 0,
+          limit: 10,
+          activeBatches: 1,
+          running: 0,
+          modelRunning: 0,
+        },
+      ],
       priority: 0,
     });
   });

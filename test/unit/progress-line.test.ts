@@ -8,6 +8,7 @@ import {
   plainParts,
   sharesText,
 } from "../../src/cli/client/progress-line.js";
+import { runView } from "../../src/cli/client/views.js";
 
 const counts = (over: Partial<LineParts["counts"]> = {}): LineParts["counts"] => ({
   total: 2000,
@@ -21,6 +22,7 @@ const counts = (over: Partial<LineParts["counts"]> = {}): LineParts["counts"] =>
 });
 
 const bar = (size: number) => "#".repeat(size);
+const run = { running: 8, queued: 1202 };
 
 describe("etaSeconds", () => {
   it("follows the slowest model, not the overall rate", () => {
@@ -52,12 +54,16 @@ describe("etaSeconds", () => {
 describe("fitLine", () => {
   const parts: LineParts = {
     counts: counts(),
+    run,
     rate: 12.5,
     eta: 95,
-    errors: errorsText([
-      { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
-      { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
-    ]),
+    errors: errorsText(
+      [
+        { code: "http_error", statusCode: 404, failed: 10, retrying: 0 },
+        { code: "network_error", statusCode: 0, failed: 0, retrying: 3 },
+      ],
+      10,
+    ),
     holds: "",
   };
 
@@ -93,19 +99,37 @@ describe("fitLine", () => {
   });
 });
 
+describe("errorsText", () => {
+  it('adds up to the failed count: kinds left out are "other"', () => {
+    const errors = [
+      { code: "http_error", statusCode: 429, failed: 8, retrying: 0 },
+      { code: "http_error", statusCode: 500, failed: 3, retrying: 1 },
+      { code: "timeout", statusCode: 0, failed: 2, retrying: 0 },
+    ];
+    expect(errorsText(errors, 13)).toBe(
+      "http_error 429 ×8, http_error 500 ×3 failed, ×1 retrying, timeout ×2",
+    );
+    expect(errorsText(errors, 14, 2)).toBe(
+      "http_error 429 ×8, http_error 500 ×3 failed, ×1 retrying, other ×3",
+    );
+    expect(errorsText([], 0)).toBe("");
+  });
+});
+
 describe("sharesText", () => {
-  const share = (model: string, inFlight: number, batches: number) => ({
+  const share = (model: string, running: number, batches: number) => ({
     model,
-    in_flight: inFlight,
-    model_in_flight: 8,
+    running,
+    model_running: 8,
     limit: 8,
+    in_flight: running + 4,
+    model_in_flight: 12,
     active_batches: batches,
-    pending: 100,
   });
 
-  it("says per model this batch's claims beside the model's, its limit and the batches sharing it", () => {
+  it("says per model what runs against its limit, this batch's part and the batches sharing it", () => {
     expect(sharesText([share("gpt-a", 4, 2), share("gpt-b", 8, 1)])).toBe(
-      "share gpt-a 4 of 8 (limit 8, 2 batches), share gpt-b 8 of 8 (limit 8, 1 batch)",
+      "gpt-a 8/8 running (this batch 4, 2 batches), gpt-b 8/8 running (1 batch)",
     );
     expect(sharesText([])).toBe("");
   });
@@ -113,17 +137,36 @@ describe("sharesText", () => {
   it("is the first part a narrow terminal drops, and the last part of a plain line", () => {
     const parts: LineParts = {
       counts: counts(),
+      run,
       rate: 12.5,
       eta: 95,
       errors: "",
       holds: "",
       shares: sharesText([share("gpt-a", 4, 2)]),
     };
-    expect(fitLine(parts, 300, bar)).toMatch(/pending 1200 \| share gpt-a 4 of 8/);
+    expect(fitLine(parts, 300, bar)).toMatch(/running 8 · queued 1202 \| gpt-a 8\/8 running/);
     const narrower = fitLine(parts, 110, bar);
-    expect(narrower).not.toContain("share");
+    expect(narrower).not.toContain("8/8");
     expect(narrower).toContain("ok 780");
-    expect(plainParts(parts).at(-1)).toBe("share gpt-a 4 of 8 (limit 8, 2 batches)");
+    expect(plainParts(parts).at(-1)).toBe("gpt-a 8/8 running (this batch 4, 2 batches)");
+  });
+});
+
+describe("runView", () => {
+  it("counts claims beyond the running ones as queued, with the pending", () => {
+    const c = counts({ pending: 20, in_progress: 15 });
+    expect(runView(c, [share(10)])).toEqual({ running: 10, queued: 25 });
+    // No shares (a finished batch, an older server): its claims run.
+    expect(runView(c, [])).toEqual({ running: 15, queued: 20 });
+  });
+  const share = (running: number) => ({
+    model: "m",
+    running,
+    model_running: running,
+    limit: 10,
+    in_flight: 15,
+    model_in_flight: 15,
+    active_batches: 1,
   });
 });
 

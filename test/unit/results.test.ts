@@ -6,6 +6,7 @@ import {
   formatResultLine,
   MAX_RESULT_BODY_DEPTH,
   type ResultFacts,
+  requestIdOf,
   resultKind,
   resultLine,
   resultLineId,
@@ -166,5 +167,17 @@ describe("hostile bodies", () => {
     expect(compactJson("[[[]]]", 2)).toBeUndefined();
     expect(nestsDeeperThan('[{"a":"[[[["}]', 2)).toBe(false);
     expect(nestsDeeperThan("[[[]]]", 2)).toBe(true);
+  });
+});
+
+describe("requestIdOf", () => {
+  it("turns a result line's id back into its request id, and leaves other ids alone", () => {
+    const id = "3f34a1b2-0c4d-4e5f-8a6b-7c8d9e0f1a2b";
+    expect(requestIdOf(resultLineId(id))).toBe(id);
+    expect(requestIdOf(resultLineId(id).toUpperCase().replace("BATCH_REQ_", "batch_req_"))).toBe(
+      id,
+    );
+    expect(requestIdOf(id)).toBe(id);
+    expect(requestIdOf("batch_req_123")).toBe("batch_req_123");
   });
 });

@@ -8,18 +8,19 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Batch } from "../../gen/fusillade/v1/resources_pb.js";
 import { CliError, type Connection } from "./connection.js";
 import { followBatch } from "./progress.js";
+import { requestStateName } from "./requests.js";
 import { downloadResults, type ResultTargets } from "./results.js";
 import { type SubmitInput, startBatch, uploadFile } from "./submit.js";
 import {
+  batchCountsLine,
   batchText,
   batchView,
-  countsLine,
   countsView,
   fileView,
   formatBytes,
   formatDuration,
   isTerminal,
-  limitView,
+  plural,
   print,
   printJson,
   stateName,
@@ -42,7 +43,8 @@ export interface WatchFlags {
   reconnectForMs?: number;
 }
 
-function note(text: string): void {
+/** A line on stderr (stdout stays for results and --json). */
+export function note(text: string): void {
   process.stderr.write(`${text}\n`);
 }
 
@@ -83,7 +85,7 @@ function elapsed(b: Batch): string {
 }
 
 function finishedLine(b: Batch): string {
-  return `batch ${b.id} ${stateName(b.state)}: ${countsLine(countsView(b.counts))}${elapsed(b)}`;
+  return `batch ${b.id} ${stateName(b.state)}: ${batchCountsLine(b)}${elapsed(b)}`;
 }
 
 /** submit FILE: upload, start, and with --watch follow and download. */
@@ -191,6 +193,10 @@ export async function resultsAction(
     });
   } else if (anyFile) {
     note(writtenLine(written, targets));
+  } else if (targets.errorsOnly === true && written.errors === 0) {
+    note(`no error lines: no request of batch ${batchId} failed, expired or was cancelled`);
+  } else if (written.output + written.errors === 0) {
+    note(`no result lines: no request of batch ${batchId} has finished yet`);
   }
 }
 
@@ -205,10 +211,15 @@ export async function statusAction(conn: Connection, g: Globals, batchId: string
 export async function cancelAction(conn: Connection, g: Globals, batchId: string): Promise<void> {
   const { batch } = await conn.batch.cancelBatch({ batchId });
   if (g.json) printJson(batchView(batch!));
-  else
-    print(
-      `batch ${batch!.id} ${stateName(batch!.state)}: ${countsLine(countsView(batch!.counts))}`,
-    );
+  else print(`batch ${batch!.id} ${stateName(batch!.state)}: ${batchCountsLine(batch!)}`);
+}
+
+/** What `retry` and `resume` ask to run again. */
+export interface RetrySelection {
+  customIds: string[];
+  requestIds: string[];
+  completionWindow: string | undefined;
+  resume: boolean;
 }
 
 /** retry BATCH (and resume BATCH): requests back to pending, and the window change. */
@@ -216,12 +227,7 @@ export async function retryAction(
   conn: Connection,
   g: Globals,
   batchId: string,
-  sel: {
-    customIds: string[];
-    requestIds: string[];
-    completionWindow: string | undefined;
-    resume: boolean;
-  },
+  sel: RetrySelection,
 ): Promise<void> {
   const res = await conn.batch.retryBatch({
     batchId,
@@ -231,14 +237,15 @@ export async function retryAction(
     resume: sel.resume,
   });
   const b = res.batch!;
+  const named = sel.customIds.length + sel.requestIds.length > 0;
+  if (res.retriedCount === 0n && named) await explainNothingRetried(conn, b.id, sel);
   if (g.json) return printJson({ retried_count: Number(res.retriedCount), batch: batchView(b) });
   const expires = b.expireTime ? timestampDate(b.expireTime).toISOString() : "?";
   const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
-  const named = sel.customIds.length + sel.requestIds.length > 0;
   const head =
     res.retriedCount === 0n
-      ? `nothing to run again: ${named ? "none of the requests named is" : "no request is"} ${what}`
-      : `${sel.resume ? "resumed" : "retried"} ${res.retriedCount} requests`;
+      ? `nothing to run again: no request is ${what}`
+      : `${sel.resume ? "resumed" : "retried"} ${plural(res.retriedCount, "request")}`;
   const window =
     sel.completionWindow === undefined ? "" : ` (completion window ${sel.completionWindow})`;
   print(`${head}; batch ${b.id} is ${stateName(b.state)}, expires ${expires}${window}`);
@@ -246,8 +253,36 @@ export async function retryAction(
     print(`follow it with: fusillade watch ${b.id}`);
 }
 
+/**
+ * Named requests of which none could run again: an error (exit 1) that
+ * says the state of each, like `gh run rerun` of a run that succeeded.
+ */
+async function explainNothingRetried(
+  conn: Connection,
+  batchId: string,
+  sel: RetrySelection,
+): Promise<never> {
+  const keys = [
+    ...sel.customIds.map((customId) => ({ name: customId, key: { batchId, customId } })),
+    ...sel.requestIds.map((requestId) => ({ name: requestId, key: { requestId } })),
+  ];
+  const states = await Promise.all(
+    keys.slice(0, 10).map(async ({ name, key }) => {
+      const r = await conn.batch.getRequest(key);
+      return `${name} is ${requestStateName(r.request!.state)}`;
+    }),
+  );
+  const more = keys.length > 10 ? `, and ${keys.length - 10} more` : "";
+  const what = sel.resume ? "cancelled, failed or expired" : "failed or expired";
+  throw new CliError(
+    `nothing to run again: ${states.join(", ")}${more} (only ${what} requests run again)`,
+    1,
+  );
+}
+
 /** Pages through a list until `limit` items; returns them and the token for more. */
-async function collect<T>(
+/** Pages through a listing until `limit` items or its end. */
+export async function collect<T>(
   limit: number,
   pageToken: string,
   page: (size: number, token: string) => Promise<{ items: T[]; next: string }>,
@@ -262,7 +297,8 @@ async function collect<T>(
   return { items, next: token };
 }
 
-function moreNote(next: string, command: string): void {
+/** On stderr: how to list the next page. */
+export function moreNote(next: string, command: string): void {
   if (next !== "") note(`more: fusillade ${command} --page-token ${next}`);
 }
 
@@ -381,76 +417,4 @@ async function fileNames(conn: Connection, ids: string[]): Promise<Map<string, s
     if (res?.file) names.set(id, res.file.filename);
   }
   return names;
-}
-
-export async function limitsListAction(
-  conn: Connection,
-  g: Globals,
-  o: { limit: number; pageToken: string },
-): Promise<void> {
-  let defaultLimit = 0;
-  const { items, next } = await collect(o.limit, o.pageToken, async (pageSize, pageToken) => {
-    const r = await conn.admin.listModelLimits({ pageSize, pageToken });
-    defaultLimit = r.defaultLimit;
-    return { items: r.modelLimits, next: r.nextPageToken };
-  });
-  if (g.json)
-    return printJson({
-      default_limit: defaultLimit,
-      model_limits: items.map(limitView),
-      next_page_token: next,
-    });
-  const rate = (n: number | null) => (n === null ? "" : `${n.toLocaleString("en-US")}/min`);
-  const rows = items
-    .map(limitView)
-    .map((l) => [
-      l.model,
-      `${l.limit}${l.is_default ? " (default)" : ""}`,
-      rate(l.rpm),
-      rate(l.tpm),
-      String(l.in_flight),
-      String(l.pending),
-      l.hold_until_time ?? "",
-    ]);
-  print(table(["MODEL", "LIMIT", "RPM", "TPM", "IN FLIGHT", "PENDING", "HELD UNTIL"], rows));
-  print(`default limit: ${defaultLimit}`);
-  moreNote(next, "limits list");
-}
-
-/** What `limits set` changes: each field undefined is left as it is. */
-export interface LimitsChange {
-  limit?: number | "default" | undefined;
-  rpm?: number | "none" | undefined;
-  tpm?: number | "none" | undefined;
-}
-
-export async function limitsSetAction(
-  conn: Connection,
-  g: Globals,
-  model: string,
-  change: LimitsChange,
-): Promise<void> {
-  const { limit, rpm, tpm } = change;
-  if (limit === undefined && rpm === undefined && tpm === undefined) {
-    throw new CliError("limits set: give a limit, --rpm or --tpm", 2);
-  }
-  const res = await conn.admin.setModelLimit({
-    model,
-    keepLimit: limit === undefined,
-    clearLimit: limit === "default",
-    limit: typeof limit === "number" ? limit : 0,
-    clearRpm: rpm === "none",
-    rpm: typeof rpm === "number" ? rpm : undefined,
-    clearTpm: tpm === "none",
-    tpm: typeof tpm === "number" ? tpm : undefined,
-  });
-  const l = limitView(res.modelLimit!);
-  if (g.json) return printJson(l);
-  const rates = [
-    l.rpm === null ? "" : `, ${l.rpm} requests/min`,
-    l.tpm === null ? "" : `, ${l.tpm} tokens/min`,
-  ].join("");
-  print(
-    `${l.model}: limit ${l.limit}${l.is_default ? " (default)" : ""}${rates}, ${l.slots_granted} slots granted, ${l.in_flight} claimed, ${l.pending} pending`,
-  );
 }

@@ -4,7 +4,14 @@
  * why requests fail, which models are held, and a terminal line that fits
  * its width by dropping the least useful parts first.
  */
-import { type CountsView, doneCount, formatDuration, type ShareView } from "./views.js";
+import {
+  type CountsView,
+  doneCount,
+  formatDuration,
+  type RunView,
+  type ShareView,
+  shareText,
+} from "./views.js";
 
 /** Rate is measured over this window, so the ETA follows changes in speed. */
 export const RATE_WINDOW_MS = 30_000;
@@ -64,21 +71,26 @@ export interface ErrorSummary {
   retrying: number;
 }
 
-/** "http_error 404 ×120, network_error ×3 (retrying)": the commonest first. */
-export function errorsText(errors: ErrorSummary[], max = 3): string {
-  return errors
-    .slice(0, max)
-    .map((e) => {
-      const what = `${e.code}${e.statusCode ? ` ${e.statusCode}` : ""}`;
-      const counts =
-        e.failed > 0 && e.retrying > 0
-          ? `×${e.failed} failed, ×${e.retrying} retrying`
-          : e.failed > 0
-            ? `×${e.failed}`
-            : `×${e.retrying} retrying`;
-      return `${what} ${counts}`;
-    })
-    .join(", ");
+/**
+ * "http_error 404 ×120, network_error ×3 retrying": the commonest first, at
+ * most `max` kinds; the failed requests of the kinds left out (or not yet in
+ * the breakdown) as "other ×N", so the failures shown add up to `failed`.
+ */
+export function errorsText(errors: ErrorSummary[], failed: number, max = 3): string {
+  const shown = errors.slice(0, max);
+  const parts = shown.map((e) => {
+    const what = `${e.code}${e.statusCode ? ` ${e.statusCode}` : ""}`;
+    const counts =
+      e.failed > 0 && e.retrying > 0
+        ? `×${e.failed} failed, ×${e.retrying} retrying`
+        : e.failed > 0
+          ? `×${e.failed}`
+          : `×${e.retrying} retrying`;
+    return `${what} ${counts}`;
+  });
+  const other = failed - shown.reduce((n, e) => n + e.failed, 0);
+  if (other > 0) parts.push(`other ×${other}`);
+  return parts.join(", ");
 }
 
 /** "gpt-a held until 12:03:05 (429)". */
@@ -89,26 +101,20 @@ export function holdsText(holds: Array<{ model: string; until: Date }>): string 
 }
 
 /**
- * "share gpt-a 5 of 10 (limit 10, 2 batches)": per model, this batch's
- * claims beside every batch's (docs/fair-share.md); only models with work
- * left are listed by the server.
+ * "gpt-a 8/10 running (this batch 5, 2 batches), …": per model with work
+ * left, what runs against its limit (shareText, as on `status`).
  */
 export function sharesText(shares: ShareView[]): string {
-  return shares
-    .map(
-      (s) =>
-        `share ${s.model} ${s.in_flight} of ${s.model_in_flight} (limit ${s.limit}, ${s.active_batches} ${s.active_batches === 1 ? "batch" : "batches"})`,
-    )
-    .join(", ");
+  return shares.map(shareText).join(", ");
 }
 
-/** Per-state counts: "ok 298 · failed 2 · running 4 · pending 0". */
-export function statesText(c: CountsView): string {
+/** Per-state counts: "ok 298 · failed 2 · running 4 · queued 10" (queued: pending and buffered). */
+export function statesText(c: CountsView, run: RunView): string {
   const parts = [`ok ${c.completed}`];
   if (c.failed > 0) parts.push(`failed ${c.failed}`);
   if (c.expired > 0) parts.push(`expired ${c.expired}`);
   if (c.canceled > 0) parts.push(`cancelled ${c.canceled}`);
-  parts.push(`running ${c.in_progress}`, `pending ${c.pending}`);
+  parts.push(`running ${run.running}`, `queued ${run.queued}`);
   return parts.join(" · ");
 }
 
@@ -126,6 +132,8 @@ export function etaText(seconds: number | undefined): string {
 /** Everything a progress line may show. */
 export interface LineParts {
   counts: CountsView;
+  /** The counts' claims split into running and queued (runView). */
+  run: RunView;
   rate: number | undefined;
   eta: number | undefined;
   errors: string;
@@ -136,7 +144,7 @@ export interface LineParts {
 
 /** The plain line's tail (logs and CI: no width limit). */
 export function plainParts(p: LineParts): string[] {
-  const parts = [statesText(p.counts), rateText(p.rate), etaText(p.eta)];
+  const parts = [statesText(p.counts, p.run), rateText(p.rate), etaText(p.eta)];
   if (p.holds !== "") parts.push(p.holds);
   if (p.errors !== "") parts.push(`errors: ${p.errors}`);
   if (p.shares !== undefined && p.shares !== "") parts.push(p.shares);
@@ -160,7 +168,7 @@ export function fitLine(p: LineParts, width: number, bar: (size: number) => stri
   // In the order they are dropped.
   const optional = [
     p.shares ?? "",
-    statesText(p.counts),
+    statesText(p.counts, p.run),
     p.errors === "" ? "" : `errors: ${p.errors}`,
     p.holds,
     rateText(p.rate),

@@ -26,7 +26,7 @@ import {
   RateMeter,
   sharesText,
 } from "./progress-line.js";
-import { countsView, doneCount, isTerminal, shareView, stateName } from "./views.js";
+import { countsView, doneCount, isTerminal, runView, shareView, stateName } from "./views.js";
 
 export interface ProgressOptions {
   /** Draw a live bar (a terminal) rather than plain lines. */
@@ -115,7 +115,7 @@ class Display {
 
   /** Draws the last batch again when the diagnosis changed (no watch message comes for that). */
   redraw(): void {
-    const text = errorsText(this.diagnosis.errors) + holdsText(this.diagnosis.holds);
+    const text = errorsText(this.diagnosis.errors, 0) + holdsText(this.diagnosis.holds);
     if (text === this.lastDiagnosis || this.last === undefined) return;
     this.lastDiagnosis = text;
     if (!this.opts.tty) this.lastPlain = 0; // news: a line now, not at the next interval
@@ -129,13 +129,15 @@ class Display {
     const now = Date.now();
     this.rate.add(now, done);
     const r = this.rate.rate();
+    const shares = b.shares.map(shareView);
     this.parts = {
       counts: c,
+      run: runView(c, shares),
       rate: r,
       eta: etaSeconds(c.total - done, r, this.diagnosis.perModel()),
-      errors: errorsText(this.diagnosis.errors),
+      errors: errorsText(this.diagnosis.errors, c.failed),
       holds: holdsText(this.diagnosis.holds.filter((h) => h.until.getTime() > now)),
-      shares: sharesText(b.shares.map(shareView)),
+      shares: sharesText(shares),
     };
     if (!this.opts.tty) {
       if (final || this.lastPlain === 0 || now - this.lastPlain >= this.opts.plainEveryMs) {
@@ -254,6 +256,9 @@ export async function followBatch(
           connected = true;
           const b = m.batch!;
           const final = isTerminal(b.state);
+          // The last line is the final breakdown, not the one asked for up to
+          // BREAKDOWN_EVERY_MS ago (it showed errors still retrying, or too few).
+          if (final) await diagnosis.refresh(conn, batchId, opts.signal);
           display.update(b, final);
           if (final) return b;
         }

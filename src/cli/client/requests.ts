@@ -76,6 +76,8 @@ export function attemptView(a: RequestAttempt) {
     start_time: start?.toISOString() ?? null,
     end_time: end?.toISOString() ?? null,
     latency_ms: start && end ? end.getTime() - start.getTime() : null,
+    status_code: a.statusCode === 0 ? null : a.statusCode,
+    error_code: a.errorCode === "" ? null : a.errorCode,
     outcome:
       a.outcome === RequestState.UNSPECIFIED
         ? "running"
@@ -100,17 +102,28 @@ function cut(text: string, max: number): string {
 export function requestRows(requests: BatchRequest[]): string[][] {
   return requests.map((r) => [
     String(r.line),
+    r.id,
     r.customId,
     r.model,
     requestStateName(r.state),
     String(r.attempt),
     r.response ? String(r.response.statusCode) : "",
-    r.error ? cut(`${r.error.code}: ${r.error.message}`, 60) : "",
+    r.error ? cut(`${r.error.code}: ${withoutTarget(r.error.message)}`, 60) : "",
   ]);
+}
+
+/**
+ * An error message without the "POST https://host/path" it starts with (the
+ * request's own method and URL, long enough to push "answered 429" past the
+ * column's cut).
+ */
+export function withoutTarget(message: string): string {
+  return message.replace(/^[A-Z]+ https?:\/\/\S*?(?:: | )/, "");
 }
 
 export const REQUEST_HEADER = [
   "LINE",
+  "ID",
   "CUSTOM_ID",
   "MODEL",
   "STATE",
@@ -145,7 +158,7 @@ export function requestText(r: BatchRequest, attempts: RequestAttempt[]): string
     attempts.length === 0
       ? "no attempts yet\n"
       : table(
-          ["ATTEMPT", "STARTED", "LATENCY", "OUTCOME"],
+          ["ATTEMPT", "STARTED", "LATENCY", "OUTCOME", "STATUS", "ERROR"],
           attempts
             .map(attemptView)
             .map((a) => [
@@ -153,6 +166,8 @@ export function requestText(r: BatchRequest, attempts: RequestAttempt[]): string
               a.start_time ?? "",
               a.latency_ms === null ? "" : formatLatency(a.latency_ms),
               a.outcome,
+              a.status_code === null ? "" : String(a.status_code),
+              a.error_code ?? "",
             ]),
         );
   return `request ${v.id}\n${head}\n${body}\n${list}`;

@@ -78,23 +78,44 @@ export function batchView(b: Batch) {
 export function shareView(s: ModelShare) {
   return {
     model: s.model,
+    running: s.running,
+    model_running: s.modelRunning,
+    limit: s.limit,
     in_flight: s.inFlight,
     model_in_flight: s.modelInFlight,
-    limit: s.limit,
     active_batches: s.activeBatches,
   };
 }
 export type ShareView = ReturnType<typeof shareView>;
 
 /**
- * "gpt-x: 5 of 10 claimed (limit 10, 2 batches)": this
- * batch's claims of the model beside every batch's, the limit, and how many
- * batches share the model now.
+ * "gpt-x 8/10 running (this batch 5, 2 batches)": the model's requests
+ * running against its limit, this batch's part of them and how many batches
+ * share the model. Claims buffered at a dispatcher are queued, not running
+ * (they are in the counts' "queued"). The same text on `status` and `watch`.
  */
-export function shareLine(s: ShareView): string {
-  const batches = s.active_batches === 1 ? "1 batch" : `${s.active_batches} batches`;
-  return `${s.model}: ${s.in_flight} of ${s.model_in_flight} claimed (limit ${s.limit}, ${batches})`;
+export function shareText(s: ShareView): string {
+  const batches =
+    s.active_batches <= 1 ? "1 batch" : `this batch ${s.running}, ${s.active_batches} batches`;
+  return `${s.model} ${s.model_running}/${s.limit} running (${batches})`;
 }
+
+/**
+ * Requests of a batch running now, and those waiting to run (pending, and
+ * claims buffered at a dispatcher): from its shares while it runs; without
+ * shares (an older server, a finished batch), its claims count as running.
+ */
+export function runView(c: CountsView, shares: ShareView[]): { running: number; queued: number } {
+  const running =
+    shares.length === 0
+      ? c.in_progress
+      : Math.min(
+          c.in_progress,
+          shares.reduce((n, s) => n + s.running, 0),
+        );
+  return { running, queued: c.pending + c.in_progress - running };
+}
+export type RunView = ReturnType<typeof runView>;
 
 /** A file for --json. */
 export function fileView(f: File) {
@@ -114,6 +135,8 @@ export function limitView(l: ModelLimit) {
     model: l.model,
     limit: l.limit,
     is_default: l.isDefault,
+    running: l.running,
+    queued: Number(l.queued),
     in_flight: l.inFlight,
     slots_granted: l.slotsGranted,
     pending: Number(l.pending),
@@ -123,8 +146,8 @@ export function limitView(l: ModelLimit) {
   };
 }
 
-/** "500 total: 498 completed, 2 failed, …" — only the non-zero states after the total. */
-export function countsLine(c: CountsView): string {
+/** "500 total: 490 completed, 2 failed, 4 running, 4 queued" — only the non-zero states after the total. */
+export function countsLine(c: CountsView, run: RunView): string {
   const parts: string[] = [];
   const add = (n: number, label: string) => {
     if (n > 0) parts.push(`${n} ${label}`);
@@ -133,9 +156,15 @@ export function countsLine(c: CountsView): string {
   add(c.failed, "failed");
   add(c.expired, "expired");
   add(c.canceled, "cancelled");
-  add(c.in_progress, "running");
-  add(c.pending, "pending");
+  add(run.running, "running");
+  add(run.queued, "queued");
   return `${c.total} total${parts.length > 0 ? `: ${parts.join(", ")}` : ""}`;
+}
+
+/** A batch's counts line, its claims split by its shares (runView). */
+export function batchCountsLine(b: Batch): string {
+  const c = countsView(b.counts);
+  return countsLine(c, runView(c, b.shares.map(shareView)));
 }
 
 /** A human description of a batch (the `status` output). */
@@ -144,10 +173,10 @@ export function batchText(b: Batch): string {
   const rows: Array<[string, string | null]> = [
     ["state", `${v.state} (OpenAI: ${v.openai_status})`],
     ["file", v.file_id || "(deleted)"],
-    ["requests", countsLine(v.counts)],
+    ["requests", countsLine(v.counts, runView(v.counts, v.shares))],
     ["priority", v.priority === 0 ? null : String(v.priority)],
     // One line per model while the batch runs.
-    ["shares", v.shares.length === 0 ? null : v.shares.map(shareLine).join(`\n${" ".repeat(13)}`)],
+    ["shares", v.shares.length === 0 ? null : v.shares.map(shareText).join(`\n${" ".repeat(13)}`)],
     ["created", v.create_time],
     ["expires", v.expire_time],
     ["cancelling", v.cancelling_time],
@@ -187,6 +216,11 @@ export function formatBytes(n: number): string {
     i++;
   } while (v >= 1000 && i < units.length - 1);
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** "1 request", "2 requests". */
+export function plural(n: number | bigint, word: string): string {
+  return `${n} ${word}${n === 1 || n === 1n ? "" : "s"}`;
 }
 
 /** Seconds as "1h02m", "3m05s", "42s". */

@@ -104,4 +104,9 @@ export class RequestEventEntity {
   @Column({ type: "text" }) state: string;
   @Column({ type: "integer" }) attempt: number;
   @Column({ type: "timestamptz", name: "created_at", default: () => "now()" }) createdAt: Date;
+  /** The request's upstream status after this change (null: none). */
+  @Column({ type: "integer", name: "response_status", nullable: true })
+  responseStatus: number | null;
+  /** The request's error code after this change (null: none). */
+  @Column({ type: "text", name: "error_code", nullable: true }) errorCode: string | null;
 }
