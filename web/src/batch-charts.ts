@@ -1,35 +1,30 @@
 /**
  * The charts of one batch and its models over the last minutes: the batch's
- * requests finished per second; per model, its running and queued requests
- * (the limit drawn as a line) and its upstream latency.
+ * requests finished per second; per model, its running requests (the limit
+ * drawn as a line) and its upstream latency.
  */
 import type { ModelLimit } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { lineChart } from "./chart.js";
 import { h } from "./dom.js";
-import { latencyKnown, latencyOf, queuedOf, runningOf, throughputOf } from "./history.js";
+import { latencyKnown, latencyOf, runningOf, throughputOf } from "./history.js";
 
 const perSec = (v: number) => `${v < 10 ? v.toFixed(1) : Math.round(v)}/s`;
 const count = (v: number) => String(Math.round(v));
 const ms = (v: number) => (v < 1000 ? `${Math.round(v)} ms` : `${(v / 1000).toFixed(1)} s`);
 
-/** Whether a model ran or queued anything, or had a latency, in the last minutes. */
+/** Whether a model ran anything, or had a latency, in the last minutes. */
 export function wasActive(model: string): boolean {
-  return (
-    latencyOf(model).length > 0 || [...runningOf(model), ...queuedOf(model)].some(([, v]) => v > 0)
-  );
+  return latencyOf(model).length > 0 || runningOf(model).some(([, v]) => v > 0);
 }
 
-/** A model's two charts: running and queued against its limit, and latency. */
+/** A model's two charts: running against its limit, and latency. */
 export function modelCharts(model: string, limit: number | undefined): HTMLElement[] {
   const charts = [];
   if (limit !== undefined) {
     charts.push(
       lineChart(
         `${model}: running / ${limit}`,
-        [
-          { name: "running", cls: "s-run", points: runningOf(model) },
-          { name: "queued", cls: "s-queue", points: queuedOf(model) },
-        ],
+        [{ name: "running", cls: "s-run", points: runningOf(model) }],
         count,
         { floor: limit },
       ),
@@ -50,7 +45,7 @@ export function modelCharts(model: string, limit: number | undefined): HTMLEleme
 /** Why a chart is missing, when one is. */
 export function chartNotes(limitsKnown: boolean): HTMLElement | null {
   const why = [
-    limitsKnown ? null : "Running and queued requests per model are for admins.",
+    limitsKnown ? null : "Each model's running requests over time are for admins.",
     latencyKnown
       ? null
       : "Upstream latency comes from the dispatchers' metrics: this control plane's /metrics has none (a fleet's dispatchers serve theirs on their own ports) or this token may not read it.",

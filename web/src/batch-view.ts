@@ -1,7 +1,7 @@
 /**
  * One batch: counters live from WatchBatch, its priority and share of each
- * model while it runs (docs/fair-share.md), per model its requests by state
- * and the model's running requests against the limit (queued claims apart),
+ * model while it runs (docs/fair-share.md), per model its requests running,
+ * queued and finished by state, and the model's running against the limit,
  * charts of the last minutes, the failed requests and one request's attempts;
  * cancel (confirmed), retry failed, resume.
  */
@@ -26,17 +26,16 @@ import {
 } from "./common.js";
 import { duration, h, put, when } from "./dom.js";
 import { recordBatch, recordLatency, recordModels } from "./history.js";
-import { usageCell, usageOf } from "./usage.js";
+import { runOf, shareUsage, usageCell, usageOf } from "./usage.js";
 
 const table = (headers: string[], body: HTMLElement) =>
   h("table", {}, h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", {}, t)))), body);
 
 /**
- * A running batch's share of a model: its claims beside every batch's, the
- * model's running requests against the limit (admins: ListModelLimits has the
- * slots), the batches sharing it.
+ * A running batch's share of a model: its running requests beside the
+ * model's, the model's running against the limit, the batches sharing it.
  */
-function shareRow(s: ModelShare, l: ModelLimit | undefined): HTMLElement {
+function shareRow(s: ModelShare): HTMLElement {
   return h(
     "tr",
     { "data-share": s.model },
@@ -44,28 +43,28 @@ function shareRow(s: ModelShare, l: ModelLimit | undefined): HTMLElement {
     h(
       "td",
       { class: "inflight" },
-      h("meter", { min: 0, max: Math.max(1, s.modelInFlight), value: s.inFlight }),
-      ` ${s.inFlight} of ${s.modelInFlight}`,
+      h("meter", { min: 0, max: Math.max(1, s.modelRunning), value: s.running }),
+      ` ${s.running} of ${s.modelRunning}`,
     ),
-    h(
-      "td",
-      {},
-      l === undefined ? `limit ${s.limit} · ${s.modelInFlight} claimed` : usageCell(usageOf(l)),
-    ),
+    h("td", {}, usageCell(shareUsage(s))),
     h("td", {}, s.activeBatches),
   );
 }
 
-/** A model's row: this batch's requests by state, and the model's running against its limit. */
-function modelRow(m: ModelBreakdown, l: ModelLimit | undefined): HTMLElement {
+/**
+ * A model's row: this batch's requests running, queued and finished by
+ * state, and the model's running against its limit (all batches; admins).
+ */
+function modelRow(m: ModelBreakdown, share: ModelShare | undefined, l: ModelLimit | undefined) {
   const c = m.counts;
+  const run = runOf(c, share === undefined ? undefined : [share]);
   const hold = date(m.holdUntilTime);
   return h(
     "tr",
     { "data-model": m.model },
     h("td", {}, m.model),
-    ...[c?.pending, c?.inProgress, c?.completed, c?.failed, c?.canceled, c?.expired].map((x) =>
-      h("td", { class: "num" }, n(x)),
+    ...[run.running, run.queued, ...[c?.completed, c?.failed, c?.canceled, c?.expired].map(n)].map(
+      (x) => h("td", { class: "num" }, x),
     ),
     h("td", {}, l === undefined ? "–" : usageCell(usageOf(l))),
     h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
@@ -83,16 +82,15 @@ export function batchView(id: string): () => void {
     h(
       "p",
       { class: "note" },
-      "Claims: requests a dispatcher holds, running or queued there for its next free slot. Running: those holding a slot, never more than the limit.",
+      "Running: requests holding one of the slots granted for the model, never more than its limit; requests buffered at a dispatcher for a free slot are queued.",
     ),
-    table(["model", "this batch's claims", "model running / limit", "batches sharing"], shares),
+    table(["model", "this batch running", "model running / limit", "batches sharing"], shares),
   );
   const models = h("tbody");
   const charts = h("section", { class: "charts" });
   const failed = h("tbody");
   const attempts = h("div", { class: "attempts" });
   let current: Batch | undefined;
-  let limitOf = new Map<string, ModelLimit>();
   const actions = batchActions(id, () => watch());
   put(
     main,
@@ -105,8 +103,8 @@ export function batchView(id: string): () => void {
     table(
       [
         "model",
-        "pending",
-        "in progress",
+        "running",
+        "queued",
         "completed",
         "failed",
         "cancelled",
@@ -144,7 +142,8 @@ export function batchView(id: string): () => void {
     );
     // Shares come with the batch while it runs, none once it has finished.
     sharesSection.hidden = b.shares.length === 0;
-    put(shares, ...b.shares.map((s) => shareRow(s, limitOf.get(s.model))));
+    put(shares, ...b.shares.map(shareRow));
+    const run = runOf(b.counts, b.shares);
     put(
       counters,
       progress(b),
@@ -156,8 +155,8 @@ export function batchView(id: string): () => void {
             ["total", n(b.counts?.total)],
             ["completed", n(b.counts?.completed)],
             ["failed", n(b.counts?.failed)],
-            ["in progress", n(b.counts?.inProgress)],
-            ["pending", n(b.counts?.pending)],
+            ["running", run.running],
+            ["queued", run.queued],
             ["cancelled", n(b.counts?.canceled)],
             ["expired", n(b.counts?.expired)],
             ["rate", r.perSec > 0 ? `${r.perSec.toFixed(1)}/s` : "–"],
@@ -238,13 +237,14 @@ export function batchView(id: string): () => void {
       batches.listBatchRequests({ batchId: id, states: [RequestState.FAILED], pageSize: 20 }),
       recordLatency().catch(() => undefined),
     ]);
-    limitOf = new Map(limits?.modelLimits.map((l) => [l.model, l]) ?? []);
+    const limitOf = new Map(limits?.modelLimits.map((l) => [l.model, l]) ?? []);
     if (limits) recordModels(limits.modelLimits);
-    if (current) {
-      recordBatch(current);
-      put(shares, ...current.shares.map((s) => shareRow(s, limitOf.get(s.model))));
-    }
-    put(models, ...breakdown.models.map((m) => modelRow(m, limitOf.get(m.model))));
+    if (current) recordBatch(current);
+    const shareOf = new Map(current?.shares.map((s) => [s.model, s]) ?? []);
+    put(
+      models,
+      ...breakdown.models.map((m) => modelRow(m, shareOf.get(m.model), limitOf.get(m.model))),
+    );
     put(
       charts,
       ...batchCharts(

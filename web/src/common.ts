@@ -3,11 +3,13 @@ import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type {
   Batch,
   BatchRequest,
+  ModelShare,
   RequestCounts,
 } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { BatchState, RequestState } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { describe } from "./api.js";
 import { h } from "./dom.js";
+import { runOf } from "./usage.js";
 
 /** Where a view draws, and where errors are told. */
 export const main = document.getElementById("main")!;
@@ -95,14 +97,14 @@ export function progress(b: Batch): HTMLElement {
   const pct = Math.floor((100 * done(c)) / total);
   return h(
     "div",
-    { class: "progress", title: countsText(c) },
+    { class: "progress", title: countsText(c, b.shares) },
     h(
       "div",
       { class: "bar" },
       seg("completed", n(c?.completed)),
       seg("failed", n(c?.failed)),
       seg("cancelled", n(c?.canceled) + n(c?.expired)),
-      seg("in-progress", n(c?.inProgress)),
+      seg("running", runOf(c, b.shares).running),
     ),
     h("span", { class: "pct", "data-pct": pct }, `${pct}%`),
   );
@@ -114,8 +116,10 @@ export function errorExcerpt(r: BatchRequest): string {
   return `${r.error?.code ?? ""}: ${(r.error?.message ?? "").slice(0, 200)}${body ? ` — ${body}` : ""}`;
 }
 
-export function countsText(c: RequestCounts | undefined): string {
-  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${n(c?.inProgress)} in progress · ${n(c?.pending)} pending${n(c?.canceled) ? ` · ${n(c?.canceled)} cancelled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
+/** "38 ok · 2 failed · 4 running · 12 queued", then cancelled and expired when there are any. */
+export function countsText(c: RequestCounts | undefined, shares?: ModelShare[]): string {
+  const run = runOf(c, shares);
+  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${run.running} running · ${run.queued} queued${n(c?.canceled) ? ` · ${n(c?.canceled)} cancelled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
 }
 
 /** Runs `tick` now and every REFRESH_MS until the view changes. */

@@ -1,13 +1,12 @@
 /**
  * What the charts draw: samples of the last minutes, kept in this page's
  * memory from when it was opened (the API keeps no history): each batch's
- * requests finished per second, and each model's running and queued requests
- * and upstream latency.
+ * requests finished per second, and each model's running requests and
+ * upstream latency.
  */
 import type { Batch, ModelLimit } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { authHeader } from "./api.js";
 import { done } from "./common.js";
-import { usageOf } from "./usage.js";
 
 /** How far back the charts look. */
 export const WINDOW_MS = 5 * 60_000;
@@ -36,7 +35,6 @@ function track(map: Map<string, Track>, key: string): Track {
 const finished = new Map<string, Track>();
 const throughputs = new Map<string, Track>();
 const runnings = new Map<string, Track>();
-const queueds = new Map<string, Track>();
 const latencies = new Map<string, Track>();
 
 /** Records how many of a batch's requests have finished now. */
@@ -51,21 +49,15 @@ export function recordBatch(b: Batch, now = Date.now()): void {
   if (now > from[0]) track(throughputs, b.id).add(now, ((d - from[1]) * 1000) / (now - from[0]));
 }
 
-/** Records each model's running and queued requests now. */
+/** Records each model's running requests now. */
 export function recordModels(limits: ModelLimit[], now = Date.now()): void {
-  for (const l of limits) {
-    const u = usageOf(l);
-    track(runnings, l.model).add(now, u.running);
-    track(queueds, l.model).add(now, u.queued);
-  }
+  for (const l of limits) track(runnings, l.model).add(now, l.running);
 }
 
 /** A batch's requests finished per second, over the last minutes. */
 export const throughputOf = (id: string) => throughputs.get(id)?.points ?? [];
 /** A model's running requests, over the last minutes. */
 export const runningOf = (model: string) => runnings.get(model)?.points ?? [];
-/** A model's queued requests, over the last minutes. */
-export const queuedOf = (model: string) => queueds.get(model)?.points ?? [];
 /** A model's mean upstream latency (ms) per interval, over the last minutes. */
 export const latencyOf = (model: string) => latencies.get(model)?.points ?? [];
 

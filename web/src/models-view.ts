@@ -1,11 +1,11 @@
 /**
  * Models: limits (editable by an admin), running against the limit and
- * queued, slots granted, pending, holds, charts of the last minutes; and the
+ * queued, slots granted, holds, charts of the last minutes; and the
  * tenants sharing them (weights, claims, unfinished batches).
  */
 import { admin, Code, ConnectError, describe } from "./api.js";
 import { chartNotes, modelCharts, wasActive } from "./batch-charts.js";
-import { conn, date, every, main, n } from "./common.js";
+import { conn, date, every, main } from "./common.js";
 import { h, put } from "./dom.js";
 import { recordLatency, recordModels } from "./history.js";
 import { usageCell, usageOf } from "./usage.js";
@@ -38,7 +38,7 @@ export function modelsView(): () => void {
     h(
       "p",
       { class: "note" },
-      "Running: requests holding one of the slots granted (never more than the limit). Queued: claims buffered at a dispatcher for its next free slot. Pending: waiting in the database.",
+      "Running: requests holding one of the slots granted (never more than the limit). Queued: requests waiting to run, pending or buffered at a dispatcher for its next free slot.",
     ),
     h("h3", {}, "Last minutes"),
     charts,
@@ -115,7 +115,6 @@ export function modelsView(): () => void {
           h("td", {}, input, l.isDefault ? h("small", {}, " default") : null),
           h("td", {}, usageCell(usageOf(l))),
           h("td", {}, l.slotsGranted),
-          h("td", {}, n(l.pending)),
           h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
           h(
             "td",

@@ -1,28 +1,39 @@
 /**
- * How a model's work in flight reads on every page: what is running against
- * the limit, and the claims buffered at dispatchers as queued.
+ * How work in flight reads on every page, as the CLI says it: what is
+ * **running** against a model's limit, and what is **queued** (pending, or
+ * buffered at a dispatcher for a free slot).
  *
- * ListModelLimits gives a model's claims (`in_flight`: running, or buffered at
- * a dispatcher waiting for a slot) and the slots granted (at most the limit).
- * A dispatcher runs a claim only on a slot it holds, so at most
- * min(claims, slots) run; the rest wait. Showing claims against the limit read
- * as "15 / 10" while the upstream saw 10.
+ * A model's claims (`in_flight`) are its requests held by dispatchers: running,
+ * or buffered for a slot, so they may exceed the limit; the API's `running`
+ * (`ModelLimit.running`, `ModelShare.model_running`) counts the claims that
+ * hold a granted slot, which the limit bounds. Showing claims against the
+ * limit read as "15 / 10" while the upstream saw 10.
  */
-import type { ModelLimit } from "../../src/gen/fusillade/v1/resources_pb.js";
+import type {
+  ModelLimit,
+  ModelShare,
+  RequestCounts,
+} from "../../src/gen/fusillade/v1/resources_pb.js";
 import { h } from "./dom.js";
+
+const n = (x: bigint | undefined) => Number(x ?? 0n);
 
 export interface Usage {
   /** Requests holding a slot: sent, or about to be. */
   running: number;
-  /** Claims beyond the slots: buffered at a dispatcher for its next free slot. */
-  queued: number;
   limit: number;
+  /** Waiting to run: pending, and claims buffered at a dispatcher (unset: not known here). */
+  queued?: number;
 }
 
-/** A model's usage from its ListModelLimits row. */
+/** A model's usage, from its ListModelLimits row. */
 export function usageOf(l: ModelLimit): Usage {
-  const running = Math.min(l.inFlight, l.slotsGranted);
-  return { running, queued: l.inFlight - running, limit: l.limit };
+  return { running: l.running, limit: l.limit, queued: Number(l.queued) };
+}
+
+/** A model's usage as a running batch's share says it (no queued: the share has none). */
+export function shareUsage(s: ModelShare): Usage {
+  return { running: s.modelRunning, limit: s.limit };
 }
 
 /** "▮▮▯ 6 / 10 running · 9 queued": the meter is running against the limit. */
@@ -32,6 +43,27 @@ export function usageCell(u: Usage): HTMLElement {
     { class: "usage", "data-running": u.running, "data-queued": u.queued },
     h("meter", { min: 0, max: Math.max(1, u.limit), value: u.running }),
     ` ${u.running} / ${u.limit} running`,
-    u.queued > 0 ? h("span", { class: "queued" }, ` · ${u.queued} queued`) : null,
+    u.queued ? h("span", { class: "queued" }, ` · ${u.queued} queued`) : null,
   );
+}
+
+/**
+ * A batch's (or one model's of it) requests running and queued, from its
+ * counts and its shares' `running`: its claims holding a slot run, the rest
+ * of its claims and its pending requests are queued. Without shares (a list,
+ * or a finished batch), its claims count as running, as the CLI's runView.
+ */
+export function runOf(
+  c: RequestCounts | undefined,
+  shares: ModelShare[] | undefined,
+): { running: number; queued: number } {
+  const claims = n(c?.inProgress);
+  const running =
+    shares === undefined || shares.length === 0
+      ? claims
+      : Math.min(
+          claims,
+          shares.reduce((sum, s) => sum + s.running, 0),
+        );
+  return { running, queued: n(c?.pending) + claims - running };
 }
