@@ -19,17 +19,11 @@ import {
   TenantSchema,
   TokenRole,
 } from "../gen/fusillade/v1/admin_service_pb.js";
-import { ModelLimitSchema } from "../gen/fusillade/v1/resources_pb.js";
 import { createToken, listTokens, revokeToken } from "../storage/api-tokens.js";
 import { listTenants, setTenantWeight, type TenantRecord } from "../storage/fair-share.js";
-import {
-  listModelLimits,
-  type ModelLimitChange,
-  type ModelLimitRecord,
-  setModelLimit,
-} from "../storage/model-limits.js";
+import { listModelLimits, type ModelLimitChange, setModelLimit } from "../storage/model-limits.js";
 import { pageSize } from "../storage/pages.js";
-import { toTimestamp } from "./convert.js";
+import { toProtoModelLimit, toTimestamp } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 
 /** Highest limit accepted. */
@@ -46,22 +40,6 @@ function toProtoTenant(t: TenantRecord) {
     isDefault: t.isDefault,
     inFlight: t.inFlight,
     activeBatches: t.activeBatches,
-  });
-}
-
-function toProto(m: ModelLimitRecord, defaultLimit: number) {
-  return create(ModelLimitSchema, {
-    model: m.model,
-    limit: m.limit ?? defaultLimit,
-    isDefault: m.limit === null,
-    inFlight: m.inFlight,
-    slotsGranted: m.slotsGranted,
-    pending: BigInt(m.pending),
-    running: m.running,
-    queued: BigInt(m.queued),
-    holdUntilTime: toTimestamp(m.holdUntil),
-    rpm: m.rpm ?? undefined,
-    tpm: m.tpm ?? undefined,
   });
 }
 
@@ -179,7 +157,9 @@ export function adminMethods(
       const model = validateModel(req.model, "model");
       const m = await setModelLimit(deps.db, model, toLimitChange(req));
       deps.log.info({ model, limit: m.limit, rpm: m.rpm, tpm: m.tpm }, "model limits set");
-      return create(SetModelLimitResponseSchema, { modelLimit: toProto(m, defaultLimit) });
+      return create(SetModelLimitResponseSchema, {
+        modelLimit: toProtoModelLimit(m, defaultLimit),
+      });
     },
     async setTenantWeight(req) {
       if (req.tenant === "") throw new InvalidArgumentError("tenant", "is required");
@@ -199,7 +179,7 @@ export function adminMethods(
     async listModelLimits(req) {
       const page = await listModelLimits(deps.db, pageSize(req.pageSize), req.pageToken);
       return create(ListModelLimitsResponseSchema, {
-        modelLimits: page.limits.map((m) => toProto(m, defaultLimit)),
+        modelLimits: page.limits.map((m) => toProtoModelLimit(m, defaultLimit)),
         nextPageToken: page.nextPageToken,
         defaultLimit,
       });

@@ -24,6 +24,8 @@ import {
   BatchState,
   type File,
   FileSchema,
+  type ModelLimit,
+  ModelLimitSchema,
   type ModelShare,
   ModelShareSchema,
   type RequestCounts,
@@ -33,6 +35,7 @@ import {
 import type { BatchCounts, BatchRecord } from "../storage/batches.js";
 import type { ModelShareRecord } from "../storage/fair-share.js";
 import type { FileRecord } from "../storage/files.js";
+import type { ModelLimitRecord } from "../storage/model-limits.js";
 import type { RequestRecord } from "../storage/requests.js";
 
 /** A Date as a Timestamp; undefined stays unset. */
@@ -145,6 +148,23 @@ export function toProtoBatch(b: BatchRecord, shares: ModelShareRecord[] = []): B
     finishTime: toTimestamp(finished),
     priority: b.priority,
     shares: shares.map(toProtoShare),
+  });
+}
+
+/** A model's limit, rates and use; `defaultLimit` for a model without its own limit. */
+export function toProtoModelLimit(m: ModelLimitRecord, defaultLimit: number): ModelLimit {
+  return create(ModelLimitSchema, {
+    model: m.model,
+    limit: m.limit ?? defaultLimit,
+    isDefault: m.limit === null,
+    inFlight: m.inFlight,
+    slotsGranted: m.slotsGranted,
+    pending: BigInt(m.pending),
+    running: m.running,
+    queued: BigInt(m.queued),
+    holdUntilTime: toTimestamp(m.holdUntil),
+    rpm: m.rpm ?? undefined,
+    tpm: m.tpm ?? undefined,
   });
 }
 

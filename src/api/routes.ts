@@ -14,6 +14,7 @@ import { DispatchService } from "../gen/fusillade/v1/dispatch_service_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import type { LeaseService } from "../leases/lease-service.js";
 import { adminMethods } from "./admin.js";
+import { batchModelMethods } from "./batch-models.js";
 import { batchMethods } from "./batches.js";
 import type { ApiDeps } from "./deps.js";
 import { dispatchMethods } from "./dispatch.js";
@@ -29,6 +30,7 @@ export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRou
       ...fileMethods(deps),
       ...batchMethods(deps),
       ...streamMethods(deps),
+      ...batchModelMethods(deps),
     });
     router.service(DispatchService, dispatchMethods(deps, leases));
     router.service(AdminService, { ...adminMethods(deps), ...routeMethods(deps) });

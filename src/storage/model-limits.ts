@@ -1,4 +1,5 @@
 /** Model limits as stored, with current usage, for AdminService. */
+import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Db } from "./db.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
@@ -134,4 +135,28 @@ export async function listModelLimits(
     limits: page.map(toRecord),
     nextPageToken: rows.length > limit && last ? encodePageToken([last.model]) : "",
   };
+}
+
+/**
+ * ModelLimitsOfBatches: the limits and use of the models named by the files
+ * of the unfinished batches of a tenant (null: every tenant), or of one
+ * batch ($2, finished or not). Reads the unfinished batches
+ * (batches_unfinished_expiry) and their files; few models. Params: tenant,
+ * batch id.
+ */
+const MODEL_LIMITS_OF_BATCHES = `${SELECT_WITH_USAGE}
+  WHERE m.model IN (
+    SELECT unnest(f.models) FROM batches b JOIN files f ON f.id = b.file_id
+    WHERE ($1::text IS NULL OR b.tenant = $1)
+      AND CASE WHEN $2::uuid IS NULL THEN b.finished_at IS NULL ELSE b.id = $2 END)
+  ORDER BY m.model`;
+
+/** The models the batches of `scope` have work for (or of `batchId`), with usage. */
+export async function modelLimitsOfBatches(
+  db: Db,
+  scope: TenantScope,
+  batchId: string | null,
+): Promise<ModelLimitRecord[]> {
+  const { rows } = await db.query<Row>(MODEL_LIMITS_OF_BATCHES, [tenantParam(scope), batchId]);
+  return rows.map(toRecord);
 }

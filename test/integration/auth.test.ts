@@ -168,6 +168,7 @@ describe("tenants", () => {
       watchBatch: (id) => drain(b.batch.watchBatch({ batchId: id })),
       getBatchResults: (id) => drain(b.batch.getBatchResults({ batchId: id })),
       getRequestByCustomId: (id) => b.batch.getRequest({ batchId: id, customId: "c1" }),
+      listBatchModels: (id) => b.batch.listBatchModels({ batchId: id }),
     };
     const fileMethods = new Set(["getFile", "deleteFile", "createBatch"]);
     const failure = async (p: Promise<unknown>) => {
@@ -202,6 +203,54 @@ describe("tenants", () => {
     // A's batch is untouched by B's attempts; the admin sees every tenant.
     expect((await a.batch.getBatch({ batchId: batchA.id })).batch!.state).toBe(batchA.state);
     expect((await t.batch.getFile({ fileId: fileB.id })).file!.id).toBe(fileB.id);
+  });
+});
+
+describe("ListBatchModels", () => {
+  test("a client sees the limits and use of its own batches' models, read-only; an admin every tenant's", async () => {
+    const mk = async (tenant: string) =>
+      clients(
+        t.url,
+        "connect-h2",
+        (await t.admin.createToken({ role: TokenRole.CLIENT, tenant })).secret,
+      );
+    const a = await mk("models-a");
+    const b = await mk("models-b");
+    const start = async (c: typeof a, models: string[]) => {
+      const jsonl = new TextEncoder().encode(
+        models
+          .map((model, i) =>
+            JSON.stringify({ custom_id: `c${i}`, method: "POST", url: "/v1/x", body: { model } }),
+          )
+          .join("\n"),
+      );
+      const file = (await c.batch.createFile({ jsonl, endpoint: "http://upstream.example:9" }))
+        .file!;
+      return (await c.batch.createBatch({ fileId: file.id })).batch!;
+    };
+    await t.admin.setModelLimit({ model: "lbm-a1", limit: 3, rpm: 600 });
+    const batchA = await start(a, ["lbm-a1", "lbm-a2", "lbm-a2"]);
+    await start(b, ["lbm-b1"]);
+
+    const seen = await a.batch.listBatchModels({});
+    expect(seen.modelLimits.map((m) => m.model)).toEqual(["lbm-a1", "lbm-a2"]);
+    expect(seen.modelLimits[0]).toMatchObject({ limit: 3, isDefault: false, rpm: 600, queued: 1n });
+    expect(seen.modelLimits[1]).toMatchObject({ isDefault: true, running: 0, queued: 2n });
+    expect(seen.defaultLimit).toBe(seen.modelLimits[1]!.limit);
+    expect((await b.batch.listBatchModels({})).modelLimits.map((m) => m.model)).toEqual(["lbm-b1"]);
+    const all = (await t.batch.listBatchModels({})).modelLimits.map((m) => m.model);
+    expect(all).toEqual(expect.arrayContaining(["lbm-a1", "lbm-a2", "lbm-b1"]));
+    // Limits stay the admin's to set.
+    expect(await code(a.admin.setModelLimit({ model: "lbm-a1", limit: 9 }))).toBe(
+      Code.PermissionDenied,
+    );
+
+    // A finished batch's models: by its id only.
+    await a.batch.cancelBatch({ batchId: batchA.id });
+    expect((await a.batch.listBatchModels({})).modelLimits).toEqual([]);
+    expect(
+      (await a.batch.listBatchModels({ batchId: batchA.id })).modelLimits.map((m) => m.model),
+    ).toEqual(["lbm-a1", "lbm-a2"]);
   });
 });
 
