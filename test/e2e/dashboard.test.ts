@@ -26,6 +26,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
+import { parseAllowList } from "../../src/domain/endpoints.js";
 import { TokenRole } from "../../src/gen/fusillade/v1/admin_service_pb.js";
 import { BatchState } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { stopStaleServer } from "../../src/storage/embedded-postgres.js";
@@ -486,7 +488,11 @@ test.skipIf(CHROMIUM === undefined)(
   "with tokens, the page asks for one, keeps it in memory only, and works with it",
   async () => {
     const adminToken = "dashboard-test-admin-token-0123456789";
-    const cp = await startTestControlPlane({ adminToken, webDir });
+    const cp = await startTestControlPlane({
+      adminToken,
+      webDir,
+      allowedEndpoints: parseAllowList("http://127.0.0.1:*", "test"),
+    });
     try {
       const page = await browser!.newPage();
       await page.goto(cp.url);
@@ -523,6 +529,26 @@ test.skipIf(CHROMIUM === undefined)(
       await expect(page.locator("table.routes tbody tr").count()).resolves.toBe(0);
       await expect(page.locator("#set-route").count()).resolves.toBe(0);
       await keepScreenshot(page, "routes-client-token");
+
+      // The models page, read-only: the limit and use of the models of its unfinished batch
+      // (no dispatcher runs here: its 3 requests stay pending, queued), no Set, no tenants.
+      const client = clients(cp.url, "connect-h1", secret);
+      await createTestBatch(client.batch, upstream.url, items("Q", 3));
+      await page.goto(`${cp.url}/#/models`);
+      const q = page.locator('tr[data-model="Q"]');
+      await q.waitFor();
+      await expect(q.locator("td.limit").textContent()).resolves.toBe(
+        `${CONTROL_PLANE_DEFAULTS.defaultLimit} default`,
+      );
+      await expect(q.locator(".usage").textContent()).resolves.toBe(
+        ` 0 / ${CONTROL_PLANE_DEFAULTS.defaultLimit} running · 3 queued`,
+      );
+      await expect(page.locator("input.limit, tr[data-model] button").count()).resolves.toBe(0);
+      await expect(page.getByRole("heading", { name: "Tenants" }).isVisible()).resolves.toBe(false);
+      await expect(page.locator("main > .note").first().textContent()).resolves.toContain(
+        "Read-only: the models of this token's unfinished batches",
+      );
+      await keepScreenshot(page, "models-client-token");
       await page.close();
     } finally {
       await cp.close();

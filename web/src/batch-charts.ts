@@ -43,14 +43,14 @@ export function modelCharts(model: string, limit: number | undefined): HTMLEleme
 }
 
 /** Why a chart is missing, when one is. */
-export function chartNotes(limitsKnown: boolean): HTMLElement | null {
-  const why = [
-    limitsKnown ? null : "Each model's running requests over time are for admins.",
-    latencyKnown
-      ? null
-      : "Upstream latency comes from the dispatchers' metrics: this control plane's /metrics has none (a fleet's dispatchers serve theirs on their own ports) or this token may not read it.",
-  ].filter((s) => s !== null);
-  return why.length === 0 ? null : h("p", { class: "note" }, why.join(" "));
+export function chartNotes(): HTMLElement | null {
+  return latencyKnown
+    ? null
+    : h(
+        "p",
+        { class: "note" },
+        "Upstream latency comes from the dispatchers' metrics: this control plane's /metrics has none (a fleet's dispatchers serve theirs on their own ports) or this token may not read it.",
+      );
 }
 
 /** The charts of batch `id`, whose requests are for `models`. */
@@ -66,6 +66,6 @@ export function batchCharts(
       lineChart("finished", [{ name: "finished", cls: "s-ok", points: throughputOf(id) }], perSec),
       ...models.flatMap((m) => modelCharts(m, limitOf.get(m)?.limit)),
     ),
-    chartNotes(limitOf.size > 0),
+    chartNotes(),
   ];
 }

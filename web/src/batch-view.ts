@@ -8,7 +8,7 @@
 import type { ModelBreakdown } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import type { Batch, ModelLimit, ModelShare } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { RequestState } from "../../src/gen/fusillade/v1/resources_pb.js";
-import { admin, batches, Code, ConnectError, describe } from "./api.js";
+import { batches, Code, ConnectError, describe } from "./api.js";
 import { batchActions } from "./batch-actions.js";
 import { batchCharts } from "./batch-charts.js";
 import {
@@ -53,7 +53,7 @@ function shareRow(s: ModelShare): HTMLElement {
 
 /**
  * A model's row: this batch's requests running, queued and finished by
- * state, and the model's running against its limit (all batches; admins).
+ * state, and the model's running against its limit (all batches).
  */
 function modelRow(m: ModelBreakdown, share: ModelShare | undefined, l: ModelLimit | undefined) {
   const c = m.counts;
@@ -230,15 +230,13 @@ export function batchView(id: string): () => void {
   const stopTick = every(async () => {
     const [breakdown, limits, fails] = await Promise.all([
       batches.getBatchBreakdown({ batchId: id, maxErrors: 5 }),
-      admin.listModelLimits({ pageSize: 1000 }).catch((e) => {
-        if (ConnectError.from(e).code === Code.PermissionDenied) return undefined;
-        throw e;
-      }),
+      // Read-only, for clients too: the limits and use of this batch's models.
+      batches.listBatchModels({ batchId: id }),
       batches.listBatchRequests({ batchId: id, states: [RequestState.FAILED], pageSize: 20 }),
       recordLatency().catch(() => undefined),
     ]);
-    const limitOf = new Map(limits?.modelLimits.map((l) => [l.model, l]) ?? []);
-    if (limits) recordModels(limits.modelLimits);
+    const limitOf = new Map(limits.modelLimits.map((l) => [l.model, l]));
+    recordModels(limits.modelLimits);
     if (current) recordBatch(current);
     const shareOf = new Map(current?.shares.map((s) => [s.model, s]) ?? []);
     put(
