@@ -16,6 +16,11 @@ export function setToken(t: string | undefined): void {
   token = t === "" ? undefined : t;
 }
 
+/** The authorization header for a plain fetch of this origin (e.g. /metrics). */
+export function authHeader(): Record<string, string> {
+  return token === undefined ? {} : { authorization: `Bearer ${token}` };
+}
+
 /** Called when a call is refused for want of a (valid) token. */
 export function onNeedToken(fn: () => void): void {
   listeners.add(fn);

@@ -1,15 +1,20 @@
 /**
  * One batch: counters live from WatchBatch, its priority and share of each
- * model while it runs (docs/fair-share.md), per-model in flight against the
- * limit, the failed requests and one request's attempts; cancel and retry.
+ * model while it runs (docs/fair-share.md), per model its requests running,
+ * queued and finished by state, and the model's running against the limit,
+ * charts of the last minutes, the failed requests and one request's attempts;
+ * cancel (confirmed), retry failed, resume.
  */
-import type { Batch, ModelShare } from "../../src/gen/fusillade/v1/resources_pb.js";
+import type { ModelBreakdown } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import type { Batch, ModelLimit, ModelShare } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { RequestState } from "../../src/gen/fusillade/v1/resources_pb.js";
-import { admin, batches, Code, ConnectError, describe } from "./api.js";
+import { batches, Code, ConnectError, describe } from "./api.js";
+import { batchActions } from "./batch-actions.js";
+import { batchCharts } from "./batch-charts.js";
 import {
+  badge,
   conn,
   date,
-  done,
   errorExcerpt,
   every,
   fileNames,
@@ -18,11 +23,18 @@ import {
   progress,
   REQUEST_STATES,
   rate,
-  stateName,
 } from "./common.js";
 import { duration, h, put, when } from "./dom.js";
+import { recordBatch, recordLatency, recordModels } from "./history.js";
+import { runOf, shareUsage, usageCell, usageOf } from "./usage.js";
 
-/** A running batch's share of a model: its claims beside every batch's, the limit, the batches sharing it. */
+const table = (headers: string[], body: HTMLElement) =>
+  h("table", {}, h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", {}, t)))), body);
+
+/**
+ * A running batch's share of a model: its running requests beside the
+ * model's, the model's running against the limit, the batches sharing it.
+ */
 function shareRow(s: ModelShare): HTMLElement {
   return h(
     "tr",
@@ -31,11 +43,31 @@ function shareRow(s: ModelShare): HTMLElement {
     h(
       "td",
       { class: "inflight" },
-      h("meter", { min: 0, max: Math.max(1, s.modelInFlight), value: s.inFlight }),
-      ` ${s.inFlight} of ${s.modelInFlight}`,
+      h("meter", { min: 0, max: Math.max(1, s.modelRunning), value: s.running }),
+      ` ${s.running} of ${s.modelRunning}`,
     ),
-    h("td", {}, `${s.modelInFlight} / ${s.limit}`),
+    h("td", {}, usageCell(shareUsage(s))),
     h("td", {}, s.activeBatches),
+  );
+}
+
+/**
+ * A model's row: this batch's requests running, queued and finished by
+ * state, and the model's running against its limit (all batches).
+ */
+function modelRow(m: ModelBreakdown, share: ModelShare | undefined, l: ModelLimit | undefined) {
+  const c = m.counts;
+  const run = runOf(c, share === undefined ? undefined : [share]);
+  const hold = date(m.holdUntilTime);
+  return h(
+    "tr",
+    { "data-model": m.model },
+    h("td", {}, m.model),
+    ...[run.running, run.queued, ...[c?.completed, c?.failed, c?.canceled, c?.expired].map(n)].map(
+      (x) => h("td", { class: "num" }, x),
+    ),
+    h("td", {}, l === undefined ? "–" : usageCell(usageOf(l))),
+    h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
   );
 }
 
@@ -50,93 +82,49 @@ export function batchView(id: string): () => void {
     h(
       "p",
       { class: "note" },
-      "Claims: requests a dispatcher holds, running or buffered for its next free slot (so a model's may pass its limit).",
+      "Running: requests holding one of the slots granted for the model, never more than its limit; requests buffered at a dispatcher for a free slot are queued.",
     ),
-    h(
-      "table",
-      {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ...["model", "this batch", "model in flight / limit", "batches sharing"].map((t) =>
-            h("th", {}, t),
-          ),
-        ),
-      ),
-      shares,
-    ),
+    table(["model", "this batch running", "model running / limit", "batches sharing"], shares),
   );
   const models = h("tbody");
+  const charts = h("section", { class: "charts" });
   const failed = h("tbody");
   const attempts = h("div", { class: "attempts" });
-  const actions = h(
-    "div",
-    { class: "actions" },
-    h(
-      "button",
-      { id: "cancel", onclick: () => void act(() => batches.cancelBatch({ batchId: id })) },
-      "Cancel",
-    ),
-    h(
-      "button",
-      { id: "retry", onclick: () => void act(() => batches.retryBatch({ batchId: id })) },
-      "Retry failed",
-    ),
-  );
-  const act = async (fn: () => Promise<unknown>) => {
-    try {
-      await fn();
-      conn.textContent = "";
-    } catch (e) {
-      conn.textContent = describe(e);
-    }
-  };
+  let current: Batch | undefined;
+  const actions = batchActions(id, () => watch());
   put(
     main,
     h("p", {}, h("a", { href: "#/" }, "← batches")),
     head,
     counters,
-    actions,
+    actions.el,
     sharesSection,
     h("h3", {}, "Models"),
-    h(
-      "table",
-      {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ...["model", "in flight / limit", "pending", "done", "failed", "hold"].map((t) =>
-            h("th", {}, t),
-          ),
-        ),
-      ),
+    table(
+      [
+        "model",
+        "running",
+        "queued",
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+        "model now (all batches)",
+        "hold",
+      ],
       models,
     ),
+    h("h3", {}, "Last minutes"),
+    charts,
     h("h3", {}, "Failed requests"),
-    h(
-      "table",
-      {},
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ...["line", "custom id", "model", "status", "error"].map((t) => h("th", {}, t)),
-        ),
-      ),
-      failed,
-    ),
+    table(["line", "custom id", "model", "status", "error"], failed),
     attempts,
   );
 
   const show = (b: Batch) => {
+    current = b;
+    recordBatch(b);
+    actions.update(b);
     const r = rate(b);
     put(
       head,
@@ -144,7 +132,7 @@ export function batchView(id: string): () => void {
       h(
         "p",
         {},
-        h("span", { class: `badge ${stateName(b)}` }, stateName(b)),
+        badge(b),
         ` file ${fileNames.get(b.fileId) || b.fileId} · created ${when(date(b.createTime))} · `,
         b.finishTime
           ? `finished ${when(date(b.finishTime))}`
@@ -155,6 +143,7 @@ export function batchView(id: string): () => void {
     // Shares come with the batch while it runs, none once it has finished.
     sharesSection.hidden = b.shares.length === 0;
     put(shares, ...b.shares.map(shareRow));
+    const run = runOf(b.counts, b.shares);
     put(
       counters,
       progress(b),
@@ -166,9 +155,9 @@ export function batchView(id: string): () => void {
             ["total", n(b.counts?.total)],
             ["completed", n(b.counts?.completed)],
             ["failed", n(b.counts?.failed)],
-            ["running", n(b.counts?.inProgress)],
-            ["pending", n(b.counts?.pending)],
-            ["canceled", n(b.counts?.canceled)],
+            ["running", run.running],
+            ["queued", run.queued],
+            ["cancelled", n(b.counts?.canceled)],
             ["expired", n(b.counts?.expired)],
             ["rate", r.perSec > 0 ? `${r.perSec.toFixed(1)}/s` : "–"],
             ["ETA", b.finishTime ? "–" : duration(r.etaMs)],
@@ -178,23 +167,31 @@ export function batchView(id: string): () => void {
     );
   };
 
-  // Live counters: WatchBatch streams the batch now, then on every change.
+  // Live counters: WatchBatch streams the batch now, then on every change,
+  // until it finishes; started again when a retry or resume reopens it.
   const abort = new AbortController();
-  void (async () => {
-    while (!abort.signal.aborted) {
-      try {
-        for await (const m of batches.watchBatch({ batchId: id }, { signal: abort.signal })) {
-          if (m.batch) show(m.batch);
+  let watching = false;
+  const watch = () => {
+    if (watching) return;
+    watching = true;
+    void (async () => {
+      while (!abort.signal.aborted) {
+        try {
+          for await (const m of batches.watchBatch({ batchId: id }, { signal: abort.signal })) {
+            if (m.batch) show(m.batch);
+          }
+          break; // the stream ends when the batch has finished
+        } catch (e) {
+          if (abort.signal.aborted) break;
+          conn.textContent = describe(e);
+          if (ConnectError.from(e).code === Code.NotFound) break;
+          await new Promise((r) => setTimeout(r, 2000));
         }
-        return; // the stream ends when the batch has finished
-      } catch (e) {
-        if (abort.signal.aborted) return;
-        conn.textContent = describe(e);
-        if (ConnectError.from(e).code === Code.NotFound) return;
-        await new Promise((r) => setTimeout(r, 2000));
       }
-    }
-  })();
+      watching = false;
+    })();
+  };
+  watch();
 
   const showAttempts = async (requestId: string) => {
     const res = await batches.getRequest({ requestId });
@@ -208,14 +205,8 @@ export function batchView(id: string): () => void {
         `${REQUEST_STATES[r.state] ?? "?"} · ${r.method} ${r.url}`,
         r.error ? ` · ${r.error.code}: ${r.error.message}` : "",
       ),
-      h(
-        "table",
-        {},
-        h(
-          "thead",
-          {},
-          h("tr", {}, ...["attempt", "start", "took", "outcome"].map((t) => h("th", {}, t))),
-        ),
+      table(
+        ["attempt", "start", "took", "outcome"],
         h(
           "tbody",
           {},
@@ -239,40 +230,26 @@ export function batchView(id: string): () => void {
   const stopTick = every(async () => {
     const [breakdown, limits, fails] = await Promise.all([
       batches.getBatchBreakdown({ batchId: id, maxErrors: 5 }),
-      admin.listModelLimits({ pageSize: 1000 }).catch((e) => {
-        if (ConnectError.from(e).code === Code.PermissionDenied) return undefined;
-        throw e;
-      }),
+      // Read-only, for clients too: the limits and use of this batch's models.
+      batches.listBatchModels({ batchId: id }),
       batches.listBatchRequests({ batchId: id, states: [RequestState.FAILED], pageSize: 20 }),
+      recordLatency().catch(() => undefined),
     ]);
-    const limitOf = new Map(limits?.modelLimits.map((l) => [l.model, l]) ?? []);
+    const limitOf = new Map(limits.modelLimits.map((l) => [l.model, l]));
+    recordModels(limits.modelLimits);
+    if (current) recordBatch(current);
+    const shareOf = new Map(current?.shares.map((s) => [s.model, s]) ?? []);
     put(
       models,
-      ...breakdown.models.map((m) => {
-        const l = limitOf.get(m.model);
-        const hold = date(m.holdUntilTime);
-        return h(
-          "tr",
-          { "data-model": m.model },
-          h("td", {}, m.model),
-          h(
-            "td",
-            {},
-            l === undefined
-              ? `${n(m.counts?.inProgress)} running`
-              : h(
-                  "span",
-                  { class: "inflight" },
-                  h("meter", { min: 0, max: Math.max(1, l.limit), value: l.inFlight }),
-                  ` ${l.inFlight} / ${l.limit}`,
-                ),
-          ),
-          h("td", {}, n(m.counts?.pending)),
-          h("td", {}, done(m.counts)),
-          h("td", {}, n(m.counts?.failed)),
-          h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
-        );
-      }),
+      ...breakdown.models.map((m) => modelRow(m, shareOf.get(m.model), limitOf.get(m.model))),
+    );
+    put(
+      charts,
+      ...batchCharts(
+        id,
+        breakdown.models.map((m) => m.model),
+        limitOf,
+      ),
     );
     put(
       failed,

@@ -3,11 +3,13 @@ import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type {
   Batch,
   BatchRequest,
+  ModelShare,
   RequestCounts,
 } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { BatchState, RequestState } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { describe } from "./api.js";
 import { h } from "./dom.js";
+import { runOf } from "./usage.js";
 
 /** Where a view draws, and where errors are told. */
 export const main = document.getElementById("main")!;
@@ -30,12 +32,34 @@ export const BATCH_STATES: Record<number, string> = {
   [BatchState.EXPIRED]: "expired",
 };
 export const stateName = (b: Batch) => BATCH_STATES[b.state] ?? "unknown";
+
+/**
+ * What a batch's badge says: its state, except that a completed batch whose
+ * every request failed reads "failed" (red), and one with some failures
+ * "completed" in amber ("partial"), so that green means nothing failed.
+ */
+export function outcome(b: Batch): { label: string; cls: string } {
+  const state = stateName(b);
+  if (b.state !== BatchState.COMPLETED) return { label: state, cls: state };
+  const failed = n(b.counts?.failed) + n(b.counts?.expired);
+  if (failed === 0) return { label: state, cls: state };
+  if (failed === n(b.counts?.total)) return { label: "failed", cls: "failed" };
+  return { label: state, cls: "partial" };
+}
+
+/** The badge of a batch (see {@link outcome}). */
+export function badge(b: Batch): HTMLElement {
+  const o = outcome(b);
+  return h("span", { class: `badge ${o.cls}` }, o.label);
+}
 export const REQUEST_STATES: Record<number, string> = {
   [RequestState.PENDING]: "pending",
-  [RequestState.LEASED]: "running",
+  // Claimed by a dispatcher: running, or queued there for a slot.
+  [RequestState.LEASED]: "in progress",
   [RequestState.COMPLETED]: "completed",
   [RequestState.FAILED]: "failed",
-  [RequestState.CANCELED]: "canceled",
+  // One spelling on every page, the batch state's: the API's request state is CANCELED.
+  [RequestState.CANCELED]: "cancelled",
   [RequestState.EXPIRED]: "expired",
 };
 
@@ -73,14 +97,14 @@ export function progress(b: Batch): HTMLElement {
   const pct = Math.floor((100 * done(c)) / total);
   return h(
     "div",
-    { class: "progress", title: countsText(c) },
+    { class: "progress", title: countsText(c, b.shares) },
     h(
       "div",
       { class: "bar" },
       seg("completed", n(c?.completed)),
       seg("failed", n(c?.failed)),
-      seg("canceled", n(c?.canceled) + n(c?.expired)),
-      seg("running", n(c?.inProgress)),
+      seg("cancelled", n(c?.canceled) + n(c?.expired)),
+      seg("running", runOf(c, b.shares).running),
     ),
     h("span", { class: "pct", "data-pct": pct }, `${pct}%`),
   );
@@ -92,8 +116,10 @@ export function errorExcerpt(r: BatchRequest): string {
   return `${r.error?.code ?? ""}: ${(r.error?.message ?? "").slice(0, 200)}${body ? ` — ${body}` : ""}`;
 }
 
-export function countsText(c: RequestCounts | undefined): string {
-  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${n(c?.inProgress)} running · ${n(c?.pending)} pending${n(c?.canceled) ? ` · ${n(c?.canceled)} canceled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
+/** "38 ok · 2 failed · 4 running · 12 queued", then cancelled and expired when there are any. */
+export function countsText(c: RequestCounts | undefined, shares?: ModelShare[]): string {
+  const run = runOf(c, shares);
+  return `${n(c?.completed)} ok · ${n(c?.failed)} failed · ${run.running} running · ${run.queued} queued${n(c?.canceled) ? ` · ${n(c?.canceled)} cancelled` : ""}${n(c?.expired) ? ` · ${n(c?.expired)} expired` : ""}`;
 }
 
 /** Runs `tick` now and every REFRESH_MS until the view changes. */

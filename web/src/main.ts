@@ -2,13 +2,15 @@
  * The dashboard: batches (live progress, rate, ETA, filter by state), one
  * batch (live counters from WatchBatch, per-model in flight against the
  * limit, failed requests and one request's attempts, cancel and retry), and
- * models (limits, editable by an admin; in flight; holds). Routes are the
- * URL hash: #/, #/batch/ID, #/models.
+ * models (limits, editable by an admin; running and queued; holds; charts),
+ * and model routes (admins). Views are the URL hash: #/, #/batch/ID,
+ * #/models, #/routes.
  */
 import { onNeedToken, setToken } from "./api.js";
 import { batchView } from "./batch-view.js";
 import { batchesView } from "./batches-view.js";
 import { modelsView } from "./models-view.js";
+import { routesView } from "./routes-view.js";
 import "./style.css";
 
 const tokenForm = document.getElementById("token-form") as HTMLFormElement;
@@ -37,6 +39,9 @@ function route(): void {
   else if (hash === "#/models") {
     document.querySelector('[data-nav="models"]')?.classList.add("active");
     stopView = modelsView();
+  } else if (hash === "#/routes") {
+    document.querySelector('[data-nav="routes"]')?.classList.add("active");
+    stopView = routesView();
   } else {
     document.querySelector('[data-nav="batches"]')?.classList.add("active");
     stopView = batchesView();
