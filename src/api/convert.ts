@@ -185,6 +185,7 @@ export function toProtoShare(s: ModelShareRecord): ModelShare {
     activeBatches: s.activeBatches,
     running: s.running,
     modelRunning: s.modelRunning,
+    pacing: s.pacing ?? undefined,
   });
 }
 

@@ -41,6 +41,8 @@ export class ModelSlots implements GrantView {
   requested = 0;
   /** The last claim answer gave fewer than asked: the model has no backlog for us now. */
   starved = false;
+  /** A Sync has carried the gate's pacing view (the first goes out soon after the first attempt). */
+  viewSent = false;
   /** This dispatcher's share of the model's rates, from its grant (docs/pacing.md). */
   rpm: number | undefined;
   tpm: number | undefined;
@@ -83,6 +85,8 @@ export class ModelSlots implements GrantView {
     this.target = 0;
     this.rpm = undefined;
     this.tpm = undefined;
+    // A new grant is a new row: its first Sync carries the view again.
+    this.viewSent = false;
     clearTimeout(this.fenceTimer);
   }
 
@@ -204,6 +208,9 @@ export class SlotBook {
    */
   wantsSync(m: ModelSlots): boolean {
     if (m.token === 0n) return !m.starved && m.running === 0;
+    // The first pacing view: status and the dashboard say why a model runs as it does from
+    // its first attempt, not from the next renewal.
+    if (!m.viewSent && m.gate.view?.(performance.now()) !== undefined) return true;
     const room = this.room(m);
     if (room > 0 && !m.starved && m.requested === 0) {
       if (m.running === 0 || room * 2 >= this.bufferSize(m)) return true;

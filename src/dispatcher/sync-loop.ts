@@ -154,6 +154,7 @@ export class SyncLoop {
     const { book, table } = this.host;
     const demands: SlotDemand[] = [];
     const asked = new Map<string, number>();
+    const now = performance.now();
     for (const m of book.all()) {
       if (m.token === 0n && (m.starved || m.running > 0)) continue;
       const keep = m.token === 0n ? 0 : book.keep(m);
@@ -164,6 +165,8 @@ export class SyncLoop {
       if (room > 0) asked.set(m.model, room);
       // A starved model asks for the rate its held claims need; one with a backlog, for all.
       const rate = m.starved ? m.gate.demand?.(m.held) : undefined;
+      const pacing = m.token === 0n ? undefined : m.gate.view?.(now);
+      if (pacing !== undefined) m.viewSent = true;
       demands.push({
         model: m.model,
         token: m.token,
@@ -173,7 +176,7 @@ export class SyncLoop {
         ...rate,
         rpmHeld: m.token === 0n ? undefined : m.rpm,
         tpmHeld: m.token === 0n ? undefined : m.tpm,
-        pacing: m.token === 0n ? undefined : m.gate.view?.(performance.now()),
+        pacing,
       });
       if (m.token === 0n && !this.#askedSince.has(m.model))
         this.#askedSince.set(m.model, performance.now());

@@ -7,6 +7,7 @@ import type { BatchRecord } from "./batches.js";
 import type { Db, Prepared, Queryable } from "./db.js";
 import { TenantEntity } from "./entities/index.js";
 import { runningOf } from "./model-limits.js";
+import { type FleetPacing, fleetPacing, type PacingRow, pacingOf } from "./pacing-views.js";
 
 export interface TenantRecord {
   name: string;
@@ -79,6 +80,8 @@ export interface ModelShareRecord {
   running: number;
   /** The model's claims that hold a granted slot (runningOf). */
   modelRunning: number;
+  /** How the fleet paces the model now (docs/pacing.md); null: no dispatcher has said. */
+  pacing: FleetPacing | null;
 }
 
 /**
@@ -131,7 +134,8 @@ const BATCH_SHARES: Prepared = {
     (SELECT count(*)::int FROM per x
       WHERE x.model = p.model AND x.running AND (x.waiting OR x.n > 0)) AS active_batches,
     (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
-      WHERE s.model = p.model AND s.expires_at > now()) AS slots
+      WHERE s.model = p.model AND s.expires_at > now()) AS slots,
+    ${pacingOf("p.model")} AS pacing
   FROM per p WHERE p.id = $1 AND (p.n > 0 OR p.waiting) ORDER BY p.model`,
 };
 
@@ -148,6 +152,7 @@ export async function batchShares(
     lim: number;
     active_batches: number;
     slots: number;
+    pacing: PacingRow | null;
   }>(BATCH_SHARES, [batchId, defaultLimit]);
   return rows.map((r) => {
     const modelRunning = runningOf(r.model_in_flight, r.slots);
@@ -162,6 +167,7 @@ export async function batchShares(
         r.model_in_flight === 0
           ? 0
           : Math.min(r.in_flight, Math.round((r.in_flight * modelRunning) / r.model_in_flight)),
+      pacing: fleetPacing(r.pacing),
     };
   });
 }

@@ -1,7 +1,7 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import { type TenantScope, tenantParam } from "../auth/principal.js";
-import { PACING_MODES, type PacingView } from "../domain/capacity.js";
 import type { Db } from "./db.js";
+import { type FleetPacing, fleetPacing, type PacingRow, pacingOf } from "./pacing-views.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
 export interface ModelLimitRecord {
@@ -23,7 +23,7 @@ export interface ModelLimitRecord {
   /** Tokens per minute held fleet-wide; null: no rate. */
   tpm: number | null;
   /** How the dispatchers holding grants pace it, summed; null: none has said. */
-  pacing: (PacingView & { dispatchers: number }) | null;
+  pacing: FleetPacing | null;
 }
 
 /**
@@ -55,13 +55,7 @@ interface Row {
   in_flight: number;
   slots_granted: number;
   pending: string;
-  pacing: {
-    modes: string[];
-    concurrency: number;
-    calls: number;
-    throttled: number;
-    dispatchers: number;
-  } | null;
+  pacing: PacingRow | null;
 }
 
 const SELECT_WITH_USAGE = `
@@ -70,14 +64,7 @@ const SELECT_WITH_USAGE = `
     (SELECT coalesce(sum(s.slots), 0)::int FROM slot_grants s
       WHERE s.model = m.model AND s.expires_at > now()) AS slots_granted,
     (SELECT count(*) FROM requests r WHERE r.model = m.model AND r.state = 'pending') AS pending,
-    (SELECT CASE WHEN count(*) > 0 THEN jsonb_build_object(
-        'modes', jsonb_agg(s.pacing->>'mode'),
-        'concurrency', sum((s.pacing->>'concurrency')::int),
-        'calls', sum((s.pacing->>'callsLastMinute')::int),
-        'throttled', sum((s.pacing->>'throttledLastMinute')::int),
-        'dispatchers', count(*)) END
-      FROM slot_grants s
-      WHERE s.model = m.model AND s.expires_at > now() AND s.pacing IS NOT NULL) AS pacing
+    ${pacingOf("m.model")} AS pacing
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
@@ -93,14 +80,7 @@ function toRecord(r: Row): ModelLimitRecord {
     holdUntil: r.hold_until,
     rpm: r.rpm,
     tpm: r.tpm,
-    pacing: r.pacing && {
-      // The slowest reason of any dispatcher.
-      mode: PACING_MODES.find((m) => r.pacing!.modes.includes(m)) ?? "free",
-      concurrency: r.pacing.concurrency,
-      callsLastMinute: r.pacing.calls,
-      throttledLastMinute: r.pacing.throttled,
-      dispatchers: r.pacing.dispatchers,
-    },
+    pacing: fleetPacing(r.pacing),
   };
 }
 

@@ -411,6 +411,11 @@ test.skipIf(CHROMIUM === undefined)(
     await usage.waitFor();
     expect(Number(await usage.getAttribute("data-running"))).toBeLessThanOrEqual(4);
     await expect(usage.textContent()).resolves.toMatch(/^ \d \/ 4 running( · \d+ queued)?$/);
+    // Pacing: what the dispatcher said in its Sync after its first attempt. Nothing has said
+    // "slow down" and no rate is set: free, with at most the limit at once.
+    await expect
+      .poll(() => page.locator('tr[data-model="L"] td.pacing').textContent(), { timeout: 20_000 })
+      .toMatch(/^free: [\d,]+\/min, 0 % 429, [1-4] at once$/);
     await expect.poll(() => points("L: running / 4", "running")).toBeGreaterThan(2);
     await page.locator('figure[data-chart="L: latency"]').waitFor();
     await keepScreenshot(page, "models", "dashboard-models.png");

@@ -60,6 +60,13 @@ test("a known meter: two dispatchers share its rate and its work, every request 
       { timeout: 20_000, interval: 200 },
     )
     .toMatchObject({ mode: "paced", dispatchers: 2, callsLastMinute: expect.any(Number) });
+  // And in the batch's status (status, watch, the dashboard): why it runs below its limit.
+  await expect
+    .poll(async () => (await cp.batch.getBatchStatus({ batchId })).shares[0]?.pacing, {
+      timeout: 20_000,
+      interval: 200,
+    })
+    .toMatchObject({ mode: "paced" });
   const status = await waitForBatch(cp.batch, batchId, 120_000);
   expect(Number(status.counts!.completed)).toBe(REQUESTS);
   const r = upstream.record("known");

@@ -125,6 +125,7 @@ describe("sharesText", () => {
     in_flight: running + 4,
     model_in_flight: 12,
     active_batches: batches,
+    pacing: null,
   });
 
   it("says per model what runs against its limit, this batch's part and the batches sharing it", () => {
@@ -132,6 +133,31 @@ describe("sharesText", () => {
       "gpt-a 8/8 running (this batch 4, 2 batches), gpt-b 8/8 running (1 batch)",
     );
     expect(sharesText([])).toBe("");
+  });
+
+  it("says why a paced or backing-off model runs below its limit; nothing for a free one", () => {
+    const paced = (mode: string, calls: number, throttled: number) => ({
+      ...share("gpt-p", 3, 1),
+      model_running: 3,
+      limit: 500,
+      pacing: {
+        mode,
+        concurrency: 3,
+        calls_last_minute: calls,
+        throttled_last_minute: throttled,
+        dispatchers: 1,
+      },
+    });
+    expect(sharesText([paced("paced", 2950, 0)])).toBe(
+      "gpt-p 3/500 running (1 batch) · paced: 2,950/min, 0 % 429, 3 at once",
+    );
+    expect(sharesText([paced("backing_off", 1180, 142)])).toBe(
+      "gpt-p 3/500 running (1 batch) · backing off: 1,180/min, 12 % 429, 3 at once",
+    );
+    expect(sharesText([paced("held", 10, 10)])).toBe(
+      "gpt-p 3/500 running (1 batch) · held (meter empty)",
+    );
+    expect(sharesText([paced("free", 100, 0)])).toBe("gpt-p 3/500 running (1 batch)");
   });
 
   it("is the first part a narrow terminal drops, and the last part of a plain line", () => {
@@ -167,6 +193,7 @@ describe("runView", () => {
     in_flight: 15,
     model_in_flight: 15,
     active_batches: 1,
+    pacing: null,
   });
 });
 

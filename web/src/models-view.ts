@@ -5,6 +5,7 @@
  * models of its unfinished batches, read-only (BatchService.ListBatchModels),
  * and no tenants.
  */
+import { pacingText } from "../../src/domain/pacing-text.js";
 import type { ModelLimit } from "../../src/gen/fusillade/v1/resources_pb.js";
 import { admin, batches, Code, ConnectError, describe } from "./api.js";
 import { chartNotes, modelCharts, wasActive } from "./batch-charts.js";
@@ -43,6 +44,7 @@ function modelRow(l: ModelLimit, editable: boolean): HTMLElement {
     limit,
     h("td", {}, usageCell(usageOf(l))),
     h("td", {}, l.slotsGranted),
+    h("td", { class: "pacing" }, l.pacing ? pacingText(l.pacing) : "–"),
     h("td", {}, hold && hold > new Date() ? `held until ${hold.toLocaleTimeString()}` : "–"),
     set,
   );
@@ -80,11 +82,14 @@ export function modelsView(): () => void {
     main,
     h("h2", {}, "Models"),
     note,
-    table(["model", "limit", "running / limit · queued", "slots granted", "hold", ""], body),
+    table(
+      ["model", "limit", "running / limit · queued", "slots granted", "pacing", "hold", ""],
+      body,
+    ),
     h(
       "p",
       { class: "note" },
-      "Running: requests holding one of the slots granted (never more than the limit). Queued: requests waiting to run, pending or buffered at a dispatcher for its next free slot.",
+      "Running: requests holding one of the slots granted (never more than the limit). Queued: requests waiting to run, pending or buffered at a dispatcher for its next free slot. Pacing: why a model runs below its limit (docs/pacing.md): paced by a rate, backing off after 429s, or held until its meter resets; calls answered and 429s over the last minute, and how many may run at once.",
     ),
     h("h3", {}, "Last minutes"),
     charts,

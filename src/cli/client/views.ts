@@ -4,11 +4,13 @@
  * timestamps as ISO 8601 or null), and the human one-liners.
  */
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
+import { pacingText } from "../../domain/pacing-text.js";
 import {
   type Batch,
   BatchState,
   type File,
   type ModelLimit,
+  type ModelPacing,
   type ModelShare,
   type RequestCounts,
 } from "../../gen/fusillade/v1/resources_pb.js";
@@ -86,6 +88,7 @@ export function shareView(s: ModelShare) {
     in_flight: s.inFlight,
     model_in_flight: s.modelInFlight,
     active_batches: s.activeBatches,
+    pacing: pacingView(s.pacing),
   };
 }
 export type ShareView = ReturnType<typeof shareView>;
@@ -95,11 +98,14 @@ export type ShareView = ReturnType<typeof shareView>;
  * running against its limit, this batch's part of them and how many batches
  * share the model. Claims buffered at a dispatcher are queued, not running
  * (they are in the counts' "queued"). The same text on `status` and `watch`.
+ * A model paced or backing off says why it runs below its limit:
+ * "gpt-x 3/500 running (1 batch) · paced: 2,950/min, 0 % 429, 3 at once".
  */
 export function shareText(s: ShareView): string {
   const batches =
     s.active_batches <= 1 ? "1 batch" : `this batch ${s.running}, ${s.active_batches} batches`;
-  return `${s.model} ${s.model_running}/${s.limit} running (${batches})`;
+  const why = s.pacing && s.pacing.mode !== "free" ? ` · ${pacingLine(s.pacing)}` : "";
+  return `${s.model} ${s.model_running}/${s.limit} running (${batches})${why}`;
 }
 
 /**
@@ -145,29 +151,35 @@ export function limitView(l: ModelLimit) {
     hold_until_time: iso(l.holdUntilTime),
     rpm: l.rpm ?? null,
     tpm: l.tpm ?? null,
-    pacing: l.pacing
-      ? {
-          mode: l.pacing.mode,
-          concurrency: l.pacing.concurrency,
-          calls_last_minute: l.pacing.callsLastMinute,
-          throttled_last_minute: l.pacing.throttledLastMinute,
-          dispatchers: l.pacing.dispatchers,
-        }
-      : null,
+    pacing: pacingView(l.pacing),
   };
+}
+
+/** How the fleet paces a model, for --json; null when no dispatcher has said. */
+export function pacingView(p: ModelPacing | undefined) {
+  return p
+    ? {
+        mode: p.mode,
+        concurrency: p.concurrency,
+        calls_last_minute: p.callsLastMinute,
+        throttled_last_minute: p.throttledLastMinute,
+        dispatchers: p.dispatchers,
+      }
+    : null;
 }
 
 /**
  * Why a model runs as it does (docs/pacing.md): "paced: 2,950/min, 0 % 429, 3 at once",
  * "backing off: 1,180/min, 12 % 429, 8 at once", "held (meter empty)"; "" before any call.
  */
-export function pacingLine(p: ReturnType<typeof limitView>["pacing"]): string {
+export function pacingLine(p: ReturnType<typeof pacingView>): string {
   if (p === null) return "";
-  if (p.mode === "held") return "held (meter empty)";
-  const calls = p.calls_last_minute;
-  const share = calls > 0 ? Math.round((100 * p.throttled_last_minute) / calls) : 0;
-  const mode = p.mode.replace("_", " ");
-  return `${mode}: ${calls.toLocaleString("en-US")}/min, ${share} % 429, ${p.concurrency} at once`;
+  return pacingText({
+    mode: p.mode,
+    concurrency: p.concurrency,
+    callsLastMinute: p.calls_last_minute,
+    throttledLastMinute: p.throttled_last_minute,
+  });
 }
 
 /** "500 total: 490 completed, 2 failed, 4 running, 4 queued" — only the non-zero states after the total. */

@@ -1,0 +1,25 @@
+/**
+ * How a model's pacing reads, the same in the CLI (`limits list`, `status`, `watch`) and
+ * on the dashboard (docs/pacing.md, "What is visible where"). No imports: the dashboard
+ * bundles it.
+ */
+
+/** The fields it reads (ModelPacing, or a dispatcher's view). */
+export interface PacingFigures {
+  mode: string;
+  concurrency: number;
+  callsLastMinute: number;
+  throttledLastMinute: number;
+}
+
+/**
+ * "paced: 2,950/min, 0 % 429, 3 at once", "backing off: 1,180/min, 12 % 429, 8 at once",
+ * "held (meter empty)".
+ */
+export function pacingText(p: PacingFigures): string {
+  if (p.mode === "held") return "held (meter empty)";
+  const calls = p.callsLastMinute;
+  const share = calls > 0 ? Math.round((100 * p.throttledLastMinute) / calls) : 0;
+  const mode = p.mode.replace("_", " ");
+  return `${mode}: ${calls.toLocaleString("en-US")}/min, ${share} % 429, ${p.concurrency} at once`;
+}
