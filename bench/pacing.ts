@@ -113,6 +113,21 @@ async function runBatch(
   return { seconds: round(since(t0) / 1000), completed };
 }
 
+/** BENCH_PACING_TRACE=1: where a model's 429s fell, per half second from its first call. */
+function traceThrottles(model: string, accepted: number[], throttledAt: number[]): void {
+  const t0 = Math.min(
+    accepted[0] ?? Number.POSITIVE_INFINITY,
+    throttledAt[0] ?? Number.POSITIVE_INFINITY,
+  );
+  const per = new Map<number, number>();
+  for (const t of throttledAt) {
+    const k = Math.floor((t - t0) / 500) / 2;
+    per.set(k, (per.get(k) ?? 0) + 1);
+  }
+  const text = [...per].map(([s, n]) => `${s}s:${n}`).join(" ");
+  process.stderr.write(`pacing ${model}: 429s by half second from its first call: ${text}\n`);
+}
+
 /** What the upstream saw of a case's models: calls, 429s, the rate achieved. */
 function seenAt(up: MeteredUpstream, name: string, perMinute: number, unit: "requests" | "tokens") {
   let calls = 0;
@@ -127,6 +142,7 @@ function seenAt(up: MeteredUpstream, name: string, perMinute: number, unit: "req
     const amount = unit === "requests" ? r.accepted.length : r.tokens.reduce((a, b) => a + b, 0);
     achieved += span > 0 ? amount / span : 0;
     worstMinute = Math.max(worstMinute, maxIn(r.accepted, 60_000));
+    if (process.env.BENCH_PACING_TRACE) traceThrottles(`${name}-${i}`, r.accepted, r.throttledAt);
   }
   return {
     calls,

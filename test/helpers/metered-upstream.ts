@@ -50,6 +50,8 @@ export interface ModelRecord {
   random: number;
   /** `Date.now()` of each accepted call, in order. */
   accepted: number[];
+  /** `Date.now()` of each call the meter answered 429, in order. */
+  throttledAt: number[];
   /** Tokens charged for each accepted call. */
   tokens: number[];
 }
@@ -143,7 +145,7 @@ export class MeteredUpstream {
   record(model: string): ModelRecord {
     let r = this.#records.get(model);
     if (!r) {
-      r = { calls: 0, metered: 0, random: 0, accepted: [], tokens: [] };
+      r = { calls: 0, metered: 0, random: 0, accepted: [], throttledAt: [], tokens: [] };
       this.#records.set(model, r);
     }
     return r;
@@ -216,6 +218,7 @@ export class MeteredUpstream {
         (tokensLeft !== undefined && tokensLeft < Math.min(tokens, b.tokens!.capacity))
       ) {
         rec.metered++;
+        rec.throttledAt.push(now);
         const wait = Math.max(b.requests?.waitMs(1) ?? 0, b.tokens?.waitMs(tokens) ?? 0);
         headers["retry-after"] = String(Math.max(1, Math.ceil(wait / 1000)));
         this.#send(res, 429, headers, {
