@@ -17,7 +17,7 @@ import {
   startTestDispatcher,
   waitForBatch,
 } from "../helpers/dispatcher-process.js";
-import { type MeteredUpstream, startMeteredUpstream } from "../helpers/metered-upstream.js";
+import { type MeteredUpstream, maxIn, startMeteredUpstream } from "../helpers/metered-upstream.js";
 
 /** Requests per minute of each metered model: 20 a second, so a run takes seconds. */
 const RPM = 1_200;
@@ -32,7 +32,7 @@ const dispatchers: Dispatcher[] = [];
 beforeAll(async () => {
   cp = await startTestControlPlane();
   upstream = await startMeteredUpstream({
-    meters: { known: { rpm: RPM }, unknown: { rpm: RPM } },
+    meters: { known: { rpm: RPM }, unknown: { rpm: RPM } }, // "lowered": not metered
     latencyMs: 20,
   });
   for (const id of ["pace-1", "pace-2"]) {
@@ -104,4 +104,31 @@ test("an unknown meter, a generous limit: every request completes with max_retri
   // on one meter meet it at times. Every slot at once (before slow start and the headers)
   // had 53 % of calls answered 429 here; now about 10 %.
   expect(throttled / r.calls).toBeLessThanOrEqual(0.3);
+}, 180_000);
+
+test("a lowered rate takes effect within a renewal: from then on, no second sees more than the new rate allows", async () => {
+  const HIGH = 1_200; // 20 a second
+  const LOW = 300; // 5 a second
+  await cp.admin.setModelLimit({ model: "lowered", limit: GENEROUS_LIMIT, rpm: HIGH });
+  const batchId = await createTestBatch(cp.batch, upstream.url, items("lowered", 80), {
+    maxRetries: 0,
+  });
+  // Once it runs at the high rate, lower it.
+  await expect
+    .poll(() => upstream.record("lowered").accepted.length, { timeout: 20_000, interval: 20 })
+    .toBeGreaterThanOrEqual(30);
+  await cp.admin.setModelLimit({ model: "lowered", keepLimit: true, rpm: LOW });
+  const loweredAt = Date.now();
+  const status = await waitForBatch(cp.batch, batchId, 120_000);
+  expect(Number(status.counts!.completed)).toBe(80);
+  // A renewal: the holders Sync every second while they hold a rate share, and a cut is
+  // applied at the answer. After that, each one-second window holds at most the new rate's
+  // second plus the buckets' bursts (a second's worth together): 2 × 5.
+  const RENEWAL_MS = 1_000 + 500; // the period, and the answer's way back under load
+  const after = upstream.record("lowered").accepted.filter((t) => t >= loweredAt + RENEWAL_MS);
+  expect(after.length).toBeGreaterThan(10);
+  expect(maxIn(after, 1_000)).toBeLessThanOrEqual(2 * (LOW / 60));
+  // Before the change it ran at the high rate: more than the new rate allows in some second.
+  const before = upstream.record("lowered").accepted.filter((t) => t < loweredAt);
+  expect(maxIn(before, 1_000)).toBeGreaterThan(2 * (LOW / 60));
 }, 180_000);
