@@ -880,6 +880,8 @@ describe("fusillade CLI", () => {
         in_flight: 2,
         model_in_flight: 2,
         active_batches: 2,
+        // The scripted dispatcher sent no pacing view.
+        pacing: null,
       },
     ]);
     const other = JSON.parse((await cli(["status", lowId, "--json"])).stdout);
