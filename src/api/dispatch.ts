@@ -100,6 +100,8 @@ function pacingView(p: ModelPacing, field: string): PacingView {
     concurrency: count(p.concurrency, `${field}.concurrency`),
     callsLastMinute: count(p.callsLastMinute, `${field}.calls_last_minute`),
     throttledLastMinute: count(p.throttledLastMinute, `${field}.throttled_last_minute`),
+    windowSeconds: count(p.windowSeconds, `${field}.window_seconds`),
+    running: count(p.running, `${field}.running`),
   };
 }
 

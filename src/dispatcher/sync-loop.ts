@@ -52,6 +52,13 @@ export interface SyncHost extends Pick<Shared, "book" | "table"> {
  * dispatchers within a second or two (docs/pacing.md, "Rate grants").
  */
 const RATE_SYNC_MS = 1000;
+/**
+ * While it runs requests of a model (and holds no rate), at least this often: each Sync
+ * carries its pacing view, which `limits list`, `status` and the dashboard show; a renewal
+ * period (10 s by default) left them showing the first attempt's view while a slow start
+ * grew from 4 to 70.
+ */
+const VIEW_SYNC_MS = 2000;
 
 export interface SyncOptions {
   models: readonly string[];
@@ -128,7 +135,7 @@ export class SyncLoop {
     const signal = this.#stopping.signal;
     while (!signal.aborted) {
       const now = performance.now();
-      const due = Math.min(this.#renewAt, this.#rateSyncAt());
+      const due = Math.min(this.#renewAt, this.#paceSyncAt());
       if (!this.#syncDue && now < due) {
         await this.#wanted.wait(signal, due - now);
         continue;
@@ -156,7 +163,9 @@ export class SyncLoop {
     const asked = new Map<string, number>();
     const now = performance.now();
     for (const m of book.all()) {
-      if (m.token === 0n && (m.starved || m.running > 0)) continue;
+      // No grant: ask for one unless told there is nothing for us (starved) or requests of an
+      // old grant still end; buffered claims always ask (they cannot run without one).
+      if (m.token === 0n && m.queue.length === 0 && (m.starved || m.running > 0)) continue;
       const keep = m.token === 0n ? 0 : book.keep(m);
       // From now until the answer, no more than `keep` run.
       if (m.token !== 0n) m.slots = keep;
@@ -252,8 +261,12 @@ export class SyncLoop {
         m.starved = true;
         this.#askedSince.delete(d.model);
       } else if (!answer.lostGrants.some((l) => l.model === d.model)) {
-        // Kept nothing and wanted nothing: the control plane dropped the grant.
-        m.dropGrant();
+        // The control plane dropped the grant (it kept nothing and wanted nothing). Claims
+        // still held cannot run without one: back to the control plane, as for a lost grant
+        // (held here with no grant, a starved model never asked again and renewed them for
+        // ever: a batch stalled with them leased).
+        if (m.held > 0) this.host.losses.grantGone(m, "lost");
+        else m.dropGrant();
       }
     }
     for (const r of answer.renewed) table.extend(r.ref, sentAt, r.ttlMs);
@@ -267,14 +280,18 @@ export class SyncLoop {
     return true;
   }
 
-  /** When a Sync is due for the rate shares held (Infinity: none held). */
-  #rateSyncAt(): number {
+  /**
+   * When a Sync is due for the rate shares held, or for the pacing views of the models
+   * running (Infinity: neither).
+   */
+  #paceSyncAt(): number {
+    let every = Number.POSITIVE_INFINITY;
     for (const m of this.host.book.all()) {
-      if (m.token !== 0n && (m.rpm !== undefined || m.tpm !== undefined)) {
-        return this.#sentAt + RATE_SYNC_MS;
-      }
+      if (m.token === 0n) continue;
+      if (m.rpm !== undefined || m.tpm !== undefined) return this.#sentAt + RATE_SYNC_MS;
+      if (m.running > 0 && m.gate.view !== undefined) every = VIEW_SYNC_MS;
     }
-    return Number.POSITIVE_INFINITY;
+    return this.#sentAt + every;
   }
 
   /** A renewal went out at `at` (or was not needed): the next is due a period later. */

@@ -34,6 +34,10 @@ export interface PacingView {
   concurrency: number;
   callsLastMinute: number;
   throttledLastMinute: number;
+  /** The span those counts cover, in seconds (60, or less while the model is new). */
+  windowSeconds: number;
+  /** Attempts in flight now. */
+  running: number;
 }
 
 /** Pacing modes, slowest first (a fleet shows the slowest of its dispatchers'). */

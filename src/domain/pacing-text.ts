@@ -10,6 +10,8 @@ export interface PacingFigures {
   concurrency: number;
   callsLastMinute: number;
   throttledLastMinute: number;
+  /** The span the counts cover, in seconds (0 or absent: a minute). */
+  windowSeconds?: number;
 }
 
 /**
@@ -19,7 +21,9 @@ export interface PacingFigures {
 export function pacingText(p: PacingFigures): string {
   if (p.mode === "held") return "held (meter empty)";
   const calls = p.callsLastMinute;
+  const window = p.windowSeconds !== undefined && p.windowSeconds > 0 ? p.windowSeconds : 60;
+  const perMinute = Math.round((calls * 60) / Math.max(1, window));
   const share = calls > 0 ? Math.round((100 * p.throttledLastMinute) / calls) : 0;
   const mode = p.mode.replace("_", " ");
-  return `${mode}: ${calls.toLocaleString("en-US")}/min, ${share} % 429, ${p.concurrency} at once`;
+  return `${mode}: ${perMinute.toLocaleString("en-US")}/min, ${share} % 429, ${p.concurrency} at once`;
 }

@@ -7,7 +7,13 @@ import type { BatchRecord } from "./batches.js";
 import type { Db, Prepared, Queryable } from "./db.js";
 import { TenantEntity } from "./entities/index.js";
 import { runningOf } from "./model-limits.js";
-import { type FleetPacing, fleetPacing, type PacingRow, pacingOf } from "./pacing-views.js";
+import {
+  type FleetPacing,
+  fleetPacing,
+  type PacingRow,
+  pacingOf,
+  runningWith,
+} from "./pacing-views.js";
 
 export interface TenantRecord {
   name: string;
@@ -155,7 +161,8 @@ export async function batchShares(
     pacing: PacingRow | null;
   }>(BATCH_SHARES, [batchId, defaultLimit]);
   return rows.map((r) => {
-    const modelRunning = runningOf(r.model_in_flight, r.slots);
+    const pacing = fleetPacing(r.pacing);
+    const modelRunning = runningWith(runningOf(r.model_in_flight, r.slots), pacing);
     return {
       model: r.model,
       inFlight: r.in_flight,
@@ -167,7 +174,7 @@ export async function batchShares(
         r.model_in_flight === 0
           ? 0
           : Math.min(r.in_flight, Math.round((r.in_flight * modelRunning) / r.model_in_flight)),
-      pacing: fleetPacing(r.pacing),
+      pacing,
     };
   });
 }

@@ -1,7 +1,13 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Db } from "./db.js";
-import { type FleetPacing, fleetPacing, type PacingRow, pacingOf } from "./pacing-views.js";
+import {
+  type FleetPacing,
+  fleetPacing,
+  type PacingRow,
+  pacingOf,
+  runningWith,
+} from "./pacing-views.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
 export interface ModelLimitRecord {
@@ -68,7 +74,8 @@ const SELECT_WITH_USAGE = `
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
-  const running = runningOf(r.in_flight, r.slots_granted);
+  const pacing = fleetPacing(r.pacing);
+  const running = runningWith(runningOf(r.in_flight, r.slots_granted), pacing);
   return {
     model: r.model,
     limit: r.max_in_flight,
@@ -80,7 +87,7 @@ function toRecord(r: Row): ModelLimitRecord {
     holdUntil: r.hold_until,
     rpm: r.rpm,
     tpm: r.tpm,
-    pacing: fleetPacing(r.pacing),
+    pacing,
   };
 }
 

@@ -16,6 +16,8 @@ export interface PacingRow {
   calls: number;
   throttled: number;
   dispatchers: number;
+  window: number | null;
+  running: number | null;
 }
 
 /** SQL: the pacing row of the model named by the SQL expression `model`. */
@@ -25,6 +27,8 @@ export function pacingOf(model: string): string {
         'concurrency', sum((s.pacing->>'concurrency')::int),
         'calls', sum((s.pacing->>'callsLastMinute')::int),
         'throttled', sum((s.pacing->>'throttledLastMinute')::int),
+        'window', max((s.pacing->>'windowSeconds')::int),
+        'running', sum((s.pacing->>'running')::int),
         'dispatchers', count(*)) END
       FROM slot_grants s
       WHERE s.model = ${model} AND s.expires_at > now() AND s.pacing IS NOT NULL)`;
@@ -38,7 +42,18 @@ export function fleetPacing(r: PacingRow | null): FleetPacing | null {
       concurrency: r.concurrency,
       callsLastMinute: r.calls,
       throttledLastMinute: r.throttled,
+      // Views sent before these fields: a minute, and nothing known of the running.
+      windowSeconds: r.window ?? 60,
+      running: r.running ?? Number.POSITIVE_INFINITY,
       dispatchers: r.dispatchers,
     }
   );
+}
+
+/**
+ * Requests of a model running now: the claims that hold a granted slot, and of those no
+ * more than the pacers let run (their views, up to a few seconds old).
+ */
+export function runningWith(slotted: number, pacing: FleetPacing | null): number {
+  return pacing === null ? slotted : Math.min(slotted, pacing.running);
 }

@@ -219,6 +219,27 @@ describe("fencing", () => {
     });
   });
 
+  test("a grant the control plane drops while claims are held: the running one aborted, the buffered one released unsent", async () => {
+    start({ renewIntervalMs: 100, prefetch: 1 });
+    cp.model("gd").limit = 1;
+    cp.offer("gd", "gd-a", "gd-b");
+    await upstream.until(arrived("gd-a"), "the first request");
+    await cp.until(() => dispatcher!.stats().held === 2, "the second claim buffered");
+    // From now on the answers carry no grant of the model, and do not name it lost.
+    cp.editSync = (a) => {
+      a.grants = a.grants.filter((g) => g.model !== "gd");
+    };
+    await cp.until(
+      () => cp.reportOf("gd-a") !== undefined && cp.reportOf("gd-b") !== undefined,
+      "both released",
+    );
+    expect(cp.reportOf("gd-a")).toMatchObject({ kind: "release", unsent: false });
+    expect(cp.reportOf("gd-b")).toMatchObject({ kind: "release", unsent: true });
+    expect(executed("gd-b")).toBe(false);
+    // Nothing left held once the releases are answered (no claim kept without a grant).
+    await cp.until(() => dispatcher!.stats().held === 0, "nothing held");
+  });
+
   test("claims named lost by a renewal: the running one is aborted and released as sent, the buffered one released unsent", async () => {
     start({ renewIntervalMs: 100, prefetch: 1 });
     cp.model("cl").limit = 1;

@@ -145,6 +145,8 @@ describe("sharesText", () => {
         concurrency: 3,
         calls_last_minute: calls,
         throttled_last_minute: throttled,
+        window_seconds: 60,
+        running: 3,
         dispatchers: 1,
       },
     });
@@ -158,6 +160,12 @@ describe("sharesText", () => {
       "gpt-p 3/500 running (1 batch) · held (meter empty)",
     );
     expect(sharesText([paced("free", 100, 0)])).toBe("gpt-p 3/500 running (1 batch)");
+    // Ten seconds into a model's first minute: its counts are over ten seconds, not sixty.
+    const early = paced("paced", 50, 0);
+    early.pacing.window_seconds = 10;
+    expect(sharesText([early])).toBe(
+      "gpt-p 3/500 running (1 batch) · paced: 300/min, 0 % 429, 3 at once",
+    );
   });
 
   it("is the first part a narrow terminal drops, and the last part of a plain line", () => {

@@ -163,6 +163,8 @@ export function pacingView(p: ModelPacing | undefined) {
         concurrency: p.concurrency,
         calls_last_minute: p.callsLastMinute,
         throttled_last_minute: p.throttledLastMinute,
+        window_seconds: p.windowSeconds,
+        running: p.running,
         dispatchers: p.dispatchers,
       }
     : null;
@@ -179,6 +181,7 @@ export function pacingLine(p: ReturnType<typeof pacingView>): string {
     concurrency: p.concurrency,
     callsLastMinute: p.calls_last_minute,
     throttledLastMinute: p.throttled_last_minute,
+    windowSeconds: p.window_seconds,
   });
 }
 

@@ -62,6 +62,8 @@ export interface PacerSnapshot {
   /** The same over the last minute. */
   answeredLastMinute: number;
   throttledLastMinute: number;
+  /** The span those cover, in seconds: 60, or since the first answer when that is sooner. */
+  windowSeconds: number;
 }
 
 /** Counts per second over the last minute (a ring of 60). */
@@ -124,6 +126,7 @@ export class ModelPacer implements PacingGate {
   #answered = 0;
   #throttled = 0;
   readonly #answeredRecent = new MinuteCounts();
+  #firstAnswerAt: number | undefined;
   readonly #throttledRecent = new MinuteCounts();
   /** Mean estimated tokens per request (for what a token share lets start). */
   #meanTokens: number | undefined;
@@ -201,6 +204,7 @@ export class ModelPacer implements PacingGate {
       return;
     }
     this.#answered++;
+    this.#firstAnswerAt ??= e.nowMs;
     this.#answeredRecent.add(e.nowMs);
     const meter = parseRateLimitHeaders(e.headers, this.#wallNow());
     if (meter.requestsPerMinute !== undefined && meter.requestsPerMinute !== this.#heardRpm) {
@@ -295,6 +299,10 @@ export class ModelPacer implements PacingGate {
       throttled: this.#throttled,
       answeredLastMinute: this.#answeredRecent.total(nowMs),
       throttledLastMinute: this.#throttledRecent.total(nowMs),
+      windowSeconds:
+        this.#firstAnswerAt === undefined
+          ? 0
+          : Math.min(60, Math.max(1, Math.ceil((nowMs - this.#firstAnswerAt) / 1000))),
     };
   }
 }

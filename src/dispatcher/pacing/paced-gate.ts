@@ -94,6 +94,8 @@ export class PacedGate implements ModelGate {
       concurrency: s.concurrency,
       callsLastMinute: s.answeredLastMinute,
       throttledLastMinute: s.throttledLastMinute,
+      windowSeconds: s.windowSeconds,
+      running: s.inFlight,
     };
   }
 
