@@ -14,7 +14,9 @@
  * - reads (./reads.ts): GetBatchStatus and ListBatchRequests on a batch of
  *   1,000,000 requests vs the same answers in plain SQL;
  * - claims (./claims.ts): a Sync claiming 10 with a 1,000,000-request backlog,
- *   fair share on and off, vs the bare claim statement.
+ *   fair share on and off, vs the bare claim statement;
+ * - writes (./writes.ts): rows, HOT updates, WAL bytes and statements per
+ *   request of ingest and of dispatch (load-independent units).
  *
  * Prints a table, writes every figure to bench/results/latest.json, and exits
  * non-zero when a check fails (a model's limit exceeded at the upstream, a
@@ -23,7 +25,7 @@
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
  * FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
  * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
- * ingest, batch_start, dispatch, memory, reads, claims; batch_start runs ingest too).
+ * ingest, batch_start, dispatch, memory, reads, claims, writes; batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -39,6 +41,7 @@ import { ingestScenario } from "./ingest.js";
 import { memoryScenario } from "./memory.js";
 import { readsScenario } from "./reads.js";
 import { printTable } from "./table.js";
+import { writesScenario } from "./writes.js";
 
 /** Templates of the ingest scenario point here; nothing ever sends them. */
 const NOWHERE = "http://127.0.0.1:9";
@@ -96,6 +99,7 @@ async function main(): Promise<number> {
     if (wanted("memory")) results.memory = await step("memory", () => memoryScenario(bench));
     if (wanted("reads")) results.reads = await step("reads", () => readsScenario(bench));
     if (wanted("claims")) results.claims = await step("claims", () => claimsScenario(bench));
+    if (wanted("writes")) results.writes = await step("writes", () => writesScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { ApiKeys1764800000000 } from "../../migrations/1764800000000-api-keys.js
 import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-share.js";
 import { Pacing1765000000000 } from "../../migrations/1765000000000-pacing.js";
 import { ModelRoutes1765100000000 } from "../../migrations/1765100000000-model-routes.js";
+import { HotPathWrites1765300000000 } from "../../migrations/1765300000000-hot-path-writes.js";
 import { ENTITIES } from "./entities/index.js";
 
 /** Advisory lock key held while migrations run ("fusillade" in hex, truncated). */
@@ -24,6 +25,7 @@ export const MIGRATIONS = [
   FairShare1764900000000,
   Pacing1765000000000,
   ModelRoutes1765100000000,
+  HotPathWrites1765300000000,
 ];
 
 export interface DataSourceOptions {
