@@ -16,16 +16,19 @@
  * - claims (./claims.ts): a Sync claiming 10 with a 1,000,000-request backlog,
  *   fair share on and off, vs the bare claim statement;
  * - writes (./writes.ts): rows, HOT updates, WAL bytes and statements per
- *   request of ingest and of dispatch (load-independent units).
+ *   request of ingest and of dispatch (load-independent units);
+ * - cpu (./cpu.ts): CPU per request of serve + CLI + Postgres vs pg-boss
+ *   tuned on the same server and mock (needs BENCH_PEERS_DIR).
  *
  * Prints a table, writes every figure to bench/results/latest.json, and exits
  * non-zero when a check fails (a model's limit exceeded at the upstream, a
  * custom_id missing or duplicated in the results).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
- * FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
+ * BENCH_PEERS_DIR (the cpu scenario's pg-boss: a copy of /work/shared/peers
+ * after `npm ci` in it), FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
  * BENCH_SCALE=smoke, BENCH_ONLY=dispatch,memory (a comma list of scenarios:
- * ingest, batch_start, dispatch, memory, reads, claims, writes; batch_start runs ingest too).
+ * ingest, batch_start, dispatch, memory, reads, claims, writes, cpu; batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -36,6 +39,7 @@ import { startControlPlane } from "../src/control-plane.js";
 import { batchStartScenario } from "./batch-start.js";
 import { claimsScenario } from "./claims.js";
 import { type Bench, clients, log, SMOKE, since } from "./common.js";
+import { cpuScenario } from "./cpu.js";
 import { dispatchScenario } from "./dispatch.js";
 import { ingestScenario } from "./ingest.js";
 import { memoryScenario } from "./memory.js";
@@ -100,6 +104,7 @@ async function main(): Promise<number> {
     if (wanted("reads")) results.reads = await step("reads", () => readsScenario(bench));
     if (wanted("claims")) results.claims = await step("claims", () => claimsScenario(bench));
     if (wanted("writes")) results.writes = await step("writes", () => writesScenario(bench));
+    if (wanted("cpu")) results.cpu = await step("cpu", () => cpuScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });
