@@ -7,7 +7,6 @@ import type { FailureCode } from "../domain/outcome.js";
 import {
   type Claim,
   ClaimLossReason,
-  ClaimSchema,
   type DispatchService,
   ModelHoldSchema,
   type ClaimRef as ProtoClaimRef,
