@@ -38,6 +38,8 @@ const LIMIT = 500;
 /** bin/fusillade.js of the checkout under test. */
 const FUSILLADE = path.join(process.env.BENCH_FUSILLADE_DIR ?? ".", "bin", "fusillade.js");
 const MODELS = 2;
+/** Longest a CLI or peer run may take (the whole scenario takes ~1 min). */
+const RUN_TIMEOUT_MS = 10 * 60_000;
 /** Clock ticks per second in /proc/<pid>/stat (USER_HZ: 100 on Linux). */
 const TICKS = 100;
 const PRELOAD = `const fs = require("node:fs");
@@ -93,7 +95,10 @@ async function nodeRun(
   child.stderr.on("data", (d) => {
     err += d;
   });
+  // A batch that never finishes would keep `watch` waiting: fail the scenario instead.
+  const timer = setTimeout(() => child.kill("SIGKILL"), RUN_TIMEOUT_MS);
   const [code] = (await once(child, "exit")) as [number | null];
+  clearTimeout(timer);
   if (code !== 0) throw new Error(`cpu: ${args.slice(0, 2).join(" ")} exited ${code}: ${err}`);
   return { cpuUs: Number(await readFile(file, "utf8")), out };
 }
