@@ -18,19 +18,25 @@
  * - pacing (./pacing.ts): batches against a metered upstream (rate known, unknown,
  *   tokens) and one answering 3 % of calls 429, vs the meter's own rate;
  * - soak (./soak.ts): 200,000 requests in 100 batches with a retention of a
- *   minute, table sizes, dead rows and claim/report latency at intervals.
+ *   minute, table sizes, dead rows and claim/report latency at intervals;
+ * - writes (./writes.ts): rows, HOT updates, WAL bytes and statements per
+ *   request of ingest and of dispatch (load-independent units);
+ * - cpu (./cpu.ts): CPU per request of serve + CLI + Postgres vs pg-boss
+ *   tuned on the same server and mock (needs BENCH_PEERS_DIR).
  *
  * Prints a table, writes every figure to bench/results/latest.json, and exits
  * non-zero when a check fails (a model's limit exceeded at the upstream, a
  * custom_id missing or duplicated in the results).
  *
  * Env: BENCH_DATABASE_URL (default: an embedded Postgres in a temp dir),
- * FUSILLADE_FAIR_SHARE=off (the control plane's claims oldest batch first),
- * BENCH_SCALE=smoke, BENCH_SOAK_BATCHES (the soak's batch count, default 100),
- * BENCH_PACING=known,random (the pacing cases: known, unknown, bare, tokens, random;
- * BENCH_PACING_TRACE=1 prints where each model's 429s fell),
- * BENCH_ONLY=dispatch,memory (a comma list of scenarios: ingest, batch_start, dispatch,
- * memory, reads, claims, pacing, soak; batch_start runs ingest too).
+ * BENCH_PEERS_DIR (the cpu scenario's pg-boss: a copy of the shared peers folder,
+ * ../shared/peers, after `npm ci` in it), FUSILLADE_FAIR_SHARE=off (the control
+ * plane's claims oldest batch first), BENCH_SCALE=smoke, BENCH_SOAK_BATCHES (the
+ * soak's batch count, default 100), BENCH_PACING=known,random (the pacing cases:
+ * known, unknown, bare, tokens, random; BENCH_PACING_TRACE=1 prints where each
+ * model's 429s fell), BENCH_ONLY=dispatch,memory (a comma list of scenarios: ingest,
+ * batch_start, dispatch, memory, reads, claims, pacing, soak, writes, cpu;
+ * batch_start runs ingest too).
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -41,6 +47,7 @@ import { startControlPlane } from "../src/control-plane.js";
 import { batchStartScenario } from "./batch-start.js";
 import { claimsScenario } from "./claims.js";
 import { type Bench, clients, log, SMOKE, since } from "./common.js";
+import { cpuScenario } from "./cpu.js";
 import { dispatchScenario } from "./dispatch.js";
 import { ingestScenario } from "./ingest.js";
 import { memoryScenario } from "./memory.js";
@@ -48,6 +55,7 @@ import { pacingScenario } from "./pacing.js";
 import { readsScenario } from "./reads.js";
 import { soakScenario } from "./soak.js";
 import { printTable } from "./table.js";
+import { writesScenario } from "./writes.js";
 
 /** Templates of the ingest scenario point here; nothing ever sends them. */
 const NOWHERE = "http://127.0.0.1:9";
@@ -107,6 +115,8 @@ async function main(): Promise<number> {
     if (wanted("claims")) results.claims = await step("claims", () => claimsScenario(bench));
     if (wanted("pacing")) results.pacing = await step("pacing", () => pacingScenario(bench));
     if (wanted("soak")) results.soak = await step("soak", () => soakScenario(bench));
+    if (wanted("writes")) results.writes = await step("writes", () => writesScenario(bench));
+    if (wanted("cpu")) results.cpu = await step("cpu", () => cpuScenario(bench));
   } finally {
     await cp.close();
     await rm(tmp, { recursive: true, force: true });

@@ -153,6 +153,30 @@ function rows(r: unknown): Row[] {
       `${n("soak.batches_left")} batches left`,
     ]);
   }
+  out.push([
+    "cpu",
+    `CPU per request, serve + CLI + Postgres, ${n("cpu.requests")} req (beside: pg-boss tuned + Postgres)`,
+    `${n("cpu.fusillade.total_us")} µs`,
+    `${n("cpu.pg_boss_tuned.total_us")} µs`,
+    `× ${n("cpu.cpu_ratio_to_pg_boss")}`,
+  ]);
+  out.push([
+    "cpu",
+    "end to end, same run (beside: pg-boss tuned enqueue + process)",
+    `${n("cpu.fusillade.end_to_end_s")} s`,
+    `${n("cpu.pg_boss_tuned.end_to_end_s")} s`,
+    `${n("cpu.end_to_end_ratio_to_pg_boss")}× pg-boss's speed`,
+  ]);
+  for (const phase of ["ingest", "dispatch"]) {
+    const w = `writes.${phase}`;
+    out.push([
+      "writes",
+      `${phase} per request: requests upd / HOT, events ins, WAL bytes, statements`,
+      `${n(`${w}.requests.upd`)} / ${n(`${w}.requests.hot_upd`)}, ${n(`${w}.request_events.ins`)}, ${n(`${w}.wal_bytes`)} B, ${n(`${w}.statements`)}`,
+      "–",
+      "–",
+    ]);
+  }
   out.push(...pacingRows(r, n));
   return out;
 }

@@ -196,13 +196,21 @@ export function toProtoOutcome(r: Report): ProtoOutcome {
   }
   const o = r.outcome;
   if (o.kind === "completion") {
-    return create(OutcomeSchema, {
-      ref,
+    // The common case as a literal message: create() walks the schema for
+    // every field, and a report carries hundreds of completions.
+    return {
+      $typeName: "fusillade.v1.Outcome",
+      ref: { $typeName: "fusillade.v1.ClaimRef", ...ref },
       result: {
         case: "completion",
-        value: { statusCode: o.statusCode, headers: o.headers, body: o.body },
+        value: {
+          $typeName: "fusillade.v1.Completion",
+          statusCode: o.statusCode,
+          headers: o.headers,
+          body: o.body,
+        },
       },
-    });
+    };
   }
   return create(OutcomeSchema, {
     ref,

@@ -15,6 +15,10 @@
  * Timers are plain `setTimeout`: millisecond precision, unlike undici's own
  * headersTimeout/bodyTimeout (~1 s granularity, DESIGN §8), which we disable.
  *
+ * One timer serves both deadlines (an attempt is on the dispatcher's hot
+ * path): it is armed for the earlier one; when the first-byte deadline comes
+ * after the headers did, it re-arms for what is left of the total.
+ *
  * Modes: armed (no cause) → aborted (cause set, signal aborted, first source
  * wins) ; `dispose()` may be called in either and is idempotent.
  */
@@ -32,25 +36,25 @@ export class AttemptSignal {
   readonly #controller = new AbortController();
   readonly #caller: AbortSignal | undefined;
   readonly #onCallerAbort: () => void;
-  #firstByteTimer: NodeJS.Timeout | undefined;
-  #totalTimer: NodeJS.Timeout | undefined;
+  readonly #firstByteTimeoutMs: number;
+  readonly #totalTimeoutMs: number;
+  #timer: NodeJS.Timeout | undefined;
+  #headers = false;
   #cause: AbortCause | undefined;
 
   constructor(caller: AbortSignal | undefined, firstByteTimeoutMs: number, totalTimeoutMs: number) {
     this.#caller = caller;
+    this.#firstByteTimeoutMs = firstByteTimeoutMs;
+    this.#totalTimeoutMs = totalTimeoutMs;
     this.#onCallerAbort = () => this.abort({ kind: "caller", reason: caller?.reason });
     if (caller?.aborted) {
       this.#onCallerAbort();
       return;
     }
     caller?.addEventListener("abort", this.#onCallerAbort, { once: true });
-    this.#firstByteTimer = setTimeout(
-      () => this.abort({ kind: "first_byte_timeout", afterMs: firstByteTimeoutMs }),
-      firstByteTimeoutMs,
-    ).unref();
-    this.#totalTimer = setTimeout(
-      () => this.abort({ kind: "total_timeout", afterMs: totalTimeoutMs }),
-      totalTimeoutMs,
+    this.#timer = setTimeout(
+      this.#onDeadline,
+      Math.min(firstByteTimeoutMs, totalTimeoutMs),
     ).unref();
   }
 
@@ -66,8 +70,7 @@ export class AttemptSignal {
 
   /** Response headers are in: the first-byte deadline no longer applies. */
   headersReceived(): void {
-    clearTimeout(this.#firstByteTimer);
-    this.#firstByteTimer = undefined;
+    this.#headers = true;
   }
 
   /** Aborts the attempt for `cause` unless it was already aborted (first cause wins). */
@@ -79,12 +82,25 @@ export class AttemptSignal {
     this.#controller.abort(reason);
   }
 
-  /** Clears timers and detaches from the caller's signal. Idempotent. */
+  /** Clears the timer and detaches from the caller's signal. Idempotent. */
   dispose(): void {
-    clearTimeout(this.#firstByteTimer);
-    clearTimeout(this.#totalTimer);
-    this.#firstByteTimer = undefined;
-    this.#totalTimer = undefined;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
     this.#caller?.removeEventListener("abort", this.#onCallerAbort);
   }
+
+  /** The earlier deadline passed (or the first-byte one, after the headers: re-arm for the total). */
+  readonly #onDeadline = (): void => {
+    const firstByte = this.#firstByteTimeoutMs;
+    const total = this.#totalTimeoutMs;
+    if (!this.#headers && firstByte <= total) {
+      this.abort({ kind: "first_byte_timeout", afterMs: firstByte });
+    } else if (total <= firstByte) {
+      this.abort({ kind: "total_timeout", afterMs: total });
+    } else {
+      this.#timer = setTimeout(() => {
+        this.abort({ kind: "total_timeout", afterMs: total });
+      }, total - firstByte).unref();
+    }
+  };
 }

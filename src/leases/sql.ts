@@ -203,7 +203,7 @@ const endedError = (
 /**
  * RequestsReapExpiredLeases: leases past their expiry go back to pending
  * (the attempt stays counted), or fail when the attempts are used up, or
- * end with their batch. Params: model (null = all). Uses requests_leased.
+ * end with their batch. Params: model (null = all). Uses requests_leased_batch.
  */
 export const REQUESTS_REAP_EXPIRED = `
   WITH dead AS (

@@ -3,7 +3,7 @@
  * process metrics, counters bumped by the lease service and the batch
  * lifecycle watcher, and gauges read at scrape time from small tables (model
  * limits, slot grants, the unfinished batches' counter columns, tenants) and
- * the claimed requests (the partial index requests_leased: at most the
+ * the claimed requests (the partial index requests_leased_batch: at most the
  * fleet's slots and buffers) — never a scan of `requests`. Labels are
  * bounded: no batch or request; tenants (few: one per client team) only on
  * the fair-share gauges.
@@ -49,7 +49,7 @@ const ACTIVE_BATCH_COUNTS = `
 /**
  * ClaimsByTenant: requests claimed by dispatchers now (running or buffered),
  * per tenant and model. No params. Reads the leased rows only (partial index
- * requests_leased), which the limits and the dispatchers' buffers bound.
+ * requests_leased_batch), which the limits and the dispatchers' buffers bound.
  */
 const CLAIMS_BY_TENANT = `
   SELECT tenant, model, count(*)::int AS claims

@@ -450,8 +450,8 @@ function all(sel: RetrySelection): boolean {
 }
 
 /**
- * Deletes a finished batch: its requests and events go with it (ON DELETE
- * CASCADE), then its file's stored API keys if the file is gone and this was
+ * Deletes a finished batch: its requests go with it (ON DELETE CASCADE), its
+ * events too (the trigger batches_after_delete: the log has no foreign key), then its file's stored API keys if the file is gone and this was
  * its last batch.
  * A batch still running is FailedPreconditionError.
  */

@@ -10,6 +10,7 @@ import { FairShare1764900000000 } from "../../migrations/1764900000000-fair-shar
 import { Pacing1765000000000 } from "../../migrations/1765000000000-pacing.js";
 import { ModelRoutes1765100000000 } from "../../migrations/1765100000000-model-routes.js";
 import { Retention1765200000000 } from "../../migrations/1765200000000-retention.js";
+import { HotPathWrites1765300000000 } from "../../migrations/1765300000000-hot-path-writes.js";
 import { AttemptStatus1765400000000 } from "../../migrations/1765400000000-attempt-status.js";
 import { RateAcks1765500000000 } from "../../migrations/1765500000000-rate-acks.js";
 import { PacingViews1765500000001 } from "../../migrations/1765500000001-pacing-views.js";
@@ -29,6 +30,7 @@ export const MIGRATIONS = [
   Pacing1765000000000,
   ModelRoutes1765100000000,
   Retention1765200000000,
+  HotPathWrites1765300000000,
   AttemptStatus1765400000000,
   RateAcks1765500000000,
   PacingViews1765500000001,

@@ -27,8 +27,10 @@ export interface SnapshotPage {
  * RequestsSnapshotPage: requests of a batch after `afterLine`, in line
  * order, optionally only those in `states`, capped by bytes (byteCappedPage).
  * Params: batch id, after line, states (empty = all), limit (rows), max
- * bytes. Uses requests_batch_state, or the (batch_id, line) unique index
- * when unfiltered.
+ * bytes. Filtered on states among pending, failed, canceled and expired it
+ * uses requests_batch_unsettled; otherwise the (batch_id, line) unique index
+ * (claimed and completed rows are in no per-batch state index: see
+ * docs/architecture.md, "What the hot path writes").
  */
 const REQUESTS_SNAPSHOT_PAGE = byteCappedPage(
   `SELECT ${REQUEST_COLUMNS} FROM requests

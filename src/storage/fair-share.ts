@@ -93,7 +93,7 @@ export interface ModelShareRecord {
 /**
  * SQL: the claims of batch `b` (a batches row, with its file's `models`) of
  * `model`: its leased_count when the file has that one model (no row is read),
- * else a count of its leased rows of the model (requests_batch_state: at most
+ * else a count of its leased rows of the model (requests_leased_batch: at most
  * its claims). Shared by the claim's candidates and the batch shares.
  */
 export function batchClaimsOf(b: string, models: string, model: string): string {
@@ -109,10 +109,11 @@ export function batchClaimsOf(b: string, models: string, model: string): string 
  * one model, the common case) claimed ones: a batch of one model's claims
  * are its leased_count. Reads the unfinished batches, one index probe per
  * batch and model (requests_pending_batch), and the claimed rows of batches
- * of several models (requests_batch_state). A batch whose file was deleted
+ * of several models (requests_leased_batch). A batch whose file was deleted
  * shows none. Also the model's unexpired slots (slot_grants: a row per
- * dispatcher and model), which bound what of the claims runs (runningOf).
- * Prepared: its planning cost more than its execution. Params:
+ * dispatcher and model), which bound what of the claims runs (runningOf),
+ * and the fleet's pacing view (./pacing-views.ts). Prepared: its planning
+ * cost more than its execution. Params:
  * batch id, default limit.
  */
 const BATCH_SHARES: Prepared = {

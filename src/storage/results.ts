@@ -20,8 +20,9 @@ export interface ResultRow {
  * RequestsTerminalPage: a batch's requests in `states` (terminal ones),
  * after `afterLine`, in line order, capped by bytes (byteCappedPage: the
  * bodies past the cap are never read out of Postgres). Params: batch id,
- * states, after line, limit + 1, byte cap. Uses requests_batch_state
- * (batch_id, state, line).
+ * states, after line, limit + 1, byte cap. Uses requests_batch_unsettled
+ * (batch_id, state, line) when `states` leaves out completed, else the
+ * (batch_id, line) unique index (completed rows are most of a batch).
  */
 const REQUESTS_TERMINAL_PAGE = byteCappedPage(
   `SELECT id, line, custom_id, state, response_status, response_headers, response_body,

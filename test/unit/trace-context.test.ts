@@ -37,6 +37,12 @@ test("traceparent: version 00, sampled, a new span per call; parse takes only va
   }
 });
 
+test("span ids come from a pool that is drawn anew: thousands in a row are all different", () => {
+  const ids = Array.from({ length: 3000 }, () => newSpanId());
+  expect(new Set(ids).size).toBe(ids.length);
+  for (const id of ids) expect(id).toMatch(/^[0-9a-f]{16}$/);
+});
+
 test("an attempt's headers: traceparent in the request's trace, and the batch id", () => {
   const h = Object.fromEntries(traceHeaders("0af76519-16cd-43dd-8448-eb211c80319c", "b-1"));
   expect(parseTraceparent(h.traceparent)!.traceId).toBe("0af7651916cd43dd8448eb211c80319c");

@@ -1,8 +1,9 @@
 /**
- * Requests and their change log (migrations 1764400000000 to 1764900000000).
- * The statement-level trigger `requests_after_update` and the sequence
- * `lease_token_seq` are outside what entities describe; the schema builder
- * leaves both alone.
+ * Requests and their change log (migrations 1764400000000 to 1765300000000).
+ * The statement-level triggers `requests_after_update` and
+ * `batches_after_delete` (which deletes a deleted batch's events: the log
+ * has no foreign key) and the sequence `lease_token_seq` are outside what
+ * entities describe; the schema builder leaves them alone.
  */
 import {
   Check,
@@ -20,11 +21,13 @@ import { BatchEntity } from "./batches.js";
 @Index("requests_pending_batch", ["model", "batchId", "createdAt", "line"], {
   where: "state = 'pending'",
 })
-@Index("requests_leased", ["model"], { where: "state = 'leased'" })
+@Index("requests_leased_batch", ["model", "batchId"], { where: "state = 'leased'" })
 @Index("requests_retry_wait", ["model", "notBefore"], {
   where: "state = 'pending' AND not_before IS NOT NULL",
 })
-@Index("requests_batch_state", ["batchId", "state", "line"])
+@Index("requests_batch_unsettled", ["batchId", "state", "line"], {
+  where: "state IN ('pending', 'failed', 'canceled', 'expired')",
+})
 @Index("requests_batch_custom_id", ["batchId", "customId"], { where: "custom_id IS NOT NULL" })
 @Unique("requests_batch_id_line_key", ["batchId", "line"])
 @Check("requests_line_check", "line > 0")
@@ -89,7 +92,11 @@ export class RequestEntity {
   @Column({ type: "text", default: "default" }) tenant: string;
 }
 
-/** The append-only change log streams resume from; `seq` is allocated per batch by the trigger. */
+/**
+ * The append-only change log streams resume from; `seq` is allocated per
+ * batch by the trigger. No foreign key: only the trigger writes it, right
+ * after locking the batch row (docs/architecture.md).
+ */
 @Entity({ name: "request_events" })
 export class RequestEventEntity {
   @PrimaryColumn({
@@ -97,7 +104,6 @@ export class RequestEventEntity {
     name: "batch_id",
     primaryKeyConstraintName: "request_events_pkey",
   })
-  @ForeignKey(() => BatchEntity, { name: "request_events_batch_id_fkey", onDelete: "CASCADE" })
   batchId: string;
   @PrimaryColumn({ type: "bigint", primaryKeyConstraintName: "request_events_pkey" }) seq: string;
   @Column({ type: "uuid", name: "request_id" }) requestId: string;
