@@ -6,14 +6,7 @@ import { isBatchTerminal } from "../domain/states.js";
 import type { BatchRecord } from "./batches.js";
 import type { Db, Prepared, Queryable } from "./db.js";
 import { TenantEntity } from "./entities/index.js";
-import { runningOf } from "./model-limits.js";
-import {
-  type FleetPacing,
-  fleetPacing,
-  type PacingRow,
-  pacingOf,
-  runningWith,
-} from "./pacing-views.js";
+import { type FleetPacing, type PacingRow, pacingOf, runningNow } from "./pacing-views.js";
 
 export interface TenantRecord {
   name: string;
@@ -84,7 +77,7 @@ export interface ModelShareRecord {
   activeBatches: number;
   /** This batch's part of modelRunning, in proportion to its claims. */
   running: number;
-  /** The model's claims that hold a granted slot (runningOf). */
+  /** The model's claims that hold a granted slot (runningNow). */
   modelRunning: number;
   /** How the fleet paces the model now (docs/pacing.md); null: no dispatcher has said. */
   pacing: FleetPacing | null;
@@ -111,7 +104,7 @@ export function batchClaimsOf(b: string, models: string, model: string): string 
  * batch and model (requests_pending_batch), and the claimed rows of batches
  * of several models (requests_leased_batch). A batch whose file was deleted
  * shows none. Also the model's unexpired slots (slot_grants: a row per
- * dispatcher and model), which bound what of the claims runs (runningOf),
+ * dispatcher and model), which bound what of the claims runs (runningNow),
  * and the fleet's pacing view (./pacing-views.ts). Prepared: its planning
  * cost more than its execution. Params:
  * batch id, default limit.
@@ -162,8 +155,7 @@ export async function batchShares(
     pacing: PacingRow | null;
   }>(BATCH_SHARES, [batchId, defaultLimit]);
   return rows.map((r) => {
-    const pacing = fleetPacing(r.pacing);
-    const modelRunning = runningWith(runningOf(r.model_in_flight, r.slots), pacing);
+    const { running: modelRunning, pacing } = runningNow(r.model_in_flight, r.slots, r.pacing);
     return {
       model: r.model,
       inFlight: r.in_flight,

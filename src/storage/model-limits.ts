@@ -1,13 +1,7 @@
 /** Model limits as stored, with current usage, for AdminService. */
 import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Db } from "./db.js";
-import {
-  type FleetPacing,
-  fleetPacing,
-  type PacingRow,
-  pacingOf,
-  runningWith,
-} from "./pacing-views.js";
+import { type FleetPacing, type PacingRow, pacingOf, runningNow } from "./pacing-views.js";
 import { decodePageToken, encodePageToken } from "./pages.js";
 
 export interface ModelLimitRecord {
@@ -42,16 +36,6 @@ export interface ModelLimitChange {
   tpm?: number | null;
 }
 
-/**
- * Requests of a model running now, from its claims and the slots granted
- * for it: a dispatcher runs a claim only in a slot, and fills its slots from
- * its claims, so the claims beyond the slots are buffered. Fleet-wide this is
- * an upper bound (a dispatcher's spare slots do not run another's claims).
- */
-export function runningOf(claims: number, slotsGranted: number): number {
-  return Math.min(claims, slotsGranted);
-}
-
 interface Row {
   model: string;
   max_in_flight: number | null;
@@ -74,8 +58,7 @@ const SELECT_WITH_USAGE = `
   FROM model_limits m`;
 
 function toRecord(r: Row): ModelLimitRecord {
-  const pacing = fleetPacing(r.pacing);
-  const running = runningWith(runningOf(r.in_flight, r.slots_granted), pacing);
+  const { running, pacing } = runningNow(r.in_flight, r.slots_granted, r.pacing);
   return {
     model: r.model,
     limit: r.max_in_flight,

@@ -35,7 +35,7 @@ export function pacingOf(model: string): string {
 }
 
 /** A pacing row as the fleet's view; the slowest mode of any dispatcher. */
-export function fleetPacing(r: PacingRow | null): FleetPacing | null {
+function fleetPacing(r: PacingRow | null): FleetPacing | null {
   return (
     r && {
       mode: PACING_MODES.find((m) => r.modes.includes(m)) ?? "free",
@@ -51,9 +51,17 @@ export function fleetPacing(r: PacingRow | null): FleetPacing | null {
 }
 
 /**
- * Requests of a model running now: the claims that hold a granted slot, and of those no
- * more than the pacers let run (their views, up to a few seconds old).
+ * A model's pacing, and its requests running now: a dispatcher runs a claim only in a slot
+ * and fills its slots from its claims, so the claims beyond the slots granted are buffered
+ * (fleet-wide an upper bound: a dispatcher's spare slots do not run another's claims); and
+ * of those no more than the pacers let run (their views, up to a few seconds old).
  */
-export function runningWith(slotted: number, pacing: FleetPacing | null): number {
-  return pacing === null ? slotted : Math.min(slotted, pacing.running);
+export function runningNow(
+  claims: number,
+  slotsGranted: number,
+  row: PacingRow | null,
+): { running: number; pacing: FleetPacing | null } {
+  const pacing = fleetPacing(row);
+  const slotted = Math.min(claims, slotsGranted);
+  return { running: pacing === null ? slotted : Math.min(slotted, pacing.running), pacing };
 }
