@@ -101,9 +101,10 @@ test("an unknown meter, a generous limit: every request completes with max_retri
   console.log(`unknown meter: ${r.calls} calls, ${throttled} answered 429`);
   expect(r.accepted).toHaveLength(REQUESTS);
   // Each dispatcher paces to the rate the headers name and slow-starts below it; two of them
-  // on one meter meet it at times. Every slot at once (before slow start and the headers)
-  // had 53 % of calls answered 429 here; now about 10 %.
-  expect(throttled / r.calls).toBeLessThanOrEqual(0.3);
+  // on one meter (20 a second, 0.4 requests per round trip) meet it at times: 10–23 % of
+  // calls answered 429 in runs here. Every slot at once (before slow start and the headers)
+  // had 53 %: the bound tells the two apart.
+  expect(throttled / r.calls).toBeLessThanOrEqual(0.4);
 }, 180_000);
 
 test("a lowered rate takes effect within a renewal: from then on, no second sees more than the new rate allows", async () => {

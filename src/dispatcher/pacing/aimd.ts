@@ -34,7 +34,7 @@ export interface AimdOptions {
   min?: number;
   /** The ceiling (the slots held). */
   max: number;
-  /** Where slow start begins. @default 4 */
+  /** Where slow start begins. @default 8 */
   initial?: number;
   /** The cut on a throttle, as a multiplier. @default 0.9 */
   backoff?: number;
@@ -46,7 +46,7 @@ export interface AimdOptions {
   probePerSecond?: number;
   /**
    * Slow start's clock while no answer comes: a limit all in use that heard nothing for this
-   * long (or a round trip, once one is known) doubles. @default 100
+   * long (or a round trip, once one is known) doubles. @default 50
    */
   idleGrowthMs?: number;
 }
@@ -101,14 +101,14 @@ export class AimdLimit {
   #grownAt: number | undefined;
 
   constructor(o: AimdOptions) {
-    this.#idleGrowthMs = o.idleGrowthMs ?? 100;
+    this.#idleGrowthMs = o.idleGrowthMs ?? 50;
     this.#min = Math.max(1, o.min ?? 1);
     this.#max = Math.max(this.#min, o.max);
     this.#backoff = o.backoff ?? 0.9;
     this.#minWindowMs = o.minWindowMs ?? 50;
     this.#meterMemoryMs = o.meterMemoryMs ?? 10_000;
     this.#probePerSecond = o.probePerSecond ?? 0.1;
-    this.#limit = Math.min(this.#max, Math.max(this.#min, o.initial ?? 4));
+    this.#limit = Math.min(this.#max, Math.max(this.#min, o.initial ?? 8));
   }
 
   /** Attempts that may run at once now. */
