@@ -52,8 +52,10 @@ export class AttemptRunner {
     const now = performance.now();
     while (m.queue.length > 0 && m.canStart(now)) {
       const entry = m.queue[0]!;
-      if (entry.gaveUp !== undefined) {
-        m.queue.shift();
+      // Its fence's timer may not have fired yet on a busy event loop: a claim past its
+      // deadline may have been handed to another dispatcher already. It goes back unsent.
+      if (entry.gaveUp !== undefined || this.shared.table.fenceIfDue(entry, now)) {
+        if (m.queue[0] === entry) m.queue.shift();
         continue;
       }
       const waitMs = m.gate.admit(entry.lease, m.running, now);

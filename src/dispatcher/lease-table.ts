@@ -95,6 +95,21 @@ export class LeaseTable {
     if (entry.phase !== "reporting" && entry.gaveUp === undefined) this.#arm(entry);
   }
 
+  /**
+   * Gives up a claim whose fencing deadline has passed although its timer has not fired yet
+   * (a busy event loop runs timers late): as the timer would. True when it was given up.
+   */
+  fenceIfDue(entry: HeldLease, now: number): boolean {
+    if (now < entry.deadline || entry.phase === "reporting" || entry.gaveUp !== undefined) {
+      return false;
+    }
+    clearTimeout(entry.timer);
+    if (entry.abort("fenced", "lease not renewed before its fencing deadline")) {
+      this.onFenced(entry);
+    }
+    return true;
+  }
+
   /** A queued claim's request starts. */
   start(entry: HeldLease): void {
     entry.phase = "running";

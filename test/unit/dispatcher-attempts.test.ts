@@ -56,6 +56,37 @@ describe("AttemptRunner", () => {
     expect(runner.counts).toEqual({ completions: 1, failures: 0 });
   });
 
+  test("a buffered claim past its fencing deadline is never started, even before its timer fires (a busy event loop)", () => {
+    const fenced: string[] = [];
+    const s = shared(
+      {
+        marginMs: 0,
+        onFenced: (e) => {
+          fenced.push(e.lease.ref.requestId);
+          s.book.find(e.lease.model)?.unqueue(e);
+        },
+      },
+      new SlotBook(100, 0.5),
+    );
+    const executor = new ScriptedExecutor();
+    const runner = new AttemptRunner(s, new Settler(s, new RecordingSink(), () => 0), executor, {
+      paused: () => false,
+      afterAttempt: () => undefined,
+    });
+    const m = granted(s, "late", 2);
+    // A claim whose lease (1 ms) is over by the time the runner looks: its fence timer is
+    // queued but has not run, as on an event loop busy for longer than the fencing margin.
+    const [old, fresh] = buffer(s, claim("late", 1), claim("late"));
+    const until = performance.now() + 5;
+    while (performance.now() < until) {
+      // the event loop is busy
+    }
+    runner.pump(m);
+    expect(executor.started).toEqual([fresh!.ref.requestId]);
+    expect(fenced).toEqual([old!.ref.requestId]);
+    expect(m.queue).toEqual([]);
+  });
+
   test("paused (stopping, or reports failing): nothing starts until a pump after it ends", () => {
     const { s, executor, host, runner } = setup();
     const m = granted(s, "a", 2);
