@@ -21,10 +21,12 @@ import {
   GetBatchBreakdownResponseSchema,
   GetBatchResponseSchema,
   GetBatchStatusResponseSchema,
+  type GetRequestRequest,
   GetRequestResponseSchema,
   ListBatchesResponseSchema,
   ListBatchRequestsResponseSchema,
   RequestAttemptSchema,
+  type RetryBatchRequest,
   RetryBatchResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
 import type {
@@ -188,6 +190,70 @@ export async function startBatch(
 }
 
 /** The batch methods of BatchService (the streaming ones are in streams.ts). */
+/** What RetryBatch asks for, checked (INVALID_ARGUMENT naming the field). */
+function retryOptions(req: RetryBatchRequest) {
+  return {
+    requestIds: req.requestIds.map((id, i) => requestIdOf(validateText(id, `request_ids[${i}]`))),
+    customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
+    completionWindow:
+      req.completionWindow === ""
+        ? null
+        : {
+            text: req.completionWindow,
+            ms: completionWindowMs(req.completionWindow, "completion_window"),
+          },
+    resume: req.resume,
+  };
+}
+
+/** GetRequest's key: the request id (a result line's batch_req_ id too), or batch and custom id. */
+function requestKey(req: GetRequestRequest) {
+  return req.requestId !== ""
+    ? { requestId: requestIdOf(validateText(req.requestId, "request_id")) }
+    : {
+        batchId: required(req.batchId, "batch_id"),
+        customId: validateText(required(req.customId, "custom_id"), "custom_id"),
+      };
+}
+
+/** A request and its attempts on the wire. */
+function toProtoRequestWithAttempts({
+  request,
+  attempts,
+}: Awaited<ReturnType<typeof getRequestWithAttempts>>) {
+  return create(GetRequestResponseSchema, {
+    request: toProtoRequest(request),
+    attempts: attempts.map((a) =>
+      create(RequestAttemptSchema, {
+        attempt: a.attempt,
+        startTime: toTimestamp(a.startedAt),
+        endTime: toTimestamp(a.endedAt),
+        outcome: a.outcome === null ? undefined : toProtoRequestState(a.outcome),
+        statusCode: a.statusCode ?? 0,
+        errorCode: a.errorCode ?? "",
+      }),
+    ),
+  });
+}
+
+/** A batch's breakdown on the wire. */
+function toProtoBreakdown({ models, errors }: Awaited<ReturnType<typeof batchBreakdown>>) {
+  return create(GetBatchBreakdownResponseSchema, {
+    models: models.map((m) => ({
+      model: m.model,
+      counts: toProtoCounts(m.counts),
+      holdUntilTime: toTimestamp(m.holdUntil),
+    })),
+    errors: errors.map((e) => ({
+      code: e.code,
+      statusCode: e.statusCode ?? 0,
+      failed: BigInt(e.failed),
+      retrying: BigInt(e.retrying),
+      exampleMessage: e.exampleMessage,
+    })),
+  });
+}
+
 export function batchMethods(
   deps: ApiDeps,
 ): Pick<
@@ -264,20 +330,12 @@ export function batchMethods(
     },
 
     async retryBatch(req, ctx) {
-      const { batch, retried } = await retryBatch(db, scopeOf(principalOf(ctx)), req.batchId, {
-        requestIds: req.requestIds.map((id, i) =>
-          requestIdOf(validateText(id, `request_ids[${i}]`)),
-        ),
-        customIds: req.customIds.map((id, i) => validateText(id, `custom_ids[${i}]`)),
-        completionWindow:
-          req.completionWindow === ""
-            ? null
-            : {
-                text: req.completionWindow,
-                ms: completionWindowMs(req.completionWindow, "completion_window"),
-              },
-        resume: req.resume,
-      });
+      const { batch, retried } = await retryBatch(
+        db,
+        scopeOf(principalOf(ctx)),
+        req.batchId,
+        retryOptions(req),
+      );
       return create(RetryBatchResponseSchema, {
         batch: toProtoBatch(batch, deps.config.retentionMs),
         retriedCount: BigInt(retried),
@@ -301,31 +359,8 @@ export function batchMethods(
     },
 
     async getRequest(req, ctx) {
-      const key =
-        req.requestId !== ""
-          ? { requestId: requestIdOf(validateText(req.requestId, "request_id")) }
-          : {
-              batchId: required(req.batchId, "batch_id"),
-              customId: validateText(required(req.customId, "custom_id"), "custom_id"),
-            };
-      const { request, attempts } = await getRequestWithAttempts(
-        db,
-        scopeOf(principalOf(ctx)),
-        key,
-      );
-      return create(GetRequestResponseSchema, {
-        request: toProtoRequest(request),
-        attempts: attempts.map((a) =>
-          create(RequestAttemptSchema, {
-            attempt: a.attempt,
-            startTime: toTimestamp(a.startedAt),
-            endTime: toTimestamp(a.endedAt),
-            outcome: a.outcome === null ? undefined : toProtoRequestState(a.outcome),
-            statusCode: a.statusCode ?? 0,
-            errorCode: a.errorCode ?? "",
-          }),
-        ),
-      });
+      const found = await getRequestWithAttempts(db, scopeOf(principalOf(ctx)), requestKey(req));
+      return toProtoRequestWithAttempts(found);
     },
 
     async getBatchBreakdown(req, ctx) {
@@ -333,21 +368,7 @@ export function batchMethods(
       if (req.maxErrors < 0 || req.maxErrors > 100) {
         throw new InvalidArgumentError("max_errors", "must be between 0 and 100");
       }
-      const { models, errors } = await batchBreakdown(db, req.batchId, req.maxErrors || 5);
-      return create(GetBatchBreakdownResponseSchema, {
-        models: models.map((m) => ({
-          model: m.model,
-          counts: toProtoCounts(m.counts),
-          holdUntilTime: toTimestamp(m.holdUntil),
-        })),
-        errors: errors.map((e) => ({
-          code: e.code,
-          statusCode: e.statusCode ?? 0,
-          failed: BigInt(e.failed),
-          retrying: BigInt(e.retrying),
-          exampleMessage: e.exampleMessage,
-        })),
-      });
+      return toProtoBreakdown(await batchBreakdown(db, req.batchId, req.maxErrors || 5));
     },
   };
 }

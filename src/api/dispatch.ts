@@ -2,7 +2,12 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { PACING_MODES, type PacingMode, type PacingView } from "../domain/capacity.js";
+import {
+  PACING_MODES,
+  type PacingMode,
+  type PacingView,
+  type SlotDemand,
+} from "../domain/capacity.js";
 import { InvalidArgumentError } from "../domain/errors.js";
 import type { FailureCode } from "../domain/outcome.js";
 import {
@@ -13,7 +18,9 @@ import {
   type ClaimRef as ProtoClaimRef,
   type ModelHold as ProtoModelHold,
   ReportResult_Disposition,
+  type ReportResultsRequest,
   ReportResultsResponseSchema,
+  type SyncRequest,
   SyncResponseSchema,
   WaitForWorkResponseSchema,
 } from "../gen/fusillade/v1/dispatch_service_pb.js";
@@ -110,6 +117,90 @@ function pacingView(p: ModelPacing, field: string): PacingView {
   };
 }
 
+/** One model's demand of a Sync, checked (INVALID_ARGUMENT naming the field). */
+function fromProtoDemand(d: SyncRequest["slots"][number], i: number): SlotDemand {
+  if (d.model === "") throw new InvalidArgumentError(`slots[${i}].model`, "is required");
+  return {
+    model: d.model,
+    token: d.token,
+    keep: count(d.keep, `slots[${i}].keep`),
+    want: count(d.want, `slots[${i}].want`),
+    room: count(d.room, `slots[${i}].room`),
+    rateWant: count(d.rateWant, `slots[${i}].rate_want`),
+    tokenWant: count(d.tokenWant, `slots[${i}].token_want`),
+    rpmHeld: d.rpmHeld === undefined ? undefined : count(d.rpmHeld, `slots[${i}].rpm_held`),
+    tpmHeld: d.tpmHeld === undefined ? undefined : count(d.tpmHeld, `slots[${i}].tpm_held`),
+    pacing: d.pacing && pacingView(d.pacing, `slots[${i}].pacing`),
+  };
+}
+
+/** A Sync's answer on the wire. */
+function toProtoSync(res: Awaited<ReturnType<LeaseService["sync"]>>) {
+  return create(SyncResponseSchema, {
+    grants: res.grants.map((g) => ({
+      model: g.model,
+      token: g.token,
+      slots: g.slots,
+      target: g.target,
+      ttl: toDuration(g.ttlMs),
+      rpm: g.rpm,
+      tpm: g.tpm,
+    })),
+    lostGrants: res.lostGrants,
+    claims: res.claims.map(toProtoClaim),
+    renewed: res.renewed.map((r) => ({
+      ref: { requestId: r.requestId, token: r.token },
+      ttl: toDuration(r.ttlMs),
+    })),
+    lost: res.lost.map((r) => ({
+      ref: { requestId: r.requestId, token: r.token },
+      reason: LOSS_TO_PROTO[r.reason],
+    })),
+    holds: toProtoHolds(res.holds),
+    serverTime: timestampNow(),
+  });
+}
+
+/** One outcome of a ReportResults call, checked (INVALID_ARGUMENT naming the field). */
+function fromProtoOutcome(o: ReportResultsRequest["outcomes"][number], i: number): Outcome {
+  const ref = fromRef(o.ref, `outcomes[${i}].ref`);
+  switch (o.result.case) {
+    case "completion":
+      return {
+        ref,
+        kind: "completion",
+        statusCode: o.result.value.statusCode,
+        headers: o.result.value.headers,
+        body: o.result.value.body,
+      };
+    case "failure": {
+      const f = o.result.value;
+      const code = f.code as FailureCode;
+      if (!FAILURE_CODES.has(code)) {
+        throw new InvalidArgumentError(
+          `outcomes[${i}].failure.code`,
+          `unknown code ${JSON.stringify(f.code)}`,
+        );
+      }
+      return {
+        ref,
+        kind: "failure",
+        statusCode: f.statusCode,
+        code,
+        message: f.message,
+        retriable: f.retriable,
+        retryAfterMs: fromDuration(f.retryAfter),
+        bodyExcerpt: f.bodyExcerpt.subarray(0, MAX_EXCERPT_BYTES),
+        headers: f.headers,
+      };
+    }
+    case "release":
+      return { ref, kind: "release", reason: o.result.value.reason, unsent: o.result.value.unsent };
+    default:
+      throw new InvalidArgumentError(`outcomes[${i}].result`, "is required");
+  }
+}
+
 /** The DispatchService methods. */
 export function dispatchMethods(
   deps: ApiDeps,
@@ -119,21 +210,7 @@ export function dispatchMethods(
     async sync(req, ctx) {
       if (req.dispatcherId === "") throw new InvalidArgumentError("dispatcher_id", "is required");
       deps.fleet?.seen(req.dispatcherId);
-      const demands = req.slots.map((d, i) => {
-        if (d.model === "") throw new InvalidArgumentError(`slots[${i}].model`, "is required");
-        return {
-          model: d.model,
-          token: d.token,
-          keep: count(d.keep, `slots[${i}].keep`),
-          want: count(d.want, `slots[${i}].want`),
-          room: count(d.room, `slots[${i}].room`),
-          rateWant: count(d.rateWant, `slots[${i}].rate_want`),
-          tokenWant: count(d.tokenWant, `slots[${i}].token_want`),
-          rpmHeld: d.rpmHeld === undefined ? undefined : count(d.rpmHeld, `slots[${i}].rpm_held`),
-          tpmHeld: d.tpmHeld === undefined ? undefined : count(d.tpmHeld, `slots[${i}].tpm_held`),
-          pacing: d.pacing && pacingView(d.pacing, `slots[${i}].pacing`),
-        };
-      });
+      const demands = req.slots.map(fromProtoDemand);
       const renew = req.claims.map((r, i) => fromRef(r, `claims[${i}]`));
       const res = await leases.sync(req.dispatcherId, demands, renew);
       if (ctx.signal.aborted && res.claims.length > 0) {
@@ -144,29 +221,7 @@ export function dispatchMethods(
         await leases.report(res.claims.map(unsentRelease));
         res.claims = [];
       }
-      return create(SyncResponseSchema, {
-        grants: res.grants.map((g) => ({
-          model: g.model,
-          token: g.token,
-          slots: g.slots,
-          target: g.target,
-          ttl: toDuration(g.ttlMs),
-          rpm: g.rpm,
-          tpm: g.tpm,
-        })),
-        lostGrants: res.lostGrants,
-        claims: res.claims.map(toProtoClaim),
-        renewed: res.renewed.map((r) => ({
-          ref: { requestId: r.requestId, token: r.token },
-          ttl: toDuration(r.ttlMs),
-        })),
-        lost: res.lost.map((r) => ({
-          ref: { requestId: r.requestId, token: r.token },
-          reason: LOSS_TO_PROTO[r.reason],
-        })),
-        holds: toProtoHolds(res.holds),
-        serverTime: timestampNow(),
-      });
+      return toProtoSync(res);
     },
 
     async waitForWork(req, ctx) {
@@ -193,49 +248,7 @@ export function dispatchMethods(
     },
 
     async reportResults(req, ctx) {
-      const outcomes: Outcome[] = req.outcomes.map((o, i) => {
-        const ref = fromRef(o.ref, `outcomes[${i}].ref`);
-        switch (o.result.case) {
-          case "completion":
-            return {
-              ref,
-              kind: "completion",
-              statusCode: o.result.value.statusCode,
-              headers: o.result.value.headers,
-              body: o.result.value.body,
-            };
-          case "failure": {
-            const f = o.result.value;
-            const code = f.code as FailureCode;
-            if (!FAILURE_CODES.has(code)) {
-              throw new InvalidArgumentError(
-                `outcomes[${i}].failure.code`,
-                `unknown code ${JSON.stringify(f.code)}`,
-              );
-            }
-            return {
-              ref,
-              kind: "failure",
-              statusCode: f.statusCode,
-              code,
-              message: f.message,
-              retriable: f.retriable,
-              retryAfterMs: fromDuration(f.retryAfter),
-              bodyExcerpt: f.bodyExcerpt.subarray(0, MAX_EXCERPT_BYTES),
-              headers: f.headers,
-            };
-          }
-          case "release":
-            return {
-              ref,
-              kind: "release",
-              reason: o.result.value.reason,
-              unsent: o.result.value.unsent,
-            };
-          default:
-            throw new InvalidArgumentError(`outcomes[${i}].result`, "is required");
-        }
-      });
+      const outcomes = req.outcomes.map(fromProtoOutcome);
       const rooms = new Map<string, number>();
       req.refill.forEach((r, i) => {
         if (r.model === "") throw new InvalidArgumentError(`refill[${i}].model`, "is required");
