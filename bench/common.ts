@@ -73,6 +73,33 @@ export function jsonl(n: number, models: readonly string[], pad: number): Buffer
   return Buffer.from(`${lines.join("\n")}\n`);
 }
 
+/**
+ * `n` OpenAI chat lines, custom ids `req-0…`, each of `modelOf(i)` with one user message
+ * `contentOf(i)` and max_tokens 16.
+ */
+export function chatJsonl(
+  n: number,
+  modelOf: (i: number) => string,
+  contentOf: (i: number) => string,
+): string {
+  const lines: string[] = [];
+  for (let i = 0; i < n; i++) {
+    lines.push(
+      JSON.stringify({
+        custom_id: `req-${i}`,
+        method: "POST",
+        url: "/v1/chat/completions",
+        body: {
+          model: modelOf(i),
+          messages: [{ role: "user", content: contentOf(i) }],
+          max_tokens: 16,
+        },
+      }),
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
 const CHUNK = 1024 * 1024;
 
 async function* uploadMessages(content: Buffer, endpoint: string) {

@@ -32,7 +32,7 @@ import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
-import { type Bench, round, scaled } from "./common.js";
+import { type Bench, chatJsonl, round, scaled } from "./common.js";
 
 const LIMIT = 500;
 /** bin/fusillade.js of the checkout under test. */
@@ -159,22 +159,11 @@ async function portOpen(port: number): Promise<boolean> {
 }
 
 function jsonlFor(n: number): string {
-  const lines: string[] = [];
-  for (let i = 0; i < n; i++) {
-    lines.push(
-      JSON.stringify({
-        custom_id: `req-${i}`,
-        method: "POST",
-        url: "/v1/chat/completions",
-        body: {
-          model: `model-${i % MODELS}`,
-          messages: [{ role: "user", content: `Say hello to request ${i}.` }],
-          max_tokens: 16,
-        },
-      }),
-    );
-  }
-  return `${lines.join("\n")}\n`;
+  return chatJsonl(
+    n,
+    (i) => `model-${i % MODELS}`,
+    (i) => `Say hello to request ${i}.`,
+  );
 }
 
 /** A fresh database on the bench's server; its URL. */

@@ -26,6 +26,7 @@ import {
 import {
   type Bench,
   benchDispatcher,
+  chatJsonl,
   round,
   SMOKE,
   since,
@@ -59,22 +60,13 @@ const CASES: readonly PacingCase[] = [
 const PROMPT = "p".repeat(112);
 
 function batchFile(name: string, n: number): Buffer {
-  const lines: string[] = [];
-  for (let i = 0; i < n; i++) {
-    lines.push(
-      JSON.stringify({
-        custom_id: `req-${i}`,
-        method: "POST",
-        url: "/v1/chat/completions",
-        body: {
-          model: `pace-${name}-${i % MODELS}`,
-          messages: [{ role: "user", content: PROMPT }],
-          max_tokens: 16,
-        },
-      }),
-    );
-  }
-  return Buffer.from(`${lines.join("\n")}\n`);
+  return Buffer.from(
+    chatJsonl(
+      n,
+      (i) => `pace-${name}-${i % MODELS}`,
+      () => PROMPT,
+    ),
+  );
 }
 
 /** Runs a batch of `n` lines against `up` through one dispatcher; checks every custom_id. */
