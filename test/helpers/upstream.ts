@@ -24,6 +24,8 @@ export interface Step {
   delayMs?: number;
   /** Never answer (until the client gives up and closes the socket). */
   hang?: boolean;
+  /** Answer only once this settles (then after `delayMs`): a gate the test opens. */
+  after?: Promise<unknown>;
   /**
    * Send the headers and this many bytes of the body, then reset the
    * connection (TCP RST): a connection reset mid-body.
@@ -328,8 +330,12 @@ export class Upstream extends EventEmitter {
       }
       res.end(body);
     };
-    if (step.delayMs) setTimeout(send, step.delayMs);
-    else send();
+    const later = () => {
+      if (step.delayMs) setTimeout(send, step.delayMs);
+      else send();
+    };
+    if (step.after) void step.after.then(later, later);
+    else later();
   }
 }
 
