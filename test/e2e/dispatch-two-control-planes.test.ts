@@ -99,5 +99,8 @@ test("dispatchers split between two control-plane processes hold the global limi
     acquired.push(JSON.parse(line!).acquired);
   }
   console.log(`acquired per dispatcher: ${acquired}`);
-  expect(acquired.every((n) => n > 0), `acquired per dispatcher: ${acquired}`).toBe(true);
+  expect(
+    acquired.every((n) => n > 0),
+    `acquired per dispatcher: ${acquired}`,
+  ).toBe(true);
 });
