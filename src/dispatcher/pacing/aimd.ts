@@ -13,7 +13,11 @@
  *   answers were accepted, a meter is in evidence: the limit is cut to the
  *   cohort's limit times the share accepted (a meter refusing half means
  *   half the concurrency), and for `meterMemoryMs` the probe is slow (below)
- *   and starts are spaced (startIntervalMs). 3 % random 429s (overload of a
+ *   and starts are spaced (startIntervalMs); each throttle meanwhile renews
+ *   that memory. A cohort is judged once all answered, before the next start
+ *   (`judge`), not at a later cohort's next answer; and as soon as more than a
+ *   quarter of it was refused (a meter answers 429 at once, successes a round
+ *   trip later), to the share that may still be accepted. 3 % random 429s (overload of a
  *   shared upstream, not a meter) almost never refuse a quarter of a cohort:
  *   they cost only the request that got it and a 10 % cut now and then.
  * - Increase, per success of an attempt sent since the last cut while at
@@ -24,8 +28,9 @@
  *   round trip.
  * Figures (simulated, test/unit/pacing/model-pacer.test.ts; 500 slots on a
  * 3,000/min meter at 50 ms, no headers): one per round trip throughout,
- * 11.5 % of calls answered 429; with the slow probe, 5.4 %, at 103 % of the
- * meter's rate. The limit stays within [min, max] (max: the slots held).
+ * 11.5 % of calls answered 429; with the slow probe, 6.5 %; judging a
+ * cohort before the next start and renewing the meter's memory, 3.6 %, at
+ * 102 % of the meter's rate. The limit stays within [min, max] (max: the slots held).
  * Pure: "now" (monotonic ms) comes in as an argument.
  */
 
@@ -176,15 +181,32 @@ export class AimdLimit {
   onAdmit(nowMs: number): void {
     this.#grownAt ??= nowMs;
     let c = this.#cohorts[this.#cohorts.length - 1];
-    const length = Math.max(this.#minWindowMs, this.#latencyMs ?? 0);
-    // A new cohort starts after the last one's last attempt: an outcome finds
-    // its cohort by its admission time.
-    if (c === undefined || (nowMs - c.start >= length && c.sent >= MIN_COHORT && nowMs > c.last)) {
+    if (c === undefined || this.#closed(c, nowMs)) {
       c = { start: nowMs, last: nowMs, limit: this.#limit, sent: 0, ok: 0, throttled: 0, none: 0 };
       this.#cohorts.push(c);
     }
     c.sent++;
     c.last = nowMs;
+  }
+
+  /**
+   * Judges the cohorts that are fully answered, the last one included (once it has
+   * MIN_COHORT attempts): the pacer asks before each start, so a cohort that showed a meter
+   * cuts the limit before the next attempt, not at a later cohort's answer (a whole round
+   * trip of starts later).
+   */
+  judge(nowMs: number): void {
+    this.#judge(nowMs, true);
+  }
+
+  /**
+   * A cohort takes no more attempts once it is a round trip long and has MIN_COHORT of
+   * them: the next attempt starts a new one (after its last attempt, so an outcome finds its
+   * cohort by its admission time).
+   */
+  #closed(c: Cohort, nowMs: number): boolean {
+    const length = Math.max(this.#minWindowMs, this.#latencyMs ?? 0);
+    return nowMs - c.start >= length && c.sent >= MIN_COHORT && nowMs > c.last;
   }
 
   /** An attempt admitted at `admittedAtMs` was answered, not throttled, with `inFlight` running (itself included). */
@@ -232,15 +254,37 @@ export class AimdLimit {
     const c = this.#cohorts[i];
     if (c === undefined) return;
     c[kind]++;
-    // The last cohort still takes attempts: only those before it are judged.
-    while (this.#cohorts.length > 1) {
+    if (kind === "throttled") {
+      if (nowMs < this.#meterUntil) {
+        // A meter still refusing us is still there.
+        this.#meterUntil = nowMs + this.#meterMemoryMs;
+      }
+      // Refused past what the rest of its answers could make up: the cohort shows a
+      // meter already (a meter answers 429 at once, its successes a round trip later).
+      // The limit follows the share that may still be accepted, lower with each 429.
+      if (c.sent >= MIN_COHORT && c.throttled > c.sent * (1 - METER_EVIDENCE)) {
+        this.#meter(nowMs, c.limit * ((c.sent - c.throttled) / c.sent));
+      }
+    }
+    this.#judge(nowMs, false);
+  }
+
+  /** A meter is in evidence: the limit goes to `to`, the probe is slow and starts are spaced. */
+  #meter(nowMs: number, to: number): void {
+    this.#cut(nowMs, to);
+    this.#meterUntil = nowMs + this.#meterMemoryMs;
+  }
+
+  /** Judges the fully answered cohorts, oldest first; the last one only when `last`. */
+  #judge(nowMs: number, last: boolean): void {
+    while (this.#cohorts.length > 0) {
       const first = this.#cohorts[0]!;
       if (first.ok + first.throttled + first.none < first.sent) break;
+      if (this.#cohorts.length === 1 && !(last && first.sent >= MIN_COHORT)) break;
       this.#cohorts.shift();
       const answered = first.ok + first.throttled;
       if (answered >= MIN_COHORT && first.ok < answered * METER_EVIDENCE) {
-        this.#cut(nowMs, first.limit * (first.ok / answered));
-        this.#meterUntil = nowMs + this.#meterMemoryMs;
+        this.#meter(nowMs, first.limit * (first.ok / answered));
       }
     }
   }

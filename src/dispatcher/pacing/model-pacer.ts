@@ -156,6 +156,7 @@ export class ModelPacer implements PacingGate {
     if (empty.length > 0) {
       return { ok: false, retryAtMs: Math.max(...empty), reason: "meter_empty" };
     }
+    this.#aimd.judge(nowMs);
     if (this.#inFlight >= this.#aimd.limit) {
       const growAt = this.#aimd.growIdle(nowMs, this.#inFlight);
       if (this.#inFlight >= this.#aimd.limit) {

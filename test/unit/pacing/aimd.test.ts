@@ -96,9 +96,13 @@ describe("AimdLimit", () => {
     // 64 sent at 0, then one more cohort begun at 60 (so the first is judged once answered).
     for (let i = 0; i < 64; i++) a.onAdmit(0);
     a.onAdmit(60);
-    // Answered at 70: 32 accepted, 32 refused (the refusals first, as a meter answers at once).
-    for (let i = 0; i < 32; i++) a.onThrottle(70, 0);
+    // Answered at 70: 32 refused, then 32 accepted (a meter answers 429 at once).
+    a.onThrottle(70, 0);
     expect(a.limit).toBe(57); // the first throttle: × 0.9 at once, once
+    for (let i = 1; i < 32; i++) a.onThrottle(70, 0);
+    // Refused past a quarter: the meter shows before the successes come; at most the half
+    // not refused can be accepted.
+    expect(a.limit).toBe(32);
     for (let i = 0; i < 32; i++) a.onSuccess(70, 0, 64);
     expect(a.limit).toBe(32); // the cohort judged: half accepted
     expect(a.startIntervalMs(70)).toBeCloseTo(70 / 32);
@@ -108,6 +112,64 @@ describe("AimdLimit", () => {
     expect(a.limit).toBeLessThanOrEqual(36);
     // Ten seconds on, the meter is forgotten: no spacing.
     expect(a.startIntervalMs(11_000)).toBe(0);
+  });
+
+  test("the last cohort, closed and all answered, is judged before the next start, not at the next answer", () => {
+    const a = new AimdLimit({ max: 500, initial: 29 });
+    // A round trip of 50 ms is known (answers with few in flight: no growth).
+    for (let i = 0; i < 20; i++) a.onAdmit(0);
+    for (let i = 0; i < 20; i++) a.onSuccess(50, 0, 1);
+    // 29 sent at 100: 7 refused (under a quarter: no evidence yet), 5 never answered, 17
+    // accepted: 17 of 24 answers, under 75 %.
+    for (let i = 0; i < 29; i++) a.onAdmit(100);
+    for (let i = 0; i < 7; i++) a.onThrottle(101, 100);
+    for (let i = 0; i < 5; i++) a.onNoAnswer(120, 100);
+    for (let i = 0; i < 17; i++) a.onSuccess(150, 100, 17);
+    expect(a.limit).toBe(26); // one 10 % cut for the 429s
+    // Nothing else was sent: no later answer judges it. The pacer asks before each start.
+    a.judge(150);
+    expect(a.limit).toBe(20); // the cohort's 29 × 17/24
+    expect(a.startIntervalMs(150)).toBeGreaterThan(0);
+  });
+
+  test("a cohort refused past what its other answers could make up shows a meter at once", () => {
+    const a = new AimdLimit({ max: 500, initial: 40 });
+    for (let i = 0; i < 40; i++) a.onAdmit(0);
+    for (let i = 0; i < 10; i++) a.onThrottle(1, 0);
+    expect(a.startIntervalMs(1)).toBe(0); // a quarter refused: could still be 75 % accepted
+    a.onThrottle(1, 0);
+    expect(a.limit).toBe(29); // 40 × 29/40: what may still be accepted
+    a.onSuccess(50, 0, 29); // the first round trip is known: starts are spaced
+    expect(a.startIntervalMs(50)).toBeGreaterThan(0);
+  });
+
+  test("a cohort still open (under a round trip, or too few attempts) is not judged early", () => {
+    const a = new AimdLimit({ max: 500, initial: 29 });
+    round(a, 0, 20, 0, 50);
+    for (let i = 0; i < 19; i++) a.onAdmit(100);
+    for (let i = 0; i < 15; i++) a.onThrottle(101, 100);
+    for (let i = 0; i < 4; i++) a.onSuccess(150, 100, 4);
+    a.judge(200);
+    expect(a.startIntervalMs(200)).toBe(0); // 19 < MIN_COHORT: no evidence yet
+  });
+
+  test("a meter that keeps refusing stays in evidence past its memory; one that stops is forgotten", () => {
+    const kept = new AimdLimit({ max: 500, initial: 64 });
+    const quiet = new AimdLimit({ max: 500, initial: 64 });
+    for (const a of [kept, quiet]) {
+      for (let i = 0; i < 64; i++) a.onAdmit(0);
+      for (let i = 0; i < 32; i++) a.onThrottle(1, 0);
+      for (let i = 0; i < 32; i++) a.onSuccess(50, 0, 32);
+      a.judge(60);
+      expect(a.startIntervalMs(60)).toBeGreaterThan(0);
+    }
+    // A 429 now and then, as a meter answers a probe that went too far.
+    for (let t = 1000; t <= 15_000; t += 2500) {
+      kept.onAdmit(t);
+      kept.onThrottle(t + 1, t);
+    }
+    expect(kept.startIntervalMs(16_000)).toBeGreaterThan(0);
+    expect(quiet.startIntervalMs(16_000)).toBe(0);
   });
 
   test("3 % random 429s show no meter: a cohort of 20 with one refused cuts by 10 % only", () => {
