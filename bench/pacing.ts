@@ -1,7 +1,8 @@
 /**
  * Scenario "pacing" (docs/pacing.md): batches against a metered upstream
  * (test/helpers/metered-upstream.ts: per model, a bucket of one second of its
- * per-minute rate, 429 + Retry-After and `x-ratelimit-*` headers when empty),
+ * per-minute rate, 429 + Retry-After and `x-ratelimit-*` headers when empty)
+ * in a process of its own, as a provider is (bench/metered-process.ts),
  * every request's outcome checked, measured at the upstream:
  *
  * - known: `limits set --rpm` equal to the meter's, a generous limit (500);
@@ -18,11 +19,7 @@
  */
 
 import { performance } from "node:perf_hooks";
-import {
-  type MeteredUpstream,
-  maxIn,
-  startMeteredUpstream,
-} from "../test/helpers/metered-upstream.js";
+import { maxIn } from "../test/helpers/metered-upstream.js";
 import {
   type Bench,
   benchDispatcher,
@@ -33,6 +30,7 @@ import {
   upload,
   waitFinished,
 } from "./common.js";
+import { type MeteredProcess, startMeteredProcess } from "./metered-process.js";
 
 /** A meter's rate per model: 3,000 requests a minute (the issue's case). */
 const RPM = 3_000;
@@ -72,7 +70,7 @@ function batchFile(name: string, n: number): Buffer {
 /** Runs a batch of `n` lines against `up` through one dispatcher; checks every custom_id. */
 async function runBatch(
   bench: Bench,
-  up: MeteredUpstream,
+  up: MeteredProcess,
   name: string,
   n: number,
 ): Promise<{ seconds: number; completed: number }> {
@@ -121,13 +119,18 @@ function traceThrottles(model: string, accepted: number[], throttledAt: number[]
 }
 
 /** What the upstream saw of a case's models: calls, 429s, the rate achieved. */
-function seenAt(up: MeteredUpstream, name: string, perMinute: number, unit: "requests" | "tokens") {
+async function seenAt(
+  up: MeteredProcess,
+  name: string,
+  perMinute: number,
+  unit: "requests" | "tokens",
+) {
   let calls = 0;
   let throttled = 0;
   let achieved = 0;
   let worstMinute = 0;
   for (let i = 0; i < MODELS; i++) {
-    const r = up.record(`pace-${name}-${i}`);
+    const r = await up.record(`pace-${name}-${i}`);
     calls += r.calls;
     throttled += r.metered + r.random;
     const span = (r.accepted[r.accepted.length - 1]! - r.accepted[0]!) / 60_000;
@@ -150,7 +153,7 @@ function seenAt(up: MeteredUpstream, name: string, perMinute: number, unit: "req
 async function meteredCase(bench: Bench, c: PacingCase): Promise<Record<string, unknown>> {
   const tokens = c.name === "tokens";
   const meter = tokens ? { tpm: TPM } : { rpm: RPM };
-  const up = await startMeteredUpstream({
+  const up = await startMeteredProcess({
     meters: Object.fromEntries(
       Array.from({ length: MODELS }, (_, i) => [`pace-${c.name}-${i}`, meter]),
     ),
@@ -165,7 +168,7 @@ async function meteredCase(bench: Bench, c: PacingCase): Promise<Record<string, 
       else await bench.admin.setModelLimit({ model, limit: LIMIT });
     }
     const run = await runBatch(bench, up, c.name, c.requests);
-    const at = seenAt(up, c.name, tokens ? TPM : RPM, tokens ? "tokens" : "requests");
+    const at = await seenAt(up, c.name, tokens ? TPM : RPM, tokens ? "tokens" : "requests");
     return {
       case: c.name,
       meter: tokens ? `${TPM} tokens/min` : `${RPM} requests/min`,
@@ -189,14 +192,14 @@ async function randomCase(bench: Bench): Promise<Record<string, unknown>> {
     ["clean", 0],
     ["random", 0.03],
   ] as const) {
-    const up = await startMeteredUpstream({ latencyMs: 30, randomThrottle: p });
+    const up = await startMeteredProcess({ latencyMs: 30, randomThrottle: p });
     try {
       for (let i = 0; i < MODELS; i++) {
         await bench.admin.setModelLimit({ model: `pace-${name}-${i}`, limit: 10 });
       }
       const run = await runBatch(bench, up, name, n);
       out[`${name}_seconds`] = run.seconds;
-      out[`${name}_throttled`] = seenAt(up, name, 1, "requests").throttled;
+      out[`${name}_throttled`] = (await seenAt(up, name, 1, "requests")).throttled;
     } finally {
       await up.close();
     }
