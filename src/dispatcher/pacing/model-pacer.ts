@@ -266,6 +266,20 @@ export class ModelPacer implements PacingGate {
   }
 
   /**
+   * Whether the cut concurrency, not a rate, is what holds the model back: what it lets
+   * start a minute (limit per round trip) is below what the rates allow. A model paced to
+   * its `--rpm` whose concurrency was once cut reads "paced", not "backing off".
+   */
+  #concurrencyBinds(): boolean {
+    const latency = this.#aimd.latencyMs;
+    if (latency === undefined) return true;
+    let rate = this.#rpm ?? this.#heardRpm ?? Number.POSITIVE_INFINITY;
+    if (this.#tpm !== undefined)
+      rate = Math.min(rate, this.#tpm / Math.max(1, this.#meanTokens ?? 1));
+    return (this.#aimd.rawLimit * 60_000) / Math.max(1, latency) < rate;
+  }
+
+  /**
    * A reading as a budget: what is left, less what we have in flight (the
    * upstream may not have counted those yet: counting them twice errs on
    * the side of fewer 429s), until the reset.
@@ -281,12 +295,14 @@ export class ModelPacer implements PacingGate {
       exhausted(this.#requestBudget, nowMs) ?? 0,
       exhausted(this.#tokenBudget, nowMs) ?? 0,
     );
+    const rated =
+      this.#rpm !== undefined || this.#tpm !== undefined || this.#heardRpm !== undefined;
     const mode: PacerMode =
       held > 0
         ? "held"
-        : this.#aimd.backingOff
+        : this.#aimd.backingOff && this.#concurrencyBinds()
           ? "backing_off"
-          : this.#rpm !== undefined || this.#tpm !== undefined || this.#heardRpm !== undefined
+          : rated
             ? "paced"
             : "free";
     return {

@@ -107,6 +107,25 @@ describe("ModelPacer gate", () => {
     expect(p.tryAdmit(41, 1).ok).toBe(true);
   });
 
+  test("a model with a rate reads paced after a cut, unless the cut concurrency is what holds it back", () => {
+    // 600/min set; 200 ms a call; a 429 cuts the concurrency from 20 to 18. 18 at once
+    // start 5,400 a minute: the rate, not the concurrency, holds the model.
+    const rated = new ModelPacer(0, { concurrency: 20, rpm: 600 }, { initial: 20 });
+    rated.tryAdmit(0, 1);
+    rated.onOutcome(end(200, 200));
+    rated.tryAdmit(200, 1);
+    rated.tryAdmit(200, 1);
+    rated.onOutcome(end(201, 429, { admittedAtMs: 200 }));
+    expect(rated.snapshot(201)).toMatchObject({ mode: "paced", concurrency: 18 });
+    // 60,000/min set: 18 at once (5,400/min) is below it, so the cut is why it is slow.
+    const fast = new ModelPacer(0, { concurrency: 20, rpm: 60_000 }, { initial: 20 });
+    fast.tryAdmit(0, 1);
+    fast.onOutcome(end(200, 200));
+    fast.tryAdmit(200, 1);
+    fast.onOutcome(end(201, 429, { admittedAtMs: 200 }));
+    expect(fast.snapshot(201)).toMatchObject({ mode: "backing_off", concurrency: 18 });
+  });
+
   test("a 429 whose headers read the meter empty holds the model until the reset", () => {
     const p = new ModelPacer(0, { concurrency: 10 }, { initial: 10 });
     p.tryAdmit(0, 1);
