@@ -21,8 +21,9 @@
  *   shared upstream, not a meter) almost never refuse a quarter of a cohort:
  *   they cost only the request that got it and a 10 % cut now and then.
  * - Increase, per success of an attempt sent since the last cut while at
- *   least half the limit runs: +1 before the first cut (the limit doubles per
- *   round trip: slow start), then +1/limit (one per round trip); while a
+ *   least half the limit runs: +1/2 before the first cut (the limit grows by
+ *   half per round trip: slow start, SLOW_START_STEP), then +1/limit (one per
+ *   round trip); while a
  *   meter is in evidence, at most `probePerSecond` (10 %) of the limit a
  *   second: at a small limit one per round trip overshoots the meter every
  *   round trip.
@@ -55,6 +56,17 @@ export interface AimdOptions {
    */
   idleGrowthMs?: number;
 }
+
+/**
+ * Slow start's growth per success: the limit × 1.5 per round trip, not TCP's × 2. Against
+ * a meter that sends no headers, the 429s of slow start are what it sends between the
+ * meter running dry and the first 429 coming back, so they follow its rate then; × 1.5
+ * reaches a dry meter at about 0.6 of × 2's rate (ln 1.5 / ln 2). Measured, bench pacing
+ * "bare" alternating (load 3–5): 6.4, 5.7, 10.4 % of calls 429 against 9.2, 9.5, 12.9 %;
+ * dispatch c (500 ms, limit 100) 0.95 of the limit in use either way, since before the
+ * first answer the limit still doubles every idle period.
+ */
+const SLOW_START_STEP = 0.5;
 
 /** Weight of a new latency sample in the smoothed latency. */
 const LATENCY_GAIN = 0.125;
@@ -220,7 +232,7 @@ export class AimdLimit {
     if (admittedAtMs < this.#lastCutAt) return;
     if (inFlight * 2 < this.#limit) return; // the limit is not what holds us back
     if (this.#slowStart) this.#grownAt = nowMs;
-    let step = this.#slowStart ? 1 : 1 / Math.max(1, this.#limit);
+    let step = this.#slowStart ? SLOW_START_STEP : 1 / Math.max(1, this.#limit);
     if (nowMs < this.#meterUntil || this.#limit < 1) {
       // Per success, latency/1000 of a second passes per slot in use.
       step = Math.min(step, (this.#probePerSecond * this.#latencyMs) / 1000);

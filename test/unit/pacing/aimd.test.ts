@@ -12,14 +12,14 @@ function round(a: AimdLimit, t: number, n: number, thr = 0, rtt = 50) {
 }
 
 describe("AimdLimit", () => {
-  test("slow start doubles the limit per round trip while it is in use, up to the max", () => {
-    const a = new AimdLimit({ max: 50, initial: 4 });
+  test("slow start grows the limit by half per round trip while it is in use, up to the max", () => {
+    const a = new AimdLimit({ max: 50, initial: 8 });
     const seen = [a.limit];
-    for (let t = 0; t < 300; t += 50) {
+    for (let t = 0; t < 400; t += 50) {
       round(a, t, a.limit);
       seen.push(a.limit);
     }
-    expect(seen).toEqual([4, 8, 16, 32, 50, 50, 50]);
+    expect(seen).toEqual([8, 12, 18, 27, 40, 50, 50, 50, 50]);
   });
 
   test("slow start without answers: a limit all in use doubles each idle period, not otherwise", () => {
