@@ -139,7 +139,9 @@ const PREFETCH =
 
 /**
  * A dispatcher that serves only `models`, with capacity far above their
- * limits, on its own thread in this process, as `serve` runs one.
+ * limits, on its own thread in this process, as `serve` runs one; it calls the
+ * control plane over HTTP/2, as a separate dispatcher does (serve's own thread
+ * uses a MessagePort: docs/architecture.md, "serve's two threads").
  */
 export function benchDispatcher(
   cpUrl: string,

@@ -3,15 +3,19 @@
  * migrations, LISTEN connection, reaper, retention, and the API server.
  */
 import { setMaxListeners } from "node:events";
+import { MessageChannel, type MessagePort } from "node:worker_threads";
 import type { ApiDeps } from "./api/deps.js";
+import { dispatchMethods } from "./api/dispatch.js";
+import { servePort } from "./api/port-server.js";
 import { routes } from "./api/routes.js";
-import { buildServer } from "./api/server.js";
+import { apiInterceptors, buildServer } from "./api/server.js";
 import { Authenticator, isLoopbackListen } from "./auth/authenticator.js";
 import { loadKeyring } from "./auth/secrets.js";
 import { newToken } from "./auth/tokens.js";
 import { ConfigError, type ControlPlaneConfig } from "./config/config.js";
 import type { EndpointPolicy } from "./domain/endpoints.js";
 import { ForbiddenAddresses } from "./domain/forbidden-addresses.js";
+import { DispatchService } from "./gen/fusillade/v1/dispatch_service_pb.js";
 import { hostAddresses } from "./http/outbound-guard.js";
 import { LeaseService } from "./leases/lease-service.js";
 import { startReaper } from "./leases/reaper.js";
@@ -38,6 +42,12 @@ export interface ControlPlane {
    * thread): accepted by this control plane only, never stored or printed.
    */
   internalDispatcherToken(): string;
+  /**
+   * A port a dispatcher thread of this process reaches DispatchService through, instead of
+   * HTTP/2 (src/api/port-server.ts); its calls must carry the internal dispatcher token.
+   * Transfer it to the thread; it closes with the control plane.
+   */
+  internalDispatcherPort(): MessagePort;
   /** The database in use (embedded or not). */
   databaseUrl: string;
   db: Db;
@@ -181,6 +191,11 @@ function endpointPolicy(config: Readonly<ControlPlaneConfig>, localMode: boolean
   };
 }
 
+/** How a call that failed unexpectedly is logged, on the wire and on the in-process port. */
+function callFailed(log: Logger): (e: unknown) => void {
+  return (e) => log.error({ err: e }, "request failed");
+}
+
 /** The API server on the configured port, and /metrics on its own port when asked. */
 async function listen(
   config: Readonly<ControlPlaneConfig>,
@@ -201,7 +216,7 @@ async function listen(
     routes: routes(deps, parts.leases),
     shutdownSignal: parts.shutdown,
     maxMessageBytes: config.maxMessageBytes,
-    logError: (e) => log.error({ err: e }, "request failed"),
+    logError: callFailed(log),
     connections: config.connections,
     onConnectionClosed: (reason, client) => {
       // Refusals and evictions mean the caps are reached: worth a line each.
@@ -298,6 +313,15 @@ export async function startControlPlane(
           auth.addCredential(internal, { role: "dispatcher", tenant: null, source: "serve" });
         }
         return internal;
+      },
+      internalDispatcherPort() {
+        const { port1, port2 } = new MessageChannel();
+        const server = servePort(port1, DispatchService, dispatchMethods(deps, leases), {
+          interceptors: apiInterceptors(auth, callFailed(log)),
+          shutdownSignal: shutdown.signal,
+        });
+        cleanup.push(() => server.close());
+        return port2;
       },
     };
   } catch (e) {

@@ -8,7 +8,7 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Authenticator } from "../auth/authenticator.js";
 import { CONNECTION_DEFAULTS, type ConnectionLimits } from "../config/config.js";
@@ -47,11 +47,23 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/**
+ * What every call goes through before its handler, outermost first: domain errors mapped
+ * to codes (and logged), then authentication. The in-process port (./port-server.ts) runs
+ * the same list.
+ */
+export function apiInterceptors(
+  auth: Authenticator,
+  logError: (e: unknown) => void,
+): Interceptor[] {
+  return [errorInterceptor(logError), authInterceptor(auth)];
+}
+
 /** Builds the server; `listen` starts it. */
 export function buildServer(opts: ServerOptions) {
   const connect = connectNodeAdapter({
     routes: opts.routes,
-    interceptors: [errorInterceptor(opts.logError), authInterceptor(opts.auth)],
+    interceptors: apiInterceptors(opts.auth, opts.logError),
     shutdownSignal: opts.shutdownSignal,
     readMaxBytes: opts.maxMessageBytes,
     jsonOptions: { alwaysEmitImplicit: true },

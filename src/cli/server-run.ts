@@ -97,18 +97,11 @@ export async function runDispatcher(
   await untilSignal(stop);
 }
 
-/** The URL to reach a server listening on every address (0.0.0.0, ::) from this host. */
-function loopback(url: string): string {
-  const u = new URL(url);
-  if (u.hostname === "0.0.0.0") u.hostname = "127.0.0.1";
-  if (u.hostname === "[::]") u.hostname = "[::1]";
-  return u.origin;
-}
-
 /**
  * Control plane and dispatcher in one process; the dispatcher runs on its own
- * thread (an event loop each: bench/RESULTS.md) and talks to the control
- * plane over its port.
+ * thread (an event loop each: bench/RESULTS.md) and calls the control plane
+ * over a MessagePort, not over its HTTP/2 port (docs/architecture.md, "serve's
+ * two threads").
  */
 export async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Promise<void> {
   const cpConfig = controlPlaneConfig(flags);
@@ -121,20 +114,22 @@ export async function runServe(flags: ControlPlaneFlags & DispatcherFlags): Prom
     const config = {
       ...dispatcherConfig({
         ...flags,
-        controlPlane: loopback(cp.url),
+        // Named in its logs; its calls take the port below.
+        controlPlane: cp.url,
         logLevel: cpConfig.logLevel,
         // Its own credential, made by the control plane for this process only.
         token: cp.internalDispatcherToken(),
       }),
-      // Over loopback to its own port: the certificate names the public host.
-      insecureLoopbackTls: cpConfig.tls !== undefined,
       // Its token is internal: what matters is whether the server is shared.
       denyPrivateNetworks: cpConfig.adminToken !== undefined,
     };
-    dispatcher = startDispatcherThread(config, log, (e) => {
-      // Serving without a dispatcher would accept batches and never run them.
-      log.fatal({ err: e }, "the dispatcher stopped unexpectedly; stopping the server");
-      void cp.close().finally(() => process.exit(1));
+    dispatcher = startDispatcherThread(config, log, {
+      controlPlanePort: cp.internalDispatcherPort(),
+      onCrash: (e) => {
+        // Serving without a dispatcher would accept batches and never run them.
+        log.fatal({ err: e }, "the dispatcher stopped unexpectedly; stopping the server");
+        void cp.close().finally(() => process.exit(1));
+      },
     });
   } catch (e) {
     await cp.close();

@@ -77,11 +77,6 @@ export interface DispatcherConfig {
   /** PEM CA certificates trusted for an https:// control plane (besides the system's). */
   ca: string | undefined;
   /**
-   * Skip verifying the control plane's certificate. Only for serve's own
-   * dispatcher thread, which talks to its process over loopback.
-   */
-  insecureLoopbackTls: boolean;
-  /**
    * The outbound policy of a server with tokens (docs/trust.md): refuse, after
    * DNS, every upstream address that is not public unicast (loopback,
    * private, link-local, metadata, this host's own…) unless its host is
@@ -118,7 +113,6 @@ export const DISPATCHER_DEFAULTS = Object.freeze({
   logLevel: "info",
   token: undefined,
   ca: undefined,
-  insecureLoopbackTls: false,
   denyPrivateNetworks: false,
   allowedHosts: Object.freeze([]) as readonly string[],
 } satisfies Omit<DispatcherConfig, "controlPlaneUrl" | "id">);

@@ -175,10 +175,7 @@ export function startDispatcher(
 
 /** The control plane's client for `config`. */
 function defaultClient(config: Readonly<DispatcherConfig>): LeaseClient {
-  return connectLeaseClient(config.controlPlaneUrl, config.id, config.token, {
-    ca: config.ca,
-    insecure: config.insecureLoopbackTls,
-  });
+  return connectLeaseClient(config.controlPlaneUrl, config.id, config.token, { ca: config.ca });
 }
 
 /** The upstream executor for `config`. */

@@ -1,6 +1,7 @@
 /**
- * The dispatcher's side of DispatchService: a Connect client over HTTP/2 and
- * the converters between its messages and the dispatcher's own types. Proto
+ * The dispatcher's side of DispatchService: a Connect client (over HTTP/2, or
+ * over serve's in-process port: ./port-transport.ts) and the converters
+ * between its messages and the dispatcher's own types. Proto
  * types stop here; so do ConnectErrors (mapped to {@link ControlPlaneError}).
  */
 import type { ModelHold, SlotDemand, SlotGrant } from "../domain/capacity.js";
@@ -9,7 +10,13 @@ export type { ModelHold, SlotDemand, SlotGrant };
 
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { AttemptOutcome } from "../domain/outcome.js";
 import {
@@ -263,33 +270,40 @@ export function connectLeaseClient(
   baseUrl: string,
   dispatcherId: string,
   token?: string,
-  tls: { ca?: string; insecure?: boolean } = {},
+  tls: { ca?: string } = {},
 ): LeaseClient {
   // Pings notice a dead control plane (kill -9, a lost network) within ~15 s
   // even while the only call is a quiet long poll.
   const sessions = new Http2SessionManager(
     baseUrl,
     { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 },
-    {
-      ...(tls.ca === undefined ? {} : { ca: tls.ca }),
-      ...(tls.insecure ? { rejectUnauthorized: false } : {}),
-    },
+    tls.ca === undefined ? {} : { ca: tls.ca },
   );
-  const client = createClient(
-    DispatchService,
-    createConnectTransport({
-      baseUrl,
-      httpVersion: "2",
-      sessionManager: sessions,
-      useBinaryFormat: true,
-      // No compression: claims and reports are mostly request and response
-      // bodies, and gzip on both ends cost more CPU than the bytes saved on
-      // loopback or a cluster network.
-      acceptCompression: [],
-      sendCompression: undefined,
-      interceptors: token === undefined ? [] : [bearer(token)],
-    }),
-  );
+  const transport = createConnectTransport({
+    baseUrl,
+    httpVersion: "2",
+    sessionManager: sessions,
+    useBinaryFormat: true,
+    // No compression: claims and reports are mostly request and response
+    // bodies, and gzip on both ends cost more CPU than the bytes saved on
+    // loopback or a cluster network.
+    acceptCompression: [],
+    sendCompression: undefined,
+    interceptors: token === undefined ? [] : [bearer(token)],
+  });
+  return leaseClient(transport, dispatcherId, () => sessions.abort());
+}
+
+/**
+ * The {@link LeaseClient} of dispatcher `dispatcherId` over a Connect `transport`
+ * (HTTP/2, or serve's in-process port: ./port-transport.ts); `close` drops the transport.
+ */
+export function leaseClient(
+  transport: Transport,
+  dispatcherId: string,
+  close: () => void,
+): LeaseClient {
+  const client = createClient(DispatchService, transport);
   return {
     async sync(slots, renew, timeoutMs) {
       try {
@@ -349,9 +363,7 @@ export function connectLeaseClient(
         throw e instanceof ControlPlaneError ? e : controlPlaneError(e, "ReportResults");
       }
     },
-    close() {
-      sessions.abort();
-    },
+    close,
   };
 }
 

@@ -1,14 +1,16 @@
 /**
  * A dispatcher on its own thread (`serve` runs one this way): the control
  * plane and the dispatcher then have an event loop each, and a 2-core machine
- * uses both. The dispatcher still talks to the control plane over its port,
- * exactly as a separate process would; only `stats()` and `stop()` cross the
- * thread boundary, as messages.
+ * uses both. Given a port of its control plane (`serve` gives one:
+ * ControlPlane.internalDispatcherPort()), the dispatcher calls DispatchService
+ * over it (./port-transport.ts); otherwise over HTTP/2, as a separate process
+ * would. `stats()`, `metrics()` and `stop()` cross the thread boundary as
+ * messages of their own.
  *
  * Measured (bench dispatch, 20,000 requests, 2 × 500 slots, 50 ms upstream,
  * everything in one process): see bench/RESULTS.md, 2026-12-01.
  */
-import { Worker } from "node:worker_threads";
+import { type MessagePort, Worker } from "node:worker_threads";
 import type { DispatcherConfig } from "../config/dispatcher-config.js";
 import type { Logger } from "../logger.js";
 import { type Dispatcher, type DispatcherStats, zeroCounts } from "./dispatcher.js";
@@ -44,22 +46,39 @@ function defaultEntry(): URL {
   return new URL(`./thread-main${ext}`, import.meta.url);
 }
 
-/**
- * Starts a dispatcher with `config` on a worker thread (`entry`: the
- * thread's module). `onCrash` hears, once, of a thread that failed or exited
- * before it was told to stop.
- */
+export interface ThreadOptions {
+  /** Hears, once, of a thread that failed or exited before it was told to stop. @default ignored */
+  onCrash?: (e: Error) => void;
+  /** The thread's module. @default ./thread-main */
+  entry?: URL;
+  /**
+   * A port of the control plane's DispatchService (transferred to the thread): calls go
+   * over it instead of HTTP/2 to `config.controlPlaneUrl`. @default none
+   */
+  controlPlanePort?: MessagePort;
+}
+
+/** The data a dispatcher thread starts with. */
+export interface ThreadData {
+  config: DispatcherConfig;
+  readableLogs: boolean;
+  controlPlanePort: MessagePort | undefined;
+}
+
+/** Starts a dispatcher with `config` on a worker thread. */
 export function startDispatcherThread(
   config: Readonly<DispatcherConfig>,
   log: Logger,
-  onCrash: (e: Error) => void = () => undefined,
-  entry: URL = defaultEntry(),
+  opts: ThreadOptions = {},
 ): Dispatcher {
+  const { onCrash = () => undefined, entry = defaultEntry(), controlPlanePort } = opts;
   const worker = new Worker(entry, {
     workerData: {
       config: { ...config, models: [...config.models] },
       readableLogs: process.stderr.isTTY === true,
-    },
+      controlPlanePort,
+    } satisfies ThreadData,
+    transferList: controlPlanePort === undefined ? [] : [controlPlanePort],
   });
   let last = EMPTY_STATS;
   let resolveStopped: () => void = () => undefined;

@@ -18,15 +18,13 @@ function start(mode: string, crashes: Error[]) {
   const firstCrash = new Promise<Error>((r) => {
     reported = r;
   });
-  const d = startDispatcherThread(
-    { ...base, id: mode },
-    log,
-    (e) => {
+  const d = startDispatcherThread({ ...base, id: mode }, log, {
+    onCrash: (e) => {
       crashes.push(e);
       reported(e);
     },
     entry,
-  );
+  });
   return { d, firstCrash };
 }
 

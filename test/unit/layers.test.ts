@@ -17,8 +17,9 @@ const ROOT = path.resolve(import.meta.dirname, "../..");
  * change both together, and only with a reason.
  */
 const LAYERS: readonly (readonly string[])[] = [
-  // Leaves: generated code, the logger, the plain-route types; the migrations' SQL.
-  ["gen", "logger", "plain-route", "migrations"],
+  // Leaves: generated code, the logger, the plain-route types, the messages of serve's
+  // in-process port; the migrations' SQL.
+  ["gen", "logger", "plain-route", "dispatch-port", "migrations"],
   // Pure domain types and rules; the client library over the generated code.
   ["domain", "client"],
   // Configuration, the outbound HTTP executor, who a call runs as (principals, tokens, keys).
