@@ -30,6 +30,7 @@ function facts(over: Partial<ResultFacts>): ResultFacts {
 }
 
 /** The line as a reader of the file sees it: kind, and the text parsed back. */
+// biome-ignore lint/suspicious/noExplicitAny: the tests read the parsed line's fields as a reader of the file would, unchecked
 function line(f: Partial<ResultFacts>): { kind: string; text: string; value: any } {
   const r = resultLine(facts(f));
   if (r === undefined) throw new Error("no line");
