@@ -142,7 +142,7 @@ export async function batchStartScenario(
   const up = new BenchUpstream(LATENCY_MS);
   await up.start();
   await bench.admin.setModelLimit({ model: FIRST_MODEL, limit: 10 });
-  const dispatcher = benchDispatcher(bench.cpUrl, [FIRST_MODEL, TURN_MODEL], "bench-start");
+  const dispatcher = benchDispatcher(bench, [FIRST_MODEL, TURN_MODEL], "bench-start");
   try {
     const firstCall = await firstCallFigures(bench, up, scaled(40, 5));
     const turnaround = await turnaroundFigures(bench, up, scaled(400, 30));

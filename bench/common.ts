@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
+import type { MessagePort } from "node:worker_threads";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -39,6 +40,8 @@ export type AdminClient = Client<typeof AdminService>;
 /** What every scenario gets: a control plane, its database, and a list of failed checks. */
 export interface Bench {
   cpUrl: string;
+  /** The control plane's in-process link, as serve's dispatcher thread has it (a new port each call). */
+  dispatcherLink: () => { port: MessagePort; token: string };
   databaseUrl: string;
   batch: BatchClient;
   admin: AdminClient;
@@ -131,35 +134,39 @@ export async function waitFinished(batch: BatchClient, batchId: string): Promise
   throw new Error(`WatchBatch of ${batchId} ended before the batch finished`);
 }
 
-/** BENCH_DISPATCHER=inline: the dispatcher on the bench's own event loop (to compare). */
-const INLINE_DISPATCHER = process.env.BENCH_DISPATCHER === "inline";
+/**
+ * BENCH_DISPATCHER: how the dispatcher reaches the control plane. Default: on its own thread
+ * over the control plane's MessagePort, as `serve` runs it; `http2`: on its own thread over
+ * HTTP/2, as a separate dispatcher process does; `inline`: on the bench's own event loop,
+ * over HTTP/2 (to compare).
+ */
+const DISPATCHER_MODE = process.env.BENCH_DISPATCHER ?? "port";
 /** BENCH_PREFETCH: the dispatchers' prefetch (default: theirs). */
 const PREFETCH =
   process.env.BENCH_PREFETCH === undefined ? undefined : Number(process.env.BENCH_PREFETCH);
 
 /**
- * A dispatcher that serves only `models`, with capacity far above their
- * limits, on its own thread in this process, as `serve` runs one; it calls the
- * control plane over HTTP/2, as a separate dispatcher does (serve's own thread
- * uses a MessagePort: docs/architecture.md, "serve's two threads").
+ * A dispatcher that serves only `models`, with capacity far above their limits, on its own
+ * thread in this process calling the control plane over its MessagePort, as `serve` runs
+ * one (docs/architecture.md, "serve's two threads"); see BENCH_DISPATCHER for the others.
  */
 export function benchDispatcher(
-  cpUrl: string,
+  bench: Bench,
   models: readonly string[],
   id: string,
 ): ReturnType<typeof startDispatcher> {
-  const start = INLINE_DISPATCHER ? startDispatcher : startDispatcherThread;
-  return start(
-    resolveDispatcherConfig({
-      controlPlaneUrl: cpUrl,
-      capacity: BENCH_CAPACITY,
-      prefetch: PREFETCH,
-      models,
-      id,
-      logLevel: "warn",
-    }),
-    log,
-  );
+  const link = DISPATCHER_MODE === "port" ? bench.dispatcherLink() : undefined;
+  const config = resolveDispatcherConfig({
+    controlPlaneUrl: bench.cpUrl,
+    capacity: BENCH_CAPACITY,
+    prefetch: PREFETCH,
+    models,
+    id,
+    logLevel: "warn",
+    ...(link === undefined ? {} : { token: link.token }),
+  });
+  if (DISPATCHER_MODE === "inline") return startDispatcher(config, log);
+  return startDispatcherThread(config, log, { controlPlanePort: link?.port });
 }
 
 /** Milliseconds since `t0` (performance.now()). */

@@ -87,7 +87,7 @@ async function runCase(bench: Bench, c: DispatchCase): Promise<Record<string, un
 
     // Fusillade, through the client path; the dispatcher is idle and waiting first.
     up.reset();
-    const dispatcher = benchDispatcher(bench.cpUrl, models, `bench-dispatch-${c.name}`);
+    const dispatcher = benchDispatcher(bench, models, `bench-dispatch-${c.name}`);
     const content = jsonl(c.requests, models, PAD);
     let seen: Map<string, number>;
     const t0 = performance.now();

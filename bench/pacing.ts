@@ -75,7 +75,7 @@ async function runBatch(
   n: number,
 ): Promise<{ seconds: number; completed: number }> {
   const models = Array.from({ length: MODELS }, (_, i) => `pace-${name}-${i}`);
-  const dispatcher = benchDispatcher(bench.cpUrl, models, `bench-pacing-${name}`);
+  const dispatcher = benchDispatcher(bench, models, `bench-pacing-${name}`);
   const t0 = performance.now();
   const seen = new Map<string, number>();
   let completed = 0;

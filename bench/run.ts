@@ -87,6 +87,10 @@ async function main(): Promise<number> {
   );
   const bench: Bench = {
     cpUrl: cp.url,
+    dispatcherLink: () => ({
+      port: cp.internalDispatcherPort(),
+      token: cp.internalDispatcherToken(),
+    }),
     databaseUrl: cp.databaseUrl,
     ...clients(cp.url),
     failures: [],
