@@ -36,7 +36,10 @@
  * known, unknown, bare, tokens, random; BENCH_PACING_TRACE=1 prints where each
  * model's 429s fell), BENCH_ONLY=dispatch,memory (a comma list of scenarios: ingest,
  * batch_start, dispatch, memory, reads, claims, pacing, soak, writes, cpu;
- * batch_start runs ingest too).
+ * batch_start runs ingest too), BENCH_DISPATCHER=port|http2|inline (how the
+ * scenarios' dispatcher reaches the control plane: its thread over the control
+ * plane's MessagePort as serve's does, the default; its thread over HTTP/2 as a
+ * separate dispatcher does; or the bench's own event loop), BENCH_PREFETCH.
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
