@@ -21,9 +21,10 @@
  *   shared upstream, not a meter) almost never refuse a quarter of a cohort:
  *   they cost only the request that got it and a 10 % cut now and then.
  * - Increase, per success of an attempt sent since the last cut while at
- *   least half the limit runs: +1/2 before the first cut (the limit grows by
- *   half per round trip: slow start, SLOW_START_STEP), then +1/limit (one per
- *   round trip); while a
+ *   least half the limit runs: +1/2 in slow start (the limit grows by half per
+ *   round trip: SLOW_START_STEP), then +1/limit (one per round trip). A 429
+ *   in slow start pauses it until its cohort is judged: a meter ends it, more
+ *   than a tenth refused ends it, fewer (random 429s) let it go on. While a
  *   meter is in evidence, at most `probePerSecond` (10 %) of the limit a
  *   second: at a small limit one per round trip overshoots the meter every
  *   round trip.
@@ -79,6 +80,12 @@ const LATENCY_GAIN = 0.125;
 const MIN_COHORT = 20;
 const METER_EVIDENCE = 0.75;
 /**
+ * In slow start, the most a cohort with a 429 may refuse and still let slow start go on:
+ * 3 % random 429s refuse more than a tenth of a 20-cohort about once in 50, of a larger one
+ * almost never; a meter that its burst hid until now refuses more.
+ */
+const STRAY_SHARE = 0.1;
+/**
  * The lowest limit: below 1, the limit is a share of one slot's round trips (0.4 at 20 ms
  * starts one attempt every 50 ms, 20 a second), which is how one dispatcher keeps to a
  * meter that accepts fewer than one request per round trip.
@@ -108,6 +115,13 @@ export class AimdLimit {
   #limit: number;
   /** Slow start ends at the first cut. */
   #slowStart = true;
+  /**
+   * In slow start, the cohort of the last throttle until it is judged: a 429 alone does not
+   * end slow start (3 % random 429s at a limit of 500 would hold the model near its start
+   * for good, growing one slot a round trip); its cohort showing a meter does. Meanwhile
+   * slow start does not grow.
+   */
+  #doubt: Cohort | undefined;
   #lastCutAt = Number.NEGATIVE_INFINITY;
   #meterUntil = Number.NEGATIVE_INFINITY;
   #latencyMs: number | undefined;
@@ -145,12 +159,15 @@ export class AimdLimit {
 
   /** Whether a cut was not grown back from (for status: "backing off"). */
   get backingOff(): boolean {
-    return !this.#slowStart && this.#limit < this.#max;
+    return !this.slowStart && this.#limit < this.#max;
   }
 
-  /** Before the first cut: nothing has said "slow down" yet. */
+  /**
+   * Growing freely: before the first cut, or after 429s that proved stray (nothing has said
+   * "slow down" that still counts). Not while a 429's cohort awaits its verdict.
+   */
   get slowStart(): boolean {
-    return this.#slowStart;
+    return this.#slowStart && this.#doubt === undefined;
   }
 
   /**
@@ -172,7 +189,7 @@ export class AimdLimit {
    * (Infinity: no growth is due, an answer will move the limit).
    */
   growIdle(nowMs: number, inFlight: number): number {
-    if (!this.#slowStart || this.#limit >= this.#max || inFlight < this.limit) {
+    if (!this.#slowStart || this.#doubt || this.#limit >= this.#max || inFlight < this.limit) {
       return Number.POSITIVE_INFINITY;
     }
     const period = Math.max(this.#minWindowMs, this.#latencyMs ?? this.#idleGrowthMs);
@@ -232,7 +249,8 @@ export class AimdLimit {
     if (admittedAtMs < this.#lastCutAt) return;
     if (inFlight * 2 < this.#limit) return; // the limit is not what holds us back
     if (this.#slowStart) this.#grownAt = nowMs;
-    let step = this.#slowStart ? SLOW_START_STEP : 1 / Math.max(1, this.#limit);
+    let step =
+      this.#slowStart && this.#doubt === undefined ? SLOW_START_STEP : 1 / Math.max(1, this.#limit);
     if (nowMs < this.#meterUntil || this.#limit < 1) {
       // Per success, latency/1000 of a second passes per slot in use.
       step = Math.min(step, (this.#probePerSecond * this.#latencyMs) / 1000);
@@ -242,9 +260,15 @@ export class AimdLimit {
 
   /** An attempt admitted at `admittedAtMs` was throttled; answers whether that cut the limit. */
   onThrottle(nowMs: number, admittedAtMs: number): boolean {
-    this.#answer(nowMs, admittedAtMs, "throttled");
+    const cohort = this.#answer(nowMs, admittedAtMs, "throttled");
     if (admittedAtMs < this.#lastCutAt) return false;
-    this.#cut(nowMs, this.#limit * this.#backoff);
+    if (this.#slowStart && cohort !== undefined) {
+      // Slow start waits for the cohort's verdict (#judge): a meter, or a stray 429.
+      this.#doubt = cohort;
+      this.#shrink(nowMs, this.#limit * this.#backoff);
+    } else {
+      this.#cut(nowMs, this.#limit * this.#backoff);
+    }
     return true;
   }
 
@@ -253,18 +277,29 @@ export class AimdLimit {
     this.#answer(nowMs, admittedAtMs, "none");
   }
 
-  #cut(nowMs: number, to: number): void {
+  /** Lowers the limit to `to` (never raises it); attempts sent before now are under the old one. */
+  #shrink(nowMs: number, to: number): void {
     this.#limit = Math.max(this.#min > 1 ? this.#min : MIN_FRACTION, Math.min(this.#limit, to));
-    this.#slowStart = false;
     this.#lastCutAt = nowMs;
   }
 
-  /** Counts an answer in its cohort; judges the cohorts fully answered. */
-  #answer(nowMs: number, admittedAtMs: number, kind: "ok" | "throttled" | "none"): void {
+  /** A cut that ends slow start. */
+  #cut(nowMs: number, to: number): void {
+    this.#shrink(nowMs, to);
+    this.#slowStart = false;
+    this.#doubt = undefined;
+  }
+
+  /** Counts an answer in its cohort (answered); judges the cohorts fully answered. */
+  #answer(
+    nowMs: number,
+    admittedAtMs: number,
+    kind: "ok" | "throttled" | "none",
+  ): Cohort | undefined {
     let i = this.#cohorts.length - 1;
     while (i > 0 && this.#cohorts[i]!.start > admittedAtMs) i--;
     const c = this.#cohorts[i];
-    if (c === undefined) return;
+    if (c === undefined) return undefined;
     c[kind]++;
     if (kind === "throttled") {
       if (nowMs < this.#meterUntil) {
@@ -279,6 +314,7 @@ export class AimdLimit {
       }
     }
     this.#judge(nowMs, false);
+    return c;
   }
 
   /** A meter is in evidence: the limit goes to `to`, the probe is slow and starts are spaced. */
@@ -297,6 +333,10 @@ export class AimdLimit {
       const answered = first.ok + first.throttled;
       if (answered >= MIN_COHORT && first.ok < answered * METER_EVIDENCE) {
         this.#meter(nowMs, first.limit * (first.ok / answered));
+      } else if (first === this.#doubt) {
+        this.#doubt = undefined;
+        // A few 429s (random ones): slow start goes on. More, short of a meter: it ends.
+        if (first.throttled > answered * STRAY_SHARE) this.#slowStart = false;
       }
     }
   }

@@ -85,10 +85,29 @@ describe("AimdLimit", () => {
 
   test("after a cut, growth is one per round trip (+1/limit a success)", () => {
     const a = new AimdLimit({ max: 100, initial: 20 });
-    a.onAdmit(0);
-    a.onThrottle(1, 0); // 18
+    // 3 of 20 refused: more than stray 429s (slow start ends), less than a meter.
+    round(a, 0, 20, 3, 30); // 18
     for (let t = 100; t < 400; t += 100) round(a, t, a.limit, 0, 30);
+    expect(a.slowStart).toBe(false);
     expect(a.limit).toBe(20); // 18 → ~19 → ~19.9 → ~20.9
+  });
+
+  test("a stray 429 in slow start: growth waits for its cohort's verdict, then slow start goes on", () => {
+    const a = new AimdLimit({ max: 500, initial: 40 });
+    round(a, 0, 40, 0, 50); // 40 → 60
+    expect(a.limit).toBe(60);
+    // One of 60 refused (random 429s): a 10 % cut, and no growth until the cohort is judged.
+    for (let i = 0; i < 60; i++) a.onAdmit(100);
+    a.onThrottle(101, 100);
+    expect(a.limit).toBe(54);
+    expect(a.slowStart).toBe(false);
+    for (let i = 0; i < 59; i++) a.onSuccess(150, 100, 59);
+    // Attempts sent before the cut do not grow it; judged (1 of 60): a stray 429.
+    a.judge(150);
+    expect(a.slowStart).toBe(true);
+    round(a, 200, 54, 0, 50);
+    expect(a.limit).toBe(81); // × 1.5 per round trip again
+    expect(a.startIntervalMs(250)).toBe(0);
   });
 
   test("a cohort refusing a quarter or more shows a meter: cut to the share accepted, then a slow probe", () => {
