@@ -9,7 +9,9 @@
  * - unknown: the same meter with no rate set (adaptive concurrency only);
  * - tokens: a token meter, `--tpm` equal to it;
  * - random: an unmetered upstream answering 3 % of calls 429 at random, against the
- *   same run without them.
+ *   same run without them (limit 10, 30 ms);
+ * - random-wide: the same at limit 500, 50 ms, 20,000 requests (a stray 429 must not
+ *   hold a large model near the start of its slow start).
  *
  * Its ceiling is the meter itself: the figure is the rate achieved over the
  * meter's rate (accepted calls over the span from the first to the last), and
@@ -184,28 +186,45 @@ async function meteredCase(bench: Bench, c: PacingCase): Promise<Record<string, 
   }
 }
 
-/** 3 % random 429s, limit 10 × 2 at 30 ms: throughput against the same run without them. */
-async function randomCase(bench: Bench): Promise<Record<string, unknown>> {
-  const n = SMOKE ? 200 : 2_000;
+/** A random-429 case: its limit per model, the upstream's latency, its requests. */
+interface RandomCase {
+  name: "random" | "random-wide";
+  limit: number;
+  latencyMs: number;
+  requests: number;
+}
+
+const RANDOM_CASES: readonly RandomCase[] = [
+  { name: "random", limit: 10, latencyMs: 30, requests: SMOKE ? 200 : 2_000 },
+  // A large limit: a stray 429 must not hold the model near slow start's beginning.
+  { name: "random-wide", limit: 500, latencyMs: 50, requests: SMOKE ? 400 : 20_000 },
+];
+
+/** 3 % random 429s: throughput against the same run without them. */
+async function randomCase(bench: Bench, c: RandomCase): Promise<Record<string, unknown>> {
+  const n = c.requests;
   const out: Record<string, number> = {};
   for (const [name, p] of [
-    ["clean", 0],
-    ["random", 0.03],
+    [`${c.name}-clean`, 0],
+    [c.name, 0.03],
   ] as const) {
-    const up = await startMeteredProcess({ latencyMs: 30, randomThrottle: p });
+    const up = await startMeteredProcess({ latencyMs: c.latencyMs, randomThrottle: p });
     try {
       for (let i = 0; i < MODELS; i++) {
-        await bench.admin.setModelLimit({ model: `pace-${name}-${i}`, limit: 10 });
+        await bench.admin.setModelLimit({ model: `pace-${name}-${i}`, limit: c.limit });
       }
       const run = await runBatch(bench, up, name, n);
-      out[`${name}_seconds`] = run.seconds;
-      out[`${name}_throttled`] = (await seenAt(up, name, 1, "requests")).throttled;
+      const key = p === 0 ? "clean" : "random";
+      out[`${key}_seconds`] = run.seconds;
+      out[`${key}_throttled`] = (await seenAt(up, name, 1, "requests")).throttled;
     } finally {
       await up.close();
     }
   }
   return {
-    case: "random",
+    case: c.name,
+    limit: c.limit,
+    latency_ms: c.latencyMs,
     requests: n,
     ...out,
     throughput_ratio: round(out.clean_seconds! / out.random_seconds!, 3),
@@ -217,7 +236,8 @@ export async function pacingScenario(bench: Bench): Promise<Record<string, unkno
   const out: Record<string, unknown>[] = [];
   const only = process.env.BENCH_PACING?.split(",");
   for (const c of CASES) if (!only || only.includes(c.name)) out.push(await meteredCase(bench, c));
-  if (only && !only.includes("random")) return out;
-  out.push(await randomCase(bench));
+  for (const c of RANDOM_CASES) {
+    if (!only || only.includes(c.name)) out.push(await randomCase(bench, c));
+  }
   return out;
 }

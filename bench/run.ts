@@ -33,7 +33,7 @@
  * ../shared/peers, after `npm ci` in it), FUSILLADE_FAIR_SHARE=off (the control
  * plane's claims oldest batch first), BENCH_SCALE=smoke, BENCH_SOAK_BATCHES (the
  * soak's batch count, default 100), BENCH_PACING=known,random (the pacing cases:
- * known, unknown, bare, tokens, random; BENCH_PACING_TRACE=1 prints where each
+ * known, unknown, bare, tokens, random, random-wide; BENCH_PACING_TRACE=1 prints where each
  * model's 429s fell), BENCH_ONLY=dispatch,memory (a comma list of scenarios: ingest,
  * batch_start, dispatch, memory, reads, claims, pacing, soak, writes, cpu;
  * batch_start runs ingest too), BENCH_DISPATCHER=port|http2|inline (how the

@@ -187,10 +187,10 @@ function pacingRows(r: unknown, n: (p: string) => string): Row[] {
   const cases = (at(r, "pacing") as Array<{ case: string }> | undefined) ?? [];
   cases.forEach((c, i) => {
     const p = `pacing.${i}`;
-    if (c.case === "random") {
+    if (c.case.startsWith("random")) {
       out.push([
-        "pacing random",
-        `${n(`${p}.requests`)} req, 2 × limit 10, 30 ms, 3 % of calls 429 (ceiling: the same without)`,
+        `pacing ${c.case}`,
+        `${n(`${p}.requests`)} req, 2 × limit ${n(`${p}.limit`)}, ${n(`${p}.latency_ms`)} ms, 3 % of calls 429 (ceiling: the same without)`,
         `${n(`${p}.random_seconds`)} s (${n(`${p}.random_throttled`)} answered 429)`,
         `${n(`${p}.clean_seconds`)} s`,
         `${n(`${p}.throughput_ratio`)} of the throughput`,
