@@ -113,7 +113,7 @@ export class AimdLimit {
   readonly #meterMemoryMs: number;
   readonly #probePerSecond: number;
   #limit: number;
-  /** Slow start ends at the first cut. */
+  /** Slow start, until a meter, or a cohort refusing more than stray 429s would, ends it. */
   #slowStart = true;
   /**
    * In slow start, the cohort of the last throttle until it is judged: a 429 alone does not
@@ -189,7 +189,7 @@ export class AimdLimit {
    * (Infinity: no growth is due, an answer will move the limit).
    */
   growIdle(nowMs: number, inFlight: number): number {
-    if (!this.#slowStart || this.#doubt || this.#limit >= this.#max || inFlight < this.limit) {
+    if (!this.slowStart || this.#limit >= this.#max || inFlight < this.limit) {
       return Number.POSITIVE_INFINITY;
     }
     const period = Math.max(this.#minWindowMs, this.#latencyMs ?? this.#idleGrowthMs);
@@ -249,8 +249,7 @@ export class AimdLimit {
     if (admittedAtMs < this.#lastCutAt) return;
     if (inFlight * 2 < this.#limit) return; // the limit is not what holds us back
     if (this.#slowStart) this.#grownAt = nowMs;
-    let step =
-      this.#slowStart && this.#doubt === undefined ? SLOW_START_STEP : 1 / Math.max(1, this.#limit);
+    let step = this.slowStart ? SLOW_START_STEP : 1 / Math.max(1, this.#limit);
     if (nowMs < this.#meterUntil || this.#limit < 1) {
       // Per success, latency/1000 of a second passes per slot in use.
       step = Math.min(step, (this.#probePerSecond * this.#latencyMs) / 1000);
