@@ -33,8 +33,20 @@ export function compactJson(text: string, maxDepth: number): string | undefined 
   return out + text.slice(start);
 }
 
+/** How many of `char` `text` holds, up to `max + 1` (a native search, not a loop per character). */
+function countUpTo(text: string, char: string, max: number): number {
+  let n = 0;
+  for (let i = text.indexOf(char); i !== -1 && n <= max; i = text.indexOf(char, i + 1)) n++;
+  return n;
+}
+
 /** True when valid JSON `text` nests deeper than `maxDepth` (arrays and objects). */
 export function nestsDeeperThan(text: string, maxDepth: number): boolean {
+  // Nesting that deep needs more than `maxDepth` opening brackets. A line of
+  // ordinary JSON has a handful: counting them is a native search, where the
+  // scan below looks at every character.
+  const braces = countUpTo(text, "{", maxDepth);
+  if (braces + countUpTo(text, "[", maxDepth - braces) <= maxDepth) return false;
   let depth = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {

@@ -168,6 +168,12 @@ describe("hostile bodies", () => {
     expect(compactJson("[[[]]]", 2)).toBeUndefined();
     expect(nestsDeeperThan('[{"a":"[[[["}]', 2)).toBe(false);
     expect(nestsDeeperThan("[[[]]]", 2)).toBe(true);
+    // Objects and arrays count together; brackets in strings count for nothing.
+    expect(nestsDeeperThan('[{"a":[{}]}]', 4)).toBe(false);
+    expect(nestsDeeperThan('[{"a":[{}]}]', 3)).toBe(true);
+    expect(nestsDeeperThan(`[${'"{{{{[[[["'.repeat(3)}]`, 2)).toBe(false);
+    expect(nestsDeeperThan(`${"[".repeat(600)}${"]".repeat(600)}`, 513)).toBe(true);
+    expect(nestsDeeperThan(`${"[{".repeat(256)}${"}]".repeat(256)}`, 512)).toBe(false);
   });
 });
 
