@@ -32,11 +32,11 @@ import {
   type NewFile,
 } from "../storage/files.js";
 import { pageSize } from "../storage/pages.js";
+import { spoolTemplates } from "../storage/template-spool.js";
 import { toProtoFile } from "./convert.js";
 import type { ApiDeps } from "./deps.js";
 import { cappedBytes, cappedRows } from "./upload-caps.js";
 import { UploadRoutes } from "./upload-routes.js";
-import { spool } from "./upload-spool.js";
 
 /** Validated templates from JSONL byte chunks (endpoint "": to be routed). */
 async function* jsonlTemplates(
@@ -112,35 +112,46 @@ async function* chunksAfterHeader(
 /**
  * Stores a streamed JSONL upload (UploadFile, and POST /v1/files): validated
  * and capped while it streams, spooled, then inserted in one transaction.
- * An empty `endpoint` takes each model's route (./upload-routes.ts).
+ * An empty `endpoint` takes each model's route (./upload-routes.ts). Nothing
+ * is stored once `signal` has aborted (the client went away).
  */
 export async function uploadJsonl(
   deps: ApiDeps,
   tenant: string,
   header: Pick<UploadFileHeader, "filename" | "requestId" | "endpoint" | "apiKey">,
   chunks: AsyncIterable<Uint8Array>,
+  signal: AbortSignal,
 ): Promise<FileRecord> {
   const total = { bytes: 0 };
   const meta = newFile(header.filename, header.requestId, tenant);
-  const apiKey = validateApiKey(header.apiKey, "api_key");
   const { maxUploadBytes, maxUploadLines } = deps.config;
-  const routes =
-    header.endpoint === "" ? new UploadRoutes(deps.db, deps.keyring, tenant) : undefined;
-  const rows = cappedRows(
+  let rows = cappedRows(
     jsonlTemplates(cappedBytes(chunks, total, maxUploadBytes), header.endpoint, header.apiKey),
     maxUploadLines,
   );
-  const spooled = await spool(
-    routes === undefined ? allowedRows(rows, deps.endpointPolicy(), false) : routes.check(rows),
-  );
-  const stored =
-    routes === undefined
-      ? spooled.read(apiKey)
-      : allowedRows(routes.fill(spooled.read(null)), deps.endpointPolicy(), false);
-  const { file } = await createFile(deps.db, deps.keyring, meta, stored, () => total.bytes).finally(
-    () => spooled.dispose(),
-  );
-  return file;
+  if (header.endpoint === "") rows = new UploadRoutes(deps.db, deps.keyring, tenant).fill(rows);
+  const allowed = allowedRows(rows, deps.endpointPolicy(), false);
+  return store(deps, meta, allowed, () => total.bytes, signal);
+}
+
+/**
+ * Spools `rows` (every check), then stores them as a file of `sizeBytes()`
+ * bytes; not once `signal` has aborted.
+ */
+async function store(
+  deps: ApiDeps,
+  meta: NewFile,
+  rows: AsyncIterable<TemplateRow>,
+  sizeBytes: () => number,
+  signal: AbortSignal,
+): Promise<FileRecord> {
+  const spooled = await spoolTemplates(rows);
+  try {
+    const stored = await createFile(deps.db, deps.keyring, meta, spooled, sizeBytes(), signal);
+    return stored.file;
+  } finally {
+    await spooled.dispose();
+  }
 }
 
 /** The file methods of BatchService. */
@@ -167,10 +178,7 @@ export function fileMethods(
       if (hasJsonl) {
         size = req.jsonl.byteLength;
         rows = jsonlTemplates(once(req.jsonl), req.endpoint, req.apiKey);
-        if (req.endpoint === "") {
-          const routes = new UploadRoutes(db, deps.keyring, tenant);
-          rows = routes.fill(routes.check(rows));
-        }
+        if (req.endpoint === "") rows = new UploadRoutes(db, deps.keyring, tenant).fill(rows);
       } else {
         if (req.endpoint !== "") {
           throw new InvalidArgumentError(
@@ -207,12 +215,12 @@ export function fileMethods(
           }
         })();
       }
-      const { file } = await createFile(
-        db,
-        deps.keyring,
+      const file = await store(
+        deps,
         newFile(req.filename, req.requestId, tenant),
         allowedRows(cappedRows(rows, deps.config.maxUploadLines), deps.endpointPolicy(), !hasJsonl),
         () => size,
+        ctx.signal,
       );
       return create(CreateFileResponseSchema, { file: toProtoFile(file) });
     },
@@ -228,6 +236,7 @@ export function fileMethods(
         tenantOf(principalOf(ctx)),
         first.value.part.value,
         chunksAfterHeader(it),
+        ctx.signal,
       );
       return create(UploadFileResponseSchema, { file: toProtoFile(file) });
     },

@@ -1,9 +1,8 @@
 /**
  * Model routes applied to an upload without an endpoint (docs/openai-api.md):
  * each distinct model's route is looked up once, while the content streams
- * in (a model without a route stops the upload at its first line), and the
- * endpoints and keys are filled in after the spool, so that no key is ever
- * written to the spool file.
+ * in (a model without a route stops the upload at its first line). The keys
+ * stay in memory: the spool holds only their ids (src/storage/template-spool.ts).
  */
 import type { Keyring } from "../auth/secrets.js";
 import { InvalidArgumentError } from "../domain/errors.js";
@@ -21,11 +20,15 @@ export class UploadRoutes {
     private readonly tenant: string,
   ) {}
 
-  /** `rows` unchanged; throws at the first row whose model has no route. */
-  async *check(rows: AsyncIterable<TemplateRow>): AsyncGenerator<TemplateRow> {
+  /**
+   * `rows` with each model's endpoint and key set from its route (looked up
+   * once per model); throws at the first row whose model has no route.
+   */
+  async *fill(rows: AsyncIterable<TemplateRow>): AsyncGenerator<TemplateRow> {
     for await (const row of rows) {
-      if (!this.#routes.has(row.model)) {
-        const route = await routeFor(this.db, this.keyring, this.tenant, row.model);
+      let route = this.#routes.get(row.model);
+      if (route === undefined) {
+        route = await routeFor(this.db, this.keyring, this.tenant, row.model);
         if (route === undefined) {
           throw new InvalidArgumentError(
             "body.model",
@@ -35,14 +38,6 @@ export class UploadRoutes {
         }
         this.#routes.set(row.model, route);
       }
-      yield row;
-    }
-  }
-
-  /** `rows` (checked earlier) with each model's endpoint and key set. */
-  async *fill(rows: AsyncIterable<TemplateRow>): AsyncGenerator<TemplateRow> {
-    for await (const row of rows) {
-      const route = this.#routes.get(row.model)!;
       yield { ...row, endpoint: route.endpoint, apiKey: route.apiKey };
     }
   }

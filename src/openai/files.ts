@@ -79,6 +79,7 @@ export async function createFile(call: Call): Promise<void> {
       tenantOf(call.principal),
       { filename, requestId: "", endpoint: "", apiKey: "" },
       chunks(),
+      call.signal,
     );
     sendJson(call.res, 200, fileObject(file));
   } catch (e) {

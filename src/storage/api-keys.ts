@@ -13,18 +13,20 @@ const sealedOf = (r: KeyRow): Sealed => ({ keyId: r.key_id, iv: r.iv, sealed: r.
 
 /**
  * Stores `plaintext` of file `fileId` (null: of a model route) encrypted under
- * the current key; returns its id.
+ * the current key, under `id` when given (else a new one); returns its id.
  */
 export async function storeKey(
   q: Queryable,
   keyring: Keyring,
   fileId: string | null,
   plaintext: string,
+  id: string | null = null,
 ): Promise<string> {
   const s = keyring.encrypt(plaintext);
   const { rows } = await q.query<{ id: string }>(
-    `INSERT INTO api_keys (file_id, key_id, iv, sealed) VALUES ($1, $2, $3, $4) RETURNING id`,
-    [fileId, s.keyId, s.iv, s.sealed],
+    `INSERT INTO api_keys (id, file_id, key_id, iv, sealed)
+     VALUES (coalesce($5::uuid, gen_random_uuid()), $1, $2, $3, $4) RETURNING id`,
+    [fileId, s.keyId, s.iv, s.sealed, id],
   );
   return rows[0]!.id;
 }

@@ -1,15 +1,18 @@
 /**
- * Files and their templates. A file is written in one transaction: a
- * rejected line rolls everything back (invariant 6).
+ * Files and their templates. A file is checked whole before anything is
+ * written (./template-spool.ts), then written in one transaction: a rejected
+ * line changes nothing (invariant 6).
  */
-import type { PoolClient } from "pg";
+import { createReadStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import copyStreams from "pg-copy-streams";
 import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Keyring } from "../auth/secrets.js";
-import { InvalidArgumentError, NotFoundError } from "../domain/errors.js";
-import type { TemplateRow } from "../domain/templates.js";
+import { NotFoundError } from "../domain/errors.js";
 import { dropUnusedKeys, storeKey } from "./api-keys.js";
 import type { Db } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
+import { SPOOL_COLUMNS, type TemplateSpool } from "./template-spool.js";
 
 export interface FileRecord {
   id: string;
@@ -43,39 +46,6 @@ function toFile(r: FileRow): FileRecord {
   };
 }
 
-/**
- * Rows per INSERT. 1,000 rows of unnest() arrays: 50,000 templates insert in
- * about a second; larger chunks gained nothing measurable.
- */
-const INSERT_CHUNK_ROWS = 1000;
-/** Flush earlier when the chunk's bodies pass this many bytes. */
-const INSERT_CHUNK_BYTES = 8 * 1024 * 1024;
-
-/** TemplatesInsertMany: appends rows to a file. Params: file id, then one array per column. */
-const TEMPLATES_INSERT_MANY = `
-  INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model,
-    api_key_id)
-  SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[])`;
-
-async function insertChunk(
-  q: PoolClient,
-  fileId: string,
-  rows: TemplateRow[],
-  keyIds: (string | null)[],
-): Promise<void> {
-  await q.query(TEMPLATES_INSERT_MANY, [
-    fileId,
-    rows.map((r) => r.line),
-    rows.map((r) => r.customId),
-    rows.map((r) => r.endpoint),
-    rows.map((r) => r.method),
-    rows.map((r) => r.path),
-    rows.map((r) => r.body),
-    rows.map((r) => r.model),
-    keyIds,
-  ]);
-}
-
 export interface NewFile {
   filename: string;
   idempotencyKey: string | null;
@@ -93,16 +63,18 @@ async function fileByKey(db: Db, tenant: string, key: string): Promise<FileRecor
 }
 
 /**
- * Stores a file from a stream of validated templates, in one transaction.
- * `sizeBytes` is read once the stream is drained. With an idempotency key
- * already used, returns the earlier file and reads nothing.
+ * Stores a spooled file (./template-spool.ts) in one transaction: its row,
+ * its API keys (encrypted), and its templates through COPY. With an
+ * idempotency key already used, returns the earlier file and stores nothing;
+ * once `signal` has aborted, throws its reason and stores nothing.
  */
 export async function createFile(
   db: Db,
   keyring: Keyring,
   meta: NewFile,
-  templates: AsyncIterable<TemplateRow>,
-  sizeBytes: () => number,
+  spool: TemplateSpool,
+  sizeBytes: number,
+  signal?: AbortSignal,
 ): Promise<{ file: FileRecord; created: boolean }> {
   if (meta.idempotencyKey !== null) {
     const existing = await fileByKey(db, meta.tenant, meta.idempotencyKey);
@@ -110,62 +82,33 @@ export async function createFile(
   }
   try {
     return await db.tx(async (q) => {
-      const inserted = await q.query<{ id: string }>(
-        `INSERT INTO files (filename, template_count, size_bytes, idempotency_key, tenant)
-         VALUES ($1, 0, 0, $2, $3) ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id`,
-        [meta.filename, meta.idempotencyKey, meta.tenant],
-      );
-      const fileId = inserted.rows[0]?.id;
-      // A concurrent request with the same key won the race and committed.
-      if (fileId === undefined) throw new KeyTaken();
-      const customIds = new Map<string, number>();
-      const models = new Set<string>();
-      let chunk: TemplateRow[] = [];
-      let keyIds: (string | null)[] = [];
-      let chunkBytes = 0;
-      let count = 0;
-      // Each distinct API key of the file is stored once, encrypted.
-      const storedKeys = new Map<string, string>();
-      for await (const row of templates) {
-        if (row.customId !== null) {
-          const first = customIds.get(row.customId);
-          if (first !== undefined) {
-            throw new InvalidArgumentError(
-              "custom_id",
-              `${JSON.stringify(row.customId)} is already used on line ${first}`,
-              row.line,
-            );
-          }
-          customIds.set(row.customId, row.line);
-        }
-        models.add(row.model);
-        chunk.push(row);
-        let keyId: string | null = null;
-        if (row.apiKey !== null) {
-          keyId = storedKeys.get(row.apiKey) ?? null;
-          if (keyId === null) {
-            keyId = await storeKey(q, keyring, fileId, row.apiKey);
-            storedKeys.set(row.apiKey, keyId);
-          }
-        }
-        keyIds.push(keyId);
-        chunkBytes += row.body.length;
-        count++;
-        if (chunk.length >= INSERT_CHUNK_ROWS || chunkBytes >= INSERT_CHUNK_BYTES) {
-          await insertChunk(q, fileId, chunk, keyIds);
-          chunk = [];
-          keyIds = [];
-          chunkBytes = 0;
-        }
-      }
-      if (chunk.length > 0) await insertChunk(q, fileId, chunk, keyIds);
-      if (count === 0) throw new InvalidArgumentError("content", "the file holds no requests");
       const { rows } = await q.query<FileRow>(
-        `UPDATE files SET template_count = $2, size_bytes = $3, models = $4
-         WHERE id = $1 RETURNING ${FILE_COLUMNS}`,
-        [fileId, count, sizeBytes(), [...models].sort()],
+        `INSERT INTO files (id, filename, template_count, size_bytes, models, idempotency_key, tenant)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING ${FILE_COLUMNS}`,
+        [
+          spool.fileId,
+          meta.filename,
+          spool.rows,
+          sizeBytes,
+          spool.models,
+          meta.idempotencyKey,
+          meta.tenant,
+        ],
       );
-      return { file: toFile(rows[0]!), created: true };
+      // A concurrent request with the same key won the race and committed.
+      if (rows[0] === undefined) throw new KeyTaken();
+      for (const [plaintext, id] of spool.keys) {
+        await storeKey(q, keyring, spool.fileId, plaintext, id);
+      }
+      await pipeline(
+        createReadStream(spool.path),
+        q.query(copyStreams.from(`COPY request_templates (${SPOOL_COLUMNS}) FROM STDIN`)),
+      );
+      // Checked last, before COMMIT: a client that went away while its rows
+      // were being stored gets no file it was told failed.
+      signal?.throwIfAborted();
+      return { file: toFile(rows[0]), created: true };
     });
   } catch (e) {
     if (!(e instanceof KeyTaken)) throw e;

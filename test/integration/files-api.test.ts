@@ -428,6 +428,37 @@ describe("an upload the client abandons", () => {
 });
 
 describe("storing files", () => {
+  test("text with backslashes, tabs, line breaks and \\N is stored as sent, in both forms", async () => {
+    // The rows reach Postgres as COPY text, where these characters are escapes.
+    const awkward = "a\\b\tc\nd\re \\N \\. \\\\ \u00e9\u{1f600}";
+    const jsonlBody = { model: "m-esc", messages: [{ role: "user", content: awkward }] };
+    const fromJsonl = await t.batch.createFile({
+      filename: "escapes.jsonl",
+      jsonl: enc.encode(
+        JSON.stringify({ custom_id: awkward, method: "POST", url: "/v1/x", body: jsonlBody }),
+      ),
+      endpoint: ENDPOINT,
+    });
+    // A template's body is stored as given, its whitespace (raw tab, CR, LF) included.
+    const templateBody = `{\t"model": "m-esc",\r\n "note": ${JSON.stringify(awkward)}}`;
+    const fromTemplates = await t.batch.createFile({
+      filename: "escapes-templates.jsonl",
+      templates: [{ customId: awkward, endpoint: ENDPOINT, path: "/v1/x\\y", body: templateBody }],
+    });
+    const read = async (fileId: string) =>
+      (
+        await sql.query(`SELECT custom_id, path, body FROM request_templates WHERE file_id = $1`, [
+          fileId,
+        ])
+      ).rows;
+    expect(await read(fromJsonl.file!.id)).toEqual([
+      { custom_id: awkward, path: "/v1/x", body: JSON.stringify(jsonlBody) },
+    ]);
+    expect(await read(fromTemplates.file!.id)).toEqual([
+      { custom_id: awkward, path: "/v1/x\\y", body: templateBody },
+    ]);
+  });
+
   test("CreateFile with jsonl: counts, size, models, and the rows as sent", async () => {
     const text = [line(0, "b-model"), "", line(1, "a-model"), line(2, "b-model")].join("\r\n");
     const { file } = await t.batch.createFile({
