@@ -211,6 +211,45 @@ export function validateTemplate(t: TemplateInput, line: number): TemplateRow {
 }
 
 /**
+ * The body of batch line `text` exactly as written, when native searches
+ * alone can cut it out; undefined when they cannot (the caller serialises
+ * the parsed body instead, which costs as much as parsing the line).
+ *
+ * `text` must be valid JSON whose object has exactly the four keys, the
+ * three besides body holding strings. Without \u escapes every key is
+ * spelled literally, and an escaped quote never makes a token, so a single
+ * "body" token is the body's key. The body is the last member when the line
+ * ends with two closing braces: had another member come last, its value
+ * (the last one of that key, a string) would end the line. A single "model"
+ * token keeps the model the upstream reads the one counted against its
+ * limit: duplicate keys are collapsed only by serialising again.
+ */
+function bodyTextOf(text: string): string | undefined {
+  if (text.includes("\\u")) return undefined;
+  const at = text.indexOf('"body"');
+  if (at < 0 || text.indexOf('"body"', at + 1) >= 0) return undefined;
+  const colon = skipSpace(text, at + 6, 1);
+  const start = skipSpace(text, colon + 1, 1);
+  const close = skipSpace(text, text.length - 1, -1);
+  const end = skipSpace(text, close - 1, -1);
+  if (text[colon] !== ":" || text[start] !== "{" || text[close] !== "}" || text[end] !== "}") {
+    return undefined;
+  }
+  const body = text.slice(start, end + 1);
+  const model = body.indexOf('"model"');
+  return model >= 0 && body.indexOf('"model"', model + 1) < 0 ? body : undefined;
+}
+
+/** The first index from `i` in direction `step` that is not JSON whitespace. */
+function skipSpace(text: string, i: number, step: 1 | -1): number {
+  for (;;) {
+    const c = text.charCodeAt(i);
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return i;
+    i += step;
+  }
+}
+
+/**
  * Parses one OpenAI batch line: {"custom_id","method","url","body"}, all
  * four required, the model read from body.model. `endpoint` was validated by
  * the caller.
@@ -227,7 +266,7 @@ export function parseJsonlLine(
   } catch (e) {
     throw new InvalidArgumentError("jsonl", `not valid JSON (${(e as Error).message})`, line);
   }
-  // The body is serialised again below, which recurses per level.
+  // The body may be serialised again below, which recurses per level.
   if (nestsDeeperThan(text, MAX_LINE_DEPTH)) {
     throw new InvalidArgumentError("body", `nests deeper than ${MAX_BODY_DEPTH} levels`, line);
   }
@@ -256,7 +295,7 @@ export function parseJsonlLine(
     endpoint,
     method: validateMethod(o.method, "method", line),
     path: validatePath(o.url, "url", line),
-    body: JSON.stringify(body),
+    body: (Object.keys(o).length === 4 && bodyTextOf(text)) || JSON.stringify(body),
     model: modelOf(body, "", "body.model", line),
     apiKey,
   };
