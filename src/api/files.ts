@@ -1,4 +1,5 @@
 /** BatchService file methods: CreateFile, UploadFile, GetFile, ListFiles, DeleteFile. */
+import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { principalOf, scopeOf, tenantOf } from "../auth/principal.js";
@@ -23,6 +24,7 @@ import {
   type UploadFileRequest,
   UploadFileResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
+import type { CopyLane } from "../storage/copy-lane.js";
 import {
   createFile,
   deleteFile,
@@ -30,6 +32,7 @@ import {
   getFile,
   listFiles,
   type NewFile,
+  uploadLane,
 } from "../storage/files.js";
 import { pageSize } from "../storage/pages.js";
 import { spoolTemplates } from "../storage/template-spool.js";
@@ -131,12 +134,18 @@ export async function uploadJsonl(
   );
   if (header.endpoint === "") rows = new UploadRoutes(deps.db, deps.keyring, tenant).fill(rows);
   const allowed = allowedRows(rows, deps.endpointPolicy(), false);
-  return store(deps, meta, allowed, () => total.bytes, signal);
+  // Streamed: the rows may go to Postgres while the client still sends.
+  const fileId = randomUUID();
+  return store(deps, meta, allowed, () => total.bytes, signal, {
+    fileId,
+    lane: uploadLane(deps.db, meta, fileId),
+  });
 }
 
 /**
  * Spools `rows` (every check), then stores them as a file of `sizeBytes()`
- * bytes; not once `signal` has aborted.
+ * bytes; not once `signal` has aborted. With `early`, the rows are also
+ * sent down its lane as they are spooled (src/storage/copy-lane.ts).
  */
 async function store(
   deps: ApiDeps,
@@ -144,13 +153,30 @@ async function store(
   rows: AsyncIterable<TemplateRow>,
   sizeBytes: () => number,
   signal: AbortSignal,
+  early?: { fileId: string; lane: CopyLane },
 ): Promise<FileRecord> {
-  const spooled = await spoolTemplates(rows);
+  const lane = early?.lane;
   try {
-    const stored = await createFile(deps.db, deps.keyring, meta, spooled, sizeBytes(), signal);
-    return stored.file;
+    const spooled = await spoolTemplates(rows, {
+      fileId: early?.fileId,
+      onBlock: lane && ((block, last) => lane.write(block, last)),
+    });
+    try {
+      const stored = await createFile(
+        deps.db,
+        deps.keyring,
+        meta,
+        spooled,
+        sizeBytes(),
+        signal,
+        lane,
+      );
+      return stored.file;
+    } finally {
+      await spooled.dispose();
+    }
   } finally {
-    await spooled.dispose();
+    lane?.drop();
   }
 }
 

@@ -5,11 +5,13 @@
  */
 import { createReadStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
+import type { PoolClient } from "pg";
 import copyStreams from "pg-copy-streams";
 import { type TenantScope, tenantParam } from "../auth/principal.js";
 import type { Keyring } from "../auth/secrets.js";
 import { NotFoundError } from "../domain/errors.js";
 import { dropUnusedKeys, storeKey } from "./api-keys.js";
+import { CopyLane } from "./copy-lane.js";
 import type { Db } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 import { SPOOL_COLUMNS, type TemplateSpool } from "./template-spool.js";
@@ -62,11 +64,34 @@ async function fileByKey(db: Db, tenant: string, key: string): Promise<FileRecor
   return rows[0] && toFile(rows[0]);
 }
 
+const COPY_TEMPLATES = `COPY request_templates (${SPOOL_COLUMNS}) FROM STDIN`;
+
+/**
+ * A lane (./copy-lane.ts) for the upload of file `fileId`: its row is
+ * inserted first (the templates' foreign key needs it), with its counts set
+ * at commit. It does not open when `meta`'s idempotency key is taken.
+ */
+export function uploadLane(db: Db, meta: NewFile, fileId: string): CopyLane {
+  return new CopyLane(
+    db.pool,
+    async (q) => {
+      const { rowCount } = await q.query(
+        `INSERT INTO files (id, filename, template_count, size_bytes, idempotency_key, tenant)
+         VALUES ($1, $2, 0, 0, $3, $4) ON CONFLICT (tenant, idempotency_key) DO NOTHING`,
+        [fileId, meta.filename, meta.idempotencyKey, meta.tenant],
+      );
+      return rowCount === 1;
+    },
+    COPY_TEMPLATES,
+  );
+}
+
 /**
  * Stores a spooled file (./template-spool.ts) in one transaction: its row,
- * its API keys (encrypted), and its templates through COPY. With an
- * idempotency key already used, returns the earlier file and stores nothing;
- * once `signal` has aborted, throws its reason and stores nothing.
+ * its API keys (encrypted), and its templates through COPY; or commits
+ * `lane`, when it is open and holds them all already. With an idempotency key
+ * already used, returns the earlier file and stores nothing; once `signal`
+ * has aborted, throws its reason and stores nothing.
  */
 export async function createFile(
   db: Db,
@@ -75,7 +100,21 @@ export async function createFile(
   spool: TemplateSpool,
   sizeBytes: number,
   signal?: AbortSignal,
+  lane?: CopyLane,
 ): Promise<{ file: FileRecord; created: boolean }> {
+  if (lane?.isOpen) {
+    const file = await lane.commit(async (q) => {
+      await storeKeys(q, keyring, spool);
+      const { rows } = await q.query<FileRow>(
+        `UPDATE files SET template_count = $2, size_bytes = $3, models = $4
+         WHERE id = $1 RETURNING ${FILE_COLUMNS}`,
+        [spool.fileId, spool.rows, sizeBytes, spool.models],
+      );
+      signal?.throwIfAborted();
+      return toFile(rows[0]!);
+    });
+    if (file !== undefined) return { file, created: true };
+  }
   if (meta.idempotencyKey !== null) {
     const existing = await fileByKey(db, meta.tenant, meta.idempotencyKey);
     if (existing) return { file: existing, created: false };
@@ -98,13 +137,8 @@ export async function createFile(
       );
       // A concurrent request with the same key won the race and committed.
       if (rows[0] === undefined) throw new KeyTaken();
-      for (const [plaintext, id] of spool.keys) {
-        await storeKey(q, keyring, spool.fileId, plaintext, id);
-      }
-      await pipeline(
-        createReadStream(spool.path),
-        q.query(copyStreams.from(`COPY request_templates (${SPOOL_COLUMNS}) FROM STDIN`)),
-      );
+      await storeKeys(q, keyring, spool);
+      await pipeline(createReadStream(spool.path), q.query(copyStreams.from(COPY_TEMPLATES)));
       // Checked last, before COMMIT: a client that went away while its rows
       // were being stored gets no file it was told failed.
       signal?.throwIfAborted();
@@ -115,6 +149,13 @@ export async function createFile(
     const existing = await fileByKey(db, meta.tenant, meta.idempotencyKey!);
     if (!existing) throw new Error("idempotency key conflict without a file");
     return { file: existing, created: false };
+  }
+}
+
+/** The spool's API keys, encrypted, under the ids its rows carry. */
+async function storeKeys(q: PoolClient, keyring: Keyring, spool: TemplateSpool): Promise<void> {
+  for (const [plaintext, id] of spool.keys) {
+    await storeKey(q, keyring, spool.fileId, plaintext, id);
   }
 }
 

@@ -66,11 +66,19 @@ const WRITE_BYTES = 256 * 1024;
  * twice, and at least one row. Validation errors surface here, before any
  * database work; the spool is removed on any error.
  */
-export async function spoolTemplates(rows: AsyncIterable<TemplateRow>): Promise<TemplateSpool> {
+export async function spoolTemplates(
+  rows: AsyncIterable<TemplateRow>,
+  options: {
+    /** The file's id (default: a new one). */
+    fileId?: string;
+    /** Given each block of rows once it is written (./copy-lane.ts); `last` for the last one. */
+    onBlock?: (block: string, last: boolean) => Promise<void>;
+  } = {},
+): Promise<TemplateSpool> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-upload-"));
   const file = path.join(dir, "rows.copy");
   const dispose = () => rm(dir, { recursive: true, force: true });
-  const fileId = randomUUID();
+  const fileId = options.fileId ?? randomUUID();
   const keys = new Map<string, string>();
   const models = new Set<string>();
   const customIds = new Map<string, number>();
@@ -110,12 +118,16 @@ export async function spoolTemplates(rows: AsyncIterable<TemplateRow>): Promise<
       pending += `${fileId}\t${row.line}\t${field(row.customId)}\t${field(row.endpoint)}\t${field(row.method)}\t${field(row.path)}\t${field(row.body)}\t${field(row.model)}\t${keyId ?? "\\N"}\n`;
       if (pending.length >= WRITE_BYTES) {
         await write(pending);
+        await options.onBlock?.(pending, false);
         pending = "";
       }
     }
 
     if (count === 0) throw new InvalidArgumentError("content", "the file holds no requests");
-    if (pending !== "") await write(pending);
+    if (pending !== "") {
+      await write(pending);
+      await options.onBlock?.(pending, true);
+    }
     out.end();
     await Promise.race([once(out, "finish"), failed]);
   } catch (e) {

@@ -427,6 +427,66 @@ describe("an upload the client abandons", () => {
   });
 });
 
+describe("an upload's rows sent to Postgres while it streams", () => {
+  /** The control plane's COPY into request_templates, if one runs now. */
+  const copyRunning = async () =>
+    (
+      await sql.query(
+        `SELECT 1 FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'COPY request_templates%'
+           AND state = 'active'`,
+      )
+    ).rowCount === 1;
+
+  test("start with the stream, are given up when the client stalls, and the file is whole", async () => {
+    // ~600 KiB: more than one block of rows, so the COPY starts before the stream ends.
+    const n = 4000;
+    const text = `${jsonlText(n)}\n`;
+    let finish: () => void = () => undefined;
+    const finished = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    const call = t.batch.uploadFile(
+      (async function* () {
+        yield* uploadMessages({ filename: "streamed.jsonl" }, chunked(enc.encode(text), 64 * 1024));
+        // Everything sent; the client waits before ending the stream.
+        await finished;
+      })(),
+    );
+    // The rows are on their way into Postgres while the stream is still open...
+    await expect.poll(copyRunning, { interval: 20, timeout: 10_000 }).toBe(true);
+    // ...until the client has left it waiting (STALL_MS): the connection goes back.
+    await expect.poll(copyRunning, { interval: 50, timeout: 10_000 }).toBe(false);
+    const { rows: held } = await sql.query(
+      `SELECT 1 FROM pg_stat_activity
+       WHERE datname = current_database() AND state LIKE 'idle in transaction%'`,
+    );
+    expect(held).toHaveLength(0);
+    finish();
+    const { file } = await call;
+    expect(file!.templateCount).toBe(BigInt(n));
+    const { rows } = await sql.query(
+      `SELECT count(*)::int AS n, count(DISTINCT custom_id)::int AS ids
+       FROM request_templates WHERE file_id = $1`,
+      [file!.id],
+    );
+    expect(rows[0]).toEqual({ n, ids: n });
+  });
+
+  test("a fast upload is stored whole, each row once", async () => {
+    const n = 6000;
+    const { file } = await upload(`${jsonlText(n)}\n`, { filename: "fast.jsonl" }, MIB);
+    const { rows } = await sql.query(
+      `SELECT count(*)::int AS n, count(DISTINCT custom_id)::int AS ids, min(line) AS first,
+              max(line) AS last
+       FROM request_templates WHERE file_id = $1`,
+      [file!.id],
+    );
+    expect(rows[0]).toEqual({ n, ids: n, first: 1, last: n });
+    expect(file!.templateCount).toBe(BigInt(n));
+  });
+});
+
 describe("storing files", () => {
   test("text with backslashes, tabs, line breaks and \\N is stored as sent, in both forms", async () => {
     // The rows reach Postgres as COPY text, where these characters are escapes.
