@@ -16,7 +16,7 @@
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { RequestState } from "../src/gen/fusillade/v1/resources_pb.js";
-import { type Bench, round, scaled, since, spread } from "./common.js";
+import { type Bench, round, scaled, since, spread, sqlFile } from "./common.js";
 import { resultsFigure } from "./reads-results.js";
 
 const MODEL = "bench-reads";
@@ -38,19 +38,7 @@ async function buildBatch(client: pg.Client, n: number): Promise<string> {
   const counts: Record<State, number> = { failed: 0, leased: 0, pending: 0, completed: 0 };
   for (let line = 1; line <= n; line++) counts[stateOf(line)]++;
   await client.query("BEGIN");
-  const file = await client.query<{ id: string }>(
-    `INSERT INTO files (filename, template_count, size_bytes, models)
-     VALUES ('bench-reads.jsonl', $1, $1 * 120, $2) RETURNING id`,
-    [n, [MODEL]],
-  );
-  const fileId = file.rows[0]!.id;
-  await client.query(
-    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model)
-     SELECT $1, g, 'req-' || g, 'http://127.0.0.1:9', 'POST', '/v1/chat/completions',
-       '{"model":"${MODEL}","messages":[{"role":"user","content":"hi"}]}', '${MODEL}'
-     FROM generate_series(1, $2) g`,
-    [fileId, n],
-  );
+  const fileId = await sqlFile(client, n, MODEL, "bench-reads.jsonl");
   const batch = await client.query<{ id: string }>(
     `INSERT INTO batches (file_id, completion_window, max_retries, initial_backoff_ms,
        max_backoff_ms, total_count, pending_count, leased_count, completed_count, failed_count,
