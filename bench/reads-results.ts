@@ -5,7 +5,9 @@
  * plain SQL on one pg connection reading the same rows, bodies and request
  * ids in the same order (one statement on the (batch_id, line) index: the
  * cheapest query that returns what the RPC returns). Printed as a ratio of
- * rates (issue 18's target: ≥ 0.5, within 2×).
+ * rates (issue 18's target: ≥ 0.5, within 2×), beside the same messages
+ * from a bare Connect server (./results-transport.ts): what one line a
+ * message through Connect costs whatever the results path.
  *
  * The batch is written with SQL, as ./reads.ts writes its big one: every
  * request completed, status 200, the headers the dispatcher keeps
@@ -14,7 +16,9 @@
  */
 import { performance } from "node:perf_hooks";
 import type pg from "pg";
-import { type Bench, round, scaled, since } from "./common.js";
+import type { GetBatchResultsResponse } from "../src/gen/fusillade/v1/batch_service_pb.js";
+import { type Bench, round, scaled, since, sqlFile } from "./common.js";
+import { transportOnly } from "./results-transport.js";
 
 const MODEL = "bench-results";
 /** Reads of each side, alternated (after one warm-up of each); the median is reported. */
@@ -38,19 +42,7 @@ async function buildResultsBatch(
   n: number,
 ): Promise<{ batchId: string; bodyMiB: number }> {
   await client.query("BEGIN");
-  const file = await client.query<{ id: string }>(
-    `INSERT INTO files (filename, template_count, size_bytes, models)
-     VALUES ('bench-results.jsonl', $1, $1 * 120, $2) RETURNING id`,
-    [n, [MODEL]],
-  );
-  const fileId = file.rows[0]!.id;
-  await client.query(
-    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model)
-     SELECT $1, g, 'req-' || g, 'http://127.0.0.1:9', 'POST', '/v1/chat/completions',
-       '{"model":"${MODEL}","messages":[{"role":"user","content":"hi"}]}', '${MODEL}'
-     FROM generate_series(1, $2) g`,
-    [fileId, n],
-  );
+  const fileId = await sqlFile(client, n, MODEL, "bench-results.jsonl");
   const batch = await client.query<{ id: string }>(
     `INSERT INTO batches (file_id, completion_window, max_retries, initial_backoff_ms,
        max_backoff_ms, total_count, pending_count, completed_count, expires_at, finished_at)
@@ -121,14 +113,20 @@ export async function resultsFigure(
   const { batchId, bodyMiB } = await buildResultsBatch(client, n);
   const buildS = since(t0) / 1000;
 
-  const rpc = async (): Promise<number> => {
+  /** One read to the end through `batch`'s GetBatchResults, its messages pushed on `keep`. */
+  const rpc = async (
+    batch = bench.batch,
+    who = "GetBatchResults",
+    keep?: GetBatchResultsResponse[],
+  ): Promise<number> => {
     const seen = new Map<string, number>();
     const t = performance.now();
-    for await (const r of bench.batch.getBatchResults({ batchId })) {
+    for await (const r of batch.getBatchResults({ batchId })) {
       seen.set(r.customId, (seen.get(r.customId) ?? 0) + 1);
+      keep?.push(r);
     }
     const ms = since(t);
-    checkSeen(bench, "GetBatchResults", seen, n);
+    checkSeen(bench, who, seen, n);
     return ms;
   };
   const sql = async (): Promise<number> => {
@@ -144,16 +142,26 @@ export async function resultsFigure(
     checkSeen(bench, "the results SQL", seen, n);
     return ms;
   };
-  await rpc();
+  const messages: GetBatchResultsResponse[] = [];
+  await rpc(bench.batch, "GetBatchResults", messages);
   await sql();
+  const transport = await transportOnly(messages);
   const rpcMs: number[] = [];
   const sqlMs: number[] = [];
-  for (let i = 0; i < ROUNDS; i++) {
-    rpcMs.push(await rpc());
-    sqlMs.push(await sql());
+  const transportMs: number[] = [];
+  try {
+    await rpc(transport.batch, "the transport alone");
+    for (let i = 0; i < ROUNDS; i++) {
+      rpcMs.push(await rpc());
+      sqlMs.push(await sql());
+      transportMs.push(await rpc(transport.batch, "the transport alone"));
+    }
+  } finally {
+    await transport.close();
   }
   const rpcS = median(rpcMs) / 1000;
   const sqlS = median(sqlMs) / 1000;
+  const transportS = median(transportMs) / 1000;
   return {
     requests: n,
     body_mib: round(bodyMiB, 1),
@@ -168,5 +176,11 @@ export async function resultsFigure(
       runs_s: sqlMs.map((ms) => round(ms / 1000, 3)),
     },
     ratio_to_sql: round(sqlS / rpcS, 3),
+    transport_only: {
+      seconds: round(transportS, 3),
+      lines_per_s: Math.round(n / transportS),
+      runs_s: transportMs.map((ms) => round(ms / 1000, 3)),
+      ratio_to_sql: round(sqlS / transportS, 3),
+    },
   };
 }

@@ -134,6 +134,13 @@ function rows(r: unknown): Row[] {
     `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
     `${n(`${g}.ratio_to_sql`)} of SQL's rate`,
   ]);
+  out.push([
+    "reads",
+    "GetBatchResults' transport alone: the same messages from a bare Connect server, no database",
+    `${n(`${g}.transport_only.seconds`)} s, ${n(`${g}.transport_only.lines_per_s`)} lines/s`,
+    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
+    `${n(`${g}.transport_only.ratio_to_sql`)} of SQL's rate`,
+  ]);
   const what: Record<string, string> = {
     deep: `1 batch of ${n("claims.backlog")}`,
     shallow: "1 batch of 10,000",

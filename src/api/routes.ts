@@ -32,7 +32,7 @@ import { streamMethods } from "./streams.js";
  * 2026-12-06). From 16 KiB the per-message cost is a small part of zlib's
  * own, and the message gains 3× or so, which a slow link may need.
  */
-const BATCH_COMPRESS_MIN_BYTES = 16 * 1024;
+export const BATCH_COMPRESS_MIN_BYTES = 16 * 1024;
 
 /** Registers every service on `router`. */
 export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRouter) => void {
