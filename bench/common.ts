@@ -1,7 +1,7 @@
 /**
  * Helpers shared by the benchmark scenarios: scale, the bench's view of a
  * running control plane (clients, database URL, failed checks), JSONL
- * building and streamed upload, waiting for a batch, dispatchers restricted
+ * building and streamed upload, files written with SQL, waiting for a batch, dispatchers restricted
  * to a scenario's models, percentiles and RSS reads.
  */
 import { readFileSync } from "node:fs";
@@ -10,6 +10,7 @@ import type { MessagePort } from "node:worker_threads";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import type pg from "pg";
 import { resolveDispatcherConfig } from "../src/config/dispatcher-config.js";
 import { startDispatcher } from "../src/dispatcher/dispatcher.js";
 import { startDispatcherThread } from "../src/dispatcher/thread.js";
@@ -124,6 +125,33 @@ export async function upload(
 ): Promise<string> {
   const res = await batch.uploadFile(uploadMessages(content, endpoint));
   return res.file!.id;
+}
+
+/**
+ * Writes a file of `n` templates of `model` with SQL (custom ids `req-1…`, a
+ * short chat body, an endpoint nobody answers), inside the caller's
+ * transaction; its id. For scenarios whose batches are written with SQL too.
+ */
+export async function sqlFile(
+  client: pg.Client,
+  n: number,
+  model: string,
+  filename: string,
+): Promise<string> {
+  const file = await client.query<{ id: string }>(
+    `INSERT INTO files (filename, template_count, size_bytes, models)
+     VALUES ($3, $1, $1 * 120, $2) RETURNING id`,
+    [n, [model], filename],
+  );
+  const fileId = file.rows[0]!.id;
+  await client.query(
+    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model)
+     SELECT $1, g, 'req-' || g, 'http://127.0.0.1:9', 'POST', '/v1/chat/completions',
+       '{"model":"' || $3 || '","messages":[{"role":"user","content":"hi"}]}', $3
+     FROM generate_series(1, $2) g`,
+    [fileId, n, model],
+  );
+  return fileId;
 }
 
 /** Resolves when the batch has finished (WatchBatch). */

@@ -4,7 +4,8 @@
  * on one batch of 1,000,000 requests in mixed states (p50/p99 over ~200
  * calls each), against the best plain SQL for the same answers on one
  * prepared connection: the batch row by id, and the next 100 failed requests
- * by the (batch_id, state, line) index.
+ * by the (batch_id, state, line) index. Then GetBatchResults of a finished
+ * batch of 20,000 completed requests against plain SQL (./reads-results.ts).
  *
  * The batch is written with SQL (generate_series: files, request_templates,
  * batches with counters that match, requests) — through the API it would
@@ -15,7 +16,8 @@
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { RequestState } from "../src/gen/fusillade/v1/resources_pb.js";
-import { type Bench, round, scaled, since, spread } from "./common.js";
+import { type Bench, round, scaled, since, spread, sqlFile } from "./common.js";
+import { resultsFigure } from "./reads-results.js";
 
 const MODEL = "bench-reads";
 const CALLS = 200;
@@ -36,19 +38,7 @@ async function buildBatch(client: pg.Client, n: number): Promise<string> {
   const counts: Record<State, number> = { failed: 0, leased: 0, pending: 0, completed: 0 };
   for (let line = 1; line <= n; line++) counts[stateOf(line)]++;
   await client.query("BEGIN");
-  const file = await client.query<{ id: string }>(
-    `INSERT INTO files (filename, template_count, size_bytes, models)
-     VALUES ('bench-reads.jsonl', $1, $1 * 120, $2) RETURNING id`,
-    [n, [MODEL]],
-  );
-  const fileId = file.rows[0]!.id;
-  await client.query(
-    `INSERT INTO request_templates (file_id, line, custom_id, endpoint, method, path, body, model)
-     SELECT $1, g, 'req-' || g, 'http://127.0.0.1:9', 'POST', '/v1/chat/completions',
-       '{"model":"${MODEL}","messages":[{"role":"user","content":"hi"}]}', '${MODEL}'
-     FROM generate_series(1, $2) g`,
-    [fileId, n],
-  );
+  const fileId = await sqlFile(client, n, MODEL, "bench-reads.jsonl");
   const batch = await client.query<{ id: string }>(
     `INSERT INTO batches (file_id, completion_window, max_retries, initial_backoff_ms,
        max_backoff_ms, total_count, pending_count, leased_count, completed_count, failed_count,
@@ -108,7 +98,7 @@ async function timeCalls(calls: number, fn: (i: number) => Promise<void>): Promi
   return ms;
 }
 
-/** Reads on a 1,000,000-request batch (smoke: 10,000). */
+/** Reads on a 1,000,000-request batch (smoke: 10,000), and results of a 20,000-request one (smoke: 200). */
 export async function readsScenario(bench: Bench): Promise<Record<string, unknown>> {
   const n = scaled(1_000_000, 10_000);
   const client = new pg.Client({ connectionString: bench.databaseUrl });
@@ -156,6 +146,8 @@ export async function readsScenario(bench: Bench): Promise<Record<string, unknow
       afterLine = rows.length > 100 ? rows[99]!.line : 0;
     });
 
+    const results = await resultsFigure(bench, client);
+
     const st = spread(status);
     const stSql = spread(statusSql);
     const ls = spread(list);
@@ -170,6 +162,7 @@ export async function readsScenario(bench: Bench): Promise<Record<string, unknow
         sql: lsSql,
         ratio_p50_to_sql: round(ls.p50_ms / lsSql.p50_ms, 1),
       },
+      get_batch_results: results,
     };
   } finally {
     await client.end();

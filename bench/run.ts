@@ -12,7 +12,8 @@
  * - memory (./memory.ts): RSS of a control plane and a dispatcher (separate
  *   processes) holding 10,000 requests in flight vs a bare undici process;
  * - reads (./reads.ts): GetBatchStatus and ListBatchRequests on a batch of
- *   1,000,000 requests vs the same answers in plain SQL;
+ *   1,000,000 requests vs the same answers in plain SQL; GetBatchResults of
+ *   20,000 completed requests (~1 KiB bodies) vs one SQL statement;
  * - claims (./claims.ts): a Sync claiming 10 with a 1,000,000-request backlog,
  *   fair share on and off, vs the bare claim statement;
  * - pacing (./pacing.ts): batches against a metered upstream (rate known, unknown,

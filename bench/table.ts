@@ -126,6 +126,21 @@ function rows(r: unknown): Row[] {
     `${n(`${l}.sql.p50_ms`)} / ${n(`${l}.sql.p99_ms`)} ms`,
     `p50 × ${n(`${l}.ratio_p50_to_sql`)}`,
   ]);
+  const g = "reads.get_batch_results";
+  out.push([
+    "reads",
+    `GetBatchResults read to the end, ${n(`${g}.requests`)} completed, ${n(`${g}.body_mib`)} MiB of bodies, median of ${n(`${g}.rounds`)} (ceiling: one SQL statement)`,
+    `${n(`${g}.seconds`)} s, ${n(`${g}.lines_per_s`)} lines/s`,
+    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
+    `${n(`${g}.ratio_to_sql`)} of SQL's rate`,
+  ]);
+  out.push([
+    "reads",
+    "GetBatchResults' transport alone: the same messages from a bare Connect server, no database",
+    `${n(`${g}.transport_only.seconds`)} s, ${n(`${g}.transport_only.lines_per_s`)} lines/s`,
+    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
+    `${n(`${g}.transport_only.ratio_to_sql`)} of SQL's rate`,
+  ]);
   const what: Record<string, string> = {
     deep: `1 batch of ${n("claims.backlog")}`,
     shallow: "1 batch of 10,000",

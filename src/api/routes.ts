@@ -23,15 +23,30 @@ import { healthMethods } from "./health.js";
 import { routeMethods } from "./route-methods.js";
 import { streamMethods } from "./streams.js";
 
+/**
+ * BatchService answers are compressed (for clients that accept it) only from
+ * this size. Connect compresses each message on its own, in zlib's thread
+ * pool: ~180 µs for a 1 KiB message on the bench machine (5.8 MB/s), which
+ * held GetBatchResults of 20,000 lines of 1 KiB bodies at ~4,000 lines/s,
+ * 0.055 of plain SQL's rate (0.2 without; bench reads, bench/RESULTS.md
+ * 2026-12-06). From 16 KiB the per-message cost is a small part of zlib's
+ * own, and the message gains 3× or so, which a slow link may need.
+ */
+export const BATCH_COMPRESS_MIN_BYTES = 16 * 1024;
+
 /** Registers every service on `router`. */
 export function routes(deps: ApiDeps, leases: LeaseService): (router: ConnectRouter) => void {
   return (router) => {
-    router.service(BatchService, {
-      ...fileMethods(deps),
-      ...batchMethods(deps),
-      ...streamMethods(deps),
-      ...batchModelMethods(deps),
-    });
+    router.service(
+      BatchService,
+      {
+        ...fileMethods(deps),
+        ...batchMethods(deps),
+        ...streamMethods(deps),
+        ...batchModelMethods(deps),
+      },
+      { compressMinBytes: BATCH_COMPRESS_MIN_BYTES },
+    );
     router.service(DispatchService, dispatchMethods(deps, leases));
     router.service(AdminService, { ...adminMethods(deps), ...routeMethods(deps) });
     router.service(Health, healthMethods(deps));

@@ -150,14 +150,14 @@ async function* resultLines(
 ): AsyncGenerator<string> {
   const states =
     kind === "output" ? (["completed"] as const) : (["failed", "canceled", "expired"] as const);
-  for await (const r of batchResultLines(
+  for await (const lines of batchResultLines(
     call.deps,
     scopeOf(call.principal),
     batchId,
     states,
     call.signal,
   )) {
-    yield r.text;
+    for (const r of lines) yield r.text;
   }
 }
 

@@ -10,7 +10,7 @@ import { parseDuration } from "../domain/duration.js";
 import { FailedPreconditionError, NotFoundError } from "../domain/errors.js";
 import { type BatchState, batchState, isBatchTerminal } from "../domain/states.js";
 import { dropUnusedKeys } from "./api-keys.js";
-import type { Db } from "./db.js";
+import type { Db, Queryable } from "./db.js";
 import { decodeTimeIdToken, encodePageToken, isId, pageQuery } from "./pages.js";
 
 export interface BatchCounts {
@@ -223,7 +223,11 @@ async function batchByKey(db: Db, tenant: string, key: string): Promise<BatchRec
 }
 
 /** One batch `scope` may see, or NotFoundError (the same for another tenant's). */
-export async function getBatch(db: Db, scope: TenantScope, id: string): Promise<BatchRecord> {
+export async function getBatch(
+  db: Queryable,
+  scope: TenantScope,
+  id: string,
+): Promise<BatchRecord> {
   if (!isId(id)) throw new NotFoundError("batch", id);
   const { rows } = await db.query<BatchRow>(
     `SELECT ${BATCH_COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)`,

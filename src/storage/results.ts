@@ -34,10 +34,12 @@ const REQUESTS_TERMINAL_PAGE = byteCappedPage(
   "$5",
 );
 
-/** One page of terminal requests and whether more follow it. */
+/** One page of terminal requests, whether more follow it, and its bytes (as capped). */
 export interface ResultPage {
   rows: ResultRow[];
   more: boolean;
+  /** The bytes of its bodies and error messages, as byteCappedPage counts them. */
+  bytes: number;
 }
 
 /**
@@ -53,13 +55,11 @@ export async function terminalRequestsPage(
   limit: number,
   maxBytes: number,
 ): Promise<ResultPage> {
-  const { rows } = await db.query<ResultRow & CappedPageColumns>(REQUESTS_TERMINAL_PAGE, [
-    batchId,
-    states,
-    afterLine,
-    limit + 1,
-    maxBytes,
-  ]);
+  const { rows } = await db.query<ResultRow & CappedPageColumns & { page_bytes: string }>(
+    REQUESTS_TERMINAL_PAGE,
+    [batchId, states, afterLine, limit + 1, maxBytes],
+  );
   const { page, more } = cappedPageRows(rows, limit);
-  return { rows: page, more };
+  // A sum over Postgres integers comes back as text.
+  return { rows: page, more, bytes: Number(page[page.length - 1]?.page_bytes ?? 0) };
 }

@@ -1,14 +1,19 @@
 /**
  * GetBatchResults: OpenAI-format output and error lines for the requests
- * terminal so far, in line order; every key and its type checked.
+ * terminal so far, in line order; every key and its type checked. Then
+ * batchResultLines, which reads them, when a page read ahead fails.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { batchResultLines } from "../../src/api/streams.js";
+import { ALL_TENANTS } from "../../src/auth/principal.js";
+import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import {
   GetBatchResultsRequest_Kind,
   GetBatchResultsResponse_Kind,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
+import type { Queryable } from "../../src/storage/db.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 
 let t: TestControlPlane;
@@ -245,5 +250,44 @@ describe("GetBatchResults", () => {
   it("rejects an unknown batch", async () => {
     const err = await results("00000000-0000-4000-8000-000000000000").catch((e) => e);
     expect(ConnectError.from(err).code).toBe(Code.NotFound);
+  });
+});
+
+describe("batchResultLines", () => {
+  it("fails on a page read ahead that failed while the reader waited, and leaves no rejection unhandled", async () => {
+    const n = 600; // two pages of 500 rows: the second is read while the first is consumed
+    const id = await makeBatch(n);
+    await sql.query(
+      `UPDATE requests SET state = 'completed', finished_at = now(), updated_at = now(),
+         response_status = 200, response_body = convert_to('{"n":' || line || '}', 'UTF8')
+       WHERE batch_id = $1`,
+      [id],
+    );
+    // The batch and the first page from Postgres; the second page's read fails at once.
+    let queries = 0;
+    const lost = new Error("connection lost");
+    const db: Queryable = {
+      query: ((text: string, params?: unknown[]) =>
+        ++queries <= 2 ? sql.query(text, params) : Promise.reject(lost)) as Queryable["query"],
+    };
+    const deps = {
+      db,
+      shutdownSignal: new AbortController().signal,
+      config: CONTROL_PLANE_DEFAULTS,
+    };
+    const pages = batchResultLines(
+      deps,
+      ALL_TENANTS,
+      id,
+      ["completed"],
+      new AbortController().signal,
+    );
+    const first = await pages.next();
+    expect(first.done).toBe(false);
+    expect(first.value).toHaveLength(500);
+    expect(queries).toBe(3); // the next page was asked for before this one was handed out
+    // A turn of the event loop with the failure pending: an unhandled rejection fails the run.
+    await new Promise((resolve) => setImmediate(resolve));
+    await expect(pages.next()).rejects.toBe(lost);
   });
 });

@@ -163,6 +163,13 @@ describe("hostile bodies", () => {
     );
   });
 
+  it("ends a string at the quote after an even run of backslashes, not an odd one", () => {
+    // Strings: a\ (an escaped backslash), b\" ] (a backslash, a quote, a bracket), c.
+    const text = '[ "a\\\\" , "b\\\\\\" ]" ,\n "c" ]';
+    expect(compactJson(text, 1)).toBe('["a\\\\","b\\\\\\" ]","c"]');
+    expect(JSON.parse(compactJson(text, 1)!)).toEqual(JSON.parse(text));
+  });
+
   it("counts depth outside strings only", () => {
     expect(compactJson('["[[[[", {"k": "{{{{"}]', 2)).toBe('["[[[[",{"k":"{{{{"}]');
     expect(compactJson("[[[]]]", 2)).toBeUndefined();
