@@ -16,6 +16,7 @@
  */
 import { performance } from "node:perf_hooks";
 import type pg from "pg";
+import { LINES_PER_MESSAGE as CLI_LINES_PER_MESSAGE } from "../src/cli/client/results.js";
 import type { GetBatchResultsResponse } from "../src/gen/fusillade/v1/batch_service_pb.js";
 import { type Bench, round, scaled, since, sqlFile } from "./common.js";
 import { transportOnly } from "./results-transport.js";
@@ -113,17 +114,23 @@ export async function resultsFigure(
   const { batchId, bodyMiB } = await buildResultsBatch(client, n);
   const buildS = since(t0) / 1000;
 
-  /** One read to the end through `batch`'s GetBatchResults, its messages pushed on `keep`. */
+  /**
+   * One read to the end through `batch`'s GetBatchResults, `linesPerMessage`
+   * lines an answer (0: one), its messages pushed on `keep`.
+   */
   const rpc = async (
     batch = bench.batch,
     who = "GetBatchResults",
+    linesPerMessage = CLI_LINES_PER_MESSAGE,
     keep?: GetBatchResultsResponse[],
   ): Promise<number> => {
     const seen = new Map<string, number>();
     const t = performance.now();
-    for await (const r of batch.getBatchResults({ batchId })) {
-      seen.set(r.customId, (seen.get(r.customId) ?? 0) + 1);
-      keep?.push(r);
+    for await (const m of batch.getBatchResults({ batchId, linesPerMessage })) {
+      for (const r of m.lines.length > 0 ? m.lines : [m]) {
+        seen.set(r.customId, (seen.get(r.customId) ?? 0) + 1);
+      }
+      keep?.push(m);
     }
     const ms = since(t);
     checkSeen(bench, who, seen, n);
@@ -143,18 +150,21 @@ export async function resultsFigure(
     return ms;
   };
   const messages: GetBatchResultsResponse[] = [];
-  await rpc(bench.batch, "GetBatchResults", messages);
+  await rpc(bench.batch, "GetBatchResults", 0, messages);
+  await rpc();
   await sql();
   const transport = await transportOnly(messages);
   const rpcMs: number[] = [];
+  const singleMs: number[] = [];
   const sqlMs: number[] = [];
   const transportMs: number[] = [];
   try {
-    await rpc(transport.batch, "the transport alone");
+    await rpc(transport.batch, "the transport alone", 0);
     for (let i = 0; i < ROUNDS; i++) {
       rpcMs.push(await rpc());
+      singleMs.push(await rpc(bench.batch, "GetBatchResults, a line an answer", 0));
       sqlMs.push(await sql());
-      transportMs.push(await rpc(transport.batch, "the transport alone"));
+      transportMs.push(await rpc(transport.batch, "the transport alone", 0));
     }
   } finally {
     await transport.close();
@@ -162,6 +172,7 @@ export async function resultsFigure(
   const rpcS = median(rpcMs) / 1000;
   const sqlS = median(sqlMs) / 1000;
   const transportS = median(transportMs) / 1000;
+  const singleS = median(singleMs) / 1000;
   return {
     requests: n,
     body_mib: round(bodyMiB, 1),
@@ -176,6 +187,13 @@ export async function resultsFigure(
       runs_s: sqlMs.map((ms) => round(ms / 1000, 3)),
     },
     ratio_to_sql: round(sqlS / rpcS, 3),
+    lines_per_message: CLI_LINES_PER_MESSAGE,
+    one_line_a_message: {
+      seconds: round(singleS, 3),
+      lines_per_s: Math.round(n / singleS),
+      runs_s: singleMs.map((ms) => round(ms / 1000, 3)),
+      ratio_to_sql: round(sqlS / singleS, 3),
+    },
     transport_only: {
       seconds: round(transportS, 3),
       lines_per_s: Math.round(n / transportS),

@@ -129,14 +129,21 @@ function rows(r: unknown): Row[] {
   const g = "reads.get_batch_results";
   out.push([
     "reads",
-    `GetBatchResults read to the end, ${n(`${g}.requests`)} completed, ${n(`${g}.body_mib`)} MiB of bodies, median of ${n(`${g}.rounds`)} (ceiling: one SQL statement)`,
+    `GetBatchResults read to the end, ${n(`${g}.lines_per_message`)} lines an answer (as the CLI), ${n(`${g}.requests`)} completed, ${n(`${g}.body_mib`)} MiB of bodies, median of ${n(`${g}.rounds`)} (ceiling: one SQL statement)`,
     `${n(`${g}.seconds`)} s, ${n(`${g}.lines_per_s`)} lines/s`,
     `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
     `${n(`${g}.ratio_to_sql`)} of SQL's rate`,
   ]);
   out.push([
     "reads",
-    "GetBatchResults' transport alone: the same messages from a bare Connect server, no database",
+    "GetBatchResults, the same, a line an answer (lines_per_message unset)",
+    `${n(`${g}.one_line_a_message.seconds`)} s, ${n(`${g}.one_line_a_message.lines_per_s`)} lines/s`,
+    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
+    `${n(`${g}.one_line_a_message.ratio_to_sql`)} of SQL's rate`,
+  ]);
+  out.push([
+    "reads",
+    "GetBatchResults' transport alone: a line an answer from a bare Connect server, no database",
     `${n(`${g}.transport_only.seconds`)} s, ${n(`${g}.transport_only.lines_per_s`)} lines/s`,
     `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
     `${n(`${g}.transport_only.ratio_to_sql`)} of SQL's rate`,

@@ -25,6 +25,7 @@ import {
   GetBatchResultsRequest_Kind,
   type GetBatchResultsResponse,
   GetBatchResultsResponse_Kind,
+  type GetBatchResultsResponse_Line,
   type StreamBatchRequestsResponse,
   StreamBatchRequestsResponse_Kind,
   StreamBatchRequestsResponseSchema,
@@ -417,10 +418,15 @@ export async function* batchResultLines(
 }
 
 /** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
+/** Most lines in one GetBatchResults answer (lines_per_message above it is taken as this). */
+export const MAX_RESULT_LINES_PER_MESSAGE = 1000;
+/** An answer of several lines ends once its lines' text passes this many characters. */
+const RESULT_MESSAGE_CHARS = 1024 * 1024;
+
 async function* getBatchResults(
   deps: ApiDeps,
   scope: TenantScope,
-  req: { batchId: string; kind: GetBatchResultsRequest_Kind },
+  req: { batchId: string; kind: GetBatchResultsRequest_Kind; linesPerMessage: number },
   signal: AbortSignal,
 ): AsyncGenerator<GetBatchResultsResponse> {
   const states = RESULT_STATES[req.kind];
@@ -428,19 +434,48 @@ async function* getBatchResults(
     await getBatch(deps.db, scope, req.batchId); // NOT_FOUND first, as before
     throw new InvalidArgumentError("kind", `unknown kind ${req.kind}`);
   }
+  const perMessage = Math.min(req.linesPerMessage, MAX_RESULT_LINES_PER_MESSAGE);
+  const kindOf = (r: { kind: string }) =>
+    r.kind === "output" ? GetBatchResultsResponse_Kind.OUTPUT : GetBatchResultsResponse_Kind.ERROR;
+  // Literal messages: create() walks the schema for every field of every line.
+  let pack: GetBatchResultsResponse_Line[] = [];
+  let packChars = 0;
+  const packed = (): GetBatchResultsResponse => {
+    const message: GetBatchResultsResponse = {
+      $typeName: "fusillade.v1.GetBatchResultsResponse",
+      kind: GetBatchResultsResponse_Kind.UNSPECIFIED,
+      line: "",
+      customId: "",
+      lines: pack,
+    };
+    pack = [];
+    packChars = 0;
+    return message;
+  };
   for await (const lines of batchResultLines(deps, scope, req.batchId, states, signal)) {
     for (const r of lines) {
-      // A literal message: create() walks the schema for every field of every line.
-      yield {
-        $typeName: "fusillade.v1.GetBatchResultsResponse",
-        kind:
-          r.kind === "output"
-            ? GetBatchResultsResponse_Kind.OUTPUT
-            : GetBatchResultsResponse_Kind.ERROR,
+      if (perMessage <= 1) {
+        yield {
+          $typeName: "fusillade.v1.GetBatchResultsResponse",
+          kind: kindOf(r),
+          line: r.text,
+          customId: r.customId ?? "",
+          lines: [],
+        };
+        continue;
+      }
+      pack.push({
+        $typeName: "fusillade.v1.GetBatchResultsResponse.Line",
+        kind: kindOf(r),
         line: r.text,
         customId: r.customId ?? "",
-      };
+      });
+      packChars += r.text.length;
+      if (pack.length >= perMessage || packChars >= RESULT_MESSAGE_CHARS) yield packed();
     }
+    // A page's lines go out before the next page is awaited (a batch still running
+    // may not have more for a while).
+    if (pack.length > 0) yield packed();
   }
 }
 

@@ -219,12 +219,16 @@ export function requestMethods(
             : o.only === "errors"
               ? GetBatchResultsRequest_Kind.ERRORS
               : GetBatchResultsRequest_Kind.ALL;
-        for await (const m of batch.getBatchResults({ batchId, kind })) {
-          if (
-            m.kind === GetBatchResultsResponse_Kind.OUTPUT ||
-            m.kind === GetBatchResultsResponse_Kind.ERROR
-          ) {
-            yield JSON.parse(m.line);
+        // Several lines an answer (each answer costs the transport ~25 µs); a
+        // server that predates lines_per_message sends one.
+        for await (const m of batch.getBatchResults({ batchId, kind, linesPerMessage: 500 })) {
+          for (const l of m.lines.length > 0 ? m.lines : [m]) {
+            if (
+              l.kind === GetBatchResultsResponse_Kind.OUTPUT ||
+              l.kind === GetBatchResultsResponse_Kind.ERROR
+            ) {
+              yield JSON.parse(l.line);
+            }
           }
         }
       }),

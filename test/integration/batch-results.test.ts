@@ -6,7 +6,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { batchResultLines } from "../../src/api/streams.js";
+import { batchResultLines, MAX_RESULT_LINES_PER_MESSAGE } from "../../src/api/streams.js";
 import { ALL_TENANTS } from "../../src/auth/principal.js";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
 import {
@@ -245,6 +245,52 @@ describe("GetBatchResults", () => {
     expect(body(1)).toBe("{\uFFFD\u0000}");
     expect(body(2)).toEqual({ choices: [1, 2] });
     expect(body(3)).toBe(deep);
+  });
+
+  it("packs up to lines_per_message lines an answer: the same lines, in the same order", async () => {
+    const n = 1203;
+    const id = await makeBatch(n);
+    await sql.query(
+      `UPDATE requests SET state = 'completed', finished_at = now(), response_status = 200,
+         response_body = '{"ok":true}', updated_at = now()
+       WHERE batch_id = $1 AND line % 7 <> 0`,
+      [id],
+    );
+    await sql.query(
+      `UPDATE requests SET state = 'failed', finished_at = now(), error_code = 'timeout',
+         error_message = 'no response within 60s', updated_at = now()
+       WHERE batch_id = $1 AND line % 7 = 0`,
+      [id],
+    );
+    const single: unknown[] = [];
+    for await (const m of t.batch.getBatchResults({ batchId: id })) {
+      expect(m.lines).toHaveLength(0);
+      single.push([m.kind, m.customId, m.line]);
+    }
+    const packed: unknown[] = [];
+    const sizes: number[] = [];
+    for await (const m of t.batch.getBatchResults({ batchId: id, linesPerMessage: 100 })) {
+      expect([m.kind, m.line, m.customId]).toEqual([
+        GetBatchResultsResponse_Kind.UNSPECIFIED,
+        "",
+        "",
+      ]);
+      sizes.push(m.lines.length);
+      for (const l of m.lines) packed.push([l.kind, l.customId, l.line]);
+    }
+    expect(single).toHaveLength(n);
+    expect(packed).toEqual(single);
+    expect(Math.max(...sizes)).toBe(100);
+    expect(Math.min(...sizes)).toBeGreaterThan(0);
+    // Pages of 500 rows: 100 + 100 + … a page, its remainder sent before the next page.
+    expect(sizes.length).toBe(13);
+    // Asking for more than the most an answer holds gets the most.
+    let largest = 0;
+    for await (const m of t.batch.getBatchResults({ batchId: id, linesPerMessage: 1_000_000 })) {
+      largest = Math.max(largest, m.lines.length);
+    }
+    expect(largest).toBeGreaterThan(100);
+    expect(largest).toBeLessThanOrEqual(MAX_RESULT_LINES_PER_MESSAGE);
   });
 
   it("rejects an unknown batch", async () => {
