@@ -473,6 +473,21 @@ describe("an upload's rows sent to Postgres while it streams", () => {
     expect(rows[0]).toEqual({ n, ids: n });
   });
 
+  test("an upload sent again with its request_id gives the first file, stored once", async () => {
+    const n = 4000;
+    const text = `${jsonlText(n)}\n`;
+    const header = { filename: "again.jsonl", requestId: "upload-again-1" };
+    const first = await upload(text, header, MIB);
+    const second = await upload(text, header, MIB);
+    expect(second.file!.id).toBe(first.file!.id);
+    const { rows } = await sql.query(
+      `SELECT (SELECT count(*)::int FROM files WHERE filename = 'again.jsonl') AS files,
+              (SELECT count(*)::int FROM request_templates WHERE file_id = $1) AS templates`,
+      [first.file!.id],
+    );
+    expect(rows[0]).toEqual({ files: 1, templates: n });
+  });
+
   test("a fast upload is stored whole, each row once", async () => {
     const n = 6000;
     const { file } = await upload(`${jsonlText(n)}\n`, { filename: "fast.jsonl" }, MIB);
