@@ -208,17 +208,20 @@ async function fusillade(
       tmp,
     );
     const batchId = (JSON.parse(submit.out) as { batch_id: string }).batch_id;
+    const t1 = performance.now();
     const watch = await nodeRun(
       [FUSILLADE, "watch", batchId, "--server", server, "--json"],
       {},
       tmp,
     );
+    const t2 = performance.now();
     const results = await nodeRun(
       [FUSILLADE, "results", batchId, "--server", server, "--output", path.join(tmp, "out.jsonl")],
       {},
       tmp,
     );
-    const wallS = (performance.now() - t0) / 1000;
+    const t3 = performance.now();
+    const wallS = (t3 - t0) / 1000;
     const serveUs = (await procCpuUs(serve.pid!)) - s0;
     const pgUs = (await postgresCpuUs(postmaster)) - g0;
     const cliUs = submit.cpuUs + watch.cpuUs + results.cpuUs;
@@ -226,6 +229,10 @@ async function fusillade(
     if (lines.length !== n) throw new Error(`cpu: results has ${lines.length} lines, not ${n}`);
     return {
       end_to_end_s: round(wallS, 2),
+      // Wall time of each command: upload + CreateBatch, the batch's run, the download.
+      submit_s: round((t1 - t0) / 1000, 2),
+      watch_s: round((t2 - t1) / 1000, 2),
+      results_s: round((t3 - t2) / 1000, 2),
       serve_us: Math.round(serveUs / n),
       cli_us: Math.round(cliUs / n),
       postgres_us: Math.round(pgUs / n),

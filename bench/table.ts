@@ -185,7 +185,7 @@ function rows(r: unknown): Row[] {
   out.push([
     "cpu",
     "end to end, same run (beside: pg-boss tuned enqueue + process)",
-    `${n("cpu.fusillade.end_to_end_s")} s`,
+    `${n("cpu.fusillade.end_to_end_s")} s (submit ${n("cpu.fusillade.submit_s")}, watch ${n("cpu.fusillade.watch_s")}, results ${n("cpu.fusillade.results_s")})`,
     `${n("cpu.pg_boss_tuned.end_to_end_s")} s`,
     `${n("cpu.end_to_end_ratio_to_pg_boss")}× pg-boss's speed`,
   ]);
