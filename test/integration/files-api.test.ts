@@ -488,6 +488,28 @@ describe("an upload's rows sent to Postgres while it streams", () => {
     expect(rows[0]).toEqual({ files: 1, templates: n });
   });
 
+  test("five uploads at once, more than there are lanes, are each stored whole", async () => {
+    const n = 3000;
+    const files = await Promise.all(
+      [0, 1, 2, 3, 4].map((k) =>
+        upload(
+          `${jsonlText(n, (i) => line(k * n + i - 1))}\n`,
+          { filename: `at-once-${k}.jsonl` },
+          128 * 1024,
+        ),
+      ),
+    );
+    for (const [k, { file }] of files.entries()) {
+      const { rows } = await sql.query(
+        `SELECT count(*)::int AS n,
+                count(*) FILTER (WHERE custom_id = 'req-' || ($2 + line - 1))::int AS in_place
+         FROM request_templates WHERE file_id = $1`,
+        [file!.id, k * n],
+      );
+      expect(rows[0]).toEqual({ n, in_place: n });
+    }
+  });
+
   test("a fast upload is stored whole, each row once", async () => {
     const n = 6000;
     const { file } = await upload(`${jsonlText(n)}\n`, { filename: "fast.jsonl" }, MIB);
