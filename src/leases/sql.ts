@@ -46,7 +46,8 @@ export const RATE_SHARES_DELETE_SPENT = `
  * Reads the unfinished batches (batches_unfinished_expiry), one index probe
  * per batch and model of its file (requests_pending_batch), and the claims
  * from the batch counters (batchClaimsOf: leased rows only for batches of
- * several models): never the backlog. A model on a 429 hold has none.
+ * several models, and none when one batch runs): never the backlog. A model
+ * on a 429 hold has none.
  */
 export const CLAIM_CANDIDATES: Prepared = {
   name: "fusillade_claim_candidates",
@@ -57,10 +58,15 @@ export const CLAIM_CANDIDATES: Prepared = {
       coalesce(t.weight, 1) AS weight, f.models
     FROM batches b LEFT JOIN tenants t ON t.name = b.tenant LEFT JOIN files f ON f.id = b.file_id
     WHERE b.finished_at IS NULL AND b.cancelling_at IS NULL AND b.expires_at > now()
-  ), c AS (
+  ), c AS MATERIALIZED (
+    -- MATERIALIZED: each probe below runs once per batch and model (inlined, the
+    -- filter and the select list each ran them).
     SELECT w.model, l.id AS batch_id, l.tenant, l.priority, l.weight,
       extract(epoch FROM l.created_at) * 1000 AS created_ms,
-      ${batchClaimsOf("l", "l.models", "w.model")} AS claims,
+      -- A lone running batch takes every claim whatever its own (allocateClaims):
+      -- its leased rows of a model are not counted.
+      CASE WHEN (SELECT count(*) FROM live) = 1 THEN 0
+        ELSE ${batchClaimsOf("l", "l.models", "w.model")} END AS claims,
       -- ORDER BY … LIMIT 1 rather than EXISTS: it keeps the planner on the
       -- index (an EXISTS was planned as a sequential scan expecting an early hit).
       (SELECT true FROM requests r
