@@ -9,11 +9,18 @@
  * - The first-byte deadline must stop counting once headers arrive, which a
  *   timeout signal inside `any()` cannot do.
  * - The caller's signal is often long-lived (a dispatcher's shutdown signal
- *   shared by every attempt); we remove our listener from it explicitly rather
- *   than rely on `any()`'s weak-ref cleanup, which leaked on some Node 20 releases.
+ *   shared by every attempt); an attempt leaves it explicitly when disposed
+ *   rather than rely on `any()`'s weak-ref cleanup, which leaked on some Node 20
+ *   releases.
  * - We need the cause (caller vs which deadline) without comparing reasons.
  * Timers are plain `setTimeout`: millisecond precision, unlike undici's own
  * headersTimeout/bodyTimeout (~1 s granularity, DESIGN §8), which we disable.
+ *
+ * No EventTarget per attempt: the signal handed to undici is an EventEmitter
+ * with `aborted` and `reason` (undici takes either), and each caller's signal
+ * gets one listener for all its live attempts, not one per attempt. An
+ * AbortController, and adding and removing listeners on EventTargets, cost
+ * ~11 µs an attempt with 1,000 in flight (microbenchmark; ~1 µs now).
  *
  * One timer serves both deadlines (an attempt is on the dispatcher's hot
  * path): it is armed for the earlier one; when the first-byte deadline comes
@@ -23,6 +30,8 @@
  * wins) ; `dispose()` may be called in either and is idempotent.
  */
 
+import { EventEmitter } from "node:events";
+
 /** Which source aborted the attempt. */
 export type AbortCause =
   | { kind: "caller"; reason: unknown }
@@ -31,11 +40,37 @@ export type AbortCause =
   /** We stopped reading on purpose (body too large, error body not worth draining). */
   | { kind: "discarded" };
 
+/** What undici is given as an attempt's signal: it listens for "abort" and reads `reason`. */
+export class AttemptAbortSignal extends EventEmitter {
+  aborted = false;
+  reason: unknown = undefined;
+}
+
+/** The live attempts of each caller's signal, aborted together by its one listener. */
+const attemptsOf = new WeakMap<AbortSignal, Set<AttemptSignal>>();
+
+function follow(caller: AbortSignal, attempt: AttemptSignal): void {
+  let live = attemptsOf.get(caller);
+  if (live === undefined) {
+    const set = new Set<AttemptSignal>();
+    live = set;
+    attemptsOf.set(caller, set);
+    caller.addEventListener(
+      "abort",
+      () => {
+        attemptsOf.delete(caller);
+        for (const a of set) a.abort({ kind: "caller", reason: caller.reason });
+      },
+      { once: true },
+    );
+  }
+  live.add(attempt);
+}
+
 /** The combined signal of one attempt; see the file header. */
 export class AttemptSignal {
-  readonly #controller = new AbortController();
+  readonly #signal = new AttemptAbortSignal();
   readonly #caller: AbortSignal | undefined;
-  readonly #onCallerAbort: () => void;
   readonly #firstByteTimeoutMs: number;
   readonly #totalTimeoutMs: number;
   #timer: NodeJS.Timeout | undefined;
@@ -46,12 +81,11 @@ export class AttemptSignal {
     this.#caller = caller;
     this.#firstByteTimeoutMs = firstByteTimeoutMs;
     this.#totalTimeoutMs = totalTimeoutMs;
-    this.#onCallerAbort = () => this.abort({ kind: "caller", reason: caller?.reason });
     if (caller?.aborted) {
-      this.#onCallerAbort();
+      this.abort({ kind: "caller", reason: caller.reason });
       return;
     }
-    caller?.addEventListener("abort", this.#onCallerAbort, { once: true });
+    if (caller !== undefined) follow(caller, this);
     this.#timer = setTimeout(
       this.#onDeadline,
       Math.min(firstByteTimeoutMs, totalTimeoutMs),
@@ -59,8 +93,8 @@ export class AttemptSignal {
   }
 
   /** The signal to hand to undici. */
-  get signal(): AbortSignal {
-    return this.#controller.signal;
+  get signal(): AttemptAbortSignal {
+    return this.#signal;
   }
 
   /** Why the attempt was aborted, or undefined while it has not been. */
@@ -78,15 +112,17 @@ export class AttemptSignal {
     if (this.#cause !== undefined) return;
     this.#cause = cause;
     this.dispose();
-    const reason = cause.kind === "caller" ? cause.reason : new Error(`attempt ${cause.kind}`);
-    this.#controller.abort(reason);
+    const signal = this.#signal;
+    signal.aborted = true;
+    signal.reason = cause.kind === "caller" ? cause.reason : new Error(`attempt ${cause.kind}`);
+    signal.emit("abort");
   }
 
   /** Clears the timer and detaches from the caller's signal. Idempotent. */
   dispose(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#caller?.removeEventListener("abort", this.#onCallerAbort);
+    if (this.#caller !== undefined) attemptsOf.get(this.#caller)?.delete(this);
   }
 
   /** The earlier deadline passed (or the first-byte one, after the headers: re-arm for the total). */
