@@ -50,11 +50,17 @@ test("in-flight requests are aborted at the upstream within the renewal interval
   // The first LIMIT answer; the next never do.
   upstream.respond = (d) => (d.seq <= LIMIT ? { delayMs: 20 } : { hang: true });
   const batchId = await createTestBatch(t.batch, upstream.url, items("C", N));
+  // The running ones and the buffered claims (the default prefetch's share of the slots,
+  // at least one): what the renewal that sees the cancel must name lost.
+  const held = LIMIT + bufferedClaims(LIMIT);
+  // The buffer is refilled after the first answers: cancelling before the refill's claims
+  // arrive would leave fewer to name lost (seen: 13 of 15).
   await upstream.until(
     () => upstream.deliveries.length === 2 * LIMIT && upstream.gauge("C").current === LIMIT,
     20_000,
     "the limit's worth answered and as many hanging",
   );
+  await expect.poll(() => dispatcher.stats().held, { interval: 10, timeout: 10_000 }).toBe(held);
   const hanging = upstream.deliveries.slice(LIMIT);
 
   const cancelAt = Date.now();
@@ -83,9 +89,7 @@ test("in-flight requests are aborted at the upstream within the renewal interval
   // Nothing was sent after the cancel.
   expect(upstream.deliveries.every((d) => d.arrivedAt <= cancelAt)).toBe(true);
   const s = dispatcher.stats();
-  // The running ones and the buffered claims (the default prefetch's share of the slots,
-  // at least one) were all named lost by the renewal that saw the cancel, and all released.
-  const held = LIMIT + bufferedClaims(LIMIT);
+  // All named lost by the renewal that saw the cancel, and all released.
   expect(s.lost).toBe(held);
   expect(s.releases).toBe(held);
 });
