@@ -46,4 +46,25 @@ describe("AttemptSignal: one timer for both deadlines", () => {
     expect(a.signal.aborted).toBe(true);
     expect(b.cause).toBeUndefined();
   });
+
+  it("a caller's abort reaches each of its live attempts, and only them; a later attempt aborts at once", async () => {
+    const one = new AbortController();
+    const other = new AbortController();
+    const ours = Array.from({ length: 50 }, () => new AttemptSignal(one.signal, 5_000, 5_000));
+    const theirs = new AttemptSignal(other.signal, 5_000, 5_000);
+    const heard = ours.map((a) => once(a.signal, "abort"));
+    const reason = new Error("shutting down");
+    one.abort(reason);
+    await Promise.all(heard);
+    for (const a of ours) {
+      expect(a.cause).toEqual({ kind: "caller", reason });
+      expect(a.signal.aborted).toBe(true);
+      expect(a.signal.reason).toBe(reason);
+    }
+    expect(theirs.cause).toBeUndefined();
+    expect(theirs.signal.aborted).toBe(false);
+    const late = new AttemptSignal(one.signal, 5_000, 5_000);
+    expect(late.cause).toEqual({ kind: "caller", reason });
+    theirs.dispose();
+  });
 });
