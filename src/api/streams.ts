@@ -32,7 +32,7 @@ import {
   WatchBatchResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
 import { type BatchRecord, getBatch } from "../storage/batches.js";
-import type { Queryable } from "../storage/db.js";
+import type { Db } from "../storage/db.js";
 import {
   type ChangeRecord,
   changesPage,
@@ -393,7 +393,7 @@ function pageLines(rows: readonly ResultRow[]): ResultLineText[] {
  * reader holds at most a page and a half of the cap, or one row above it.
  */
 export async function* batchResultLines(
-  deps: Pick<ApiDeps, "shutdownSignal" | "config"> & { db: Queryable },
+  deps: Pick<ApiDeps, "shutdownSignal" | "config"> & { db: Pick<Db, "query" | "tx"> },
   scope: TenantScope,
   batchId: string,
   states: readonly RequestState[],

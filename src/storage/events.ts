@@ -9,7 +9,12 @@ import { InvalidArgumentError } from "../domain/errors.js";
 import { type RequestState, TERMINAL_REQUEST_STATES } from "../domain/states.js";
 import { BATCH_COLUMNS, type BatchRecord, toBatch } from "./batches.js";
 import type { Db } from "./db.js";
-import { byteCappedPage, type CappedPageColumns, cappedPageRows } from "./pages.js";
+import {
+  byteCappedPage,
+  type CappedPageColumns,
+  cappedPageRows,
+  INDEX_SCANS_ONLY,
+} from "./pages.js";
 import { REQUEST_COLUMNS, type RequestRecord, type RequestRow, toRequest } from "./requests.js";
 
 type BatchRow = Parameters<typeof toBatch>[0];
@@ -55,7 +60,9 @@ export async function snapshotPage(
   maxBytes: number,
 ): Promise<SnapshotPage | undefined> {
   return db.tx(async (q) => {
-    await q.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    await q.query(
+      `SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; ${INDEX_SCANS_ONLY}`,
+    );
     const b = await q.query<BatchRow>(`SELECT ${BATCH_COLUMNS} FROM batches WHERE id = $1`, [
       batchId,
     ]);

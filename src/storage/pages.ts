@@ -1,5 +1,7 @@
 /** Opaque page tokens for keyset pagination. */
+import type { QueryResult, QueryResultRow } from "pg";
 import { InvalidArgumentError } from "../domain/errors.js";
+import type { Db } from "./db.js";
 
 /** Encodes a keyset position as an opaque token. */
 export function encodePageToken(position: readonly (string | number)[]): string {
@@ -103,6 +105,30 @@ export function byteCappedPage(inner: string, key: string, capParam: string): st
   ) capped
   WHERE page_row = 1 OR page_bytes <= ${capParam}
   ORDER BY ${key}`;
+}
+
+/**
+ * Holds a transaction's plans to index scans (`SET LOCAL`: it ends with the
+ * transaction). A keyset page, `… WHERE batch_id = $1 AND line > $2 ORDER BY
+ * line LIMIT n`, is cheapest as an ordered scan of (batch_id, line) that stops
+ * after n rows, whatever the statistics say. A batch just written has none
+ * yet (autovacuum analyses a minute or more later), and the planner then
+ * guessed a few hundred rows and chose a bitmap scan of every row after the
+ * page's start, sorted: each page of a 40,000-request batch read up to 20,000
+ * rows (29.6 ms against 1.6 ms, measured), a download quadratic in its size.
+ */
+export const INDEX_SCANS_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
+
+/** Runs the keyset page query `text` in a transaction held to index scans (INDEX_SCANS_ONLY). */
+export function indexOrderedPage<R extends QueryResultRow>(
+  db: Pick<Db, "tx">,
+  text: string,
+  params: unknown[],
+): Promise<QueryResult<R>> {
+  return db.tx(async (q) => {
+    await q.query(INDEX_SCANS_ONLY);
+    return q.query<R>(text, params);
+  });
 }
 
 /** Columns byteCappedPage adds to each row. */

@@ -7,6 +7,7 @@ import {
   cappedPageRows,
   decodeLineToken,
   encodePageToken,
+  indexOrderedPage,
   isId,
 } from "./pages.js";
 
@@ -101,7 +102,8 @@ export async function listRequests(
 ): Promise<{ requests: RequestRecord[]; nextPageToken: string }> {
   const after = decodeLineToken(opts.pageToken);
   if (!isId(opts.batchId)) return { requests: [], nextPageToken: "" };
-  const { rows } = await db.query<RequestRow & CappedPageColumns>(
+  const { rows } = await indexOrderedPage<RequestRow & CappedPageColumns>(
+    db,
     byteCappedPage(
       `SELECT ${REQUEST_COLUMNS} FROM requests
        WHERE batch_id = $1 AND line > $2 AND (cardinality($3::text[]) = 0 OR state = ANY($3::text[]))

@@ -1,7 +1,12 @@
 /** Reads behind GetBatchResults: a batch's terminal requests, a page at a time. */
 import type { RequestState } from "../domain/states.js";
-import type { Queryable } from "./db.js";
-import { byteCappedPage, type CappedPageColumns, cappedPageRows } from "./pages.js";
+import type { Db } from "./db.js";
+import {
+  byteCappedPage,
+  type CappedPageColumns,
+  cappedPageRows,
+  indexOrderedPage,
+} from "./pages.js";
 
 /** What a result line needs of a request (never the API key or the request body). */
 export interface ResultRow {
@@ -22,7 +27,8 @@ export interface ResultRow {
  * bodies past the cap are never read out of Postgres). Params: batch id,
  * states, after line, limit + 1, byte cap. Uses requests_batch_unsettled
  * (batch_id, state, line) when `states` leaves out completed, else the
- * (batch_id, line) unique index (completed rows are most of a batch).
+ * (batch_id, line) unique index (completed rows are most of a batch); run
+ * held to index scans (indexOrderedPage).
  */
 const REQUESTS_TERMINAL_PAGE = byteCappedPage(
   `SELECT id, line, custom_id, state, response_status, response_headers, response_body,
@@ -48,14 +54,15 @@ export interface ResultPage {
  * to at most `maxBytes` (always at least one row, however large).
  */
 export async function terminalRequestsPage(
-  db: Queryable,
+  db: Pick<Db, "tx">,
   batchId: string,
   states: readonly RequestState[],
   afterLine: number,
   limit: number,
   maxBytes: number,
 ): Promise<ResultPage> {
-  const { rows } = await db.query<ResultRow & CappedPageColumns & { page_bytes: string }>(
+  const { rows } = await indexOrderedPage<ResultRow & CappedPageColumns & { page_bytes: string }>(
+    db,
     REQUESTS_TERMINAL_PAGE,
     [batchId, states, afterLine, limit + 1, maxBytes],
   );

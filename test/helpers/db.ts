@@ -3,7 +3,9 @@
  * Each call makes a new database, so test files (and tests) can run in parallel.
  */
 import { randomBytes } from "node:crypto";
+import type pg from "pg";
 import { afterAll, beforeAll, inject } from "vitest";
+import type { Db } from "../../src/storage/db.js";
 import { admin, withDatabase } from "./pg-admin.js";
 
 /** A throw-away migrated database. */
@@ -89,6 +91,30 @@ export function useTestDatabase(): { readonly url: string; readonly name: string
     },
     get name() {
       return current().name;
+    },
+  };
+}
+
+/**
+ * What storage functions need of a Db (a statement, a transaction), over a
+ * plain pg pool: for tests that read through them without a control plane.
+ */
+export function poolQueries(pool: pg.Pool): Pick<Db, "query" | "tx"> {
+  return {
+    query: ((text: string, params?: unknown[]) => pool.query(text, params)) as Db["query"],
+    tx: async <T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await fn(client);
+        await client.query("COMMIT");
+        return result;
+      } catch (e) {
+        await client.query("ROLLBACK").catch(() => undefined);
+        throw e;
+      } finally {
+        client.release();
+      }
     },
   };
 }

@@ -13,8 +13,9 @@ import {
   GetBatchResultsRequest_Kind,
   GetBatchResultsResponse_Kind,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
-import type { Queryable } from "../../src/storage/db.js";
+import type { Db } from "../../src/storage/db.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import { poolQueries } from "../helpers/db.js";
 
 let t: TestControlPlane;
 let sql: pg.Pool;
@@ -312,9 +313,11 @@ describe("batchResultLines", () => {
     // The batch and the first page from Postgres; the second page's read fails at once.
     let queries = 0;
     const lost = new Error("connection lost");
-    const db: Queryable = {
+    const real = poolQueries(sql);
+    const db: Pick<Db, "query" | "tx"> = {
       query: ((text: string, params?: unknown[]) =>
-        ++queries <= 2 ? sql.query(text, params) : Promise.reject(lost)) as Queryable["query"],
+        ++queries <= 2 ? real.query(text, params) : Promise.reject(lost)) as Db["query"],
+      tx: (fn) => (++queries <= 2 ? real.tx(fn) : Promise.reject(lost)),
     };
     const deps = {
       db,

@@ -19,10 +19,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connect } from "../../src/cli/client/connection.js";
 import { downloadResults } from "../../src/cli/client/results.js";
 import { createFusilladeClient, type FusilladeClient } from "../../src/client/index.js";
-import type { Queryable } from "../../src/storage/db.js";
 import { terminalRequestsPage } from "../../src/storage/results.js";
-
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
+import { poolQueries } from "../helpers/db.js";
 
 const MiB = 1024 * 1024;
 /** Each response body of the large batch. */
@@ -108,7 +107,7 @@ describe("GetBatchResults pages capped by bytes", () => {
   });
 
   it("a page holds the rows that fit in the byte cap, and always one", async () => {
-    const db = sql as unknown as Queryable; // plain-text statements only
+    const db = poolQueries(sql);
     /** Each page's row count and `more`, from line `after` on, at `cap` bytes and `limit` rows. */
     const pages = async (after: number, cap: number, limit = 500) => {
       const out: Array<[number, boolean]> = [];
