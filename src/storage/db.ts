@@ -111,24 +111,35 @@ export class Db {
   }
 
   /** Runs `fn` in a transaction: committed when it returns, rolled back when it throws. */
-  async tx<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
-      const result = await fn(client);
-      await client.query("COMMIT");
-      return result;
-    } catch (e) {
-      await client.query("ROLLBACK").catch(() => undefined);
-      throw e;
-    } finally {
-      client.release();
-    }
+  tx<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
+    return transaction(this.pool, fn);
   }
 
   /** Closes the pools (both, when this Db has two). */
   close(): Promise<void> {
     return this.closePool();
+  }
+}
+
+/**
+ * Runs `fn` in a transaction on a connection of `pool`: committed when it
+ * returns, rolled back when it throws (Db.tx; tests that have only a pool).
+ */
+export async function transaction<T>(
+  pool: Pool,
+  fn: (client: PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    const result = await fn(client);
+    await client.query("COMMIT");
+    return result;
+  } catch (e) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  } finally {
+    client.release();
   }
 }
 

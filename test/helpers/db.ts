@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import type pg from "pg";
 import { afterAll, beforeAll, inject } from "vitest";
-import type { Db } from "../../src/storage/db.js";
+import { type Db, transaction } from "../../src/storage/db.js";
 import { admin, withDatabase } from "./pg-admin.js";
 
 /** A throw-away migrated database. */
@@ -102,19 +102,6 @@ export function useTestDatabase(): { readonly url: string; readonly name: string
 export function poolQueries(pool: pg.Pool): Pick<Db, "query" | "tx"> {
   return {
     query: ((text: string, params?: unknown[]) => pool.query(text, params)) as Db["query"],
-    tx: async <T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        const result = await fn(client);
-        await client.query("COMMIT");
-        return result;
-      } catch (e) {
-        await client.query("ROLLBACK").catch(() => undefined);
-        throw e;
-      } finally {
-        client.release();
-      }
-    },
+    tx: (fn) => transaction(pool, fn),
   };
 }
