@@ -50,21 +50,21 @@ export class AttemptAbortSignal extends EventEmitter {
 const attemptsOf = new WeakMap<AbortSignal, Set<AttemptSignal>>();
 
 function follow(caller: AbortSignal, attempt: AttemptSignal): void {
-  let live = attemptsOf.get(caller);
-  if (live === undefined) {
-    const set = new Set<AttemptSignal>();
-    live = set;
-    attemptsOf.set(caller, set);
-    caller.addEventListener(
-      "abort",
-      () => {
-        attemptsOf.delete(caller);
-        for (const a of set) a.abort({ kind: "caller", reason: caller.reason });
-      },
-      { once: true },
-    );
+  const live = attemptsOf.get(caller);
+  if (live !== undefined) {
+    live.add(attempt);
+    return;
   }
-  live.add(attempt);
+  const set = new Set([attempt]);
+  attemptsOf.set(caller, set);
+  caller.addEventListener(
+    "abort",
+    () => {
+      attemptsOf.delete(caller);
+      for (const a of set) a.abort({ kind: "caller", reason: caller.reason });
+    },
+    { once: true },
+  );
 }
 
 /** The combined signal of one attempt; see the file header. */

@@ -26,6 +26,8 @@ export const LANES_PER_POOL = 2;
 export const STALL_MS = 1_000;
 
 const open = new WeakMap<Pool, number>();
+/** Lanes of `pool` opened (1) or closed (-1). */
+const count = (pool: Pool, by: 1 | -1) => open.set(pool, (open.get(pool) ?? 0) + by);
 const ignore = () => undefined;
 
 export class CopyLane {
@@ -107,10 +109,7 @@ export class CopyLane {
   /** Gives the lane up: its connection is closed, its transaction rolled back. Idempotent. */
   drop(): void {
     clearTimeout(this.#stall);
-    if (this.#state === "gone") return;
-    const held = this.#client !== undefined;
     this.#close(new Error("upload's COPY lane dropped"));
-    if (!held) this.#state = "gone";
   }
 
   async #open(): Promise<void> {
@@ -123,12 +122,12 @@ export class CopyLane {
       return;
     }
     this.#state = "opening";
-    open.set(this.pool, inUse + 1);
+    count(this.pool, 1);
     let client: PoolClient;
     try {
       client = await this.pool.connect();
     } catch {
-      open.set(this.pool, (open.get(this.pool) ?? 1) - 1);
+      count(this.pool, -1);
       this.#state = "gone";
       return;
     }
@@ -158,14 +157,17 @@ export class CopyLane {
     }
   }
 
-  /** Returns the connection (closed when `error` is given) and frees the lane's place. */
+  /**
+   * The lane is gone: returns its connection, if it holds one (closed when
+   * `error` is given), and frees its place. Idempotent.
+   */
   #close(error: Error | undefined): void {
     this.#state = "gone";
     const client = this.#client;
     if (client === undefined) return;
     this.#client = undefined;
     this.#copy = undefined;
-    open.set(this.pool, (open.get(this.pool) ?? 1) - 1);
+    count(this.pool, -1);
     client.removeListener("error", ignore);
     client.release(error);
   }

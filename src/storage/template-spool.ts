@@ -58,7 +58,7 @@ function field(v: string | null): string {
     .replaceAll("\t", "\\t");
 }
 
-/** Bytes gathered before each write to the spool. */
+/** Characters gathered before each write to the spool (and each block of a lane). */
 const WRITE_BYTES = 256 * 1024;
 
 /**
@@ -122,7 +122,6 @@ export async function spoolTemplates(
         pending = "";
       }
     }
-
     if (count === 0) throw new InvalidArgumentError("content", "the file holds no requests");
     if (pending !== "") {
       await write(pending);
