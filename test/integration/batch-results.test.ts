@@ -14,6 +14,7 @@ import {
   GetBatchResultsResponse_Kind,
 } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import type { Db } from "../../src/storage/db.js";
+import { indexOrderedPage } from "../../src/storage/pages.js";
 import { startTestControlPlane, type TestControlPlane } from "../helpers/control-plane.js";
 import { poolQueries } from "../helpers/db.js";
 
@@ -297,6 +298,25 @@ describe("GetBatchResults", () => {
   it("rejects an unknown batch", async () => {
     const err = await results("00000000-0000-4000-8000-000000000000").catch((e) => e);
     expect(ConnectError.from(err).code).toBe(Code.NotFound);
+  });
+});
+
+describe("indexOrderedPage", () => {
+  it("plans a keyset page of a batch without statistics as an ordered index scan, no sort", async () => {
+    const id = await makeBatch(3000); // just written: never analysed
+    const plan = async (run: (text: string, params: unknown[]) => Promise<{ rows: unknown[] }>) =>
+      (
+        await run(
+          `EXPLAIN SELECT id, line FROM requests
+           WHERE batch_id = $1 AND state = ANY($2::text[]) AND line > $3 ORDER BY line LIMIT 501`,
+          [id, ["pending", "completed"], 1000],
+        )
+      ).rows
+        .map((r) => (r as { "QUERY PLAN": string })["QUERY PLAN"])
+        .join("\n");
+    const held = await plan((text, params) => indexOrderedPage(poolQueries(sql), text, params));
+    expect(held).toMatch(/Index Scan using requests_batch_id_line_key/);
+    expect(held).not.toMatch(/Sort|Bitmap/);
   });
 });
 
