@@ -695,14 +695,23 @@ export class LeaseService {
     key: (r: LeaseRef) => string,
     q: Queryable,
   ): Promise<Extract<Outcome, { kind: "failure" }>[]> {
-    const complete = (batch: typeof completions) =>
-      q.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
+    const complete = (batch: typeof completions) => {
+      let start = 1;
+      const starts = batch.map((o) => {
+        const at = start;
+        start += o.body.byteLength;
+        return at;
+      });
+      return q.query<{ id: string }>(sql.REQUESTS_COMPLETE, [
         batch.map((o) => o.ref.requestId),
         batch.map((o) => o.ref.token.toString()),
         batch.map((o) => o.statusCode),
-        batch.map((o) => JSON.stringify(o.headers)),
-        batch.map((o) => asBuffer(o.body)),
+        `[${batch.map((o) => JSON.stringify(o.headers)).join(",")}]`,
+        Buffer.concat(batch.map((o) => o.body)),
+        starts,
+        batch.map((o) => o.body.byteLength),
       ]);
+    };
     const mark = (rows: Array<{ id: string }>, batch: typeof completions) => {
       const done = new Set(rows.map((r) => r.id));
       for (const o of batch) if (done.has(o.ref.requestId)) result.set(key(o.ref), "recorded");

@@ -277,16 +277,25 @@ export const REQUESTS_LEASE_FACTS = `
 
 /**
  * RequestsRecordCompletions: terminal success for current leases.
- * Params: ids, tokens, statuses, headers (json text), bodies. Result: ids recorded.
+ * Params: ids, tokens, statuses, headers (one json array text, an object per
+ * request), bodies (one bytea: the bodies one after another), where each body
+ * starts in it (from 1), the bodies' lengths. Result: ids recorded.
+ *
+ * The bodies travel as one binary parameter, not a bytea[]: node-postgres
+ * writes an array as text, so every byte went as two hex digits that Node
+ * wrote and Postgres parsed (bench/RESULTS.md, 2026-12-06, "a report's
+ * bodies"). Each body is cut out in SET, once per updated row; the function
+ * scan keeps its rows, so a plan that rescans u parses nothing again.
  */
 export const REQUESTS_COMPLETE = `
   WITH ${LOCK_IN_ID_ORDER}
   UPDATE requests r SET state = 'completed', response_status = u.status,
-    response_headers = u.headers::jsonb, response_body = u.body, error_code = NULL,
-    error_message = NULL, lease_holder = NULL, lease_expires_at = NULL,
+    response_headers = u.headers, response_body = substring($5::bytea FROM u.start FOR u.len),
+    error_code = NULL, error_message = NULL, lease_holder = NULL, lease_expires_at = NULL,
     finished_at = now(), updated_at = now()
-  FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::bytea[])
-    AS u(id, token, status, headers, body), lk
+  FROM ROWS FROM (unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::int[]),
+      jsonb_array_elements($4::jsonb), unnest($6::int[]), unnest($7::int[]))
+    AS u(id, token, status, headers, start, len), lk
   WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
   RETURNING r.id`;
 

@@ -516,6 +516,51 @@ describe("claims", () => {
 });
 
 describe("reports", () => {
+  test("completions reported together each keep their own body, status and headers (the bodies travel as one parameter)", async () => {
+    await batchOf("many", 6);
+    const { claims } = await take("many-d", "many", 6);
+    expect(claims).toHaveLength(6);
+    // Lengths that differ, an empty body and bytes that are not UTF-8, in claim order.
+    const bodies = [
+      enc('{"n":0}'),
+      new Uint8Array(0),
+      enc(`{"pad":"${"é".repeat(3000)}"}`),
+      new Uint8Array([0xff, 0x00, 0x80]),
+      enc("{}"),
+      enc(`{"n":5,"s":"\\"quoted\\" and \\\\ back"}`),
+    ];
+    const res = await t.dispatch.reportResults({
+      dispatcherId: "many-d",
+      outcomes: claims.map((c, i) => ({
+        ref: c.ref,
+        result: {
+          case: "completion" as const,
+          value: {
+            statusCode: 200 + i,
+            body: bodies[i]!,
+            headers: { "x-i": String(i), "x-q": `"${i}",\\{}` },
+          },
+        },
+      })),
+    });
+    expect(res.results.map((r) => r.disposition)).toEqual(Array(6).fill(Disposition.RECORDED));
+    const { rows } = await sql.query<{
+      id: string;
+      response_status: number;
+      response_headers: Record<string, string>;
+      response_body: Buffer;
+    }>(
+      "SELECT id, response_status, response_headers, response_body FROM requests WHERE id = ANY($1::uuid[])",
+      [claims.map((c) => c.ref!.requestId)],
+    );
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    claims.forEach((c, i) => {
+      const r = byId.get(c.ref!.requestId)!;
+      expect(r.response_status).toBe(200 + i);
+      expect(r.response_headers).toEqual({ "x-i": String(i), "x-q": `"${i}",\\{}` });
+      expect([...r.response_body]).toEqual([...bodies[i]!]);
+    });
+  });
   test("a stale report or release after the claim expired and was claimed again is LOST; the newer outcome stands", async () => {
     await batchOf("r1", 1);
     const [old] = (await take("old", "r1", 1, short.dispatch)).claims;
