@@ -16,6 +16,7 @@
  */
 import { performance } from "node:perf_hooks";
 import type pg from "pg";
+import { connect } from "../src/cli/client/connection.js";
 import { LINES_PER_MESSAGE as CLI_LINES_PER_MESSAGE } from "../src/cli/client/results.js";
 import type { GetBatchResultsResponse } from "../src/gen/fusillade/v1/batch_service_pb.js";
 import { type Bench, round, scaled, since, sqlFile } from "./common.js";
@@ -114,12 +115,14 @@ export async function resultsFigure(
   const { batchId, bodyMiB } = await buildResultsBatch(client, n);
   const buildS = since(t0) / 1000;
 
+  // Read as the CLI reads: its connection (on loopback it asks for no compression).
+  const cli = connect(bench.cpUrl);
   /**
    * One read to the end through `batch`'s GetBatchResults, `linesPerMessage`
    * lines an answer (0: one), its messages pushed on `keep`.
    */
   const rpc = async (
-    batch = bench.batch,
+    batch = cli.batch,
     who = "GetBatchResults",
     linesPerMessage = CLI_LINES_PER_MESSAGE,
     keep?: GetBatchResultsResponse[],
@@ -150,7 +153,7 @@ export async function resultsFigure(
     return ms;
   };
   const messages: GetBatchResultsResponse[] = [];
-  await rpc(bench.batch, "GetBatchResults", 0, messages);
+  await rpc(cli.batch, "GetBatchResults", 0, messages);
   await rpc();
   await sql();
   const transport = await transportOnly(messages);
@@ -162,12 +165,13 @@ export async function resultsFigure(
     await rpc(transport.batch, "the transport alone", 0);
     for (let i = 0; i < ROUNDS; i++) {
       rpcMs.push(await rpc());
-      singleMs.push(await rpc(bench.batch, "GetBatchResults, a line an answer", 0));
+      singleMs.push(await rpc(cli.batch, "GetBatchResults, a line an answer", 0));
       sqlMs.push(await sql());
       transportMs.push(await rpc(transport.batch, "the transport alone", 0));
     }
   } finally {
     await transport.close();
+    cli.close();
   }
   const rpcS = median(rpcMs) / 1000;
   const sqlS = median(sqlMs) / 1000;

@@ -11,6 +11,7 @@
  * control plane wires the two.
  */
 import { timingSafeEqual } from "node:crypto";
+import { isLoopbackHost } from "../domain/loopback.js";
 import { DEFAULT_TENANT, type Principal } from "./principal.js";
 import { type TokenRecord, tokenHash } from "./tokens.js";
 
@@ -50,15 +51,6 @@ export class AuthError extends Error {
     super(message);
     this.name = "AuthError";
   }
-}
-
-const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
-
-/** Whether a Host header (with or without port) names a loopback address. */
-export function isLoopbackHost(host: string): boolean {
-  const h = host.toLowerCase();
-  const name = h.startsWith("[") ? h.slice(0, h.indexOf("]") + 1) : h.replace(/:\d+$/, "");
-  return LOOPBACK_HOSTS.has(name) || /^127(\.\d{1,3}){3}$/.test(name);
 }
 
 /** Whether a listen address is loopback only. */

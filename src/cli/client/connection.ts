@@ -11,6 +11,7 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { wantsCompression } from "../../domain/loopback.js";
 import { AdminService } from "../../gen/fusillade/v1/admin_service_pb.js";
 import { BatchService } from "../../gen/fusillade/v1/batch_service_pb.js";
 
@@ -70,6 +71,7 @@ export function connect(server: string, token?: string, ca?: string): Connection
     httpVersion: "2",
     sessionManager,
     interceptors: token === undefined || token === "" ? [] : [bearer],
+    ...(wantsCompression(baseUrl) ? {} : { acceptCompression: [] }),
   });
   return {
     server: baseUrl,
