@@ -127,27 +127,30 @@ function rows(r: unknown): Row[] {
     `p50 × ${n(`${l}.ratio_p50_to_sql`)}`,
   ]);
   const g = "reads.get_batch_results";
-  out.push([
-    "reads",
-    `GetBatchResults read to the end, ${n(`${g}.lines_per_message`)} lines an answer (as the CLI), ${n(`${g}.requests`)} completed, ${n(`${g}.body_mib`)} MiB of bodies, median of ${n(`${g}.rounds`)} (ceiling: one SQL statement)`,
-    `${n(`${g}.seconds`)} s, ${n(`${g}.lines_per_s`)} lines/s`,
-    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
-    `${n(`${g}.ratio_to_sql`)} of SQL's rate`,
-  ]);
-  out.push([
-    "reads",
-    "GetBatchResults, the same, a line an answer (lines_per_message unset)",
-    `${n(`${g}.one_line_a_message.seconds`)} s, ${n(`${g}.one_line_a_message.lines_per_s`)} lines/s`,
-    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
-    `${n(`${g}.one_line_a_message.ratio_to_sql`)} of SQL's rate`,
-  ]);
-  out.push([
-    "reads",
-    "GetBatchResults' transport alone: a line an answer from a bare Connect server, no database",
-    `${n(`${g}.transport_only.seconds`)} s, ${n(`${g}.transport_only.lines_per_s`)} lines/s`,
-    `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
-    `${n(`${g}.transport_only.ratio_to_sql`)} of SQL's rate`,
-  ]);
+  // Each read of the batch's results, beside the SQL statement of the same run.
+  const resultReads: Array<[string, string]> = [
+    [
+      `GetBatchResults read to the end, ${n(`${g}.lines_per_message`)} lines an answer (as the CLI), ${n(`${g}.requests`)} completed, ${n(`${g}.body_mib`)} MiB of bodies, median of ${n(`${g}.rounds`)} (ceiling: one SQL statement)`,
+      g,
+    ],
+    [
+      "GetBatchResults, the same, a line an answer (lines_per_message unset)",
+      `${g}.one_line_a_message`,
+    ],
+    [
+      "GetBatchResults' transport alone: a line an answer from a bare Connect server, no database",
+      `${g}.transport_only`,
+    ],
+  ];
+  for (const [label, at] of resultReads) {
+    out.push([
+      "reads",
+      label,
+      `${n(`${at}.seconds`)} s, ${n(`${at}.lines_per_s`)} lines/s`,
+      `${n(`${g}.sql.seconds`)} s, ${n(`${g}.sql.lines_per_s`)} lines/s`,
+      `${n(`${at}.ratio_to_sql`)} of SQL's rate`,
+    ]);
+  }
   const what: Record<string, string> = {
     deep: `1 batch of ${n("claims.backlog")}`,
     shallow: "1 batch of 10,000",

@@ -24,7 +24,6 @@ import {
   type UploadFileRequest,
   UploadFileResponseSchema,
 } from "../gen/fusillade/v1/batch_service_pb.js";
-import type { CopyLane } from "../storage/copy-lane.js";
 import {
   createFile,
   deleteFile,
@@ -135,17 +134,13 @@ export async function uploadJsonl(
   if (header.endpoint === "") rows = new UploadRoutes(deps.db, deps.keyring, tenant).fill(rows);
   const allowed = allowedRows(rows, deps.endpointPolicy(), false);
   // Streamed: the rows may go to Postgres while the client still sends.
-  const fileId = randomUUID();
-  return store(deps, meta, allowed, () => total.bytes, signal, {
-    fileId,
-    lane: uploadLane(deps.db, meta, fileId),
-  });
+  return store(deps, meta, allowed, () => total.bytes, signal, true);
 }
 
 /**
  * Spools `rows` (every check), then stores them as a file of `sizeBytes()`
- * bytes; not once `signal` has aborted. With `early`, the rows are also
- * sent down its lane as they are spooled (src/storage/copy-lane.ts).
+ * bytes; not once `signal` has aborted. A `streamed` upload's rows are also
+ * sent down a lane as they are spooled (src/storage/copy-lane.ts).
  */
 async function store(
   deps: ApiDeps,
@@ -153,14 +148,12 @@ async function store(
   rows: AsyncIterable<TemplateRow>,
   sizeBytes: () => number,
   signal: AbortSignal,
-  early?: { fileId: string; lane: CopyLane },
+  streamed = false,
 ): Promise<FileRecord> {
-  const lane = early?.lane;
+  const fileId = randomUUID();
+  const lane = streamed ? uploadLane(deps.db, meta, fileId) : undefined;
   try {
-    const spooled = await spoolTemplates(rows, {
-      fileId: early?.fileId,
-      onBlock: lane && ((block, last) => lane.write(block, last)),
-    });
+    const spooled = await spoolTemplates(rows, fileId, lane && ((b, last) => lane.write(b, last)));
     try {
       const stored = await createFile(
         deps.db,

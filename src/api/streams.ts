@@ -417,12 +417,16 @@ export async function* batchResultLines(
   }
 }
 
-/** GetBatchResults: a line per request terminal so far, in line order, a page at a time. */
 /** Most lines in one GetBatchResults answer (lines_per_message above it is taken as this). */
 export const MAX_RESULT_LINES_PER_MESSAGE = 1000;
 /** An answer of several lines ends once its lines' text passes this many characters. */
 const RESULT_MESSAGE_CHARS = 1024 * 1024;
 
+/**
+ * GetBatchResults: a line per request terminal so far, in line order, a page
+ * at a time; `linesPerMessage` lines an answer (0 or 1: one, in the answer's
+ * own fields).
+ */
 async function* getBatchResults(
   deps: ApiDeps,
   scope: TenantScope,

@@ -18,6 +18,7 @@ import {
 } from "../gen/fusillade/v1/batch_service_pb.js";
 import { call, FusilladeError, stream } from "./errors.js";
 import type { FusilladeClient } from "./index.js";
+import { linesOf, RESULT_LINES_PER_MESSAGE } from "./result-lines.js";
 import {
   attemptOf,
   batchOf,
@@ -219,10 +220,13 @@ export function requestMethods(
             : o.only === "errors"
               ? GetBatchResultsRequest_Kind.ERRORS
               : GetBatchResultsRequest_Kind.ALL;
-        // Several lines an answer (each answer costs the transport ~25 µs); a
-        // server that predates lines_per_message sends one.
-        for await (const m of batch.getBatchResults({ batchId, kind, linesPerMessage: 500 })) {
-          for (const l of m.lines.length > 0 ? m.lines : [m]) {
+        const answers = batch.getBatchResults({
+          batchId,
+          kind,
+          linesPerMessage: RESULT_LINES_PER_MESSAGE,
+        });
+        for await (const m of answers) {
+          for (const l of linesOf(m)) {
             if (
               l.kind === GetBatchResultsResponse_Kind.OUTPUT ||
               l.kind === GetBatchResultsResponse_Kind.ERROR

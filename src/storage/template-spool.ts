@@ -12,8 +12,8 @@
  * earlier spool of JSON lines was parsed again and sent as INSERT arrays:
  * about as long again as the upload itself).
  *
- * The spool holds no credentials: the file's id and each API key's id are
- * chosen here, and the keys themselves stay in memory until they are stored,
+ * The spool holds no credentials: the file's id is chosen by the caller and
+ * each API key's id here, and the keys themselves stay in memory until they are stored,
  * encrypted, in the same transaction as the rows.
  */
 import { randomUUID } from "node:crypto";
@@ -68,17 +68,13 @@ const WRITE_BYTES = 256 * 1024;
  */
 export async function spoolTemplates(
   rows: AsyncIterable<TemplateRow>,
-  options: {
-    /** The file's id (default: a new one). */
-    fileId?: string;
-    /** Given each block of rows once it is written (./copy-lane.ts); `last` for the last one. */
-    onBlock?: (block: string, last: boolean) => Promise<void>;
-  } = {},
+  fileId: string,
+  /** Given each block of rows once it is written (./copy-lane.ts); `last` for the last one. */
+  onBlock?: (block: string, last: boolean) => Promise<void>,
 ): Promise<TemplateSpool> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "fusillade-upload-"));
   const file = path.join(dir, "rows.copy");
   const dispose = () => rm(dir, { recursive: true, force: true });
-  const fileId = options.fileId ?? randomUUID();
   const keys = new Map<string, string>();
   const models = new Set<string>();
   const customIds = new Map<string, number>();
@@ -118,14 +114,14 @@ export async function spoolTemplates(
       pending += `${fileId}\t${row.line}\t${field(row.customId)}\t${field(row.endpoint)}\t${field(row.method)}\t${field(row.path)}\t${field(row.body)}\t${field(row.model)}\t${keyId ?? "\\N"}\n`;
       if (pending.length >= WRITE_BYTES) {
         await write(pending);
-        await options.onBlock?.(pending, false);
+        await onBlock?.(pending, false);
         pending = "";
       }
     }
     if (count === 0) throw new InvalidArgumentError("content", "the file holds no requests");
     if (pending !== "") {
       await write(pending);
-      await options.onBlock?.(pending, true);
+      await onBlock?.(pending, true);
     }
     out.end();
     await Promise.race([once(out, "finish"), failed]);

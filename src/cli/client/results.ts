@@ -5,15 +5,13 @@
  * into when it is a device or a FIFO): ./output-file.ts.
  */
 
+import { linesOf, RESULT_LINES_PER_MESSAGE } from "../../client/result-lines.js";
 import {
   GetBatchResultsRequest_Kind,
   GetBatchResultsResponse_Kind,
 } from "../../gen/fusillade/v1/batch_service_pb.js";
 import { CliError, type Connection, describeRpcError } from "./connection.js";
 import { type OutputFile, openOutputFile, writeLine } from "./output-file.js";
-
-/** Lines asked for in each GetBatchResults answer: each answer costs the transport ~25 µs. */
-export const LINES_PER_MESSAGE = 500;
 
 export interface ResultTargets {
   /** Output lines (completed requests): a path, or undefined for stdout. */
@@ -78,11 +76,10 @@ export async function downloadResults(
     const answers = conn.batch.getBatchResults({
       batchId,
       kind,
-      linesPerMessage: LINES_PER_MESSAGE,
+      linesPerMessage: RESULT_LINES_PER_MESSAGE,
     });
     for await (const m of answers) {
-      // A server that predates lines_per_message sends a line an answer.
-      for (const l of m.lines.length > 0 ? m.lines : [m]) {
+      for (const l of linesOf(m)) {
         if (l.kind === GetBatchResultsResponse_Kind.OUTPUT) {
           counts.output++;
           await out?.write(l.line);
