@@ -286,13 +286,28 @@ describe("GetBatchResults", () => {
     expect(Math.min(...sizes)).toBeGreaterThan(0);
     // Pages of 500 rows: 100 + 100 + … a page, its remainder sent before the next page.
     expect(sizes.length).toBe(13);
-    // Asking for more than the most an answer holds gets the most.
-    let largest = 0;
-    for await (const m of t.batch.getBatchResults({ batchId: id, linesPerMessage: 1_000_000 })) {
-      largest = Math.max(largest, m.lines.length);
+  });
+
+  it("ends an answer once its lines pass ~1 MiB of text, whatever lines_per_message asks", async () => {
+    const n = 40; // 40 × ~60 KiB: one page (under its 3 MiB cap), three answers
+    const id = await makeBatch(n);
+    await sql.query(
+      `UPDATE requests SET state = 'completed', finished_at = now(), response_status = 200,
+         response_body = convert_to('{"pad":"' || repeat('x', 60000) || '"}', 'UTF8'),
+         updated_at = now()
+       WHERE batch_id = $1`,
+      [id],
+    );
+    const answers: string[][] = [];
+    const asked = { batchId: id, linesPerMessage: MAX_RESULT_LINES_PER_MESSAGE };
+    for await (const m of t.batch.getBatchResults(asked)) answers.push(m.lines.map((l) => l.line));
+    expect(answers.flat()).toHaveLength(n);
+    expect(answers.length).toBeGreaterThan(1);
+    for (const lines of answers) {
+      // It ends with the line that passes the mark: the text before that line is under it.
+      const before = lines.slice(0, -1).reduce((sum, l) => sum + l.length, 0);
+      expect(before).toBeLessThan(1024 * 1024);
     }
-    expect(largest).toBeGreaterThan(100);
-    expect(largest).toBeLessThanOrEqual(MAX_RESULT_LINES_PER_MESSAGE);
   });
 
   it("rejects an unknown batch", async () => {
