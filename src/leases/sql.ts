@@ -250,9 +250,22 @@ export const REQUESTS_END_WITH_BATCH = `
  * several claimed requests at once takes its row locks through it first: a
  * renewal and a report of overlapping claims, locking in their own orders,
  * deadlocked (seen at 10,000 requests / 20 ms upstream: a Sync failed with
- * 40P01).
+ * 40P01). The statement then waits for it with {@link LOCKED}, never by
+ * joining it.
  */
 const LOCK_IN_ID_ORDER = `lk AS (SELECT id FROM requests WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE)`;
+
+/**
+ * The UPDATE's condition that every row of `lk` is locked: an InitPlan that
+ * reads `lk` whole once, before the UPDATE reads its first row (a one-time
+ * filter). Joined instead (`lk.id = r.id`), `lk` met a join Postgres expects
+ * one row from (the id and the token matched together), so with stale
+ * statistics on the leased rows it planned a nested loop that read all of
+ * `lk` again for every reported row: n² comparisons, 39,800 discarded for a
+ * 200-row report, twice the statement's time (test/integration/lock-plans.test.ts;
+ * bench/RESULTS.md, "reports with stale statistics").
+ */
+const LOCKED = `(SELECT count(*) FROM lk) >= 0`;
 
 /**
  * RequestsRenewLeases: extends the current, unexpired leases among ($1 ids,
@@ -261,8 +274,8 @@ const LOCK_IN_ID_ORDER = `lk AS (SELECT id FROM requests WHERE id = ANY($1::uuid
 export const REQUESTS_RENEW = `
   WITH ${LOCK_IN_ID_ORDER}
   UPDATE requests r SET lease_expires_at = now() + $3 * interval '1 millisecond'
-  FROM unnest($1::uuid[], $2::bigint[]) AS u(id, token), batches b, lk
-  WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+  FROM unnest($1::uuid[], $2::bigint[]) AS u(id, token), batches b
+  WHERE ${LOCKED} AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
     AND r.lease_expires_at > now()
     AND b.id = r.batch_id AND b.cancelling_at IS NULL AND b.expires_at > now()
   RETURNING r.id, r.lease_token, r.lease_expires_at,
@@ -295,8 +308,8 @@ export const REQUESTS_COMPLETE = `
     finished_at = now(), updated_at = now()
   FROM ROWS FROM (unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::int[]),
       jsonb_array_elements($4::jsonb), unnest($6::int[]), unnest($7::int[]))
-    AS u(id, token, status, headers, start, len), lk
-  WHERE lk.id = r.id AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+    AS u(id, token, status, headers, start, len)
+  WHERE ${LOCKED} AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
   RETURNING r.id`;
 
 /**
@@ -311,6 +324,9 @@ export const REQUESTS_FAILURE_CONTEXT = `
   JOIN unnest($1::uuid[], $2::bigint[]) AS u(id, token) ON u.id = r.id AND u.token = r.lease_token
   WHERE r.state = 'leased'`;
 
+/** Where a failed attempt leaves its request: its decided next state, unless its batch ended. */
+const FAIL_FINAL = unlessBatchEnded("u.next");
+
 /**
  * RequestsRecordFailures: a failed attempt's outcome for current leases:
  * pending again at not_before, failed, or ended with its batch (expired
@@ -320,49 +336,43 @@ export const REQUESTS_FAILURE_CONTEXT = `
  * headers (json text), body excerpts, error codes, messages, throttled flags.
  */
 export const REQUESTS_FAIL = `
-  WITH ${LOCK_IN_ID_ORDER}, u AS (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[],
-      $6::text[], $7::bytea[], $8::text[], $9::text[], $10::boolean[])
-      AS u(id, token, next, not_before, status, headers, body, code, message, throttled)
-  ), decided AS (
-    SELECT r.id, u.token, u.not_before, u.status, u.headers, u.body, u.code, u.message,
-      u.throttled, ${unlessBatchEnded("u.next")} AS final
-    FROM lk JOIN requests r ON r.id = lk.id JOIN u ON u.id = r.id AND u.token = r.lease_token
-    JOIN batches b ON b.id = r.batch_id
-    WHERE r.state = 'leased'
-  )
-  UPDATE requests r SET state = d.final,
-    not_before = CASE WHEN d.final = 'pending' THEN d.not_before END,
-    throttled_attempts = r.throttled_attempts + CASE WHEN d.throttled THEN 1 ELSE 0 END,
-    response_status = d.status, response_headers = d.headers::jsonb, response_body = d.body,
-    ${endedError("d.final", "d.code", "d.message", "d.message")},
+  WITH ${LOCK_IN_ID_ORDER}
+  UPDATE requests r SET state = ${FAIL_FINAL},
+    not_before = CASE WHEN ${FAIL_FINAL} = 'pending' THEN u.not_before END,
+    throttled_attempts = r.throttled_attempts + CASE WHEN u.throttled THEN 1 ELSE 0 END,
+    response_status = u.status, response_headers = u.headers::jsonb, response_body = u.body,
+    ${endedError(FAIL_FINAL, "u.code", "u.message", "u.message")},
     lease_holder = NULL, lease_expires_at = NULL, updated_at = now(),
-    finished_at = CASE WHEN d.final = 'pending' THEN NULL ELSE now() END
-  FROM decided d WHERE r.id = d.id AND r.lease_token = d.token AND r.state = 'leased'
+    finished_at = CASE WHEN ${FAIL_FINAL} = 'pending' THEN NULL ELSE now() END
+  FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::int[],
+      $6::text[], $7::bytea[], $8::text[], $9::text[], $10::boolean[])
+      AS u(id, token, next, not_before, status, headers, body, code, message, throttled),
+    batches b
+  WHERE ${LOCKED} AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+    AND b.id = r.batch_id
   RETURNING r.id, r.state`;
+
+/** Where a released request goes: pending, unless its batch ended. */
+const RELEASE_FINAL = unlessBatchEnded("'pending'");
 
 /**
  * RequestsRelease: a dispatcher gives requests back without an outcome:
  * pending, or ended with the batch. An unsent one ($3) gets its attempt back;
- * a sent one keeps it counted. The token is checked again in the UPDATE's own
- * WHERE: under READ COMMITTED a row reaped and claimed again between the CTE
- * and the UPDATE is re-read there, and must not be freed.
- * Params: ids, tokens, unsent flags.
+ * a sent one keeps it counted. The token is checked in the UPDATE's own
+ * WHERE, which Postgres evaluates again on a row's newest version under READ
+ * COMMITTED: a row reaped and claimed again since the statement began must
+ * not be freed. Params: ids, tokens, unsent flags.
  */
 export const REQUESTS_RELEASE = `
-  WITH ${LOCK_IN_ID_ORDER}, decided AS (
-    SELECT r.id, u.token, u.unsent, ${unlessBatchEnded("'pending'")} AS final
-    FROM lk JOIN requests r ON r.id = lk.id JOIN batches b ON b.id = r.batch_id
-    JOIN unnest($1::uuid[], $2::bigint[], $3::boolean[]) AS u(id, token, unsent)
-      ON u.id = r.id AND u.token = r.lease_token
-    WHERE r.state = 'leased'
-  )
-  UPDATE requests r SET state = d.final, lease_holder = NULL, lease_expires_at = NULL,
+  WITH ${LOCK_IN_ID_ORDER}
+  UPDATE requests r SET state = ${RELEASE_FINAL}, lease_holder = NULL, lease_expires_at = NULL,
     not_before = NULL, updated_at = now(),
-    attempt = CASE WHEN d.unsent THEN r.attempt - 1 ELSE r.attempt END,
-    finished_at = CASE WHEN d.final = 'pending' THEN NULL ELSE now() END,
-    ${endedError("d.final", "r.error_code", "r.error_message", "r.error_message")}
-  FROM decided d WHERE r.id = d.id AND r.lease_token = d.token AND r.state = 'leased'
+    attempt = CASE WHEN u.unsent THEN r.attempt - 1 ELSE r.attempt END,
+    finished_at = CASE WHEN ${RELEASE_FINAL} = 'pending' THEN NULL ELSE now() END,
+    ${endedError(RELEASE_FINAL, "r.error_code", "r.error_message", "r.error_message")}
+  FROM unnest($1::uuid[], $2::bigint[], $3::boolean[]) AS u(id, token, unsent), batches b
+  WHERE ${LOCKED} AND r.id = u.id AND r.lease_token = u.token AND r.state = 'leased'
+    AND b.id = r.batch_id
   RETURNING r.id, r.state`;
 
 /** ModelLimitsHold: holds back grants for a model until now + $2 ms (keeps a later hold). */
