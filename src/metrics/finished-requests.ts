@@ -10,11 +10,21 @@
  * Every replica hears every notification and counts every request: aggregate
  * replicas with `max`, not `sum`. A batch first seen more than RECENT_MS
  * after its creation (a restart) is counted from that moment on.
+ *
+ * A batch is remembered after it finishes (up to REMEMBER of them, the least
+ * recently changed forgotten first): a notification that arrives after the one
+ * whose reading saw the end (two statements, two flushes) must count nothing,
+ * and a batch retried after it finished goes on from where it was. Forgotten
+ * on finishing, such a batch was counted again from its start (seen: 4
+ * completions for 2). A reading older than the one already counted (two
+ * flushes at once) counts nothing and changes nothing.
  */
-import type { Db } from "../storage/db.js";
+import type { Queryable } from "../storage/db.js";
 
 /** A batch created longer ago than this, seen for the first time, is counted from now on. */
 const RECENT_MS = 60_000;
+/** Batches remembered; beyond this, the least recently changed is forgotten. */
+const REMEMBER = 10_000;
 
 /** Outcomes by their CLI names (the batches' counter columns in brackets). */
 export const OUTCOMES = ["completed", "failed", "cancelled", "expired"] as const;
@@ -25,7 +35,6 @@ interface BatchRow {
   event_seq: string;
   models: string[] | null;
   created_at: Date;
-  finished: boolean;
   completed_count: number;
   failed_count: number;
   canceled_count: number;
@@ -37,7 +46,7 @@ interface BatchRow {
  * counters and models. Params: batch ids. Primary-key lookups.
  */
 const BATCHES_NOW = `
-  SELECT b.id, b.event_seq, f.models, b.created_at, b.finished_at IS NOT NULL AS finished,
+  SELECT b.id, b.event_seq, f.models, b.created_at,
     b.completed_count, b.failed_count, b.canceled_count, b.expired_count
   FROM batches b LEFT JOIN files f ON f.id = b.file_id WHERE b.id = ANY($1::uuid[])`;
 
@@ -78,7 +87,7 @@ export class FinishedRequests {
   readonly #seen = new Map<string, Seen>();
 
   constructor(
-    private readonly db: Db,
+    private readonly db: Queryable,
     private readonly count: (model: string, outcome: Outcome, n: number) => void,
   ) {}
 
@@ -90,15 +99,16 @@ export class FinishedRequests {
 
   async #batch(r: BatchRow): Promise<void> {
     const seq = BigInt(r.event_seq);
-    const before =
-      this.#seen.get(r.id) ??
-      (Date.now() - r.created_at.getTime() <= RECENT_MS
-        ? { seq: 0n, counts: zero() }
-        : { seq, counts: countsOf(r) });
     const now = countsOf(r);
-    if (r.finished) this.#seen.delete(r.id);
-    else this.#seen.set(r.id, { seq, counts: now });
+    const seen = this.#seen.get(r.id);
+    if (seen === undefined && Date.now() - r.created_at.getTime() > RECENT_MS) {
+      // First seen long after its creation (a restart): counted from this reading on.
+      this.#remember(r.id, { seq, counts: now });
+      return;
+    }
+    const before = seen ?? { seq: 0n, counts: zero() };
     if (seq <= before.seq) return;
+    this.#remember(r.id, { seq, counts: now });
     const [only, ...more] = r.models ?? [];
     if (only !== undefined && more.length === 0) {
       // One model: the counters' growth (a retry lowers one; it counts again when it ends).
@@ -114,6 +124,16 @@ export class FinishedRequests {
     for (const e of events.rows) {
       const o = OUTCOME_OF_STATE[e.state];
       if (o !== undefined) this.count(e.model, o, e.n);
+    }
+  }
+
+  /** Records where batch `id` was counted to; it becomes the most recently changed. */
+  #remember(id: string, at: Seen): void {
+    this.#seen.delete(id);
+    this.#seen.set(id, at);
+    if (this.#seen.size > REMEMBER) {
+      const oldest = this.#seen.keys().next().value;
+      if (oldest !== undefined) this.#seen.delete(oldest);
     }
   }
 }

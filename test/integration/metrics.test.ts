@@ -11,6 +11,7 @@ import http2 from "node:http2";
 import { Writable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { CONTROL_PLANE_DEFAULTS } from "../../src/config/config.js";
@@ -23,6 +24,7 @@ import { BatchService } from "../../src/gen/fusillade/v1/batch_service_pb.js";
 import { ReportResult_Disposition } from "../../src/gen/fusillade/v1/dispatch_service_pb.js";
 import { parseTraceparent, traceIdOf } from "../../src/http/trace-context.js";
 import { DispatcherMetrics } from "../../src/metrics/dispatcher-metrics.js";
+import { FinishedRequests } from "../../src/metrics/finished-requests.js";
 import { clients } from "../helpers/control-plane.js";
 import { createTestDatabase, type TestDatabase } from "../helpers/db.js";
 import {
@@ -535,4 +537,35 @@ test("requests finished per model and outcome, and waiting per model, in the CLI
   expect(finished("F3", "completed")).toBe(1);
   expect(finished("F4", "cancelled")).toBe(2);
   expect(finished("F4", "completed")).toBe(0);
+});
+
+test("a finished batch's requests are counted once, however often its end is read", async () => {
+  const { batch } = clients(cp.url);
+  upstream.respond = () => ({ delayMs: 1 });
+  // Two models (counted from the change log) and one (from the batch's counters).
+  const two = await createTestBatch(batch, upstream.url, [...items("E1", 3), ...items("E2", 2)]);
+  const one = await createTestBatch(batch, upstream.url, items("E3", 2));
+  await waitForBatch(batch, two);
+  await waitForBatch(batch, one);
+  const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+  try {
+    const counted = new Map<string, number>();
+    const finished = new FinishedRequests(
+      { query: (text, params) => pool.query(typeof text === "string" ? text : text.text, params) },
+      (model, outcome, n) =>
+        counted.set(`${model} ${outcome}`, (counted.get(`${model} ${outcome}`) ?? 0) + n),
+    );
+    // The reading that sees the end, then notifications of the same batches that come after
+    // it (two statements, two flushes): nothing more is counted.
+    await finished.observe([two, one]);
+    await finished.observe([two, one]);
+    await finished.observe([one]);
+    expect([...counted].sort()).toEqual([
+      ["E1 completed", 3],
+      ["E2 completed", 2],
+      ["E3 completed", 2],
+    ]);
+  } finally {
+    await pool.end();
+  }
 });
