@@ -1,4 +1,3 @@
-import { availableParallelism } from "node:os";
 import { configDefaults, defineConfig } from "vitest/config";
 
 export default defineConfig({
@@ -12,11 +11,6 @@ export default defineConfig({
     globalSetup: ["test/helpers/global-setup.ts"],
     pool: "forks",
     fileParallelism: true,
-    // Vitest's default is one worker less than the CPUs: on a 2-core machine, one, and the
-    // files ran one after another (~570 s). Most of a file's time is spent waiting on child
-    // processes, sockets and Postgres, so three share two cores well (217–307 s in six runs,
-    // 2026-12-06, after the races this load exposed were fixed).
-    maxWorkers: Math.max(3, availableParallelism() - 1),
     testTimeout: 60_000,
     hookTimeout: 120_000,
   },
